@@ -1,0 +1,245 @@
+//! The kernel ABI of weir's datapath: every map key/value and event that crosses the
+//! kernel/userspace boundary, the map and program names, and the one list of drop reasons.
+//!
+//! Rules (see STYLE.md §2): `#[repr(C)]`, fields ordered by size, explicit `_pad` fields, a size
+//! assertion beside every type, no bool/enum/usize in map data. Addresses are 16 bytes: IPv4 is
+//! stored IPv4-mapped (`::ffff:a.b.c.d`) so IPv6 needs no ABI change.
+#![no_std]
+
+/// Bumped whenever a map layout changes; pins live under `<bpffs>/weir/v{ABI_VERSION}/`.
+pub const ABI_VERSION: u32 = 1;
+
+/// Map names, as the eBPF object and the pins name them (kernel limit: 15 bytes).
+pub mod maps {
+    pub const ENDPOINTS: &str = "WEIR_ENDPOINTS";
+    pub const TUNNEL: &str = "WEIR_TUNNEL";
+    pub const NAT_FWD: &str = "WEIR_NAT_FWD";
+    pub const NAT_REV: &str = "WEIR_NAT_REV";
+    pub const COUNTERS: &str = "WEIR_COUNTERS";
+    pub const EVENTS: &str = "WEIR_EVENTS";
+    pub const ALL: [&str; 6] = [ENDPOINTS, TUNNEL, NAT_FWD, NAT_REV, COUNTERS, EVENTS];
+}
+
+/// Program names (the function names in bpf/programs).
+pub mod programs {
+    /// tcx ingress of a pod's host-side veth: traffic leaving the pod.
+    pub const FROM_POD: &str = "weir_from_pod";
+    /// tcx ingress of the node's uplink: traffic arriving from other nodes or the outside.
+    pub const FROM_WIRE: &str = "weir_from_wire";
+    /// tcx ingress of the VXLAN device: decapsulated traffic from other nodes.
+    pub const FROM_VXLAN: &str = "weir_from_vxlan";
+    pub const ALL: [&str; 3] = [FROM_POD, FROM_WIRE, FROM_VXLAN];
+}
+
+/// Load-time globals (`EbpfLoader::set_global`).
+pub mod globals {
+    /// Node address, IPv4, network byte order as stored in a packet (u32 from `to_ne_bytes`).
+    pub const NODE_IPV4: &str = "WEIR_NODE_IPV4";
+    /// Cluster pod CIDR: address (network byte order) and mask (network byte order).
+    pub const CLUSTER_V4_ADDR: &str = "WEIR_CLUSTER_V4_ADDR";
+    pub const CLUSTER_V4_MASK: &str = "WEIR_CLUSTER_V4_MASK";
+    /// ifindex of the VXLAN device; 0 selects direct routing.
+    pub const VXLAN_IFINDEX: &str = "WEIR_VXLAN_IFINDEX";
+    pub const VXLAN_VNI: &str = "WEIR_VXLAN_VNI";
+    /// First and last source port (host order) used by masquerade.
+    pub const NAT_PORT_MIN: &str = "WEIR_NAT_PORT_MIN";
+    pub const NAT_PORT_MAX: &str = "WEIR_NAT_PORT_MAX";
+}
+
+/// Default map sizes; the agent may override them at load time.
+pub mod sizes {
+    pub const ENDPOINTS: u32 = 4096;
+    pub const TUNNEL: u32 = 1024;
+    pub const NAT: u32 = 65536;
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+}
+
+/// A 16-byte address; IPv4 is IPv4-mapped. Byte order: network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr16 {
+    pub bytes: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Addr16>() == 16);
+
+impl Addr16 {
+    /// `be` is the address as it sits in a packet, read into a u32 with native byte order.
+    #[inline(always)]
+    pub const fn from_v4_be(be: u32) -> Self {
+        let b = be.to_ne_bytes();
+        Self { bytes: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]] }
+    }
+    pub const fn from_v4_octets(o: [u8; 4]) -> Self {
+        Self { bytes: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]] }
+    }
+    pub const fn v4_octets(&self) -> [u8; 4] {
+        [self.bytes[12], self.bytes[13], self.bytes[14], self.bytes[15]]
+    }
+    /// The IPv4 address in the packet's byte order (see `from_v4_be`).
+    #[inline(always)]
+    pub const fn v4_be(&self) -> u32 {
+        u32::from_ne_bytes(self.v4_octets())
+    }
+}
+
+/// `WEIR_ENDPOINTS` value: a local pod, keyed by its address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// ifindex of the host-side veth in the node namespace.
+    pub ifindex: u32,
+    /// `ENDPOINT_F_*` bits.
+    pub flags: u32,
+    /// MAC of the pod's eth0.
+    pub pod_mac: [u8; 6],
+    /// MAC of the host-side veth (the pod's gateway).
+    pub host_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
+
+/// `WEIR_TUNNEL` key data (LPM trie; prefix length is in the trie key wrapper). Network order.
+pub type TunnelKey = Addr16;
+
+/// `WEIR_TUNNEL` value: the node that owns a remote pod CIDR.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteNode {
+    pub node_addr: Addr16,
+    pub flags: u32,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<RemoteNode>() == 24);
+
+/// A connection tuple as the NAT tables key it. Ports in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub saddr: Addr16,
+    pub daddr: Addr16,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<NatKey>() == 40);
+
+/// NAT translation target: the address/port to write in place of the original.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    pub addr: Addr16,
+    pub port_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
+
+/// Event kinds on the `WEIR_EVENTS` ring buffer.
+pub const EVENT_DROP: u8 = 1;
+
+/// A datapath event (drops, for now; flow events come with the observability work).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathEvent {
+    pub saddr: Addr16,
+    pub daddr: Addr16,
+    pub ifindex: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub kind: u8,
+    pub reason: u8,
+    pub proto: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 48);
+
+/// Indexes of the `WEIR_COUNTERS` per-CPU array: one slot per drop reason, then the rest.
+pub mod counters {
+    /// Events that did not fit the ring buffer (never silently lost: counted here).
+    pub const EVENTS_LOST: u32 = 64;
+    pub const FORWARDED_LOCAL: u32 = 65;
+    pub const FORWARDED_REMOTE: u32 = 66;
+    pub const MASQUERADED: u32 = 67;
+    pub const TO_STACK: u32 = 68;
+    pub const LEN: u32 = 72;
+}
+
+macro_rules! drop_reasons {
+    ($($(#[$doc:meta])* $name:ident = $val:literal, $label:literal;)*) => {
+        /// Why the datapath dropped a packet. The one definition: eBPF, metrics labels and the
+        /// flow API all use it. Stored as `u8` in events and as the counter index.
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum DropReason { $($(#[$doc])* $name = $val,)* }
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            /// Stable label for metrics and the CLI.
+            pub const fn label(self) -> &'static str { match self { $(DropReason::$name => $label,)* } }
+            pub const fn from_u8(v: u8) -> Option<Self> { match v { $($val => Some(DropReason::$name),)* _ => None } }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Headers shorter than they claim.
+    Malformed = 1, "malformed";
+    /// An L3 protocol the datapath does not carry yet (IPv6 for now).
+    UnsupportedL3 = 2, "unsupported_l3";
+    /// Source address is not the one assigned to the sending pod.
+    SpoofedSource = 3, "spoofed_source";
+    /// No route for the destination.
+    NoRoute = 4, "no_route";
+    /// No free masquerade port for a new connection.
+    NatPortsExhausted = 5, "nat_ports_exhausted";
+    /// A destination inside the cluster CIDR that no node owns.
+    UnknownClusterDest = 6, "unknown_cluster_destination";
+    /// The kernel refused a redirect, tunnel key or header rewrite.
+    RewriteFailed = 7, "rewrite_failed";
+    /// IP fragments (not reassembled by the datapath).
+    Fragmented = 8, "fragmented";
+    /// Masquerade of a protocol it cannot translate (only TCP, UDP and ICMP echo).
+    NatUnsupported = 9, "nat_unsupported_protocol";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, have explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for Addr16 {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for RemoteNode {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for DatapathEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapping_round_trips() {
+        let a = Addr16::from_v4_octets([10, 244, 1, 7]);
+        assert_eq!(a.v4_octets(), [10, 244, 1, 7]);
+        assert_eq!(Addr16::from_v4_be(a.v4_be()), a);
+        assert_eq!(&a.bytes[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn drop_reasons_are_unique_and_fit_counters() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(DropReason::from_u8(*r as u8), Some(*r));
+            assert!((*r as u32) < counters::EVENTS_LOST);
+            for other in &DropReason::ALL[i + 1..] {
+                assert_ne!(r.label(), other.label());
+            }
+        }
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel() {
+        for n in maps::ALL.iter().chain(programs::ALL.iter()) {
+            assert!(n.len() <= 15, "{n} is longer than BPF_OBJ_NAME_LEN-1");
+        }
+    }
+}

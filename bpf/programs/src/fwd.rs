@@ -1,0 +1,114 @@
+//! Forwarding: to a local pod (`bpf_redirect_peer`), into the VXLAN tunnel, or by FIB lookup.
+use core::mem;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, bpf_redir_neigh, bpf_tunnel_key, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_set_tunnel_key},
+    programs::TcContext,
+};
+use weir_bpf_common::{DropReason, EndpointInfo};
+
+use crate::parse::Ipv4;
+
+const AF_INET: u8 = 2;
+
+#[inline(always)]
+fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), DropReason> {
+    ctx.store(0, dst, 0).map_err(|_| DropReason::RewriteFailed)?;
+    ctx.store(6, src, 0).map_err(|_| DropReason::RewriteFailed)
+}
+
+#[inline(always)]
+fn redirect_result(ret: i64) -> Result<i32, DropReason> {
+    if ret == TC_ACT_REDIRECT as i64 {
+        Ok(TC_ACT_REDIRECT as i32)
+    } else {
+        Err(DropReason::RewriteFailed)
+    }
+}
+
+/// Deliver to a pod on this node: into the peer (pod side) of its host veth, skipping the
+/// node's stack and the backlog queue.
+#[inline(always)]
+pub fn to_local_pod(ctx: &TcContext, ep: &EndpointInfo) -> Result<i32, DropReason> {
+    set_macs(ctx, &ep.pod_mac, &ep.host_mac)?;
+    // SAFETY: plain helper call with scalar arguments.
+    redirect_result(unsafe { bpf_redirect_peer(ep.ifindex, 0) })
+}
+
+/// Encapsulate towards `node_be` (network order) through the collect_metadata VXLAN device.
+#[inline(always)]
+pub fn to_tunnel(ctx: &TcContext, node_be: u32, vxlan_ifindex: u32, vni: u32) -> Result<i32, DropReason> {
+    // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.
+    let mut key: bpf_tunnel_key = unsafe { mem::zeroed() };
+    key.tunnel_id = vni;
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(node_be);
+    key.tunnel_ttl = 64;
+    // SAFETY: key lives on the stack for the call; the size matches the struct.
+    let ret = unsafe {
+        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, mem::size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if ret != 0 {
+        return Err(DropReason::RewriteFailed);
+    }
+    // SAFETY: plain helper call with scalar arguments.
+    redirect_result(unsafe { bpf_redirect(vxlan_ifindex, 0) })
+}
+
+#[inline(always)]
+fn fib_params(ip: &Ipv4, ifindex: u32) -> bpf_fib_lookup {
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = ip.proto;
+    p.ifindex = ifindex;
+    p.__bindgen_anon_3.ipv4_src = ip.saddr;
+    p.__bindgen_anon_4.ipv4_dst = ip.daddr;
+    p
+}
+
+#[inline(always)]
+fn fib_lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> i64 {
+    // SAFETY: p lives on the stack for the call; the size matches the struct.
+    unsafe {
+        bpf_fib_lookup(ctx.skb.skb.cast(), p, mem::size_of::<bpf_fib_lookup>() as i32, 0)
+    }
+}
+
+/// True when the node's own stack is the destination (the FIB does not forward it).
+#[inline(always)]
+pub fn is_local_destination(ctx: &TcContext, ip: &Ipv4, ifindex: u32) -> bool {
+    let mut p = fib_params(ip, ifindex);
+    fib_lookup(ctx, &mut p) == BPF_FIB_LKUP_RET_NOT_FWDED as i64
+}
+
+/// Route with the node's FIB and hand the frame straight to the egress device; the kernel
+/// resolves the neighbour when the FIB has none yet.
+#[inline(always)]
+pub fn by_fib(ctx: &TcContext, ip: &Ipv4, ifindex: u32) -> Result<i32, DropReason> {
+    let mut p = fib_params(ip, ifindex);
+    let ret = fib_lookup(ctx, &mut p);
+    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        set_macs(ctx, &p.dmac, &p.smac)?;
+        // SAFETY: plain helper call with scalar arguments.
+        return redirect_result(unsafe { bpf_redirect(p.ifindex, 0) });
+    }
+    if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid value.
+        let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
+        nh.nh_family = AF_INET as u32;
+        // SAFETY: reading the union member the FIB lookup filled for AF_INET.
+        nh.__bindgen_anon_1.ipv4_nh = unsafe { p.__bindgen_anon_4.ipv4_dst };
+        // SAFETY: nh lives on the stack for the call; the size matches the struct.
+        return redirect_result(unsafe {
+            bpf_redirect_neigh(p.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0)
+        });
+    }
+    if ret == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+        return Ok(aya_ebpf::bindings::TC_ACT_OK as i32);
+    }
+    Err(DropReason::NoRoute)
+}

@@ -1,0 +1,180 @@
+//! weir's tc datapath. One object holds every tc program so that they share maps without
+//! pin coordination (a deliberate deviation from one-[[bin]]-per-role: all roles here are tc and
+//! share every map). Attach points:
+//!
+//! * `weir_from_pod`   tcx ingress, host-side veth of each pod: anti-spoof, same-node delivery
+//!   with `bpf_redirect_peer`, cross-node by VXLAN or FIB (direct routing), masquerade otherwise.
+//! * `weir_from_wire`  tcx ingress, node uplink: delivery to local pods, reverse masquerade.
+//! * `weir_from_vxlan` tcx ingress, VXLAN device (collect_metadata): delivery to local pods.
+//!
+//! Every entry point maps `Err(DropReason)` to `drop::shot`, which counts and reports the drop.
+#![no_std]
+#![no_main]
+
+mod drop;
+mod fwd;
+mod nat;
+mod parse;
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    macros::{classifier, map},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+    Global,
+};
+use weir_bpf_common::{
+    counters, sizes, Addr16, DropReason, EndpointInfo, NatEntry, NatKey, RemoteNode,
+};
+
+use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
+
+#[unsafe(no_mangle)]
+static WEIR_NODE_IPV4: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static WEIR_CLUSTER_V4_ADDR: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static WEIR_CLUSTER_V4_MASK: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static WEIR_VXLAN_IFINDEX: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static WEIR_VXLAN_VNI: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static WEIR_NAT_PORT_MIN: Global<u32> = Global::new(61000);
+#[unsafe(no_mangle)]
+static WEIR_NAT_PORT_MAX: Global<u32> = Global::new(65000);
+
+#[map]
+static WEIR_ENDPOINTS: HashMap<Addr16, EndpointInfo> = HashMap::pinned(sizes::ENDPOINTS, 0);
+#[map]
+static WEIR_TUNNEL: LpmTrie<Addr16, RemoteNode> = LpmTrie::pinned(sizes::TUNNEL, 0);
+#[map]
+static WEIR_NAT_FWD: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::NAT, 0);
+#[map]
+static WEIR_NAT_REV: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::NAT, 0);
+#[map]
+static WEIR_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::LEN, 0);
+#[map]
+static WEIR_EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
+
+#[classifier]
+pub fn weir_from_pod(ctx: TcContext) -> i32 {
+    match try_from_pod(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop::shot(&ctx, reason),
+    }
+}
+
+#[classifier]
+pub fn weir_from_wire(ctx: TcContext) -> i32 {
+    match try_from_wire(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop::shot(&ctx, reason),
+    }
+}
+
+#[classifier]
+pub fn weir_from_vxlan(ctx: TcContext) -> i32 {
+    match try_from_vxlan(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop::shot(&ctx, reason),
+    }
+}
+
+#[inline(always)]
+fn ingress_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    let proto = parse::eth_proto(ctx)?;
+    if proto == ETH_P_ARP {
+        // Pods resolve their gateway statically; any other ARP goes to the node's stack.
+        return Ok(TC_ACT_OK as i32);
+    }
+    if proto != ETH_P_IP {
+        return Err(DropReason::UnsupportedL3);
+    }
+    let ip = Ipv4::parse(ctx)?;
+    let src = Addr16::from_v4_be(ip.saddr);
+    // SAFETY: read-only lookup of a plain-data value.
+    match unsafe { WEIR_ENDPOINTS.get(&src) } {
+        Some(ep) if ep.ifindex == ingress_ifindex(ctx) => {}
+        _ => return Err(DropReason::SpoofedSource),
+    }
+    let dst = Addr16::from_v4_be(ip.daddr);
+    // SAFETY: as above.
+    if let Some(ep) = unsafe { WEIR_ENDPOINTS.get(&dst) } {
+        let ep = *ep;
+        drop::count(counters::FORWARDED_LOCAL);
+        return fwd::to_local_pod(ctx, &ep);
+    }
+    if ip.daddr & WEIR_CLUSTER_V4_MASK.load() == WEIR_CLUSTER_V4_ADDR.load() {
+        drop::count(counters::FORWARDED_REMOTE);
+        let vxlan = WEIR_VXLAN_IFINDEX.load();
+        if vxlan != 0 {
+            let node = WEIR_TUNNEL
+                .get(aya_ebpf::maps::lpm_trie::Key::new(128, dst))
+                .ok_or(DropReason::UnknownClusterDest)?;
+            return fwd::to_tunnel(ctx, node.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load());
+        }
+        return fwd::by_fib(ctx, &ip, ingress_ifindex(ctx));
+    }
+    // Leaving the cluster. Destinations on this node go to its stack untranslated.
+    if fwd::is_local_destination(ctx, &ip, ingress_ifindex(ctx)) {
+        drop::count(counters::TO_STACK);
+        return Ok(TC_ACT_OK as i32);
+    }
+    nat::masquerade(ctx, &ip, WEIR_NODE_IPV4.load())?;
+    drop::count(counters::MASQUERADED);
+    // Re-read the header: the rewrite invalidated nothing we need but the source address.
+    let ip = Ipv4::parse(ctx)?;
+    fwd::by_fib(ctx, &ip, ingress_ifindex(ctx))
+}
+
+fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
+    // Everything that is not IPv4 for a pod or a masqueraded reply belongs to the node's stack.
+    if parse::eth_proto(ctx)? != ETH_P_IP {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let ip = Ipv4::parse(ctx)?;
+    let mut daddr = ip.daddr;
+    if daddr == WEIR_NODE_IPV4.load() {
+        match nat::reverse(ctx, &ip)? {
+            Some(pod) => daddr = pod,
+            None => return Ok(TC_ACT_OK as i32),
+        }
+    }
+    // SAFETY: read-only lookup of a plain-data value.
+    match unsafe { WEIR_ENDPOINTS.get(&Addr16::from_v4_be(daddr)) } {
+        Some(ep) => {
+            let ep = *ep;
+            drop::count(counters::FORWARDED_LOCAL);
+            fwd::to_local_pod(ctx, &ep)
+        }
+        None => Ok(TC_ACT_OK as i32),
+    }
+}
+
+fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
+    if parse::eth_proto(ctx)? != ETH_P_IP {
+        return Err(DropReason::UnsupportedL3);
+    }
+    let ip = Ipv4::parse(ctx)?;
+    // SAFETY: read-only lookup of a plain-data value.
+    match unsafe { WEIR_ENDPOINTS.get(&Addr16::from_v4_be(ip.daddr)) } {
+        Some(ep) => {
+            let ep = *ep;
+            drop::count(counters::FORWARDED_LOCAL);
+            fwd::to_local_pod(ctx, &ep)
+        }
+        None => Err(DropReason::NoRoute),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

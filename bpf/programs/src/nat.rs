@@ -1,0 +1,168 @@
+//! Masquerade (SNAT to the node address) for traffic leaving the cluster, and its reverse.
+//!
+//! `WEIR_NAT_FWD` maps the pod-side tuple to the allocated node port; `WEIR_NAT_REV` maps the
+//! reply tuple back to the pod. A port is claimed by inserting the reverse entry with
+//! `BPF_NOEXIST`, so two connections never share one. ICMP echo uses its identifier as the port.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    programs::TcContext,
+};
+use weir_bpf_common::{Addr16, DropReason, NatEntry, NatKey};
+
+use crate::{
+    parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF},
+    WEIR_NAT_FWD, WEIR_NAT_PORT_MAX, WEIR_NAT_PORT_MIN, WEIR_NAT_REV,
+};
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+/// How many ports a new connection tries before giving up.
+const PORT_PROBES: u32 = 32;
+
+/// Where the "ports" of a packet live and how its L4 checksum must be fixed.
+struct L4 {
+    /// Offset of the port (or ICMP identifier) that masquerade rewrites on egress.
+    sport_off: usize,
+    dport_off: usize,
+    csum_off: usize,
+    /// Whether the L4 checksum covers the IP pseudo header.
+    pseudo: bool,
+    /// UDP: a zero checksum means "none" and must stay zero.
+    udp: bool,
+}
+
+#[inline(always)]
+fn l4_layout(ctx: &TcContext, ip: &Ipv4, egress: bool) -> Result<L4, DropReason> {
+    let o = ip.l4_off;
+    match ip.proto {
+        IPPROTO_TCP => Ok(L4 { sport_off: o, dport_off: o + 2, csum_off: o + 16, pseudo: true, udp: false }),
+        IPPROTO_UDP => Ok(L4 { sport_off: o, dport_off: o + 2, csum_off: o + 6, pseudo: true, udp: true }),
+        IPPROTO_ICMP => {
+            let ty: u8 = ctx.load(o).map_err(|_| DropReason::Malformed)?;
+            let want = if egress { ICMP_ECHO_REQUEST } else { ICMP_ECHO_REPLY };
+            if ty != want {
+                return Err(DropReason::NatUnsupported);
+            }
+            // The identifier plays the port on both sides; the peer "port" is always 0.
+            Ok(L4 { sport_off: o + 4, dport_off: o + 4, csum_off: o + 2, pseudo: false, udp: false })
+        }
+        _ => Err(DropReason::NatUnsupported),
+    }
+}
+
+#[inline(always)]
+fn load_port(ctx: &TcContext, l4: &L4, off: usize, icmp_peer: bool) -> Result<u16, DropReason> {
+    if icmp_peer {
+        return Ok(0);
+    }
+    let _ = l4;
+    ctx.load::<u16>(off).map_err(|_| DropReason::Malformed)
+}
+
+#[inline(always)]
+fn rewrite(ctx: &TcContext, l4: &L4, addr_off: usize, old_addr: u32, new_addr: u32, port_off: usize, old_port: u16, new_port: u16) -> Result<(), DropReason> {
+    let err = |_| DropReason::RewriteFailed;
+    let mangled = if l4.udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    if l4.pseudo {
+        ctx.l4_csum_replace(l4.csum_off, old_addr as u64, new_addr as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
+            .map_err(err)?;
+    }
+    ctx.l4_csum_replace(l4.csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(err)?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4).map_err(err)?;
+    ctx.store(addr_off, &new_addr, 0).map_err(err)?;
+    ctx.store(port_off, &new_port, 0).map_err(err)?;
+    Ok(())
+}
+
+#[inline(always)]
+fn hash(k: &NatKey) -> u32 {
+    let s = k.saddr.v4_be();
+    let d = k.daddr.v4_be();
+    let p = ((k.sport_be as u32) << 16) | k.dport_be as u32;
+    (s ^ d.rotate_left(7) ^ p ^ k.proto as u32).wrapping_mul(2654435761)
+}
+
+/// Translate the source of an outbound packet to `node_be` and a claimed port.
+pub fn masquerade(ctx: &TcContext, ip: &Ipv4, node_be: u32) -> Result<(), DropReason> {
+    if ip.fragment {
+        return Err(DropReason::Fragmented);
+    }
+    let l4 = l4_layout(ctx, ip, true)?;
+    let icmp = ip.proto == IPPROTO_ICMP;
+    let sport = load_port(ctx, &l4, l4.sport_off, false)?;
+    let dport = load_port(ctx, &l4, l4.dport_off, icmp)?;
+    let fwd_key = NatKey {
+        saddr: Addr16::from_v4_be(ip.saddr),
+        daddr: Addr16::from_v4_be(ip.daddr),
+        sport_be: sport,
+        dport_be: dport,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    let node = Addr16::from_v4_be(node_be);
+    // SAFETY: read-only lookup of a plain-data value.
+    let new_port = match unsafe { WEIR_NAT_FWD.get(&fwd_key) } {
+        Some(e) => e.port_be,
+        None => {
+            let min = WEIR_NAT_PORT_MIN.load();
+            let span = WEIR_NAT_PORT_MAX.load().saturating_sub(min) + 1;
+            let h = hash(&fwd_key);
+            let back = NatEntry { addr: fwd_key.saddr, port_be: sport, _pad: [0; 6] };
+            let mut claimed = None;
+            for i in 0..PORT_PROBES {
+                // checked_rem: no divide-by-zero panic path for the verifier to reject.
+                let Some(off) = h.wrapping_add(i.wrapping_mul(40503)).checked_rem(span) else {
+                    break;
+                };
+                let port_be = ((min + off) as u16).to_be();
+                let rev_key = NatKey {
+                    saddr: fwd_key.daddr,
+                    daddr: node,
+                    sport_be: dport,
+                    dport_be: port_be,
+                    proto: ip.proto,
+                    _pad: [0; 3],
+                };
+                if WEIR_NAT_REV.insert(&rev_key, &back, BPF_NOEXIST as u64).is_ok() {
+                    claimed = Some(port_be);
+                    break;
+                }
+            }
+            let port_be = claimed.ok_or(DropReason::NatPortsExhausted)?;
+            let fwd = NatEntry { addr: node, port_be, _pad: [0; 6] };
+            WEIR_NAT_FWD.insert(&fwd_key, &fwd, 0).map_err(|_| DropReason::NatPortsExhausted)?;
+            port_be
+        }
+    };
+    rewrite(ctx, &l4, IP_SADDR_OFF, ip.saddr, node_be, l4.sport_off, sport, new_port)
+}
+
+/// For a packet addressed to the node: if it answers a masqueraded connection, translate its
+/// destination back to the pod and return the pod address; otherwise leave it alone.
+pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
+    if ip.fragment {
+        return Ok(None);
+    }
+    let l4 = match l4_layout(ctx, ip, false) {
+        Ok(l4) => l4,
+        Err(_) => return Ok(None),
+    };
+    let icmp = ip.proto == IPPROTO_ICMP;
+    let sport = load_port(ctx, &l4, l4.sport_off, icmp)?;
+    let dport = load_port(ctx, &l4, l4.dport_off, false)?;
+    let key = NatKey {
+        saddr: Addr16::from_v4_be(ip.saddr),
+        daddr: Addr16::from_v4_be(ip.daddr),
+        sport_be: sport,
+        dport_be: dport,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: read-only lookup of a plain-data value.
+    let Some(back) = (unsafe { WEIR_NAT_REV.get(&key) }).copied() else {
+        return Ok(None);
+    };
+    let pod = back.addr.v4_be();
+    rewrite(ctx, &l4, IP_DADDR_OFF, ip.daddr, pod, l4.dport_off, dport, back.port_be)?;
+    Ok(Some(pod))
+}

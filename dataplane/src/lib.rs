@@ -1,0 +1,72 @@
+//! weir-dataplane: the only crate that names aya. It embeds the eBPF object built by build.rs,
+//! loads it with load-time globals, pins maps and links under a versioned bpffs path, attaches
+//! programs with tcx, and offers typed map wrappers (each with an in-memory fake for tests of
+//! the layers above).
+//!
+//! Invariants: only this crate touches BPF objects; a restarted loader reuses the pinned maps
+//! and adopts pinned links instead of attaching a second copy.
+
+pub mod counters;
+pub mod loader;
+pub mod maps;
+pub mod tcx;
+pub mod testrun;
+
+use std::path::PathBuf;
+
+pub use loader::{Datapath, LoadConfig};
+pub use weir_bpf_common as abi;
+
+/// The eBPF object, built from bpf/programs for the BPF target.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-tc"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the embedded eBPF object is empty (built with WEIR_BPF_STUB=1); rebuild with bpf-linker")]
+    StubObject,
+    #[error("loading the eBPF object: {source}")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("program {name} is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("map {name} is missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map {name} is full ({capacity} entries)")]
+    MapFull { name: &'static str, capacity: u32 },
+    #[error("attaching {program} to {iface}: {source}")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pin {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
+    move |source| Error::Map { name, source: Box::new(source) }
+}

@@ -1,0 +1,102 @@
+//! Loading the datapath: globals, map sizes, pinned maps under `<bpffs>/weir/v{ABI}/maps`.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use weir_bpf_common::{globals, programs, ABI_VERSION};
+
+use crate::{Error, Result, OBJECT};
+
+/// Everything the programs are configured with at load time.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// A directory on a bpffs mount; pins go below `<bpffs_root>/weir/v{ABI_VERSION}/`.
+    pub bpffs_root: PathBuf,
+    pub node_ipv4: Ipv4Addr,
+    pub cluster_cidr_v4: (Ipv4Addr, u8),
+    /// ifindex of the VXLAN device, or 0 for direct routing.
+    pub vxlan_ifindex: u32,
+    pub vxlan_vni: u32,
+    pub nat_ports: (u16, u16),
+}
+
+impl LoadConfig {
+    pub fn pin_dir(&self) -> PathBuf {
+        pin_dir(&self.bpffs_root)
+    }
+}
+
+/// `<bpffs_root>/weir/v{ABI_VERSION}`: versioned so an upgrade never misreads old maps.
+pub fn pin_dir(bpffs_root: &Path) -> PathBuf {
+    bpffs_root.join("weir").join(format!("v{ABI_VERSION}"))
+}
+
+/// The loaded datapath: programs verified and ready to attach, maps open (and pinned).
+pub struct Datapath {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) pin_dir: PathBuf,
+}
+
+fn be_u32(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+impl Datapath {
+    /// Loads (or re-opens, when pins exist) the datapath. Idempotent across agent restarts.
+    pub fn load(cfg: &LoadConfig) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(Error::StubObject);
+        }
+        let pin_dir = cfg.pin_dir();
+        let maps_dir = pin_dir.join("maps");
+        for dir in [&maps_dir, &pin_dir.join("links")] {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| Error::Io { op: "creating", path: dir.clone(), source })?;
+        }
+        let (net, prefix) = cfg.cluster_cidr_v4;
+        let mask: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+        let mask_be = mask.to_be();
+        let net_be = be_u32(net) & mask_be;
+        let node = be_u32(cfg.node_ipv4);
+        let port_min = u32::from(cfg.nat_ports.0);
+        let port_max = u32::from(cfg.nat_ports.1);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .override_global(globals::NODE_IPV4, &node, true)
+            .override_global(globals::CLUSTER_V4_ADDR, &net_be, true)
+            .override_global(globals::CLUSTER_V4_MASK, &mask_be, true)
+            .override_global(globals::VXLAN_IFINDEX, &cfg.vxlan_ifindex, true)
+            .override_global(globals::VXLAN_VNI, &cfg.vxlan_vni, true)
+            .override_global(globals::NAT_PORT_MIN, &port_min, true)
+            .override_global(globals::NAT_PORT_MAX, &port_max, true)
+            .load(OBJECT)
+            .map_err(|source| Error::Load { source: Box::new(source) })?;
+        for name in programs::ALL {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| Error::Program { name, source: Box::new(source) })?;
+            prog.load().map_err(|source| Error::Program { name, source: Box::new(source) })?;
+        }
+        Ok(Self { ebpf, pin_dir })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub(crate) fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source: Box::new(source) })
+    }
+
+    pub(crate) fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map> {
+        self.ebpf.take_map(name).ok_or(Error::MissingMap { name })
+    }
+}

@@ -1,0 +1,77 @@
+//! `WEIR_TUNNEL`: remote pod CIDR (LPM) → the node that owns it (VXLAN mode).
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    MapData,
+};
+use weir_bpf_common::{maps, sizes, Addr16, RemoteNode};
+
+use crate::{map_err, Datapath, Error, Result};
+
+const NAME: &str = maps::TUNNEL;
+
+/// A remote pod CIDR as (network, prefix length).
+pub type Cidr = (Ipv4Addr, u8);
+
+pub trait TunnelMap {
+    fn upsert(&mut self, cidr: Cidr, node: Ipv4Addr) -> Result<()>;
+    fn remove(&mut self, cidr: Cidr) -> Result<()>;
+    fn list(&self) -> Result<BTreeMap<Cidr, Ipv4Addr>>;
+}
+
+pub struct Tunnel(LpmTrie<MapData, Addr16, RemoteNode>);
+
+impl Tunnel {
+    pub fn open(dp: &mut Datapath) -> Result<Self> {
+        let map = dp.take_map(NAME)?;
+        Ok(Self(LpmTrie::try_from(map).map_err(map_err(NAME))?))
+    }
+}
+
+fn key((net, len): Cidr) -> Key<Addr16> {
+    Key::new(96 + u32::from(len), Addr16::from_v4_octets(net.octets()))
+}
+
+impl TunnelMap for Tunnel {
+    fn upsert(&mut self, cidr: Cidr, node: Ipv4Addr) -> Result<()> {
+        let v = RemoteNode { node_addr: Addr16::from_v4_octets(node.octets()), flags: 0, _pad: [0; 4] };
+        self.0.insert(&key(cidr), v, 0).map_err(map_err(NAME))
+    }
+    fn remove(&mut self, cidr: Cidr) -> Result<()> {
+        match self.0.remove(&key(cidr)) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(map_err(NAME)(e)),
+        }
+    }
+    fn list(&self) -> Result<BTreeMap<Cidr, Ipv4Addr>> {
+        let mut out = BTreeMap::new();
+        for item in self.0.iter() {
+            let (k, v) = item.map_err(map_err(NAME))?;
+            let len = (k.prefix_len().saturating_sub(96)) as u8;
+            out.insert((Ipv4Addr::from(k.data().v4_octets()), len), Ipv4Addr::from(v.node_addr.v4_octets()));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Default)]
+pub struct FakeTunnel(pub BTreeMap<Cidr, Ipv4Addr>);
+
+impl TunnelMap for FakeTunnel {
+    fn upsert(&mut self, cidr: Cidr, node: Ipv4Addr) -> Result<()> {
+        if !self.0.contains_key(&cidr) && self.0.len() >= sizes::TUNNEL as usize {
+            return Err(Error::MapFull { name: NAME, capacity: sizes::TUNNEL });
+        }
+        self.0.insert(cidr, node);
+        Ok(())
+    }
+    fn remove(&mut self, cidr: Cidr) -> Result<()> {
+        self.0.remove(&cidr);
+        Ok(())
+    }
+    fn list(&self) -> Result<BTreeMap<Cidr, Ipv4Addr>> {
+        Ok(self.0.clone())
+    }
+}

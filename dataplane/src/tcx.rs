@@ -1,0 +1,87 @@
+//! tcx attachment with pinned links: a link pinned at `<pin_dir>/links/<iface>.<program>`
+//! outlives the agent, so the datapath forwards while the agent is down, and a restarted agent
+//! adopts the pin instead of attaching a duplicate.
+use std::path::PathBuf;
+
+use aya::programs::{
+    links::{FdLink, LinkOrder, PinnedLink},
+    tc::{SchedClassifier, TcAttachOptions, TcAttachType},
+};
+
+use crate::{Datapath, Error, Result};
+
+/// What `attach_ingress` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A new tcx link was created and pinned.
+    Attached,
+    /// A pinned link for this interface and program already existed and was kept.
+    Adopted,
+}
+
+impl Datapath {
+    fn link_pin(&self, iface: &str, program: &str) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{iface}.{program}"))
+    }
+
+    /// Attaches `program` to the tcx ingress of `iface` (in the caller's network namespace),
+    /// unless a pinned link for the pair exists and still points at a live interface.
+    pub fn attach_ingress(&mut self, iface: &str, program: &'static str) -> Result<Attachment> {
+        let pin = self.link_pin(iface, program);
+        if pin.exists() {
+            if self.ingress_program_count(iface)? > 0 {
+                return Ok(Attachment::Adopted);
+            }
+            // The interface was re-created: the old link is defunct; replace its pin.
+            remove_pin(&pin)?;
+        }
+        let prog = self.classifier(program)?;
+        let attach_err = |source| Error::Attach { program, iface: iface.to_owned(), source: Box::new(source) };
+        let id = prog
+            .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| Error::Pin { path: pin.clone(), message: e.to_string() })?;
+        fd_link.pin(&pin).map_err(|e| Error::Pin { path: pin.clone(), message: e.to_string() })?;
+        Ok(Attachment::Attached)
+    }
+
+    /// Removes the pinned link of `program` on `iface` (detaching it if the interface lives).
+    /// Missing pins are not an error.
+    pub fn detach_ingress(&self, iface: &str, program: &'static str) -> Result<()> {
+        let pin = self.link_pin(iface, program);
+        if pin.exists() {
+            remove_pin(&pin)?;
+        }
+        Ok(())
+    }
+
+    /// Number of programs on the tcx ingress of `iface` (any owner).
+    pub fn ingress_program_count(&self, iface: &str) -> Result<usize> {
+        ingress_program_names(iface).map(|v| v.len())
+    }
+}
+
+/// Names of the programs attached to the tcx ingress of `iface` in this network namespace.
+pub fn ingress_program_names(iface: &str) -> Result<Vec<String>> {
+    let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress).map_err(|source| Error::Attach {
+        program: "query",
+        iface: iface.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok(progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_owned()).collect())
+}
+
+fn remove_pin(pin: &std::path::Path) -> Result<()> {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => {
+            link.unpin().map_err(|source| Error::Io { op: "unpinning", path: pin.to_owned(), source })?;
+        }
+        Err(_) => {
+            std::fs::remove_file(pin).map_err(|source| Error::Io { op: "removing", path: pin.to_owned(), source })?;
+        }
+    }
+    Ok(())
+}

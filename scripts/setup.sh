@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs everything weir needs to build and test on a Debian machine, idempotently:
+#   - Debian packages the tests and the lab use (iproute2, iperf3, iptables, nftables, CNI plugins, ...)
+#   - the pinned nightly toolchain (with rust-src) for the eBPF crate
+#   - bpf-linker 0.13.0 built against that nightly's own libLLVM
+# Prints nothing but progress; writes the tool environment to $WEIR_TOOLS/env.sh for other scripts.
+set -euo pipefail
+
+# The eBPF crate is pinned to this dated nightly (rustc 1.97, LLVM 22). Never track the latest nightly.
+BPF_NIGHTLY_DATE=2026-05-20
+BPF_NIGHTLY_COMMIT=e50aa6fba   # commit hash `rustc +nightly-$BPF_NIGHTLY_DATE --version` prints
+BPF_LINKER_VERSION=0.13.0
+WEIR_TOOLS=${WEIR_TOOLS:-$HOME/.cache/weir/tools}
+mkdir -p "$WEIR_TOOLS"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- Debian packages --------------------------------------------------------------------------
+DEB_PKGS=(iproute2 iperf3 iptables nftables containernetworking-plugins dnsmasq-base bind9-dnsutils
+          netcat-openbsd bpftool util-linux procps)
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- pinned nightly for the eBPF crate -----------------------------------------------------
+# Use the machine's `nightly` when it is exactly the pinned build; otherwise fetch the dated one.
+if rustc +nightly --version 2>/dev/null | grep -q "$BPF_NIGHTLY_COMMIT"; then
+  BPF_TOOLCHAIN=nightly
+else
+  BPF_TOOLCHAIN=nightly-$BPF_NIGHTLY_DATE
+  if ! rustc +"$BPF_TOOLCHAIN" --version >/dev/null 2>&1; then
+    log "installing toolchain $BPF_TOOLCHAIN"
+    rustup toolchain install "$BPF_TOOLCHAIN" --profile minimal --component rust-src
+  fi
+fi
+if ! rustup component list --toolchain "$BPF_TOOLCHAIN" --installed | grep -q '^rust-src'; then
+  log "adding rust-src to $BPF_TOOLCHAIN"
+  rustup component add rust-src --toolchain "$BPF_TOOLCHAIN"
+fi
+
+# --- bpf-linker against the nightly's libLLVM ----------------------------------------------
+SYSROOT=$(rustc +"$BPF_TOOLCHAIN" --print sysroot)
+NIGHTLY_ID=$(rustc +"$BPF_TOOLCHAIN" --version | tr -c 'A-Za-z0-9.\n' '_' )
+LLVM_SO=$(cd "$SYSROOT/lib" && ls libLLVM.so.* 2>/dev/null | head -n1 || true)
+[ -n "$LLVM_SO" ] || { echo "setup: no libLLVM.so.* in $SYSROOT/lib" >&2; exit 1; }
+LINKER_ROOT=$WEIR_TOOLS/bpf-linker-$BPF_LINKER_VERSION-$NIGHTLY_ID
+if [ ! -x "$LINKER_ROOT/bin/bpf-linker" ]; then
+  LLVM_PREFIX=$WEIR_TOOLS/llvm-$NIGHTLY_ID
+  mkdir -p "$LLVM_PREFIX/lib"
+  ln -sf "$SYSROOT/lib/$LLVM_SO" "$LLVM_PREFIX/lib/libLLVM.so"
+  ln -sf "$SYSROOT/lib/$LLVM_SO" "$LLVM_PREFIX/lib/$LLVM_SO"
+  log "building bpf-linker $BPF_LINKER_VERSION against $LLVM_SO (a few minutes, once per nightly)"
+  LLVM_PREFIX=$LLVM_PREFIX RUSTFLAGS="-C link-args=-Wl,-rpath,$SYSROOT/lib" \
+    cargo +"$BPF_TOOLCHAIN" install --locked bpf-linker@"$BPF_LINKER_VERSION" \
+      --no-default-features --features llvm-22 --root "$LINKER_ROOT.tmp"
+  rm -rf "$LINKER_ROOT"; mv "$LINKER_ROOT.tmp" "$LINKER_ROOT"
+fi
+
+cat > "$WEIR_TOOLS/env.sh" <<ENV
+export PATH="$LINKER_ROOT/bin:\$PATH"
+export WEIR_BPF_TOOLCHAIN="$BPF_TOOLCHAIN"
+ENV
+log "tools ready: bpf-linker $("$LINKER_ROOT/bin/bpf-linker" --version 2>/dev/null | head -n1), eBPF toolchain $BPF_TOOLCHAIN"

@@ -1,0 +1,212 @@
+//! Datapath tier: the real eBPF programs, loaded into the kernel, run on crafted frames with
+//! BPF_PROG_TEST_RUN. Root, no lab. Each test runs in a fresh network namespace so that FIB
+//! lookups see only the routes the test made.
+use std::{net::Ipv4Addr, process::Command};
+
+use weir_bpf_common::{programs, DropReason, EndpointInfo};
+use weir_dataplane::{
+    counters::Counters,
+    maps::{EndpointMap, Endpoints, TunnelMap, Tunnel},
+    Datapath, LoadConfig,
+};
+use weir_tests::{in_fresh_netns, pkt, require_root, run, Bpffs};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 2);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 3);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 250, 2, 9);
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 200);
+const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0b];
+const HOST_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0c];
+
+fn config(bpffs: &Bpffs, vxlan_ifindex: u32) -> LoadConfig {
+    LoadConfig {
+        bpffs_root: bpffs.path.clone(),
+        node_ipv4: NODE,
+        cluster_cidr_v4: (Ipv4Addr::new(10, 250, 0, 0), 16),
+        vxlan_ifindex,
+        vxlan_vni: 7,
+        nat_ports: (61000, 61010),
+    }
+}
+
+/// Sets up, inside the current (fresh) netns, a dummy "uplink" with the node address so that
+/// FIB lookups for the outside world resolve, and enables forwarding.
+fn node_netns_setup() {
+    // No dummy module on every kernel: a veth pair stands in for the uplink.
+    run(Command::new("ip").args(["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]));
+    run(Command::new("ip").args(["link", "set", "up0p", "up"]));
+    run(Command::new("ip").args(["addr", "add", "172.31.0.1/24", "dev", "up0"]));
+    run(Command::new("ip").args(["link", "set", "up0", "up"]));
+    run(Command::new("ip").args(["link", "set", "lo", "up"]));
+    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enable forwarding");
+    std::fs::write("/proc/sys/net/ipv4/conf/lo/forwarding", "1").expect("enable forwarding on lo");
+}
+
+/// Endpoints whose host veth is "lo": BPF_PROG_TEST_RUN runs programs as if on ifindex 1.
+fn add_endpoint(eps: &mut Endpoints, ip: Ipv4Addr) {
+    eps.upsert(ip, EndpointInfo { ifindex: 1, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC, _pad: [0; 4] })
+        .expect("upsert endpoint");
+}
+
+fn drops(c: &Counters, reason: DropReason) -> u64 {
+    c.snapshot().expect("counters").drops.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n).unwrap_or(0)
+}
+
+#[test]
+fn pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten() {
+    if !require_root("pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten") {
+        return;
+    }
+    let bpffs = Bpffs::mount();
+    let cfg = config(&bpffs, 0);
+    in_fresh_netns(move || {
+        node_netns_setup();
+        let mut dp = Datapath::load(&cfg).expect("load datapath");
+        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
+        add_endpoint(&mut eps, POD_A);
+        add_endpoint(&mut eps, POD_B);
+        let frame = pkt::ipv4(POD_A, POD_B, pkt::TCP, 40000, 8080, b"hi");
+        let res = dp.test_run(programs::FROM_POD, &frame).expect("test run");
+        assert_eq!(res.action, TC_ACT_REDIRECT, "same-node traffic must be redirected");
+        let v = pkt::view(&res.frame);
+        assert_eq!(v.dst_mac, POD_MAC);
+        assert_eq!(v.src_mac, HOST_MAC);
+        assert_eq!((v.src, v.dst), (POD_A, POD_B), "no translation between pods");
+        assert!(v.ip_csum_ok && v.l4_csum_ok);
+    });
+}
+
+#[test]
+fn spoofed_malformed_and_ipv6_frames_are_dropped_and_counted() {
+    if !require_root("spoofed_malformed_and_ipv6_frames_are_dropped_and_counted") {
+        return;
+    }
+    let bpffs = Bpffs::mount();
+    let cfg = config(&bpffs, 0);
+    in_fresh_netns(move || {
+        node_netns_setup();
+        let mut dp = Datapath::load(&cfg).expect("load datapath");
+        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
+        let counters = Counters::open(&mut dp).expect("counters");
+        add_endpoint(&mut eps, POD_B);
+
+        // Source 10.250.1.77 is nobody's address.
+        let spoof = pkt::ipv4(Ipv4Addr::new(10, 250, 1, 77), POD_B, pkt::UDP, 1, 2, b"x");
+        assert_eq!(dp.test_run(programs::FROM_POD, &spoof).expect("run").action, TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::SpoofedSource), 1);
+
+        // An IPv4 header claiming 12 bytes (IHL 3).
+        let mut short = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, b"");
+        short[14] = 0x43;
+        assert_eq!(dp.test_run(programs::FROM_POD, &short).expect("run").action, TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::Malformed), 1);
+
+        let mut v6 = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, b"");
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(dp.test_run(programs::FROM_POD, &v6).expect("run").action, TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::UnsupportedL3), 1);
+
+        // ARP from a pod goes to the node stack, untouched.
+        let mut arp = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, b"");
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(dp.test_run(programs::FROM_POD, &arp).expect("run").action, TC_ACT_OK);
+    });
+}
+
+#[test]
+fn remote_pod_in_vxlan_mode_needs_a_tunnel_entry() {
+    if !require_root("remote_pod_in_vxlan_mode_needs_a_tunnel_entry") {
+        return;
+    }
+    let bpffs = Bpffs::mount();
+    in_fresh_netns(move || {
+        node_netns_setup();
+        run(Command::new("ip").args(["link", "add", "vx0", "type", "vxlan", "external", "dstport", "4789"]));
+        run(Command::new("ip").args(["link", "set", "vx0", "up"]));
+        let ifindex = nix::net::if_::if_nametoindex("vx0").expect("vx0 ifindex");
+        let cfg = config(&bpffs, ifindex);
+        let mut dp = Datapath::load(&cfg).expect("load datapath");
+        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
+        let mut tunnel = Tunnel::open(&mut dp).expect("tunnel");
+        let counters = Counters::open(&mut dp).expect("counters");
+        add_endpoint(&mut eps, POD_A);
+        let frame = pkt::ipv4(POD_A, REMOTE_POD, pkt::TCP, 40000, 80, b"");
+        assert_eq!(dp.test_run(programs::FROM_POD, &frame).expect("run").action, TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::UnknownClusterDest), 1);
+        tunnel.upsert((Ipv4Addr::new(10, 250, 2, 0), 24), Ipv4Addr::new(172, 31, 0, 2)).expect("tunnel upsert");
+        assert_eq!(tunnel.list().expect("list").len(), 1);
+        assert_eq!(dp.test_run(programs::FROM_POD, &frame).expect("run").action, TC_ACT_REDIRECT);
+    });
+}
+
+#[test]
+fn masquerade_translates_out_and_back_with_valid_checksums() {
+    if !require_root("masquerade_translates_out_and_back_with_valid_checksums") {
+        return;
+    }
+    let bpffs = Bpffs::mount();
+    let cfg = config(&bpffs, 0);
+    in_fresh_netns(move || {
+        node_netns_setup();
+        let mut dp = Datapath::load(&cfg).expect("load datapath");
+        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
+        add_endpoint(&mut eps, POD_A);
+        for (proto, sport, dport) in [(pkt::TCP, 40000, 443), (pkt::UDP, 5353, 53), (pkt::ICMP, 77, 0)] {
+            let out = pkt::ipv4(POD_A, EXTERNAL, proto, sport, dport, b"payload");
+            let res = dp.test_run(programs::FROM_POD, &out).expect("run");
+            assert_eq!(res.action, TC_ACT_REDIRECT, "proto {proto}: leaves through the uplink");
+            let v = pkt::view(&res.frame);
+            assert_eq!(v.src, NODE, "proto {proto}: source masqueraded to the node");
+            assert!((61000..=61010).contains(&v.sport), "proto {proto}: port {} in range", v.sport);
+            assert!(v.ip_csum_ok && v.l4_csum_ok, "proto {proto}: checksums after SNAT: {v:?}");
+
+            // The same flow again keeps its port.
+            let again = pkt::view(&dp.test_run(programs::FROM_POD, &out).expect("run").frame);
+            assert_eq!(again.sport, v.sport);
+
+            // The reply comes back on the uplink and is translated to the pod.
+            let reply = if proto == pkt::ICMP {
+                pkt::ipv4(EXTERNAL, NODE, proto, v.sport, 1, b"payload")
+            } else {
+                pkt::ipv4(EXTERNAL, NODE, proto, dport, v.sport, b"payload")
+            };
+            let res = dp.test_run(programs::FROM_WIRE, &reply).expect("run");
+            assert_eq!(res.action, TC_ACT_REDIRECT, "proto {proto}: reply delivered to the pod");
+            let r = pkt::view(&res.frame);
+            assert_eq!(r.dst, POD_A);
+            if proto == pkt::ICMP {
+                assert_eq!(r.sport, sport, "echo id restored");
+            } else {
+                assert_eq!(r.dport, sport, "port restored");
+            }
+            assert!(r.ip_csum_ok && r.l4_csum_ok, "proto {proto}: checksums after reverse NAT: {r:?}");
+        }
+        // Traffic to the node that is no reply goes to the stack untouched.
+        let stray = pkt::ipv4(EXTERNAL, NODE, pkt::TCP, 1234, 22, b"");
+        assert_eq!(dp.test_run(programs::FROM_WIRE, &stray).expect("run").action, TC_ACT_OK);
+    });
+}
+
+#[test]
+fn a_second_load_reuses_the_pinned_maps() {
+    if !require_root("a_second_load_reuses_the_pinned_maps") {
+        return;
+    }
+    let bpffs = Bpffs::mount();
+    let cfg = config(&bpffs, 0);
+    in_fresh_netns(move || {
+        let mut first = Datapath::load(&cfg).expect("load");
+        let mut eps = Endpoints::open(&mut first).expect("endpoints");
+        add_endpoint(&mut eps, POD_A);
+        drop(eps);
+        drop(first);
+        let mut second = Datapath::load(&cfg).expect("reload");
+        let eps = Endpoints::open(&mut second).expect("endpoints");
+        assert!(eps.list().expect("list").contains_key(&POD_A), "pinned endpoint survives a reload");
+    });
+}
