@@ -106,7 +106,8 @@ fn spoofed_malformed_and_ipv6_frames_are_dropped_and_counted() {
         assert_eq!(dp.test_run(programs::FROM_POD, &short).expect("run").action, TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::Malformed), 1);
 
-        let mut v6 = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, b"");
+        // Long enough for an IPv6 header, which BPF_PROG_TEST_RUN insists on.
+        let mut v6 = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, &[0u8; 32]);
         v6[12..14].copy_from_slice(&[0x86, 0xdd]);
         assert_eq!(dp.test_run(programs::FROM_POD, &v6).expect("run").action, TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::UnsupportedL3), 1);
