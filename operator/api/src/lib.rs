@@ -1,0 +1,154 @@
+//! The agent's local API, spoken by `weir-cni` (and the CLI) over a unix socket: one JSON
+//! request line, one JSON response line, per connection. Versioned by `PROTOCOL`.
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL: u32 = 1;
+/// Default socket path on a node.
+pub const DEFAULT_SOCKET: &str = "/run/weir/agent.sock";
+
+/// Error codes the agent returns. 1–11 and 50/51 are the CNI spec's; 100+ are weir's own.
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODE_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
+    pub const PLUGIN_NOT_AVAILABLE_LIMITED: u32 = 51;
+    /// ADD for a container/interface that already has an attachment.
+    pub const ALREADY_ATTACHED: u32 = 100;
+    /// The node's pod CIDR has no free address.
+    pub const ADDRESSES_EXHAUSTED: u32 = 101;
+    /// A kernel object (link, route, map, program) could not be set up.
+    pub const DATAPATH: u32 = 102;
+    /// CHECK found the attachment differs from what ADD set up.
+    pub const CHECK_FAILED: u32 = 103;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Add(Attachment),
+    Del(AttachmentRef),
+    Check(Attachment),
+    Status,
+    Gc(GcRequest),
+    /// Endpoints as the agent and the kernel maps see them (CLI).
+    Endpoints,
+}
+
+/// Identifies one attachment: the CNI spec's (container ID, ifname) pair.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    pub container_id: String,
+    pub ifname: String,
+    /// May be empty on DEL (the runtime may no longer know it).
+    #[serde(default)]
+    pub netns: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    #[serde(flatten)]
+    pub id: AttachmentRef,
+    #[serde(default)]
+    pub pod_namespace: String,
+    #[serde(default)]
+    pub pod_name: String,
+    #[serde(default)]
+    pub pod_uid: String,
+    /// MTU requested by the network config; the agent's default when absent.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcRequest {
+    /// Attachments to keep (`cni.dev/valid-attachments`); all others of this network go.
+    pub valid: Vec<AttachmentRef>,
+}
+
+/// What ADD (and CHECK) report back: enough for the plugin to write the CNI result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub host_ifname: String,
+    pub host_mac: String,
+    pub pod_mac: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// True when the agent can serve ADD: datapath loaded and the node's pod CIDR known.
+    pub ready: bool,
+    pub reason: String,
+    pub node: String,
+    pub pod_cidr: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRow {
+    pub endpoint: Endpoint,
+    /// Whether the kernel's endpoint map holds this pod with the expected ifindex.
+    pub in_datapath: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Added(Endpoint),
+    Deleted,
+    Checked,
+    Status(Status),
+    Collected { removed: Vec<AttachmentRef> },
+    Endpoints { rows: Vec<EndpointRow> },
+    Error(ApiError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: u32,
+    pub msg: String,
+    #[serde(default)]
+    pub details: String,
+}
+
+impl ApiError {
+    pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        Self { code, msg: msg.into(), details: details.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let req = Request::Add(Attachment {
+            id: AttachmentRef { container_id: "c1".into(), ifname: "eth0".into(), netns: "/var/run/netns/x".into() },
+            pod_namespace: "default".into(),
+            pod_name: "web".into(),
+            pod_uid: "u".into(),
+            mtu: None,
+        });
+        let line = serde_json::to_string(&req).expect("serialize");
+        assert!(line.contains(r#""op":"add""#) && line.contains(r#""container_id":"c1""#), "{line}");
+        assert_eq!(serde_json::from_str::<Request>(&line).expect("parse"), req);
+        let st: Request = serde_json::from_str(r#"{"op":"status"}"#).expect("status");
+        assert_eq!(st, Request::Status);
+    }
+}
