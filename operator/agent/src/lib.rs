@@ -1,0 +1,113 @@
+//! weir-agent, the node agent.
+//!
+//! Pipeline (one writer per stage):
+//! `source` (manifest directory → cluster snapshots) → `state` (pure desired state) →
+//! [`node::Node`] (the single writer: endpoint store, IPAM, links, routes and BPF maps, behind
+//! one lock) ← `api` (the unix socket weir-cni and the CLI talk to).
+//!
+//! Start is two-phase: [`Agent::build`] validates the config and opens the socket, store and
+//! netlink; [`Agent::run`] serves. The datapath is loaded once this node's Node object (pod
+//! CIDR, InternalIP) is known; until then STATUS says "not ready" and ADD says "try again later".
+pub mod api;
+pub mod config;
+pub mod ipam;
+pub mod netlink;
+pub mod node;
+pub mod source;
+pub mod state;
+pub mod store;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::{net::UnixListener, sync::watch};
+
+pub use crate::node::Node;
+use crate::{config::Config, source::ClusterSnapshot};
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub struct Agent {
+    config: Config,
+    listener: UnixListener,
+    node: std::sync::Arc<tokio::sync::Mutex<Node>>,
+}
+
+/// Writes a sysctl of the agent's own network namespace.
+fn sysctl(path: &str, value: &str) -> anyhow::Result<()> {
+    std::fs::write(path, value).with_context(|| format!("writing {value} to {path}"))
+}
+
+impl Agent {
+    /// Validates the configuration and opens everything the agent needs; serves nothing yet.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if !config.manifests.is_dir() {
+            anyhow::bail!("--manifests {}: not a directory", config.manifests.display());
+        }
+        if let Some(dir) = config.socket.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // A socket file left by a previous agent would make bind fail; nobody serves it.
+        match std::fs::remove_file(&config.socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing stale {}", config.socket.display()))
+            }
+            _ => {}
+        }
+        let listener =
+            UnixListener::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
+        // The node forwards between pods, the uplink and the tunnel.
+        sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        let node = Node::open(config.clone()).context("opening node state")?;
+        Ok(Self { config, listener, node: std::sync::Arc::new(tokio::sync::Mutex::new(node)) })
+    }
+
+    /// Serves until SIGTERM/SIGINT. The pinned datapath keeps forwarding after exit.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let (tx, rx) = watch::channel::<Option<ClusterSnapshot>>(None);
+        tokio::spawn(source::manifest::watch_dir(
+            self.config.manifests.clone(),
+            Duration::from_millis(self.config.poll_ms),
+            tx,
+        ));
+        tokio::spawn(reconcile_loop(self.node.clone(), rx, Duration::from_secs(self.config.resync_secs)));
+        let server = tokio::spawn(api::serve(self.listener, self.node.clone()));
+        tracing::info!(node = %self.config.node_name, socket = %self.config.socket.display(), "weir-agent serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping; the pinned datapath keeps forwarding"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            r = server => r.context("API server task")?,
+        }
+        let _ = std::fs::remove_file(&self.config.socket);
+        Ok(())
+    }
+}
+
+async fn reconcile_loop(
+    node: std::sync::Arc<tokio::sync::Mutex<Node>>,
+    mut rx: watch::Receiver<Option<ClusterSnapshot>>,
+    resync: Duration,
+) {
+    let mut failed = false;
+    loop {
+        // A failed pass is retried quickly; otherwise wait for a change or the periodic resync.
+        let wait = if failed { Duration::from_secs(1) } else { resync };
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let snap = rx.borrow_and_update().clone();
+        failed = false;
+        if let Some(snap) = snap {
+            let mut n = node.lock().await;
+            if let Err(e) = n.reconcile(&snap).await {
+                failed = true;
+                tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying");
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The agent's unix-socket API: one JSON request line in, one JSON response line out.
+use std::sync::Arc;
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+};
+use weir_operator_api::{code, ApiError, Request, Response};
+
+use crate::node::Node;
+
+/// Longest request line accepted (a GC with thousands of attachments fits easily).
+const MAX_REQUEST: usize = 4 << 20;
+
+pub async fn serve(listener: UnixListener, node: Arc<Mutex<Node>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_conn(stream, node).await {
+                        tracing::warn!(error = %e, "API connection");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "accept on the API socket");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let n = BufReader::new(rd).take(MAX_REQUEST as u64).read_line(&mut line).await?;
+    if n == 0 {
+        return Ok(());
+    }
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => dispatch(req, &node).await,
+        Err(e) => Response::Error(ApiError::new(code::DECODE_FAILURE, format!("bad request: {e}"), "")),
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_else(|e| format!("{{\"result\":\"error\",\"code\":5,\"msg\":\"{e}\"}}").into_bytes());
+    out.push(b'\n');
+    wr.write_all(&out).await
+}
+
+use tokio::io::AsyncReadExt as _;
+
+pub async fn dispatch(req: Request, node: &Mutex<Node>) -> Response {
+    let mut n = node.lock().await;
+    let result = match req {
+        Request::Add(a) => n.add(&a).await.map(Response::Added),
+        Request::Check(a) => n.check(&a).await.map(|_| Response::Checked),
+        Request::Del(id) => n.del(&id).await.map(|()| Response::Deleted),
+        Request::Gc(g) => n.gc(&g.valid).await.map(|removed| Response::Collected { removed }),
+        Request::Status => Ok(Response::Status(n.status())),
+        Request::Endpoints => Ok(Response::Endpoints { rows: n.endpoints() }),
+    };
+    result.unwrap_or_else(Response::Error)
+}

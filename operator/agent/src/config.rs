@@ -1,0 +1,87 @@
+//! Agent settings (flags or environment).
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use clap::{Parser, ValueEnum};
+use ipnetwork::Ipv4Network;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// Routes to each node's pod CIDR over the underlay (nodes share an L2 segment or routers know the CIDRs).
+    Direct,
+    /// VXLAN encapsulation to the owning node (collect_metadata device, VNI from --vxlan-vni).
+    Vxlan,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(name = "weir-agent", about = "weir node agent: IPAM, endpoints and the eBPF datapath")]
+pub struct Config {
+    /// This node's name (the Node object to read spec.podCIDR and addresses from).
+    #[arg(long, env = "WEIR_NODE_NAME")]
+    pub node_name: String,
+    /// Directory of Kubernetes manifests (Node, Namespace, Pod, ...) that is the cluster state.
+    #[arg(long, env = "WEIR_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// Where the agent persists endpoints and IPAM.
+    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
+    pub state_dir: PathBuf,
+    /// A directory on a bpffs mount; pins go under <bpffs>/weir/v<ABI>/.
+    #[arg(long, env = "WEIR_BPFFS", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+    /// Unix socket for weir-cni and the CLI.
+    #[arg(long, env = "WEIR_SOCKET", default_value = weir_operator_api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Directory where weir-cni queues DELs while the agent is down.
+    #[arg(long, env = "WEIR_DELETE_QUEUE", default_value = "/run/weir/delete-queue")]
+    pub delete_queue: PathBuf,
+    /// The node's uplink interface (carries traffic between nodes and to the outside).
+    #[arg(long, env = "WEIR_UPLINK")]
+    pub uplink: String,
+    #[arg(long, env = "WEIR_ROUTING", value_enum, default_value = "direct")]
+    pub routing: Routing,
+    /// The cluster's pod CIDR (all nodes' pod CIDRs lie inside; traffic leaving it is masqueraded).
+    #[arg(long, env = "WEIR_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Ipv4Network,
+    /// Pod MTU; defaults to the uplink MTU (minus 50 with VXLAN).
+    #[arg(long, env = "WEIR_MTU")]
+    pub mtu: Option<u32>,
+    #[arg(long, env = "WEIR_VXLAN_VNI", default_value_t = 2)]
+    pub vxlan_vni: u32,
+    #[arg(long, env = "WEIR_VXLAN_PORT", default_value_t = 4789)]
+    pub vxlan_port: u16,
+    /// Masquerade source ports, FIRST-LAST.
+    #[arg(long, env = "WEIR_NAT_PORTS", default_value = "61000-65000", value_parser = parse_ports)]
+    pub nat_ports: (u16, u16),
+    /// How often the agent re-reads the manifest directory, in milliseconds.
+    #[arg(long, env = "WEIR_POLL_MS", default_value_t = 250)]
+    pub poll_ms: u64,
+    /// Full resync of kernel state against desired state, in seconds.
+    #[arg(long, env = "WEIR_RESYNC_SECS", default_value_t = 30)]
+    pub resync_secs: u64,
+}
+
+/// The pod's default gateway: a link-local address answered by a static neighbour entry.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+pub fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected FIRST-LAST"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 0 < FIRST <= LAST"));
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_are_validated() {
+        assert_eq!(parse_ports("61000-65000"), Ok((61000, 65000)));
+        assert!(parse_ports("65000-61000").is_err());
+        assert!(parse_ports("0-10").is_err());
+        assert!(parse_ports("x").is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! Links, addresses, routes and neighbours through rtnetlink.
+//!
+//! [`Netlink`] works in the agent's own (node) network namespace. Work inside a pod's namespace
+//! happens in [`in_netns`]: a dedicated OS thread that enters the namespace, opens its own
+//! netlink socket there and runs a current-thread runtime — never a tokio worker.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, OwnedFd},
+    path::Path,
+};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    link::{LinkAttribute, LinkMessage},
+    neighbour::NeighbourState,
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
+};
+use rtnetlink::{Handle, IpVersion};
+
+/// Routes the agent installs carry this protocol number, so reconcile can tell them apart.
+pub const WEIR_ROUTE_PROTO: u8 = 0x57;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink {op}: {source}")]
+    Request {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("opening netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("network namespace {path}: {source}")]
+    Netns { path: String, source: std::io::Error },
+    #[error("link {0} not found")]
+    NoSuchLink(String),
+    #[error("link {0} has no usable MAC address")]
+    NoMac(String),
+}
+
+pub type Result<T, E = NetlinkError> = std::result::Result<T, E>;
+
+fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let op = op.into();
+    move |source| NetlinkError::Request { op, source }
+}
+
+/// True for "no such device/entry" answers, which teardown treats as already done.
+pub fn is_not_found(e: &NetlinkError) -> bool {
+    match e {
+        NetlinkError::NoSuchLink(_) => true,
+        NetlinkError::Request { source: rtnetlink::Error::NetlinkError(m), .. } => {
+            m.raw_code() == -libc::ENODEV || m.raw_code() == -libc::ENOENT || m.raw_code() == -libc::ESRCH
+        }
+        _ => false,
+    }
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+}
+
+/// A netlink handle bound to the network namespace of the thread that created it.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+pub struct LinkInfo {
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+fn link_info(name: &str, msg: &LinkMessage) -> Result<LinkInfo> {
+    let mut mac = None;
+    let mut mtu = 0;
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::Address(m) if m.len() == 6 => mac = m.as_slice().try_into().ok(),
+            LinkAttribute::Mtu(m) => mtu = *m,
+            _ => {}
+        }
+    }
+    Ok(LinkInfo { index: msg.header.index, mac: mac.ok_or_else(|| NetlinkError::NoMac(name.to_owned()))?, mtu })
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the current thread's network namespace; the connection task
+    /// runs on the current tokio runtime.
+    pub fn open() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let h = self.handle.clone();
+        let mut stream = h.link().get().match_name(name.to_owned()).execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => link_info(name, &msg).map(Some),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(req(format!("get link {name}"))(e)),
+        }
+    }
+
+    pub async fn require_link(&self, name: &str) -> Result<LinkInfo> {
+        self.link(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+    }
+
+    pub async fn create_veth(&self, host: &str, peer: &str, mtu: u32) -> Result<()> {
+        let mut add = self.handle.link().add().veth(host.to_owned(), peer.to_owned());
+        add.message_mut().attributes.push(LinkAttribute::Mtu(mtu));
+        add.execute().await.map_err(req(format!("add veth {host}/{peer}")))
+    }
+
+    pub async fn move_to_netns(&self, index: u32, netns: &OwnedFd) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .execute()
+            .await
+            .map_err(req(format!("move link {index} to netns")))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle.link().set(index).up().execute().await.map_err(req(format!("set link {index} up")))
+    }
+
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        let Some(l) = self.link(name).await? else { return Ok(()) };
+        let h = self.handle.clone();
+        match h.link().del(l.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = req(format!("delete link {name}"))(e);
+                if is_not_found(&e) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Creates (or finds) the collect_metadata VXLAN device `name`.
+    pub async fn ensure_vxlan(&self, name: &str, vni: u32, port: u16, mtu: u32) -> Result<LinkInfo> {
+        if self.link(name).await?.is_none() {
+            let add = self.handle.link().add().vxlan(name.to_owned(), vni).port(port).collect_metadata(true).learning(false);
+            match add.execute().await {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => return Err(req(format!("add vxlan {name}"))(e)),
+            }
+        }
+        let info = self.require_link(name).await?;
+        self.handle.link().set(info.index).mtu(mtu).up().execute().await.map_err(req(format!("set {name} mtu/up")))?;
+        self.require_link(name).await
+    }
+
+    /// Adds or replaces `dst/prefix` via `oif` (and `via`, when given), marked as weir's.
+    pub async fn replace_route(&self, dst: Ipv4Addr, prefix: u8, oif: u32, via: Option<Ipv4Addr>) -> Result<()> {
+        let mut r = self
+            .handle
+            .route()
+            .add()
+            .v4()
+            .replace()
+            .destination_prefix(dst, prefix)
+            .output_interface(oif)
+            .protocol(RouteProtocol::Other(WEIR_ROUTE_PROTO));
+        r = match via {
+            Some(gw) => r.gateway(gw),
+            None => r.scope(RouteScope::Link),
+        };
+        r.execute().await.map_err(req(format!("replace route {dst}/{prefix}")))
+    }
+
+    pub async fn delete_route(&self, msg: RouteMessage) -> Result<()> {
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = req("delete route")(e);
+                if is_not_found(&e) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// IPv4 routes in the main table that weir installed: (dst, prefix, gateway, message).
+    pub async fn weir_routes(&self) -> Result<Vec<(Ipv4Addr, u8, Option<Ipv4Addr>, RouteMessage)>> {
+        let mut out = Vec::new();
+        let mut stream = self.handle.route().get(IpVersion::V4).execute();
+        while let Some(msg) = stream.try_next().await.map_err(req("list routes"))? {
+            if msg.header.protocol != RouteProtocol::Other(WEIR_ROUTE_PROTO) {
+                continue;
+            }
+            let mut dst = None;
+            let mut gw = None;
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    _ => {}
+                }
+            }
+            if let Some(d) = dst {
+                out.push((d, msg.header.destination_prefix_length, gw, msg));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What the pod side of a veth gets.
+pub struct PodSide<'a> {
+    pub netns: &'a Path,
+    /// Name of the veth peer as moved into the namespace.
+    pub tmp_name: &'a str,
+    pub ifname: &'a str,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub gateway_mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// Opens a network namespace file (e.g. /var/run/netns/x or /proc/PID/ns/net).
+pub fn open_netns(path: &Path) -> Result<OwnedFd> {
+    std::fs::File::open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| NetlinkError::Netns { path: path.display().to_string(), source })
+}
+
+/// Runs `f` with a [`Netlink`] opened inside the namespace at `netns`, on a dedicated thread.
+pub fn in_netns<T, F, Fut>(netns: &Path, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Netlink) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let fd = open_netns(netns)?;
+    let path = netns.display().to_string();
+    std::thread::spawn(move || -> Result<T> {
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetlinkError::Netns { path: path.clone(), source: e.into() })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NetlinkError::Socket)?;
+        rt.block_on(async move {
+            let nl = Netlink::open()?;
+            f(nl).await
+        })
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Configures the pod end of a veth inside its namespace; returns the pod interface's MAC.
+pub fn configure_pod_side(p: &PodSide<'_>) -> Result<[u8; 6]> {
+    let (tmp, ifname, ip, gw, gw_mac, mtu) =
+        (p.tmp_name.to_owned(), p.ifname.to_owned(), p.ip, p.gateway, p.gateway_mac, p.mtu);
+    in_netns(p.netns, move |nl| async move {
+        let link = nl.require_link(&tmp).await?;
+        let h = nl.handle.clone();
+        h.link()
+            .set(link.index)
+            .name(ifname.clone())
+            .mtu(mtu)
+            .execute()
+            .await
+            .map_err(req(format!("rename {tmp} to {ifname}")))?;
+        // IPv6 is not carried yet: keep the pod from emitting RS/MLD that would only be dropped.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+        nl.set_up(link.index).await?;
+        if let Some(lo) = nl.link("lo").await? {
+            nl.set_up(lo.index).await?;
+        }
+        h.address()
+            .add(link.index, IpAddr::V4(ip), 32)
+            .execute()
+            .await
+            .map_err(req(format!("add {ip}/32 to {ifname}")))?;
+        h.route()
+            .add()
+            .v4()
+            .destination_prefix(gw, 32)
+            .output_interface(link.index)
+            .scope(RouteScope::Link)
+            .execute()
+            .await
+            .map_err(req("add gateway route"))?;
+        h.route()
+            .add()
+            .v4()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gw)
+            .output_interface(link.index)
+            .execute()
+            .await
+            .map_err(req("add default route"))?;
+        h.neighbours()
+            .add(link.index, IpAddr::V4(gw))
+            .link_local_address(&gw_mac)
+            .state(NeighbourState::Permanent)
+            .execute()
+            .await
+            .map_err(req("add gateway neighbour"))?;
+        Ok(nl.require_link(&ifname).await?.mac)
+    })
+}
+
+/// What CHECK verifies inside the pod namespace: `ifname` exists, is up, and holds `ip`.
+pub fn pod_side_has_address(netns: &Path, ifname: &str, ip: Ipv4Addr) -> Result<bool> {
+    let ifname = ifname.to_owned();
+    in_netns(netns, move |nl| async move {
+        let Some(link) = nl.link(&ifname).await? else { return Ok(false) };
+        let mut addrs = nl.handle.address().get().set_link_index_filter(link.index).execute();
+        while let Some(msg) = addrs.try_next().await.map_err(req("list addresses"))? {
+            for a in &msg.attributes {
+                if let netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(v4)) = a {
+                    if *v4 == ip {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    })
+}

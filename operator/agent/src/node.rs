@@ -1,0 +1,457 @@
+//! The node's single writer: it owns the endpoint store (and so IPAM), the node-side links and
+//! routes, and the BPF maps. Only this module mutates them; the API and the reconcile loop call
+//! in through one lock, so concurrent ADDs are serialised and never share an address.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use ipnetwork::Ipv4Network;
+use weir_bpf_common::{programs, EndpointInfo};
+use weir_dataplane::{
+    counters::{Counters, Snapshot},
+    maps::{EndpointMap, Endpoints, Tunnel, TunnelMap},
+    tcx::Attachment,
+    Datapath, LoadConfig,
+};
+use weir_operator_api::{code, ApiError, Attachment as AddRequest, AttachmentRef, Endpoint, EndpointRow, Status};
+
+use crate::{
+    config::{Config, Routing, GATEWAY},
+    ipam,
+    netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
+    source::ClusterSnapshot,
+    state::{self, Desired},
+    store::{EndpointRecord, EndpointStore},
+};
+
+pub const VXLAN_DEVICE: &str = "weir_vxlan";
+const VXLAN_OVERHEAD: u32 = 50;
+
+/// The loaded datapath and what was learnt bringing it up.
+struct Loaded {
+    dp: Datapath,
+    endpoints: Endpoints,
+    tunnel: Tunnel,
+    counters: Counters,
+    uplink: LinkInfo,
+    pod_cidr: Ipv4Network,
+    node_ip: Ipv4Addr,
+    mtu: u32,
+}
+
+pub struct Node {
+    cfg: Config,
+    store: EndpointStore,
+    nl: Netlink,
+    loaded: Option<Loaded>,
+    desired: Desired,
+}
+
+/// Interface names for an attachment, stable across restarts: `lxc` + 11 hex digits of a hash
+/// of (container ID, ifname) on the node side, `tmp` + the same while the peer is moved.
+pub fn veth_names(container_id: &str, ifname: &str) -> (String, String) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let hex = format!("{h:016x}");
+    (format!("lxc{}", &hex[..11]), format!("tmp{}", &hex[..11]))
+}
+
+fn mac_str(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn api_err(code: u32, msg: impl Into<String>, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(code, msg, e.to_string())
+}
+
+fn to_endpoint(r: &EndpointRecord) -> Endpoint {
+    Endpoint {
+        container_id: r.container_id.clone(),
+        ifname: r.ifname.clone(),
+        netns: r.netns.clone(),
+        pod_namespace: r.pod_namespace.clone(),
+        pod_name: r.pod_name.clone(),
+        host_ifname: r.host_ifname.clone(),
+        host_mac: mac_str(&r.host_mac),
+        pod_mac: mac_str(&r.pod_mac),
+        ip: r.ip,
+        prefix_len: 32,
+        gateway: GATEWAY,
+        mtu: r.mtu,
+    }
+}
+
+fn endpoint_info(r: &EndpointRecord) -> EndpointInfo {
+    EndpointInfo { ifindex: r.host_ifindex, flags: 0, pod_mac: r.pod_mac, host_mac: r.host_mac, _pad: [0; 4] }
+}
+
+impl Node {
+    pub fn open(cfg: Config) -> anyhow::Result<Self> {
+        let store = EndpointStore::open(&cfg.state_dir)?;
+        let nl = Netlink::open()?;
+        Ok(Self { cfg, store, nl, loaded: None, desired: Desired::default() })
+    }
+
+    pub fn status(&self) -> Status {
+        let (ready, reason) = match (&self.loaded, &self.desired.own) {
+            (Some(_), _) => (true, "datapath loaded".to_owned()),
+            (None, None) => (false, format!("waiting for Node {} with spec.podCIDR and an InternalIP", self.cfg.node_name)),
+            (None, Some(_)) => (false, "loading the datapath".to_owned()),
+        };
+        Status {
+            ready,
+            reason,
+            node: self.cfg.node_name.clone(),
+            pod_cidr: self.loaded.as_ref().map(|l| l.pod_cidr.to_string()),
+        }
+    }
+
+    pub fn counters(&self) -> Option<Snapshot> {
+        self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok())
+    }
+
+    /// Brings kernel state in line with the snapshot. Idempotent; safe to call repeatedly.
+    pub async fn reconcile(&mut self, snap: &ClusterSnapshot) -> anyhow::Result<()> {
+        let desired = state::desired(snap, &self.cfg.node_name);
+        if desired.skipped != self.desired.skipped {
+            for (node, why) in &desired.skipped {
+                tracing::warn!(%node, reason = %why, "Node skipped");
+            }
+        }
+        self.desired = desired;
+        if self.loaded.is_none() {
+            let Some(own) = self.desired.own else { return Ok(()) };
+            self.bring_up(own.pod_cidr, own.address).await?;
+        }
+        self.sync_remote_nodes().await?;
+        Ok(())
+    }
+
+    async fn bring_up(&mut self, pod_cidr: Ipv4Network, node_ip: Ipv4Addr) -> anyhow::Result<()> {
+        let cfg = &self.cfg;
+        let uplink = self.nl.require_link(&cfg.uplink).await?;
+        let vxlan = match cfg.routing {
+            Routing::Vxlan => Some(
+                self.nl
+                    .ensure_vxlan(VXLAN_DEVICE, cfg.vxlan_vni, cfg.vxlan_port, uplink.mtu - VXLAN_OVERHEAD)
+                    .await?,
+            ),
+            Routing::Direct => {
+                self.nl.delete_link(VXLAN_DEVICE).await?;
+                None
+            }
+        };
+        let mtu = cfg.mtu.unwrap_or(match vxlan {
+            Some(_) => uplink.mtu - VXLAN_OVERHEAD,
+            None => uplink.mtu,
+        });
+        let load = LoadConfig {
+            bpffs_root: cfg.bpffs.clone(),
+            node_ipv4: node_ip,
+            cluster_cidr_v4: (cfg.cluster_cidr.network(), cfg.cluster_cidr.prefix()),
+            vxlan_ifindex: vxlan.as_ref().map_or(0, |v| v.index),
+            vxlan_vni: cfg.vxlan_vni,
+            nat_ports: cfg.nat_ports,
+        };
+        let mut dp = Datapath::load(&load).context("loading the eBPF datapath")?;
+        let how = dp.attach_ingress(&cfg.uplink, programs::FROM_WIRE)?;
+        tracing::info!(iface = %cfg.uplink, ?how, "uplink program");
+        if vxlan.is_some() {
+            dp.attach_ingress(VXLAN_DEVICE, programs::FROM_VXLAN)?;
+        }
+        let endpoints = Endpoints::open(&mut dp)?;
+        let tunnel = Tunnel::open(&mut dp)?;
+        let counters = Counters::open(&mut dp)?;
+        self.loaded = Some(Loaded { dp, endpoints, tunnel, counters, uplink, pod_cidr, node_ip, mtu });
+        self.sync_endpoints().await?;
+        self.drain_delete_queue().await;
+        tracing::info!(%pod_cidr, %node_ip, routing = ?self.cfg.routing, mtu, "datapath ready");
+        Ok(())
+    }
+
+    /// Makes the endpoint map and tcx links match the store (after a restart, adopting pins).
+    async fn sync_endpoints(&mut self) -> anyhow::Result<()> {
+        let Some(l) = self.loaded.as_mut() else { return Ok(()) };
+        let mut want = BTreeMap::new();
+        for r in self.store.all() {
+            match self.nl.link(&r.host_ifname).await? {
+                Some(link) if link.index == r.host_ifindex => {
+                    l.dp.attach_ingress(&r.host_ifname, programs::FROM_POD)?;
+                    want.insert(r.ip, endpoint_info(r));
+                }
+                _ => tracing::warn!(pod = %format!("{}/{}", r.pod_namespace, r.pod_name), ip = %r.ip,
+                    "endpoint's host interface is gone; waiting for DEL or GC"),
+            }
+        }
+        let have = l.endpoints.list()?;
+        for ip in have.keys().filter(|ip| !want.contains_key(ip)) {
+            l.endpoints.remove(*ip)?;
+        }
+        for (ip, info) in want {
+            if have.get(&ip) != Some(&info) {
+                l.endpoints.upsert(ip, info)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes (direct) or tunnel entries (VXLAN) for every other node's pod CIDR.
+    async fn sync_remote_nodes(&mut self) -> anyhow::Result<()> {
+        let Some(l) = self.loaded.as_mut() else { return Ok(()) };
+        let want: BTreeMap<(Ipv4Addr, u8), Ipv4Addr> = self
+            .desired
+            .remotes
+            .values()
+            .map(|r| ((r.pod_cidr.network(), r.pod_cidr.prefix()), r.address))
+            .collect();
+        let routes = self.nl.weir_routes().await?;
+        let vxlan = self.cfg.routing == Routing::Vxlan;
+        // Node routes are weir's routes with a gateway (pod routes have none).
+        let mut have_routes = BTreeSet::new();
+        for (dst, len, gw, msg) in routes {
+            let Some(gw) = gw else { continue };
+            if vxlan || want.get(&(dst, len)) != Some(&gw) {
+                self.nl.delete_route(msg).await?;
+            } else {
+                have_routes.insert((dst, len));
+            }
+        }
+        if vxlan {
+            let have = l.tunnel.list()?;
+            for cidr in have.keys().filter(|c| !want.contains_key(c)) {
+                l.tunnel.remove(*cidr)?;
+            }
+            for (cidr, node) in &want {
+                if have.get(cidr) != Some(node) {
+                    l.tunnel.upsert(*cidr, *node)?;
+                }
+            }
+        } else {
+            for ((dst, len), gw) in &want {
+                if !have_routes.contains(&(*dst, *len)) {
+                    self.nl.replace_route(*dst, *len, l.uplink.index, Some(*gw)).await?;
+                }
+            }
+            for cidr in l.tunnel.list()?.keys() {
+                l.tunnel.remove(*cidr)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn not_ready(&self) -> ApiError {
+        ApiError::new(code::TRY_AGAIN_LATER, format!("weir-agent is not ready: {}", self.status().reason), "")
+    }
+
+    pub async fn add(&mut self, req: &AddRequest) -> Result<Endpoint, ApiError> {
+        let id = &req.id;
+        if let Some(r) = self.store.get(&id.container_id, &id.ifname) {
+            return Err(ApiError::new(
+                code::ALREADY_ATTACHED,
+                format!("container {} already has {} attached (address {}); DEL it first", id.container_id, id.ifname, r.ip),
+                "",
+            ));
+        }
+        let netns = PathBuf::from(&id.netns);
+        if !netns.exists() {
+            return Err(ApiError::new(code::UNKNOWN_CONTAINER, format!("network namespace {} does not exist", id.netns), ""));
+        }
+        let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
+        let ip = ipam::allocate(l.pod_cidr, &self.store.used_ips()).ok_or_else(|| {
+            ApiError::new(code::ADDRESSES_EXHAUSTED, format!("no free address left in pod CIDR {}", l.pod_cidr), "")
+        })?;
+        let mtu = req.mtu.unwrap_or(l.mtu);
+        let (host, tmp) = veth_names(&id.container_id, &id.ifname);
+        match self.plumb(req, &netns, &host, &tmp, ip, mtu).await {
+            Ok(rec) => {
+                let ep = to_endpoint(&rec);
+                if let Err(e) = self.store.insert(rec) {
+                    self.unplumb(&host, ip).await;
+                    return Err(api_err(code::IO_FAILURE, "persisting the endpoint", e));
+                }
+                tracing::info!(pod = %format!("{}/{}", req.pod_namespace, req.pod_name), %ip, iface = %host, "endpoint added");
+                Ok(ep)
+            }
+            Err(e) => {
+                self.unplumb(&host, ip).await;
+                Err(api_err(code::DATAPATH, format!("setting up {} for container {}", id.ifname, id.container_id), format!("{e:#}")))
+            }
+        }
+    }
+
+    /// Creates the veth pair, configures both ends, attaches the program, writes the map.
+    async fn plumb(&mut self, req: &AddRequest, netns: &Path, host: &str, tmp: &str, ip: Ipv4Addr, mtu: u32) -> anyhow::Result<EndpointRecord> {
+        // A leftover of a failed earlier attempt would make the create fail.
+        self.nl.delete_link(host).await?;
+        self.nl.delete_link(tmp).await?;
+        self.nl.create_veth(host, tmp, mtu).await?;
+        let host_link = self.nl.require_link(host).await?;
+        let tmp_link = self.nl.require_link(tmp).await?;
+        let ns_fd = netlink::open_netns(netns)?;
+        self.nl.move_to_netns(tmp_link.index, &ns_fd).await?;
+        let side = PodSide { netns, tmp_name: tmp, ifname: &req.id.ifname, ip, gateway: GATEWAY, gateway_mac: host_link.mac, mtu };
+        let pod_mac = tokio::task::block_in_place(|| netlink::configure_pod_side(&side))?;
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6"), "1");
+        self.nl.set_up(host_link.index).await?;
+        self.nl.replace_route(ip, 32, host_link.index, None).await?;
+        let rec = EndpointRecord {
+            container_id: req.id.container_id.clone(),
+            ifname: req.id.ifname.clone(),
+            netns: req.id.netns.clone(),
+            pod_namespace: req.pod_namespace.clone(),
+            pod_name: req.pod_name.clone(),
+            pod_uid: req.pod_uid.clone(),
+            host_ifname: host.to_owned(),
+            host_ifindex: host_link.index,
+            host_mac: host_link.mac,
+            pod_mac,
+            ip,
+            mtu,
+        };
+        let l = self.loaded.as_mut().context("datapath not loaded")?;
+        if l.dp.attach_ingress(host, programs::FROM_POD)? == Attachment::Adopted {
+            tracing::warn!(iface = %host, "adopted an existing pinned link for a new interface");
+        }
+        l.endpoints.upsert(ip, endpoint_info(&rec))?;
+        Ok(rec)
+    }
+
+    /// Best-effort removal of everything `plumb` may have created.
+    async fn unplumb(&mut self, host: &str, ip: Ipv4Addr) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(l) = self.loaded.as_mut() {
+            if let Err(e) = l.dp.detach_ingress(host, programs::FROM_POD) {
+                errors.push(e.to_string());
+            }
+            if let Err(e) = l.endpoints.remove(ip) {
+                errors.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.nl.delete_link(host).await {
+            if !is_not_found(&e) {
+                errors.push(e.to_string());
+            }
+        }
+        errors
+    }
+
+    /// Idempotent: an unknown attachment is already deleted. Every teardown step is tried;
+    /// if any fails the record stays so that a retry can finish the job.
+    pub async fn del(&mut self, id: &AttachmentRef) -> Result<(), ApiError> {
+        let Some(rec) = self.store.get(&id.container_id, &id.ifname).cloned() else { return Ok(()) };
+        let errors = self.unplumb(&rec.host_ifname, rec.ip).await;
+        if !errors.is_empty() {
+            return Err(ApiError::new(code::DATAPATH, format!("tearing down {}", rec.host_ifname), errors.join("; ")));
+        }
+        self.store.remove(&id.container_id, &id.ifname).map_err(|e| api_err(code::IO_FAILURE, "persisting the endpoint store", e))?;
+        tracing::info!(pod = %format!("{}/{}", rec.pod_namespace, rec.pod_name), ip = %rec.ip, "endpoint deleted");
+        Ok(())
+    }
+
+    pub async fn check(&mut self, req: &AddRequest) -> Result<Endpoint, ApiError> {
+        let id = &req.id;
+        let Some(rec) = self.store.get(&id.container_id, &id.ifname).cloned() else {
+            return Err(ApiError::new(code::UNKNOWN_CONTAINER, format!("no attachment {} for container {}", id.ifname, id.container_id), ""));
+        };
+        let fail = |what: String| ApiError::new(code::CHECK_FAILED, what, "");
+        match self.nl.link(&rec.host_ifname).await {
+            Ok(Some(l)) if l.index == rec.host_ifindex => {}
+            _ => return Err(fail(format!("host interface {} is missing or was re-created", rec.host_ifname))),
+        }
+        let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
+        let in_map = l.endpoints.list().map_err(|e| api_err(code::DATAPATH, "reading the endpoint map", e))?;
+        if in_map.get(&rec.ip) != Some(&endpoint_info(&rec)) {
+            return Err(fail(format!("{} is not in the datapath's endpoint map as expected", rec.ip)));
+        }
+        if l.dp.ingress_program_count(&rec.host_ifname).unwrap_or(0) == 0 {
+            return Err(fail(format!("no program attached to {}", rec.host_ifname)));
+        }
+        let netns = PathBuf::from(&rec.netns);
+        let (ifname, ip) = (rec.ifname.clone(), rec.ip);
+        let ok = tokio::task::block_in_place(|| netlink::pod_side_has_address(&netns, &ifname, ip))
+            .map_err(|e| fail(format!("inspecting the pod namespace: {e}")))?;
+        if !ok {
+            return Err(fail(format!("{} in {} does not hold {}", rec.ifname, rec.netns, rec.ip)));
+        }
+        Ok(to_endpoint(&rec))
+    }
+
+    /// Deletes every attachment not in `valid`; returns what was removed.
+    pub async fn gc(&mut self, valid: &[AttachmentRef]) -> Result<Vec<AttachmentRef>, ApiError> {
+        let keep: BTreeSet<(&str, &str)> = valid.iter().map(|a| (a.container_id.as_str(), a.ifname.as_str())).collect();
+        let stale: Vec<AttachmentRef> = self
+            .store
+            .all()
+            .filter(|r| !keep.contains(&(r.container_id.as_str(), r.ifname.as_str())))
+            .map(|r| AttachmentRef { container_id: r.container_id.clone(), ifname: r.ifname.clone(), netns: r.netns.clone() })
+            .collect();
+        let mut errors = Vec::new();
+        for a in &stale {
+            if let Err(e) = self.del(a).await {
+                errors.push(format!("{}: {} ({})", a.container_id, e.msg, e.details));
+            }
+        }
+        if errors.is_empty() {
+            Ok(stale)
+        } else {
+            Err(ApiError::new(code::DATAPATH, "GC could not remove every stale attachment", errors.join("; ")))
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<EndpointRow> {
+        let in_map = self.loaded.as_ref().and_then(|l| l.endpoints.list().ok()).unwrap_or_default();
+        self.store
+            .all()
+            .map(|r| EndpointRow { endpoint: to_endpoint(r), in_datapath: in_map.get(&r.ip) == Some(&endpoint_info(r)) })
+            .collect()
+    }
+
+    /// DELs that weir-cni queued while the agent was down.
+    async fn drain_delete_queue(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.cfg.delete_queue) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let parsed = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<AttachmentRef>(&b).ok());
+            match parsed {
+                Some(id) => match self.del(&id).await {
+                    Ok(()) => {
+                        tracing::info!(container = %id.container_id, "queued DEL done");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(e) => tracing::warn!(container = %id.container_id, error = %e.msg, "queued DEL failed; will retry"),
+                },
+                None => {
+                    tracing::warn!(file = %path.display(), "unreadable queued DEL removed");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+
+    pub fn node_ip(&self) -> Option<Ipv4Addr> {
+        self.loaded.as_ref().map(|l| l.node_ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_are_stable_short_and_distinct() {
+        let (h, t) = veth_names("0123456789abcdef", "eth0");
+        assert_eq!((h.len(), t.len()), (14, 14));
+        assert_eq!(veth_names("0123456789abcdef", "eth0").0, h);
+        assert_ne!(veth_names("0123456789abcdef", "eth1").0, h);
+        assert_eq!(&h[3..], &t[3..]);
+    }
+}

@@ -1,0 +1,146 @@
+//! The endpoint store: every attachment this node made, persisted as JSON (write to a temp
+//! file, fsync, rename) before the agent answers ADD or DEL. It is also the IPAM record.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: [u8; 6],
+    pub pod_mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+pub type Key = (String, String);
+
+#[derive(Debug)]
+pub struct EndpointStore {
+    path: PathBuf,
+    records: BTreeMap<Key, EndpointRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is corrupt: {source}")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+impl EndpointStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("endpoints.json");
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Write { path: dir.to_owned(), source })?;
+        let records = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let list: Vec<EndpointRecord> =
+                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: path.clone(), source })?;
+                list.into_iter().map(|r| ((r.container_id.clone(), r.ifname.clone()), r)).collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        Ok(Self { path, records })
+    }
+
+    pub fn get(&self, container_id: &str, ifname: &str) -> Option<&EndpointRecord> {
+        self.records.get(&(container_id.to_owned(), ifname.to_owned()))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &EndpointRecord> {
+        self.records.values()
+    }
+
+    pub fn used_ips(&self) -> BTreeSet<Ipv4Addr> {
+        self.records.values().map(|r| r.ip).collect()
+    }
+
+    /// Inserts and persists; on a write failure the in-memory state is rolled back.
+    pub fn insert(&mut self, rec: EndpointRecord) -> Result<(), StoreError> {
+        let key = (rec.container_id.clone(), rec.ifname.clone());
+        let old = self.records.insert(key.clone(), rec);
+        self.save().inspect_err(|_| {
+            match &old {
+                Some(o) => self.records.insert(key.clone(), o.clone()),
+                None => self.records.remove(&key),
+            };
+        })
+    }
+
+    pub fn remove(&mut self, container_id: &str, ifname: &str) -> Result<Option<EndpointRecord>, StoreError> {
+        let key = (container_id.to_owned(), ifname.to_owned());
+        let Some(old) = self.records.remove(&key) else { return Ok(None) };
+        match self.save() {
+            Ok(()) => Ok(Some(old)),
+            Err(e) => {
+                self.records.insert(key, old);
+                Err(e)
+            }
+        }
+    }
+
+    fn save(&self) -> Result<(), StoreError> {
+        let err = |source| StoreError::Write { path: self.path.clone(), source };
+        let list: Vec<&EndpointRecord> = self.records.values().collect();
+        let bytes = serde_json::to_vec_pretty(&list).map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, ip: [u8; 4]) -> EndpointRecord {
+        EndpointRecord {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            netns: "/var/run/netns/x".into(),
+            pod_namespace: "default".into(),
+            pod_name: id.into(),
+            pod_uid: String::new(),
+            host_ifname: format!("lxc{id}"),
+            host_ifindex: 9,
+            host_mac: [2, 0, 0, 0, 0, 1],
+            pod_mac: [2, 0, 0, 0, 0, 2],
+            ip: Ipv4Addr::from(ip),
+            mtu: 1500,
+        }
+    }
+
+    #[test]
+    fn survives_a_restart_and_tracks_used_addresses() {
+        let dir = std::env::temp_dir().join(format!("weir-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = EndpointStore::open(&dir).expect("open");
+        s.insert(rec("a", [10, 0, 0, 2])).expect("insert");
+        s.insert(rec("b", [10, 0, 0, 3])).expect("insert");
+        assert_eq!(s.remove("a", "eth0").expect("remove").map(|r| r.ip), Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(s.remove("a", "eth0").expect("remove twice"), None);
+        let s = EndpointStore::open(&dir).expect("reopen");
+        assert_eq!(s.used_ips().into_iter().collect::<Vec<_>>(), [Ipv4Addr::new(10, 0, 0, 3)]);
+        std::fs::write(dir.join("endpoints.json"), "{oops").expect("corrupt");
+        assert!(matches!(EndpointStore::open(&dir), Err(StoreError::Corrupt { .. })));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
