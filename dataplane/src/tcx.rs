@@ -1,4 +1,4 @@
-//! tcx attachment with pinned links: a link pinned at `<pin_dir>/links/<iface>.<program>`
+//! tcx attachment with pinned links: a link pinned at `<pin_dir>/links/<program>-<iface>`
 //! outlives the agent, so the datapath forwards while the agent is down, and a restarted agent
 //! adopts the pin instead of attaching a duplicate.
 use std::path::PathBuf;
@@ -21,7 +21,8 @@ pub enum Attachment {
 
 impl Datapath {
     fn link_pin(&self, iface: &str, program: &str) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{iface}.{program}"))
+        // bpffs refuses names with '.', which interface names (VLANs) may have.
+        self.pin_dir.join("links").join(format!("{program}-{}", iface.replace('.', "_")))
     }
 
     /// Attaches `program` to the tcx ingress of `iface` (in the caller's network namespace),
@@ -43,8 +44,8 @@ impl Datapath {
         let link = prog.take_link(id).map_err(attach_err)?;
         let fd_link: FdLink = link
             .try_into()
-            .map_err(|e: aya::programs::links::LinkError| Error::Pin { path: pin.clone(), message: e.to_string() })?;
-        fd_link.pin(&pin).map_err(|e| Error::Pin { path: pin.clone(), message: e.to_string() })?;
+            .map_err(|e: aya::programs::links::LinkError| Error::Pin { path: pin.clone(), message: crate::chain(&e) })?;
+        fd_link.pin(&pin).map_err(|e| Error::Pin { path: pin.clone(), message: crate::chain(&e) })?;
         Ok(Attachment::Attached)
     }
 

@@ -59,6 +59,7 @@ pub async fn dispatch(req: Request, node: &Mutex<Node>) -> Response {
         Request::Gc(g) => n.gc(&g.valid).await.map(|removed| Response::Collected { removed }),
         Request::Status => Ok(Response::Status(n.status())),
         Request::Endpoints => Ok(Response::Endpoints { rows: n.endpoints() }),
+        Request::Datapath => n.datapath_info().map(Response::Datapath),
     };
     result.unwrap_or_else(Response::Error)
 }

@@ -145,10 +145,12 @@ impl Netlink {
         }
     }
 
-    /// Creates (or finds) the collect_metadata VXLAN device `name`.
-    pub async fn ensure_vxlan(&self, name: &str, vni: u32, port: u16, mtu: u32) -> Result<LinkInfo> {
+    /// Creates (or finds) the collect_metadata VXLAN device `name`. The device itself has VNI 0:
+    /// in metadata mode the kernel looks received packets up under VNI 0 and the VNI travels in
+    /// the tunnel key, set per packet by the datapath.
+    pub async fn ensure_vxlan(&self, name: &str, port: u16, mtu: u32) -> Result<LinkInfo> {
         if self.link(name).await?.is_none() {
-            let add = self.handle.link().add().vxlan(name.to_owned(), vni).port(port).collect_metadata(true).learning(false);
+            let add = self.handle.link().add().vxlan(name.to_owned(), 0).port(port).collect_metadata(true).learning(false);
             match add.execute().await {
                 Ok(()) => {}
                 Err(e) if is_exists(&e) => {}

@@ -11,12 +11,14 @@ use anyhow::Context as _;
 use ipnetwork::Ipv4Network;
 use weir_bpf_common::{programs, EndpointInfo};
 use weir_dataplane::{
-    counters::{Counters, Snapshot},
+    counters::Counters,
     maps::{EndpointMap, Endpoints, Tunnel, TunnelMap},
     tcx::Attachment,
     Datapath, LoadConfig,
 };
-use weir_operator_api::{code, ApiError, Attachment as AddRequest, AttachmentRef, Endpoint, EndpointRow, Status};
+use weir_operator_api::{
+    code, ApiError, Attachment as AddRequest, AttachmentRef, DatapathInfo, Endpoint, EndpointRow, IfacePrograms, Status,
+};
 
 use crate::{
     config::{Config, Routing, GATEWAY},
@@ -112,10 +114,6 @@ impl Node {
         }
     }
 
-    pub fn counters(&self) -> Option<Snapshot> {
-        self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok())
-    }
-
     /// Brings kernel state in line with the snapshot. Idempotent; safe to call repeatedly.
     pub async fn reconcile(&mut self, snap: &ClusterSnapshot) -> anyhow::Result<()> {
         let desired = state::desired(snap, &self.cfg.node_name);
@@ -139,7 +137,7 @@ impl Node {
         let vxlan = match cfg.routing {
             Routing::Vxlan => Some(
                 self.nl
-                    .ensure_vxlan(VXLAN_DEVICE, cfg.vxlan_vni, cfg.vxlan_port, uplink.mtu - VXLAN_OVERHEAD)
+                    .ensure_vxlan(VXLAN_DEVICE, cfg.vxlan_port, uplink.mtu - VXLAN_OVERHEAD)
                     .await?,
             ),
             Routing::Direct => {
@@ -439,6 +437,31 @@ impl Node {
 
     pub fn node_ip(&self) -> Option<Ipv4Addr> {
         self.loaded.as_ref().map(|l| l.node_ip)
+    }
+
+    /// Attached programs per interface and the counters, read back from the kernel.
+    pub fn datapath_info(&self) -> Result<DatapathInfo, ApiError> {
+        let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
+        let mut ifaces = vec![self.cfg.uplink.clone()];
+        if self.cfg.routing == Routing::Vxlan {
+            ifaces.push(VXLAN_DEVICE.to_owned());
+        }
+        ifaces.extend(self.store.all().map(|r| r.host_ifname.clone()));
+        let mut attachments = Vec::new();
+        for iface in ifaces {
+            let programs = weir_dataplane::tcx::ingress_program_names(&iface)
+                .map_err(|e| api_err(code::DATAPATH, format!("querying {iface}"), e))?;
+            attachments.push(IfacePrograms { iface, programs });
+        }
+        let snap = l.counters.snapshot().map_err(|e| api_err(code::DATAPATH, "reading counters", e))?;
+        let mut counters: BTreeMap<String, u64> =
+            snap.drops.iter().map(|(r, n)| (format!("drop_{}", r.label()), *n)).collect();
+        counters.insert("events_lost".into(), snap.events_lost);
+        counters.insert("forwarded_local".into(), snap.forwarded_local);
+        counters.insert("forwarded_remote".into(), snap.forwarded_remote);
+        counters.insert("masqueraded".into(), snap.masqueraded);
+        counters.insert("to_stack".into(), snap.to_stack);
+        Ok(DatapathInfo { attachments, counters })
     }
 }
 

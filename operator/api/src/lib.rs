@@ -40,6 +40,8 @@ pub enum Request {
     Gc(GcRequest),
     /// Endpoints as the agent and the kernel maps see them (CLI).
     Endpoints,
+    /// Programs attached per interface and the datapath counters, read from the kernel.
+    Datapath,
 }
 
 /// Identifies one attachment: the CNI spec's (container ID, ifname) pair.
@@ -106,6 +108,21 @@ pub struct EndpointRow {
     pub in_datapath: bool,
 }
 
+/// The datapath as the kernel reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathInfo {
+    /// tcx ingress programs per interface, as `BPF_PROG_QUERY` lists them.
+    pub attachments: Vec<IfacePrograms>,
+    /// Counters summed over CPUs: `drop_<reason>`, `forwarded_local`, `events_lost`, ...
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IfacePrograms {
+    pub iface: String,
+    pub programs: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
@@ -115,6 +132,7 @@ pub enum Response {
     Status(Status),
     Collected { removed: Vec<AttachmentRef> },
     Endpoints { rows: Vec<EndpointRow> },
+    Datapath(DatapathInfo),
     Error(ApiError),
 }
 

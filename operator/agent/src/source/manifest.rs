@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::{ClusterObject, ClusterSnapshot};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{origin}: document {doc}: {field}: {message}")]
 pub struct ManifestError {
     /// File path (or "-" for stdin).
@@ -90,18 +90,58 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
     Ok(out)
 }
 
-/// Reads every `*.yaml`, `*.yml` and `*.json` file of `dir` into one snapshot.
-pub fn load_dir(dir: &Path) -> Result<ClusterSnapshot, ManifestError> {
-    let mut snap = ClusterSnapshot::default();
-    for path in manifest_files(dir) {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ManifestError { origin: origin.clone(), doc: 0, field: ".".into(), message: e.to_string() })?;
-        for obj in parse(&text, &origin)? {
-            snap.insert(obj);
+/// Reads one manifest file.
+pub fn load_file(path: &Path) -> Result<Vec<ClusterObject>, ManifestError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ManifestError { origin: origin.clone(), doc: 0, field: ".".into(), message: e.to_string() })?;
+    parse(&text, &origin)
+}
+
+/// The directory as last read: each file's objects from its last good version. A file that
+/// stops parsing keeps its previous content in force (or contributes nothing if it never parsed).
+#[derive(Default)]
+pub struct DirState {
+    files: BTreeMap<PathBuf, ((SystemTime, u64), Vec<ClusterObject>)>,
+    errors: BTreeMap<PathBuf, ManifestError>,
+}
+
+impl DirState {
+    /// Re-reads changed files; returns the errors that are new since the last refresh.
+    pub fn refresh(&mut self, dir: &Path) -> Vec<ManifestError> {
+        let sig = signature(dir);
+        self.files.retain(|p, _| sig.contains_key(p));
+        self.errors.retain(|p, _| sig.contains_key(p));
+        let mut new_errors = Vec::new();
+        for (path, stamp) in sig {
+            if self.files.get(&path).is_some_and(|(s, _)| *s == stamp) {
+                continue;
+            }
+            match load_file(&path) {
+                Ok(objs) => {
+                    self.errors.remove(&path);
+                    self.files.insert(path, (stamp, objs));
+                }
+                Err(e) => {
+                    if self.errors.get(&path) != Some(&e) {
+                        new_errors.push(e.clone());
+                    }
+                    self.errors.insert(path, e);
+                }
+            }
         }
+        new_errors
     }
-    Ok(snap)
+
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        let mut snap = ClusterSnapshot::default();
+        for (_, objs) in self.files.values() {
+            for o in objs {
+                snap.insert(o.clone());
+            }
+        }
+        snap
+    }
 }
 
 fn manifest_files(dir: &Path) -> Vec<PathBuf> {
@@ -130,29 +170,16 @@ fn signature(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
         .collect()
 }
 
-/// Polls `dir` and publishes each new good snapshot. Runs until the receiver is gone.
+/// Polls `dir` and publishes each changed snapshot. Runs until the receiver is gone.
 pub async fn watch_dir(dir: PathBuf, every: Duration, tx: watch::Sender<Option<ClusterSnapshot>>) {
-    let mut last_sig = None;
-    let mut last_err: Option<ManifestError> = None;
+    let mut state = DirState::default();
     loop {
-        let sig = signature(&dir);
-        if last_sig.as_ref() != Some(&sig) {
-            match load_dir(&dir) {
-                Ok(snap) => {
-                    last_err = None;
-                    let changed = tx.borrow().as_ref() != Some(&snap);
-                    if changed && tx.send(Some(snap)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if last_err.as_ref() != Some(&e) {
-                        tracing::error!(error = %e, "manifest rejected; keeping the previous cluster state");
-                    }
-                    last_err = Some(e);
-                }
-            }
-            last_sig = Some(sig);
+        for e in state.refresh(&dir) {
+            tracing::error!(error = %e, "manifest rejected; its previous version stays in force");
+        }
+        let snap = state.snapshot();
+        if tx.borrow().as_ref() != Some(&snap) && tx.send(Some(snap)).is_err() {
+            return;
         }
         if tx.is_closed() {
             return;
@@ -238,9 +265,15 @@ spec: {ports: [{port: 80}]}
             std::fs::write(dir.join("b.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: 5}\n")
                 .expect("write bad");
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert!(!rx.has_changed().expect("open"), "bad file must not publish");
+            assert!(!rx.has_changed().expect("open"), "a bad new file must not change the state");
+            // A good file turning bad keeps its last good content.
+            std::fs::write(dir.join("a.yaml"), GOOD.replace("containerPort: 8080", "containerPort: x")).expect("break a");
+            tokio::time::sleep(Duration::from_millis(100)).await;
             assert_eq!(rx.borrow().as_ref().map(|s| s.pods.len()), Some(1));
-            std::fs::remove_file(dir.join("b.yaml")).expect("rm");
+            assert!(!rx.has_changed().expect("open"));
+            std::fs::remove_file(dir.join("a.yaml")).expect("rm");
+            rx.changed().await.expect("removal publishes");
+            assert_eq!(rx.borrow().as_ref().map(|s| s.pods.len()), Some(0));
             task.abort();
         });
         std::fs::remove_dir_all(&dir).ok();

@@ -1,0 +1,647 @@
+//! The lab: an underlay namespace with a bridge, N node namespaces each running a real
+//! `weir-agent`, an "external" namespace standing for the world outside the cluster, and pods
+//! created through the real `weir-cni` binary exactly as containerd invokes it.
+//!
+//! Everything lives in namespaces named `wl-<lab>-…` and under `/run/weir-lab/<lab>/`; the root
+//! namespace's routes, addresses and firewall are never touched, and no lab namespace has a route
+//! to the machine's uplink. Processes are recorded by PID and ended by PID.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use std::os::unix::process::CommandExt as _;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use weir_operator_agent::{
+    config::Routing,
+    source::{manifest, ClusterObject},
+};
+
+use crate::nsexec::{self, enter, ip, ip_in, netns_path, random_hex, stop_pid};
+
+pub const UNDERLAY_PREFIX: [u8; 3] = [172, 30, 0];
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 200);
+pub const EXTERNAL_PORT: u16 = 8000;
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: String,
+    pub agent_pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodState {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    pub container_id: String,
+    pub ip: Option<Ipv4Addr>,
+    pub pids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub routing: Routing,
+    pub nodes: Vec<NodeState>,
+    pub pods: BTreeMap<String, PodState>,
+    /// Namespaces (network) this lab created, in creation order.
+    pub netns: Vec<String>,
+    pub bpffs_mounted: bool,
+    pub pods_created: u64,
+    /// The test server standing for the outside world (TCP and UDP EXTERNAL_PORT).
+    #[serde(default)]
+    pub external_pid: Option<u32>,
+}
+
+pub struct Lab {
+    pub dir: PathBuf,
+    pub state: LabState,
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("WEIR_BIN_DIR") {
+        return Ok(PathBuf::from(dir).join(name));
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    let p = exe.parent().context("exe dir")?.join(name);
+    if !p.exists() {
+        bail!("{} not found next to weir-lab; build with `cargo build --bins` or set WEIR_BIN_DIR", p.display());
+    }
+    Ok(p)
+}
+
+pub fn lab_dir(name: &str) -> PathBuf {
+    PathBuf::from("/run/weir-lab").join(name)
+}
+
+pub fn validate_lab_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.len() > 12 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        bail!("lab name {name:?}: use 1-12 letters, digits or '-'");
+    }
+    Ok(())
+}
+
+impl Lab {
+    pub fn open(name: &str) -> anyhow::Result<Self> {
+        let dir = lab_dir(name);
+        let text = std::fs::read(dir.join("lab.json")).with_context(|| format!("lab {name:?} is not up (no {}/lab.json)", dir.display()))?;
+        Ok(Self { dir, state: serde_json::from_slice(&text).context("lab.json")? })
+    }
+
+    pub fn save(&self) -> anyhow::Result<()> {
+        let tmp = self.dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.state)?)?;
+        std::fs::rename(&tmp, self.dir.join("lab.json"))?;
+        Ok(())
+    }
+
+    fn ns(&self, suffix: &str) -> String {
+        format!("wl-{}-{suffix}", self.state.name)
+    }
+
+    fn cluster_dir(&self) -> PathBuf {
+        self.dir.join("cluster")
+    }
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(node)
+    }
+    pub fn socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent.sock")
+    }
+    pub fn external_netns(&self) -> String {
+        self.ns("ext")
+    }
+    fn cgroup_parent(&self) -> PathBuf {
+        PathBuf::from(CGROUP_ROOT).join(format!("weir-lab-{}", self.state.name))
+    }
+
+    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", name])?;
+        self.state.netns.push(name.to_owned());
+        self.save()?;
+        ip_in(name, &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// `weir-lab up`: builds the lab and waits for every agent to be ready.
+    pub fn up(name: &str, nodes: usize, routing: Routing) -> anyhow::Result<Self> {
+        validate_lab_name(name)?;
+        if !(1..=50).contains(&nodes) {
+            bail!("--nodes {nodes}: choose 1 to 50");
+        }
+        let dir = lab_dir(name);
+        if dir.join("lab.json").exists() {
+            bail!("lab {name:?} is already up; run `weir-lab down` first");
+        }
+        std::fs::create_dir_all(dir.join("cluster"))?;
+        let mut lab = Lab {
+            dir,
+            state: LabState {
+                name: name.to_owned(),
+                routing,
+                nodes: Vec::new(),
+                pods: BTreeMap::new(),
+                netns: Vec::new(),
+                bpffs_mounted: false,
+                pods_created: 0,
+                external_pid: None,
+            },
+        };
+        lab.save()?;
+        if let Err(e) = lab.build(nodes) {
+            let _ = lab.down();
+            return Err(e.context(format!("bringing up lab {name:?} (rolled back)")));
+        }
+        Ok(lab)
+    }
+
+    fn build(&mut self, nodes: usize) -> anyhow::Result<()> {
+        let bpffs = self.dir.join("bpffs");
+        std::fs::create_dir_all(&bpffs)?;
+        nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .context("mounting the lab's bpffs")?;
+        self.state.bpffs_mounted = true;
+        std::fs::create_dir_all(self.cgroup_parent()).context("creating the lab's cgroup")?;
+
+        let underlay = self.ns("u");
+        self.add_netns(&underlay)?;
+        ip_in(&underlay, &["link", "add", "br0", "type", "bridge"])?;
+        ip_in(&underlay, &["link", "set", "br0", "up"])?;
+        let [a, b, c] = UNDERLAY_PREFIX;
+        let mut manifests = String::new();
+        for i in 1..=nodes {
+            let node = format!("n{i}");
+            let netns = self.ns(&node);
+            self.add_netns(&netns)?;
+            let node_ip = Ipv4Addr::new(a, b, c, 10 + i as u8);
+            self.wire(&underlay, &format!("u-{node}"), &netns, &format!("{node_ip}/24"))?;
+            let pod_cidr = format!("10.244.{i}.0/24");
+            manifests.push_str(&format!(
+                "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels: {{kubernetes.io/hostname: {node}}}\n\
+                 spec:\n  podCIDR: {pod_cidr}\n  podCIDRs: [{pod_cidr}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {node_ip}}}\n  - {{type: Hostname, address: {node}}}\n"
+            ));
+            self.state.nodes.push(NodeState { name: node, netns, ip: node_ip, pod_cidr, agent_pid: None });
+        }
+        let ext = self.external_netns();
+        self.add_netns(&ext)?;
+        self.wire(&underlay, "u-ext", &ext, &format!("{EXTERNAL_IP}/24"))?;
+        self.start_external_server()?;
+        std::fs::write(self.cluster_dir().join("nodes.yaml"), manifests)?;
+        std::fs::write(
+            self.cluster_dir().join("namespaces.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {kubernetes.io/metadata.name: default}}\n",
+        )?;
+        self.save()?;
+        let names: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &names {
+            self.write_conflist(n)?;
+            self.start_agent(n)?;
+        }
+        for n in &names {
+            self.wait_ready(n, Duration::from_secs(60))?;
+        }
+        Ok(())
+    }
+
+    fn start_external_server(&mut self) -> anyhow::Result<()> {
+        let port = EXTERNAL_PORT.to_string();
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["serve", "--name", "external", "--tcp", &port, "--udp", &port])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        enter(&mut cmd, &netns_path(&self.external_netns()), None)?;
+        let mut child = cmd.spawn().context("starting the external server")?;
+        self.state.external_pid = Some(child.id());
+        self.save()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("the external test server did not start");
+        }
+        Ok(())
+    }
+
+    /// A veth from the underlay bridge into `netns` (as eth0) with `addr`.
+    fn wire(&self, underlay: &str, port: &str, netns: &str, addr: &str) -> anyhow::Result<()> {
+        ip(&["link", "add", port, "netns", underlay, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
+        ip_in(underlay, &["link", "set", port, "master", "br0", "up"])?;
+        ip_in(netns, &["addr", "add", addr, "dev", "eth0"])?;
+        ip_in(netns, &["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    fn write_conflist(&self, node: &str) -> anyhow::Result<()> {
+        let nd = self.node_dir(node);
+        std::fs::create_dir_all(nd.join("cni-bin"))?;
+        let link = nd.join("cni-bin").join("weir-cni");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(bin("weir-cni")?, &link)?;
+        let conflist = json!({
+            "cniVersion": "1.1.0",
+            "cniVersions": ["1.0.0", "1.1.0"],
+            "name": "weir",
+            "plugins": [{
+                "type": "weir-cni",
+                "agentSocket": self.socket(node),
+                "deleteQueueDir": nd.join("delete-queue"),
+            }]
+        });
+        std::fs::write(nd.join("10-weir.conflist"), serde_json::to_vec_pretty(&conflist)?)?;
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let nd = self.node_dir(node);
+        let idx = self.node_index(node)?;
+        if let Some(pid) = self.state.nodes[idx].agent_pid {
+            if nsexec::pid_is(pid, "weir-agent") {
+                bail!("the agent of {node} is already running (pid {pid})");
+            }
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(nd.join("agent.log"))?;
+        let mut cmd = Command::new(bin("weir-agent")?);
+        cmd.args(["--node-name", node, "--uplink", "eth0"])
+            .arg("--manifests")
+            .arg(self.cluster_dir())
+            .arg("--state-dir")
+            .arg(nd.join("state"))
+            .arg("--bpffs")
+            .arg(self.dir.join("bpffs").join(node))
+            .arg("--socket")
+            .arg(self.socket(node))
+            .arg("--delete-queue")
+            .arg(nd.join("delete-queue"))
+            .arg("--cluster-cidr")
+            .arg(CLUSTER_CIDR)
+            .args(["--routing", match self.state.routing { Routing::Direct => "direct", Routing::Vxlan => "vxlan" }])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        std::fs::create_dir_all(self.dir.join("bpffs").join(node))?;
+        enter(&mut cmd, &netns_path(&self.state.nodes[idx].netns), None)?;
+        let child = cmd.spawn().context("starting weir-agent")?;
+        self.state.nodes[idx].agent_pid = Some(child.id());
+        self.save()
+    }
+
+    pub fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let idx = self.node_index(node)?;
+        if let Some(pid) = self.state.nodes[idx].agent_pid.take() {
+            stop_pid(pid, "weir-agent", Duration::from_secs(5));
+        }
+        self.save()
+    }
+
+    fn node_index(&self, node: &str) -> anyhow::Result<usize> {
+        self.state.nodes.iter().position(|n| n.name == node).with_context(|| format!("no node {node:?} in lab {}", self.state.name))
+    }
+
+    pub fn agent_call(&self, node: &str, req: &weir_operator_api::Request) -> anyhow::Result<weir_operator_api::Response> {
+        use std::io::Write as _;
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket(node))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply)?;
+        Ok(serde_json::from_str(&reply)?)
+    }
+
+    pub fn wait_ready(&self, node: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            match self.agent_call(node, &weir_operator_api::Request::Status) {
+                Ok(weir_operator_api::Response::Status(s)) if s.ready => return Ok(()),
+                Ok(other) => last = format!("{other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.node_dir(node).join("agent.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+        bail!("agent of {node} not ready after {timeout:?}: {last}\nagent.log (tail):\n{}", tail.join("\n"))
+    }
+
+    /// `weir-lab down`: removes everything the lab made. Safe to run twice.
+    pub fn down(&mut self) -> anyhow::Result<()> {
+        for p in self.state.pods.values() {
+            for pid in &p.pids {
+                stop_pid(*pid, "", Duration::from_secs(2));
+            }
+        }
+        if let Some(pid) = self.state.external_pid.take() {
+            stop_pid(pid, "serve", Duration::from_secs(2));
+        }
+        for n in &mut self.state.nodes {
+            if let Some(pid) = n.agent_pid.take() {
+                stop_pid(pid, "weir-agent", Duration::from_secs(5));
+            }
+        }
+        let mut errors = Vec::new();
+        for p in self.state.pods.values() {
+            let _ = std::fs::remove_dir(&p.cgroup);
+        }
+        let _ = std::fs::remove_dir(self.cgroup_parent());
+        for ns in self.state.netns.iter().rev() {
+            if netns_path(ns).exists() {
+                if let Err(e) = ip(&["netns", "del", ns]) {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        for p in self.state.pods.values() {
+            if netns_path(&p.netns).exists() {
+                if let Err(e) = ip(&["netns", "del", &p.netns]) {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if self.state.bpffs_mounted {
+            if let Err(e) = nix::mount::umount2(&self.dir.join("bpffs"), nix::mount::MntFlags::MNT_DETACH) {
+                errors.push(format!("unmounting bpffs: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))?;
+            Ok(())
+        } else {
+            self.save()?;
+            bail!("lab {} partly removed: {}", self.state.name, errors.join("; "))
+        }
+    }
+
+    fn pod_manifest_path(&self, ns: &str, name: &str) -> PathBuf {
+        self.cluster_dir().join(format!("pod-{ns}-{name}.yaml"))
+    }
+
+    /// `weir-lab apply`: validates every document first (nothing is written when one is bad),
+    /// then creates or updates namespaces and pods.
+    pub fn apply(&mut self, text: &str, origin: &str) -> anyhow::Result<Vec<String>> {
+        let objs = manifest::parse(text, origin)?;
+        let mut done = Vec::new();
+        for obj in objs {
+            match obj {
+                ClusterObject::Namespace(mut n) => {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    n.metadata.labels.get_or_insert_with(Default::default).insert("kubernetes.io/metadata.name".into(), name.clone());
+                    // k8s-openapi writes apiVersion and kind itself.
+                    let text = serde_yaml::to_string(&n)?;
+                    write_atomic(&self.cluster_dir().join(format!("ns-{name}.yaml")), &text)?;
+                    done.push(format!("namespace/{name} configured"));
+                }
+                ClusterObject::Pod(p) => done.push(self.apply_pod(*p)?),
+                ClusterObject::Node(_) => bail!("{origin}: Nodes belong to the lab (weir-lab up --nodes N)"),
+                ClusterObject::Other { kind, name } => {
+                    done.push(format!("{}/{name} skipped: the lab does not handle {kind} yet", kind.to_lowercase()));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    fn apply_pod(&mut self, mut pod: k8s_openapi::api::core::v1::Pod) -> anyhow::Result<String> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        pod.metadata.namespace = Some(ns.clone());
+        let key = format!("{ns}/{name}");
+        if let Some(existing) = self.state.pods.get(&key).cloned() {
+            // Re-apply: labels and spec change in the cluster state; the sandbox stays.
+            let spec = pod.spec.get_or_insert_with(Default::default);
+            spec.node_name = Some(existing.node.clone());
+            self.write_pod(&pod, &existing)?;
+            return Ok(format!("pod/{key} configured"));
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let node = match &spec.node_name {
+            Some(n) => {
+                self.node_index(n)?;
+                n.clone()
+            }
+            None => self.state.nodes[(self.state.pods_created as usize) % self.state.nodes.len()].name.clone(),
+        };
+        self.state.pods_created += 1;
+        let cid = random_hex();
+        let netns = format!("wl-{}-p{}", self.state.name, &cid[..10]);
+        let cgroup = self.cgroup_parent().join(format!("{ns}_{name}_{}", &cid[..8]));
+        let mut st = PodState { namespace: ns.clone(), name: name.clone(), node: node.clone(), netns: netns.clone(), cgroup: cgroup.clone(), container_id: cid, ip: None, pids: Vec::new() };
+        ip(&["netns", "add", &netns])?;
+        self.state.pods.insert(key.clone(), st.clone());
+        self.save()?;
+        let created = (|| -> anyhow::Result<()> {
+            ip_in(&netns, &["link", "set", "lo", "up"])?;
+            std::fs::create_dir_all(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+            let result = self.cni(&st, "ADD")?;
+            let addr = result["ips"][0]["address"].as_str().context("CNI result without ips[0].address")?;
+            let ip4: Ipv4Addr = addr.split('/').next().unwrap_or_default().parse().context("CNI result address")?;
+            st.ip = Some(ip4);
+            st.pids = self.start_containers(&pod, &st)?;
+            Ok(())
+        })();
+        self.state.pods.insert(key.clone(), st.clone());
+        self.save()?;
+        if let Err(e) = created {
+            let _ = self.delete_pod(&key);
+            return Err(e.context(format!("creating pod {key}")));
+        }
+        let spec = pod.spec.get_or_insert_with(Default::default);
+        spec.node_name = Some(node.clone());
+        self.write_pod(&pod, &st)?;
+        Ok(format!("pod/{key} created on {node} with {}", st.ip.map(|i| i.to_string()).unwrap_or_default()))
+    }
+
+    /// Writes the pod into the cluster state with its status, as kubelet reports it.
+    fn write_pod(&self, pod: &k8s_openapi::api::core::v1::Pod, st: &PodState) -> anyhow::Result<()> {
+        let mut pod = pod.clone();
+        let node_ip = self.state.nodes.iter().find(|n| n.name == st.node).map(|n| n.ip.to_string());
+        let ip = st.ip.map(|i| i.to_string());
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: ip.clone(),
+            pod_ips: ip.map(|i| vec![k8s_openapi::api::core::v1::PodIP { ip: i }]),
+            host_ip: node_ip,
+            ..Default::default()
+        });
+        let text = serde_yaml::to_string(&pod)?;
+        write_atomic(&self.pod_manifest_path(&st.namespace, &st.name), &text)
+    }
+
+    /// Invokes the real weir-cni in the node's namespace, as containerd does.
+    pub fn cni(&self, st: &PodState, command: &str) -> anyhow::Result<serde_json::Value> {
+        let node = &self.state.nodes[self.node_index(&st.node)?];
+        let nd = self.node_dir(&st.node);
+        let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(nd.join("10-weir.conflist"))?)?;
+        // libcni hands each plugin its own config with the list's name and version injected.
+        let mut conf = conflist["plugins"][0].clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = conflist["cniVersion"].clone();
+        let mut cmd = Command::new(nd.join("cni-bin").join("weir-cni"));
+        cmd.env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &st.container_id)
+            .env("CNI_NETNS", netns_path(&st.netns))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", nd.join("cni-bin"))
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={};IgnoreUnknown=1", st.namespace, st.name, st.container_id, st.container_id),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        enter(&mut cmd, &netns_path(&node.netns), None)?;
+        let mut child = cmd.spawn().context("running weir-cni")?;
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().context("cni stdin")?;
+            stdin.write_all(&serde_json::to_vec(&conf)?)?;
+        }
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("weir-cni {command} failed: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn start_containers(&self, pod: &k8s_openapi::api::core::v1::Pod, st: &PodState) -> anyhow::Result<Vec<u32>> {
+        let mut pids = Vec::new();
+        let log_dir = self.dir.join("pods");
+        std::fs::create_dir_all(&log_dir)?;
+        for c in pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default() {
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{}_{}_{}.log", st.namespace, st.name, c.name)))?;
+            let command: Vec<String> = c.command.clone().unwrap_or_default().into_iter().chain(c.args.clone().unwrap_or_default()).collect();
+            let mut cmd;
+            if command.is_empty() {
+                cmd = Command::new(std::env::current_exe()?);
+                cmd.args(["serve", "--name", &st.name]);
+                for p in c.ports.clone().unwrap_or_default() {
+                    let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+                    match proto.as_str() {
+                        "TCP" => cmd.args(["--tcp", &p.container_port.to_string()]),
+                        "UDP" => cmd.args(["--udp", &p.container_port.to_string()]),
+                        other => bail!("container {}: port protocol {other} is not served by the lab", c.name),
+                    };
+                }
+                cmd.stdout(Stdio::piped());
+            } else {
+                cmd = Command::new(&command[0]);
+                cmd.args(&command[1..]).stdout(log.try_clone()?);
+            }
+            cmd.stdin(Stdio::null()).stderr(log).process_group(0);
+            enter(&mut cmd, &netns_path(&st.netns), Some(&st.cgroup))?;
+            let mut child = cmd.spawn().with_context(|| format!("starting container {}", c.name))?;
+            pids.push(child.id());
+            if let Some(out) = child.stdout.take() {
+                let mut line = String::new();
+                BufReader::new(out).read_line(&mut line)?;
+                if line.trim() != "ready" {
+                    bail!("container {}: the test server did not start (see {}/pods)", c.name, self.dir.display());
+                }
+            }
+        }
+        Ok(pids)
+    }
+
+    /// Deletes a pod: stops its processes, CNI DEL, removes its namespace, cgroup and manifest.
+    pub fn delete_pod(&mut self, key: &str) -> anyhow::Result<()> {
+        let st = self.state.pods.get(key).cloned().with_context(|| format!("no pod {key}"))?;
+        for pid in &st.pids {
+            stop_pid(*pid, "", Duration::from_secs(2));
+        }
+        let mut errors = Vec::new();
+        if let Err(e) = self.cni(&st, "DEL") {
+            errors.push(e.to_string());
+        }
+        if netns_path(&st.netns).exists() {
+            if let Err(e) = ip(&["netns", "del", &st.netns]) {
+                errors.push(e.to_string());
+            }
+        }
+        let _ = std::fs::remove_dir(&st.cgroup);
+        let _ = std::fs::remove_file(self.pod_manifest_path(&st.namespace, &st.name));
+        self.state.pods.remove(key);
+        self.save()?;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("deleting pod {key}: {}", errors.join("; "))
+        }
+    }
+
+    pub fn delete(&mut self, text: &str, origin: &str) -> anyhow::Result<Vec<String>> {
+        let objs = manifest::parse(text, origin)?;
+        let mut done = Vec::new();
+        for obj in objs {
+            match obj {
+                ClusterObject::Pod(p) => {
+                    let key = format!("{}/{}", p.metadata.namespace.clone().unwrap_or_else(|| "default".into()), p.metadata.name.clone().unwrap_or_default());
+                    if self.state.pods.contains_key(&key) {
+                        self.delete_pod(&key)?;
+                        done.push(format!("pod/{key} deleted"));
+                    }
+                }
+                ClusterObject::Namespace(n) => {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    let pods: Vec<String> = self.state.pods.keys().filter(|k| k.starts_with(&format!("{name}/"))).cloned().collect();
+                    for k in pods {
+                        self.delete_pod(&k)?;
+                        done.push(format!("pod/{k} deleted"));
+                    }
+                    let _ = std::fs::remove_file(self.cluster_dir().join(format!("ns-{name}.yaml")));
+                    done.push(format!("namespace/{name} deleted"));
+                }
+                ClusterObject::Node(_) => bail!("{origin}: Nodes belong to the lab"),
+                ClusterObject::Other { kind, name } => {
+                    done.push(format!("{}/{name} skipped: the lab does not handle {kind} yet", kind.to_lowercase()));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    pub fn pod(&self, target: &str) -> anyhow::Result<&PodState> {
+        let key = if target.contains('/') { target.to_owned() } else { format!("default/{target}") };
+        self.state.pods.get(&key).with_context(|| format!("no pod {key} in lab {}", self.state.name))
+    }
+
+    pub fn pods_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.state
+                .pods
+                .values()
+                .map(|p| json!({"namespace": p.namespace, "name": p.name, "node": p.node, "ip": p.ip}))
+                .collect(),
+        )
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    // Hidden while written: the agents ignore dot-files.
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! `weir-lab`: a virtual cluster on one machine (see lab.rs). The verbs are a contract that
+//! tests and users depend on: up, down, apply, delete, get pods, exec, probe.
+mod lab;
+mod nsexec;
+mod probe;
+
+use std::{io::Read as _, os::unix::process::CommandExt as _, process::Command, time::Duration};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use weir_operator_agent::config::Routing;
+
+use crate::{lab::Lab, nsexec::enter, probe::Protocol};
+
+#[derive(Parser)]
+#[command(name = "weir-lab", about = "A virtual multi-node cluster for weir, in network namespaces")]
+struct Cli {
+    /// Lab name; several labs can coexist. Namespaces are named wl-<lab>-….
+    #[arg(long, global = true, env = "WEIR_LAB", default_value = "weir")]
+    lab: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the underlay, N nodes running weir-agent, and the external namespace.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, value_enum, default_value = "direct")]
+        routing: Routing,
+    },
+    /// Remove everything the lab made (safe to run twice).
+    Down,
+    /// Create or update Namespaces and Pods from multi-document YAML (FILE or - for stdin).
+    Apply {
+        #[arg(short = 'f')]
+        file: String,
+    },
+    /// Delete the objects in FILE (or - for stdin).
+    Delete {
+        #[arg(short = 'f')]
+        file: String,
+    },
+    /// List objects: `get pods`.
+    Get {
+        what: String,
+        #[arg(short = 'o', value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Run a command in a pod's network namespace and cgroup.
+    Exec {
+        pod: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Connect from a pod to HOST:PORT; prints connected, refused or timeout.
+    Probe {
+        pod: String,
+        target: String,
+        #[arg(long, value_enum, default_value = "tcp")]
+        protocol: Protocol,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(short = 'o', value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Stop, start or restart a node's agent (the datapath stays pinned while it is down).
+    Agent {
+        #[arg(value_parser = ["stop", "start", "restart"])]
+        action: String,
+        node: String,
+    },
+    /// Programs attached per interface and datapath counters of a node, from its agent (JSON).
+    Datapath { node: String },
+    /// Run a command in the external namespace (the world outside the cluster).
+    External {
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// The lab's built-in container: answers with NAME on every port (internal).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tcp: Vec<u16>,
+        #[arg(long)]
+        udp: Vec<u16>,
+    },
+    /// The probe client, run inside the pod (internal).
+    #[command(hide = true)]
+    ProbeInner {
+        target: String,
+        #[arg(long, value_enum)]
+        protocol: Protocol,
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.parse().map_err(|_| format!("{s:?}: expected a duration like 500ms or 2s"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    if !(0.0..=600.0).contains(&secs) {
+        return Err(format!("{s:?}: between 0 and 10m"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn read_input(file: &str) -> anyhow::Result<(String, String)> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        Ok((s, "-".into()))
+    } else {
+        Ok((std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?, file.to_owned()))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { name, tcp, udp } => probe::serve(&name, &tcp, &udp),
+        Cmd::ProbeInner { target, protocol, timeout } => {
+            let r = probe::probe(&target, protocol, timeout)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Cmd::Up { nodes, routing } => {
+            let lab = Lab::up(&cli.lab, nodes, routing)?;
+            for n in &lab.state.nodes {
+                println!("node {} ready: {} pod CIDR {} (netns {})", n.name, n.ip, n.pod_cidr, n.netns);
+            }
+            println!("external: {} serving tcp+udp/{} (netns {})", lab::EXTERNAL_IP, lab::EXTERNAL_PORT, lab.external_netns());
+            Ok(())
+        }
+        Cmd::Down => {
+            lab::validate_lab_name(&cli.lab)?;
+            match Lab::open(&cli.lab) {
+                Ok(mut lab) => lab.down(),
+                Err(_) => {
+                    println!("lab {} is not up", cli.lab);
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Apply { file } => {
+            let (text, origin) = read_input(&file)?;
+            let mut lab = Lab::open(&cli.lab)?;
+            for line in lab.apply(&text, &origin)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Cmd::Delete { file } => {
+            let (text, origin) = read_input(&file)?;
+            let mut lab = Lab::open(&cli.lab)?;
+            for line in lab.delete(&text, &origin)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Cmd::Get { what, output } => {
+            let lab = Lab::open(&cli.lab)?;
+            if what != "pods" && what != "pod" && what != "po" {
+                bail!("get {what:?}: only `get pods` is supported");
+            }
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&lab.pods_json())?),
+                Output::Table => {
+                    println!("{:<16} {:<24} {:<6} {}", "NAMESPACE", "NAME", "NODE", "IP");
+                    for p in lab.state.pods.values() {
+                        let ip = p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+                        println!("{:<16} {:<24} {:<6} {}", p.namespace, p.name, p.node, ip);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Exec { pod, cmd } => {
+            let lab = Lab::open(&cli.lab)?;
+            let p = lab.pod(&pod)?;
+            let mut c = Command::new(&cmd[0]);
+            c.args(&cmd[1..]);
+            enter(&mut c, &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
+            let status = c.status().with_context(|| format!("running {:?}", cmd[0]))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Datapath { node } => {
+            let lab = Lab::open(&cli.lab)?;
+            match lab.agent_call(&node, &weir_operator_api::Request::Datapath)? {
+                weir_operator_api::Response::Datapath(info) => println!("{}", serde_json::to_string_pretty(&info)?),
+                other => bail!("agent of {node}: {other:?}"),
+            }
+            Ok(())
+        }
+        Cmd::External { cmd } => {
+            let lab = Lab::open(&cli.lab)?;
+            let mut c = Command::new(&cmd[0]);
+            c.args(&cmd[1..]);
+            enter(&mut c, &nsexec::netns_path(&lab.external_netns()), None)?;
+            Err(c.exec()).with_context(|| format!("running {:?}", cmd[0]))
+        }
+        Cmd::Probe { pod, target, protocol, timeout, output } => {
+            let lab = Lab::open(&cli.lab)?;
+            let p = lab.pod(&pod)?;
+            let mut c = Command::new(std::env::current_exe()?);
+            c.arg("probe-inner").arg(&target).args(["--protocol", match protocol { Protocol::Tcp => "tcp", Protocol::Udp => "udp" }]);
+            c.arg("--timeout").arg(format!("{}ms", timeout.as_millis()));
+            enter(&mut c, &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
+            let out = nsexec::run(&mut c)?;
+            let v: serde_json::Value = serde_json::from_str(out.trim()).context("probe output")?;
+            match output {
+                Output::Json => println!("{}", out.trim()),
+                Output::Table => println!("{}", v["result"].as_str().unwrap_or("timeout")),
+            }
+            Ok(())
+        }
+        Cmd::Agent { action, node } => {
+            let mut lab = Lab::open(&cli.lab)?;
+            if action == "stop" || action == "restart" {
+                lab.stop_agent(&node)?;
+            }
+            if action == "start" || action == "restart" {
+                lab.start_agent(&node)?;
+                lab.wait_ready(&node, Duration::from_secs(60))?;
+            }
+            println!("agent {node}: {action} done");
+            Ok(())
+        }
+    }
+}

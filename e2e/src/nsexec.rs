@@ -1,0 +1,105 @@
+//! Running processes inside lab namespaces and cgroups, and small command helpers.
+//!
+//! A child enters its network namespace and cgroup between fork and exec (`pre_exec`), with
+//! file descriptors opened beforehand and no allocation after fork. It joins the cgroup before
+//! it runs any code that could open a socket, so cgroup socket hooks see every socket.
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _};
+
+/// Path of a named network namespace (as `ip netns add` creates it).
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from("/var/run/netns").join(name)
+}
+
+/// Makes `cmd` start inside `netns` (and `cgroup`, a cgroup v2 directory, when given).
+pub fn enter(cmd: &mut Command, netns: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
+    let ns = File::open(netns).with_context(|| format!("opening netns {}", netns.display()))?;
+    let procs = match cgroup {
+        Some(cg) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(cg.join("cgroup.procs"))
+                .with_context(|| format!("opening {}/cgroup.procs", cg.display()))?,
+        ),
+        None => None,
+    };
+    // SAFETY: the closure only makes async-signal-safe syscalls on fds opened before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(p) = &procs {
+                // "0" moves the writing process: the child itself.
+                if libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// Runs a command to completion; fails with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip ARGS…` in the root namespace (used only to create and delete lab objects by name).
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// `ip ARGS…` inside the named lab namespace.
+pub fn ip_in(netns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["-n", netns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+/// True when `pid` is alive and its command line contains `needle` (guards against PID reuse).
+pub fn pid_is(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(needle))
+        .unwrap_or(false)
+}
+
+/// Ends a recorded process: SIGTERM, up to `grace`, then SIGKILL. Only if it is still ours.
+pub fn stop_pid(pid: u32, needle: &str, grace: std::time::Duration) {
+    if !pid_is(pid, needle) {
+        return;
+    }
+    let p = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        // Reap it if it is our child; otherwise just watch /proc.
+        let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        if !pid_is(pid, needle) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+}
+
+/// 16 random bytes as hex (container IDs).
+pub fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,114 @@
+//! The lab's built-in test server and the probe client. Both run inside a pod's namespace.
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs as _, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Exactly one of `connected`, `refused`, `timeout`.
+    pub result: &'static str,
+    /// What the server said (the lab server answers with its pod name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// Why a probe that did not connect ended that way, when the OS said more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn classify(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset => "refused",
+        _ => "timeout",
+    }
+}
+
+pub fn probe(target: &str, proto: Protocol, timeout: Duration) -> anyhow::Result<ProbeResult> {
+    let addr: SocketAddr = target
+        .to_socket_addrs()
+        .with_context(|| format!("{target:?} is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("{target:?} resolves to nothing"))?;
+    let failed = |e: std::io::Error| ProbeResult { result: classify(&e), reply: None, error: Some(e.to_string()) };
+    Ok(match proto {
+        Protocol::Tcp => match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(timeout))?;
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                let reply = String::from_utf8_lossy(&buf).trim().to_owned();
+                ProbeResult { result: "connected", reply: (!reply.is_empty()).then_some(reply), error: None }
+            }
+            Err(e) => failed(e),
+        },
+        Protocol::Udp => {
+            let sock = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            sock.connect(addr)?;
+            let deadline = Instant::now() + timeout;
+            let mut buf = [0u8; 512];
+            // Re-send now and then: a datagram can be lost while neighbours resolve.
+            loop {
+                if let Err(e) = sock.send(b"probe") {
+                    break failed(e);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break ProbeResult { result: "timeout", reply: None, error: None };
+                }
+                sock.set_read_timeout(Some(left.min(Duration::from_millis(300))))?;
+                match sock.recv(&mut buf) {
+                    Ok(n) => {
+                        let reply = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+                        break ProbeResult { result: "connected", reply: Some(reply), error: None };
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                    Err(e) => break failed(e),
+                }
+            }
+        }
+    })
+}
+
+/// Answers on every given port, TCP and UDP, with `name`. Prints `ready` once all are bound.
+pub fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
+    let mut threads = Vec::new();
+    for &port in tcp {
+        let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding tcp/{port}"))?;
+        let reply = format!("{name}\n");
+        threads.push(std::thread::spawn(move || {
+            for mut conn in l.incoming().flatten() {
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        }));
+    }
+    for &port in udp {
+        let s = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding udp/{port}"))?;
+        let reply = format!("{name}\n");
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, peer)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(reply.as_bytes(), peer);
+            }
+        }));
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    for t in threads {
+        let _ = t.join();
+    }
+    // No ports: stay alive like a sleeping container.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
