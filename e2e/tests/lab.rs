@@ -1,0 +1,255 @@
+//! Lab e2e: a real multi-node lab (root): pods created through weir-cni on two nodes, the full
+//! pod×pod matrix over TCP and UDP, same node and across nodes, in direct-routing and VXLAN mode;
+//! masquerade to the outside; the agent stopped while traffic flows and restarted without
+//! duplicating programs; bad manifests rejected; `down` leaves nothing behind.
+use std::{
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use serde_json::Value;
+
+const LAB: &str = env!("CARGO_BIN_EXE_weir-lab");
+
+fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("WEIR_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+        panic!("{test}: needs root, and WEIR_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A lab with a unique name, brought down on drop (also when the test panics).
+struct TestLab {
+    name: String,
+}
+
+impl TestLab {
+    fn up(routing: &str) -> Self {
+        let name = format!("e{}{}{}", std::process::id() % 100_000, &routing[..1], SEQ.fetch_add(1, Ordering::Relaxed));
+        let lab = TestLab { name };
+        lab.ok(&["up", "--nodes", "2", "--routing", routing]);
+        lab
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(LAB).env("WEIR_LAB", &self.name).args(args).output().expect("run weir-lab")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "weir-lab {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) -> Output {
+        let mut child = Command::new(LAB)
+            .env("WEIR_LAB", &self.name)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn apply");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), yaml.as_bytes()).expect("write");
+        child.wait_with_output().expect("apply")
+    }
+
+    fn pods(&self) -> Vec<Value> {
+        let v: Value = serde_json::from_str(&self.ok(&["get", "pods", "-o", "json"])).expect("pods json");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// (result, reply) of a probe.
+    fn probe(&self, from: &str, target: &str, proto: &str) -> (String, String) {
+        let out = self.ok(&["probe", from, target, "--protocol", proto, "--timeout", "3s", "-o", "json"]);
+        let v: Value = serde_json::from_str(out.trim()).expect("probe json");
+        (v["result"].as_str().unwrap_or_default().to_owned(), v["reply"].as_str().unwrap_or_default().to_owned())
+    }
+
+    fn datapath(&self, node: &str) -> Value {
+        serde_json::from_str(&self.ok(&["datapath", node])).expect("datapath json")
+    }
+
+    /// Probes every ordered pair of pods over TCP and UDP; returns the failures as a matrix.
+    fn matrix(&self) -> Vec<String> {
+        let pods = self.pods();
+        let mut failures = Vec::new();
+        for a in &pods {
+            for b in &pods {
+                let from = format!("{}/{}", a["namespace"].as_str().unwrap_or_default(), a["name"].as_str().unwrap_or_default());
+                let ip = b["ip"].as_str().unwrap_or_default();
+                let want = b["name"].as_str().unwrap_or_default();
+                for (proto, port) in [("tcp", 8080), ("udp", 5353)] {
+                    let (res, reply) = self.probe(&from, &format!("{ip}:{port}"), proto);
+                    if res != "connected" || reply != want {
+                        failures.push(format!("{from} ({}) -> {want} {ip}:{port}/{proto} ({}): {res} {reply}", a["node"], b["node"]));
+                    }
+                }
+            }
+        }
+        failures
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let out = self.run(&["down"]);
+        if !out.status.success() {
+            eprintln!("weir-lab down {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+fn pod_yaml(ns: &str, name: &str, node: &str, app: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\n\
+         spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: lab/server\n    ports:\n    - {{containerPort: 8080, protocol: TCP}}\n    - {{containerPort: 5353, protocol: UDP}}\n"
+    )
+}
+
+fn four_pods() -> String {
+    let mut y = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    for (name, node) in [("a1", "n1"), ("a2", "n1"), ("b1", "n2"), ("b2", "n2")] {
+        y.push_str(&pod_yaml("shop", name, node, "web"));
+    }
+    y
+}
+
+fn counter(dp: &Value, name: &str) -> u64 {
+    dp["counters"][name].as_u64().unwrap_or(0)
+}
+
+fn programs_per_iface(dp: &Value) -> Vec<(String, usize)> {
+    dp["attachments"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| (x["iface"].as_str().unwrap_or_default().to_owned(), x["programs"].as_array().map_or(0, Vec::len)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn full_lab_story(routing: &str) {
+    let lab = TestLab::up(routing);
+    let out = lab.apply(&four_pods());
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+
+    let pods = lab.pods();
+    assert_eq!(pods.len(), 4);
+    for p in &pods {
+        let ip = p["ip"].as_str().expect("pod ip");
+        let node = p["node"].as_str().expect("node");
+        let want_prefix = if node == "n1" { "10.244.1." } else { "10.244.2." };
+        assert!(ip.starts_with(want_prefix), "{p} has an address outside its node's pod CIDR");
+    }
+    let mut ips: Vec<&str> = pods.iter().filter_map(|p| p["ip"].as_str()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 4, "every pod has its own address");
+
+    let failures = lab.matrix();
+    assert!(failures.is_empty(), "{routing}: pod×pod matrix failures:\n{}", failures.join("\n"));
+    let dp1 = lab.datapath("n1");
+    assert!(counter(&dp1, "forwarded_local") > 0 && counter(&dp1, "forwarded_remote") > 0, "{dp1}");
+
+    // A closed port is refused, not a timeout.
+    let b1 = pods.iter().find(|p| p["name"] == "b1").and_then(|p| p["ip"].as_str()).expect("b1").to_owned();
+    assert_eq!(lab.probe("shop/a1", &format!("{b1}:9"), "tcp").0, "refused");
+
+    // Outside the cluster: the external namespace has no route to pods, so only masquerade
+    // to the node address lets the answer come back.
+    let ext = lab.run(&["external", "--", "ip", "route", "get", "10.244.1.2"]);
+    assert!(!ext.status.success(), "the external namespace must not have a route to pod CIDRs");
+    for from in ["shop/a1", "shop/b2"] {
+        for proto in ["tcp", "udp"] {
+            assert_eq!(lab.probe(from, "172.30.0.200:8000", proto), ("connected".into(), "external".into()), "{from} {proto} to external");
+        }
+    }
+    assert!(counter(&lab.datapath("n1"), "masqueraded") > 0);
+    assert!(counter(&lab.datapath("n2"), "masqueraded") > 0);
+
+    // Agent down: the pinned datapath keeps forwarding, same node and across nodes.
+    let before = programs_per_iface(&lab.datapath("n1"));
+    lab.ok(&["agent", "stop", "n1"]);
+    for (from, to) in [("shop/a1", "a2"), ("shop/a1", "b1"), ("shop/b2", "a2")] {
+        let ip = pods.iter().find(|p| p["name"] == to).and_then(|p| p["ip"].as_str()).expect("ip");
+        assert_eq!(lab.probe(from, &format!("{ip}:8080"), "tcp").0, "connected", "{from} -> {to} with n1's agent stopped");
+    }
+    assert_eq!(lab.probe("shop/a2", "172.30.0.200:8000", "udp").0, "connected", "masquerade with the agent stopped");
+    // A CNI ADD while the agent is down fails cleanly and leaves nothing behind.
+    let out = lab.apply(&pod_yaml("shop", "late", "n1", "web"));
+    assert!(!out.status.success(), "ADD must fail while the agent is down");
+    assert_eq!(lab.pods().len(), 4);
+
+    // Restarted, the agent adopts the pinned programs: exactly one program per interface.
+    lab.ok(&["agent", "start", "n1"]);
+    let after = programs_per_iface(&lab.datapath("n1"));
+    assert_eq!(before, after, "restart changed the attachments");
+    assert!(after.iter().all(|(_, n)| *n == 1), "duplicate programs after restart: {after:?}");
+    let out = lab.apply(&pod_yaml("shop", "late", "n1", "web"));
+    assert!(out.status.success(), "ADD after restart: {}", String::from_utf8_lossy(&out.stderr));
+    let failures = lab.matrix();
+    assert!(failures.is_empty(), "{routing}: matrix after restart:\n{}", failures.join("\n"));
+
+    // A malformed manifest is rejected naming file and field; nothing changes.
+    let bad = pod_yaml("shop", "bad", "n2", "web").replace("containerPort: 8080", "containerPort: eighty");
+    let out = lab.apply(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("containerPort") && err.contains("-: document 1"), "{err}");
+    assert_eq!(lab.pods().len(), 5);
+
+    // Deleting a pod releases its address.
+    let late_ip = lab.pods().iter().find(|p| p["name"] == "late").and_then(|p| p["ip"].as_str()).map(str::to_owned).expect("late ip");
+    let del = Command::new(LAB)
+        .env("WEIR_LAB", &lab.name)
+        .args(["delete", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(&mut c.stdin.take().expect("stdin"), pod_yaml("shop", "late", "n1", "web").as_bytes())?;
+            c.wait()
+        })
+        .expect("delete");
+    assert!(del.success());
+    let out = lab.apply(&pod_yaml("shop", "again", "n1", "web"));
+    assert!(out.status.success());
+    let again_ip = lab.pods().iter().find(|p| p["name"] == "again").and_then(|p| p["ip"].as_str()).map(str::to_owned);
+    assert_eq!(again_ip.as_deref(), Some(late_ip.as_str()), "the released address is handed out again");
+
+    // Down removes everything the lab made.
+    let name = lab.name.clone();
+    drop(lab);
+    let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout).into_owned();
+    assert!(!netns.contains(&format!("wl-{name}-")), "namespaces left behind:\n{netns}");
+    assert!(!std::path::Path::new(&format!("/run/weir-lab/{name}")).exists());
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/unified/weir-lab-{name}")).exists());
+    let again = Command::new(LAB).env("WEIR_LAB", &name).arg("down").output().expect("down twice");
+    assert!(again.status.success(), "down is safe to run twice");
+}
+
+#[test]
+fn lab_direct_routing() {
+    if require_root("lab_direct_routing") {
+        full_lab_story("direct");
+    }
+}
+
+#[test]
+fn lab_vxlan_routing() {
+    if require_root("lab_vxlan_routing") {
+        full_lab_story("vxlan");
+    }
+}
