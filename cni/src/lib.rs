@@ -364,9 +364,8 @@ impl Client {
 
     fn call_endpoint(&self, req: &Request) -> Result<Endpoint> {
         match self.call(req)? {
-            Response::Added(ep) => Ok(ep),
+            Response::Added(ep) | Response::Checked(ep) => Ok(ep),
             Response::Error(e) => Err(CniError::Agent(e)),
-            Response::Checked => Err(CniError::Io("agent answered CHECK without the endpoint".into())),
             other => Err(CniError::Io(format!("unexpected agent answer {other:?}"))),
         }
     }

@@ -383,6 +383,8 @@ impl Lab {
         }
         if errors.is_empty() {
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))?;
+            // The parent goes too when this was the last lab.
+            let _ = std::fs::remove_dir(lab_dir(""));
             Ok(())
         } else {
             self.save()?;

@@ -103,3 +103,70 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     assert!(p.exists(), "{} not built: run `cargo build --bins` first (scripts/test.sh does)", p.display());
     p
 }
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Self { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> ARGS…`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run(Command::new("ip").args(full))
+    }
+
+    /// A command that will run inside this namespace (through nsenter, which keeps /sys).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c
+    }
+
+    /// Deletes the namespace now (to test behaviour when it is gone).
+    pub fn delete(&self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// A child process ended (SIGTERM, then SIGKILL) by its PID on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -54,7 +54,7 @@ pub async fn dispatch(req: Request, node: &Mutex<Node>) -> Response {
     let mut n = node.lock().await;
     let result = match req {
         Request::Add(a) => n.add(&a).await.map(Response::Added),
-        Request::Check(a) => n.check(&a).await.map(|_| Response::Checked),
+        Request::Check(a) => n.check(&a).await.map(Response::Checked),
         Request::Del(id) => n.del(&id).await.map(|()| Response::Deleted),
         Request::Gc(g) => n.gc(&g.valid).await.map(|removed| Response::Collected { removed }),
         Request::Status => Ok(Response::Status(n.status())),

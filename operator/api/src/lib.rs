@@ -128,7 +128,7 @@ pub struct IfacePrograms {
 pub enum Response {
     Added(Endpoint),
     Deleted,
-    Checked,
+    Checked(Endpoint),
     Status(Status),
     Collected { removed: Vec<AttachmentRef> },
     Endpoints { rows: Vec<EndpointRow> },
