@@ -1,0 +1,49 @@
+//! Unit tier (no root): the embedded eBPF object has every program and map the ABI crate names,
+//! with the key and value sizes of the Rust types userspace uses — a cheap alignment checker.
+use std::mem::size_of;
+
+use aya_obj::{Object, ProgramSection};
+use weir_bpf_common::{maps, programs, Addr16, EndpointInfo, NatEntry, NatKey, RemoteNode};
+
+fn object() -> Option<Object> {
+    if weir_dataplane::OBJECT.is_empty() {
+        assert!(
+            std::env::var("WEIR_REQUIRE_PRIVILEGED").is_err(),
+            "the eBPF object is a stub (WEIR_BPF_STUB=1); CI must build the real one"
+        );
+        eprintln!("SKIPPED: built with WEIR_BPF_STUB=1, no eBPF object to check");
+        return None;
+    }
+    Some(Object::parse(weir_dataplane::OBJECT).expect("parse embedded object"))
+}
+
+#[test]
+fn every_program_is_a_classifier() {
+    let Some(obj) = object() else { return };
+    for name in programs::ALL {
+        let p = obj.programs.get(name).unwrap_or_else(|| panic!("program {name} missing"));
+        assert!(matches!(p.section, ProgramSection::SchedClassifier), "{name} is {:?}", p.section);
+    }
+}
+
+#[test]
+fn map_layouts_match_the_abi_crate() {
+    let Some(obj) = object() else { return };
+    // (name, key size, value size); the LPM key carries a 4-byte prefix length.
+    let want = [
+        (maps::ENDPOINTS, size_of::<Addr16>(), size_of::<EndpointInfo>()),
+        (maps::TUNNEL, 4 + size_of::<Addr16>(), size_of::<RemoteNode>()),
+        (maps::NAT_FWD, size_of::<NatKey>(), size_of::<NatEntry>()),
+        (maps::NAT_REV, size_of::<NatKey>(), size_of::<NatEntry>()),
+        (maps::COUNTERS, 4, 8),
+    ];
+    for (name, k, v) in want {
+        let m = obj.maps.get(name).unwrap_or_else(|| panic!("map {name} missing"));
+        assert_eq!((m.key_size() as usize, m.value_size() as usize), (k, v), "{name} key/value size");
+    }
+    let ring = obj.maps.get(maps::EVENTS).expect("events ring buffer");
+    assert!(ring.max_entries().is_power_of_two(), "ring buffer size must be a power of two");
+    for name in maps::ALL {
+        assert!(obj.maps.contains_key(name), "{name} missing");
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# README command 2 (and what CI runs): installs what is missing, builds, runs every tier —
+# unit (no root), datapath (BPF_PROG_TEST_RUN), CNI conformance in netns, lab e2e.
+# As root, privileged tests may not skip (WEIR_REQUIRE_PRIVILEGED=1); without root they skip
+# with a printed reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+# shellcheck disable=SC1091
+. "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
+if [ "$(id -u)" = 0 ]; then export WEIR_REQUIRE_PRIVILEGED=1; fi
+
+# default-members: everything but the eBPF crate, which build.rs compiles for the BPF target.
+cargo build --bins --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     /^SKIPPED / { s++ }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
