@@ -95,6 +95,19 @@ enum Cmd {
         #[arg(long)]
         udp: Vec<u16>,
     },
+    /// Benchmark: request/response echo server (internal).
+    #[command(hide = true)]
+    RrServe {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Benchmark: one-byte request/response latency to HOST:PORT, JSON (internal).
+    #[command(hide = true)]
+    Rr {
+        target: String,
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+    },
     /// The probe client, run inside the pod (internal).
     #[command(hide = true)]
     ProbeInner {
@@ -135,6 +148,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { name, tcp, udp } => probe::serve(&name, &tcp, &udp),
+        Cmd::RrServe { port } => probe::rr_serve(port),
+        Cmd::Rr { target, count } => {
+            if !(1..=1_000_000).contains(&count) {
+                bail!("--count {count}: 1 to 1000000");
+            }
+            println!("{}", serde_json::to_string(&probe::rr(&target, count)?)?);
+            Ok(())
+        }
         Cmd::ProbeInner { target, protocol, timeout } => {
             let r = probe::probe(&target, protocol, timeout)?;
             println!("{}", serde_json::to_string(&r)?);

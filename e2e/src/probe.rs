@@ -112,3 +112,51 @@ pub fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
+
+/// Request/response server for the benchmark: echoes each byte on every connection.
+pub fn rr_serve(port: u16) -> anyhow::Result<()> {
+    let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding tcp/{port}"))?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for conn in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut conn = conn;
+            let _ = conn.set_nodelay(true);
+            let mut b = [0u8; 1];
+            while conn.read_exact(&mut b).is_ok() {
+                if conn.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct RrResult {
+    pub count: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub mean_us: f64,
+}
+
+/// One-byte request/response round trips on one TCP connection (after a warm-up).
+pub fn rr(target: &str, count: usize) -> anyhow::Result<RrResult> {
+    let mut s = TcpStream::connect(target).with_context(|| format!("connecting {target}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut b = [7u8; 1];
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count + 200 {
+        let t = Instant::now();
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+        if i >= 200 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    Ok(RrResult { count, p50_us: pct(0.50), p99_us: pct(0.99), mean_us: samples.iter().sum::<f64>() / samples.len() as f64 })
+}

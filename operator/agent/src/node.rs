@@ -52,16 +52,26 @@ pub struct Node {
     desired: Desired,
 }
 
-/// Interface names for an attachment, stable across restarts: `lxc` + 11 hex digits of a hash
-/// of (container ID, ifname) on the node side, `tmp` + the same while the peer is moved.
-pub fn veth_names(container_id: &str, ifname: &str) -> (String, String) {
+fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    let hex = format!("{h:016x}");
-    (format!("lxc{}", &hex[..11]), format!("tmp{}", &hex[..11]))
+    h
+}
+
+/// Node-side interface name for an attachment, stable across restarts: `lxc` + 11 hex digits
+/// of a hash of (container ID, ifname).
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    format!("lxc{}", &format!("{:016x}", attachment_hash(container_id, ifname))[..11])
+}
+
+/// The pod interface's MAC: locally administered, unicast, derived from the attachment, so the
+/// agent knows it before the interface exists and can program the datapath in parallel.
+pub fn pod_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let h = attachment_hash(container_id, ifname).to_be_bytes();
+    [0x0a, h[0], h[1], h[2], h[3], h[4]]
 }
 
 fn mac_str(m: &[u8; 6]) -> String {
@@ -265,8 +275,8 @@ impl Node {
             ApiError::new(code::ADDRESSES_EXHAUSTED, format!("no free address left in pod CIDR {}", l.pod_cidr), "")
         })?;
         let mtu = req.mtu.unwrap_or(l.mtu);
-        let (host, tmp) = veth_names(&id.container_id, &id.ifname);
-        match self.plumb(req, &netns, &host, &tmp, ip, mtu).await {
+        let host = host_ifname(&id.container_id, &id.ifname);
+        match self.plumb(req, &netns, &host, ip, mtu).await {
             Ok(rec) => {
                 let ep = to_endpoint(&rec);
                 if let Err(e) = self.store.insert(rec) {
@@ -283,22 +293,29 @@ impl Node {
         }
     }
 
-    /// Creates the veth pair, configures both ends, attaches the program, writes the map.
-    async fn plumb(&mut self, req: &AddRequest, netns: &Path, host: &str, tmp: &str, ip: Ipv4Addr, mtu: u32) -> anyhow::Result<EndpointRecord> {
+    /// Creates the veth pair (peer straight into the pod namespace), configures both ends,
+    /// attaches the program and writes the map. The pod side is configured on its own thread
+    /// while the node side waits out the tcx attach (an RCU grace period).
+    async fn plumb(&mut self, req: &AddRequest, netns: &Path, host: &str, ip: Ipv4Addr, mtu: u32) -> anyhow::Result<EndpointRecord> {
         // A leftover of a failed earlier attempt would make the create fail.
         self.nl.delete_link(host).await?;
-        self.nl.delete_link(tmp).await?;
-        self.nl.create_veth(host, tmp, mtu).await?;
-        let host_link = self.nl.require_link(host).await?;
-        let tmp_link = self.nl.require_link(tmp).await?;
         let ns_fd = netlink::open_netns(netns)?;
-        self.nl.move_to_netns(tmp_link.index, &ns_fd).await?;
-        let side = PodSide { netns, tmp_name: tmp, ifname: &req.id.ifname, ip, gateway: GATEWAY, gateway_mac: host_link.mac, mtu };
-        let pod_mac = tokio::task::block_in_place(|| netlink::configure_pod_side(&side))?;
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6"), "1");
-        self.nl.set_up(host_link.index).await?;
-        self.nl.replace_route(ip, 32, host_link.index, None).await?;
-        let rec = EndpointRecord {
+        let pod_mac = pod_mac(&req.id.container_id, &req.id.ifname);
+        self.nl.create_veth_into(host, &req.id.ifname, pod_mac, &ns_fd, mtu).await?;
+        let host_link = self.nl.require_link(host).await?;
+        let side = PodSide {
+            netns: netns.to_owned(),
+            ifname: req.id.ifname.clone(),
+            ip,
+            gateway: GATEWAY,
+            gateway_mac: host_link.mac,
+        };
+        let pod_side = std::thread::spawn(move || netlink::configure_pod_side(side));
+        let node_side = self.plumb_node_side(host, &host_link, ip, pod_mac).await;
+        let pod_side = tokio::task::block_in_place(|| pod_side.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        node_side?;
+        pod_side?;
+        Ok(EndpointRecord {
             container_id: req.id.container_id.clone(),
             ifname: req.id.ifname.clone(),
             netns: req.id.netns.clone(),
@@ -311,13 +328,20 @@ impl Node {
             pod_mac,
             ip,
             mtu,
-        };
+        })
+    }
+
+    async fn plumb_node_side(&mut self, host: &str, host_link: &LinkInfo, ip: Ipv4Addr, pod_mac: [u8; 6]) -> anyhow::Result<()> {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6"), "1");
+        self.nl.set_up(host_link.index).await?;
+        self.nl.replace_route(ip, 32, host_link.index, None).await?;
         let l = self.loaded.as_mut().context("datapath not loaded")?;
         if l.dp.attach_ingress(host, programs::FROM_POD)? == Attachment::Adopted {
             tracing::warn!(iface = %host, "adopted an existing pinned link for a new interface");
         }
-        l.endpoints.upsert(ip, endpoint_info(&rec))?;
-        Ok(rec)
+        let info = EndpointInfo { ifindex: host_link.index, flags: 0, pod_mac, host_mac: host_link.mac, _pad: [0; 4] };
+        l.endpoints.upsert(ip, info)?;
+        Ok(())
     }
 
     /// Best-effort removal of everything `plumb` may have created.
@@ -470,11 +494,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn veth_names_are_stable_short_and_distinct() {
-        let (h, t) = veth_names("0123456789abcdef", "eth0");
-        assert_eq!((h.len(), t.len()), (14, 14));
-        assert_eq!(veth_names("0123456789abcdef", "eth0").0, h);
-        assert_ne!(veth_names("0123456789abcdef", "eth1").0, h);
-        assert_eq!(&h[3..], &t[3..]);
+    fn names_and_macs_are_stable_short_and_distinct() {
+        let h = host_ifname("0123456789abcdef", "eth0");
+        assert_eq!(h.len(), 14);
+        assert_eq!(host_ifname("0123456789abcdef", "eth0"), h);
+        assert_ne!(host_ifname("0123456789abcdef", "eth1"), h);
+        let m = pod_mac("0123456789abcdef", "eth0");
+        assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
+        assert_ne!(pod_mac("other", "eth0"), m);
     }
 }
