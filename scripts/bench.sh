@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench: needs root" >&2; exit 1; }
 OUT=${1:-bench-results.json}
 N_CNI=${N_CNI:-30}
-IPERF_SECS=${IPERF_SECS:-5}
+IPERF_SECS=${IPERF_SECS:-4}
 RR_COUNT=${RR_COUNT:-5000}
+ROUNDS=${ROUNDS:-3}           # weir and bridge alternate; the median round is reported
 
 ./scripts/setup.sh
 # shellcheck disable=SC1091
@@ -92,11 +93,23 @@ iperf_gbps() { # RUNNER... TARGET
 }
 rr_json() { local target=${*: -1}; local runner=("${@:1:$#-1}"); "${runner[@]}" "$BIN/weir-lab" rr "$target:7000" --count "$RR_COUNT"; }
 
-echo "measuring throughput (iperf3, ${IPERF_SECS}s each) and request/response latency ($RR_COUNT round trips)..." >&2
-wt_same=$(iperf_gbps "$LAB" exec default/w1 -- "$W2");  bt_same=$(iperf_gbps in_ns "$B-b1" "$B2")
-wt_cross=$(iperf_gbps "$LAB" exec default/w1 -- "$W3"); bt_cross=$(iperf_gbps in_ns "$B-b1" "$B3")
-wr_same=$(rr_json "$LAB" exec default/w1 -- "$W2");     br_same=$(rr_json in_ns "$B-b1" "$B2")
-wr_cross=$(rr_json "$LAB" exec default/w1 -- "$W3");    br_cross=$(rr_json in_ns "$B-b1" "$B3")
+echo "measuring throughput (iperf3, ${IPERF_SECS}s) and request/response latency ($RR_COUNT round trips), $ROUNDS alternating rounds..." >&2
+median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+rr_median() { python3 -c 'import sys,json,statistics; r=[json.loads(x) for x in sys.argv[1:]]; print(json.dumps({k: statistics.median(x[k] for x in r) for k in ("p50_us","p99_us","mean_us")}))' "$@"; }
+declare -A T R
+for round in $(seq 1 "$ROUNDS"); do
+  for cni in $( [ $((round % 2)) = 1 ] && echo "weir bridge" || echo "bridge weir"); do
+    if [ "$cni" = weir ]; then run=("$LAB" exec default/w1 --); same=$W2; cross=$W3; else run=(in_ns "$B-b1"); same=$B2; cross=$B3; fi
+    T[$cni,same]+=" $(iperf_gbps "${run[@]}" "$same")"
+    T[$cni,cross]+=" $(iperf_gbps "${run[@]}" "$cross")"
+    R[$cni,same]+=" $(rr_json "${run[@]}" "$same")"
+    R[$cni,cross]+=" $(rr_json "${run[@]}" "$cross")"
+  done
+done
+wt_same=$(median ${T[weir,same]}); bt_same=$(median ${T[bridge,same]})
+wt_cross=$(median ${T[weir,cross]}); bt_cross=$(median ${T[bridge,cross]})
+wr_same=$(rr_median ${R[weir,same]}); br_same=$(rr_median ${R[bridge,same]})
+wr_cross=$(rr_median ${R[weir,cross]}); br_cross=$(rr_median ${R[bridge,cross]})
 
 echo "measuring CNI ADD/DEL latency ($N_CNI pods each)..." >&2
 CONF=$(python3 -c "import json; c=json.load(open('/run/weir-lab/$WEIR_LAB/nodes/n1/10-weir.conflist')); p=c['plugins'][0]; p['name']=c['name']; p['cniVersion']=c['cniVersion']; print(json.dumps(p))")
@@ -130,6 +143,7 @@ r = {
   "rr_latency_us": {"same_node": {"weir": $wr_same, "bridge": $br_same}, "cross_node": {"weir": $wr_cross, "bridge": $br_cross}},
   "cni_ms": {"add": {"weir": pct("weir_add"), "bridge": pct("bridge_add")}, "del": {"weir": pct("weir_del"), "bridge": pct("bridge_del")}},
   "targets": {"throughput_ratio_min": 1.10, "rr_p50_ratio_max": 0.90, "add_p50_ratio_max": 1.0},
+  "method": {"rounds": $ROUNDS, "iperf_secs": $IPERF_SECS, "rr_count": $RR_COUNT, "cni_pods": $N_CNI},
 }
 rows = []
 for where in ("same_node", "cross_node"):

@@ -345,18 +345,23 @@ impl Node {
     }
 
     /// Best-effort removal of everything `plumb` may have created.
+    /// Order: stop redirecting to the interface, delete it (the kernel detaches its tcx program
+    /// with it), then drop the now defunct link pin — detaching first would cost one more RCU
+    /// grace period per DEL.
     async fn unplumb(&mut self, host: &str, ip: Ipv4Addr) -> Vec<String> {
         let mut errors = Vec::new();
         if let Some(l) = self.loaded.as_mut() {
-            if let Err(e) = l.dp.detach_ingress(host, programs::FROM_POD) {
-                errors.push(e.to_string());
-            }
             if let Err(e) = l.endpoints.remove(ip) {
                 errors.push(e.to_string());
             }
         }
         if let Err(e) = self.nl.delete_link(host).await {
             if !is_not_found(&e) {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(l) = self.loaded.as_mut() {
+            if let Err(e) = l.dp.detach_ingress(host, programs::FROM_POD) {
                 errors.push(e.to_string());
             }
         }
