@@ -68,11 +68,17 @@ pub fn ip_in(netns: &str, args: &[&str]) -> anyhow::Result<String> {
     ip(&full)
 }
 
-/// True when `pid` is alive and its command line contains `needle` (guards against PID reuse).
+/// True when `pid` is alive (not a zombie) and its command line contains `needle` (guards
+/// against PID reuse).
 pub fn pid_is(pid: u32, needle: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(needle))
-        .unwrap_or(false)
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| !matches!(state, Some('Z' | 'X')));
+    alive
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| !c.is_empty() && String::from_utf8_lossy(&c).contains(needle))
+            .unwrap_or(false)
 }
 
 /// Ends a recorded process: SIGTERM, up to `grace`, then SIGKILL. Only if it is still ours.

@@ -8,19 +8,9 @@ use std::{
 };
 
 use serde_json::Value;
+use weir_tests::require_root;
 
 const LAB: &str = env!("CARGO_BIN_EXE_weir-lab");
-
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("WEIR_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("{test}: needs root, and WEIR_REQUIRE_PRIVILEGED=1 forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root");
-    false
-}
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 

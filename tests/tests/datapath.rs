@@ -53,13 +53,9 @@ fn add_endpoint(eps: &mut Endpoints, ip: Ipv4Addr) {
         .expect("upsert endpoint");
 }
 
-fn drops(c: &Counters, reason: DropReason) -> u64 {
-    c.snapshot().expect("counters").drops.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n).unwrap_or(0)
-}
-
-#[test]
-fn pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten() {
-    if !require_root("pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten") {
+/// Runs `f` (as root) in a fresh node namespace with the datapath loaded and POD_A registered.
+fn on_node(test: &str, f: impl FnOnce(&mut Datapath, &mut Endpoints) + Send + 'static) {
+    if !require_root(test) {
         return;
     }
     let bpffs = Bpffs::mount();
@@ -69,7 +65,18 @@ fn pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten() {
         let mut dp = Datapath::load(&cfg).expect("load datapath");
         let mut eps = Endpoints::open(&mut dp).expect("endpoints");
         add_endpoint(&mut eps, POD_A);
-        add_endpoint(&mut eps, POD_B);
+        f(&mut dp, &mut eps);
+    });
+}
+
+fn drops(c: &Counters, reason: DropReason) -> u64 {
+    c.snapshot().expect("counters").drops.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n).unwrap_or(0)
+}
+
+#[test]
+fn pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten() {
+    on_node("pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten", |dp, eps| {
+        add_endpoint(eps, POD_B);
         let frame = pkt::ipv4(POD_A, POD_B, pkt::TCP, 40000, 8080, b"hi");
         let res = dp.test_run(programs::FROM_POD, &frame).expect("test run");
         assert_eq!(res.action, TC_ACT_REDIRECT, "same-node traffic must be redirected");
@@ -83,17 +90,9 @@ fn pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten() {
 
 #[test]
 fn spoofed_malformed_and_ipv6_frames_are_dropped_and_counted() {
-    if !require_root("spoofed_malformed_and_ipv6_frames_are_dropped_and_counted") {
-        return;
-    }
-    let bpffs = Bpffs::mount();
-    let cfg = config(&bpffs, 0);
-    in_fresh_netns(move || {
-        node_netns_setup();
-        let mut dp = Datapath::load(&cfg).expect("load datapath");
-        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
-        let counters = Counters::open(&mut dp).expect("counters");
-        add_endpoint(&mut eps, POD_B);
+    on_node("spoofed_malformed_and_ipv6_frames_are_dropped_and_counted", |dp, eps| {
+        let counters = Counters::open(dp).expect("counters");
+        add_endpoint(eps, POD_B);
 
         // Source 10.250.1.77 is nobody's address.
         let spoof = pkt::ipv4(Ipv4Addr::new(10, 250, 1, 77), POD_B, pkt::UDP, 1, 2, b"x");
@@ -147,16 +146,7 @@ fn remote_pod_in_vxlan_mode_needs_a_tunnel_entry() {
 
 #[test]
 fn masquerade_translates_out_and_back_with_valid_checksums() {
-    if !require_root("masquerade_translates_out_and_back_with_valid_checksums") {
-        return;
-    }
-    let bpffs = Bpffs::mount();
-    let cfg = config(&bpffs, 0);
-    in_fresh_netns(move || {
-        node_netns_setup();
-        let mut dp = Datapath::load(&cfg).expect("load datapath");
-        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
-        add_endpoint(&mut eps, POD_A);
+    on_node("masquerade_translates_out_and_back_with_valid_checksums", |dp, _| {
         for (proto, sport, dport) in [(pkt::TCP, 40000, 443), (pkt::UDP, 5353, 53), (pkt::ICMP, 77, 0)] {
             let out = pkt::ipv4(POD_A, EXTERNAL, proto, sport, dport, b"payload");
             let res = dp.test_run(programs::FROM_POD, &out).expect("run");

@@ -124,6 +124,13 @@ pub struct NatKey {
 }
 const _: () = assert!(core::mem::size_of::<NatKey>() == 40);
 
+impl NatKey {
+    #[inline(always)]
+    pub const fn new(saddr: Addr16, daddr: Addr16, sport_be: u16, dport_be: u16, proto: u8) -> Self {
+        Self { saddr, daddr, sport_be, dport_be, proto, _pad: [0; 3] }
+    }
+}
+
 /// NAT translation target: the address/port to write in place of the original.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -91,14 +91,7 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, node_be: u32) -> Result<(), DropRe
     let icmp = ip.proto == IPPROTO_ICMP;
     let sport = load_port(ctx, &l4, l4.sport_off, false)?;
     let dport = load_port(ctx, &l4, l4.dport_off, icmp)?;
-    let fwd_key = NatKey {
-        saddr: Addr16::from_v4_be(ip.saddr),
-        daddr: Addr16::from_v4_be(ip.daddr),
-        sport_be: sport,
-        dport_be: dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let fwd_key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
     let node = Addr16::from_v4_be(node_be);
     // SAFETY: read-only lookup of a plain-data value.
     let new_port = match unsafe { WEIR_NAT_FWD.get(&fwd_key) } {
@@ -115,14 +108,7 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, node_be: u32) -> Result<(), DropRe
                     break;
                 };
                 let port_be = ((min + off) as u16).to_be();
-                let rev_key = NatKey {
-                    saddr: fwd_key.daddr,
-                    daddr: node,
-                    sport_be: dport,
-                    dport_be: port_be,
-                    proto: ip.proto,
-                    _pad: [0; 3],
-                };
+                let rev_key = NatKey::new(fwd_key.daddr, node, dport, port_be, ip.proto);
                 if WEIR_NAT_REV.insert(&rev_key, &back, BPF_NOEXIST as u64).is_ok() {
                     claimed = Some(port_be);
                     break;
@@ -150,14 +136,7 @@ pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
     let icmp = ip.proto == IPPROTO_ICMP;
     let sport = load_port(ctx, &l4, l4.sport_off, icmp)?;
     let dport = load_port(ctx, &l4, l4.dport_off, false)?;
-    let key = NatKey {
-        saddr: Addr16::from_v4_be(ip.saddr),
-        daddr: Addr16::from_v4_be(ip.daddr),
-        sport_be: sport,
-        dport_be: dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
     // SAFETY: read-only lookup of a plain-data value.
     let Some(back) = (unsafe { WEIR_NAT_REV.get(&key) }).copied() else {
         return Ok(None);
