@@ -203,7 +203,7 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&lab.pods_json())?),
                 Output::Table => {
-                    println!("{:<16} {:<24} {:<6} {}", "NAMESPACE", "NAME", "NODE", "IP");
+                    println!("{:<16} {:<24} {:<6} IP", "NAMESPACE", "NAME", "NODE");
                     for p in lab.state.pods.values() {
                         let ip = p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
                         println!("{:<16} {:<24} {:<6} {}", p.namespace, p.name, p.node, ip);

@@ -254,7 +254,8 @@ fn malformed_input_gets_spec_errors_and_leaks_nothing() {
     let pod = NetNs::new("wt-pod-");
     let p = pod.path().display().to_string();
     let links_before = node.ns.ip(&["link", "show"]);
-    let cases: Vec<(Value, Vec<(&str, String)>, u64)> = vec![
+    type Case = (Value, Vec<(&'static str, String)>, u64);
+    let cases: Vec<Case> = vec![
         (json!({"cniVersion": "1.1.0"}), pod_env("x", &p), 6),
         (json!({"cniVersion": "7.0.0", "name": "weir", "type": "weir-cni"}), pod_env("x", &p), 1),
         (node.conf(), vec![("CNI_CONTAINERID", "x".into()), ("CNI_IFNAME", "eth0".into())], 4),

@@ -26,7 +26,7 @@ pub enum NetlinkError {
     Request {
         op: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     #[error("opening netlink socket: {0}")]
     Socket(#[source] std::io::Error),
@@ -42,16 +42,19 @@ pub type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 
 fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let op = op.into();
-    move |source| NetlinkError::Request { op, source }
+    move |source| NetlinkError::Request { op, source: Box::new(source) }
 }
 
 /// True for "no such device/entry" answers, which teardown treats as already done.
 pub fn is_not_found(e: &NetlinkError) -> bool {
     match e {
         NetlinkError::NoSuchLink(_) => true,
-        NetlinkError::Request { source: rtnetlink::Error::NetlinkError(m), .. } => {
-            m.raw_code() == -libc::ENODEV || m.raw_code() == -libc::ENOENT || m.raw_code() == -libc::ESRCH
-        }
+        NetlinkError::Request { source, .. } => match source.as_ref() {
+            rtnetlink::Error::NetlinkError(m) => {
+                m.raw_code() == -libc::ENODEV || m.raw_code() == -libc::ENOENT || m.raw_code() == -libc::ESRCH
+            }
+            _ => false,
+        },
         _ => false,
     }
 }

@@ -79,9 +79,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
                     cidr.parse::<ipnetwork::Ipv4Network>()
                         .map_err(|e| err("spec.podCIDR", format!("{cidr:?} is not an IPv4 CIDR: {e}")))?;
                 }
-                ClusterObject::Node(node)
+                ClusterObject::Node(Box::new(node))
             }
-            ("v1", "Namespace") => ClusterObject::Namespace(typed(value, origin, doc)?),
+            ("v1", "Namespace") => ClusterObject::Namespace(Box::new(typed(value, origin, doc)?)),
             ("v1", "Pod") => ClusterObject::Pod(Box::new(typed(value, origin, doc)?)),
             (_, kind) => ClusterObject::Other { kind: kind.to_owned(), name },
         };

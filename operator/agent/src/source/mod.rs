@@ -19,8 +19,8 @@ pub struct ClusterSnapshot {
 /// One parsed Kubernetes object that the agent understands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClusterObject {
-    Node(Node),
-    Namespace(Namespace),
+    Node(Box<Node>),
+    Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     /// A kind the agent does not consume yet (Services, NetworkPolicies, ...): kept by name
     /// so that manifests holding them are still accepted.
@@ -32,11 +32,11 @@ impl ClusterSnapshot {
         match obj {
             ClusterObject::Node(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
-                self.nodes.insert(name, n);
+                self.nodes.insert(name, *n);
             }
             ClusterObject::Namespace(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
-                self.namespaces.insert(name, n);
+                self.namespaces.insert(name, *n);
             }
             ClusterObject::Pod(p) => {
                 let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
