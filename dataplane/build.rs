@@ -15,8 +15,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=WEIR_BPF_TOOLCHAIN");
     let out = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR")?);
     let object = out.join("weir-tc");
-    let stub = env::var("WEIR_BPF_STUB").is_ok_and(|v| v == "1")
-        || env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1");
+    let stub = env::var("WEIR_BPF_STUB").is_ok_and(|v| v == "1") || env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1");
     if stub {
         println!("cargo:warning=WEIR_BPF_STUB=1: embedding an empty eBPF object");
         fs::write(&object, b"").context("writing stub object")?;

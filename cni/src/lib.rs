@@ -199,7 +199,8 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Result<Value> {
                 Ok(Response::Error(e)) => Err(CniError::Agent(e)),
                 Ok(other) => Err(CniError::Io(format!("unexpected agent answer {other:?}"))),
                 Err(CniError::NotAvailable(why)) => {
-                    queue_delete(&conf, &att.id).map_err(|e| CniError::Io(format!("agent down ({why}) and queueing DEL failed: {e}")))?;
+                    queue_delete(&conf, &att.id)
+                        .map_err(|e| CniError::Io(format!("agent down ({why}) and queueing DEL failed: {e}")))?;
                     Ok(Value::Null)
                 }
                 Err(e) => Err(e),
@@ -217,7 +218,11 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Result<Value> {
                 .as_ref()
                 .ok_or_else(|| CniError::InvalidConfig("GC needs \"cni.dev/valid-attachments\"".into()))?
                 .iter()
-                .map(|a| AttachmentRef { container_id: a.container_id.clone(), ifname: a.ifname.clone(), netns: String::new() })
+                .map(|a| AttachmentRef {
+                    container_id: a.container_id.clone(),
+                    ifname: a.ifname.clone(),
+                    netns: String::new(),
+                })
                 .collect();
             match client.call(&Request::Gc(GcRequest { valid }))? {
                 Response::Collected { .. } => Ok(Value::Null),
@@ -259,9 +264,8 @@ fn attachment(env: &[(String, String)], conf: &NetConf, need_netns: bool) -> Res
 pub fn add_result(conf: &NetConf, ep: &Endpoint) -> Value {
     let legacy = conf.cni_version.starts_with("0.");
     let prev = conf.prev_result.as_ref();
-    let list = |k: &str| -> Vec<Value> {
-        prev.and_then(|p| p.get(k)).and_then(Value::as_array).cloned().unwrap_or_default()
-    };
+    let list =
+        |k: &str| -> Vec<Value> { prev.and_then(|p| p.get(k)).and_then(Value::as_array).cloned().unwrap_or_default() };
     let mut interfaces = list("interfaces");
     let mut ips = list("ips");
     let mut routes = list("routes");
@@ -400,7 +404,8 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    const CONF: &str = r#"{"cniVersion":"1.1.0","name":"weir","type":"weir-cni","agentSocket":"/nonexistent/weir.sock"}"#;
+    const CONF: &str =
+        r#"{"cniVersion":"1.1.0","name":"weir","type":"weir-cni","agentSocket":"/nonexistent/weir.sock"}"#;
 
     fn code_of(e: &[(&str, &str)], stdin: &str) -> u32 {
         let (text, exit) = render(stdin.as_bytes(), run(&env(e), stdin.as_bytes()));
@@ -446,7 +451,8 @@ mod tests {
         let noname = CONF.replace(r#""name":"weir""#, r#""name":"""#);
         assert_eq!(code_of(&[("CNI_COMMAND", "ADD")], &noname), 7, "empty name");
         assert_eq!(code_of(&[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")], CONF), 4, "no CNI_CONTAINERID");
-        let base = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/opt/cni/bin")];
+        let base =
+            [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/opt/cni/bin")];
         assert_eq!(code_of(&base, CONF), 4, "no CNI_NETNS");
         let mut gone = base.to_vec();
         gone.push(("CNI_NETNS", "/nonexistent/netns"));

@@ -52,8 +52,7 @@ impl Datapath {
         let pin_dir = cfg.pin_dir();
         let maps_dir = pin_dir.join("maps");
         for dir in [&maps_dir, &pin_dir.join("links")] {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| Error::Io { op: "creating", path: dir.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io { op: "creating", path: dir.clone(), source })?;
         }
         let (net, prefix) = cfg.cluster_cidr_v4;
         let mask: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };

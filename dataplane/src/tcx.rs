@@ -42,9 +42,10 @@ impl Datapath {
             .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(attach_err)?;
         let link = prog.take_link(id).map_err(attach_err)?;
-        let fd_link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| Error::Pin { path: pin.clone(), message: crate::chain(&e) })?;
+        let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| Error::Pin {
+            path: pin.clone(),
+            message: crate::chain(&e),
+        })?;
         fd_link.pin(&pin).map_err(|e| Error::Pin { path: pin.clone(), message: crate::chain(&e) })?;
         Ok(Attachment::Attached)
     }

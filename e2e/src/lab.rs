@@ -99,7 +99,8 @@ pub fn validate_lab_name(name: &str) -> anyhow::Result<()> {
 impl Lab {
     pub fn open(name: &str) -> anyhow::Result<Self> {
         let dir = lab_dir(name);
-        let text = std::fs::read(dir.join("lab.json")).with_context(|| format!("lab {name:?} is not up (no {}/lab.json)", dir.display()))?;
+        let text = std::fs::read(dir.join("lab.json"))
+            .with_context(|| format!("lab {name:?} is not up (no {}/lab.json)", dir.display()))?;
         Ok(Self { dir, state: serde_json::from_slice(&text).context("lab.json")? })
     }
 
@@ -290,7 +291,13 @@ impl Lab {
             .arg(nd.join("delete-queue"))
             .arg("--cluster-cidr")
             .arg(CLUSTER_CIDR)
-            .args(["--routing", match self.state.routing { Routing::Direct => "direct", Routing::Vxlan => "vxlan" }])
+            .args([
+                "--routing",
+                match self.state.routing {
+                    Routing::Direct => "direct",
+                    Routing::Vxlan => "vxlan",
+                },
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -311,10 +318,18 @@ impl Lab {
     }
 
     fn node_index(&self, node: &str) -> anyhow::Result<usize> {
-        self.state.nodes.iter().position(|n| n.name == node).with_context(|| format!("no node {node:?} in lab {}", self.state.name))
+        self.state
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .with_context(|| format!("no node {node:?} in lab {}", self.state.name))
     }
 
-    pub fn agent_call(&self, node: &str, req: &weir_operator_api::Request) -> anyhow::Result<weir_operator_api::Response> {
+    pub fn agent_call(
+        &self,
+        node: &str,
+        req: &weir_operator_api::Request,
+    ) -> anyhow::Result<weir_operator_api::Response> {
         use std::io::Write as _;
         let mut s = std::os::unix::net::UnixStream::connect(self.socket(node))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -405,7 +420,10 @@ impl Lab {
             match obj {
                 ClusterObject::Namespace(mut n) => {
                     let name = n.metadata.name.clone().unwrap_or_default();
-                    n.metadata.labels.get_or_insert_with(Default::default).insert("kubernetes.io/metadata.name".into(), name.clone());
+                    n.metadata
+                        .labels
+                        .get_or_insert_with(Default::default)
+                        .insert("kubernetes.io/metadata.name".into(), name.clone());
                     // k8s-openapi writes apiVersion and kind itself.
                     let text = serde_yaml::to_string(&n)?;
                     write_atomic(&self.cluster_dir().join(format!("ns-{name}.yaml")), &text)?;
@@ -445,7 +463,16 @@ impl Lab {
         let cid = random_hex();
         let netns = format!("wl-{}-p{}", self.state.name, &cid[..10]);
         let cgroup = self.cgroup_parent().join(format!("{ns}_{name}_{}", &cid[..8]));
-        let mut st = PodState { namespace: ns.clone(), name: name.clone(), node: node.clone(), netns: netns.clone(), cgroup: cgroup.clone(), container_id: cid, ip: None, pids: Vec::new() };
+        let mut st = PodState {
+            namespace: ns.clone(),
+            name: name.clone(),
+            node: node.clone(),
+            netns: netns.clone(),
+            cgroup: cgroup.clone(),
+            container_id: cid,
+            ip: None,
+            pids: Vec::new(),
+        };
         ip(&["netns", "add", &netns])?;
         self.state.pods.insert(key.clone(), st.clone());
         self.save()?;
@@ -505,7 +532,10 @@ impl Lab {
             .env("CNI_PATH", nd.join("cni-bin"))
             .env(
                 "CNI_ARGS",
-                format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={};IgnoreUnknown=1", st.namespace, st.name, st.container_id, st.container_id),
+                format!(
+                    "K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={};IgnoreUnknown=1",
+                    st.namespace, st.name, st.container_id, st.container_id
+                ),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -533,8 +563,12 @@ impl Lab {
         let log_dir = self.dir.join("pods");
         std::fs::create_dir_all(&log_dir)?;
         for c in pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default() {
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{}_{}_{}.log", st.namespace, st.name, c.name)))?;
-            let command: Vec<String> = c.command.clone().unwrap_or_default().into_iter().chain(c.args.clone().unwrap_or_default()).collect();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_dir.join(format!("{}_{}_{}.log", st.namespace, st.name, c.name)))?;
+            let command: Vec<String> =
+                c.command.clone().unwrap_or_default().into_iter().chain(c.args.clone().unwrap_or_default()).collect();
             let mut cmd;
             if command.is_empty() {
                 cmd = Command::new(std::env::current_exe()?);
@@ -599,7 +633,11 @@ impl Lab {
         for obj in objs {
             match obj {
                 ClusterObject::Pod(p) => {
-                    let key = format!("{}/{}", p.metadata.namespace.clone().unwrap_or_else(|| "default".into()), p.metadata.name.clone().unwrap_or_default());
+                    let key = format!(
+                        "{}/{}",
+                        p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                        p.metadata.name.clone().unwrap_or_default()
+                    );
                     if self.state.pods.contains_key(&key) {
                         self.delete_pod(&key)?;
                         done.push(format!("pod/{key} deleted"));
@@ -607,7 +645,8 @@ impl Lab {
                 }
                 ClusterObject::Namespace(n) => {
                     let name = n.metadata.name.clone().unwrap_or_default();
-                    let pods: Vec<String> = self.state.pods.keys().filter(|k| k.starts_with(&format!("{name}/"))).cloned().collect();
+                    let pods: Vec<String> =
+                        self.state.pods.keys().filter(|k| k.starts_with(&format!("{name}/"))).cloned().collect();
                     for k in pods {
                         self.delete_pod(&k)?;
                         done.push(format!("pod/{k} deleted"));

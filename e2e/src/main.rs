@@ -166,7 +166,12 @@ fn main() -> anyhow::Result<()> {
             for n in &lab.state.nodes {
                 println!("node {} ready: {} pod CIDR {} (netns {})", n.name, n.ip, n.pod_cidr, n.netns);
             }
-            println!("external: {} serving tcp+udp/{} (netns {})", lab::EXTERNAL_IP, lab::EXTERNAL_PORT, lab.external_netns());
+            println!(
+                "external: {} serving tcp+udp/{} (netns {})",
+                lab::EXTERNAL_IP,
+                lab::EXTERNAL_PORT,
+                lab.external_netns()
+            );
             Ok(())
         }
         Cmd::Down => {
@@ -240,7 +245,13 @@ fn main() -> anyhow::Result<()> {
             let lab = Lab::open(&cli.lab)?;
             let p = lab.pod(&pod)?;
             let mut c = Command::new(std::env::current_exe()?);
-            c.arg("probe-inner").arg(&target).args(["--protocol", match protocol { Protocol::Tcp => "tcp", Protocol::Udp => "udp" }]);
+            c.arg("probe-inner").arg(&target).args([
+                "--protocol",
+                match protocol {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
+                },
+            ]);
             c.arg("--timeout").arg(format!("{}ms", timeout.as_millis()));
             enter(&mut c, &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
             let out = nsexec::run(&mut c)?;

@@ -158,5 +158,10 @@ pub fn rr(target: &str, count: usize) -> anyhow::Result<RrResult> {
     }
     samples.sort_by(f64::total_cmp);
     let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    Ok(RrResult { count, p50_us: pct(0.50), p99_us: pct(0.99), mean_us: samples.iter().sum::<f64>() / samples.len() as f64 })
+    Ok(RrResult {
+        count,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        mean_us: samples.iter().sum::<f64>() / samples.len() as f64,
+    })
 }

@@ -77,13 +77,20 @@ impl TestLab {
         let mut failures = Vec::new();
         for a in &pods {
             for b in &pods {
-                let from = format!("{}/{}", a["namespace"].as_str().unwrap_or_default(), a["name"].as_str().unwrap_or_default());
+                let from = format!(
+                    "{}/{}",
+                    a["namespace"].as_str().unwrap_or_default(),
+                    a["name"].as_str().unwrap_or_default()
+                );
                 let ip = b["ip"].as_str().unwrap_or_default();
                 let want = b["name"].as_str().unwrap_or_default();
                 for (proto, port) in [("tcp", 8080), ("udp", 5353)] {
                     let (res, reply) = self.probe(&from, &format!("{ip}:{port}"), proto);
                     if res != "connected" || reply != want {
-                        failures.push(format!("{from} ({}) -> {want} {ip}:{port}/{proto} ({}): {res} {reply}", a["node"], b["node"]));
+                        failures.push(format!(
+                            "{from} ({}) -> {want} {ip}:{port}/{proto} ({}): {res} {reply}",
+                            a["node"], b["node"]
+                        ));
                     }
                 }
             }
@@ -125,7 +132,9 @@ fn programs_per_iface(dp: &Value) -> Vec<(String, usize)> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|x| (x["iface"].as_str().unwrap_or_default().to_owned(), x["programs"].as_array().map_or(0, Vec::len)))
+                .map(|x| {
+                    (x["iface"].as_str().unwrap_or_default().to_owned(), x["programs"].as_array().map_or(0, Vec::len))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -164,7 +173,11 @@ fn full_lab_story(routing: &str) {
     assert!(!ext.status.success(), "the external namespace must not have a route to pod CIDRs");
     for from in ["shop/a1", "shop/b2"] {
         for proto in ["tcp", "udp"] {
-            assert_eq!(lab.probe(from, "172.30.0.200:8000", proto), ("connected".into(), "external".into()), "{from} {proto} to external");
+            assert_eq!(
+                lab.probe(from, "172.30.0.200:8000", proto),
+                ("connected".into(), "external".into()),
+                "{from} {proto} to external"
+            );
         }
     }
     assert!(counter(&lab.datapath("n1"), "masqueraded") > 0);
@@ -175,7 +188,11 @@ fn full_lab_story(routing: &str) {
     lab.ok(&["agent", "stop", "n1"]);
     for (from, to) in [("shop/a1", "a2"), ("shop/a1", "b1"), ("shop/b2", "a2")] {
         let ip = pods.iter().find(|p| p["name"] == to).and_then(|p| p["ip"].as_str()).expect("ip");
-        assert_eq!(lab.probe(from, &format!("{ip}:8080"), "tcp").0, "connected", "{from} -> {to} with n1's agent stopped");
+        assert_eq!(
+            lab.probe(from, &format!("{ip}:8080"), "tcp").0,
+            "connected",
+            "{from} -> {to} with n1's agent stopped"
+        );
     }
     assert_eq!(lab.probe("shop/a2", "172.30.0.200:8000", "udp").0, "connected", "masquerade with the agent stopped");
     // A CNI ADD while the agent is down fails cleanly and leaves nothing behind.
@@ -201,7 +218,13 @@ fn full_lab_story(routing: &str) {
     assert_eq!(lab.pods().len(), 5);
 
     // Deleting a pod releases its address.
-    let late_ip = lab.pods().iter().find(|p| p["name"] == "late").and_then(|p| p["ip"].as_str()).map(str::to_owned).expect("late ip");
+    let late_ip = lab
+        .pods()
+        .iter()
+        .find(|p| p["name"] == "late")
+        .and_then(|p| p["ip"].as_str())
+        .map(str::to_owned)
+        .expect("late ip");
     let del = Command::new(LAB)
         .env("WEIR_LAB", &lab.name)
         .args(["delete", "-f", "-"])
@@ -209,7 +232,10 @@ fn full_lab_story(routing: &str) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .and_then(|mut c| {
-            std::io::Write::write_all(&mut c.stdin.take().expect("stdin"), pod_yaml("shop", "late", "n1", "web").as_bytes())?;
+            std::io::Write::write_all(
+                &mut c.stdin.take().expect("stdin"),
+                pod_yaml("shop", "late", "n1", "web").as_bytes(),
+            )?;
             c.wait()
         })
         .expect("delete");
@@ -222,7 +248,8 @@ fn full_lab_story(routing: &str) {
     // Down removes everything the lab made.
     let name = lab.name.clone();
     drop(lab);
-    let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout).into_owned();
+    let netns =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout).into_owned();
     assert!(!netns.contains(&format!("wl-{name}-")), "namespaces left behind:\n{netns}");
     assert!(!std::path::Path::new(&format!("/run/weir-lab/{name}")).exists());
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/unified/weir-lab-{name}")).exists());

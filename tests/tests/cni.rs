@@ -102,7 +102,12 @@ impl Node {
 
     /// Runs a plugin from CNI_PATH in the node namespace with the given CNI environment.
     fn exec(&self, plugin: &str, command: &str, conf: &Value, env: &[(&str, String)]) -> Outcome {
-        let bin = self.cni_path.split(':').map(|d| PathBuf::from(d).join(plugin)).find(|p| p.exists()).expect("plugin on CNI_PATH");
+        let bin = self
+            .cni_path
+            .split(':')
+            .map(|d| PathBuf::from(d).join(plugin))
+            .find(|p| p.exists())
+            .expect("plugin on CNI_PATH");
         let mut cmd = self.ns.command(bin);
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -118,7 +123,11 @@ impl Node {
         child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("stdin");
         let out = child.wait_with_output().expect("plugin");
         let text = String::from_utf8_lossy(&out.stdout);
-        let json = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|e| panic!("{plugin} {command} printed non-JSON ({e}): {text}")) };
+        let json = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{plugin} {command} printed non-JSON ({e}): {text}"))
+        };
         Outcome { code: out.status.code().unwrap_or(-1), json }
     }
 
@@ -333,7 +342,10 @@ fn chained_with_portmap_and_bandwidth() {
     for conf in plugins.iter().rev() {
         let mut c = conf.clone();
         c["prevResult"] = result.clone();
-        assert_ok(&node.exec(c["type"].as_str().expect("type"), "DEL", &c, &env), &format!("chained DEL {}", c["type"]));
+        assert_ok(
+            &node.exec(c["type"].as_str().expect("type"), "DEL", &c, &env),
+            &format!("chained DEL {}", c["type"]),
+        );
     }
     let nat = run(node.ns.command("iptables-save").args(["-t", "nat"]));
     assert!(!nat.contains("18080"), "portmap rules left after DEL:\n{nat}");

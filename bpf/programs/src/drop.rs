@@ -38,5 +38,5 @@ pub fn shot(ctx: &TcContext, reason: DropReason) -> i32 {
         }
         None => count(counters::EVENTS_LOST),
     }
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }

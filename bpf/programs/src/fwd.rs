@@ -3,8 +3,8 @@ use core::mem;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, bpf_redir_neigh, bpf_tunnel_key, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
+        bpf_fib_lookup, bpf_redir_neigh, bpf_tunnel_key, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_set_tunnel_key},
     programs::TcContext,
@@ -34,7 +34,7 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), DropRea
 #[inline(always)]
 fn redirect_result(ret: i64) -> Result<i32, DropReason> {
     if ret == TC_ACT_REDIRECT as i64 {
-        Ok(TC_ACT_REDIRECT as i32)
+        Ok(TC_ACT_REDIRECT)
     } else {
         Err(DropReason::RewriteFailed)
     }
@@ -58,9 +58,7 @@ pub fn to_tunnel(ctx: &TcContext, node_be: u32, vxlan_ifindex: u32, vni: u32) ->
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(node_be);
     key.tunnel_ttl = 64;
     // SAFETY: key lives on the stack for the call; the size matches the struct.
-    let ret = unsafe {
-        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, mem::size_of::<bpf_tunnel_key>() as u32, 0)
-    };
+    let ret = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     if ret != 0 {
         return Err(DropReason::RewriteFailed);
     }
@@ -83,9 +81,7 @@ fn fib_params(ip: &Ipv4, ifindex: u32) -> bpf_fib_lookup {
 #[inline(always)]
 fn fib_lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> i64 {
     // SAFETY: p lives on the stack for the call; the size matches the struct.
-    unsafe {
-        bpf_fib_lookup(ctx.skb.skb.cast(), p, mem::size_of::<bpf_fib_lookup>() as i32, 0)
-    }
+    unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), p, mem::size_of::<bpf_fib_lookup>() as i32, 0) }
 }
 
 /// True when the node's own stack is the destination (the FIB does not forward it).
@@ -118,7 +114,7 @@ pub fn by_fib(ctx: &TcContext, ip: &Ipv4, ifindex: u32) -> Result<i32, DropReaso
         });
     }
     if ret == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
-        return Ok(aya_ebpf::bindings::TC_ACT_OK as i32);
+        return Ok(aya_ebpf::bindings::TC_ACT_OK);
     }
     Err(DropReason::NoRoute)
 }

@@ -23,9 +23,7 @@ use aya_ebpf::{
     programs::TcContext,
     Global,
 };
-use weir_bpf_common::{
-    counters, sizes, Addr16, DropReason, EndpointInfo, NatEntry, NatKey, RemoteNode,
-};
+use weir_bpf_common::{counters, sizes, Addr16, DropReason, EndpointInfo, NatEntry, NatKey, RemoteNode};
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
 
@@ -91,7 +89,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let proto = parse::eth_proto(ctx)?;
     if proto == ETH_P_ARP {
         // Pods resolve their gateway statically; any other ARP goes to the node's stack.
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     if proto != ETH_P_IP {
         return Err(DropReason::UnsupportedL3);
@@ -99,13 +97,13 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip = Ipv4::parse(ctx)?;
     let src = Addr16::from_v4_be(ip.saddr);
     // SAFETY: read-only lookup of a plain-data value.
-    match unsafe { WEIR_ENDPOINTS.get(&src) } {
+    match unsafe { WEIR_ENDPOINTS.get(src) } {
         Some(ep) if ep.ifindex == ingress_ifindex(ctx) => {}
         _ => return Err(DropReason::SpoofedSource),
     }
     let dst = Addr16::from_v4_be(ip.daddr);
     // SAFETY: as above.
-    if let Some(ep) = unsafe { WEIR_ENDPOINTS.get(&dst) } {
+    if let Some(ep) = unsafe { WEIR_ENDPOINTS.get(dst) } {
         let ep = *ep;
         drop::count(counters::FORWARDED_LOCAL);
         return fwd::to_local_pod(ctx, &ep);
@@ -114,9 +112,8 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         drop::count(counters::FORWARDED_REMOTE);
         let vxlan = WEIR_VXLAN_IFINDEX.load();
         if vxlan != 0 {
-            let node = WEIR_TUNNEL
-                .get(aya_ebpf::maps::lpm_trie::Key::new(128, dst))
-                .ok_or(DropReason::UnknownClusterDest)?;
+            let node =
+                WEIR_TUNNEL.get(aya_ebpf::maps::lpm_trie::Key::new(128, dst)).ok_or(DropReason::UnknownClusterDest)?;
             return fwd::to_tunnel(ctx, node.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load());
         }
         return fwd::by_fib(ctx, &ip, ingress_ifindex(ctx));
@@ -124,7 +121,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     // Leaving the cluster. Destinations on this node go to its stack untranslated.
     if fwd::is_local_destination(ctx, &ip, ingress_ifindex(ctx)) {
         drop::count(counters::TO_STACK);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     nat::masquerade(ctx, &ip, WEIR_NODE_IPV4.load())?;
     drop::count(counters::MASQUERADED);
@@ -136,24 +133,24 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
 fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     // Everything that is not IPv4 for a pod or a masqueraded reply belongs to the node's stack.
     if parse::eth_proto(ctx)? != ETH_P_IP {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     let ip = Ipv4::parse(ctx)?;
     let mut daddr = ip.daddr;
     if daddr == WEIR_NODE_IPV4.load() {
         match nat::reverse(ctx, &ip)? {
             Some(pod) => daddr = pod,
-            None => return Ok(TC_ACT_OK as i32),
+            None => return Ok(TC_ACT_OK),
         }
     }
     // SAFETY: read-only lookup of a plain-data value.
-    match unsafe { WEIR_ENDPOINTS.get(&Addr16::from_v4_be(daddr)) } {
+    match unsafe { WEIR_ENDPOINTS.get(Addr16::from_v4_be(daddr)) } {
         Some(ep) => {
             let ep = *ep;
             drop::count(counters::FORWARDED_LOCAL);
             fwd::to_local_pod(ctx, &ep)
         }
-        None => Ok(TC_ACT_OK as i32),
+        None => Ok(TC_ACT_OK),
     }
 }
 
@@ -163,7 +160,7 @@ fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let ip = Ipv4::parse(ctx)?;
     // SAFETY: read-only lookup of a plain-data value.
-    match unsafe { WEIR_ENDPOINTS.get(&Addr16::from_v4_be(ip.daddr)) } {
+    match unsafe { WEIR_ENDPOINTS.get(Addr16::from_v4_be(ip.daddr)) } {
         Some(ep) => {
             let ep = *ep;
             drop::count(counters::FORWARDED_LOCAL);

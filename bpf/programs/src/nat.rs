@@ -50,27 +50,37 @@ fn l4_layout(ctx: &TcContext, ip: &Ipv4, egress: bool) -> Result<L4, DropReason>
     }
 }
 
+/// The port at `off`; the ICMP peer "port" is always 0.
 #[inline(always)]
-fn load_port(ctx: &TcContext, l4: &L4, off: usize, icmp_peer: bool) -> Result<u16, DropReason> {
+fn load_port(ctx: &TcContext, off: usize, icmp_peer: bool) -> Result<u16, DropReason> {
     if icmp_peer {
         return Ok(0);
     }
-    let _ = l4;
     ctx.load::<u16>(off).map_err(|_| DropReason::Malformed)
 }
 
+/// One address and one port to replace, with checksum fix-ups.
+struct Rewrite {
+    addr_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+    port_off: usize,
+    old_port: u16,
+    new_port: u16,
+}
+
 #[inline(always)]
-fn rewrite(ctx: &TcContext, l4: &L4, addr_off: usize, old_addr: u32, new_addr: u32, port_off: usize, old_port: u16, new_port: u16) -> Result<(), DropReason> {
+fn rewrite(ctx: &TcContext, l4: &L4, r: Rewrite) -> Result<(), DropReason> {
     let err = |_| DropReason::RewriteFailed;
     let mangled = if l4.udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     if l4.pseudo {
-        ctx.l4_csum_replace(l4.csum_off, old_addr as u64, new_addr as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
+        ctx.l4_csum_replace(l4.csum_off, r.old_addr as u64, r.new_addr as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
             .map_err(err)?;
     }
-    ctx.l4_csum_replace(l4.csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(err)?;
-    ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4).map_err(err)?;
-    ctx.store(addr_off, &new_addr, 0).map_err(err)?;
-    ctx.store(port_off, &new_port, 0).map_err(err)?;
+    ctx.l4_csum_replace(l4.csum_off, r.old_port as u64, r.new_port as u64, mangled | 2).map_err(err)?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, r.old_addr as u64, r.new_addr as u64, 4).map_err(err)?;
+    ctx.store(r.addr_off, &r.new_addr, 0).map_err(err)?;
+    ctx.store(r.port_off, &r.new_port, 0).map_err(err)?;
     Ok(())
 }
 
@@ -89,12 +99,12 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, node_be: u32) -> Result<(), DropRe
     }
     let l4 = l4_layout(ctx, ip, true)?;
     let icmp = ip.proto == IPPROTO_ICMP;
-    let sport = load_port(ctx, &l4, l4.sport_off, false)?;
-    let dport = load_port(ctx, &l4, l4.dport_off, icmp)?;
+    let sport = load_port(ctx, l4.sport_off, false)?;
+    let dport = load_port(ctx, l4.dport_off, icmp)?;
     let fwd_key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
     let node = Addr16::from_v4_be(node_be);
     // SAFETY: read-only lookup of a plain-data value.
-    let new_port = match unsafe { WEIR_NAT_FWD.get(&fwd_key) } {
+    let new_port = match unsafe { WEIR_NAT_FWD.get(fwd_key) } {
         Some(e) => e.port_be,
         None => {
             let min = WEIR_NAT_PORT_MIN.load();
@@ -109,18 +119,26 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, node_be: u32) -> Result<(), DropRe
                 };
                 let port_be = ((min + off) as u16).to_be();
                 let rev_key = NatKey::new(fwd_key.daddr, node, dport, port_be, ip.proto);
-                if WEIR_NAT_REV.insert(&rev_key, &back, BPF_NOEXIST as u64).is_ok() {
+                if WEIR_NAT_REV.insert(rev_key, back, BPF_NOEXIST as u64).is_ok() {
                     claimed = Some(port_be);
                     break;
                 }
             }
             let port_be = claimed.ok_or(DropReason::NatPortsExhausted)?;
             let fwd = NatEntry { addr: node, port_be, _pad: [0; 6] };
-            WEIR_NAT_FWD.insert(&fwd_key, &fwd, 0).map_err(|_| DropReason::NatPortsExhausted)?;
+            WEIR_NAT_FWD.insert(fwd_key, fwd, 0).map_err(|_| DropReason::NatPortsExhausted)?;
             port_be
         }
     };
-    rewrite(ctx, &l4, IP_SADDR_OFF, ip.saddr, node_be, l4.sport_off, sport, new_port)
+    let r = Rewrite {
+        addr_off: IP_SADDR_OFF,
+        old_addr: ip.saddr,
+        new_addr: node_be,
+        port_off: l4.sport_off,
+        old_port: sport,
+        new_port,
+    };
+    rewrite(ctx, &l4, r)
 }
 
 /// For a packet addressed to the node: if it answers a masqueraded connection, translate its
@@ -134,14 +152,22 @@ pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
         Err(_) => return Ok(None),
     };
     let icmp = ip.proto == IPPROTO_ICMP;
-    let sport = load_port(ctx, &l4, l4.sport_off, icmp)?;
-    let dport = load_port(ctx, &l4, l4.dport_off, false)?;
+    let sport = load_port(ctx, l4.sport_off, icmp)?;
+    let dport = load_port(ctx, l4.dport_off, false)?;
     let key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
     // SAFETY: read-only lookup of a plain-data value.
-    let Some(back) = (unsafe { WEIR_NAT_REV.get(&key) }).copied() else {
+    let Some(back) = (unsafe { WEIR_NAT_REV.get(key) }).copied() else {
         return Ok(None);
     };
     let pod = back.addr.v4_be();
-    rewrite(ctx, &l4, IP_DADDR_OFF, ip.daddr, pod, l4.dport_off, dport, back.port_be)?;
+    let r = Rewrite {
+        addr_off: IP_DADDR_OFF,
+        old_addr: ip.daddr,
+        new_addr: pod,
+        port_off: l4.dport_off,
+        old_port: dport,
+        new_port: back.port_be,
+    };
+    rewrite(ctx, &l4, r)?;
     Ok(Some(pod))
 }

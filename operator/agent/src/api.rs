@@ -43,7 +43,8 @@ async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>) -> std::io::Res
         Ok(req) => dispatch(req, &node).await,
         Err(e) => Response::Error(ApiError::new(code::DECODE_FAILURE, format!("bad request: {e}"), "")),
     };
-    let mut out = serde_json::to_vec(&resp).unwrap_or_else(|e| format!("{{\"result\":\"error\",\"code\":5,\"msg\":\"{e}\"}}").into_bytes());
+    let mut out = serde_json::to_vec(&resp)
+        .unwrap_or_else(|e| format!("{{\"result\":\"error\",\"code\":5,\"msg\":\"{e}\"}}").into_bytes());
     out.push(b'\n');
     wr.write_all(&out).await
 }

@@ -115,7 +115,14 @@ impl Netlink {
     /// Creates a veth pair: `host` here, its peer named `peer` with MAC `peer_mac` directly in
     /// the namespace `peer_netns`. Creating the peer in place avoids moving a device between
     /// namespaces, which costs an RCU grace period (~20 ms measured here).
-    pub async fn create_veth_into(&self, host: &str, peer: &str, peer_mac: [u8; 6], peer_netns: &OwnedFd, mtu: u32) -> Result<()> {
+    pub async fn create_veth_into(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_mac: [u8; 6],
+        peer_netns: &OwnedFd,
+        mtu: u32,
+    ) -> Result<()> {
         let mut peer_msg = LinkMessage::default();
         peer_msg.attributes.push(LinkAttribute::IfName(peer.to_owned()));
         peer_msg.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
@@ -157,7 +164,8 @@ impl Netlink {
     /// the tunnel key, set per packet by the datapath.
     pub async fn ensure_vxlan(&self, name: &str, port: u16, mtu: u32) -> Result<LinkInfo> {
         if self.link(name).await?.is_none() {
-            let add = self.handle.link().add().vxlan(name.to_owned(), 0).port(port).collect_metadata(true).learning(false);
+            let add =
+                self.handle.link().add().vxlan(name.to_owned(), 0).port(port).collect_metadata(true).learning(false);
             match add.execute().await {
                 Ok(()) => {}
                 Err(e) if is_exists(&e) => {}
@@ -254,10 +262,7 @@ where
     std::thread::spawn(move || -> Result<T> {
         nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| NetlinkError::Netns { path: path.clone(), source: e.into() })?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(NetlinkError::Socket)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NetlinkError::Socket)?;
         rt.block_on(async move {
             let nl = Netlink::open()?;
             f(nl).await

@@ -113,7 +113,9 @@ impl Node {
     pub fn status(&self) -> Status {
         let (ready, reason) = match (&self.loaded, &self.desired.own) {
             (Some(_), _) => (true, "datapath loaded".to_owned()),
-            (None, None) => (false, format!("waiting for Node {} with spec.podCIDR and an InternalIP", self.cfg.node_name)),
+            (None, None) => {
+                (false, format!("waiting for Node {} with spec.podCIDR and an InternalIP", self.cfg.node_name))
+            }
             (None, Some(_)) => (false, "loading the datapath".to_owned()),
         };
         Status {
@@ -145,11 +147,9 @@ impl Node {
         let cfg = &self.cfg;
         let uplink = self.nl.require_link(&cfg.uplink).await?;
         let vxlan = match cfg.routing {
-            Routing::Vxlan => Some(
-                self.nl
-                    .ensure_vxlan(VXLAN_DEVICE, cfg.vxlan_port, uplink.mtu - VXLAN_OVERHEAD)
-                    .await?,
-            ),
+            Routing::Vxlan => {
+                Some(self.nl.ensure_vxlan(VXLAN_DEVICE, cfg.vxlan_port, uplink.mtu - VXLAN_OVERHEAD).await?)
+            }
             Routing::Direct => {
                 self.nl.delete_link(VXLAN_DEVICE).await?;
                 None
@@ -212,12 +212,8 @@ impl Node {
     /// Routes (direct) or tunnel entries (VXLAN) for every other node's pod CIDR.
     async fn sync_remote_nodes(&mut self) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
-        let want: BTreeMap<(Ipv4Addr, u8), Ipv4Addr> = self
-            .desired
-            .remotes
-            .values()
-            .map(|r| ((r.pod_cidr.network(), r.pod_cidr.prefix()), r.address))
-            .collect();
+        let want: BTreeMap<(Ipv4Addr, u8), Ipv4Addr> =
+            self.desired.remotes.values().map(|r| ((r.pod_cidr.network(), r.pod_cidr.prefix()), r.address)).collect();
         let routes = self.nl.weir_routes().await?;
         let vxlan = self.cfg.routing == Routing::Vxlan;
         // Node routes are weir's routes with a gateway (pod routes have none).
@@ -262,13 +258,20 @@ impl Node {
         if let Some(r) = self.store.get(&id.container_id, &id.ifname) {
             return Err(ApiError::new(
                 code::ALREADY_ATTACHED,
-                format!("container {} already has {} attached (address {}); DEL it first", id.container_id, id.ifname, r.ip),
+                format!(
+                    "container {} already has {} attached (address {}); DEL it first",
+                    id.container_id, id.ifname, r.ip
+                ),
                 "",
             ));
         }
         let netns = PathBuf::from(&id.netns);
         if !netns.exists() {
-            return Err(ApiError::new(code::UNKNOWN_CONTAINER, format!("network namespace {} does not exist", id.netns), ""));
+            return Err(ApiError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("network namespace {} does not exist", id.netns),
+                "",
+            ));
         }
         let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
         let ip = ipam::allocate(l.pod_cidr, &self.store.used_ips()).ok_or_else(|| {
@@ -288,7 +291,11 @@ impl Node {
             }
             Err(e) => {
                 self.unplumb(&host, ip).await;
-                Err(api_err(code::DATAPATH, format!("setting up {} for container {}", id.ifname, id.container_id), format!("{e:#}")))
+                Err(api_err(
+                    code::DATAPATH,
+                    format!("setting up {} for container {}", id.ifname, id.container_id),
+                    format!("{e:#}"),
+                ))
             }
         }
     }
@@ -296,7 +303,14 @@ impl Node {
     /// Creates the veth pair (peer straight into the pod namespace), configures both ends,
     /// attaches the program and writes the map. The pod side is configured on its own thread
     /// while the node side waits out the tcx attach (an RCU grace period).
-    async fn plumb(&mut self, req: &AddRequest, netns: &Path, host: &str, ip: Ipv4Addr, mtu: u32) -> anyhow::Result<EndpointRecord> {
+    async fn plumb(
+        &mut self,
+        req: &AddRequest,
+        netns: &Path,
+        host: &str,
+        ip: Ipv4Addr,
+        mtu: u32,
+    ) -> anyhow::Result<EndpointRecord> {
         // A leftover of a failed earlier attempt would make the create fail.
         self.nl.delete_link(host).await?;
         let ns_fd = netlink::open_netns(netns)?;
@@ -331,7 +345,13 @@ impl Node {
         })
     }
 
-    async fn plumb_node_side(&mut self, host: &str, host_link: &LinkInfo, ip: Ipv4Addr, pod_mac: [u8; 6]) -> anyhow::Result<()> {
+    async fn plumb_node_side(
+        &mut self,
+        host: &str,
+        host_link: &LinkInfo,
+        ip: Ipv4Addr,
+        pod_mac: [u8; 6],
+    ) -> anyhow::Result<()> {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6"), "1");
         self.nl.set_up(host_link.index).await?;
         self.nl.replace_route(ip, 32, host_link.index, None).await?;
@@ -376,7 +396,9 @@ impl Node {
         if !errors.is_empty() {
             return Err(ApiError::new(code::DATAPATH, format!("tearing down {}", rec.host_ifname), errors.join("; ")));
         }
-        self.store.remove(&id.container_id, &id.ifname).map_err(|e| api_err(code::IO_FAILURE, "persisting the endpoint store", e))?;
+        self.store
+            .remove(&id.container_id, &id.ifname)
+            .map_err(|e| api_err(code::IO_FAILURE, "persisting the endpoint store", e))?;
         tracing::info!(pod = %format!("{}/{}", rec.pod_namespace, rec.pod_name), ip = %rec.ip, "endpoint deleted");
         Ok(())
     }
@@ -384,7 +406,11 @@ impl Node {
     pub async fn check(&mut self, req: &AddRequest) -> Result<Endpoint, ApiError> {
         let id = &req.id;
         let Some(rec) = self.store.get(&id.container_id, &id.ifname).cloned() else {
-            return Err(ApiError::new(code::UNKNOWN_CONTAINER, format!("no attachment {} for container {}", id.ifname, id.container_id), ""));
+            return Err(ApiError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("no attachment {} for container {}", id.ifname, id.container_id),
+                "",
+            ));
         };
         let fail = |what: String| ApiError::new(code::CHECK_FAILED, what, "");
         match self.nl.link(&rec.host_ifname).await {
@@ -416,7 +442,11 @@ impl Node {
             .store
             .all()
             .filter(|r| !keep.contains(&(r.container_id.as_str(), r.ifname.as_str())))
-            .map(|r| AttachmentRef { container_id: r.container_id.clone(), ifname: r.ifname.clone(), netns: r.netns.clone() })
+            .map(|r| AttachmentRef {
+                container_id: r.container_id.clone(),
+                ifname: r.ifname.clone(),
+                netns: r.netns.clone(),
+            })
             .collect();
         let mut errors = Vec::new();
         for a in &stale {
@@ -435,7 +465,10 @@ impl Node {
         let in_map = self.loaded.as_ref().and_then(|l| l.endpoints.list().ok()).unwrap_or_default();
         self.store
             .all()
-            .map(|r| EndpointRow { endpoint: to_endpoint(r), in_datapath: in_map.get(&r.ip) == Some(&endpoint_info(r)) })
+            .map(|r| EndpointRow {
+                endpoint: to_endpoint(r),
+                in_datapath: in_map.get(&r.ip) == Some(&endpoint_info(r)),
+            })
             .collect()
     }
 
@@ -454,7 +487,9 @@ impl Node {
                         tracing::info!(container = %id.container_id, "queued DEL done");
                         let _ = std::fs::remove_file(&path);
                     }
-                    Err(e) => tracing::warn!(container = %id.container_id, error = %e.msg, "queued DEL failed; will retry"),
+                    Err(e) => {
+                        tracing::warn!(container = %id.container_id, error = %e.msg, "queued DEL failed; will retry")
+                    }
                 },
                 None => {
                     tracing::warn!(file = %path.display(), "unreadable queued DEL removed");

@@ -27,7 +27,9 @@ fn node_route(node: &Node) -> Result<NodeRoute, String> {
     let cidr = node
         .spec
         .as_ref()
-        .and_then(|s| s.pod_cidr.as_deref().or_else(|| s.pod_cidrs.as_ref().and_then(|v| v.first().map(String::as_str))))
+        .and_then(|s| {
+            s.pod_cidr.as_deref().or_else(|| s.pod_cidrs.as_ref().and_then(|v| v.first().map(String::as_str)))
+        })
         .ok_or("no spec.podCIDR")?;
     let pod_cidr: Ipv4Network = cidr.parse().map_err(|e| format!("spec.podCIDR {cidr:?}: {e}"))?;
     let address = node
@@ -54,12 +56,8 @@ pub fn desired(snap: &ClusterSnapshot, node_name: &str) -> Desired {
     }
     if let Some(own) = d.own {
         // A remote CIDR overlapping ours would steal our pods' traffic: refuse it.
-        let overlapping: Vec<String> = d
-            .remotes
-            .iter()
-            .filter(|(_, r)| r.pod_cidr.overlaps(own.pod_cidr))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let overlapping: Vec<String> =
+            d.remotes.iter().filter(|(_, r)| r.pod_cidr.overlaps(own.pod_cidr)).map(|(n, _)| n.clone()).collect();
         for n in overlapping {
             d.remotes.remove(&n);
             d.skipped.push((n, format!("pod CIDR overlaps this node's {}", own.pod_cidr)));

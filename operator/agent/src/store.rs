@@ -49,8 +49,8 @@ impl EndpointStore {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Write { path: dir.to_owned(), source })?;
         let records = match std::fs::read(&path) {
             Ok(bytes) => {
-                let list: Vec<EndpointRecord> =
-                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: path.clone(), source })?;
+                let list: Vec<EndpointRecord> = serde_json::from_slice(&bytes)
+                    .map_err(|source| StoreError::Corrupt { path: path.clone(), source })?;
                 list.into_iter().map(|r| ((r.container_id.clone(), r.ifname.clone()), r)).collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),

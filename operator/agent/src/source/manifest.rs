@@ -35,7 +35,11 @@ struct TypeMeta {
     metadata: Option<serde_yaml::Value>,
 }
 
-fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value, origin: &str, doc: usize) -> Result<T, ManifestError> {
+fn typed<T: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    origin: &str,
+    doc: usize,
+) -> Result<T, ManifestError> {
     serde_path_to_error::deserialize(value).map_err(|e| ManifestError {
         origin: origin.to_owned(),
         doc,
@@ -50,7 +54,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
     let mut out = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc = i + 1;
-        let err = |field: &str, message: String| ManifestError { origin: origin.to_owned(), doc, field: field.to_owned(), message };
+        let err = |field: &str, message: String| ManifestError {
+            origin: origin.to_owned(),
+            doc,
+            field: field.to_owned(),
+            message,
+        };
         let value = serde_yaml::Value::deserialize(de).map_err(|e| err(".", e.to_string()))?;
         if value.is_null() {
             continue;
@@ -62,13 +71,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
         if meta.api_version.is_empty() {
             return Err(err("apiVersion", "missing".into()));
         }
-        let name = meta
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .unwrap_or_default()
-            .to_owned();
+        let name =
+            meta.metadata.as_ref().and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_owned();
         if name.is_empty() {
             return Err(err("metadata.name", "missing".into()));
         }
@@ -93,8 +97,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
 /// Reads one manifest file.
 pub fn load_file(path: &Path) -> Result<Vec<ClusterObject>, ManifestError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ManifestError { origin: origin.clone(), doc: 0, field: ".".into(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        origin: origin.clone(),
+        doc: 0,
+        field: ".".into(),
+        message: e.to_string(),
+    })?;
     parse(&text, &origin)
 }
 
@@ -262,12 +270,16 @@ spec: {ports: [{port: 80}]}
             let task = tokio::spawn(watch_dir(dir.clone(), Duration::from_millis(10), tx));
             rx.changed().await.expect("first snapshot");
             assert_eq!(rx.borrow().as_ref().map(|s| s.pods.len()), Some(1));
-            std::fs::write(dir.join("b.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: 5}\n")
-                .expect("write bad");
+            std::fs::write(
+                dir.join("b.yaml"),
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: 5}\n",
+            )
+            .expect("write bad");
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert!(!rx.has_changed().expect("open"), "a bad new file must not change the state");
             // A good file turning bad keeps its last good content.
-            std::fs::write(dir.join("a.yaml"), GOOD.replace("containerPort: 8080", "containerPort: x")).expect("break a");
+            std::fs::write(dir.join("a.yaml"), GOOD.replace("containerPort: 8080", "containerPort: x"))
+                .expect("break a");
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert_eq!(rx.borrow().as_ref().map(|s| s.pods.len()), Some(1));
             assert!(!rx.has_changed().expect("open"));

@@ -24,7 +24,10 @@ pub enum ClusterObject {
     Pod(Box<Pod>),
     /// A kind the agent does not consume yet (Services, NetworkPolicies, ...): kept by name
     /// so that manifests holding them are still accepted.
-    Other { kind: String, name: String },
+    Other {
+        kind: String,
+        name: String,
+    },
 }
 
 impl ClusterSnapshot {
