@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, process::Command};
 use weir_bpf_common::{programs, DropReason, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
-    maps::{EndpointMap, Endpoints, Tunnel, TunnelMap},
+    maps::{Endpoints, KeyValueMap, Tunnel},
     Datapath, LoadConfig,
 };
 use weir_tests::{in_fresh_netns, pkt, require_root, run, Bpffs};

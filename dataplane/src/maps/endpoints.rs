@@ -4,16 +4,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use aya::maps::{HashMap, MapData};
 use weir_bpf_common::{maps, sizes, Addr16, EndpointInfo};
 
+use super::KeyValueMap;
 use crate::{map_err, Datapath, Error, Result};
 
 const NAME: &str = maps::ENDPOINTS;
-
-pub trait EndpointMap {
-    fn upsert(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<()>;
-    /// Removing an absent key is not an error.
-    fn remove(&mut self, ip: Ipv4Addr) -> Result<()>;
-    fn list(&self) -> Result<BTreeMap<Ipv4Addr, EndpointInfo>>;
-}
 
 pub struct Endpoints(HashMap<MapData, Addr16, EndpointInfo>);
 
@@ -29,7 +23,10 @@ fn is_not_found(e: &aya::maps::MapError) -> bool {
         || matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
-impl EndpointMap for Endpoints {
+impl KeyValueMap for Endpoints {
+    type Key = Ipv4Addr;
+    type Value = EndpointInfo;
+
     fn upsert(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<()> {
         self.0.insert(Addr16::from_v4_octets(ip.octets()), info, 0).map_err(|e| match &e {
             aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
@@ -58,7 +55,10 @@ impl EndpointMap for Endpoints {
 #[derive(Default)]
 pub struct FakeEndpoints(pub BTreeMap<Ipv4Addr, EndpointInfo>);
 
-impl EndpointMap for FakeEndpoints {
+impl KeyValueMap for FakeEndpoints {
+    type Key = Ipv4Addr;
+    type Value = EndpointInfo;
+
     fn upsert(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<()> {
         if !self.0.contains_key(&ip) && self.0.len() >= sizes::ENDPOINTS as usize {
             return Err(Error::MapFull { name: NAME, capacity: sizes::ENDPOINTS });

@@ -7,18 +7,13 @@ use aya::maps::{
 };
 use weir_bpf_common::{maps, sizes, Addr16, RemoteNode};
 
+use super::KeyValueMap;
 use crate::{map_err, Datapath, Error, Result};
 
 const NAME: &str = maps::TUNNEL;
 
 /// A remote pod CIDR as (network, prefix length).
 pub type Cidr = (Ipv4Addr, u8);
-
-pub trait TunnelMap {
-    fn upsert(&mut self, cidr: Cidr, node: Ipv4Addr) -> Result<()>;
-    fn remove(&mut self, cidr: Cidr) -> Result<()>;
-    fn list(&self) -> Result<BTreeMap<Cidr, Ipv4Addr>>;
-}
 
 pub struct Tunnel(LpmTrie<MapData, Addr16, RemoteNode>);
 
@@ -33,7 +28,10 @@ fn key((net, len): Cidr) -> Key<Addr16> {
     Key::new(96 + u32::from(len), Addr16::from_v4_octets(net.octets()))
 }
 
-impl TunnelMap for Tunnel {
+impl KeyValueMap for Tunnel {
+    type Key = Cidr;
+    type Value = Ipv4Addr;
+
     fn upsert(&mut self, cidr: Cidr, node: Ipv4Addr) -> Result<()> {
         let v = RemoteNode { node_addr: Addr16::from_v4_octets(node.octets()), flags: 0, _pad: [0; 4] };
         self.0.insert(&key(cidr), v, 0).map_err(map_err(NAME))
@@ -59,7 +57,10 @@ impl TunnelMap for Tunnel {
 #[derive(Default)]
 pub struct FakeTunnel(pub BTreeMap<Cidr, Ipv4Addr>);
 
-impl TunnelMap for FakeTunnel {
+impl KeyValueMap for FakeTunnel {
+    type Key = Cidr;
+    type Value = Ipv4Addr;
+
     fn upsert(&mut self, cidr: Cidr, node: Ipv4Addr) -> Result<()> {
         if !self.0.contains_key(&cidr) && self.0.len() >= sizes::TUNNEL as usize {
             return Err(Error::MapFull { name: NAME, capacity: sizes::TUNNEL });

@@ -12,7 +12,7 @@ use ipnetwork::Ipv4Network;
 use weir_bpf_common::{programs, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
-    maps::{EndpointMap, Endpoints, Tunnel, TunnelMap},
+    maps::{self, Endpoints, KeyValueMap, Tunnel},
     tcx::Attachment,
     Datapath, LoadConfig,
 };
@@ -197,14 +197,9 @@ impl Node {
                     "endpoint's host interface is gone; waiting for DEL or GC"),
             }
         }
-        let have = l.endpoints.list()?;
-        for ip in have.keys().filter(|ip| !want.contains_key(ip)) {
-            l.endpoints.remove(*ip)?;
-        }
-        for (ip, info) in want {
-            if have.get(&ip) != Some(&info) {
-                l.endpoints.upsert(ip, info)?;
-            }
+        let c = maps::sync(&mut l.endpoints, &want)?;
+        if c != maps::Changes::default() {
+            tracing::info!(upserted = c.upserted, removed = c.removed, "endpoint map reconciled");
         }
         Ok(())
     }
@@ -227,14 +222,9 @@ impl Node {
             }
         }
         if vxlan {
-            let have = l.tunnel.list()?;
-            for cidr in have.keys().filter(|c| !want.contains_key(c)) {
-                l.tunnel.remove(*cidr)?;
-            }
-            for (cidr, node) in &want {
-                if have.get(cidr) != Some(node) {
-                    l.tunnel.upsert(*cidr, *node)?;
-                }
+            let c = maps::sync(&mut l.tunnel, &want)?;
+            if c != maps::Changes::default() {
+                tracing::info!(upserted = c.upserted, removed = c.removed, "tunnel map reconciled");
             }
         } else {
             for ((dst, len), gw) in &want {
@@ -242,9 +232,7 @@ impl Node {
                     self.nl.replace_route(*dst, *len, l.uplink.index, Some(*gw)).await?;
                 }
             }
-            for cidr in l.tunnel.list()?.keys() {
-                l.tunnel.remove(*cidr)?;
-            }
+            maps::sync(&mut l.tunnel, &BTreeMap::new())?;
         }
         Ok(())
     }
