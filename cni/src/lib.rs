@@ -5,8 +5,6 @@
 //! DEL is idempotent and best effort: when the agent is down, the request is queued on disk
 //! (`deleteQueueDir`) and the agent drains the queue when it starts.
 use std::{
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -348,22 +346,12 @@ impl Client {
     }
 
     pub fn call(&self, req: &Request) -> Result<Response> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .map_err(|e| CniError::NotAvailable(format!("weir-agent at {}: {e}", self.socket.display())))?;
-        let io = |e: std::io::Error| CniError::Io(format!("talking to weir-agent: {e}"));
-        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
-        let mut line = serde_json::to_vec(req).map_err(|e| CniError::Io(e.to_string()))?;
-        line.push(b'\n');
-        stream.write_all(&line).map_err(io)?;
-        let mut reply = String::new();
-        BufReader::new(stream).read_line(&mut reply).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                CniError::TryAgainLater(format!("weir-agent did not answer within {:?}", self.timeout))
-            }
-            _ => io(e),
-        })?;
-        serde_json::from_str(&reply).map_err(|e| CniError::Io(format!("bad answer from weir-agent: {e}")))
+        use weir_operator_api::client::{call, CallError};
+        call(&self.socket, req, self.timeout).map_err(|e| match e {
+            CallError::Connect(_) => CniError::NotAvailable(format!("{} ({})", e, self.socket.display())),
+            CallError::Timeout(_) => CniError::TryAgainLater(e.to_string()),
+            CallError::Io(_) | CallError::Decode(_) => CniError::Io(e.to_string()),
+        })
     }
 
     fn call_endpoint(&self, req: &Request) -> Result<Endpoint> {

@@ -7,6 +7,7 @@
 //! and adopts pinned links instead of attaching a second copy.
 
 pub mod counters;
+pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod tcx;

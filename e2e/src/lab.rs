@@ -73,7 +73,7 @@ pub struct Lab {
     pub state: LabState,
 }
 
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("WEIR_BIN_DIR") {
         return Ok(PathBuf::from(dir).join(name));
     }
@@ -330,15 +330,7 @@ impl Lab {
         node: &str,
         req: &weir_operator_api::Request,
     ) -> anyhow::Result<weir_operator_api::Response> {
-        use std::io::Write as _;
-        let mut s = std::os::unix::net::UnixStream::connect(self.socket(node))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut line = serde_json::to_vec(req)?;
-        line.push(b'\n');
-        s.write_all(&line)?;
-        let mut reply = String::new();
-        BufReader::new(s).read_line(&mut reply)?;
-        Ok(serde_json::from_str(&reply)?)
+        Ok(weir_operator_api::client::call(&self.socket(node), req, Duration::from_secs(30))?)
     }
 
     pub fn wait_ready(&self, node: &str, timeout: Duration) -> anyhow::Result<()> {

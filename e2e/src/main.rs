@@ -80,6 +80,12 @@ enum Cmd {
     },
     /// Programs attached per interface and datapath counters of a node, from its agent (JSON).
     Datapath { node: String },
+    /// Run the `weir` CLI against a node's agent: `weir-lab weir n1 -- drops`.
+    Weir {
+        node: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Run a command in the external namespace (the world outside the cluster).
     External {
         #[arg(last = true, required = true)]
@@ -233,6 +239,11 @@ fn main() -> anyhow::Result<()> {
                 other => bail!("agent of {node}: {other:?}"),
             }
             Ok(())
+        }
+        Cmd::Weir { node, args } => {
+            let lab = Lab::open(&cli.lab)?;
+            let weir = lab::bin("weir")?;
+            Err(Command::new(weir).arg("--socket").arg(lab.socket(&node)).args(args).exec()).context("running weir")
         }
         Cmd::External { cmd } => {
             let lab = Lab::open(&cli.lab)?;

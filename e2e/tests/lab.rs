@@ -163,6 +163,20 @@ fn full_lab_story(routing: &str) {
     let dp1 = lab.datapath("n1");
     assert!(counter(&dp1, "forwarded_local") > 0 && counter(&dp1, "forwarded_remote") > 0, "{dp1}");
 
+    // A drop shows up in `weir drops` with its reason and the pod that sent it. In VXLAN mode a
+    // cluster address no node owns is dropped at the source; in direct mode the node's stack
+    // answers it instead (no route).
+    if routing == "vxlan" {
+        assert_eq!(lab.probe("shop/a1", "10.244.99.1:80", "tcp").0, "timeout");
+        let drops: Value =
+            serde_json::from_str(&lab.ok(&["weir", "n1", "--", "drops", "-o", "json"])).expect("drops json");
+        let hit = drops["events"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["reason"] == "unknown_cluster_destination" && e["dst"] == "10.244.99.1"));
+        assert_eq!(hit.map(|e| e["pod"].clone()), Some(Value::from("shop/a1")), "{drops}");
+        assert_eq!(drops["lost"], 0);
+    }
+
     // A closed port is refused, not a timeout.
     let b1 = pods.iter().find(|p| p["name"] == "b1").and_then(|p| p["ip"].as_str()).expect("b1").to_owned();
     assert_eq!(lab.probe("shop/a1", &format!("{b1}:9"), "tcp").0, "refused");

@@ -6,6 +6,7 @@ use std::{net::Ipv4Addr, process::Command};
 use weir_bpf_common::{programs, DropReason, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
+    events::Events,
     maps::{Endpoints, KeyValueMap, Tunnel},
     Datapath, LoadConfig,
 };
@@ -95,9 +96,16 @@ fn spoofed_malformed_and_ipv6_frames_are_dropped_and_counted() {
         add_endpoint(eps, POD_B);
 
         // Source 10.250.1.77 is nobody's address.
+        let mut ring = Events::open(dp).expect("event ring");
         let spoof = pkt::ipv4(Ipv4Addr::new(10, 250, 1, 77), POD_B, pkt::UDP, 1, 2, b"x");
         assert_eq!(dp.test_run(programs::FROM_POD, &spoof).expect("run").action, TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::SpoofedSource), 1);
+        // The drop is also reported on the ring buffer, with its reason and addresses.
+        let events = ring.drain();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].reason, DropReason::SpoofedSource as u8);
+        assert_eq!(events[0].saddr.v4_octets(), [10, 250, 1, 77]);
+        assert_eq!(events[0].daddr.v4_octets(), POD_B.octets());
 
         // An IPv4 header claiming 12 bytes (IHL 3).
         let mut short = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, b"");

@@ -79,6 +79,15 @@ pub fn weir_from_vxlan(ctx: TcContext) -> i32 {
     }
 }
 
+/// Counts `counter` when the packet actually went on its way.
+#[inline(always)]
+fn counted(r: Result<i32, DropReason>, counter: u32) -> Result<i32, DropReason> {
+    if r.is_ok() {
+        drop::count(counter);
+    }
+    r
+}
+
 #[inline(always)]
 fn ingress_ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the whole program run.
@@ -105,18 +114,17 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: as above.
     if let Some(ep) = unsafe { WEIR_ENDPOINTS.get(dst) } {
         let ep = *ep;
-        drop::count(counters::FORWARDED_LOCAL);
-        return fwd::to_local_pod(ctx, &ep);
+        return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
     }
     if ip.daddr & WEIR_CLUSTER_V4_MASK.load() == WEIR_CLUSTER_V4_ADDR.load() {
-        drop::count(counters::FORWARDED_REMOTE);
         let vxlan = WEIR_VXLAN_IFINDEX.load();
         if vxlan != 0 {
             let node =
                 WEIR_TUNNEL.get(aya_ebpf::maps::lpm_trie::Key::new(128, dst)).ok_or(DropReason::UnknownClusterDest)?;
-            return fwd::to_tunnel(ctx, node.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load());
+            let sent = fwd::to_tunnel(ctx, node.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load());
+            return counted(sent, counters::FORWARDED_REMOTE);
         }
-        return fwd::by_fib(ctx, &ip, ingress_ifindex(ctx));
+        return counted(fwd::by_fib(ctx, &ip, ingress_ifindex(ctx)), counters::FORWARDED_REMOTE);
     }
     // Leaving the cluster. Destinations on this node go to its stack untranslated.
     if fwd::is_local_destination(ctx, &ip, ingress_ifindex(ctx)) {
@@ -124,10 +132,9 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     nat::masquerade(ctx, &ip, WEIR_NODE_IPV4.load())?;
-    drop::count(counters::MASQUERADED);
-    // Re-read the header: the rewrite invalidated nothing we need but the source address.
+    // Re-read the header: the rewrite changed the source address.
     let ip = Ipv4::parse(ctx)?;
-    fwd::by_fib(ctx, &ip, ingress_ifindex(ctx))
+    counted(fwd::by_fib(ctx, &ip, ingress_ifindex(ctx)), counters::MASQUERADED)
 }
 
 fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -147,8 +154,7 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     match unsafe { WEIR_ENDPOINTS.get(Addr16::from_v4_be(daddr)) } {
         Some(ep) => {
             let ep = *ep;
-            drop::count(counters::FORWARDED_LOCAL);
-            fwd::to_local_pod(ctx, &ep)
+            counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL)
         }
         None => Ok(TC_ACT_OK),
     }
@@ -163,8 +169,7 @@ fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
     match unsafe { WEIR_ENDPOINTS.get(Addr16::from_v4_be(ip.daddr)) } {
         Some(ep) => {
             let ep = *ep;
-            drop::count(counters::FORWARDED_LOCAL);
-            fwd::to_local_pod(ctx, &ep)
+            counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL)
         }
         None => Err(DropReason::NoRoute),
     }

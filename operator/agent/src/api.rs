@@ -6,20 +6,20 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::Mutex,
 };
-use weir_operator_api::{code, ApiError, Request, Response};
+use weir_operator_api::{code, ApiError, Drops, Request, Response};
 
-use crate::node::Node;
+use crate::{events::SharedDropLog, node::Node};
 
 /// Longest request line accepted (a GC with thousands of attachments fits easily).
 const MAX_REQUEST: usize = 4 << 20;
 
-pub async fn serve(listener: UnixListener, node: Arc<Mutex<Node>>) {
+pub async fn serve(listener: UnixListener, node: Arc<Mutex<Node>>, drops: SharedDropLog) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let node = node.clone();
+                let (node, drops) = (node.clone(), drops.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(stream, node).await {
+                    if let Err(e) = handle_conn(stream, node, drops).await {
                         tracing::warn!(error = %e, "API connection");
                     }
                 });
@@ -32,7 +32,7 @@ pub async fn serve(listener: UnixListener, node: Arc<Mutex<Node>>) {
     }
 }
 
-async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>) -> std::io::Result<()> {
+async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>, drops: SharedDropLog) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let n = BufReader::new(rd).take(MAX_REQUEST as u64).read_line(&mut line).await?;
@@ -40,7 +40,7 @@ async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>) -> std::io::Res
         return Ok(());
     }
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => dispatch(req, &node).await,
+        Ok(req) => dispatch(req, &node, &drops).await,
         Err(e) => Response::Error(ApiError::new(code::DECODE_FAILURE, format!("bad request: {e}"), "")),
     };
     let mut out = serde_json::to_vec(&resp)
@@ -51,7 +51,7 @@ async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>) -> std::io::Res
 
 use tokio::io::AsyncReadExt as _;
 
-pub async fn dispatch(req: Request, node: &Mutex<Node>) -> Response {
+pub async fn dispatch(req: Request, node: &Mutex<Node>, drops: &SharedDropLog) -> Response {
     let mut n = node.lock().await;
     let result = match req {
         Request::Add(a) => n.add(&a).await.map(Response::Added),
@@ -61,6 +61,14 @@ pub async fn dispatch(req: Request, node: &Mutex<Node>) -> Response {
         Request::Status => Ok(Response::Status(n.status())),
         Request::Endpoints => Ok(Response::Endpoints { rows: n.endpoints() }),
         Request::Datapath => n.datapath_info().map(Response::Datapath),
+        Request::Drops { last } => {
+            let (mut events, seen) = drops.lock().unwrap_or_else(|p| p.into_inner()).recent(last);
+            let pods = n.pods_by_ifindex();
+            for e in &mut events {
+                e.pod = pods.get(&e.ifindex).cloned();
+            }
+            Ok(Response::Drops(Drops { events, seen, lost: n.events_lost() }))
+        }
     };
     result.unwrap_or_else(Response::Error)
 }

@@ -10,6 +10,7 @@
 //! CIDR, InternalIP) is known; until then STATUS says "not ready" and ADD says "try again later".
 pub mod api;
 pub mod config;
+pub mod events;
 pub mod ipam;
 pub mod netlink;
 pub mod node;
@@ -41,6 +42,7 @@ pub struct Agent {
     config: Config,
     listener: UnixListener,
     node: std::sync::Arc<tokio::sync::Mutex<Node>>,
+    drops: events::SharedDropLog,
 }
 
 /// Writes a sysctl of the agent's own network namespace.
@@ -69,7 +71,12 @@ impl Agent {
         // The node forwards between pods, the uplink and the tunnel.
         sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         let node = Node::open(config.clone()).context("opening node state")?;
-        Ok(Self { config, listener, node: std::sync::Arc::new(tokio::sync::Mutex::new(node)) })
+        Ok(Self {
+            config,
+            listener,
+            node: std::sync::Arc::new(tokio::sync::Mutex::new(node)),
+            drops: Default::default(),
+        })
     }
 
     /// Serves until SIGTERM/SIGINT. The pinned datapath keeps forwarding after exit.
@@ -80,8 +87,13 @@ impl Agent {
             Duration::from_millis(self.config.poll_ms),
             tx,
         ));
-        tokio::spawn(reconcile_loop(self.node.clone(), rx, Duration::from_secs(self.config.resync_secs)));
-        let server = tokio::spawn(api::serve(self.listener, self.node.clone()));
+        tokio::spawn(reconcile_loop(
+            self.node.clone(),
+            rx,
+            Duration::from_secs(self.config.resync_secs),
+            self.drops.clone(),
+        ));
+        let server = tokio::spawn(api::serve(self.listener, self.node.clone(), self.drops.clone()));
         tracing::info!(node = %self.config.node_name, socket = %self.config.socket.display(), "weir-agent serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -98,6 +110,7 @@ async fn reconcile_loop(
     node: std::sync::Arc<tokio::sync::Mutex<Node>>,
     mut rx: watch::Receiver<Option<ClusterSnapshot>>,
     resync: Duration,
+    drops: events::SharedDropLog,
 ) {
     let mut failed = false;
     loop {
@@ -114,6 +127,11 @@ async fn reconcile_loop(
             if let Err(e) = n.reconcile(&snap).await {
                 failed = true;
                 tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying");
+            }
+            if let Some(ring) = n.take_events() {
+                if let Err(e) = events::spawn_reader(ring, drops.clone()) {
+                    tracing::error!(error = %e, "cannot start the event reader; drops are counted but not listed");
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ use ipnetwork::Ipv4Network;
 use weir_bpf_common::{programs, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
+    events::Events,
     maps::{self, Endpoints, KeyValueMap, Tunnel},
     tcx::Attachment,
     Datapath, LoadConfig,
@@ -40,7 +41,6 @@ struct Loaded {
     counters: Counters,
     uplink: LinkInfo,
     pod_cidr: Ipv4Network,
-    node_ip: Ipv4Addr,
     mtu: u32,
 }
 
@@ -50,6 +50,8 @@ pub struct Node {
     nl: Netlink,
     loaded: Option<Loaded>,
     desired: Desired,
+    /// The event ring, handed to the events stage once the datapath is up.
+    events: Option<Events>,
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
@@ -107,7 +109,7 @@ impl Node {
     pub fn open(cfg: Config) -> anyhow::Result<Self> {
         let store = EndpointStore::open(&cfg.state_dir)?;
         let nl = Netlink::open()?;
-        Ok(Self { cfg, store, nl, loaded: None, desired: Desired::default() })
+        Ok(Self { cfg, store, nl, loaded: None, desired: Desired::default(), events: None })
     }
 
     pub fn status(&self) -> Status {
@@ -176,7 +178,8 @@ impl Node {
         let endpoints = Endpoints::open(&mut dp)?;
         let tunnel = Tunnel::open(&mut dp)?;
         let counters = Counters::open(&mut dp)?;
-        self.loaded = Some(Loaded { dp, endpoints, tunnel, counters, uplink, pod_cidr, node_ip, mtu });
+        self.events = Some(Events::open(&mut dp)?);
+        self.loaded = Some(Loaded { dp, endpoints, tunnel, counters, uplink, pod_cidr, mtu });
         self.sync_endpoints().await?;
         self.drain_delete_queue().await;
         tracing::info!(%pod_cidr, %node_ip, routing = ?self.cfg.routing, mtu, "datapath ready");
@@ -485,8 +488,19 @@ impl Node {
         }
     }
 
-    pub fn node_ip(&self) -> Option<Ipv4Addr> {
-        self.loaded.as_ref().map(|l| l.node_ip)
+    /// The datapath's event ring, once, for the events stage to read.
+    pub fn take_events(&mut self) -> Option<Events> {
+        self.events.take()
+    }
+
+    /// `namespace/name` of the pod behind each host-side interface index.
+    pub fn pods_by_ifindex(&self) -> BTreeMap<u32, String> {
+        self.store.all().map(|r| (r.host_ifindex, format!("{}/{}", r.pod_namespace, r.pod_name))).collect()
+    }
+
+    /// Events the datapath could not put on its ring buffer.
+    pub fn events_lost(&self) -> u64 {
+        self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok()).map_or(0, |s| s.events_lost)
     }
 
     /// Attached programs per interface and the counters, read back from the kernel.

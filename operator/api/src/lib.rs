@@ -42,6 +42,11 @@ pub enum Request {
     Endpoints,
     /// Programs attached per interface and the datapath counters, read from the kernel.
     Datapath,
+    /// The most recent packet drops reported by the datapath (newest last).
+    Drops {
+        #[serde(default)]
+        last: Option<usize>,
+    },
 }
 
 /// Identifies one attachment: the CNI spec's (container ID, ifname) pair.
@@ -117,6 +122,30 @@ pub struct DatapathInfo {
     pub counters: std::collections::BTreeMap<String, u64>,
 }
 
+/// Drops as the datapath reported them on its ring buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    pub events: Vec<DropRecord>,
+    /// Drops the agent has read since it started (the list keeps only the most recent).
+    pub seen: u64,
+    /// Events the datapath could not put on the ring buffer (counted in the kernel).
+    pub lost: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropRecord {
+    /// Milliseconds since the Unix epoch when the agent read the event.
+    pub unix_ms: u64,
+    /// `DropReason` label, e.g. `spoofed_source`.
+    pub reason: String,
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+    pub ifindex: u32,
+    /// `namespace/name` of the pod whose interface saw the packet, when it is one.
+    #[serde(default)]
+    pub pod: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IfacePrograms {
     pub iface: String,
@@ -133,6 +162,7 @@ pub enum Response {
     Collected { removed: Vec<AttachmentRef> },
     Endpoints { rows: Vec<EndpointRow> },
     Datapath(DatapathInfo),
+    Drops(Drops),
     Error(ApiError),
 }
 
@@ -168,5 +198,56 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&line).expect("parse"), req);
         let st: Request = serde_json::from_str(r#"{"op":"status"}"#).expect("status");
         assert_eq!(st, Request::Status);
+    }
+}
+
+/// A synchronous client: one request, one response, with a deadline on both directions.
+pub mod client {
+    use std::{
+        io::{BufRead, BufReader, Write},
+        os::unix::net::UnixStream,
+        path::Path,
+        time::Duration,
+    };
+
+    use super::{Request, Response};
+
+    #[derive(Debug)]
+    pub enum CallError {
+        /// Nobody is serving the socket (agent down).
+        Connect(std::io::Error),
+        /// The agent did not answer in time.
+        Timeout(Duration),
+        Io(std::io::Error),
+        /// The answer was not a response this client understands.
+        Decode(serde_json::Error),
+    }
+
+    impl std::fmt::Display for CallError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                CallError::Connect(e) => write!(f, "cannot reach weir-agent: {e}"),
+                CallError::Timeout(d) => write!(f, "weir-agent did not answer within {d:?}"),
+                CallError::Io(e) => write!(f, "talking to weir-agent: {e}"),
+                CallError::Decode(e) => write!(f, "bad answer from weir-agent: {e}"),
+            }
+        }
+    }
+
+    impl std::error::Error for CallError {}
+
+    pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, CallError> {
+        let mut stream = UnixStream::connect(socket).map_err(CallError::Connect)?;
+        stream.set_read_timeout(Some(timeout)).map_err(CallError::Io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(CallError::Io)?;
+        let mut line = serde_json::to_vec(req).map_err(CallError::Decode)?;
+        line.push(b'\n');
+        stream.write_all(&line).map_err(CallError::Io)?;
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => CallError::Timeout(timeout),
+            _ => CallError::Io(e),
+        })?;
+        serde_json::from_str(&reply).map_err(CallError::Decode)
     }
 }

@@ -1,0 +1,129 @@
+//! The events stage: a dedicated thread waits on the datapath's ring buffer with poll(2) and
+//! keeps the most recent drops for the API. Its own state, its own lock: reading events never
+//! waits for the node's writer, and the writer never waits for it.
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use std::os::fd::AsFd as _;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use weir_bpf_common::{Addr16, DatapathEvent, DropReason, EVENT_DROP};
+use weir_dataplane::events::Events;
+use weir_operator_api::DropRecord;
+
+/// How many drops the agent keeps for `Drops` queries.
+pub const RECENT_DROPS: usize = 4096;
+
+#[derive(Default)]
+pub struct DropLog {
+    recent: VecDeque<DropRecord>,
+    seen: u64,
+}
+
+impl DropLog {
+    pub fn push(&mut self, r: DropRecord) {
+        if self.recent.len() == RECENT_DROPS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(r);
+        self.seen += 1;
+    }
+
+    /// The newest `last` drops (all kept ones when `None`), oldest first, and the total seen.
+    pub fn recent(&self, last: Option<usize>) -> (Vec<DropRecord>, u64) {
+        let n = last.unwrap_or(self.recent.len()).min(self.recent.len());
+        (self.recent.iter().skip(self.recent.len() - n).cloned().collect(), self.seen)
+    }
+}
+
+pub type SharedDropLog = Arc<Mutex<DropLog>>;
+
+fn addr(a: &Addr16) -> IpAddr {
+    let v6 = Ipv6Addr::from(a.bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if a.bytes == [0; 16] => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// Turns a kernel event into a record (pod names are filled in at query time).
+pub fn record(e: &DatapathEvent, unix_ms: u64) -> Option<DropRecord> {
+    if e.kind != EVENT_DROP {
+        return None;
+    }
+    let reason =
+        DropReason::from_u8(e.reason).map_or_else(|| format!("unknown_{}", e.reason), |r| r.label().to_owned());
+    Some(DropRecord { unix_ms, reason, src: addr(&e.saddr), dst: addr(&e.daddr), ifindex: e.ifindex, pod: None })
+}
+
+/// Starts the reader thread: wakes when the ring has data, drains it, records the drops.
+pub fn spawn_reader(mut events: Events, log: SharedDropLog) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("weir-events".into()).spawn(move || loop {
+        let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "polling the event ring; drops are counted but no longer listed");
+                return;
+            }
+        }
+        let batch = events.drain();
+        if batch.is_empty() {
+            continue;
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        for e in &batch {
+            if let Some(r) = record(e, now) {
+                tracing::debug!(reason = %r.reason, src = %r.src, dst = %r.dst, ifindex = r.ifindex, "drop");
+                log.push(r);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(reason: u8) -> DatapathEvent {
+        DatapathEvent {
+            saddr: Addr16::from_v4_octets([10, 244, 1, 2]),
+            daddr: Addr16::from_v4_octets([10, 244, 9, 9]),
+            ifindex: 7,
+            kind: EVENT_DROP,
+            reason,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_name_the_reason_and_addresses() {
+        let r = record(&ev(DropReason::SpoofedSource as u8), 5).expect("drop");
+        assert_eq!(r.reason, "spoofed_source");
+        assert_eq!(r.src, IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2)));
+        assert_eq!(record(&ev(200), 5).map(|r| r.reason), Some("unknown_200".into()));
+        assert!(record(&DatapathEvent { kind: 9, ..ev(1) }, 5).is_none());
+    }
+
+    #[test]
+    fn the_log_keeps_the_newest() {
+        let mut log = DropLog::default();
+        for i in 0..(RECENT_DROPS as u64 + 10) {
+            log.push(record(&ev(1), i).expect("drop"));
+        }
+        let (last2, seen) = log.recent(Some(2));
+        assert_eq!(seen, RECENT_DROPS as u64 + 10);
+        assert_eq!(
+            last2.iter().map(|r| r.unix_ms).collect::<Vec<_>>(),
+            [RECENT_DROPS as u64 + 8, RECENT_DROPS as u64 + 9]
+        );
+        assert_eq!(log.recent(None).0.len(), RECENT_DROPS);
+    }
+}

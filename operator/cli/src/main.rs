@@ -1,0 +1,120 @@
+//! `weir`: what the node agent and its datapath say, for on-call engineers. Everything is read
+//! from the agent's socket; the datapath figures come from the kernel (maps, tcx queries).
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use weir_operator_api::{client, Request, Response};
+
+#[derive(Parser)]
+#[command(name = "weir", about = "Inspect a weir node: endpoints, datapath, drops")]
+struct Cli {
+    /// The agent's socket.
+    #[arg(long, global = true, env = "WEIR_SOCKET", default_value = weir_operator_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Is the agent ready to serve CNI ADD?
+    Status,
+    /// Pods on this node, and whether the kernel's endpoint map agrees.
+    Endpoints,
+    /// Programs attached per interface, and the datapath counters (drops by reason).
+    Datapath,
+    /// The most recent packet drops, with reason and pod.
+    Drops {
+        /// Show only the newest N.
+        #[arg(long)]
+        last: Option<usize>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let req = match &cli.cmd {
+        Cmd::Status => Request::Status,
+        Cmd::Endpoints => Request::Endpoints,
+        Cmd::Datapath => Request::Datapath,
+        Cmd::Drops { last } => Request::Drops { last: *last },
+    };
+    let resp = client::call(&cli.socket, &req, Duration::from_secs(10))
+        .with_context(|| format!("agent socket {}", cli.socket.display()))?;
+    if let Response::Error(e) = &resp {
+        bail!("weir-agent: {} {}", e.msg, e.details);
+    }
+    if cli.output == Output::Json {
+        let v = match resp {
+            Response::Status(s) => serde_json::to_value(s)?,
+            Response::Endpoints { rows } => serde_json::to_value(rows)?,
+            Response::Datapath(d) => serde_json::to_value(d)?,
+            Response::Drops(d) => serde_json::to_value(d)?,
+            other => serde_json::to_value(other)?,
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match resp {
+        Response::Status(s) => {
+            println!("node {}: {} ({})", s.node, if s.ready { "ready" } else { "NOT READY" }, s.reason);
+            if let Some(c) = s.pod_cidr {
+                println!("pod CIDR {c}");
+            }
+            if !s.ready {
+                std::process::exit(1);
+            }
+        }
+        Response::Endpoints { rows } => {
+            println!("{:<32} {:<16} {:<16} {:<7} IN-DATAPATH", "POD", "IP", "INTERFACE", "MTU");
+            for r in rows {
+                let e = r.endpoint;
+                let pod = format!("{}/{}", e.pod_namespace, e.pod_name);
+                println!(
+                    "{pod:<32} {:<16} {:<16} {:<7} {}",
+                    e.ip.to_string(),
+                    e.host_ifname,
+                    e.mtu,
+                    if r.in_datapath { "yes" } else { "NO" }
+                );
+            }
+        }
+        Response::Datapath(d) => {
+            println!("{:<18} PROGRAMS (tcx ingress)", "INTERFACE");
+            for a in d.attachments {
+                println!("{:<18} {}", a.iface, a.programs.join(", "));
+            }
+            println!("\n{:<34} COUNT", "COUNTER");
+            for (k, v) in d.counters {
+                if v > 0 || !k.starts_with("drop_") {
+                    println!("{k:<34} {v}");
+                }
+            }
+        }
+        Response::Drops(d) => {
+            println!("{:<14} {:<28} {:<16} {:<16} POD", "TIME(ms)", "REASON", "SOURCE", "DESTINATION");
+            for e in d.events {
+                println!(
+                    "{:<14} {:<28} {:<16} {:<16} {}",
+                    e.unix_ms,
+                    e.reason,
+                    e.src.to_string(),
+                    e.dst.to_string(),
+                    e.pod.unwrap_or_else(|| format!("ifindex {}", e.ifindex))
+                );
+            }
+            println!("\n{} drops read since the agent started; {} events lost in the kernel", d.seen, d.lost);
+        }
+        other => println!("{other:?}"),
+    }
+    Ok(())
+}
