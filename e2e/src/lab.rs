@@ -10,7 +10,7 @@ use std::{
     io::{BufRead as _, BufReader},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -24,7 +24,7 @@ use weir_operator_agent::{
     source::{manifest, ClusterObject},
 };
 
-use crate::nsexec::{self, enter, ip, ip_in, netns_path, random_hex, stop_pid};
+use crate::nsexec::{self, command_in, ip, ip_in, netns_path, random_hex, stop_pid};
 
 pub const UNDERLAY_PREFIX: [u8; 3] = [172, 30, 0];
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 200);
@@ -221,13 +221,12 @@ impl Lab {
 
     fn start_external_server(&mut self) -> anyhow::Result<()> {
         let port = EXTERNAL_PORT.to_string();
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let mut cmd = command_in(std::env::current_exe()?, &netns_path(&self.external_netns()), None)?;
         cmd.args(["serve", "--name", "external", "--tcp", &port, "--udp", &port])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0);
-        enter(&mut cmd, &netns_path(&self.external_netns()), None)?;
         let mut child = cmd.spawn().context("starting the external server")?;
         self.state.external_pid = Some(child.id());
         self.save()?;
@@ -277,7 +276,7 @@ impl Lab {
             }
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(nd.join("agent.log"))?;
-        let mut cmd = Command::new(bin("weir-agent")?);
+        let mut cmd = command_in(bin("weir-agent")?, &netns_path(&self.state.nodes[idx].netns), None)?;
         cmd.args(["--node-name", node, "--uplink", "eth0"])
             .arg("--manifests")
             .arg(self.cluster_dir())
@@ -303,7 +302,6 @@ impl Lab {
             .stderr(log)
             .process_group(0);
         std::fs::create_dir_all(self.dir.join("bpffs").join(node))?;
-        enter(&mut cmd, &netns_path(&self.state.nodes[idx].netns), None)?;
         let child = cmd.spawn().context("starting weir-agent")?;
         self.state.nodes[idx].agent_pid = Some(child.id());
         self.save()
@@ -515,7 +513,7 @@ impl Lab {
         let mut conf = conflist["plugins"][0].clone();
         conf["name"] = conflist["name"].clone();
         conf["cniVersion"] = conflist["cniVersion"].clone();
-        let mut cmd = Command::new(nd.join("cni-bin").join("weir-cni"));
+        let mut cmd = command_in(nd.join("cni-bin").join("weir-cni"), &netns_path(&node.netns), None)?;
         cmd.env_clear()
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &st.container_id)
@@ -532,7 +530,6 @@ impl Lab {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        enter(&mut cmd, &netns_path(&node.netns), None)?;
         let mut child = cmd.spawn().context("running weir-cni")?;
         {
             use std::io::Write as _;
@@ -561,9 +558,10 @@ impl Lab {
                 .open(log_dir.join(format!("{}_{}_{}.log", st.namespace, st.name, c.name)))?;
             let command: Vec<String> =
                 c.command.clone().unwrap_or_default().into_iter().chain(c.args.clone().unwrap_or_default()).collect();
+            let (netns, cgroup) = (netns_path(&st.netns), Some(st.cgroup.as_path()));
             let mut cmd;
             if command.is_empty() {
-                cmd = Command::new(std::env::current_exe()?);
+                cmd = command_in(std::env::current_exe()?, &netns, cgroup)?;
                 cmd.args(["serve", "--name", &st.name]);
                 for p in c.ports.clone().unwrap_or_default() {
                     let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
@@ -575,11 +573,10 @@ impl Lab {
                 }
                 cmd.stdout(Stdio::piped());
             } else {
-                cmd = Command::new(&command[0]);
+                cmd = command_in(&command[0], &netns, cgroup)?;
                 cmd.args(&command[1..]).stdout(log.try_clone()?);
             }
             cmd.stdin(Stdio::null()).stderr(log).process_group(0);
-            enter(&mut cmd, &netns_path(&st.netns), Some(&st.cgroup))?;
             let mut child = cmd.spawn().with_context(|| format!("starting container {}", c.name))?;
             pids.push(child.id());
             if let Some(out) = child.stdout.take() {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use weir_operator_agent::config::Routing;
 
-use crate::{lab::Lab, nsexec::enter, probe::Protocol};
+use crate::{lab::Lab, nsexec::command_in, probe::Protocol};
 
 #[derive(Parser)]
 #[command(name = "weir-lab", about = "A virtual multi-node cluster for weir, in network namespaces")]
@@ -114,6 +114,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         count: usize,
     },
+    /// Trampoline: join CGROUP, enter NETNS, exec CMD (internal; see nsexec.rs).
+    #[command(hide = true)]
+    Enter {
+        #[arg(long)]
+        netns: std::path::PathBuf,
+        #[arg(long)]
+        cgroup: Option<std::path::PathBuf>,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// The probe client, run inside the pod (internal).
     #[command(hide = true)]
     ProbeInner {
@@ -154,6 +164,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { name, tcp, udp } => probe::serve(&name, &tcp, &udp),
+        Cmd::Enter { netns, cgroup, cmd } => Err(nsexec::enter_and_exec(&netns, cgroup.as_deref(), &cmd)),
         Cmd::RrServe { port } => probe::rr_serve(port),
         Cmd::Rr { target, count } => {
             if !(1..=1_000_000).contains(&count) {
@@ -226,9 +237,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Exec { pod, cmd } => {
             let lab = Lab::open(&cli.lab)?;
             let p = lab.pod(&pod)?;
-            let mut c = Command::new(&cmd[0]);
+            let mut c = command_in(&cmd[0], &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
             c.args(&cmd[1..]);
-            enter(&mut c, &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
             let status = c.status().with_context(|| format!("running {:?}", cmd[0]))?;
             std::process::exit(status.code().unwrap_or(1));
         }
@@ -247,15 +257,14 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::External { cmd } => {
             let lab = Lab::open(&cli.lab)?;
-            let mut c = Command::new(&cmd[0]);
+            let mut c = command_in(&cmd[0], &nsexec::netns_path(&lab.external_netns()), None)?;
             c.args(&cmd[1..]);
-            enter(&mut c, &nsexec::netns_path(&lab.external_netns()), None)?;
             Err(c.exec()).with_context(|| format!("running {:?}", cmd[0]))
         }
         Cmd::Probe { pod, target, protocol, timeout, output } => {
             let lab = Lab::open(&cli.lab)?;
             let p = lab.pod(&pod)?;
-            let mut c = Command::new(std::env::current_exe()?);
+            let mut c = command_in(std::env::current_exe()?, &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
             c.arg("probe-inner").arg(&target).args([
                 "--protocol",
                 match protocol {
@@ -264,7 +273,6 @@ fn main() -> anyhow::Result<()> {
                 },
             ]);
             c.arg("--timeout").arg(format!("{}ms", timeout.as_millis()));
-            enter(&mut c, &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
             let out = nsexec::run(&mut c)?;
             let v: serde_json::Value = serde_json::from_str(out.trim()).context("probe output")?;
             match output {

@@ -1,11 +1,13 @@
 //! Running processes inside lab namespaces and cgroups, and small command helpers.
 //!
-//! A child enters its network namespace and cgroup between fork and exec (`pre_exec`), with
-//! file descriptors opened beforehand and no allocation after fork. It joins the cgroup before
-//! it runs any code that could open a socket, so cgroup socket hooks see every socket.
+//! A child enters its network namespace and cgroup through a trampoline: `weir-lab` re-executes
+//! itself as `weir-lab enter --netns N [--cgroup C] -- CMD…`, which joins the cgroup, enters the
+//! namespace (setns on its only thread) and then `exec`s the command. So the command is in its
+//! cgroup before it runs any code that could open a socket, and no `unsafe` pre-exec hook is
+//! needed.
 use std::{
     fs::File,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -17,34 +19,39 @@ pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/var/run/netns").join(name)
 }
 
-/// Makes `cmd` start inside `netns` (and `cgroup`, a cgroup v2 directory, when given).
-pub fn enter(cmd: &mut Command, netns: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
-    let ns = File::open(netns).with_context(|| format!("opening netns {}", netns.display()))?;
-    let procs = match cgroup {
-        Some(cg) => Some(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(cg.join("cgroup.procs"))
-                .with_context(|| format!("opening {}/cgroup.procs", cg.display()))?,
-        ),
-        None => None,
-    };
-    // SAFETY: the closure only makes async-signal-safe syscalls on fds opened before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(p) = &procs {
-                // "0" moves the writing process: the child itself.
-                if libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+/// A command that runs `program` inside `netns` (and `cgroup`, a cgroup v2 directory, when given).
+pub fn command_in(
+    program: impl AsRef<std::ffi::OsStr>,
+    netns: &Path,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe().context("current_exe")?);
+    cmd.arg("enter").arg("--netns").arg(netns);
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(cg);
     }
-    Ok(())
+    cmd.arg("--").arg(program);
+    Ok(cmd)
+}
+
+/// The trampoline (`weir-lab enter`): join the cgroup, enter the namespace, exec the command.
+/// Runs single-threaded, before anything else.
+pub fn enter_and_exec(netns: &Path, cgroup: Option<&Path>, argv: &[String]) -> anyhow::Error {
+    let go = || -> anyhow::Result<std::convert::Infallible> {
+        if let Some(cg) = cgroup {
+            let procs = cg.join("cgroup.procs");
+            std::fs::write(&procs, std::process::id().to_string())
+                .with_context(|| format!("joining {}", procs.display()))?;
+        }
+        let ns = File::open(netns).with_context(|| format!("opening netns {}", netns.display()))?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let (program, args) = argv.split_first().context("no command")?;
+        Err(Command::new(program).args(args).exec()).with_context(|| format!("exec {program}"))
+    };
+    match go() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
 }
 
 /// Runs a command to completion; fails with its stderr when it exits non-zero.
