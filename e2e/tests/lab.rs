@@ -214,8 +214,28 @@ fn full_lab_story(routing: &str) {
     assert!(!out.status.success(), "ADD must fail while the agent is down");
     assert_eq!(lab.pods().len(), 4);
 
+    // An interface left behind by an agent that died mid-ADD is swept on restart.
+    let stray = Command::new("ip")
+        .args([
+            "-n",
+            &format!("wl-{}-n1", lab.name),
+            "link",
+            "add",
+            "lxc00deadbeef0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "strayp",
+        ])
+        .status()
+        .expect("ip");
+    assert!(stray.success());
+
     // Restarted, the agent adopts the pinned programs: exactly one program per interface.
     lab.ok(&["agent", "start", "n1"]);
+    let links = Command::new("ip").args(["-n", &format!("wl-{}-n1", lab.name), "link", "show"]).output().expect("ip");
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("lxc00deadbeef0"), "stray interface not swept");
     let after = programs_per_iface(&lab.datapath("n1"));
     assert_eq!(before, after, "restart changed the attachments");
     assert!(after.iter().all(|(_, n)| *n == 1), "duplicate programs after restart: {after:?}");

@@ -108,6 +108,23 @@ impl Netlink {
         }
     }
 
+    /// Names of the links in this namespace that start with `prefix`.
+    pub async fn link_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let h = self.handle.clone();
+        let mut stream = h.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(req("list links"))? {
+            for a in &msg.attributes {
+                if let LinkAttribute::IfName(n) = a {
+                    if n.starts_with(prefix) {
+                        out.push(n.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn require_link(&self, name: &str) -> Result<LinkInfo> {
         self.link(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
     }

@@ -63,10 +63,13 @@ fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
     h
 }
 
+/// Prefix of every node-side pod interface the agent creates (and may therefore delete).
+pub const HOST_IF_PREFIX: &str = "lxc";
+
 /// Node-side interface name for an attachment, stable across restarts: `lxc` + 11 hex digits
 /// of a hash of (container ID, ifname).
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    format!("lxc{}", &format!("{:016x}", attachment_hash(container_id, ifname))[..11])
+    format!("{HOST_IF_PREFIX}{}", &format!("{:016x}", attachment_hash(container_id, ifname))[..11])
 }
 
 /// The pod interface's MAC: locally administered, unicast, derived from the attachment, so the
@@ -203,6 +206,15 @@ impl Node {
         let c = maps::sync(&mut l.endpoints, &want)?;
         if c != maps::Changes::default() {
             tracing::info!(upserted = c.upserted, removed = c.removed, "endpoint map reconciled");
+        }
+        // Host interfaces no endpoint owns (an agent that died mid-ADD or mid-DEL) go.
+        let owned: BTreeSet<&str> = self.store.all().map(|r| r.host_ifname.as_str()).collect();
+        for name in self.nl.link_names_with_prefix(HOST_IF_PREFIX).await? {
+            if !owned.contains(name.as_str()) {
+                tracing::warn!(iface = %name, "removing a host interface no endpoint owns");
+                self.nl.delete_link(&name).await?;
+                l.dp.detach_ingress(&name, programs::FROM_POD)?;
+            }
         }
         Ok(())
     }
