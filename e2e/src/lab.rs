@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use weir_operator_agent::{
     config::Routing,
-    source::{manifest, ClusterObject},
+    source::{manifest, namespaced, ClusterObject},
 };
 
+use crate::controllers;
 use crate::nsexec::{self, command_in, ip, ip_in, netns_path, random_hex, stop_pid};
 
 pub const UNDERLAY_PREFIX: [u8; 3] = [172, 30, 0];
@@ -420,13 +421,101 @@ impl Lab {
                     done.push(format!("namespace/{name} configured"));
                 }
                 ClusterObject::Pod(p) => done.push(self.apply_pod(*p)?),
+                ClusterObject::Service(svc) => done.push(self.apply_service(*svc)?),
+                ClusterObject::EndpointSlice(es) => {
+                    let (ns, name) = namespaced(&es.metadata);
+                    write_atomic(
+                        &self.cluster_dir().join(format!("eps-{ns}-{name}.yaml")),
+                        &serde_yaml::to_string(&es)?,
+                    )?;
+                    done.push(format!("endpointslice/{ns}/{name} configured"));
+                }
                 ClusterObject::Node(_) => bail!("{origin}: Nodes belong to the lab (weir-lab up --nodes N)"),
                 ClusterObject::Other { kind, name } => {
                     done.push(format!("{}/{name} skipped: the lab does not handle {kind} yet", kind.to_lowercase()));
                 }
             }
         }
+        self.sync_endpoint_slices()?;
         Ok(done)
+    }
+
+    /// The cluster state as the agents read it.
+    fn cluster(&self) -> weir_operator_agent::source::ClusterSnapshot {
+        let mut dir = manifest::DirState::default();
+        for e in dir.refresh(&self.cluster_dir()) {
+            eprintln!("warning: {e}");
+        }
+        dir.snapshot()
+    }
+
+    /// Creates or updates a Service, allocating its ClusterIP and NodePorts like the API server
+    /// (an existing Service keeps what it was given).
+    fn apply_service(&mut self, mut svc: k8s_openapi::api::core::v1::Service) -> anyhow::Result<String> {
+        let key = namespaced(&svc.metadata);
+        svc.metadata.namespace = Some(key.0.clone());
+        let cluster = self.cluster();
+        if let Some(old) = cluster.services.get(&key).and_then(|s| s.spec.clone()) {
+            let spec = svc.spec.get_or_insert_with(Default::default);
+            if spec.cluster_ip.is_none() {
+                spec.cluster_ip = old.cluster_ip.clone();
+                spec.cluster_ips = old.cluster_ips.clone();
+            }
+            for p in spec.ports.iter_mut().flatten() {
+                if p.node_port.is_none() {
+                    p.node_port = old
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|o| o.name == p.name && o.node_port.is_some())
+                        .and_then(|o| o.node_port);
+                }
+            }
+        }
+        let others = cluster.services.iter().filter(|(k, _)| **k != key).filter_map(|(_, s)| s.spec.clone());
+        let (mut ips, mut ports) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+        for spec in others {
+            if let Some(ip) = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()) {
+                ips.insert(ip);
+            }
+            ports.extend(spec.ports.iter().flatten().filter_map(|p| p.node_port));
+        }
+        controllers::allocate(&mut svc, &ips, &ports).with_context(|| format!("service {}/{}", key.0, key.1))?;
+        let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_else(|| "None".into());
+        write_atomic(&self.cluster_dir().join(format!("svc-{}-{}.yaml", key.0, key.1)), &serde_yaml::to_string(&svc)?)?;
+        Ok(format!("service/{}/{} configured (clusterIP {ip})", key.0, key.1))
+    }
+
+    /// Rewrites the EndpointSlices of every Service with a selector from the pods' state.
+    pub fn sync_endpoint_slices(&self) -> anyhow::Result<()> {
+        let cluster = self.cluster();
+        let slices = controllers::endpoint_slices(&cluster.services, &cluster.pods);
+        let path = self.cluster_dir().join("endpointslices-lab.yaml");
+        if slices.is_empty() {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        let mut text = String::new();
+        for s in &slices {
+            text.push_str("---\n");
+            text.push_str(&serde_yaml::to_string(s)?);
+        }
+        write_atomic(&path, &text)
+    }
+
+    pub fn services_json(&self) -> serde_json::Value {
+        let cluster = self.cluster();
+        serde_json::Value::Array(
+            cluster
+                .services
+                .iter()
+                .map(|((ns, name), s)| {
+                    let spec = s.spec.clone().unwrap_or_default();
+                    json!({"namespace": ns, "name": name, "type": spec.type_.unwrap_or_else(|| "ClusterIP".into()),
+                           "clusterIP": spec.cluster_ip, "ports": spec.ports})
+                })
+                .collect(),
+        )
     }
 
     fn apply_pod(&mut self, mut pod: k8s_openapi::api::core::v1::Pod) -> anyhow::Result<String> {
@@ -644,11 +733,22 @@ impl Lab {
                     done.push(format!("namespace/{name} deleted"));
                 }
                 ClusterObject::Node(_) => bail!("{origin}: Nodes belong to the lab"),
+                ClusterObject::Service(svc) => {
+                    let (ns, name) = namespaced(&svc.metadata);
+                    let _ = std::fs::remove_file(self.cluster_dir().join(format!("svc-{ns}-{name}.yaml")));
+                    done.push(format!("service/{ns}/{name} deleted"));
+                }
+                ClusterObject::EndpointSlice(es) => {
+                    let (ns, name) = namespaced(&es.metadata);
+                    let _ = std::fs::remove_file(self.cluster_dir().join(format!("eps-{ns}-{name}.yaml")));
+                    done.push(format!("endpointslice/{ns}/{name} deleted"));
+                }
                 ClusterObject::Other { kind, name } => {
                     done.push(format!("{}/{name} skipped: the lab does not handle {kind} yet", kind.to_lowercase()));
                 }
             }
         }
+        self.sync_endpoint_slices()?;
         Ok(done)
     }
 

@@ -1,5 +1,6 @@
 //! `weir-lab`: a virtual cluster on one machine (see lab.rs). The verbs are a contract that
 //! tests and users depend on: up, down, apply, delete, get pods, exec, probe.
+mod controllers;
 mod lab;
 mod nsexec;
 mod probe;
@@ -219,8 +220,12 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Get { what, output } => {
             let lab = Lab::open(&cli.lab)?;
+            if matches!(what.as_str(), "services" | "service" | "svc") {
+                println!("{}", serde_json::to_string_pretty(&lab.services_json())?);
+                return Ok(());
+            }
             if what != "pods" && what != "pod" && what != "po" {
-                bail!("get {what:?}: only `get pods` is supported");
+                bail!("get {what:?}: `get pods` or `get services`");
             }
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&lab.pods_json())?),

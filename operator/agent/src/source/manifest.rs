@@ -87,6 +87,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
             }
             ("v1", "Namespace") => ClusterObject::Namespace(Box::new(typed(value, origin, doc)?)),
             ("v1", "Pod") => ClusterObject::Pod(Box::new(typed(value, origin, doc)?)),
+            ("v1", "Service") => ClusterObject::Service(Box::new(typed(value, origin, doc)?)),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                ClusterObject::EndpointSlice(Box::new(typed(value, origin, doc)?))
+            }
             (_, kind) => ClusterObject::Other { kind: kind.to_owned(), name },
         };
         out.push(obj);
@@ -232,6 +236,7 @@ spec: {ports: [{port: 80}]}
     fn parses_multi_document_manifests() {
         let objs = parse(GOOD, "good.yaml").expect("parse");
         assert_eq!(objs.len(), 4);
+        assert!(matches!(objs[3], ClusterObject::Service(_)));
         let mut snap = ClusterSnapshot::default();
         for o in objs {
             snap.insert(o);

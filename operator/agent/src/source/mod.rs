@@ -6,7 +6,10 @@ pub mod manifest;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 
 /// Everything the agent knows about the cluster, keyed by name (namespace/name for pods).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -14,6 +17,8 @@ pub struct ClusterSnapshot {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<(String, String), Pod>,
+    pub services: BTreeMap<(String, String), Service>,
+    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
 }
 
 /// One parsed Kubernetes object that the agent understands.
@@ -22,6 +27,8 @@ pub enum ClusterObject {
     Node(Box<Node>),
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
     /// A kind the agent does not consume yet (Services, NetworkPolicies, ...): kept by name
     /// so that manifests holding them are still accepted.
     Other {
@@ -42,11 +49,23 @@ impl ClusterSnapshot {
                 self.namespaces.insert(name, *n);
             }
             ClusterObject::Pod(p) => {
-                let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-                let name = p.metadata.name.clone().unwrap_or_default();
-                self.pods.insert((ns, name), *p);
+                let key = namespaced(&p.metadata);
+                self.pods.insert(key, *p);
+            }
+            ClusterObject::Service(s) => {
+                let key = namespaced(&s.metadata);
+                self.services.insert(key, *s);
+            }
+            ClusterObject::EndpointSlice(s) => {
+                let key = namespaced(&s.metadata);
+                self.endpoint_slices.insert(key, *s);
             }
             ClusterObject::Other { .. } => {}
         }
     }
+}
+
+/// (namespace, name), the namespace defaulting to `default` as the API server does.
+pub fn namespaced(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (m.namespace.clone().unwrap_or_else(|| "default".into()), m.name.clone().unwrap_or_default())
 }

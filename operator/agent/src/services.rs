@@ -1,0 +1,373 @@
+//! The Service model: Services and their EndpointSlices compiled into a table of frontends
+//! (address, port, protocol) and the backends behind each. Pure: no I/O, unit-tested. The
+//! datapath that serves this table (socket-level and per-packet load balancing) is separate work.
+//!
+//! Semantics (Kubernetes): ClusterIP, NodePort (on every node address), externalIPs and
+//! LoadBalancer ingress IPs are frontends; headless (`clusterIP: None`) and ExternalName Services
+//! have none; Services labelled `service.kubernetes.io/service-proxy-name` or
+//! `service.kubernetes.io/headless` are not ours. Backends come from EndpointSlices labelled
+//! `kubernetes.io/service-name`, matched to Service ports by port name; ready endpoints serve, and
+//! when none is ready, serving-but-terminating ones do.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// Parses a Kubernetes protocol; SCTP and anything else are rejected (this kernel has no
+    /// SCTP, and weir never maps one protocol onto another).
+    pub fn parse(p: Option<&str>) -> Result<Self, String> {
+        match p.unwrap_or("TCP") {
+            "TCP" => Ok(Proto::Tcp),
+            "UDP" => Ok(Proto::Udp),
+            other => Err(format!("protocol {other:?} is not supported (TCP and UDP are)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// `namespace/name` and the Service port name.
+    pub service: String,
+    pub port_name: String,
+    pub kind: FrontendKind,
+    /// Who serves now: the ready endpoints, or the serving-but-terminating ones when none is ready.
+    pub backends: Vec<Backend>,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    pub external_traffic_local: bool,
+    pub internal_traffic_local: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceTable {
+    pub frontends: BTreeMap<Frontend, ServiceEntry>,
+    /// Services that could not be used, with the reason; the rest of the table is unaffected.
+    pub rejected: Vec<(String, String)>,
+}
+
+fn ip(s: &str, what: &str) -> Result<Ipv4Addr, String> {
+    s.parse().map_err(|_| format!("{what} {s:?} is not an IPv4 address"))
+}
+
+fn port(p: i32, what: &str) -> Result<u16, String> {
+    u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| format!("{what} {p} is outside 1-65535"))
+}
+
+/// Backends per Service port name, from the Service's EndpointSlices.
+fn backends_by_port_name(slices: &[&EndpointSlice]) -> BTreeMap<(String, Proto), (Vec<Backend>, Vec<Backend>)> {
+    // (ready, serving-and-terminating)
+    let mut out: BTreeMap<(String, Proto), (BTreeSet<Backend>, BTreeSet<Backend>)> = BTreeMap::new();
+    for s in slices.iter().filter(|s| s.address_type == "IPv4") {
+        for p in s.ports.iter().flatten() {
+            let (Some(num), Ok(proto)) = (p.port, Proto::parse(p.protocol.as_deref())) else { continue };
+            let Ok(num) = port(num, "endpoint port") else { continue };
+            let entry = out.entry((p.name.clone().unwrap_or_default(), proto)).or_default();
+            for e in &s.endpoints {
+                let c = e.conditions.clone().unwrap_or_default();
+                // Unknown conditions count as ready/serving, as the API says.
+                let ready = c.ready.unwrap_or(true);
+                let serving = c.serving.unwrap_or(ready);
+                let terminating = c.terminating.unwrap_or(false);
+                for a in &e.addresses {
+                    let Ok(addr) = a.parse::<Ipv4Addr>() else { continue };
+                    let b = Backend { ip: addr, port: num };
+                    if ready {
+                        entry.0.insert(b);
+                    } else if serving && terminating {
+                        entry.1.insert(b);
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().map(|(k, (r, t))| (k, (r.into_iter().collect(), t.into_iter().collect()))).collect()
+}
+
+/// Compiles one Service; `Ok(vec![])` for Services that have no frontends or are not ours.
+fn compile_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node_ips: &[Ipv4Addr],
+) -> Result<Vec<(Frontend, ServiceEntry)>, String> {
+    let labels = svc.metadata.labels.clone().unwrap_or_default();
+    if labels.contains_key(LABEL_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS) {
+        return Ok(Vec::new());
+    }
+    let name = format!(
+        "{}/{}",
+        svc.metadata.namespace.as_deref().unwrap_or("default"),
+        svc.metadata.name.as_deref().unwrap_or_default()
+    );
+    let spec = svc.spec.clone().unwrap_or_default();
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind == "ExternalName" {
+        return Ok(Vec::new());
+    }
+    if !matches!(kind, "ClusterIP" | "NodePort" | "LoadBalancer") {
+        return Err(format!("type {kind:?} is not a Service type"));
+    }
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        None | Some("None") | Some("") => None,
+        Some(s) => Some(ip(s, "clusterIP")?),
+    };
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        Some("ClientIP") => Some(
+            spec.session_affinity_config
+                .and_then(|c| c.client_ip)
+                .and_then(|c| c.timeout_seconds)
+                .map_or(Ok(10_800), |t| u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or(t))
+                .map_err(|t| format!("sessionAffinityConfig.clientIP.timeoutSeconds {t} is outside 1-86400"))?,
+        ),
+        None | Some("None") => None,
+        Some(other) => return Err(format!("sessionAffinity {other:?} is not None or ClientIP")),
+    };
+    let external_traffic_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_traffic_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_ips: Vec<Ipv4Addr> =
+        spec.external_ips.iter().flatten().map(|s| ip(s, "externalIPs entry")).collect::<Result<_, _>>()?;
+    let lb_ips: Vec<Ipv4Addr> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref())
+        .map(|s| ip(s, "load balancer ingress IP"))
+        .collect::<Result<_, _>>()?;
+    let backends = backends_by_port_name(slices);
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in spec.ports.iter().flatten() {
+        let proto = Proto::parse(p.protocol.as_deref())?;
+        let port_name = p.name.clone().unwrap_or_default();
+        if !seen.insert((port_name.clone(), proto)) {
+            return Err(format!("port name {port_name:?} appears twice for {proto:?}"));
+        }
+        let svc_port = port(p.port, "port")?;
+        let (ready, terminating) = backends.get(&(port_name.clone(), proto)).cloned().unwrap_or_default();
+        let serving = if ready.is_empty() { terminating } else { ready };
+        let entry = |kind| ServiceEntry {
+            service: name.clone(),
+            port_name: port_name.clone(),
+            kind,
+            backends: serving.clone(),
+            affinity_timeout,
+            external_traffic_local,
+            internal_traffic_local,
+        };
+        let Some(cip) = cluster_ip else { continue };
+        out.push((Frontend { ip: cip, port: svc_port, proto }, entry(FrontendKind::ClusterIp)));
+        for e in &external_ips {
+            out.push((Frontend { ip: *e, port: svc_port, proto }, entry(FrontendKind::ExternalIp)));
+        }
+        for l in &lb_ips {
+            out.push((Frontend { ip: *l, port: svc_port, proto }, entry(FrontendKind::LoadBalancer)));
+        }
+        if kind != "ClusterIP" {
+            if let Some(np) = p.node_port {
+                let np = port(np, "nodePort")?;
+                for n in node_ips {
+                    out.push((Frontend { ip: *n, port: np, proto }, entry(FrontendKind::NodePort)));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compiles every Service. A bad Service is rejected with its reason and contributes nothing;
+/// two Services claiming one frontend: the first by name keeps it, the second is rejected.
+pub fn compile(
+    services: &BTreeMap<(String, String), Service>,
+    slices: &BTreeMap<(String, String), EndpointSlice>,
+    node_ips: &[Ipv4Addr],
+) -> ServiceTable {
+    let mut table = ServiceTable::default();
+    for ((ns, name), svc) in services {
+        let mine: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|((sns, _), s)| {
+                sns == ns
+                    && s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)).map(String::as_str)
+                        == Some(name.as_str())
+            })
+            .map(|(_, s)| s)
+            .collect();
+        let key = format!("{ns}/{name}");
+        match compile_service(svc, &mine, node_ips) {
+            Ok(entries) => {
+                if let Some((f, _)) = entries.iter().find(|(f, _)| table.frontends.contains_key(f)) {
+                    table.rejected.push((key, format!("frontend {}:{} {:?} is already taken", f.ip, f.port, f.proto)));
+                    continue;
+                }
+                table.frontends.extend(entries);
+            }
+            Err(why) => table.rejected.push((key, why)),
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{manifest::parse, namespaced, ClusterObject};
+
+    fn load(yaml: &str) -> (BTreeMap<(String, String), Service>, BTreeMap<(String, String), EndpointSlice>) {
+        let mut svcs = BTreeMap::new();
+        let mut slices = BTreeMap::new();
+        for o in parse(yaml, "t").expect("parse") {
+            match o {
+                ClusterObject::Service(s) => {
+                    svcs.insert(namespaced(&s.metadata), *s);
+                }
+                ClusterObject::EndpointSlice(s) => {
+                    slices.insert(namespaced(&s.metadata), *s);
+                }
+                _ => {}
+            }
+        }
+        (svcs, slices)
+    }
+
+    const WEB: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  externalIPs: [172.30.0.100]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}
+  ports:
+  - {name: http, port: 80, targetPort: http, protocol: TCP, nodePort: 30080}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- {addresses: [10.244.1.2], conditions: {ready: true}}
+- {addresses: [10.244.2.2], conditions: {ready: false, serving: true, terminating: true}}
+";
+
+    #[test]
+    fn cluster_ip_node_port_and_external_ips_get_the_ready_backends() {
+        let (s, e) = load(WEB);
+        let nodes = [Ipv4Addr::new(172, 30, 0, 11), Ipv4Addr::new(172, 30, 0, 12)];
+        let t = compile(&s, &e, &nodes);
+        assert!(t.rejected.is_empty(), "{:?}", t.rejected);
+        let http = Frontend { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: Proto::Tcp };
+        let entry = &t.frontends[&http];
+        assert_eq!(
+            entry.backends,
+            [Backend { ip: Ipv4Addr::new(10, 244, 1, 2), port: 8080 }],
+            "terminating one not used"
+        );
+        assert_eq!(entry.affinity_timeout, Some(30));
+        let np = Frontend { ip: nodes[1], port: 30080, proto: Proto::Tcp };
+        assert_eq!(t.frontends[&np].kind, FrontendKind::NodePort);
+        assert!(t.frontends.contains_key(&Frontend {
+            ip: Ipv4Addr::new(172, 30, 0, 100),
+            port: 80,
+            proto: Proto::Tcp
+        }));
+        let dns = Frontend { ip: Ipv4Addr::new(10, 96, 0, 10), port: 53, proto: Proto::Udp };
+        assert_eq!(t.frontends[&dns].backends[0].port, 5353, "multi-port, per-port target");
+        assert_eq!(t.frontends.len(), 2 + 2 + 2, "ClusterIP and externalIP for both ports, NodePort (http) on 2 nodes");
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_when_none_is_ready() {
+        let (s, e) = load(&WEB.replace("conditions: {ready: true}", "conditions: {ready: false, serving: false}"));
+        let t = compile(&s, &e, &[]);
+        let http = Frontend { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: Proto::Tcp };
+        assert_eq!(t.frontends[&http].backends, [Backend { ip: Ipv4Addr::new(10, 244, 2, 2), port: 8080 }]);
+    }
+
+    #[test]
+    fn headless_external_name_and_foreign_proxies_get_no_frontend() {
+        for variant in [
+            WEB.replace("clusterIP: 10.96.0.10", "clusterIP: None").replace("type: NodePort", "type: ClusterIP"),
+            WEB.replace("type: NodePort", "type: ExternalName"),
+            WEB.replace(
+                "{name: web, namespace: shop}",
+                "{name: web, namespace: shop, labels: {service.kubernetes.io/service-proxy-name: other}}",
+            ),
+            WEB.replace(
+                "{name: web, namespace: shop}",
+                "{name: web, namespace: shop, labels: {service.kubernetes.io/headless: ''}}",
+            ),
+        ] {
+            let (s, e) = load(&variant);
+            let t = compile(&s, &e, &[Ipv4Addr::new(172, 30, 0, 11)]);
+            assert!(t.frontends.is_empty() && t.rejected.is_empty(), "{variant}\n{t:?}");
+        }
+    }
+
+    #[test]
+    fn bad_services_are_rejected_with_a_reason_and_others_unaffected() {
+        let other = "---\napiVersion: v1\nkind: Service\nmetadata: {name: ok, namespace: shop}\n\
+                     spec: {clusterIP: 10.96.0.11, ports: [{port: 443}]}\n";
+        for (bad, reason) in [
+            (WEB.replace("protocol: UDP}", "protocol: SCTP}"), "SCTP"),
+            (WEB.replace("port: 80,", "port: 70000,"), "70000"),
+            (WEB.replace("clusterIP: 10.96.0.10", "clusterIP: 10.96.0.999"), "clusterIP"),
+            (WEB.replace("timeoutSeconds: 30", "timeoutSeconds: 0"), "timeoutSeconds"),
+        ] {
+            let (s, e) = load(&(bad.clone() + other));
+            let t = compile(&s, &e, &[]);
+            assert_eq!(t.rejected.len(), 1, "{bad}");
+            assert_eq!(t.rejected[0].0, "shop/web");
+            assert!(t.rejected[0].1.contains(reason), "{:?}", t.rejected);
+            assert_eq!(t.frontends.len(), 1, "the good Service still compiles");
+        }
+    }
+
+    #[test]
+    fn a_frontend_claimed_twice_goes_to_the_first_service() {
+        let twin = "---\napiVersion: v1\nkind: Service\nmetadata: {name: zzz, namespace: shop}\n\
+                    spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n";
+        let (s, e) = load(&(WEB.to_owned() + twin));
+        let t = compile(&s, &e, &[]);
+        assert_eq!(t.rejected.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["shop/zzz"]);
+    }
+}
