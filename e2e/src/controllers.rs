@@ -18,6 +18,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
+use weir_operator_agent::source::Named;
 
 pub const ANNOTATION_READY: &str = "lab.weir.dev/ready";
 pub const ANNOTATION_TERMINATING: &str = "lab.weir.dev/terminating";
@@ -102,6 +103,9 @@ fn resolve_target(sp: &ServicePort, pod: &Pod) -> Option<i32> {
     }
 }
 
+/// A Service port as resolved on one pod: (port name, container port, protocol).
+type ResolvedPort = (Option<String>, i32, String);
+
 fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -109,10 +113,7 @@ fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
 
 /// EndpointSlices for every Service with a selector: one slice per distinct set of resolved
 /// ports (as the EndpointSlice controller does), named `<service>-<n>`.
-pub fn endpoint_slices(
-    services: &BTreeMap<(String, String), Service>,
-    pods: &BTreeMap<(String, String), Pod>,
-) -> Vec<EndpointSlice> {
+pub fn endpoint_slices(services: &Named<Service>, pods: &Named<Pod>) -> Vec<EndpointSlice> {
     let mut out = Vec::new();
     for ((ns, name), svc) in services {
         let spec = svc.spec.clone().unwrap_or_default();
@@ -120,13 +121,13 @@ pub fn endpoint_slices(
         let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
         let svc_ports = spec.ports.clone().unwrap_or_default();
         // resolved ports → endpoints
-        let mut groups: BTreeMap<Vec<(Option<String>, i32, String)>, Vec<Endpoint>> = BTreeMap::new();
+        let mut groups: BTreeMap<Vec<ResolvedPort>, Vec<Endpoint>> = BTreeMap::new();
         for ((pns, _), pod) in pods {
             if pns != ns || !selects(&selector, pod) {
                 continue;
             }
             let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
-            let ports: Vec<(Option<String>, i32, String)> = svc_ports
+            let ports: Vec<ResolvedPort> = svc_ports
                 .iter()
                 .filter_map(|sp| {
                     resolve_target(sp, pod)
@@ -194,11 +195,11 @@ pub fn endpoint_slices(
 
 #[cfg(test)]
 mod tests {
-    use weir_operator_agent::source::{manifest::parse, namespaced, ClusterObject};
+    use weir_operator_agent::source::{manifest::parse, namespaced, ClusterObject, Named};
 
     use super::*;
 
-    fn state(yaml: &str) -> (BTreeMap<(String, String), Service>, BTreeMap<(String, String), Pod>) {
+    fn state(yaml: &str) -> (Named<Service>, Named<Pod>) {
         let (mut s, mut p) = (BTreeMap::new(), BTreeMap::new());
         for o in parse(yaml, "t").expect("parse") {
             match o {

@@ -15,6 +15,8 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
+use crate::source::Named;
+
 pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -212,11 +214,7 @@ fn compile_service(
 
 /// Compiles every Service. A bad Service is rejected with its reason and contributes nothing;
 /// two Services claiming one frontend: the first by name keeps it, the second is rejected.
-pub fn compile(
-    services: &BTreeMap<(String, String), Service>,
-    slices: &BTreeMap<(String, String), EndpointSlice>,
-    node_ips: &[Ipv4Addr],
-) -> ServiceTable {
+pub fn compile(services: &Named<Service>, slices: &Named<EndpointSlice>, node_ips: &[Ipv4Addr]) -> ServiceTable {
     let mut table = ServiceTable::default();
     for ((ns, name), svc) in services {
         let mine: Vec<&EndpointSlice> = slices
@@ -246,9 +244,9 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{manifest::parse, namespaced, ClusterObject};
+    use crate::source::{manifest::parse, namespaced, ClusterObject, Named};
 
-    fn load(yaml: &str) -> (BTreeMap<(String, String), Service>, BTreeMap<(String, String), EndpointSlice>) {
+    fn load(yaml: &str) -> (Named<Service>, Named<EndpointSlice>) {
         let mut svcs = BTreeMap::new();
         let mut slices = BTreeMap::new();
         for o in parse(yaml, "t").expect("parse") {

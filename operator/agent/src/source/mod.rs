@@ -11,14 +11,17 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
+/// Namespaced objects keyed by (namespace, name).
+pub type Named<T> = BTreeMap<(String, String), T>;
+
 /// Everything the agent knows about the cluster, keyed by name (namespace/name for pods).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterSnapshot {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<(String, String), Pod>,
-    pub services: BTreeMap<(String, String), Service>,
-    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
+    pub pods: Named<Pod>,
+    pub services: Named<Service>,
+    pub endpoint_slices: Named<EndpointSlice>,
 }
 
 /// One parsed Kubernetes object that the agent understands.
