@@ -195,24 +195,13 @@ pub fn endpoint_slices(services: &Named<Service>, pods: &Named<Pod>) -> Vec<Endp
 
 #[cfg(test)]
 mod tests {
-    use weir_operator_agent::source::{manifest::parse, namespaced, ClusterObject, Named};
+    use weir_operator_agent::source::manifest::snapshot_of;
 
     use super::*;
 
     fn state(yaml: &str) -> (Named<Service>, Named<Pod>) {
-        let (mut s, mut p) = (BTreeMap::new(), BTreeMap::new());
-        for o in parse(yaml, "t").expect("parse") {
-            match o {
-                ClusterObject::Service(x) => {
-                    s.insert(namespaced(&x.metadata), *x);
-                }
-                ClusterObject::Pod(x) => {
-                    p.insert(namespaced(&x.metadata), *x);
-                }
-                _ => {}
-            }
-        }
-        (s, p)
+        let snap = snapshot_of(yaml, "t").expect("parse");
+        (snap.services, snap.pods)
     }
 
     fn pod(name: &str, ip: &str, port_name: &str, port: u16, extra: &str) -> String {

@@ -244,23 +244,11 @@ pub fn compile(services: &Named<Service>, slices: &Named<EndpointSlice>, node_ip
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{manifest::parse, namespaced, ClusterObject, Named};
+    use crate::source::manifest::snapshot_of;
 
     fn load(yaml: &str) -> (Named<Service>, Named<EndpointSlice>) {
-        let mut svcs = BTreeMap::new();
-        let mut slices = BTreeMap::new();
-        for o in parse(yaml, "t").expect("parse") {
-            match o {
-                ClusterObject::Service(s) => {
-                    svcs.insert(namespaced(&s.metadata), *s);
-                }
-                ClusterObject::EndpointSlice(s) => {
-                    slices.insert(namespaced(&s.metadata), *s);
-                }
-                _ => {}
-            }
-        }
-        (svcs, slices)
+        let snap = snapshot_of(yaml, "t").expect("parse");
+        (snap.services, snap.endpoint_slices)
     }
 
     const WEB: &str = "\

@@ -69,14 +69,10 @@ pub fn desired(snap: &ClusterSnapshot, node_name: &str) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::manifest::parse;
+    use crate::source::manifest::snapshot_of;
 
     fn snap(yaml: &str) -> ClusterSnapshot {
-        let mut s = ClusterSnapshot::default();
-        for o in parse(yaml, "t").expect("parse") {
-            s.insert(o);
-        }
-        s
+        snapshot_of(yaml, "t").expect("parse")
     }
 
     fn node(name: &str, cidr: &str, ip: &str) -> String {

@@ -98,6 +98,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
     Ok(out)
 }
 
+/// Parses a (multi-document) manifest into a snapshot.
+pub fn snapshot_of(text: &str, origin: &str) -> Result<ClusterSnapshot, ManifestError> {
+    let mut snap = ClusterSnapshot::default();
+    for o in parse(text, origin)? {
+        snap.insert(o);
+    }
+    Ok(snap)
+}
+
 /// Reads one manifest file.
 pub fn load_file(path: &Path) -> Result<Vec<ClusterObject>, ManifestError> {
     let origin = path.display().to_string();
