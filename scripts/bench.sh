@@ -12,7 +12,10 @@ OUT=${1:-bench-results.json}
 N_CNI=${N_CNI:-30}
 IPERF_SECS=${IPERF_SECS:-4}
 RR_COUNT=${RR_COUNT:-5000}
-ROUNDS=${ROUNDS:-3}           # weir and bridge alternate; the median round is reported
+ROUNDS=${ROUNDS:-5}           # weir and bridge alternate; the median round is reported
+# Request/response client and server share one CPU, so the figure is the network path and not
+# cross-CPU wake-up noise (which dominates and varies ±25 % between runs on a 2-vCPU machine).
+RR_CPU=${RR_CPU:-0}
 
 ./scripts/setup.sh
 # shellcheck disable=SC1091
@@ -48,7 +51,7 @@ spec:
   nodeName: $2
   containers:
   - {name: iperf, image: x, command: [iperf3, -s, -p, '5201']}
-  - {name: rr, image: x, command: ['$BIN/weir-lab', rr-serve, --port, '7000']}
+  - {name: rr, image: x, command: [taskset, -c, '$RR_CPU', '$BIN/weir-lab', rr-serve, --port, '7000']}
 "
 done
 echo "$pods" | "$LAB" apply -f - >/dev/null
@@ -80,7 +83,7 @@ for spec in "b1 n1" "b2 n1" "b3 n2"; do
   ip netns add "$B-$1"; ip -n "$B-$1" link set lo up
   bridge_cni ADD "$2" "$1" >/dev/null
   in_ns "$B-$1" iperf3 -s -p 5201 >/dev/null 2>&1 & PIDS+=($!)
-  in_ns "$B-$1" "$BIN/weir-lab" rr-serve --port 7000 >/dev/null 2>&1 & PIDS+=($!)
+  in_ns "$B-$1" taskset -c "$RR_CPU" "$BIN/weir-lab" rr-serve --port 7000 >/dev/null 2>&1 & PIDS+=($!)
 done
 B2=$(bip b2); B3=$(bip b3)
 sleep 0.5
@@ -91,7 +94,7 @@ iperf_gbps() { # RUNNER... TARGET
   "${runner[@]}" iperf3 -c "$target" -p 5201 -t "$IPERF_SECS" -J | python3 -c \
     'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 3))'
 }
-rr_json() { local target=${*: -1}; local runner=("${@:1:$#-1}"); "${runner[@]}" "$BIN/weir-lab" rr "$target:7000" --count "$RR_COUNT"; }
+rr_json() { local target=${*: -1}; local runner=("${@:1:$#-1}"); "${runner[@]}" taskset -c "$RR_CPU" "$BIN/weir-lab" rr "$target:7000" --count "$RR_COUNT"; }
 
 echo "measuring throughput (iperf3, ${IPERF_SECS}s) and request/response latency ($RR_COUNT round trips), $ROUNDS alternating rounds..." >&2
 median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
@@ -143,7 +146,7 @@ r = {
   "rr_latency_us": {"same_node": {"weir": $wr_same, "bridge": $br_same}, "cross_node": {"weir": $wr_cross, "bridge": $br_cross}},
   "cni_ms": {"add": {"weir": pct("weir_add"), "bridge": pct("bridge_add")}, "del": {"weir": pct("weir_del"), "bridge": pct("bridge_del")}},
   "targets": {"throughput_ratio_min": 1.10, "rr_p50_ratio_max": 0.90, "add_p50_ratio_max": 1.0},
-  "method": {"rounds": $ROUNDS, "iperf_secs": $IPERF_SECS, "rr_count": $RR_COUNT, "cni_pods": $N_CNI},
+  "method": {"rounds": $ROUNDS, "iperf_secs": $IPERF_SECS, "rr_count": $RR_COUNT, "rr_cpu": $RR_CPU, "cni_pods": $N_CNI},
 }
 rows = []
 for where in ("same_node", "cross_node"):
