@@ -82,8 +82,10 @@ for spec in "b1 n1" "b2 n1" "b3 n2"; do
   set -- $spec
   ip netns add "$B-$1"; ip -n "$B-$1" link set lo up
   bridge_cni ADD "$2" "$1" >/dev/null
-  in_ns "$B-$1" iperf3 -s -p 5201 >/dev/null 2>&1 & PIDS+=($!)
-  in_ns "$B-$1" taskset -c "$RR_CPU" "$BIN/weir-lab" rr-serve --port 7000 >/dev/null 2>&1 & PIDS+=($!)
+  # nsenter execs its command, so $! is the server's own PID (a backgrounded shell function
+  # would record a subshell and leave the server behind).
+  nsenter --net="/var/run/netns/$B-$1" -- iperf3 -s -p 5201 >/dev/null 2>&1 & PIDS+=($!)
+  nsenter --net="/var/run/netns/$B-$1" -- taskset -c "$RR_CPU" "$BIN/weir-lab" rr-serve --port 7000 >/dev/null 2>&1 & PIDS+=($!)
 done
 B2=$(bip b2); B3=$(bip b3)
 sleep 0.5

@@ -163,10 +163,9 @@ fn full_lab_story(routing: &str) {
     let dp1 = lab.datapath("n1");
     assert!(counter(&dp1, "forwarded_local") > 0 && counter(&dp1, "forwarded_remote") > 0, "{dp1}");
 
-    // A drop shows up in `weir drops` with its reason and the pod that sent it. In VXLAN mode a
-    // cluster address no node owns is dropped at the source; in direct mode the node's stack
-    // answers it instead (no route).
-    if routing == "vxlan" {
+    // A drop shows up in `weir drops` with its reason and the pod that sent it: a cluster
+    // address no node owns is dropped at the source, in both routing modes.
+    {
         assert_eq!(lab.probe("shop/a1", "10.244.99.1:80", "tcp").0, "timeout");
         let drops: Value =
             serde_json::from_str(&lab.ok(&["weir", "n1", "--", "drops", "-o", "json"])).expect("drops json");

@@ -119,6 +119,11 @@ fn spoofed_malformed_and_ipv6_frames_are_dropped_and_counted() {
         assert_eq!(dp.test_run(programs::FROM_POD, &v6).expect("run").action, TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::UnsupportedL3), 1);
 
+        // Direct routing: a cluster address no route covers belongs to no node.
+        let nowhere = pkt::ipv4(POD_B, REMOTE_POD, pkt::TCP, 40000, 80, b"");
+        assert_eq!(dp.test_run(programs::FROM_POD, &nowhere).expect("run").action, TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::UnknownClusterDest), 1);
+
         // ARP from a pod goes to the node stack, untouched.
         let mut arp = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, b"");
         arp[12..14].copy_from_slice(&[0x08, 0x06]);

@@ -124,7 +124,13 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             let sent = fwd::to_tunnel(ctx, node.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load());
             return counted(sent, counters::FORWARDED_REMOTE);
         }
-        return counted(fwd::by_fib(ctx, &ip, ingress_ifindex(ctx)), counters::FORWARDED_REMOTE);
+        // Direct routing: the FIB knows every node's pod CIDR. A cluster address it does not
+        // route (the lookup would hand it to the node's stack) belongs to no node.
+        let action = fwd::by_fib(ctx, &ip, ingress_ifindex(ctx))?;
+        if action == TC_ACT_OK {
+            return Err(DropReason::UnknownClusterDest);
+        }
+        return counted(Ok(action), counters::FORWARDED_REMOTE);
     }
     // Leaving the cluster. Destinations on this node go to its stack untranslated.
     if fwd::is_local_destination(ctx, &ip, ingress_ifindex(ctx)) {
