@@ -6,6 +6,7 @@
 //! Invariants: only this crate touches BPF objects; a restarted loader reuses the pinned maps
 //! and adopts pinned links instead of attaching a second copy.
 
+pub mod cgroup;
 pub mod counters;
 pub mod events;
 pub mod loader;

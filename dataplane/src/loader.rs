@@ -4,7 +4,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use aya::{
+    programs::{CgroupSockAddr, SchedClassifier},
+    Ebpf, EbpfLoader,
+};
 use weir_bpf_common::{globals, programs, ABI_VERSION};
 
 use crate::{Error, Result, OBJECT};
@@ -74,6 +77,14 @@ impl Datapath {
             .map_err(|source| Error::Load { source: Box::new(source) })?;
         for name in programs::ALL {
             let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| Error::Program { name, source: Box::new(source) })?;
+            prog.load().map_err(|source| Error::Program { name, source: Box::new(source) })?;
+        }
+        for name in programs::SOCK {
+            let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(Error::MissingProgram { name })?
                 .try_into()

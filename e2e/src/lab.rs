@@ -197,6 +197,7 @@ impl Lab {
                 "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels: {{kubernetes.io/hostname: {node}}}\n\
                  spec:\n  podCIDR: {pod_cidr}\n  podCIDRs: [{pod_cidr}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {node_ip}}}\n  - {{type: Hostname, address: {node}}}\n"
             ));
+            std::fs::create_dir_all(self.cgroup_parent().join(&node)).context("creating the node's cgroup")?;
             self.state.nodes.push(NodeState { name: node, netns, ip: node_ip, pod_cidr, agent_pid: None });
         }
         let ext = self.external_netns();
@@ -291,6 +292,8 @@ impl Lab {
             .arg(nd.join("delete-queue"))
             .arg("--cluster-cidr")
             .arg(CLUSTER_CIDR)
+            .arg("--cgroup-root")
+            .arg(self.cgroup_parent().join(node))
             .args([
                 "--routing",
                 match self.state.routing {
@@ -366,6 +369,9 @@ impl Lab {
         let mut errors = Vec::new();
         for p in self.state.pods.values() {
             let _ = std::fs::remove_dir(&p.cgroup);
+        }
+        for n in &self.state.nodes {
+            let _ = std::fs::remove_dir(self.cgroup_parent().join(&n.name));
         }
         let _ = std::fs::remove_dir(self.cgroup_parent());
         for ns in self.state.netns.iter().rev() {
@@ -541,7 +547,7 @@ impl Lab {
         self.state.pods_created += 1;
         let cid = random_hex();
         let netns = format!("wl-{}-p{}", self.state.name, &cid[..10]);
-        let cgroup = self.cgroup_parent().join(format!("{ns}_{name}_{}", &cid[..8]));
+        let cgroup = self.cgroup_parent().join(&node).join(format!("{ns}_{name}_{}", &cid[..8]));
         let mut st = PodState {
             namespace: ns.clone(),
             name: name.clone(),

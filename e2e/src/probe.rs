@@ -25,6 +25,9 @@ pub struct ProbeResult {
     /// Why a probe that did not connect ended that way, when the OS said more.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The peer as getpeername() reports it (a Service address stays the Service address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 fn classify(e: &std::io::Error) -> &'static str {
@@ -40,21 +43,26 @@ pub fn probe(target: &str, proto: Protocol, timeout: Duration) -> anyhow::Result
         .with_context(|| format!("{target:?} is not HOST:PORT"))?
         .next()
         .with_context(|| format!("{target:?} resolves to nothing"))?;
-    let failed = |e: std::io::Error| ProbeResult { result: classify(&e), reply: None, error: Some(e.to_string()) };
+    let failed =
+        |e: std::io::Error| ProbeResult { result: classify(&e), reply: None, error: Some(e.to_string()), peer: None };
     Ok(match proto {
         Protocol::Tcp => match TcpStream::connect_timeout(&addr, timeout) {
             Ok(mut s) => {
                 s.set_read_timeout(Some(timeout))?;
+                let peer = s.peer_addr().ok().map(|p| p.to_string());
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
                 let reply = String::from_utf8_lossy(&buf).trim().to_owned();
-                ProbeResult { result: "connected", reply: (!reply.is_empty()).then_some(reply), error: None }
+                ProbeResult { result: "connected", reply: (!reply.is_empty()).then_some(reply), error: None, peer }
             }
             Err(e) => failed(e),
         },
         Protocol::Udp => {
             let sock = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
-            sock.connect(addr)?;
+            if let Err(e) = sock.connect(addr) {
+                return Ok(failed(e));
+            }
+            let peer = sock.peer_addr().ok().map(|p| p.to_string());
             let deadline = Instant::now() + timeout;
             let mut buf = [0u8; 512];
             // Re-send now and then: a datagram can be lost while neighbours resolve.
@@ -64,13 +72,13 @@ pub fn probe(target: &str, proto: Protocol, timeout: Duration) -> anyhow::Result
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    break ProbeResult { result: "timeout", reply: None, error: None };
+                    break ProbeResult { result: "timeout", reply: None, error: None, peer: None };
                 }
                 sock.set_read_timeout(Some(left.min(Duration::from_millis(300))))?;
                 match sock.recv(&mut buf) {
                     Ok(n) => {
                         let reply = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-                        break ProbeResult { result: "connected", reply: Some(reply), error: None };
+                        break ProbeResult { result: "connected", reply: Some(reply), error: None, peer };
                     }
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
                     Err(e) => break failed(e),

@@ -196,6 +196,56 @@ fn full_lab_story(routing: &str) {
     assert!(counter(&lab.datapath("n1"), "masqueraded") > 0);
     assert!(counter(&lab.datapath("n2"), "masqueraded") > 0);
 
+    // Services, translated at connect()/sendmsg() for pods: a ClusterIP load-balances over the
+    // selected pods on both nodes, TCP and UDP on one Service, the client sees the Service
+    // address as its peer, and a Service without endpoints is refused.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+               spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}, \
+               {name: dns, port: 53, targetPort: 5353, protocol: UDP}]}\n\
+               ---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: shop}\n\
+               spec: {selector: {app: nobody}, ports: [{port: 80}]}\n";
+    let out = lab.apply(svc);
+    assert!(out.status.success(), "apply services: {}", String::from_utf8_lossy(&out.stderr));
+    let vip = |name: &str| -> String {
+        let v: Value = serde_json::from_str(&lab.ok(&["get", "services"])).expect("services json");
+        let svc = v.as_array().and_then(|a| a.iter().find(|s| s["name"] == name).cloned()).expect("service");
+        svc["clusterIP"].as_str().expect("clusterIP").to_owned()
+    };
+    let (web, empty) = (vip("web"), vip("empty"));
+    let backends = ["a1", "a2", "b1", "b2"];
+    let served_by = |from: &str, target: &str, proto: &str| -> std::collections::BTreeSet<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && seen.len() < 2 {
+            let out = lab.ok(&["probe", from, target, "--protocol", proto, "--timeout", "3s", "-o", "json"]);
+            let v: Value = serde_json::from_str(out.trim()).expect("probe json");
+            if v["result"] == "connected" {
+                assert_eq!(v["peer"], target, "getpeername must show the Service address");
+                seen.insert(v["reply"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        seen
+    };
+    for from in ["shop/a1", "shop/b2"] {
+        for (target, proto) in [(format!("{web}:80"), "tcp"), (format!("{web}:53"), "udp")] {
+            let seen = served_by(from, &target, proto);
+            assert!(seen.len() >= 2, "{from} -> {target}/{proto}: load-balanced over {seen:?}");
+            assert!(seen.iter().all(|s| backends.contains(&s.as_str())), "{seen:?}");
+        }
+    }
+    assert_eq!(lab.probe("shop/a1", &format!("{empty}:80"), "tcp").0, "refused", "no endpoints → refused");
+    // Re-applied with a selector that matches: the same ClusterIP now serves.
+    let out = lab.apply(
+        &svc.replace("app: nobody", "app: web").replace("ports: [{port: 80}]", "ports: [{port: 80, targetPort: 8080}]"),
+    );
+    assert!(out.status.success());
+    assert_eq!(vip("empty"), empty, "a Service keeps its ClusterIP across updates");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lab.probe("shop/a1", &format!("{empty}:80"), "tcp").0 != "connected" {
+        assert!(std::time::Instant::now() < deadline, "updated Service never served");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
     // Agent down: the pinned datapath keeps forwarding, same node and across nodes.
     let before = programs_per_iface(&lab.datapath("n1"));
     lab.ok(&["agent", "stop", "n1"]);
@@ -208,6 +258,7 @@ fn full_lab_story(routing: &str) {
         );
     }
     assert_eq!(lab.probe("shop/a2", "172.30.0.200:8000", "udp").0, "connected", "masquerade with the agent stopped");
+    assert_eq!(lab.probe("shop/a2", &format!("{web}:80"), "tcp").0, "connected", "Service with the agent stopped");
     // A CNI ADD while the agent is down fails cleanly and leaves nothing behind.
     let out = lab.apply(&pod_yaml("shop", "late", "n1", "web"));
     assert!(!out.status.success(), "ADD must fail while the agent is down");

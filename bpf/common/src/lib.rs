@@ -17,7 +17,9 @@ pub mod maps {
     pub const NAT_REV: &str = "WEIR_NAT_REV";
     pub const COUNTERS: &str = "WEIR_COUNTERS";
     pub const EVENTS: &str = "WEIR_EVENTS";
-    pub const ALL: [&str; 6] = [ENDPOINTS, TUNNEL, NAT_FWD, NAT_REV, COUNTERS, EVENTS];
+    pub const SERVICES: &str = "WEIR_SERVICES";
+    pub const SOCK_REVNAT: &str = "WEIR_SOCK_RNAT";
+    pub const ALL: [&str; 8] = [ENDPOINTS, TUNNEL, NAT_FWD, NAT_REV, COUNTERS, EVENTS, SERVICES, SOCK_REVNAT];
 }
 
 /// Program names (the function names in bpf/programs).
@@ -29,6 +31,15 @@ pub mod programs {
     /// tcx ingress of the VXLAN device: decapsulated traffic from other nodes.
     pub const FROM_VXLAN: &str = "weir_from_vxlan";
     pub const ALL: [&str; 3] = [FROM_POD, FROM_WIRE, FROM_VXLAN];
+    /// cgroup/connect4: socket-level Service translation at connect().
+    pub const SOCK_CONNECT4: &str = "weir_sock_conn4";
+    /// cgroup/sendmsg4: the same for unconnected UDP sends.
+    pub const SOCK_SENDMSG4: &str = "weir_sock_send4";
+    /// cgroup/recvmsg4: replies on unconnected UDP come from the Service address.
+    pub const SOCK_RECVMSG4: &str = "weir_sock_recv4";
+    /// cgroup/getpeername4: a connected socket's peer is the Service address.
+    pub const SOCK_GETPEERNAME4: &str = "weir_sock_peer4";
+    pub const SOCK: [&str; 4] = [SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEERNAME4];
 }
 
 /// Load-time globals (`EbpfLoader::set_global`).
@@ -52,11 +63,13 @@ pub mod sizes {
     pub const TUNNEL: u32 = 1024;
     pub const NAT: u32 = 65536;
     pub const EVENTS_BYTES: u32 = 256 * 1024;
+    pub const SERVICES: u32 = 65536;
+    pub const SOCK_REVNAT: u32 = 262144;
 }
 
 /// A 16-byte address; IPv4 is IPv4-mapped. Byte order: network.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr16 {
     pub bytes: [u8; 16],
 }
@@ -141,6 +154,53 @@ pub struct NatEntry {
 }
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
 
+/// Backends a Service frontend holds inline. A frontend with more is rejected by the agent (never
+/// half-written); the per-packet load balancer work replaces this with slot entries.
+pub const MAX_INLINE_BACKENDS: usize = 16;
+
+/// `WEIR_SERVICES` key: a Service frontend. `proto` is the IP protocol number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: Addr16,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
+
+/// One backend address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendAddr {
+    pub addr: Addr16,
+    pub port_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<BackendAddr>() == 24);
+
+/// `WEIR_SERVICES` value: the backends serving a frontend, written whole (one map update).
+/// `count == 0` means the Service exists but has no endpoints: clients are refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub count: u32,
+    pub flags: u32,
+    pub backends: [BackendAddr; MAX_INLINE_BACKENDS],
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8 + 24 * MAX_INLINE_BACKENDS);
+
+/// `WEIR_SOCK_RNAT` key: a socket and the backend it was translated to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr: Addr16,
+    pub port_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+
 /// Event kinds on the `WEIR_EVENTS` ring buffer.
 pub const EVENT_DROP: u8 = 1;
 
@@ -218,6 +278,9 @@ mod user {
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for DatapathEvent {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SockRevKey {}
 }
 
 #[cfg(test)]
@@ -245,7 +308,7 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for n in maps::ALL.iter().chain(programs::ALL.iter()) {
+        for n in maps::ALL.iter().chain(programs::ALL.iter()).chain(programs::SOCK.iter()) {
             assert!(n.len() <= 15, "{n} is longer than BPF_OBJ_NAME_LEN-1");
         }
     }

@@ -15,15 +15,19 @@ mod drop;
 mod fwd;
 mod nat;
 mod parse;
+mod sock;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    macros::{classifier, map},
+    macros::{cgroup_sock_addr, classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::TcContext,
+    programs::{SockAddrContext, TcContext},
     Global,
 };
-use weir_bpf_common::{counters, sizes, Addr16, DropReason, EndpointInfo, NatEntry, NatKey, RemoteNode};
+use weir_bpf_common::{
+    counters, sizes, Addr16, DropReason, EndpointInfo, NatEntry, NatKey, RemoteNode, ServiceKey, ServiceValue,
+    SockRevKey,
+};
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
 
@@ -54,6 +58,30 @@ static WEIR_NAT_REV: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::NA
 static WEIR_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::LEN, 0);
 #[map]
 static WEIR_EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
+#[map]
+static WEIR_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::SERVICES, 0);
+#[map]
+static WEIR_SOCK_RNAT: LruHashMap<SockRevKey, NatEntry> = LruHashMap::pinned(sizes::SOCK_REVNAT, 0);
+
+#[cgroup_sock_addr(connect4)]
+pub fn weir_sock_conn4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn weir_sock_send4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn weir_sock_recv4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn weir_sock_peer4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx)
+}
 
 #[classifier]
 pub fn weir_from_pod(ctx: TcContext) -> i32 {

@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 
 pub mod endpoints;
+pub mod services;
 pub mod tunnel;
 
 pub use endpoints::{Endpoints, FakeEndpoints};
+pub use services::Services;
 pub use tunnel::{Cidr, FakeTunnel, Tunnel};
 
 /// A kernel map as reconcile sees it: list everything, insert or replace, remove.

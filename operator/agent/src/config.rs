@@ -52,6 +52,10 @@ pub struct Config {
     /// Masquerade source ports, FIRST-LAST.
     #[arg(long, env = "WEIR_NAT_PORTS", default_value = "61000-65000", value_parser = parse_ports)]
     pub nat_ports: (u16, u16),
+    /// cgroup v2 directory holding this node's pods: Service translation at connect()/sendmsg()
+    /// is attached here. Without it, Services are not served.
+    #[arg(long, env = "WEIR_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
     /// How often the agent re-reads the manifest directory, in milliseconds.
     #[arg(long, env = "WEIR_POLL_MS", default_value_t = 250)]
     pub poll_ms: u64,

@@ -9,11 +9,11 @@ use std::{
 
 use anyhow::Context as _;
 use ipnetwork::Ipv4Network;
-use weir_bpf_common::{programs, EndpointInfo};
+use weir_bpf_common::{programs, Addr16, BackendAddr, EndpointInfo, ServiceKey, ServiceValue, MAX_INLINE_BACKENDS};
 use weir_dataplane::{
     counters::Counters,
     events::Events,
-    maps::{self, Endpoints, KeyValueMap, Tunnel},
+    maps::{self, Endpoints, KeyValueMap, Services, Tunnel},
     tcx::Attachment,
     Datapath, LoadConfig,
 };
@@ -25,6 +25,7 @@ use crate::{
     config::{Config, Routing, GATEWAY},
     ipam,
     netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
+    services,
     source::ClusterSnapshot,
     state::{self, Desired},
     store::{EndpointRecord, EndpointStore},
@@ -38,6 +39,7 @@ struct Loaded {
     dp: Datapath,
     endpoints: Endpoints,
     tunnel: Tunnel,
+    services: Services,
     counters: Counters,
     uplink: LinkInfo,
     pod_cidr: Ipv4Network,
@@ -52,6 +54,10 @@ pub struct Node {
     desired: Desired,
     /// The event ring, handed to the events stage once the datapath is up.
     events: Option<Events>,
+    /// Services rejected at the last compile (logged when this changes).
+    rejected_services: Vec<(String, String)>,
+    /// Which Service (`namespace/name`) each frontend in `WEIR_SERVICES` belongs to.
+    service_owner: BTreeMap<ServiceKey, String>,
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
@@ -77,6 +83,14 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
 pub fn pod_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     let h = attachment_hash(container_id, ifname).to_be_bytes();
     [0x0a, h[0], h[1], h[2], h[3], h[4]]
+}
+
+fn service_key(f: &services::Frontend) -> ServiceKey {
+    let proto = match f.proto {
+        services::Proto::Tcp => 6,
+        services::Proto::Udp => 17,
+    };
+    ServiceKey { addr: Addr16::from_v4_octets(f.ip.octets()), port_be: f.port.to_be(), proto, _pad: [0; 5] }
 }
 
 fn mac_str(m: &[u8; 6]) -> String {
@@ -112,7 +126,16 @@ impl Node {
     pub fn open(cfg: Config) -> anyhow::Result<Self> {
         let store = EndpointStore::open(&cfg.state_dir)?;
         let nl = Netlink::open()?;
-        Ok(Self { cfg, store, nl, loaded: None, desired: Desired::default(), events: None })
+        Ok(Self {
+            cfg,
+            store,
+            nl,
+            loaded: None,
+            desired: Desired::default(),
+            events: None,
+            rejected_services: Vec::new(),
+            service_owner: BTreeMap::new(),
+        })
     }
 
     pub fn status(&self) -> Status {
@@ -145,6 +168,60 @@ impl Node {
             self.bring_up(own.pod_cidr, own.address).await?;
         }
         self.sync_remote_nodes().await?;
+        self.sync_services(snap)?;
+        Ok(())
+    }
+
+    /// Service frontends and their backends into `WEIR_SERVICES` (whole-frontend writes). A
+    /// rejected Service keeps what it had in the datapath ("bad input loses no state").
+    fn sync_services(&mut self, snap: &ClusterSnapshot) -> anyhow::Result<()> {
+        let Some(l) = self.loaded.as_mut() else { return Ok(()) };
+        let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
+        node_ips.extend(self.desired.own.map(|o| o.address));
+        let table = services::compile(&snap.services, &snap.endpoint_slices, &node_ips);
+        let mut rejected = table.rejected.clone();
+        let mut want = BTreeMap::new();
+        let mut owners = BTreeMap::new();
+        for (f, e) in &table.frontends {
+            if e.backends.len() > MAX_INLINE_BACKENDS {
+                let why = format!(
+                    "{} backends behind {}:{}; at most {MAX_INLINE_BACKENDS} for now",
+                    e.backends.len(),
+                    f.ip,
+                    f.port
+                );
+                rejected.push((e.service.clone(), why));
+                continue;
+            }
+            let mut value = ServiceValue { count: e.backends.len() as u32, ..Default::default() };
+            for (slot, b) in value.backends.iter_mut().zip(&e.backends) {
+                *slot =
+                    BackendAddr { addr: Addr16::from_v4_octets(b.ip.octets()), port_be: b.port.to_be(), _pad: [0; 6] };
+            }
+            want.insert(service_key(f), value);
+            owners.insert(service_key(f), e.service.clone());
+        }
+        let rejected_names: BTreeSet<&str> = rejected.iter().map(|(n, _)| n.as_str()).collect();
+        let current = l.services.list()?;
+        for (k, owner) in &self.service_owner {
+            if rejected_names.contains(owner.as_str()) && !want.contains_key(k) {
+                if let Some(v) = current.get(k) {
+                    want.insert(*k, *v);
+                    owners.insert(*k, owner.clone());
+                }
+            }
+        }
+        if rejected != self.rejected_services {
+            for (svc, why) in &rejected {
+                tracing::warn!(service = %svc, reason = %why, "Service rejected; its previous datapath state is kept");
+            }
+            self.rejected_services = rejected;
+        }
+        let c = maps::sync(&mut l.services, &want)?;
+        self.service_owner = owners;
+        if c != maps::Changes::default() {
+            tracing::info!(upserted = c.upserted, removed = c.removed, "service map reconciled");
+        }
         Ok(())
     }
 
@@ -180,9 +257,14 @@ impl Node {
         }
         let endpoints = Endpoints::open(&mut dp)?;
         let tunnel = Tunnel::open(&mut dp)?;
+        let services = Services::open(&mut dp)?;
         let counters = Counters::open(&mut dp)?;
+        if let Some(cg) = &cfg.cgroup_root {
+            let how = dp.attach_cgroup(cg)?;
+            tracing::info!(cgroup = %cg.display(), ?how, "socket-level Service translation");
+        }
         self.events = Some(Events::open(&mut dp)?);
-        self.loaded = Some(Loaded { dp, endpoints, tunnel, counters, uplink, pod_cidr, mtu });
+        self.loaded = Some(Loaded { dp, endpoints, tunnel, services, counters, uplink, pod_cidr, mtu });
         self.sync_endpoints().await?;
         self.drain_delete_queue().await;
         tracing::info!(%pod_cidr, %node_ip, routing = ?self.cfg.routing, mtu, "datapath ready");

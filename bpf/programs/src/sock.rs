@@ -1,0 +1,78 @@
+//! Socket-level Service translation (cgroup sock_addr hooks): a client's connect() or sendmsg()
+//! to a Service frontend is rewritten to one backend before any packet exists, so east-west
+//! Service traffic is translated once per connection and flows as plain pod-to-pod traffic.
+//! getpeername() and recvmsg() report the Service address back.
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+};
+use weir_bpf_common::{Addr16, NatEntry, ServiceKey, SockRevKey, MAX_INLINE_BACKENDS};
+
+use crate::{WEIR_SERVICES, WEIR_SOCK_RNAT};
+
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+#[inline(always)]
+fn addr(ctx: &SockAddrContext) -> (u32, u16, u8) {
+    // SAFETY: the kernel hands a valid bpf_sock_addr for the whole run.
+    let sa = unsafe { &*ctx.sock_addr };
+    (sa.user_ip4, sa.user_port as u16, sa.protocol as u8)
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: helper call on the program's own context.
+    unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
+}
+
+/// connect4 and sendmsg4: pick a backend and rewrite the destination; refuse when the Service
+/// has none. Anything that is not a Service frontend is left alone.
+#[inline(always)]
+pub fn translate(ctx: &SockAddrContext) -> i32 {
+    let (ip, port_be, proto) = addr(ctx);
+    let key = ServiceKey { addr: Addr16::from_v4_be(ip), port_be, proto, _pad: [0; 5] };
+    // SAFETY: read-only lookup of a plain-data value.
+    let Some(svc) = (unsafe { WEIR_SERVICES.get(key) }) else { return ALLOW };
+    let count = svc.count as usize;
+    if count == 0 || count > MAX_INLINE_BACKENDS {
+        // SAFETY: plain helper call; the syscall then fails with ECONNREFUSED instead of EPERM.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return REJECT;
+    }
+    // SAFETY: plain helper call.
+    let pick = (unsafe { bpf_get_prandom_u32() } as usize) % count;
+    // pick < count <= MAX_INLINE_BACKENDS (a power of two): the mask changes nothing but gives
+    // the verifier its bound.
+    // SAFETY: reading a local; the volatile read keeps LLVM from folding the mask away.
+    let pick = unsafe { core::ptr::read_volatile(&pick) } & (MAX_INLINE_BACKENDS - 1);
+    let Some(b) = svc.backends.get(pick) else { return ALLOW };
+    let rev = SockRevKey { cookie: cookie(ctx), addr: b.addr, port_be: b.port_be, _pad: [0; 6] };
+    let front = NatEntry { addr: key.addr, port_be, _pad: [0; 6] };
+    // Without the reverse entry getpeername/recvmsg would show the backend; still connect.
+    let _ = WEIR_SOCK_RNAT.insert(rev, front, 0);
+    // SAFETY: writes to the user address fields are what these hooks exist for.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = b.addr.v4_be();
+        (*ctx.sock_addr).user_port = u32::from(b.port_be);
+    }
+    ALLOW
+}
+
+/// recvmsg4 and getpeername4: show the Service address the socket was translated from.
+#[inline(always)]
+pub fn restore(ctx: &SockAddrContext) -> i32 {
+    let (ip, port_be, _) = addr(ctx);
+    let rev = SockRevKey { cookie: cookie(ctx), addr: Addr16::from_v4_be(ip), port_be, _pad: [0; 6] };
+    // SAFETY: read-only lookup of a plain-data value.
+    if let Some(front) = unsafe { WEIR_SOCK_RNAT.get(rev) } {
+        let (a, p) = (front.addr.v4_be(), front.port_be);
+        // SAFETY: as above.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = a;
+            (*ctx.sock_addr).user_port = u32::from(p);
+        }
+    }
+    ALLOW
+}

@@ -1,0 +1,45 @@
+//! cgroup attachment of the socket-level Service programs, with pinned links
+//! (`<pin_dir>/links/<program>-cgroup`): they keep translating while the agent is down, and a
+//! restarted agent adopts them instead of attaching again.
+use std::path::Path;
+
+use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr};
+use weir_bpf_common::programs;
+
+use crate::{tcx::Attachment, Datapath, Error, Result};
+
+impl Datapath {
+    /// Attaches every socket program to the cgroup v2 directory `cgroup` (all pods below it).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<Attachment> {
+        let mut outcome = Attachment::Adopted;
+        for name in programs::SOCK {
+            let pin = self.pin_dir.join("links").join(format!("{name}-cgroup"));
+            if pin.exists() {
+                continue;
+            }
+            outcome = Attachment::Attached;
+            let dir = std::fs::File::open(cgroup).map_err(|source| Error::Io {
+                op: "opening cgroup",
+                path: cgroup.to_owned(),
+                source,
+            })?;
+            let attach_err =
+                |source| Error::Attach { program: name, iface: cgroup.display().to_string(), source: Box::new(source) };
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| Error::Program { name, source: Box::new(source) })?;
+            // With BPF links the kernel always allows several programs; link_create rejects any flag.
+            let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| Error::Pin {
+                path: pin.clone(),
+                message: crate::chain(&e),
+            })?;
+            fd.pin(&pin).map_err(|e| Error::Pin { path: pin.clone(), message: crate::chain(&e) })?;
+        }
+        Ok(outcome)
+    }
+}
