@@ -3,7 +3,9 @@
 use std::mem::size_of;
 
 use aya_obj::{Object, ProgramSection};
-use weir_bpf_common::{maps, programs, Addr16, EndpointInfo, NatEntry, NatKey, RemoteNode};
+use weir_bpf_common::{
+    maps, programs, Addr16, EndpointInfo, NatEntry, NatKey, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
+};
 
 fn object() -> Option<Object> {
     if weir_dataplane::OBJECT.is_empty() {
@@ -24,6 +26,10 @@ fn every_program_is_a_classifier() {
         let p = obj.programs.get(name).unwrap_or_else(|| panic!("program {name} missing"));
         assert!(matches!(p.section, ProgramSection::SchedClassifier), "{name} is {:?}", p.section);
     }
+    for name in programs::SOCK {
+        let p = obj.programs.get(name).unwrap_or_else(|| panic!("program {name} missing"));
+        assert!(matches!(p.section, ProgramSection::CgroupSockAddr { .. }), "{name} is {:?}", p.section);
+    }
 }
 
 #[test]
@@ -36,6 +42,8 @@ fn map_layouts_match_the_abi_crate() {
         (maps::NAT_FWD, size_of::<NatKey>(), size_of::<NatEntry>()),
         (maps::NAT_REV, size_of::<NatKey>(), size_of::<NatEntry>()),
         (maps::COUNTERS, 4, 8),
+        (maps::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+        (maps::SOCK_REVNAT, size_of::<SockRevKey>(), size_of::<NatEntry>()),
     ];
     for (name, k, v) in want {
         let m = obj.maps.get(name).unwrap_or_else(|| panic!("map {name} missing"));

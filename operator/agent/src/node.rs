@@ -85,6 +85,52 @@ pub fn pod_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     [0x0a, h[0], h[1], h[2], h[3], h[4]]
 }
 
+/// What `WEIR_SERVICES` should hold, which Service owns each frontend, and what was rejected.
+#[derive(Debug, Default, PartialEq)]
+pub struct ServiceMapPlan {
+    pub want: BTreeMap<ServiceKey, ServiceValue>,
+    pub owners: BTreeMap<ServiceKey, String>,
+    pub rejected: Vec<(String, String)>,
+}
+
+/// Pure: the compiled table, the previous owners and the map as it is now → the map to write. A
+/// rejected Service (bad spec, or more backends than a frontend holds) keeps the entries it had.
+pub fn service_map_plan(
+    table: &services::ServiceTable,
+    prev_owners: &BTreeMap<ServiceKey, String>,
+    current: &BTreeMap<ServiceKey, ServiceValue>,
+) -> ServiceMapPlan {
+    let mut plan = ServiceMapPlan { rejected: table.rejected.clone(), ..Default::default() };
+    for (f, e) in &table.frontends {
+        if e.backends.len() > MAX_INLINE_BACKENDS {
+            let why = format!(
+                "{} backends behind {}:{}; at most {MAX_INLINE_BACKENDS} for now",
+                e.backends.len(),
+                f.ip,
+                f.port
+            );
+            plan.rejected.push((e.service.clone(), why));
+            continue;
+        }
+        let mut value = ServiceValue { count: e.backends.len() as u32, ..Default::default() };
+        for (slot, b) in value.backends.iter_mut().zip(&e.backends) {
+            *slot = BackendAddr { addr: Addr16::from_v4_octets(b.ip.octets()), port_be: b.port.to_be(), _pad: [0; 6] };
+        }
+        plan.want.insert(service_key(f), value);
+        plan.owners.insert(service_key(f), e.service.clone());
+    }
+    let rejected: BTreeSet<&str> = plan.rejected.iter().map(|(n, _)| n.as_str()).collect();
+    for (k, owner) in prev_owners {
+        if rejected.contains(owner.as_str()) && !plan.want.contains_key(k) {
+            if let Some(v) = current.get(k) {
+                plan.want.insert(*k, *v);
+                plan.owners.insert(*k, owner.clone());
+            }
+        }
+    }
+    plan
+}
+
 fn service_key(f: &services::Frontend) -> ServiceKey {
     let proto = match f.proto {
         services::Proto::Tcp => 6,
@@ -179,46 +225,15 @@ impl Node {
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
         let table = services::compile(&snap.services, &snap.endpoint_slices, &node_ips);
-        let mut rejected = table.rejected.clone();
-        let mut want = BTreeMap::new();
-        let mut owners = BTreeMap::new();
-        for (f, e) in &table.frontends {
-            if e.backends.len() > MAX_INLINE_BACKENDS {
-                let why = format!(
-                    "{} backends behind {}:{}; at most {MAX_INLINE_BACKENDS} for now",
-                    e.backends.len(),
-                    f.ip,
-                    f.port
-                );
-                rejected.push((e.service.clone(), why));
-                continue;
-            }
-            let mut value = ServiceValue { count: e.backends.len() as u32, ..Default::default() };
-            for (slot, b) in value.backends.iter_mut().zip(&e.backends) {
-                *slot =
-                    BackendAddr { addr: Addr16::from_v4_octets(b.ip.octets()), port_be: b.port.to_be(), _pad: [0; 6] };
-            }
-            want.insert(service_key(f), value);
-            owners.insert(service_key(f), e.service.clone());
-        }
-        let rejected_names: BTreeSet<&str> = rejected.iter().map(|(n, _)| n.as_str()).collect();
-        let current = l.services.list()?;
-        for (k, owner) in &self.service_owner {
-            if rejected_names.contains(owner.as_str()) && !want.contains_key(k) {
-                if let Some(v) = current.get(k) {
-                    want.insert(*k, *v);
-                    owners.insert(*k, owner.clone());
-                }
-            }
-        }
-        if rejected != self.rejected_services {
-            for (svc, why) in &rejected {
+        let plan = service_map_plan(&table, &self.service_owner, &l.services.list()?);
+        if plan.rejected != self.rejected_services {
+            for (svc, why) in &plan.rejected {
                 tracing::warn!(service = %svc, reason = %why, "Service rejected; its previous datapath state is kept");
             }
-            self.rejected_services = rejected;
+            self.rejected_services = plan.rejected;
         }
-        let c = maps::sync(&mut l.services, &want)?;
-        self.service_owner = owners;
+        let c = maps::sync(&mut l.services, &plan.want)?;
+        self.service_owner = plan.owners;
         if c != maps::Changes::default() {
             tracing::info!(upserted = c.upserted, removed = c.removed, "service map reconciled");
         }
@@ -626,6 +641,43 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn table(yaml: &str) -> services::ServiceTable {
+        let snap = crate::source::manifest::snapshot_of(yaml, "t").expect("parse");
+        services::compile(&snap.services, &snap.endpoint_slices, &[])
+    }
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+                       spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n---\n\
+                       apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                       metadata: {name: web-0, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+                       addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n";
+
+    #[test]
+    fn a_rejected_service_keeps_its_datapath_entries() {
+        let good = service_map_plan(&table(SVC), &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(good.want.len(), 1);
+        let (key, value) = good.want.iter().next().map(|(k, v)| (*k, *v)).expect("entry");
+        assert_eq!((value.count, u16::from_be(value.backends[0].port_be)), (1, 8080));
+        let bad = table(&SVC.replace("port: 80}", "port: 80, protocol: SCTP}"));
+        let plan = service_map_plan(&bad, &good.owners, &good.want);
+        assert_eq!(plan.rejected.len(), 1);
+        assert_eq!(plan.want.get(&key), Some(&value), "previous state kept");
+        // Once the Service is gone for good, so is its entry.
+        let plan = service_map_plan(&table(""), &plan.owners, &plan.want);
+        assert!(plan.want.is_empty());
+    }
+
+    #[test]
+    fn too_many_backends_is_an_explicit_rejection() {
+        let endpoints: Vec<String> =
+            (2..=(MAX_INLINE_BACKENDS + 2)).map(|i| format!("{{addresses: [10.244.1.{i}]}}")).collect();
+        let yaml =
+            SVC.replace("endpoints: [{addresses: [10.244.1.2]}]", &format!("endpoints: [{}]", endpoints.join(", ")));
+        let plan = service_map_plan(&table(&yaml), &BTreeMap::new(), &BTreeMap::new());
+        assert!(plan.want.is_empty(), "never a half-written frontend");
+        assert!(plan.rejected[0].1.contains("at most 16"), "{:?}", plan.rejected);
+    }
 
     #[test]
     fn names_and_macs_are_stable_short_and_distinct() {
