@@ -234,6 +234,14 @@ fn full_lab_story(routing: &str) {
         }
     }
     assert_eq!(lab.probe("shop/a1", &format!("{empty}:80"), "tcp").0, "refused", "no endpoints → refused");
+    // `weir services` shows the kernel's view: four backends behind web:80, none behind empty.
+    let rows: Value =
+        serde_json::from_str(&lab.ok(&["weir", "n2", "--", "services", "-o", "json"])).expect("services json");
+    let row =
+        |front: String| rows.as_array().and_then(|a| a.iter().find(|r| r["frontend"] == front).cloned()).expect("row");
+    assert_eq!(row(format!("{web}:80"))["backends"].as_array().map(Vec::len), Some(4), "{rows}");
+    assert_eq!(row(format!("{web}:80"))["service"], "shop/web");
+    assert_eq!(row(format!("{empty}:80"))["backends"].as_array().map(Vec::len), Some(0));
     // Re-applied with a selector that matches: the same ClusterIP now serves.
     let out = lab.apply(
         &svc.replace("app: nobody", "app: web").replace("ports: [{port: 80}]", "ports: [{port: 80, targetPort: 8080}]"),

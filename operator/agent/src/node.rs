@@ -18,7 +18,8 @@ use weir_dataplane::{
     Datapath, LoadConfig,
 };
 use weir_operator_api::{
-    code, ApiError, Attachment as AddRequest, AttachmentRef, DatapathInfo, Endpoint, EndpointRow, IfacePrograms, Status,
+    code, ApiError, Attachment as AddRequest, AttachmentRef, DatapathInfo, Endpoint, EndpointRow, IfacePrograms,
+    ServiceRow, Status,
 };
 
 use crate::{
@@ -610,6 +611,30 @@ impl Node {
     /// Events the datapath could not put on its ring buffer.
     pub fn events_lost(&self) -> u64 {
         self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok()).map_or(0, |s| s.events_lost)
+    }
+
+    /// `WEIR_SERVICES` as the kernel holds it, with the owning Service where known.
+    pub fn service_rows(&self) -> Result<Vec<ServiceRow>, ApiError> {
+        let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
+        let map = l.services.list().map_err(|e| api_err(code::DATAPATH, "reading the service map", e))?;
+        Ok(map
+            .into_iter()
+            .map(|(k, v)| ServiceRow {
+                service: self.service_owner.get(&k).cloned(),
+                frontend: format!("{}:{}", Ipv4Addr::from(k.addr.v4_octets()), u16::from_be(k.port_be)),
+                protocol: match k.proto {
+                    6 => "TCP".into(),
+                    17 => "UDP".into(),
+                    p => format!("ip-proto-{p}"),
+                },
+                backends: v
+                    .backends
+                    .iter()
+                    .take(v.count as usize)
+                    .map(|b| format!("{}:{}", Ipv4Addr::from(b.addr.v4_octets()), u16::from_be(b.port_be)))
+                    .collect(),
+            })
+            .collect())
     }
 
     /// Attached programs per interface and the counters, read back from the kernel.

@@ -42,6 +42,8 @@ pub enum Request {
     Endpoints,
     /// Programs attached per interface and the datapath counters, read from the kernel.
     Datapath,
+    /// Service frontends and backends as the kernel's map holds them.
+    Services,
     /// The most recent packet drops reported by the datapath (newest last).
     Drops {
         #[serde(default)]
@@ -122,6 +124,16 @@ pub struct DatapathInfo {
     pub counters: std::collections::BTreeMap<String, u64>,
 }
 
+/// One Service frontend as `WEIR_SERVICES` holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    /// `namespace/name`, when the agent knows which Service wrote the entry.
+    pub service: Option<String>,
+    pub frontend: String,
+    pub protocol: String,
+    pub backends: Vec<String>,
+}
+
 /// Drops as the datapath reported them on its ring buffer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drops {
@@ -163,6 +175,7 @@ pub enum Response {
     Endpoints { rows: Vec<EndpointRow> },
     Datapath(DatapathInfo),
     Drops(Drops),
+    Services { rows: Vec<ServiceRow> },
     Error(ApiError),
 }
 

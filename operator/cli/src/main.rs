@@ -32,6 +32,8 @@ enum Cmd {
     Endpoints,
     /// Programs attached per interface, and the datapath counters (drops by reason).
     Datapath,
+    /// Service frontends and their backends, as the kernel's map holds them.
+    Services,
     /// The most recent packet drops, with reason and pod.
     Drops {
         /// Show only the newest N.
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Endpoints => Request::Endpoints,
         Cmd::Datapath => Request::Datapath,
         Cmd::Drops { last } => Request::Drops { last: *last },
+        Cmd::Services => Request::Services,
     };
     let resp = client::call(&cli.socket, &req, Duration::from_secs(10))
         .with_context(|| format!("agent socket {}", cli.socket.display()))?;
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             Response::Endpoints { rows } => serde_json::to_value(rows)?,
             Response::Datapath(d) => serde_json::to_value(d)?,
             Response::Drops(d) => serde_json::to_value(d)?,
+            Response::Services { rows } => serde_json::to_value(rows)?,
             other => serde_json::to_value(other)?,
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -113,6 +117,18 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             println!("\n{} drops read since the agent started; {} events lost in the kernel", d.seen, d.lost);
+        }
+        Response::Services { rows } => {
+            println!("{:<24} {:<5} {:<28} BACKENDS", "FRONTEND", "PROTO", "SERVICE");
+            for r in rows {
+                let backends = if r.backends.is_empty() { "(none: refused)".to_owned() } else { r.backends.join(", ") };
+                println!(
+                    "{:<24} {:<5} {:<28} {backends}",
+                    r.frontend,
+                    r.protocol,
+                    r.service.unwrap_or_else(|| "?".into())
+                );
+            }
         }
         other => println!("{other:?}"),
     }
