@@ -3,7 +3,7 @@
 //! restarted agent adopts them instead of attaching again.
 use std::path::Path;
 
-use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use weir_bpf_common::programs;
 
 use crate::{tcx::Attachment, Datapath, Error, Result};
@@ -33,12 +33,7 @@ impl Datapath {
                 .map_err(|source| Error::Program { name, source: Box::new(source) })?;
             // With BPF links the kernel always allows several programs; link_create rejects any flag.
             let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(attach_err)?;
-            let link = prog.take_link(id).map_err(attach_err)?;
-            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| Error::Pin {
-                path: pin.clone(),
-                message: crate::chain(&e),
-            })?;
-            fd.pin(&pin).map_err(|e| Error::Pin { path: pin.clone(), message: crate::chain(&e) })?;
+            crate::pin_link(prog.take_link(id).map_err(attach_err)?, &pin)?;
         }
         Ok(outcome)
     }

@@ -81,6 +81,16 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Pins an owned program link at `pin`, so it outlives this process.
+pub(crate) fn pin_link<L>(link: L, pin: &std::path::Path) -> Result<()>
+where
+    L: TryInto<aya::programs::links::FdLink, Error = aya::programs::links::LinkError>,
+{
+    let fd = link.try_into().map_err(|e| Error::Pin { path: pin.to_owned(), message: chain(&e) })?;
+    fd.pin(pin).map_err(|e| Error::Pin { path: pin.to_owned(), message: chain(&e) })?;
+    Ok(())
+}
+
 pub(crate) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
     move |source| Error::Map { name, source: Box::new(source) }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use aya::programs::{
-    links::{FdLink, LinkOrder, PinnedLink},
+    links::{LinkOrder, PinnedLink},
     tc::{SchedClassifier, TcAttachOptions, TcAttachType},
 };
 
@@ -41,12 +41,7 @@ impl Datapath {
         let id = prog
             .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| Error::Pin {
-            path: pin.clone(),
-            message: crate::chain(&e),
-        })?;
-        fd_link.pin(&pin).map_err(|e| Error::Pin { path: pin.clone(), message: crate::chain(&e) })?;
+        crate::pin_link(prog.take_link(id).map_err(attach_err)?, &pin)?;
         Ok(Attachment::Attached)
     }
 
