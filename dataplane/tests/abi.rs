@@ -4,7 +4,8 @@ use std::mem::size_of;
 
 use aya_obj::{Object, ProgramSection};
 use weir_bpf_common::{
-    maps, programs, Addr16, EndpointInfo, NatEntry, NatKey, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
+    maps, programs, Addr16, AffinityKey, AffinityValue, EndpointInfo, NatEntry, NatKey, RemoteNode, ServiceKey,
+    ServiceValue, SockRevKey,
 };
 
 fn object() -> Option<Object> {
@@ -44,6 +45,7 @@ fn map_layouts_match_the_abi_crate() {
         (maps::COUNTERS, 4, 8),
         (maps::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
         (maps::SOCK_REVNAT, size_of::<SockRevKey>(), size_of::<NatEntry>()),
+        (maps::AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
     ];
     for (name, k, v) in want {
         let m = obj.maps.get(name).unwrap_or_else(|| panic!("map {name} missing"));

@@ -254,6 +254,45 @@ fn full_lab_story(routing: &str) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
+    // sessionAffinity: ClientIP pins a client pod to one backend; internalTrafficPolicy: Local
+    // keeps clients on endpoints of their own node.
+    let more = "apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: shop}\n\
+                spec: {selector: {app: web}, sessionAffinity: ClientIP, ports: [{port: 80, targetPort: 8080}]}\n\
+                ---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: shop}\n\
+                spec: {selector: {app: web}, internalTrafficPolicy: Local, ports: [{port: 80, targetPort: 8080}]}\n";
+    assert!(lab.apply(more).status.success());
+    let (sticky, local) = (vip("sticky"), vip("local"));
+    let answers = |from: &str, target: &str, n: usize| -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n {
+            let (res, reply) = lab.probe(from, target, "tcp");
+            if res == "connected" {
+                got.push(reply);
+            } else {
+                assert!(std::time::Instant::now() < deadline, "{from} -> {target}: {res}");
+            }
+        }
+        got
+    };
+    let stuck = answers("shop/a1", &format!("{sticky}:80"), 15);
+    assert!(stuck.iter().all(|r| *r == stuck[0]), "affinity broke: {stuck:?}");
+    for (from, mine) in [("shop/a1", ["a1", "a2"]), ("shop/b2", ["b1", "b2"])] {
+        let got = answers(from, &format!("{local}:80"), 8);
+        assert!(got.iter().all(|r| mine.contains(&r.as_str())), "{from} left its node: {got:?}");
+    }
+    // Affinity switched off: the same client spreads again.
+    assert!(lab.apply(&more.replace("sessionAffinity: ClientIP, ", "")).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let spread: std::collections::BTreeSet<String> =
+            answers("shop/a1", &format!("{sticky}:80"), 12).into_iter().collect();
+        if spread.len() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "affinity never switched off: {spread:?}");
+    }
+
     // Agent down: the pinned datapath keeps forwarding, same node and across nodes.
     let before = programs_per_iface(&lab.datapath("n1"));
     lab.ok(&["agent", "stop", "n1"]);

@@ -19,7 +19,8 @@ pub mod maps {
     pub const EVENTS: &str = "WEIR_EVENTS";
     pub const SERVICES: &str = "WEIR_SERVICES";
     pub const SOCK_REVNAT: &str = "WEIR_SOCK_RNAT";
-    pub const ALL: [&str; 8] = [ENDPOINTS, TUNNEL, NAT_FWD, NAT_REV, COUNTERS, EVENTS, SERVICES, SOCK_REVNAT];
+    pub const AFFINITY: &str = "WEIR_AFFINITY";
+    pub const ALL: [&str; 9] = [ENDPOINTS, TUNNEL, NAT_FWD, NAT_REV, COUNTERS, EVENTS, SERVICES, SOCK_REVNAT, AFFINITY];
 }
 
 /// Program names (the function names in bpf/programs).
@@ -65,6 +66,7 @@ pub mod sizes {
     pub const EVENTS_BYTES: u32 = 256 * 1024;
     pub const SERVICES: u32 = 65536;
     pub const SOCK_REVNAT: u32 = 262144;
+    pub const AFFINITY: u32 = 65536;
 }
 
 /// A 16-byte address; IPv4 is IPv4-mapped. Byte order: network.
@@ -184,11 +186,31 @@ const _: () = assert!(core::mem::size_of::<BackendAddr>() == 24);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    pub count: u32,
-    pub flags: u32,
+    pub count: u16,
+    pub flags: u16,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 = no affinity.
+    pub affinity_timeout_s: u32,
     pub backends: [BackendAddr; MAX_INLINE_BACKENDS],
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8 + 24 * MAX_INLINE_BACKENDS);
+
+/// `WEIR_AFFINITY` key: a client (its network namespace, i.e. its pod) and a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub frontend: ServiceKey,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 32);
+
+/// `WEIR_AFFINITY` value: the backend last chosen and when (CLOCK_MONOTONIC ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend: BackendAddr,
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 32);
 
 /// `WEIR_SOCK_RNAT` key: a socket and the backend it was translated to.
 #[repr(C)]
@@ -281,6 +303,8 @@ mod user {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }
 
 #[cfg(test)]

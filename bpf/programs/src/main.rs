@@ -25,8 +25,8 @@ use aya_ebpf::{
     Global,
 };
 use weir_bpf_common::{
-    counters, sizes, Addr16, DropReason, EndpointInfo, NatEntry, NatKey, RemoteNode, ServiceKey, ServiceValue,
-    SockRevKey,
+    counters, sizes, Addr16, AffinityKey, AffinityValue, DropReason, EndpointInfo, NatEntry, NatKey, RemoteNode,
+    ServiceKey, ServiceValue, SockRevKey,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
@@ -62,6 +62,8 @@ static WEIR_EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
 static WEIR_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::SERVICES, 0);
 #[map]
 static WEIR_SOCK_RNAT: LruHashMap<SockRevKey, NatEntry> = LruHashMap::pinned(sizes::SOCK_REVNAT, 0);
+#[map]
+static WEIR_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(sizes::AFFINITY, 0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn weir_sock_conn4(ctx: SockAddrContext) -> i32 {

@@ -3,12 +3,15 @@
 //! Service traffic is translated once per connection and flows as plain pod-to-pod traffic.
 //! getpeername() and recvmsg() report the Service address back.
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     programs::SockAddrContext,
 };
-use weir_bpf_common::{Addr16, NatEntry, ServiceKey, SockRevKey, MAX_INLINE_BACKENDS};
+use weir_bpf_common::{
+    Addr16, AffinityKey, AffinityValue, BackendAddr, NatEntry, ServiceKey, ServiceValue, SockRevKey,
+    MAX_INLINE_BACKENDS,
+};
 
-use crate::{WEIR_SERVICES, WEIR_SOCK_RNAT};
+use crate::{WEIR_AFFINITY, WEIR_SERVICES, WEIR_SOCK_RNAT};
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -41,13 +44,10 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     }
-    // SAFETY: plain helper call.
-    let pick = (unsafe { bpf_get_prandom_u32() } as usize) % count;
-    // pick < count <= MAX_INLINE_BACKENDS (a power of two): the mask changes nothing but gives
-    // the verifier its bound.
-    // SAFETY: reading a local; the volatile read keeps LLVM from folding the mask away.
-    let pick = unsafe { core::ptr::read_volatile(&pick) } & (MAX_INLINE_BACKENDS - 1);
-    let Some(b) = svc.backends.get(pick) else { return ALLOW };
+    let b = match choose(ctx, &key, svc, count) {
+        Some(b) => b,
+        None => return ALLOW,
+    };
     let rev = SockRevKey { cookie: cookie(ctx), addr: b.addr, port_be: b.port_be, _pad: [0; 6] };
     let front = NatEntry { addr: key.addr, port_be, _pad: [0; 6] };
     // Without the reverse entry getpeername/recvmsg would show the backend; still connect.
@@ -58,6 +58,45 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         (*ctx.sock_addr).user_port = u32::from(b.port_be);
     }
     ALLOW
+}
+
+/// A random backend, or — with ClientIP affinity — the one this client's pod used last, while it
+/// is still a backend and the affinity has not timed out.
+#[inline(always)]
+fn choose(ctx: &SockAddrContext, key: &ServiceKey, svc: &ServiceValue, count: usize) -> Option<BackendAddr> {
+    let timeout_s = svc.affinity_timeout_s;
+    // SAFETY: plain helper calls on the program's own context.
+    let (now, client) = unsafe { (bpf_ktime_get_ns(), bpf_get_netns_cookie(ctx.sock_addr.cast())) };
+    let akey = AffinityKey { netns_cookie: client, frontend: *key };
+    if timeout_s != 0 {
+        // SAFETY: read-only lookup of a plain-data value.
+        if let Some(prev) = unsafe { WEIR_AFFINITY.get(akey) } {
+            let fresh = now.saturating_sub(prev.last_used_ns) < u64::from(timeout_s) * 1_000_000_000;
+            let prev_backend = prev.backend;
+            if fresh
+                && svc
+                    .backends
+                    .iter()
+                    .take(MAX_INLINE_BACKENDS)
+                    .enumerate()
+                    .any(|(i, b)| i < count && *b == prev_backend)
+            {
+                let _ = WEIR_AFFINITY.insert(akey, AffinityValue { backend: prev_backend, last_used_ns: now }, 0);
+                return Some(prev_backend);
+            }
+        }
+    }
+    // SAFETY: plain helper call.
+    let pick = (unsafe { bpf_get_prandom_u32() } as usize).checked_rem(count)?;
+    // pick < count <= MAX_INLINE_BACKENDS (a power of two): the mask changes nothing but gives
+    // the verifier its bound.
+    // SAFETY: reading a local; the volatile read keeps LLVM from folding the mask away.
+    let pick = unsafe { core::ptr::read_volatile(&pick) } & (MAX_INLINE_BACKENDS - 1);
+    let b = *svc.backends.get(pick)?;
+    if timeout_s != 0 {
+        let _ = WEIR_AFFINITY.insert(akey, AffinityValue { backend: b, last_used_ns: now }, 0);
+    }
+    Some(b)
 }
 
 /// recvmsg4 and getpeername4: show the Service address the socket was translated from.

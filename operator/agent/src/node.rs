@@ -98,23 +98,33 @@ pub struct ServiceMapPlan {
 /// rejected Service (bad spec, or more backends than a frontend holds) keeps the entries it had.
 pub fn service_map_plan(
     table: &services::ServiceTable,
+    node: &str,
     prev_owners: &BTreeMap<ServiceKey, String>,
     current: &BTreeMap<ServiceKey, ServiceValue>,
 ) -> ServiceMapPlan {
     let mut plan = ServiceMapPlan { rejected: table.rejected.clone(), ..Default::default() };
     for (f, e) in &table.frontends {
-        if e.backends.len() > MAX_INLINE_BACKENDS {
+        // Clients here are this node's pods: internalTrafficPolicy Local keeps them on
+        // endpoints of this node, with no fallback (no local endpoint → refused).
+        let local_only = e.internal_traffic_local && e.kind == services::FrontendKind::ClusterIp;
+        let backends: Vec<&services::Backend> =
+            e.backends.iter().filter(|b| !local_only || b.node.as_deref() == Some(node)).collect();
+        if backends.len() > MAX_INLINE_BACKENDS {
             let why = format!(
                 "{} backends behind {}:{}; at most {MAX_INLINE_BACKENDS} for now",
-                e.backends.len(),
+                backends.len(),
                 f.ip,
                 f.port
             );
             plan.rejected.push((e.service.clone(), why));
             continue;
         }
-        let mut value = ServiceValue { count: e.backends.len() as u32, ..Default::default() };
-        for (slot, b) in value.backends.iter_mut().zip(&e.backends) {
+        let mut value = ServiceValue {
+            count: backends.len() as u16,
+            affinity_timeout_s: e.affinity_timeout.unwrap_or(0),
+            ..Default::default()
+        };
+        for (slot, b) in value.backends.iter_mut().zip(backends) {
             *slot = BackendAddr { addr: Addr16::from_v4_octets(b.ip.octets()), port_be: b.port.to_be(), _pad: [0; 6] };
         }
         plan.want.insert(service_key(f), value);
@@ -226,7 +236,7 @@ impl Node {
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
         let table = services::compile(&snap.services, &snap.endpoint_slices, &node_ips);
-        let plan = service_map_plan(&table, &self.service_owner, &l.services.list()?);
+        let plan = service_map_plan(&table, &self.cfg.node_name, &self.service_owner, &l.services.list()?);
         if plan.rejected != self.rejected_services {
             for (svc, why) in &plan.rejected {
                 tracing::warn!(service = %svc, reason = %why, "Service rejected; its previous datapath state is kept");
@@ -680,17 +690,38 @@ mod tests {
 
     #[test]
     fn a_rejected_service_keeps_its_datapath_entries() {
-        let good = service_map_plan(&table(SVC), &BTreeMap::new(), &BTreeMap::new());
+        let good = service_map_plan(&table(SVC), "n1", &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(good.want.len(), 1);
         let (key, value) = good.want.iter().next().map(|(k, v)| (*k, *v)).expect("entry");
         assert_eq!((value.count, u16::from_be(value.backends[0].port_be)), (1, 8080));
         let bad = table(&SVC.replace("port: 80}", "port: 80, protocol: SCTP}"));
-        let plan = service_map_plan(&bad, &good.owners, &good.want);
+        let plan = service_map_plan(&bad, "n1", &good.owners, &good.want);
         assert_eq!(plan.rejected.len(), 1);
         assert_eq!(plan.want.get(&key), Some(&value), "previous state kept");
         // Once the Service is gone for good, so is its entry.
-        let plan = service_map_plan(&table(""), &plan.owners, &plan.want);
+        let plan = service_map_plan(&table(""), "n1", &plan.owners, &plan.want);
         assert!(plan.want.is_empty());
+    }
+
+    #[test]
+    fn internal_traffic_local_keeps_clients_on_their_node_and_affinity_is_carried() {
+        let yaml = SVC
+            .replace(
+                "spec: {clusterIP: 10.96.0.10,",
+                "spec: {internalTrafficPolicy: Local, sessionAffinity: ClientIP, clusterIP: 10.96.0.10,",
+            )
+            .replace(
+                "endpoints: [{addresses: [10.244.1.2]}]",
+                "endpoints: [{addresses: [10.244.1.2], nodeName: n1}, {addresses: [10.244.2.2], nodeName: n2}]",
+            );
+        let on = |node: &str| {
+            let plan = service_map_plan(&table(&yaml), node, &BTreeMap::new(), &BTreeMap::new());
+            let v = *plan.want.values().next().expect("entry");
+            (v.count, Ipv4Addr::from(v.backends[0].addr.v4_octets()), v.affinity_timeout_s)
+        };
+        assert_eq!(on("n1"), (1, Ipv4Addr::new(10, 244, 1, 2), 10_800));
+        assert_eq!(on("n2"), (1, Ipv4Addr::new(10, 244, 2, 2), 10_800));
+        assert_eq!(on("n3").0, 0, "no local endpoint: refused, no fallback");
     }
 
     #[test]
@@ -699,7 +730,7 @@ mod tests {
             (2..=(MAX_INLINE_BACKENDS + 2)).map(|i| format!("{{addresses: [10.244.1.{i}]}}")).collect();
         let yaml =
             SVC.replace("endpoints: [{addresses: [10.244.1.2]}]", &format!("endpoints: [{}]", endpoints.join(", ")));
-        let plan = service_map_plan(&table(&yaml), &BTreeMap::new(), &BTreeMap::new());
+        let plan = service_map_plan(&table(&yaml), "n1", &BTreeMap::new(), &BTreeMap::new());
         assert!(plan.want.is_empty(), "never a half-written frontend");
         assert!(plan.rejected[0].1.contains("at most 16"), "{:?}", plan.rejected);
     }

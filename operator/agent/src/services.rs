@@ -54,10 +54,12 @@ pub struct Frontend {
     pub proto: Proto,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Backend {
     pub ip: Ipv4Addr,
     pub port: u16,
+    /// The node the endpoint runs on (EndpointSlice `nodeName`), for traffic policies.
+    pub node: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +108,7 @@ fn backends_by_port_name(slices: &[&EndpointSlice]) -> BTreeMap<(String, Proto),
                 let terminating = c.terminating.unwrap_or(false);
                 for a in &e.addresses {
                     let Ok(addr) = a.parse::<Ipv4Addr>() else { continue };
-                    let b = Backend { ip: addr, port: num };
+                    let b = Backend { ip: addr, port: num, node: e.node_name.clone() };
                     if ready {
                         entry.0.insert(b);
                     } else if serving && terminating {
@@ -285,7 +287,7 @@ endpoints:
         let entry = &t.frontends[&http];
         assert_eq!(
             entry.backends,
-            [Backend { ip: Ipv4Addr::new(10, 244, 1, 2), port: 8080 }],
+            [Backend { ip: Ipv4Addr::new(10, 244, 1, 2), port: 8080, node: None }],
             "terminating one not used"
         );
         assert_eq!(entry.affinity_timeout, Some(30));
@@ -306,7 +308,7 @@ endpoints:
         let (s, e) = load(&WEB.replace("conditions: {ready: true}", "conditions: {ready: false, serving: false}"));
         let t = compile(&s, &e, &[]);
         let http = Frontend { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: Proto::Tcp };
-        assert_eq!(t.frontends[&http].backends, [Backend { ip: Ipv4Addr::new(10, 244, 2, 2), port: 8080 }]);
+        assert_eq!(t.frontends[&http].backends, [Backend { ip: Ipv4Addr::new(10, 244, 2, 2), port: 8080, node: None }]);
     }
 
     #[test]
