@@ -341,10 +341,6 @@ impl Client {
         }
     }
 
-    pub fn new(socket: PathBuf, timeout: Duration) -> Self {
-        Self { socket, timeout }
-    }
-
     pub fn call(&self, req: &Request) -> Result<Response> {
         use weir_operator_api::client::{call, CallError};
         call(&self.socket, req, self.timeout).map_err(|e| match e {

@@ -94,10 +94,6 @@ impl Datapath {
         Ok(Self { ebpf, pin_dir })
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
     pub(crate) fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
         self.ebpf
             .program_mut(name)

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use aya::maps::{HashMap, MapData};
 use weir_bpf_common::{maps, sizes, Addr16, EndpointInfo};
 
-use super::KeyValueMap;
+use super::{removed, write_err, KeyValueMap};
 use crate::{map_err, Datapath, Error, Result};
 
 const NAME: &str = maps::ENDPOINTS;
@@ -18,28 +18,15 @@ impl Endpoints {
     }
 }
 
-fn is_not_found(e: &aya::maps::MapError) -> bool {
-    matches!(e, aya::maps::MapError::KeyNotFound)
-        || matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
-}
-
 impl KeyValueMap for Endpoints {
     type Key = Ipv4Addr;
     type Value = EndpointInfo;
 
     fn upsert(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<()> {
-        self.0.insert(Addr16::from_v4_octets(ip.octets()), info, 0).map_err(|e| match &e {
-            aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                Error::MapFull { name: NAME, capacity: sizes::ENDPOINTS }
-            }
-            _ => map_err(NAME)(e),
-        })
+        self.0.insert(Addr16::from_v4_octets(ip.octets()), info, 0).map_err(write_err(NAME, sizes::ENDPOINTS))
     }
     fn remove(&mut self, ip: Ipv4Addr) -> Result<()> {
-        match self.0.remove(&Addr16::from_v4_octets(ip.octets())) {
-            Err(e) if !is_not_found(&e) => Err(map_err(NAME)(e)),
-            _ => Ok(()),
-        }
+        removed(NAME, self.0.remove(&Addr16::from_v4_octets(ip.octets())))
     }
     fn list(&self) -> Result<BTreeMap<Ipv4Addr, EndpointInfo>> {
         let mut out = BTreeMap::new();

@@ -20,6 +20,25 @@ pub trait KeyValueMap {
     fn remove(&mut self, key: Self::Key) -> crate::Result<()>;
 }
 
+/// A map write's error: "full" (E2BIG) named as such, anything else as a map error.
+pub(crate) fn write_err(name: &'static str, capacity: u32) -> impl FnOnce(aya::maps::MapError) -> crate::Error {
+    move |e| match &e {
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            crate::Error::MapFull { name, capacity }
+        }
+        _ => crate::map_err(name)(e),
+    }
+}
+
+/// A removal's outcome: an absent key is success.
+pub(crate) fn removed(name: &'static str, r: Result<(), aya::maps::MapError>) -> crate::Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(crate::map_err(name)(e)),
+    }
+}
+
 /// What [`sync`] changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Changes {

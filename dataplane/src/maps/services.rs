@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap, MapData};
 use weir_bpf_common::{maps, sizes, ServiceKey, ServiceValue};
 
-use super::KeyValueMap;
-use crate::{map_err, Datapath, Error, Result};
+use super::{removed, write_err, KeyValueMap};
+use crate::{map_err, Datapath, Result};
 
 const NAME: &str = maps::SERVICES;
 
@@ -32,18 +32,9 @@ impl KeyValueMap for Services {
         Ok(out)
     }
     fn upsert(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
-        self.0.insert(key, value, 0).map_err(|e| match &e {
-            aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                Error::MapFull { name: NAME, capacity: sizes::SERVICES }
-            }
-            _ => map_err(NAME)(e),
-        })
+        self.0.insert(key, value, 0).map_err(write_err(NAME, sizes::SERVICES))
     }
     fn remove(&mut self, key: ServiceKey) -> Result<()> {
-        match self.0.remove(&key) {
-            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(map_err(NAME)(e)),
-        }
+        removed(NAME, self.0.remove(&key))
     }
 }

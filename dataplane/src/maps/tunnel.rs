@@ -7,7 +7,7 @@ use aya::maps::{
 };
 use weir_bpf_common::{maps, sizes, Addr16, RemoteNode};
 
-use super::KeyValueMap;
+use super::{removed, write_err, KeyValueMap};
 use crate::{map_err, Datapath, Error, Result};
 
 const NAME: &str = maps::TUNNEL;
@@ -34,14 +34,10 @@ impl KeyValueMap for Tunnel {
 
     fn upsert(&mut self, cidr: Cidr, node: Ipv4Addr) -> Result<()> {
         let v = RemoteNode { node_addr: Addr16::from_v4_octets(node.octets()), flags: 0, _pad: [0; 4] };
-        self.0.insert(&key(cidr), v, 0).map_err(map_err(NAME))
+        self.0.insert(&key(cidr), v, 0).map_err(write_err(NAME, sizes::TUNNEL))
     }
     fn remove(&mut self, cidr: Cidr) -> Result<()> {
-        match self.0.remove(&key(cidr)) {
-            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(map_err(NAME)(e)),
-        }
+        removed(NAME, self.0.remove(&key(cidr)))
     }
     fn list(&self) -> Result<BTreeMap<Cidr, Ipv4Addr>> {
         let mut out = BTreeMap::new();
