@@ -78,43 +78,53 @@ fn fib_params(ip: &Ipv4, ifindex: u32) -> bpf_fib_lookup {
     p
 }
 
-#[inline(always)]
-fn fib_lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> i64 {
-    // SAFETY: p lives on the stack for the call; the size matches the struct.
-    unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), p, mem::size_of::<bpf_fib_lookup>() as i32, 0) }
+/// A FIB lookup and its answer, kept so one lookup serves both the decision and the send.
+pub struct Route {
+    ret: i64,
+    params: bpf_fib_lookup,
 }
 
-/// True when the node's own stack is the destination (the FIB does not forward it).
-#[inline(always)]
-pub fn is_local_destination(ctx: &TcContext, ip: &Ipv4, ifindex: u32) -> bool {
-    let mut p = fib_params(ip, ifindex);
-    fib_lookup(ctx, &mut p) == BPF_FIB_LKUP_RET_NOT_FWDED as i64
-}
+impl Route {
+    /// Looks `ip` up in the node's FIB as if it arrived on `ifindex`.
+    #[inline(always)]
+    pub fn lookup(ctx: &TcContext, ip: &Ipv4, ifindex: u32) -> Self {
+        let mut params = fib_params(ip, ifindex);
+        // SAFETY: params lives on the stack for the call; the size matches the struct.
+        let ret =
+            unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), &mut params, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+        Self { ret, params }
+    }
 
-/// Route with the node's FIB and hand the frame straight to the egress device; the kernel
-/// resolves the neighbour when the FIB has none yet.
-#[inline(always)]
-pub fn by_fib(ctx: &TcContext, ip: &Ipv4, ifindex: u32) -> Result<i32, DropReason> {
-    let mut p = fib_params(ip, ifindex);
-    let ret = fib_lookup(ctx, &mut p);
-    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        set_macs(ctx, &p.dmac, &p.smac)?;
-        // SAFETY: plain helper call with scalar arguments.
-        return redirect_result(unsafe { bpf_redirect(p.ifindex, 0) });
+    /// The FIB does not forward it: this node's own stack is the destination (or has no route).
+    #[inline(always)]
+    pub fn to_stack(&self) -> bool {
+        self.ret == BPF_FIB_LKUP_RET_NOT_FWDED as i64
     }
-    if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid value.
-        let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
-        nh.nh_family = AF_INET as u32;
-        // SAFETY: reading the union member the FIB lookup filled for AF_INET.
-        nh.__bindgen_anon_1.ipv4_nh = unsafe { p.__bindgen_anon_4.ipv4_dst };
-        // SAFETY: nh lives on the stack for the call; the size matches the struct.
-        return redirect_result(unsafe {
-            bpf_redirect_neigh(p.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0)
-        });
+
+    /// Hands the frame straight to the egress device; the kernel resolves the neighbour when
+    /// the FIB has none yet. Not forwarded → the node's stack.
+    #[inline(always)]
+    pub fn send(&self, ctx: &TcContext) -> Result<i32, DropReason> {
+        let p = &self.params;
+        if self.ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+            set_macs(ctx, &p.dmac, &p.smac)?;
+            // SAFETY: plain helper call with scalar arguments.
+            return redirect_result(unsafe { bpf_redirect(p.ifindex, 0) });
+        }
+        if self.ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid value.
+            let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
+            nh.nh_family = AF_INET as u32;
+            // SAFETY: reading the union member the FIB lookup filled for AF_INET.
+            nh.__bindgen_anon_1.ipv4_nh = unsafe { p.__bindgen_anon_4.ipv4_dst };
+            // SAFETY: nh lives on the stack for the call; the size matches the struct.
+            return redirect_result(unsafe {
+                bpf_redirect_neigh(p.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0)
+            });
+        }
+        if self.to_stack() {
+            return Ok(aya_ebpf::bindings::TC_ACT_OK);
+        }
+        Err(DropReason::NoRoute)
     }
-    if ret == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
-        return Ok(aya_ebpf::bindings::TC_ACT_OK);
-    }
-    Err(DropReason::NoRoute)
 }

@@ -156,21 +156,21 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         // Direct routing: the FIB knows every node's pod CIDR. A cluster address it does not
         // route (the lookup would hand it to the node's stack) belongs to no node.
-        let action = fwd::by_fib(ctx, &ip, ingress_ifindex(ctx))?;
-        if action == TC_ACT_OK {
+        let route = fwd::Route::lookup(ctx, &ip, ingress_ifindex(ctx));
+        if route.to_stack() {
             return Err(DropReason::UnknownClusterDest);
         }
-        return counted(Ok(action), counters::FORWARDED_REMOTE);
+        return counted(route.send(ctx), counters::FORWARDED_REMOTE);
     }
-    // Leaving the cluster. Destinations on this node go to its stack untranslated.
-    if fwd::is_local_destination(ctx, &ip, ingress_ifindex(ctx)) {
+    // Leaving the cluster. Destinations on this node go to its stack untranslated; everything
+    // else is masqueraded and sent where the same (single) FIB lookup said.
+    let route = fwd::Route::lookup(ctx, &ip, ingress_ifindex(ctx));
+    if route.to_stack() {
         drop::count(counters::TO_STACK);
         return Ok(TC_ACT_OK);
     }
     nat::masquerade(ctx, &ip, WEIR_NODE_IPV4.load())?;
-    // Re-read the header: the rewrite changed the source address.
-    let ip = Ipv4::parse(ctx)?;
-    counted(fwd::by_fib(ctx, &ip, ingress_ifindex(ctx)), counters::MASQUERADED)
+    counted(route.send(ctx), counters::MASQUERADED)
 }
 
 fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
