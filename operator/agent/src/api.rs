@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::Mutex,
 };
@@ -48,8 +48,6 @@ async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>, drops: SharedDr
     out.push(b'\n');
     wr.write_all(&out).await
 }
-
-use tokio::io::AsyncReadExt as _;
 
 pub async fn dispatch(req: Request, node: &Mutex<Node>, drops: &SharedDropLog) -> Response {
     let mut n = node.lock().await;

@@ -108,16 +108,16 @@ impl Netlink {
         }
     }
 
-    /// Names of the links in this namespace that start with `prefix`.
-    pub async fn link_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+    /// Index of every link in this namespace whose name starts with `prefix` (one dump).
+    pub async fn links_with_prefix(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, u32>> {
         let h = self.handle.clone();
         let mut stream = h.link().get().execute();
-        let mut out = Vec::new();
+        let mut out = std::collections::BTreeMap::new();
         while let Some(msg) = stream.try_next().await.map_err(req("list links"))? {
             for a in &msg.attributes {
                 if let LinkAttribute::IfName(n) = a {
                     if n.starts_with(prefix) {
-                        out.push(n.clone());
+                        out.insert(n.clone(), msg.header.index);
                     }
                 }
             }

@@ -300,10 +300,11 @@ impl Node {
     /// Makes the endpoint map and tcx links match the store (after a restart, adopting pins).
     async fn sync_endpoints(&mut self) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
+        let links = self.nl.links_with_prefix(HOST_IF_PREFIX).await?;
         let mut want = BTreeMap::new();
         for r in self.store.all() {
-            match self.nl.link(&r.host_ifname).await? {
-                Some(link) if link.index == r.host_ifindex => {
+            match links.get(&r.host_ifname) {
+                Some(index) if *index == r.host_ifindex => {
                     l.dp.attach_ingress(&r.host_ifname, programs::FROM_POD)?;
                     want.insert(r.ip, endpoint_info(r));
                 }
@@ -317,12 +318,10 @@ impl Node {
         }
         // Host interfaces no endpoint owns (an agent that died mid-ADD or mid-DEL) go.
         let owned: BTreeSet<&str> = self.store.all().map(|r| r.host_ifname.as_str()).collect();
-        for name in self.nl.link_names_with_prefix(HOST_IF_PREFIX).await? {
-            if !owned.contains(name.as_str()) {
-                tracing::warn!(iface = %name, "removing a host interface no endpoint owns");
-                self.nl.delete_link(&name).await?;
-                l.dp.detach_ingress(&name, programs::FROM_POD)?;
-            }
+        for name in links.keys().filter(|n| !owned.contains(n.as_str())) {
+            tracing::warn!(iface = %name, "removing a host interface no endpoint owns");
+            self.nl.delete_link(name).await?;
+            l.dp.detach_ingress(name, programs::FROM_POD)?;
         }
         Ok(())
     }

@@ -125,13 +125,17 @@ pub fn load_file(path: &Path) -> Result<Vec<ClusterObject>, ManifestError> {
 pub struct DirState {
     files: BTreeMap<PathBuf, ((SystemTime, u64), Vec<ClusterObject>)>,
     errors: BTreeMap<PathBuf, ManifestError>,
+    /// Whether the objects in force changed since the last [`DirState::take_changed`].
+    changed: bool,
 }
 
 impl DirState {
     /// Re-reads changed files; returns the errors that are new since the last refresh.
     pub fn refresh(&mut self, dir: &Path) -> Vec<ManifestError> {
         let sig = signature(dir);
+        let before = self.files.len();
         self.files.retain(|p, _| sig.contains_key(p));
+        self.changed |= self.files.len() != before;
         self.errors.retain(|p, _| sig.contains_key(p));
         let mut new_errors = Vec::new();
         for (path, stamp) in sig {
@@ -142,6 +146,7 @@ impl DirState {
                 Ok(objs) => {
                     self.errors.remove(&path);
                     self.files.insert(path, (stamp, objs));
+                    self.changed = true;
                 }
                 Err(e) => {
                     if self.errors.get(&path) != Some(&e) {
@@ -152,6 +157,11 @@ impl DirState {
             }
         }
         new_errors
+    }
+
+    /// True once after the objects in force changed (a file parsed anew or went away).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     pub fn snapshot(&self) -> ClusterSnapshot {
@@ -194,13 +204,18 @@ fn signature(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
 /// Polls `dir` and publishes each changed snapshot. Runs until the receiver is gone.
 pub async fn watch_dir(dir: PathBuf, every: Duration, tx: watch::Sender<Option<ClusterSnapshot>>) {
     let mut state = DirState::default();
+    let mut first = true;
     loop {
         for e in state.refresh(&dir) {
             tracing::error!(error = %e, "manifest rejected; its previous version stays in force");
         }
-        let snap = state.snapshot();
-        if tx.borrow().as_ref() != Some(&snap) && tx.send(Some(snap)).is_err() {
-            return;
+        // Rebuild the snapshot only when a file changed, not on every poll.
+        if state.take_changed() || first {
+            first = false;
+            let snap = state.snapshot();
+            if tx.borrow().as_ref() != Some(&snap) && tx.send(Some(snap)).is_err() {
+                return;
+            }
         }
         if tx.is_closed() {
             return;
