@@ -7,7 +7,7 @@ pub mod services;
 pub mod tunnel;
 
 pub use endpoints::{Endpoints, FakeEndpoints};
-pub use services::Services;
+pub use services::{FakeServices, Services};
 pub use tunnel::{Cidr, FakeTunnel, Tunnel};
 
 /// A kernel map as reconcile sees it: list everything, insert or replace, remove.
@@ -50,6 +50,15 @@ pub struct Changes {
 /// changes nothing).
 pub fn sync<M: KeyValueMap>(map: &mut M, want: &BTreeMap<M::Key, M::Value>) -> crate::Result<Changes> {
     let have = map.list()?;
+    sync_from(map, &have, want)
+}
+
+/// [`sync`] for a writer that knows what the map holds (`have`) without reading it back.
+pub fn sync_from<M: KeyValueMap>(
+    map: &mut M,
+    have: &BTreeMap<M::Key, M::Value>,
+    want: &BTreeMap<M::Key, M::Value>,
+) -> crate::Result<Changes> {
     let mut c = Changes::default();
     for k in have.keys().filter(|k| !want.contains_key(k)) {
         map.remove(*k)?;

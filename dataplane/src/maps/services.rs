@@ -38,3 +38,38 @@ impl KeyValueMap for Services {
         removed(NAME, self.0.remove(&key))
     }
 }
+
+/// In-memory `WEIR_SERVICES` for reconcile tests; `fail_writes` makes every write fail.
+#[derive(Debug, Default)]
+pub struct FakeServices {
+    pub entries: BTreeMap<ServiceKey, ServiceValue>,
+    pub fail_writes: bool,
+}
+
+impl FakeServices {
+    fn write(&self) -> Result<()> {
+        match self.fail_writes {
+            true => Err(crate::Error::MapFull { name: NAME, capacity: sizes::SERVICES }),
+            false => Ok(()),
+        }
+    }
+}
+
+impl KeyValueMap for FakeServices {
+    type Key = ServiceKey;
+    type Value = ServiceValue;
+
+    fn list(&self) -> Result<BTreeMap<ServiceKey, ServiceValue>> {
+        Ok(self.entries.clone())
+    }
+    fn upsert(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
+        self.write()?;
+        self.entries.insert(key, value);
+        Ok(())
+    }
+    fn remove(&mut self, key: ServiceKey) -> Result<()> {
+        self.write()?;
+        self.entries.remove(&key);
+        Ok(())
+    }
+}

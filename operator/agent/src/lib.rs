@@ -14,6 +14,7 @@ pub mod events;
 pub mod ipam;
 pub mod netlink;
 pub mod node;
+pub mod service_map;
 pub mod services;
 pub mod source;
 pub mod state;

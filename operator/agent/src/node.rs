@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use ipnetwork::Ipv4Network;
-use weir_bpf_common::{programs, Addr16, BackendAddr, EndpointInfo, ServiceKey, ServiceValue, MAX_INLINE_BACKENDS};
+use weir_bpf_common::{programs, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
     events::Events,
@@ -26,7 +26,7 @@ use crate::{
     config::{Config, Routing, GATEWAY},
     ipam,
     netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
-    services,
+    service_map::ServiceSync,
     source::ClusterSnapshot,
     state::{self, Desired},
     store::{EndpointRecord, EndpointStore},
@@ -55,10 +55,8 @@ pub struct Node {
     desired: Desired,
     /// The event ring, handed to the events stage once the datapath is up.
     events: Option<Events>,
-    /// Services rejected at the last compile (logged when this changes).
-    rejected_services: Vec<(String, String)>,
-    /// Which Service (`namespace/name`) each frontend in `WEIR_SERVICES` belongs to.
-    service_owner: BTreeMap<ServiceKey, String>,
+    /// The one writer of `WEIR_SERVICES`.
+    services: ServiceSync,
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
@@ -84,70 +82,6 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
 pub fn pod_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     let h = attachment_hash(container_id, ifname).to_be_bytes();
     [0x0a, h[0], h[1], h[2], h[3], h[4]]
-}
-
-/// What `WEIR_SERVICES` should hold, which Service owns each frontend, and what was rejected.
-#[derive(Debug, Default, PartialEq)]
-pub struct ServiceMapPlan {
-    pub want: BTreeMap<ServiceKey, ServiceValue>,
-    pub owners: BTreeMap<ServiceKey, String>,
-    pub rejected: Vec<(String, String)>,
-}
-
-/// Pure: the compiled table, the previous owners and the map as it is now → the map to write. A
-/// rejected Service (bad spec, or more backends than a frontend holds) keeps the entries it had.
-pub fn service_map_plan(
-    table: &services::ServiceTable,
-    node: &str,
-    prev_owners: &BTreeMap<ServiceKey, String>,
-    current: &BTreeMap<ServiceKey, ServiceValue>,
-) -> ServiceMapPlan {
-    let mut plan = ServiceMapPlan { rejected: table.rejected.clone(), ..Default::default() };
-    for (f, e) in &table.frontends {
-        // Clients here are this node's pods: internalTrafficPolicy Local keeps them on
-        // endpoints of this node, with no fallback (no local endpoint → refused).
-        let local_only = e.internal_traffic_local && e.kind == services::FrontendKind::ClusterIp;
-        let backends: Vec<&services::Backend> =
-            e.backends.iter().filter(|b| !local_only || b.node.as_deref() == Some(node)).collect();
-        if backends.len() > MAX_INLINE_BACKENDS {
-            let why = format!(
-                "{} backends behind {}:{}; at most {MAX_INLINE_BACKENDS} for now",
-                backends.len(),
-                f.ip,
-                f.port
-            );
-            plan.rejected.push((e.service.clone(), why));
-            continue;
-        }
-        let mut value = ServiceValue {
-            count: backends.len() as u16,
-            affinity_timeout_s: e.affinity_timeout.unwrap_or(0),
-            ..Default::default()
-        };
-        for (slot, b) in value.backends.iter_mut().zip(backends) {
-            *slot = BackendAddr { addr: Addr16::from_v4_octets(b.ip.octets()), port_be: b.port.to_be(), _pad: [0; 6] };
-        }
-        plan.want.insert(service_key(f), value);
-        plan.owners.insert(service_key(f), e.service.clone());
-    }
-    let rejected: BTreeSet<&str> = plan.rejected.iter().map(|(n, _)| n.as_str()).collect();
-    for (k, owner) in prev_owners {
-        if rejected.contains(owner.as_str()) && !plan.want.contains_key(k) {
-            if let Some(v) = current.get(k) {
-                plan.want.insert(*k, *v);
-                plan.owners.insert(*k, owner.clone());
-            }
-        }
-    }
-    plan
-}
-
-fn service_key(f: &services::Frontend) -> ServiceKey {
-    let proto = match f.proto {
-        services::Proto::Tcp => 6,
-        services::Proto::Udp => 17,
-    };
-    ServiceKey { addr: Addr16::from_v4_octets(f.ip.octets()), port_be: f.port.to_be(), proto, _pad: [0; 5] }
 }
 
 fn mac_str(m: &[u8; 6]) -> String {
@@ -190,8 +124,7 @@ impl Node {
             loaded: None,
             desired: Desired::default(),
             events: None,
-            rejected_services: Vec::new(),
-            service_owner: BTreeMap::new(),
+            services: ServiceSync::default(),
         })
     }
 
@@ -235,16 +168,19 @@ impl Node {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
-        let table = services::compile(&snap.services, &snap.endpoint_slices, &node_ips);
-        let plan = service_map_plan(&table, &self.cfg.node_name, &self.service_owner, &l.services.list()?);
-        if plan.rejected != self.rejected_services {
-            for (svc, why) in &plan.rejected {
+        let a = self.services.apply(
+            &snap.services,
+            &snap.endpoint_slices,
+            &node_ips,
+            &self.cfg.node_name,
+            &mut l.services,
+        )?;
+        if a.rejected_changed {
+            for (svc, why) in &self.services.rejected {
                 tracing::warn!(service = %svc, reason = %why, "Service rejected; its previous datapath state is kept");
             }
-            self.rejected_services = plan.rejected;
         }
-        let c = maps::sync(&mut l.services, &plan.want)?;
-        self.service_owner = plan.owners;
+        let c = a.changes;
         if c != maps::Changes::default() {
             tracing::info!(upserted = c.upserted, removed = c.removed, "service map reconciled");
         }
@@ -629,7 +565,7 @@ impl Node {
         Ok(map
             .into_iter()
             .map(|(k, v)| ServiceRow {
-                service: self.service_owner.get(&k).cloned(),
+                service: self.services.owners.get(&k).cloned(),
                 frontend: format!("{}:{}", Ipv4Addr::from(k.addr.v4_octets()), u16::from_be(k.port_be)),
                 protocol: match k.proto {
                     6 => "TCP".into(),
@@ -675,64 +611,6 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn table(yaml: &str) -> services::ServiceTable {
-        let snap = crate::source::manifest::snapshot_of(yaml, "t").expect("parse");
-        services::compile(&snap.services, &snap.endpoint_slices, &[])
-    }
-
-    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
-                       spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n---\n\
-                       apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-                       metadata: {name: web-0, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
-                       addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n";
-
-    #[test]
-    fn a_rejected_service_keeps_its_datapath_entries() {
-        let good = service_map_plan(&table(SVC), "n1", &BTreeMap::new(), &BTreeMap::new());
-        assert_eq!(good.want.len(), 1);
-        let (key, value) = good.want.iter().next().map(|(k, v)| (*k, *v)).expect("entry");
-        assert_eq!((value.count, u16::from_be(value.backends[0].port_be)), (1, 8080));
-        let bad = table(&SVC.replace("port: 80}", "port: 80, protocol: SCTP}"));
-        let plan = service_map_plan(&bad, "n1", &good.owners, &good.want);
-        assert_eq!(plan.rejected.len(), 1);
-        assert_eq!(plan.want.get(&key), Some(&value), "previous state kept");
-        // Once the Service is gone for good, so is its entry.
-        let plan = service_map_plan(&table(""), "n1", &plan.owners, &plan.want);
-        assert!(plan.want.is_empty());
-    }
-
-    #[test]
-    fn internal_traffic_local_keeps_clients_on_their_node_and_affinity_is_carried() {
-        let yaml = SVC
-            .replace(
-                "spec: {clusterIP: 10.96.0.10,",
-                "spec: {internalTrafficPolicy: Local, sessionAffinity: ClientIP, clusterIP: 10.96.0.10,",
-            )
-            .replace(
-                "endpoints: [{addresses: [10.244.1.2]}]",
-                "endpoints: [{addresses: [10.244.1.2], nodeName: n1}, {addresses: [10.244.2.2], nodeName: n2}]",
-            );
-        let on = |node: &str| {
-            let plan = service_map_plan(&table(&yaml), node, &BTreeMap::new(), &BTreeMap::new());
-            let v = *plan.want.values().next().expect("entry");
-            (v.count, Ipv4Addr::from(v.backends[0].addr.v4_octets()), v.affinity_timeout_s)
-        };
-        assert_eq!(on("n1"), (1, Ipv4Addr::new(10, 244, 1, 2), 10_800));
-        assert_eq!(on("n2"), (1, Ipv4Addr::new(10, 244, 2, 2), 10_800));
-        assert_eq!(on("n3").0, 0, "no local endpoint: refused, no fallback");
-    }
-
-    #[test]
-    fn too_many_backends_is_an_explicit_rejection() {
-        let endpoints: Vec<String> =
-            (2..=(MAX_INLINE_BACKENDS + 2)).map(|i| format!("{{addresses: [10.244.1.{i}]}}")).collect();
-        let yaml =
-            SVC.replace("endpoints: [{addresses: [10.244.1.2]}]", &format!("endpoints: [{}]", endpoints.join(", ")));
-        let plan = service_map_plan(&table(&yaml), "n1", &BTreeMap::new(), &BTreeMap::new());
-        assert!(plan.want.is_empty(), "never a half-written frontend");
-        assert!(plan.rejected[0].1.contains("at most 16"), "{:?}", plan.rejected);
-    }
 
     #[test]
     fn names_and_macs_are_stable_short_and_distinct() {

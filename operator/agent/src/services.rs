@@ -218,18 +218,17 @@ fn compile_service(
 /// two Services claiming one frontend: the first by name keeps it, the second is rejected.
 pub fn compile(services: &Named<Service>, slices: &Named<EndpointSlice>, node_ips: &[Ipv4Addr]) -> ServiceTable {
     let mut table = ServiceTable::default();
+    // Slices by (namespace, Service name): one pass, so compiling N Services stays O(N log N).
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for ((ns, _), s) in slices {
+        if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) {
+            by_service.entry((ns.as_str(), svc.as_str())).or_default().push(s);
+        }
+    }
     for ((ns, name), svc) in services {
-        let mine: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|((sns, _), s)| {
-                sns == ns
-                    && s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)).map(String::as_str)
-                        == Some(name.as_str())
-            })
-            .map(|(_, s)| s)
-            .collect();
+        let mine = by_service.get(&(ns.as_str(), name.as_str())).map_or(&[][..], Vec::as_slice);
         let key = format!("{ns}/{name}");
-        match compile_service(svc, &mine, node_ips) {
+        match compile_service(svc, mine, node_ips) {
             Ok(entries) => {
                 if let Some((f, _)) = entries.iter().find(|(f, _)| table.frontends.contains_key(f)) {
                     table.rejected.push((key, format!("frontend {}:{} {:?} is already taken", f.ip, f.port, f.proto)));
