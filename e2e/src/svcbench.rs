@@ -39,7 +39,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use serde::Serialize;
-use weir_bpf_common::{Addr16, BackendAddr, ServiceKey, ServiceValue};
+use weir_bpf_common::Addr16;
 use weir_dataplane::{
     maps::{KeyValueMap, Services},
     Datapath, LoadConfig,
@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
             if !nix::unistd::Uid::effective().is_root() {
                 bail!("weir-svc-bench needs root (network namespaces, bpffs, cgroups, iptables)");
             }
-            let mut bench = Bench::new()?;
+            let mut bench = Bench::new();
             let r = bench.run(&sizes, connects, rounds.max(1));
             bench.teardown();
             let results = r?;
@@ -248,17 +248,16 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Bench {
-    fn new() -> anyhow::Result<Self> {
+    fn new() -> Self {
         let id = format!("wsb{}", std::process::id());
-        let b = Self {
+        Self {
             client_ns: format!("{id}c"),
             server_ns: format!("{id}s"),
             cgroup: PathBuf::from("/sys/fs/cgroup/unified").join(format!("weir-svc-bench-{id}")),
             bpffs: PathBuf::from("/run").join(format!("weir-svc-bench-{id}")),
             id,
             server: None,
-        };
-        Ok(b)
+        }
     }
 
     fn setup(&mut self) -> anyhow::Result<()> {
@@ -419,18 +418,9 @@ fn weir_program(c: &Cluster, map: &mut Services) -> anyhow::Result<(Duration, Du
     if a.changes.upserted != 1 || a.changes.removed != 0 {
         bail!("the update wrote {:?}, expected exactly one entry", a.changes);
     }
-    // The map write alone: the same entry written again.
-    let k = ServiceKey {
-        addr: Addr16::from_v4_octets(c.vip(c.n - 2).octets()),
-        port_be: SVC_PORT.to_be(),
-        proto: 6,
-        _pad: [0; 5],
-    };
-    let mut v = ServiceValue { count: 3, ..Default::default() };
-    for (slot, ip) in v.backends.iter_mut().zip(c.endpoints(c.n - 2).into_iter().chain([Ipv4Addr::new(10, 203, 0, 1)]))
-    {
-        *slot = BackendAddr { addr: Addr16::from_v4_octets(ip.octets()), port_be: SERVER_PORT.to_be(), _pad: [0; 6] };
-    }
+    // The map write alone: the updated entry, as the agent wrote it, written again.
+    let vip = Addr16::from_v4_octets(c.vip(c.updated()).octets());
+    let (k, v) = map.list()?.into_iter().find(|(k, _)| k.addr == vip).context("the updated frontend")?;
     let t = Instant::now();
     map.upsert(k, v)?;
     let write = t.elapsed();
@@ -446,6 +436,8 @@ struct Cluster {
 }
 
 const NS: &str = "bench";
+/// The update: Service [`Cluster::updated`] gains this endpoint.
+const EXTRA_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
 
 impl Cluster {
     fn vip(&self, i: usize) -> Ipv4Addr {
@@ -510,11 +502,22 @@ impl Cluster {
         c
     }
 
-    /// The update: Service n-2 gains a third endpoint (in a second slice, as the controller
-    /// would add one).
+    /// The Service the update changes (not the measured last one).
+    fn updated(&self) -> usize {
+        self.n - 2
+    }
+
+    /// Its endpoints after the update.
+    fn updated_endpoints(&self) -> Vec<Ipv4Addr> {
+        let mut eps = self.endpoints(self.updated());
+        eps.push(EXTRA_ENDPOINT);
+        eps
+    }
+
+    /// The update as the endpoint controller makes it: a second slice with the new endpoint.
     fn updated_slice(&self) -> ((String, String), EndpointSlice) {
-        let i = self.n - 2;
-        ((NS.into(), format!("svc-{i}-b")), self.slice(i, &[Ipv4Addr::new(10, 203, 0, 1)], "b"))
+        let i = self.updated();
+        ((NS.into(), format!("svc-{i}-b")), self.slice(i, &[EXTRA_ENDPOINT], "b"))
     }
 
     fn chain_id(i: usize, what: &str) -> String {
@@ -586,9 +589,7 @@ impl Cluster {
     /// kube-proxy's minimal restore for one changed Service: KUBE-SERVICES in full, the
     /// changed Service's chains flushed and rewritten, `--noflush` for everything else.
     fn iptables_update(&self) -> String {
-        let i = self.n - 2;
-        let mut eps = self.endpoints(i);
-        eps.push(Ipv4Addr::new(10, 203, 0, 1));
+        let (i, eps) = (self.updated(), self.updated_endpoints());
         let mut out = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
         Self::chain_decls(&mut out, i, eps.len());
         self.kube_services_rules(&mut out);
@@ -647,9 +648,7 @@ impl Cluster {
 
     /// The update as kube-proxy's nftables mode sends it: the changed chains only.
     fn nftables_update(&self) -> String {
-        let i = self.n - 2;
-        let mut eps = self.endpoints(i);
-        eps.push(Ipv4Addr::new(10, 203, 0, 1));
+        let (i, eps) = (self.updated(), self.updated_endpoints());
         let mut out = format!("flush chain ip kube-proxy service-{}\n", Self::chain_id(i, "svc"));
         Self::nft_service_chain(&mut out, i, &eps);
         out
