@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub forwarded_remote: u64,
     pub masqueraded: u64,
     pub to_stack: u64,
+    pub lb_translated: u64,
+    pub lb_no_backend: u64,
 }
 
 impl Counters {
@@ -41,6 +43,8 @@ impl Counters {
             forwarded_remote: self.sum(counters::FORWARDED_REMOTE)?,
             masqueraded: self.sum(counters::MASQUERADED)?,
             to_stack: self.sum(counters::TO_STACK)?,
+            lb_translated: self.sum(counters::LB_TRANSLATED)?,
+            lb_no_backend: self.sum(counters::LB_NO_BACKEND)?,
         })
     }
 }

@@ -41,7 +41,7 @@ use k8s_openapi::{
 use serde::Serialize;
 use weir_bpf_common::Addr16;
 use weir_dataplane::{
-    maps::{KeyValueMap, Services},
+    maps::{KeyValueMap, Maglev, Services},
     Datapath, LoadConfig,
 };
 use weir_operator_agent::{service_map::ServiceSync, services::LABEL_SERVICE_NAME, source::Named};
@@ -338,11 +338,12 @@ impl Bench {
         .context("loading the datapath")?;
         dp.attach_cgroup(&self.cgroup)?;
         let mut map = Services::open(&mut dp)?;
+        let mut maglev = Maglev::open(&mut dp)?;
         let mut rows = Vec::new();
         for &n in sizes {
             let cluster = Cluster::generate(n);
             let last = SocketAddr::from((cluster.vip(n - 1), SVC_PORT));
-            let (prog, update, write) = weir_program(&cluster, &mut map)?;
+            let (prog, update, write) = weir_program(&cluster, &mut map, &mut maglev)?;
             let (mut base, mut weir) = (Vec::new(), Vec::new());
             for r in 0..rounds {
                 eprintln!("N={n}: baseline and weir, round {}/{rounds}", r + 1);
@@ -351,7 +352,7 @@ impl Bench {
             }
             rows.push(row(n, "baseline", &median_round(base), None, None, None));
             rows.push(row(n, "weir", &median_round(weir), Some(prog), Some(update), Some(write)));
-            ServiceSync::default().apply(&Named::new(), &Named::new(), &[], "bench", &mut map)?;
+            ServiceSync::default().apply(&Named::new(), &Named::new(), &[], "bench", &mut map, &mut maglev)?;
 
             eprintln!("N={n}: iptables-nft");
             let prog = timed_with_stdin(&mut in_ns(&self.client_ns, "iptables-nft-restore"), &cluster.iptables())?;
@@ -401,10 +402,14 @@ fn row(
 }
 
 /// Programs the cluster through the agent's own code path from an empty map, then one update.
-fn weir_program(c: &Cluster, map: &mut Services) -> anyhow::Result<(Duration, Duration, Duration)> {
+fn weir_program(
+    c: &Cluster,
+    map: &mut Services,
+    maglev: &mut Maglev,
+) -> anyhow::Result<(Duration, Duration, Duration)> {
     let mut sync = ServiceSync::default();
     let t = Instant::now();
-    let a = sync.apply(&c.services, &c.slices, &[], "bench", map)?;
+    let a = sync.apply(&c.services, &c.slices, &[], "bench", map, maglev)?;
     let program = t.elapsed();
     if a.changes.upserted != c.services.len() || !sync.rejected.is_empty() {
         bail!("weir programmed {} of {} Services ({:?})", a.changes.upserted, c.services.len(), sync.rejected);
@@ -413,7 +418,7 @@ fn weir_program(c: &Cluster, map: &mut Services) -> anyhow::Result<(Duration, Du
     let (key, extra) = c.updated_slice();
     slices.insert(key, extra);
     let t = Instant::now();
-    let a = sync.apply(&c.services, &slices, &[], "bench", map)?;
+    let a = sync.apply(&c.services, &slices, &[], "bench", map, maglev)?;
     let update = t.elapsed();
     if a.changes.upserted != 1 || a.changes.removed != 0 {
         bail!("the update wrote {:?}, expected exactly one entry", a.changes);

@@ -78,21 +78,27 @@ fn fib_params(ip: &Ipv4, ifindex: u32) -> bpf_fib_lookup {
     p
 }
 
-/// A FIB lookup and its answer, kept so one lookup serves both the decision and the send.
+/// A FIB lookup's answer, kept so one lookup serves both the decision and the send. Only what
+/// the send needs is kept: this lives on the caller's stack across other calls.
 pub struct Route {
     ret: i64,
-    params: bpf_fib_lookup,
+    ifindex: u32,
+    /// Next hop (for a neighbour lookup by the kernel), network order.
+    nexthop: u32,
+    dmac: [u8; 6],
+    smac: [u8; 6],
 }
 
 impl Route {
     /// Looks `ip` up in the node's FIB as if it arrived on `ifindex`.
     #[inline(always)]
     pub fn lookup(ctx: &TcContext, ip: &Ipv4, ifindex: u32) -> Self {
-        let mut params = fib_params(ip, ifindex);
-        // SAFETY: params lives on the stack for the call; the size matches the struct.
-        let ret =
-            unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), &mut params, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-        Self { ret, params }
+        let mut p = fib_params(ip, ifindex);
+        // SAFETY: p lives on the stack for the call; the size matches the struct.
+        let ret = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), &mut p, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+        // SAFETY: reading the union member the FIB lookup filled for AF_INET.
+        let nexthop = unsafe { p.__bindgen_anon_4.ipv4_dst };
+        Self { ret, ifindex: p.ifindex, nexthop, dmac: p.dmac, smac: p.smac }
     }
 
     /// The FIB does not forward it: this node's own stack is the destination (or has no route).
@@ -105,21 +111,19 @@ impl Route {
     /// the FIB has none yet. Not forwarded → the node's stack.
     #[inline(always)]
     pub fn send(&self, ctx: &TcContext) -> Result<i32, DropReason> {
-        let p = &self.params;
         if self.ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-            set_macs(ctx, &p.dmac, &p.smac)?;
+            set_macs(ctx, &self.dmac, &self.smac)?;
             // SAFETY: plain helper call with scalar arguments.
-            return redirect_result(unsafe { bpf_redirect(p.ifindex, 0) });
+            return redirect_result(unsafe { bpf_redirect(self.ifindex, 0) });
         }
         if self.ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
             // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid value.
             let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
             nh.nh_family = AF_INET as u32;
-            // SAFETY: reading the union member the FIB lookup filled for AF_INET.
-            nh.__bindgen_anon_1.ipv4_nh = unsafe { p.__bindgen_anon_4.ipv4_dst };
+            nh.__bindgen_anon_1.ipv4_nh = self.nexthop;
             // SAFETY: nh lives on the stack for the call; the size matches the struct.
             return redirect_result(unsafe {
-                bpf_redirect_neigh(p.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0)
+                bpf_redirect_neigh(self.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0)
             });
         }
         if self.to_stack() {

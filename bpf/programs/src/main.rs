@@ -4,7 +4,8 @@
 //!
 //! * `weir_from_pod`   tcx ingress, host-side veth of each pod: anti-spoof, same-node delivery
 //!   with `bpf_redirect_peer`, cross-node by VXLAN or FIB (direct routing), masquerade otherwise.
-//! * `weir_from_wire`  tcx ingress, node uplink: delivery to local pods, reverse masquerade.
+//! * `weir_from_wire`  tcx ingress, node uplink: delivery to local pods, reverse masquerade,
+//!   per-packet Service load balancing (NodePort, external and LoadBalancer IPs).
 //! * `weir_from_vxlan` tcx ingress, VXLAN device (collect_metadata): delivery to local pods.
 //!
 //! Every entry point maps `Err(DropReason)` to `drop::shot`, which counts and reports the drop.
@@ -13,20 +14,21 @@
 
 mod drop;
 mod fwd;
+mod lb;
 mod nat;
 mod parse;
 mod sock;
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
     macros::{cgroup_sock_addr, classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{SockAddrContext, TcContext},
     Global,
 };
 use weir_bpf_common::{
-    counters, sizes, Addr16, AffinityKey, AffinityValue, DropReason, EndpointInfo, NatEntry, NatKey, RemoteNode,
-    ServiceKey, ServiceValue, SockRevKey,
+    counters, sizes, Addr16, AffinityKey, AffinityValue, DropReason, EndpointInfo, MaglevTable, NatEntry, NatKey,
+    RemoteNode, ServiceKey, ServiceValue, SockRevKey,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
@@ -64,6 +66,18 @@ static WEIR_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes:
 static WEIR_SOCK_RNAT: LruHashMap<SockRevKey, NatEntry> = LruHashMap::pinned(sizes::SOCK_REVNAT, 0);
 #[map]
 static WEIR_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(sizes::AFFINITY, 0);
+
+// Not preallocated: 8 KiB tables exist only for the frontends that have one.
+#[map]
+static WEIR_MAGLEV: HashMap<ServiceKey, MaglevTable> = HashMap::pinned(sizes::MAGLEV, BPF_F_NO_PREALLOC);
+#[map]
+static WEIR_LB_CT: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::LB_CT, 0);
+#[map]
+static WEIR_LB_REV: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::LB_CT, 0);
+/// Connections that reached a local pod from outside the cluster, keyed by their reply tuple:
+/// replies keep the pod's address instead of being masqueraded.
+#[map]
+static WEIR_CT_IN: LruHashMap<NatKey, u32> = LruHashMap::pinned(sizes::CT_IN, 0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn weir_sock_conn4(ctx: SockAddrContext) -> i32 {
@@ -162,38 +176,124 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return counted(route.send(ctx), counters::FORWARDED_REMOTE);
     }
-    // Leaving the cluster. Destinations on this node go to its stack untranslated; everything
-    // else is masqueraded and sent where the same (single) FIB lookup said.
+    // Leaving the cluster. Destinations on this node go to its stack untranslated. Replies of
+    // connections that came from outside keep (or, load-balanced, get back) their address;
+    // everything else is masqueraded. One FIB lookup decides and sends.
     let route = fwd::Route::lookup(ctx, &ip, ingress_ifindex(ctx));
     if route.to_stack() {
         drop::count(counters::TO_STACK);
         return Ok(TC_ACT_OK);
     }
+    if lb::reverse(ctx, &ip)? != 0 {
+        return counted(route.send(ctx), counters::LB_TRANSLATED);
+    }
+    if inbound_reply(ctx, &ip) {
+        return counted(route.send(ctx), counters::FORWARDED_REMOTE);
+    }
     nat::masquerade(ctx, &ip, WEIR_NODE_IPV4.load())?;
     counted(route.send(ctx), counters::MASQUERADED)
 }
 
+#[inline(always)]
+fn from_outside(ip: &Ipv4) -> bool {
+    ip.saddr & WEIR_CLUSTER_V4_MASK.load() != WEIR_CLUSTER_V4_ADDR.load()
+}
+
+/// Remembers a connection from outside the cluster to a local pod (keyed by its reply tuple).
+#[inline(never)]
+fn note_inbound(ctx: &TcContext, ip: &Ipv4) {
+    if !from_outside(ip) {
+        return;
+    }
+    let Some((sport, dport)) = lb::ports(ctx, ip) else { return };
+    let key = NatKey::new(Addr16::from_v4_be(ip.daddr), Addr16::from_v4_be(ip.saddr), dport, sport, ip.proto);
+    // SAFETY: read-only lookup of a plain-data value.
+    if unsafe { WEIR_CT_IN.get(key) }.is_none() {
+        // A lost entry only means the reply is masqueraded, as before this map existed.
+        let _ = WEIR_CT_IN.insert(key, 0, 0);
+    }
+}
+
+#[inline(never)]
+fn inbound_reply(ctx: &TcContext, ip: &Ipv4) -> bool {
+    let Some((sport, dport)) = lb::ports(ctx, ip) else { return false };
+    let key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
+    // SAFETY: read-only lookup of a plain-data value.
+    unsafe { WEIR_CT_IN.get(key) }.is_some()
+}
+
+#[inline(always)]
+fn local_pod(addr_be: u32) -> Option<EndpointInfo> {
+    // SAFETY: read-only lookup of a plain-data value.
+    unsafe { WEIR_ENDPOINTS.get(Addr16::from_v4_be(addr_be)) }.copied()
+}
+
 fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
-    // Everything that is not IPv4 for a pod or a masqueraded reply belongs to the node's stack.
+    // Everything that is not IPv4 for a pod, a Service or a translated reply belongs to the
+    // node's stack.
     if parse::eth_proto(ctx)? != ETH_P_IP {
         return Ok(TC_ACT_OK);
     }
     let ip = Ipv4::parse(ctx)?;
-    let mut daddr = ip.daddr;
-    if daddr == WEIR_NODE_IPV4.load() {
-        match nat::reverse(ctx, &ip)? {
-            Some(pod) => daddr = pod,
-            None => return Ok(TC_ACT_OK),
+    if ip.daddr == WEIR_NODE_IPV4.load() {
+        let orig = nat::reverse(ctx, &ip)?;
+        if orig != 0 {
+            if let Some(ep) = local_pod(orig) {
+                return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
+            }
+            // A load-balanced client's reply from a backend on another node.
+            let now = Ipv4 { daddr: orig, ..ip };
+            if lb::reverse(ctx, &now)? != 0 {
+                let route = fwd::Route::lookup(ctx, &now, ingress_ifindex(ctx));
+                return counted(route.send(ctx), counters::LB_TRANSLATED);
+            }
+            return Ok(TC_ACT_OK);
         }
     }
-    // SAFETY: read-only lookup of a plain-data value.
-    match unsafe { WEIR_ENDPOINTS.get(Addr16::from_v4_be(daddr)) } {
-        Some(ep) => {
-            let ep = *ep;
-            counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL)
-        }
-        None => Ok(TC_ACT_OK),
+    if let Some(ep) = local_pod(ip.daddr) {
+        note_inbound(ctx, &ip);
+        return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
     }
+    from_wire_to_service(ctx, &ip)
+}
+
+/// The per-packet load balancer's part of `weir_from_wire`. Not inlined (stack depth).
+#[inline(never)]
+fn from_wire_to_service(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    match lb::forward(ctx, ip)? {
+        lb::NOT_SERVICE => Ok(TC_ACT_OK),
+        lb::NO_BACKEND => {
+            drop::count(counters::LB_NO_BACKEND);
+            Ok(TC_ACT_OK)
+        }
+        backend => {
+            if let Some(ep) = local_pod(backend) {
+                return counted(fwd::to_local_pod(ctx, &ep), counters::LB_TRANSLATED);
+            }
+            to_remote_backend(ctx, &Ipv4 { daddr: backend, ..*ip })
+        }
+    }
+}
+
+/// A load-balanced packet whose backend runs on another node: masquerade it to this node so the
+/// reply comes back here, then send it to that node.
+#[inline(always)]
+fn to_remote_backend(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    let node = WEIR_NODE_IPV4.load();
+    nat::masquerade(ctx, ip, node)?;
+    let ip = Ipv4 { saddr: node, ..*ip };
+    let vxlan = WEIR_VXLAN_IFINDEX.load();
+    if vxlan != 0 {
+        let key = aya_ebpf::maps::lpm_trie::Key::new(128, Addr16::from_v4_be(ip.daddr));
+        let remote = WEIR_TUNNEL.get(key).ok_or(DropReason::UnknownClusterDest)?;
+        let sent = fwd::to_tunnel(ctx, remote.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load());
+        return counted(sent, counters::LB_TRANSLATED);
+    }
+    let route = fwd::Route::lookup(ctx, &ip, ingress_ifindex(ctx));
+    if route.to_stack() {
+        return Err(DropReason::UnknownClusterDest);
+    }
+    counted(route.send(ctx), counters::LB_TRANSLATED)
 }
 
 fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -201,10 +301,9 @@ fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::UnsupportedL3);
     }
     let ip = Ipv4::parse(ctx)?;
-    // SAFETY: read-only lookup of a plain-data value.
-    match unsafe { WEIR_ENDPOINTS.get(Addr16::from_v4_be(ip.daddr)) } {
+    match local_pod(ip.daddr) {
         Some(ep) => {
-            let ep = *ep;
+            note_inbound(ctx, &ip);
             counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL)
         }
         None => Err(DropReason::NoRoute),

@@ -20,11 +20,11 @@ const ICMP_ECHO_REQUEST: u8 = 8;
 const PORT_PROBES: u32 = 32;
 
 /// Where the "ports" of a packet live and how its L4 checksum must be fixed.
-struct L4 {
+pub struct L4 {
     /// Offset of the port (or ICMP identifier) that masquerade rewrites on egress.
-    sport_off: usize,
-    dport_off: usize,
-    csum_off: usize,
+    pub sport_off: u32,
+    pub dport_off: u32,
+    csum_off: u32,
     /// Whether the L4 checksum covers the IP pseudo header.
     pseudo: bool,
     /// UDP: a zero checksum means "none" and must stay zero.
@@ -32,13 +32,13 @@ struct L4 {
 }
 
 #[inline(always)]
-fn l4_layout(ctx: &TcContext, ip: &Ipv4, egress: bool) -> Result<L4, DropReason> {
-    let o = ip.l4_off;
+pub fn l4_layout(ctx: &TcContext, ip: &Ipv4, egress: bool) -> Result<L4, DropReason> {
+    let o = ip.l4_off as u32;
     match ip.proto {
         IPPROTO_TCP => Ok(L4 { sport_off: o, dport_off: o + 2, csum_off: o + 16, pseudo: true, udp: false }),
         IPPROTO_UDP => Ok(L4 { sport_off: o, dport_off: o + 2, csum_off: o + 6, pseudo: true, udp: true }),
         IPPROTO_ICMP => {
-            let ty: u8 = ctx.load(o).map_err(|_| DropReason::Malformed)?;
+            let ty: u8 = ctx.load(o as usize).map_err(|_| DropReason::Malformed)?;
             let want = if egress { ICMP_ECHO_REQUEST } else { ICMP_ECHO_REPLY };
             if ty != want {
                 return Err(DropReason::NatUnsupported);
@@ -52,44 +52,67 @@ fn l4_layout(ctx: &TcContext, ip: &Ipv4, egress: bool) -> Result<L4, DropReason>
 
 /// The port at `off`; the ICMP peer "port" is always 0.
 #[inline(always)]
-fn load_port(ctx: &TcContext, off: usize, icmp_peer: bool) -> Result<u16, DropReason> {
+pub fn load_port(ctx: &TcContext, off: u32, icmp_peer: bool) -> Result<u16, DropReason> {
     if icmp_peer {
         return Ok(0);
     }
-    ctx.load::<u16>(off).map_err(|_| DropReason::Malformed)
+    ctx.load::<u16>(off as usize).map_err(|_| DropReason::Malformed)
 }
 
 /// One address and one port to replace, with checksum fix-ups.
-struct Rewrite {
-    addr_off: usize,
-    old_addr: u32,
-    new_addr: u32,
-    port_off: usize,
-    old_port: u16,
-    new_port: u16,
+pub struct Rewrite {
+    pub addr_off: u32,
+    pub old_addr: u32,
+    pub new_addr: u32,
+    pub port_off: u32,
+    pub old_port: u16,
+    pub new_port: u16,
 }
 
 #[inline(always)]
-fn rewrite(ctx: &TcContext, l4: &L4, r: Rewrite) -> Result<(), DropReason> {
+pub fn rewrite(ctx: &TcContext, l4: &L4, r: Rewrite) -> Result<(), DropReason> {
     let err = |_| DropReason::RewriteFailed;
     let mangled = if l4.udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     if l4.pseudo {
-        ctx.l4_csum_replace(l4.csum_off, r.old_addr as u64, r.new_addr as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
+        ctx.l4_csum_replace(l4.csum_off as usize, r.old_addr as u64, r.new_addr as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
             .map_err(err)?;
     }
-    ctx.l4_csum_replace(l4.csum_off, r.old_port as u64, r.new_port as u64, mangled | 2).map_err(err)?;
+    ctx.l4_csum_replace(l4.csum_off as usize, r.old_port as u64, r.new_port as u64, mangled | 2).map_err(err)?;
     ctx.l3_csum_replace(IP_CSUM_OFF, r.old_addr as u64, r.new_addr as u64, 4).map_err(err)?;
-    ctx.store(r.addr_off, &r.new_addr, 0).map_err(err)?;
-    ctx.store(r.port_off, &r.new_port, 0).map_err(err)?;
+    ctx.store(r.addr_off as usize, &r.new_addr, 0).map_err(err)?;
+    ctx.store(r.port_off as usize, &r.new_port, 0).map_err(err)?;
     Ok(())
 }
 
 #[inline(always)]
-fn hash(k: &NatKey) -> u32 {
+pub fn hash(k: &NatKey) -> u32 {
     let s = k.saddr.v4_be();
     let d = k.daddr.v4_be();
     let p = ((k.sport_be as u32) << 16) | k.dport_be as u32;
     (s ^ d.rotate_left(7) ^ p ^ k.proto as u32).wrapping_mul(2654435761)
+}
+
+/// Claims a free node port for the connection `fwd_key` (by inserting its reverse entry with
+/// `BPF_NOEXIST`); returns it in network order, or 0 when every probe was taken. Not inlined:
+/// its keys stay off the callers' stack (the verifier caps the combined depth).
+#[inline(never)]
+fn claim(fwd_key: &NatKey, node: &Addr16) -> u16 {
+    let min = WEIR_NAT_PORT_MIN.load();
+    let span = WEIR_NAT_PORT_MAX.load().saturating_sub(min) + 1;
+    let h = hash(fwd_key);
+    let back = NatEntry { addr: fwd_key.saddr, port_be: fwd_key.sport_be, _pad: [0; 6] };
+    for i in 0..PORT_PROBES {
+        // checked_rem: no divide-by-zero panic path for the verifier to reject.
+        let Some(off) = h.wrapping_add(i.wrapping_mul(40503)).checked_rem(span) else {
+            break;
+        };
+        let port_be = ((min + off) as u16).to_be();
+        let rev_key = NatKey::new(fwd_key.daddr, *node, fwd_key.dport_be, port_be, fwd_key.proto);
+        if WEIR_NAT_REV.insert(rev_key, back, BPF_NOEXIST as u64).is_ok() {
+            return port_be;
+        }
+    }
+    0
 }
 
 /// Translate the source of an outbound packet to `node_be` and a claimed port.
@@ -107,31 +130,17 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, node_be: u32) -> Result<(), DropRe
     let new_port = match unsafe { WEIR_NAT_FWD.get(fwd_key) } {
         Some(e) => e.port_be,
         None => {
-            let min = WEIR_NAT_PORT_MIN.load();
-            let span = WEIR_NAT_PORT_MAX.load().saturating_sub(min) + 1;
-            let h = hash(&fwd_key);
-            let back = NatEntry { addr: fwd_key.saddr, port_be: sport, _pad: [0; 6] };
-            let mut claimed = None;
-            for i in 0..PORT_PROBES {
-                // checked_rem: no divide-by-zero panic path for the verifier to reject.
-                let Some(off) = h.wrapping_add(i.wrapping_mul(40503)).checked_rem(span) else {
-                    break;
-                };
-                let port_be = ((min + off) as u16).to_be();
-                let rev_key = NatKey::new(fwd_key.daddr, node, dport, port_be, ip.proto);
-                if WEIR_NAT_REV.insert(rev_key, back, BPF_NOEXIST as u64).is_ok() {
-                    claimed = Some(port_be);
-                    break;
-                }
+            let port_be = claim(&fwd_key, &node);
+            if port_be == 0 {
+                return Err(DropReason::NatPortsExhausted);
             }
-            let port_be = claimed.ok_or(DropReason::NatPortsExhausted)?;
             let fwd = NatEntry { addr: node, port_be, _pad: [0; 6] };
             WEIR_NAT_FWD.insert(fwd_key, fwd, 0).map_err(|_| DropReason::NatPortsExhausted)?;
             port_be
         }
     };
     let r = Rewrite {
-        addr_off: IP_SADDR_OFF,
+        addr_off: IP_SADDR_OFF as u32,
         old_addr: ip.saddr,
         new_addr: node_be,
         port_off: l4.sport_off,
@@ -142,14 +151,17 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, node_be: u32) -> Result<(), DropRe
 }
 
 /// For a packet addressed to the node: if it answers a masqueraded connection, translate its
-/// destination back to the pod and return the pod address; otherwise leave it alone.
-pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
+/// destination back to the original source and return that address (network order); otherwise
+/// leave it alone and return 0. Not inlined, to keep its keys off the caller's stack frame (the
+/// verifier caps the combined depth), and so a plain `u32` rather than an `Option`.
+#[inline(never)]
+pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
     if ip.fragment {
-        return Ok(None);
+        return Ok(0);
     }
     let l4 = match l4_layout(ctx, ip, false) {
         Ok(l4) => l4,
-        Err(_) => return Ok(None),
+        Err(_) => return Ok(0),
     };
     let icmp = ip.proto == IPPROTO_ICMP;
     let sport = load_port(ctx, l4.sport_off, icmp)?;
@@ -157,11 +169,11 @@ pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
     let key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
     // SAFETY: read-only lookup of a plain-data value.
     let Some(back) = (unsafe { WEIR_NAT_REV.get(key) }).copied() else {
-        return Ok(None);
+        return Ok(0);
     };
     let pod = back.addr.v4_be();
     let r = Rewrite {
-        addr_off: IP_DADDR_OFF,
+        addr_off: IP_DADDR_OFF as u32,
         old_addr: ip.daddr,
         new_addr: pod,
         port_off: l4.dport_off,
@@ -169,5 +181,5 @@ pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
         new_port: back.port_be,
     };
     rewrite(ctx, &l4, r)?;
-    Ok(Some(pod))
+    Ok(pod)
 }

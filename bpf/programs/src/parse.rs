@@ -23,6 +23,7 @@ pub fn eth_proto(ctx: &TcContext) -> Result<u16, DropReason> {
 }
 
 /// The IPv4 fields the datapath decides on. Addresses are network order in a native u32.
+#[derive(Clone, Copy)]
 pub struct Ipv4 {
     pub saddr: u32,
     pub daddr: u32,

@@ -7,7 +7,7 @@ pub mod services;
 pub mod tunnel;
 
 pub use endpoints::{Endpoints, FakeEndpoints};
-pub use services::{FakeServices, Services};
+pub use services::{Maglev, Services};
 pub use tunnel::{Cidr, FakeTunnel, Tunnel};
 
 /// A kernel map as reconcile sees it: list everything, insert or replace, remove.
@@ -18,6 +18,43 @@ pub trait KeyValueMap {
     fn upsert(&mut self, key: Self::Key, value: Self::Value) -> crate::Result<()>;
     /// Removing an absent key is not an error.
     fn remove(&mut self, key: Self::Key) -> crate::Result<()>;
+}
+
+/// An in-memory map for reconcile tests; `fail_writes` makes every write fail as a full map
+/// would.
+#[derive(Debug)]
+pub struct FakeMap<K, V> {
+    pub entries: BTreeMap<K, V>,
+    pub fail_writes: bool,
+}
+
+impl<K, V> Default for FakeMap<K, V> {
+    fn default() -> Self {
+        Self { entries: BTreeMap::new(), fail_writes: false }
+    }
+}
+
+impl<K: Ord + Copy + std::fmt::Debug, V: PartialEq + Copy + std::fmt::Debug> KeyValueMap for FakeMap<K, V> {
+    type Key = K;
+    type Value = V;
+
+    fn list(&self) -> crate::Result<BTreeMap<K, V>> {
+        Ok(self.entries.clone())
+    }
+    fn upsert(&mut self, key: K, value: V) -> crate::Result<()> {
+        if self.fail_writes {
+            return Err(crate::Error::MapFull { name: "fake", capacity: 0 });
+        }
+        self.entries.insert(key, value);
+        Ok(())
+    }
+    fn remove(&mut self, key: K) -> crate::Result<()> {
+        if self.fail_writes {
+            return Err(crate::Error::MapFull { name: "fake", capacity: 0 });
+        }
+        self.entries.remove(&key);
+        Ok(())
+    }
 }
 
 /// A map write's error: "full" (E2BIG) named as such, anything else as a map error.

@@ -1,75 +1,58 @@
-//! `WEIR_SERVICES`: Service frontend → its backends, inline (one map update per frontend, so
-//! a frontend is never seen half-written).
+//! `WEIR_SERVICES`: Service frontend → its backends, inline (one map update per frontend, so a
+//! frontend is never seen half-written); `WEIR_MAGLEV`: per-packet frontend → its Maglev table.
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, MapData};
-use weir_bpf_common::{maps, sizes, ServiceKey, ServiceValue};
+use weir_bpf_common::{maps, sizes, MaglevTable, ServiceKey, ServiceValue};
 
 use super::{removed, write_err, KeyValueMap};
 use crate::{map_err, Datapath, Result};
 
-const NAME: &str = maps::SERVICES;
+/// A kernel hash map keyed by Service frontend.
+pub struct FrontendMap<V> {
+    map: HashMap<MapData, ServiceKey, V>,
+    name: &'static str,
+    capacity: u32,
+}
 
-pub struct Services(HashMap<MapData, ServiceKey, ServiceValue>);
+pub type Services = FrontendMap<ServiceValue>;
+pub type Maglev = FrontendMap<MaglevTable>;
 
-impl Services {
-    pub fn open(dp: &mut Datapath) -> Result<Self> {
-        let map = dp.take_map(NAME)?;
-        Ok(Self(HashMap::try_from(map).map_err(map_err(NAME))?))
+impl<V: aya::Pod> FrontendMap<V> {
+    fn open_named(dp: &mut Datapath, name: &'static str, capacity: u32) -> Result<Self> {
+        let map = dp.take_map(name)?;
+        Ok(Self { map: HashMap::try_from(map).map_err(map_err(name))?, name, capacity })
     }
 }
 
-impl KeyValueMap for Services {
-    type Key = ServiceKey;
-    type Value = ServiceValue;
+impl Services {
+    pub fn open(dp: &mut Datapath) -> Result<Self> {
+        Self::open_named(dp, maps::SERVICES, sizes::SERVICES)
+    }
+}
 
-    fn list(&self) -> Result<BTreeMap<ServiceKey, ServiceValue>> {
+impl Maglev {
+    pub fn open(dp: &mut Datapath) -> Result<Self> {
+        Self::open_named(dp, maps::MAGLEV, sizes::MAGLEV)
+    }
+}
+
+impl<V: aya::Pod + PartialEq + std::fmt::Debug> KeyValueMap for FrontendMap<V> {
+    type Key = ServiceKey;
+    type Value = V;
+
+    fn list(&self) -> Result<BTreeMap<ServiceKey, V>> {
         let mut out = BTreeMap::new();
-        for item in self.0.iter() {
-            let (k, v) = item.map_err(map_err(NAME))?;
+        for item in self.map.iter() {
+            let (k, v) = item.map_err(map_err(self.name))?;
             out.insert(k, v);
         }
         Ok(out)
     }
-    fn upsert(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
-        self.0.insert(key, value, 0).map_err(write_err(NAME, sizes::SERVICES))
+    fn upsert(&mut self, key: ServiceKey, value: V) -> Result<()> {
+        self.map.insert(key, value, 0).map_err(write_err(self.name, self.capacity))
     }
     fn remove(&mut self, key: ServiceKey) -> Result<()> {
-        removed(NAME, self.0.remove(&key))
-    }
-}
-
-/// In-memory `WEIR_SERVICES` for reconcile tests; `fail_writes` makes every write fail.
-#[derive(Debug, Default)]
-pub struct FakeServices {
-    pub entries: BTreeMap<ServiceKey, ServiceValue>,
-    pub fail_writes: bool,
-}
-
-impl FakeServices {
-    fn write(&self) -> Result<()> {
-        match self.fail_writes {
-            true => Err(crate::Error::MapFull { name: NAME, capacity: sizes::SERVICES }),
-            false => Ok(()),
-        }
-    }
-}
-
-impl KeyValueMap for FakeServices {
-    type Key = ServiceKey;
-    type Value = ServiceValue;
-
-    fn list(&self) -> Result<BTreeMap<ServiceKey, ServiceValue>> {
-        Ok(self.entries.clone())
-    }
-    fn upsert(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
-        self.write()?;
-        self.entries.insert(key, value);
-        Ok(())
-    }
-    fn remove(&mut self, key: ServiceKey) -> Result<()> {
-        self.write()?;
-        self.entries.remove(&key);
-        Ok(())
+        removed(self.name, self.map.remove(&key))
     }
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod events;
 pub mod ipam;
+pub mod maglev;
 pub mod netlink;
 pub mod node;
 pub mod service_map;

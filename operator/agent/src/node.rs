@@ -13,7 +13,7 @@ use weir_bpf_common::{programs, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
     events::Events,
-    maps::{self, Endpoints, KeyValueMap, Services, Tunnel},
+    maps::{self, Endpoints, KeyValueMap, Maglev, Services, Tunnel},
     tcx::Attachment,
     Datapath, LoadConfig,
 };
@@ -41,6 +41,7 @@ struct Loaded {
     endpoints: Endpoints,
     tunnel: Tunnel,
     services: Services,
+    maglev: Maglev,
     counters: Counters,
     uplink: LinkInfo,
     pod_cidr: Ipv4Network,
@@ -174,6 +175,7 @@ impl Node {
             &node_ips,
             &self.cfg.node_name,
             &mut l.services,
+            &mut l.maglev,
         )?;
         if a.rejected_changed {
             for (svc, why) in &self.services.rejected {
@@ -220,13 +222,14 @@ impl Node {
         let endpoints = Endpoints::open(&mut dp)?;
         let tunnel = Tunnel::open(&mut dp)?;
         let services = Services::open(&mut dp)?;
+        let maglev = Maglev::open(&mut dp)?;
         let counters = Counters::open(&mut dp)?;
         if let Some(cg) = &cfg.cgroup_root {
             let how = dp.attach_cgroup(cg)?;
             tracing::info!(cgroup = %cg.display(), ?how, "socket-level Service translation");
         }
         self.events = Some(Events::open(&mut dp)?);
-        self.loaded = Some(Loaded { dp, endpoints, tunnel, services, counters, uplink, pod_cidr, mtu });
+        self.loaded = Some(Loaded { dp, endpoints, tunnel, services, maglev, counters, uplink, pod_cidr, mtu });
         self.sync_endpoints().await?;
         self.drain_delete_queue().await;
         tracing::info!(%pod_cidr, %node_ip, routing = ?self.cfg.routing, mtu, "datapath ready");
@@ -604,6 +607,8 @@ impl Node {
         counters.insert("forwarded_remote".into(), snap.forwarded_remote);
         counters.insert("masqueraded".into(), snap.masqueraded);
         counters.insert("to_stack".into(), snap.to_stack);
+        counters.insert("lb_translated".into(), snap.lb_translated);
+        counters.insert("lb_no_backend".into(), snap.lb_no_backend);
         Ok(DatapathInfo { attachments, counters })
     }
 }

@@ -1,0 +1,132 @@
+//! Per-packet Service load balancing, for traffic no socket hook saw: clients outside the cluster
+//! reaching a NodePort, an external IP or a LoadBalancer IP on this node's uplink.
+//!
+//! * Forward: the frontend's backend is chosen once per connection — `WEIR_LB_CT` remembers it,
+//!   else the frontend's Maglev table (`WEIR_MAGLEV`) picks it from the 5-tuple hash, so every
+//!   node picks the same backend and a backend change moves few other flows. The destination is
+//!   rewritten (DNAT); `WEIR_LB_REV` keys the reply tuple to the frontend.
+//! * Reverse: a reply from the backend to the client gets the frontend back as its source.
+//!
+//! A backend on another node is also masqueraded to this node (the caller does it) so that its
+//! reply returns here, where both translations are undone.
+use aya_ebpf::programs::TcContext;
+use weir_bpf_common::{Addr16, BackendAddr, DropReason, NatEntry, NatKey, ServiceKey, MAGLEV_M, MAX_INLINE_BACKENDS};
+
+use crate::{
+    nat::{self, Rewrite},
+    parse::{Ipv4, IPPROTO_TCP, IPPROTO_UDP, IP_DADDR_OFF, IP_SADDR_OFF},
+    WEIR_LB_CT, WEIR_LB_REV, WEIR_MAGLEV, WEIR_SERVICES,
+};
+
+/// What [`forward`] did, as one `u32` (these functions are not inlined, and a result whose
+/// variants do not fill the same bits reaches the verifier half undefined): the backend address
+/// the destination was rewritten to (network order), or one of these two values, which are
+/// never a backend (0.0.0.0 and 255.255.255.255).
+pub const NOT_SERVICE: u32 = 0;
+/// A frontend without backends: the node's stack answers (TCP RST, ICMP port unreachable).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Source and destination port of a TCP or UDP packet that is not a fragment.
+#[inline(always)]
+pub fn ports(ctx: &TcContext, ip: &Ipv4) -> Option<(u16, u16)> {
+    if ip.fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
+        return None;
+    }
+    let sport = ctx.load::<u16>(ip.l4_off).ok()?;
+    let dport = ctx.load::<u16>(ip.l4_off + 2).ok()?;
+    Some((sport, dport))
+}
+
+/// The backend for a new connection: its Maglev slot, or a plain hash when the table is missing
+/// (only between the two map writes of a frontend update).
+#[inline(always)]
+fn pick(
+    key: &ServiceKey,
+    tuple: &NatKey,
+    backends: &[BackendAddr; MAX_INLINE_BACKENDS],
+    count: usize,
+) -> Option<BackendAddr> {
+    let h = nat::hash(tuple) as usize;
+    // SAFETY: read-only lookup of a plain-data value.
+    let idx = match unsafe { WEIR_MAGLEV.get(key) } {
+        Some(t) => {
+            let slot = h.checked_rem(MAGLEV_M)?;
+            // SAFETY: reading a local; the volatile read keeps the bound check below for the verifier.
+            let slot = unsafe { core::ptr::read_volatile(&slot) };
+            *t.slots.get(slot)? as usize
+        }
+        None => h.checked_rem(count)?,
+    };
+    if idx >= count {
+        return None;
+    }
+    // SAFETY: as in `pick`'s slot read: keeps the verifier's bound on the index.
+    let idx = unsafe { core::ptr::read_volatile(&idx) } & (MAX_INLINE_BACKENDS - 1);
+    backends.get(idx).copied()
+}
+
+/// DNAT a packet addressed to a Service frontend to one of its backends. Not inlined (stack).
+#[inline(never)]
+pub fn forward(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
+    let Some((sport, dport)) = ports(ctx, ip) else { return Ok(NOT_SERVICE) };
+    let front = Addr16::from_v4_be(ip.daddr);
+    let key = ServiceKey { addr: front, port_be: dport, proto: ip.proto, _pad: [0; 5] };
+    // SAFETY: read-only lookup of a plain-data value.
+    let Some(svc) = (unsafe { WEIR_SERVICES.get(key) }) else { return Ok(NOT_SERVICE) };
+    let count = svc.count as usize;
+    if count == 0 || count > MAX_INLINE_BACKENDS {
+        return Ok(NO_BACKEND);
+    }
+    let client = Addr16::from_v4_be(ip.saddr);
+    let tuple = NatKey::new(client, front, sport, dport, ip.proto);
+    // SAFETY: read-only lookup of a plain-data value.
+    let b = match unsafe { WEIR_LB_CT.get(tuple) } {
+        Some(e) => BackendAddr { addr: e.addr, port_be: e.port_be, _pad: [0; 6] },
+        None => {
+            let b = pick(&key, &tuple, &svc.backends, count).ok_or(DropReason::NoRoute)?;
+            // Without the entry the next packet picks again: the same backend while the table
+            // is unchanged, so a failed insert costs stickiness only across an update.
+            let _ = WEIR_LB_CT.insert(tuple, NatEntry { addr: b.addr, port_be: b.port_be, _pad: [0; 6] }, 0);
+            b
+        }
+    };
+    let rev = NatKey::new(b.addr, client, b.port_be, sport, ip.proto);
+    WEIR_LB_REV
+        .insert(rev, NatEntry { addr: front, port_be: dport, _pad: [0; 6] }, 0)
+        .map_err(|_| DropReason::NatPortsExhausted)?;
+    let l4 = nat::l4_layout(ctx, ip, false)?;
+    let backend = b.addr.v4_be();
+    let r = Rewrite {
+        addr_off: IP_DADDR_OFF as u32,
+        old_addr: ip.daddr,
+        new_addr: backend,
+        port_off: l4.dport_off,
+        old_port: dport,
+        new_port: b.port_be,
+    };
+    nat::rewrite(ctx, &l4, r)?;
+    Ok(backend)
+}
+
+/// A backend's reply to a load-balanced client: restore the frontend as the source. `ip` holds
+/// the addresses as they are now in the packet. 1 when the packet was translated, else 0 (a
+/// `u32` for the reason given at [`NOT_SERVICE`]). Not inlined: its keys stay off the callers'
+/// stack frames (the verifier caps the combined depth).
+#[inline(never)]
+pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
+    let Some((sport, dport)) = ports(ctx, ip) else { return Ok(0) };
+    let key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
+    // SAFETY: read-only lookup of a plain-data value.
+    let Some(front) = (unsafe { WEIR_LB_REV.get(key) }).copied() else { return Ok(0) };
+    let l4 = nat::l4_layout(ctx, ip, true)?;
+    let r = Rewrite {
+        addr_off: IP_SADDR_OFF as u32,
+        old_addr: ip.saddr,
+        new_addr: front.addr.v4_be(),
+        port_off: l4.sport_off,
+        old_port: sport,
+        new_port: front.port_be,
+    };
+    nat::rewrite(ctx, &l4, r)?;
+    Ok(1)
+}
