@@ -5,10 +5,11 @@ use std::{
 };
 
 use aya::{
+    maps::ProgramArray,
     programs::{CgroupSockAddr, SchedClassifier},
     Ebpf, EbpfLoader,
 };
-use weir_bpf_common::{globals, programs, ABI_VERSION};
+use weir_bpf_common::{globals, maps, programs, tails, ABI_VERSION};
 
 use crate::{Error, Result, OBJECT};
 
@@ -91,6 +92,7 @@ impl Datapath {
                 .map_err(|source| Error::Program { name, source: Box::new(source) })?;
             prog.load().map_err(|source| Error::Program { name, source: Box::new(source) })?;
         }
+        fill_tails(&mut ebpf)?;
         Ok(Self { ebpf, pin_dir })
     }
 
@@ -105,4 +107,25 @@ impl Datapath {
     pub(crate) fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map> {
         self.ebpf.take_map(name).ok_or(Error::MissingMap { name })
     }
+}
+
+/// Points the tail-call slots at this load's programs. The array is pinned, so a restarted agent
+/// swaps the targets in place and packets in flight never find an empty slot.
+fn fill_tails(ebpf: &mut Ebpf) -> Result<()> {
+    let fd = {
+        let name = programs::LB_REMOTE;
+        let prog: &SchedClassifier = ebpf
+            .program(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source: Box::new(source) })?;
+        prog.fd().map_err(|source| Error::Program { name, source: Box::new(source) })?.try_clone().map_err(
+            |source| Error::Io { op: "duplicating the fd of", path: PathBuf::from(name), source },
+        )?
+    };
+    let name = maps::TAILS;
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap { name })?;
+    let mut tails_map = ProgramArray::try_from(map).map_err(|source| Error::Map { name, source: Box::new(source) })?;
+    tails_map.set(tails::LB_REMOTE, &fd, 0).map_err(|source| Error::Map { name, source: Box::new(source) })?;
+    Ok(())
 }

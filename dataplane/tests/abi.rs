@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use aya_obj::{Object, ProgramSection};
 use weir_bpf_common::{
-    maps, programs, Addr16, AffinityKey, AffinityValue, EndpointInfo, NatEntry, NatKey, RemoteNode, ServiceKey,
+    maps, programs, Addr16, AffinityKey, AffinityValue, EndpointInfo, MaglevTable, NatEntry, NatKey, RemoteNode, ServiceKey,
     ServiceValue, SockRevKey,
 };
 
@@ -46,6 +46,11 @@ fn map_layouts_match_the_abi_crate() {
         (maps::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
         (maps::SOCK_REVNAT, size_of::<SockRevKey>(), size_of::<NatEntry>()),
         (maps::AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+        (maps::MAGLEV, size_of::<ServiceKey>(), size_of::<MaglevTable>()),
+        (maps::LB_CT, size_of::<NatKey>(), size_of::<NatEntry>()),
+        (maps::LB_REV, size_of::<NatKey>(), size_of::<NatEntry>()),
+        (maps::CT_IN, size_of::<NatKey>(), 4),
+        (maps::TAILS, 4, 4),
     ];
     for (name, k, v) in want {
         let m = obj.maps.get(name).unwrap_or_else(|| panic!("map {name} missing"));

@@ -24,7 +24,9 @@ pub mod maps {
     pub const LB_CT: &str = "WEIR_LB_CT";
     pub const LB_REV: &str = "WEIR_LB_REV";
     pub const CT_IN: &str = "WEIR_CT_IN";
-    pub const ALL: [&str; 13] = [
+    /// Program array for tail calls (indices in [`crate::tails`]).
+    pub const TAILS: &str = "WEIR_TAILS";
+    pub const ALL: [&str; 14] = [
         ENDPOINTS,
         TUNNEL,
         NAT_FWD,
@@ -38,6 +40,7 @@ pub mod maps {
         LB_CT,
         LB_REV,
         CT_IN,
+        TAILS,
     ];
 }
 
@@ -49,7 +52,12 @@ pub mod programs {
     pub const FROM_WIRE: &str = "weir_from_wire";
     /// tcx ingress of the VXLAN device: decapsulated traffic from other nodes.
     pub const FROM_VXLAN: &str = "weir_from_vxlan";
-    pub const ALL: [&str; 3] = [FROM_POD, FROM_WIRE, FROM_VXLAN];
+    /// Tail call from `weir_from_wire`: a load-balanced packet whose backend is on another node
+    /// (masquerade, then tunnel or FIB). A fresh stack frame: the verifier caps the combined
+    /// depth of one program's call chain at 512 bytes.
+    pub const LB_REMOTE: &str = "weir_lb_remote";
+    /// Every tc program; the loader loads them all.
+    pub const ALL: [&str; 4] = [FROM_POD, FROM_WIRE, FROM_VXLAN, LB_REMOTE];
     /// cgroup/connect4: socket-level Service translation at connect().
     pub const SOCK_CONNECT4: &str = "weir_sock_conn4";
     /// cgroup/sendmsg4: the same for unconnected UDP sends.
@@ -89,6 +97,13 @@ pub mod sizes {
     pub const MAGLEV: u32 = 8192;
     pub const LB_CT: u32 = 131072;
     pub const CT_IN: u32 = 131072;
+    pub const TAILS: u32 = 4;
+}
+
+/// Slots of the `WEIR_TAILS` program array.
+pub mod tails {
+    /// `programs::LB_REMOTE`.
+    pub const LB_REMOTE: u32 = 0;
 }
 
 /// A 16-byte address; IPv4 is IPv4-mapped. Byte order: network.
@@ -337,6 +352,8 @@ drop_reasons! {
     Fragmented = 8, "fragmented";
     /// Masquerade of a protocol it cannot translate (only TCP, UDP and ICMP echo).
     NatUnsupported = 9, "nat_unsupported_protocol";
+    /// A tail call failed: the program array slot is empty (datapath not fully loaded).
+    TailCallFailed = 10, "tail_call_failed";
 }
 
 #[cfg(feature = "user")]

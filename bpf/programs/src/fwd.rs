@@ -90,8 +90,10 @@ pub struct Route {
 }
 
 impl Route {
-    /// Looks `ip` up in the node's FIB as if it arrived on `ifindex`.
-    #[inline(always)]
+    /// Looks `ip` up in the node's FIB as if it arrived on `ifindex`. Not inlined: the 64-byte
+    /// lookup parameters stay off the callers' frames, which also hold the NAT paths' keys (the
+    /// verifier caps the combined depth at 512 bytes).
+    #[inline(never)]
     pub fn lookup(ctx: &TcContext, ip: &Ipv4, ifindex: u32) -> Self {
         let mut p = fib_params(ip, ifindex);
         // SAFETY: p lives on the stack for the call; the size matches the struct.

@@ -7,6 +7,8 @@
 //! * `weir_from_wire`  tcx ingress, node uplink: delivery to local pods, reverse masquerade,
 //!   per-packet Service load balancing (NodePort, external and LoadBalancer IPs).
 //! * `weir_from_vxlan` tcx ingress, VXLAN device (collect_metadata): delivery to local pods.
+//! * `weir_lb_remote`  tail call from `weir_from_wire` (slot `tails::LB_REMOTE` of `WEIR_TAILS`):
+//!   a load-balanced packet, already DNATed, whose backend is on another node.
 //!
 //! Every entry point maps `Err(DropReason)` to `drop::shot`, which counts and reports the drop.
 #![no_std]
@@ -22,13 +24,13 @@ mod sock;
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{SockAddrContext, TcContext},
     Global,
 };
 use weir_bpf_common::{
     counters, sizes, Addr16, AffinityKey, AffinityValue, DropReason, EndpointInfo, MaglevTable, NatEntry, NatKey,
-    RemoteNode, ServiceKey, ServiceValue, SockRevKey,
+    RemoteNode, ServiceKey, ServiceValue, SockRevKey, tails,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
@@ -78,6 +80,14 @@ static WEIR_LB_REV: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::LB_
 /// replies keep the pod's address instead of being masqueraded.
 #[map]
 static WEIR_CT_IN: LruHashMap<NatKey, u32> = LruHashMap::pinned(sizes::CT_IN, 0);
+/// Tail-call targets; the loader fills the slots of `tails`.
+#[map]
+static WEIR_TAILS: ProgramArray = ProgramArray::pinned(sizes::TAILS, 0);
+
+/// What `try_from_wire` returns to ask its entry point for the `tails::LB_REMOTE` tail call
+/// (never a tc action). The tail call is made from the entry point's own frame: the verifier
+/// forbids tail calls below a call chain of 256 bytes or more.
+const TAIL_LB_REMOTE: i32 = 0x7e1_0000;
 
 #[cgroup_sock_addr(connect4)]
 pub fn weir_sock_conn4(ctx: SockAddrContext) -> i32 {
@@ -110,6 +120,19 @@ pub fn weir_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weir_from_wire(ctx: TcContext) -> i32 {
     match try_from_wire(&ctx) {
+        Ok(TAIL_LB_REMOTE) => {
+            // SAFETY: the slot holds a tc program of this object; on success this never returns.
+            let _ = unsafe { WEIR_TAILS.tail_call(&ctx, tails::LB_REMOTE) };
+            drop::shot(&ctx, DropReason::TailCallFailed)
+        }
+        Ok(action) => action,
+        Err(reason) => drop::shot(&ctx, reason),
+    }
+}
+
+#[classifier]
+pub fn weir_lb_remote(ctx: TcContext) -> i32 {
+    match to_remote_backend(&ctx) {
         Ok(action) => action,
         Err(reason) => drop::shot(&ctx, reason),
     }
@@ -270,18 +293,18 @@ fn from_wire_to_service(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
             if let Some(ep) = local_pod(backend) {
                 return counted(fwd::to_local_pod(ctx, &ep), counters::LB_TRANSLATED);
             }
-            to_remote_backend(ctx, &Ipv4 { daddr: backend, ..*ip })
+            Ok(TAIL_LB_REMOTE)
         }
     }
 }
 
-/// A load-balanced packet whose backend runs on another node: masquerade it to this node so the
-/// reply comes back here, then send it to that node.
-#[inline(always)]
-fn to_remote_backend(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+/// A load-balanced packet (already DNATed) whose backend runs on another node: masquerade it to
+/// this node so the reply comes back here, then send it to that node.
+fn to_remote_backend(ctx: &TcContext) -> Result<i32, DropReason> {
+    let ip = Ipv4::parse(ctx)?;
     let node = WEIR_NODE_IPV4.load();
-    nat::masquerade(ctx, ip, node)?;
-    let ip = Ipv4 { saddr: node, ..*ip };
+    nat::masquerade(ctx, &ip, node)?;
+    let ip = Ipv4 { saddr: node, ..ip };
     let vxlan = WEIR_VXLAN_IFINDEX.load();
     if vxlan != 0 {
         let key = aya_ebpf::maps::lpm_trie::Key::new(128, Addr16::from_v4_be(ip.daddr));

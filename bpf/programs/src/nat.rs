@@ -93,9 +93,8 @@ pub fn hash(k: &NatKey) -> u32 {
 }
 
 /// Claims a free node port for the connection `fwd_key` (by inserting its reverse entry with
-/// `BPF_NOEXIST`); returns it in network order, or 0 when every probe was taken. Not inlined:
-/// its keys stay off the callers' stack (the verifier caps the combined depth).
-#[inline(never)]
+/// `BPF_NOEXIST`); returns it in network order, or 0 when every probe was taken.
+#[inline(always)]
 fn claim(fwd_key: &NatKey, node: &Addr16) -> u16 {
     let min = WEIR_NAT_PORT_MIN.load();
     let span = WEIR_NAT_PORT_MAX.load().saturating_sub(min) + 1;
