@@ -119,9 +119,10 @@ fn fill_tails(ebpf: &mut Ebpf) -> Result<()> {
             .ok_or(Error::MissingProgram { name })?
             .try_into()
             .map_err(|source| Error::Program { name, source: Box::new(source) })?;
-        prog.fd().map_err(|source| Error::Program { name, source: Box::new(source) })?.try_clone().map_err(
-            |source| Error::Io { op: "duplicating the fd of", path: PathBuf::from(name), source },
-        )?
+        prog.fd()
+            .map_err(|source| Error::Program { name, source: Box::new(source) })?
+            .try_clone()
+            .map_err(|source| Error::Io { op: "duplicating the fd of", path: PathBuf::from(name), source })?
     };
     let name = maps::TAILS;
     let map = ebpf.map_mut(name).ok_or(Error::MissingMap { name })?;

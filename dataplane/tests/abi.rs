@@ -4,8 +4,8 @@ use std::mem::size_of;
 
 use aya_obj::{Object, ProgramSection};
 use weir_bpf_common::{
-    maps, programs, Addr16, AffinityKey, AffinityValue, EndpointInfo, MaglevTable, NatEntry, NatKey, RemoteNode, ServiceKey,
-    ServiceValue, SockRevKey,
+    maps, programs, Addr16, AffinityKey, AffinityValue, EndpointInfo, MaglevTable, NatEntry, NatKey, RemoteNode,
+    ServiceKey, ServiceValue, SockRevKey,
 };
 
 fn object() -> Option<Object> {

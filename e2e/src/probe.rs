@@ -28,6 +28,23 @@ pub struct ProbeResult {
     /// The peer as getpeername() reports it (a Service address stays the Service address).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The client address as the server saw it (the lab server's second line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// The lab server's answer: its name, then the client address it saw.
+fn answer(name: &str, client: SocketAddr) -> String {
+    format!("{name}\nclient {client}\n")
+}
+
+/// A connected probe's result from the server's answer.
+fn connected(answer: &[u8], peer: Option<String>) -> ProbeResult {
+    let text = String::from_utf8_lossy(answer);
+    let mut lines = text.lines().map(str::trim);
+    let reply = lines.next().filter(|l| !l.is_empty()).map(str::to_owned);
+    let client = lines.find_map(|l| l.strip_prefix("client ")).map(str::to_owned);
+    ProbeResult { result: "connected", reply, error: None, peer, client }
 }
 
 fn classify(e: &std::io::Error) -> &'static str {
@@ -43,8 +60,13 @@ pub fn probe(target: &str, proto: Protocol, timeout: Duration) -> anyhow::Result
         .with_context(|| format!("{target:?} is not HOST:PORT"))?
         .next()
         .with_context(|| format!("{target:?} resolves to nothing"))?;
-    let failed =
-        |e: std::io::Error| ProbeResult { result: classify(&e), reply: None, error: Some(e.to_string()), peer: None };
+    let failed = |e: std::io::Error| ProbeResult {
+        result: classify(&e),
+        reply: None,
+        error: Some(e.to_string()),
+        peer: None,
+        client: None,
+    };
     Ok(match proto {
         Protocol::Tcp => match TcpStream::connect_timeout(&addr, timeout) {
             Ok(mut s) => {
@@ -52,8 +74,7 @@ pub fn probe(target: &str, proto: Protocol, timeout: Duration) -> anyhow::Result
                 let peer = s.peer_addr().ok().map(|p| p.to_string());
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
-                let reply = String::from_utf8_lossy(&buf).trim().to_owned();
-                ProbeResult { result: "connected", reply: (!reply.is_empty()).then_some(reply), error: None, peer }
+                connected(&buf, peer)
             }
             Err(e) => failed(e),
         },
@@ -72,14 +93,11 @@ pub fn probe(target: &str, proto: Protocol, timeout: Duration) -> anyhow::Result
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    break ProbeResult { result: "timeout", reply: None, error: None, peer: None };
+                    break ProbeResult { result: "timeout", reply: None, error: None, peer: None, client: None };
                 }
                 sock.set_read_timeout(Some(left.min(Duration::from_millis(300))))?;
                 match sock.recv(&mut buf) {
-                    Ok(n) => {
-                        let reply = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-                        break ProbeResult { result: "connected", reply: Some(reply), error: None, peer };
-                    }
+                    Ok(n) => break connected(&buf[..n], peer),
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
                     Err(e) => break failed(e),
                 }
@@ -88,25 +106,28 @@ pub fn probe(target: &str, proto: Protocol, timeout: Duration) -> anyhow::Result
     })
 }
 
-/// Answers on every given port, TCP and UDP, with `name`. Prints `ready` once all are bound.
+/// Answers on every given port, TCP and UDP, with `name` and the client address it saw. Prints
+/// `ready` once all are bound.
 pub fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
     let mut threads = Vec::new();
     for &port in tcp {
         let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding tcp/{port}"))?;
-        let reply = format!("{name}\n");
+        let name = name.to_owned();
         threads.push(std::thread::spawn(move || {
             for mut conn in l.incoming().flatten() {
-                let _ = conn.write_all(reply.as_bytes());
+                if let Ok(client) = conn.peer_addr() {
+                    let _ = conn.write_all(answer(&name, client).as_bytes());
+                }
             }
         }));
     }
     for &port in udp {
         let s = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding udp/{port}"))?;
-        let reply = format!("{name}\n");
+        let name = name.to_owned();
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while let Ok((_, peer)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(reply.as_bytes(), peer);
+                let _ = s.send_to(answer(&name, peer).as_bytes(), peer);
             }
         }));
     }

@@ -1,6 +1,7 @@
 //! Lab e2e: a real multi-node lab (root): pods created through weir-cni on two nodes, the full
 //! pod×pod matrix over TCP and UDP, same node and across nodes, in direct-routing and VXLAN mode;
-//! masquerade to the outside; the agent stopped while traffic flows and restarted without
+//! masquerade to the outside; Services (socket-level for pods, per-packet for NodePorts from the
+//! external namespace on every node); the agent stopped while traffic flows and restarted without
 //! duplicating programs; bad manifests rejected; `down` leaves nothing behind.
 use std::{
     process::{Command, Output},
@@ -65,6 +66,20 @@ impl TestLab {
         let out = self.ok(&["probe", from, target, "--protocol", proto, "--timeout", "3s", "-o", "json"]);
         let v: Value = serde_json::from_str(out.trim()).expect("probe json");
         (v["result"].as_str().unwrap_or_default().to_owned(), v["reply"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// A probe from the external namespace (outside the cluster), as JSON.
+    fn probe_external(&self, target: &str, proto: &str) -> Value {
+        let out = self.ok(&["external", "--", LAB, "probe-inner", target, "--protocol", proto, "--timeout", "3s"]);
+        serde_json::from_str(out.trim()).expect("probe json")
+    }
+
+    /// The nodePort of a Service's port `port_name`.
+    fn node_port(&self, svc: &str, port_name: &str) -> u16 {
+        let v: Value = serde_json::from_str(&self.ok(&["get", "services"])).expect("services json");
+        let s = v.as_array().and_then(|a| a.iter().find(|s| s["name"] == svc).cloned()).expect("service");
+        let p = s["ports"].as_array().and_then(|a| a.iter().find(|p| p["name"] == port_name).cloned());
+        p.and_then(|p| p["nodePort"].as_u64()).and_then(|n| u16::try_from(n).ok()).expect("nodePort")
     }
 
     fn datapath(&self, node: &str) -> Value {
@@ -376,6 +391,8 @@ fn full_lab_story(routing: &str) {
     let again_ip = lab.pods().iter().find(|p| p["name"] == "again").and_then(|p| p["ip"].as_str()).map(str::to_owned);
     assert_eq!(again_ip.as_deref(), Some(late_ip.as_str()), "the released address is handed out again");
 
+    services_beyond_pods(&lab);
+
     // Down removes everything the lab made.
     let name = lab.name.clone();
     drop(lab);
@@ -386,6 +403,159 @@ fn full_lab_story(routing: &str) {
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/unified/weir-lab-{name}")).exists());
     let again = Command::new(LAB).env("WEIR_LAB", &name).arg("down").output().expect("down twice");
     assert!(again.status.success(), "down is safe to run twice");
+}
+
+/// Waits until `probe` (retried) gives `want`, for at most 10 s.
+fn eventually(what: &str, want: &str, mut probe: impl FnMut() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = probe();
+        if got == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: still {got}, want {want}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Services reached other than from a pod to pods of other nodes: hairpin, the client's source
+/// address, the same port on TCP and UDP, the proxy-name label, and NodePorts from outside the
+/// cluster on every node (per-packet load balancing on the uplink), with
+/// externalTrafficPolicy Cluster and Local. Expects pods a1, a2, again (n1), b1, b2 (n2) labelled
+/// app=web.
+fn services_beyond_pods(lab: &TestLab) {
+    let ip_of = |name: &str| -> String {
+        lab.pods().iter().find(|p| p["name"] == name).and_then(|p| p["ip"].as_str()).expect("pod ip").to_owned()
+    };
+    let probe_json = |from: &str, target: &str, proto: &str| -> Value {
+        let out = lab.ok(&["probe", from, target, "--protocol", proto, "--timeout", "3s", "-o", "json"]);
+        serde_json::from_str(out.trim()).expect("probe json")
+    };
+    let solo = pod_yaml("shop", "solo", "n2", "solo");
+    let solo_svc = "---\napiVersion: v1\nkind: Service\nmetadata: {name: solo, namespace: shop}\n\
+                    spec: {selector: {app: solo}, ports: [{name: t, port: 53, targetPort: 8080}, \
+                    {name: u, port: 53, targetPort: 5353, protocol: UDP}]}\n";
+    let out = lab.apply(&format!("{solo}{solo_svc}"));
+    assert!(out.status.success(), "apply solo: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&lab.ok(&["get", "services"])).expect("services json");
+    let vip = v.as_array().and_then(|a| a.iter().find(|s| s["name"] == "solo")).expect("solo")["clusterIP"]
+        .as_str()
+        .expect("clusterIP")
+        .to_owned();
+    let (solo_ip, a1_ip) = (ip_of("solo"), ip_of("a1"));
+    for from in ["shop/solo", "shop/a1"] {
+        eventually("the new Service", "connected", || lab.probe(from, &format!("{vip}:53"), "tcp").0);
+    }
+    for proto in ["tcp", "udp"] {
+        // Hairpin: the only backend reaches its own Service and answers itself.
+        let r = probe_json("shop/solo", &format!("{vip}:53"), proto);
+        assert_eq!(
+            (r["result"].as_str(), r["reply"].as_str()),
+            (Some("connected"), Some("solo")),
+            "hairpin {proto}: {r}"
+        );
+        assert!(r["client"].as_str().is_some_and(|c| c.starts_with(&format!("{solo_ip}:"))), "hairpin {proto}: {r}");
+        // Same port on TCP and UDP, each to its own targetPort; the client's address is kept.
+        let r = probe_json("shop/a1", &format!("{vip}:53"), proto);
+        assert_eq!(r["reply"], "solo", "{proto}: {r}");
+        assert!(r["client"].as_str().is_some_and(|c| c.starts_with(&format!("{a1_ip}:"))), "source IP {proto}: {r}");
+    }
+    // Labelled for another proxy, the Service disappears from weir; unlabelled, it comes back.
+    let other = solo_svc.replace(
+        "metadata: {name: solo, namespace: shop}",
+        "metadata: {name: solo, namespace: shop, labels: {service.kubernetes.io/service-proxy-name: other}}",
+    );
+    assert!(lab.apply(&other).status.success());
+    eventually("a Service for another proxy", "timeout", || lab.probe("shop/a1", &format!("{vip}:53"), "tcp").0);
+    assert!(lab.apply(solo_svc).status.success());
+    eventually("the Service back from another proxy", "connected", || {
+        lab.probe("shop/a1", &format!("{vip}:53"), "tcp").0
+    });
+
+    // NodePorts from the external namespace, on every node, TCP and UDP.
+    let np = "---\napiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: shop}\n\
+              spec: {type: NodePort, selector: {app: web}, ports: [{name: t, port: 80, targetPort: 8080}, \
+              {name: u, port: 53, targetPort: 5353, protocol: UDP}]}\n\
+              ---\napiVersion: v1\nkind: Service\nmetadata: {name: np-local, namespace: shop}\n\
+              spec: {type: NodePort, externalTrafficPolicy: Local, selector: {app: web}, \
+              ports: [{name: t, port: 80, targetPort: 8080}]}\n\
+              ---\napiVersion: v1\nkind: Service\nmetadata: {name: np-empty, namespace: shop}\n\
+              spec: {type: NodePort, selector: {app: nobody}, ports: [{name: t, port: 80}]}\n";
+    let out = lab.apply(np);
+    assert!(out.status.success(), "apply NodePorts: {}", String::from_utf8_lossy(&out.stderr));
+    let on_n1 = ["a1", "a2", "again"];
+    let on_n2 = ["b1", "b2"];
+    let nodes = [("n1", "172.30.0.11"), ("n2", "172.30.0.12")];
+    let port = lab.node_port("np", "t");
+    for (_, node_ip) in nodes {
+        eventually("a new NodePort", "connected", || {
+            lab.probe_external(&format!("{node_ip}:{port}"), "tcp")["result"].as_str().unwrap_or_default().to_owned()
+        });
+    }
+    for (port_name, proto) in [("t", "tcp"), ("u", "udp")] {
+        let port = lab.node_port("np", port_name);
+        for (node, node_ip) in nodes {
+            let target = format!("{node_ip}:{port}");
+            // Maglev spreads source ports over all backends: both nodes' pods answer.
+            let (mut here, mut there) = (0, 0);
+            for _ in 0..40 {
+                let r = lab.probe_external(&target, proto);
+                assert_eq!(r["result"], "connected", "NodePort {target}/{proto} via {node}: {r}");
+                let who = r["reply"].as_str().unwrap_or_default();
+                assert!(on_n1.contains(&who) || on_n2.contains(&who), "{target}/{proto}: {r}");
+                let local = if node == "n1" { on_n1.contains(&who) } else { on_n2.contains(&who) };
+                if local {
+                    here += 1;
+                    // A local backend sees the external client itself.
+                    assert!(r["client"].as_str().is_some_and(|c| c.starts_with("172.30.0.200:")), "{r}");
+                } else {
+                    there += 1;
+                }
+                if here > 0 && there > 0 {
+                    break;
+                }
+            }
+            assert!(here > 0 && there > 0, "NodePort {target}/{proto} via {node}: local {here}, remote {there}");
+        }
+    }
+    // externalTrafficPolicy: Local — only the node's own pods, and they see the client's address.
+    let port = lab.node_port("np-local", "t");
+    for (node, node_ip) in nodes {
+        let mine: &[&str] = if node == "n1" { &on_n1 } else { &on_n2 };
+        for _ in 0..10 {
+            let r = lab.probe_external(&format!("{node_ip}:{port}"), "tcp");
+            assert!(r["reply"].as_str().is_some_and(|w| mine.contains(&w)), "eTP=Local via {node}: {r}");
+            assert!(r["client"].as_str().is_some_and(|c| c.starts_with("172.30.0.200:")), "eTP=Local: {r}");
+        }
+    }
+    // sessionAffinity: ClientIP on a NodePort: one external client, one backend, from either node.
+    let sticky = np
+        .split("---")
+        .nth(1)
+        .expect("np")
+        .replace("name: np,", "name: np-sticky,")
+        .replace("spec: {type: NodePort,", "spec: {type: NodePort, sessionAffinity: ClientIP,");
+    assert!(lab.apply(&format!("---{sticky}")).status.success());
+    let port = lab.node_port("np-sticky", "t");
+    let mut answers = std::collections::BTreeSet::new();
+    for (_, node_ip) in nodes {
+        eventually("a new NodePort", "connected", || {
+            lab.probe_external(&format!("{node_ip}:{port}"), "tcp")["result"].as_str().unwrap_or_default().to_owned()
+        });
+        for _ in 0..15 {
+            let r = lab.probe_external(&format!("{node_ip}:{port}"), "tcp");
+            answers.insert(r["reply"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(answers.len(), 1, "NodePort affinity: {answers:?}");
+    // No endpoints: refused from outside too.
+    let port = lab.node_port("np-empty", "t");
+    for (_, node_ip) in nodes {
+        let r = lab.probe_external(&format!("{node_ip}:{port}"), "tcp");
+        assert_eq!(r["result"], "refused", "empty NodePort: {r}");
+    }
+    let dp = lab.datapath("n1");
+    assert!(counter(&dp, "lb_translated") > 0, "{dp}");
 }
 
 #[test]

@@ -37,16 +37,11 @@ pub fn ports(ctx: &TcContext, ip: &Ipv4) -> Option<(u16, u16)> {
     Some((sport, dport))
 }
 
-/// The backend for a new connection: its Maglev slot, or a plain hash when the table is missing
-/// (only between the two map writes of a frontend update).
+/// The backend for a new connection with flow hash `h`: its Maglev slot, or a plain hash when
+/// the table is missing (only between the two map writes of a frontend update).
 #[inline(always)]
-fn pick(
-    key: &ServiceKey,
-    tuple: &NatKey,
-    backends: &[BackendAddr; MAX_INLINE_BACKENDS],
-    count: usize,
-) -> Option<BackendAddr> {
-    let h = nat::hash(tuple) as usize;
+fn pick(key: &ServiceKey, h: u32, backends: &[BackendAddr; MAX_INLINE_BACKENDS], count: usize) -> Option<BackendAddr> {
+    let h = h as usize;
     // SAFETY: read-only lookup of a plain-data value.
     let idx = match unsafe { WEIR_MAGLEV.get(key) } {
         Some(t) => {
@@ -83,7 +78,11 @@ pub fn forward(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
     let b = match unsafe { WEIR_LB_CT.get(tuple) } {
         Some(e) => BackendAddr { addr: e.addr, port_be: e.port_be, _pad: [0; 6] },
         None => {
-            let b = pick(&key, &tuple, &svc.backends, count).ok_or(DropReason::NoRoute)?;
+            // sessionAffinity: ClientIP hashes the client address alone, so every connection
+            // of a client picks the same slot on every node (sticky while the backends are
+            // unchanged; the timeout applies only to the socket-level path).
+            let h = nat::hash(&tuple, svc.affinity_timeout_s != 0);
+            let b = pick(&key, h, &svc.backends, count).ok_or(DropReason::NoRoute)?;
             // Without the entry the next packet picks again: the same backend while the table
             // is unchanged, so a failed insert costs stickiness only across an update.
             let _ = WEIR_LB_CT.insert(tuple, NatEntry { addr: b.addr, port_be: b.port_be, _pad: [0; 6] }, 0);

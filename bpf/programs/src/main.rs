@@ -29,8 +29,8 @@ use aya_ebpf::{
     Global,
 };
 use weir_bpf_common::{
-    counters, sizes, Addr16, AffinityKey, AffinityValue, DropReason, EndpointInfo, MaglevTable, NatEntry, NatKey,
-    RemoteNode, ServiceKey, ServiceValue, SockRevKey, tails,
+    counters, sizes, tails, Addr16, AffinityKey, AffinityValue, DropReason, EndpointInfo, MaglevTable, NatEntry,
+    NatKey, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
@@ -122,7 +122,7 @@ pub fn weir_from_wire(ctx: TcContext) -> i32 {
     match try_from_wire(&ctx) {
         Ok(TAIL_LB_REMOTE) => {
             // SAFETY: the slot holds a tc program of this object; on success this never returns.
-            let _ = unsafe { WEIR_TAILS.tail_call(&ctx, tails::LB_REMOTE) };
+            unsafe { WEIR_TAILS.tail_call(&ctx, tails::LB_REMOTE) };
             drop::shot(&ctx, DropReason::TailCallFailed)
         }
         Ok(action) => action,
@@ -280,8 +280,8 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     from_wire_to_service(ctx, &ip)
 }
 
-/// The per-packet load balancer's part of `weir_from_wire`. Not inlined (stack depth).
-#[inline(never)]
+/// The per-packet load balancer's part of `weir_from_wire`.
+#[inline(always)]
 fn from_wire_to_service(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     match lb::forward(ctx, ip)? {
         lb::NOT_SERVICE => Ok(TC_ACT_OK),

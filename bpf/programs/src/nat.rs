@@ -74,8 +74,13 @@ pub fn rewrite(ctx: &TcContext, l4: &L4, r: Rewrite) -> Result<(), DropReason> {
     let err = |_| DropReason::RewriteFailed;
     let mangled = if l4.udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     if l4.pseudo {
-        ctx.l4_csum_replace(l4.csum_off as usize, r.old_addr as u64, r.new_addr as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
-            .map_err(err)?;
+        ctx.l4_csum_replace(
+            l4.csum_off as usize,
+            r.old_addr as u64,
+            r.new_addr as u64,
+            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+        )
+        .map_err(err)?;
     }
     ctx.l4_csum_replace(l4.csum_off as usize, r.old_port as u64, r.new_port as u64, mangled | 2).map_err(err)?;
     ctx.l3_csum_replace(IP_CSUM_OFF, r.old_addr as u64, r.new_addr as u64, 4).map_err(err)?;
@@ -84,11 +89,12 @@ pub fn rewrite(ctx: &TcContext, l4: &L4, r: Rewrite) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// A flow's hash; with `client_only`, of its source address alone (every connection of a
+/// client, to any frontend on any node, alike).
 #[inline(always)]
-pub fn hash(k: &NatKey) -> u32 {
+pub fn hash(k: &NatKey, client_only: bool) -> u32 {
     let s = k.saddr.v4_be();
-    let d = k.daddr.v4_be();
-    let p = ((k.sport_be as u32) << 16) | k.dport_be as u32;
+    let (d, p) = if client_only { (0, 0) } else { (k.daddr.v4_be(), ((k.sport_be as u32) << 16) | k.dport_be as u32) };
     (s ^ d.rotate_left(7) ^ p ^ k.proto as u32).wrapping_mul(2654435761)
 }
 
@@ -98,7 +104,7 @@ pub fn hash(k: &NatKey) -> u32 {
 fn claim(fwd_key: &NatKey, node: &Addr16) -> u16 {
     let min = WEIR_NAT_PORT_MIN.load();
     let span = WEIR_NAT_PORT_MAX.load().saturating_sub(min) + 1;
-    let h = hash(fwd_key);
+    let h = hash(fwd_key, false);
     let back = NatEntry { addr: fwd_key.saddr, port_be: fwd_key.sport_be, _pad: [0; 6] };
     for i in 0..PORT_PROBES {
         // checked_rem: no divide-by-zero panic path for the verifier to reject.
