@@ -44,16 +44,20 @@ impl TestLab {
     }
 
     fn apply(&self, yaml: &str) -> Output {
+        self.run_with_stdin(&["apply", "-f", "-"], yaml)
+    }
+
+    fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
         let mut child = Command::new(LAB)
             .env("WEIR_LAB", &self.name)
-            .args(["apply", "-f", "-"])
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("spawn apply");
-        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), yaml.as_bytes()).expect("write");
-        child.wait_with_output().expect("apply")
+            .expect("spawn weir-lab");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input.as_bytes()).expect("write");
+        child.wait_with_output().expect("weir-lab")
     }
 
     fn pods(&self) -> Vec<Value> {
@@ -66,6 +70,13 @@ impl TestLab {
         let out = self.ok(&["probe", from, target, "--protocol", proto, "--timeout", "3s", "-o", "json"]);
         let v: Value = serde_json::from_str(out.trim()).expect("probe json");
         (v["result"].as_str().unwrap_or_default().to_owned(), v["reply"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The ClusterIP the lab gave Service `name`.
+    fn cluster_ip(&self, name: &str) -> String {
+        let v: Value = serde_json::from_str(&self.ok(&["get", "services"])).expect("services json");
+        let svc = v.as_array().and_then(|a| a.iter().find(|s| s["name"] == name).cloned()).expect("service");
+        svc["clusterIP"].as_str().expect("clusterIP").to_owned()
     }
 
     /// A probe from the external namespace (outside the cluster), as JSON.
@@ -221,11 +232,7 @@ fn full_lab_story(routing: &str) {
                spec: {selector: {app: nobody}, ports: [{port: 80}]}\n";
     let out = lab.apply(svc);
     assert!(out.status.success(), "apply services: {}", String::from_utf8_lossy(&out.stderr));
-    let vip = |name: &str| -> String {
-        let v: Value = serde_json::from_str(&lab.ok(&["get", "services"])).expect("services json");
-        let svc = v.as_array().and_then(|a| a.iter().find(|s| s["name"] == name).cloned()).expect("service");
-        svc["clusterIP"].as_str().expect("clusterIP").to_owned()
-    };
+    let vip = |name: &str| lab.cluster_ip(name);
     let (web, empty) = (vip("web"), vip("empty"));
     let backends = ["a1", "a2", "b1", "b2"];
     let served_by = |from: &str, target: &str, proto: &str| -> std::collections::BTreeSet<String> {
@@ -371,21 +378,8 @@ fn full_lab_story(routing: &str) {
         .and_then(|p| p["ip"].as_str())
         .map(str::to_owned)
         .expect("late ip");
-    let del = Command::new(LAB)
-        .env("WEIR_LAB", &lab.name)
-        .args(["delete", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            std::io::Write::write_all(
-                &mut c.stdin.take().expect("stdin"),
-                pod_yaml("shop", "late", "n1", "web").as_bytes(),
-            )?;
-            c.wait()
-        })
-        .expect("delete");
-    assert!(del.success());
+    let del = lab.run_with_stdin(&["delete", "-f", "-"], &pod_yaml("shop", "late", "n1", "web"));
+    assert!(del.status.success());
     let out = lab.apply(&pod_yaml("shop", "again", "n1", "web"));
     assert!(out.status.success());
     let again_ip = lab.pods().iter().find(|p| p["name"] == "again").and_then(|p| p["ip"].as_str()).map(str::to_owned);
@@ -437,11 +431,7 @@ fn services_beyond_pods(lab: &TestLab) {
                     {name: u, port: 53, targetPort: 5353, protocol: UDP}]}\n";
     let out = lab.apply(&format!("{solo}{solo_svc}"));
     assert!(out.status.success(), "apply solo: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_str(&lab.ok(&["get", "services"])).expect("services json");
-    let vip = v.as_array().and_then(|a| a.iter().find(|s| s["name"] == "solo")).expect("solo")["clusterIP"]
-        .as_str()
-        .expect("clusterIP")
-        .to_owned();
+    let vip = lab.cluster_ip("solo");
     let (solo_ip, a1_ip) = (ip_of("solo"), ip_of("a1"));
     for from in ["shop/solo", "shop/a1"] {
         eventually("the new Service", "connected", || lab.probe(from, &format!("{vip}:53"), "tcp").0);
@@ -460,6 +450,50 @@ fn services_beyond_pods(lab: &TestLab) {
         assert_eq!(r["reply"], "solo", "{proto}: {r}");
         assert!(r["client"].as_str().is_some_and(|c| c.starts_with(&format!("{a1_ip}:"))), "source IP {proto}: {r}");
     }
+    // Terminating fallback: with no ready endpoint, a serving-but-terminating one still serves;
+    // one that is not serving leaves the Service without endpoints (refused). Not serving first,
+    // so that "connected" afterwards can only come from the fallback.
+    let flip = |annotations: &str| {
+        let pod =
+            solo.replace("labels: {app: solo}}", &format!("labels: {{app: solo}}, annotations: {{{annotations}}}}}"));
+        let out = lab.apply(&pod);
+        assert!(out.status.success(), "re-apply solo: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    flip("lab.weir.dev/ready: 'false'");
+    eventually("a Service whose only pod is not ready", "refused", || {
+        lab.probe("shop/a1", &format!("{vip}:53"), "tcp").0
+    });
+    flip("lab.weir.dev/terminating: 'true'");
+    eventually("the terminating fallback", "connected", || lab.probe("shop/a1", &format!("{vip}:53"), "tcp").0);
+    flip("lab.weir.dev/ready: 'true'");
+    // Deleted, the Service stops serving; created again, it serves (at the address it is given).
+    let out = lab.run_with_stdin(&["delete", "-f", "-"], solo_svc);
+    assert!(out.status.success(), "delete solo: {}", String::from_utf8_lossy(&out.stderr));
+    eventually("a deleted Service", "timeout", || lab.probe("shop/a1", &format!("{vip}:53"), "tcp").0);
+    assert!(lab.apply(solo_svc).status.success());
+    let vip = lab.cluster_ip("solo");
+    eventually("a re-created Service", "connected", || lab.probe("shop/a1", &format!("{vip}:53"), "tcp").0);
+
+    // sessionAffinity timeout: sticky while used, free to move once idle longer than it.
+    let brief = "---\napiVersion: v1\nkind: Service\nmetadata: {name: brief, namespace: shop}\n\
+                 spec: {selector: {app: web}, sessionAffinity: ClientIP, \
+                 sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}, ports: [{port: 80, targetPort: 8080}]}\n";
+    assert!(lab.apply(brief).status.success());
+    let target = format!("{}:80", lab.cluster_ip("brief"));
+    eventually("the affinity Service", "connected", || lab.probe("shop/a1", &target, "tcp").0);
+    let first = lab.probe("shop/a1", &target, "tcp").1;
+    for _ in 0..8 {
+        assert_eq!(lab.probe("shop/a1", &target, "tcp").1, first, "affinity within its timeout");
+    }
+    // Five backends, a fresh random pick after each 1.5 s pause: eight picks all alike would
+    // happen once in 5^7 runs.
+    let mut picks = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        picks.insert(lab.probe("shop/a1", &target, "tcp").1);
+    }
+    assert!(picks.len() >= 2, "affinity never expired: {picks:?}");
+
     // Labelled for another proxy, the Service disappears from weir; unlabelled, it comes back.
     let other = solo_svc.replace(
         "metadata: {name: solo, namespace: shop}",
