@@ -6,7 +6,9 @@
 //! * first-packet cost: p50/p99 of `connect()` to the *last* Service (socket created, SYN out,
 //!   SYN-ACK back), one fresh socket per sample, closed with RST so no TIME_WAIT piles up;
 //! * time to program the N Services from empty, and one incremental update (one Service gains
-//!   an endpoint).
+//!   an endpoint). For weir the update is `ServiceSync::apply_changes` given the changed
+//!   EndpointSlice (what a watch event says); the cost of finding that change by comparing two
+//!   snapshots, as the manifest-directory source makes the agent do, is reported beside it.
 //!
 //! Variants: `baseline` (connect straight to the backend, no rules), `weir` (the agent's own
 //! compile → plan → map-write code, `ServiceSync`, into the real `WEIR_SERVICES` map; socket
@@ -44,7 +46,11 @@ use weir_dataplane::{
     maps::{KeyValueMap, Maglev, Services},
     Datapath, LoadConfig,
 };
-use weir_operator_agent::{service_map::ServiceSync, services::LABEL_SERVICE_NAME, source::Named};
+use weir_operator_agent::{
+    service_map::{ObjectChanges, ServiceSync},
+    services::LABEL_SERVICE_NAME,
+    source::Named,
+};
 
 #[allow(dead_code)]
 #[path = "nsexec.rs"]
@@ -198,6 +204,9 @@ struct Row {
     update_ms: Option<f64>,
     /// weir only: the kernel map write of that update alone.
     update_map_write_us: Option<f64>,
+    /// weir only: finding that change by comparing the old and new snapshots, as the agent
+    /// does with the manifest-directory source (a watch source is told the change instead).
+    update_snapshot_diff_ms: Option<f64>,
 }
 
 struct Bench {
@@ -343,15 +352,18 @@ impl Bench {
         for &n in sizes {
             let cluster = Cluster::generate(n);
             let last = SocketAddr::from((cluster.vip(n - 1), SVC_PORT));
-            let (prog, update, write) = weir_program(&cluster, &mut map, &mut maglev)?;
+            let times = weir_program(&cluster, &mut map, &mut maglev)?;
             let (mut base, mut weir) = (Vec::new(), Vec::new());
             for r in 0..rounds {
                 eprintln!("N={n}: baseline and weir, round {}/{rounds}", r + 1);
                 base.push(self.connect(SocketAddr::from((SERVER_IPS[0], SERVER_PORT)), None, connects)?);
                 weir.push(self.connect(last, Some(&self.cgroup), connects)?);
             }
-            rows.push(row(n, "baseline", &median_round(base), None, None, None));
-            rows.push(row(n, "weir", &median_round(weir), Some(prog), Some(update), Some(write)));
+            rows.push(row(n, "baseline", &median_round(base), None, None));
+            let mut r = row(n, "weir", &median_round(weir), Some(times.program), Some(times.update));
+            r.update_map_write_us = Some((times.write.as_secs_f64() * 1e7).round() / 10.0);
+            r.update_snapshot_diff_ms = Some(ms(times.diff));
+            rows.push(r);
             ServiceSync::default().apply(&Named::new(), &Named::new(), &[], "bench", &mut map, &mut maglev)?;
 
             eprintln!("N={n}: iptables-nft");
@@ -361,14 +373,14 @@ impl Bench {
                 &cluster.iptables_update(),
             )?;
             let s = self.connect(last, None, connects)?;
-            rows.push(row(n, "iptables-nft", &s, Some(prog), Some(update), None));
+            rows.push(row(n, "iptables-nft", &s, Some(prog), Some(update)));
             timed_with_stdin(&mut in_ns(&self.client_ns, "iptables-nft-restore"), "*nat\nCOMMIT\n")?;
 
             eprintln!("N={n}: nftables");
             let prog = timed_with_stdin(in_ns(&self.client_ns, "nft").args(["-f", "-"]), &cluster.nftables())?;
             let update = timed_with_stdin(in_ns(&self.client_ns, "nft").args(["-f", "-"]), &cluster.nftables_update())?;
             let s = self.connect(last, None, connects)?;
-            rows.push(row(n, "nftables", &s, Some(prog), Some(update), None));
+            rows.push(row(n, "nftables", &s, Some(prog), Some(update)));
             timed_with_stdin(in_ns(&self.client_ns, "nft").args(["-f", "-"]), "delete table ip kube-proxy\n")?;
         }
         Ok(rows)
@@ -388,7 +400,6 @@ fn row(
     sorted: &[u64],
     program: Option<Duration>,
     update: Option<Duration>,
-    write: Option<Duration>,
 ) -> Row {
     Row {
         services: n,
@@ -397,16 +408,25 @@ fn row(
         connect_p99_us: percentile(sorted, 0.99),
         program_ms: program.map(ms),
         update_ms: update.map(ms),
-        update_map_write_us: write.map(|d| (d.as_secs_f64() * 1e7).round() / 10.0),
+        update_map_write_us: None,
+        update_snapshot_diff_ms: None,
     }
 }
 
+/// weir's control-plane times at one N.
+struct WeirTimes {
+    /// All N Services from empty (full compile).
+    program: Duration,
+    /// One Service gaining an endpoint, given the changed object (incremental path).
+    update: Duration,
+    /// Finding that change by comparing snapshots.
+    diff: Duration,
+    /// The kernel map write of the update alone.
+    write: Duration,
+}
+
 /// Programs the cluster through the agent's own code path from an empty map, then one update.
-fn weir_program(
-    c: &Cluster,
-    map: &mut Services,
-    maglev: &mut Maglev,
-) -> anyhow::Result<(Duration, Duration, Duration)> {
+fn weir_program(c: &Cluster, map: &mut Services, maglev: &mut Maglev) -> anyhow::Result<WeirTimes> {
     let mut sync = ServiceSync::default();
     let t = Instant::now();
     let a = sync.apply(&c.services, &c.slices, &[], "bench", map, maglev)?;
@@ -416,12 +436,19 @@ fn weir_program(
     }
     let mut slices = c.slices.clone();
     let (key, extra) = c.updated_slice();
-    slices.insert(key, extra);
+    slices.insert(key.clone(), extra);
+    let changed = ObjectChanges { slices: [key].into(), ..Default::default() };
     let t = Instant::now();
-    let a = sync.apply(&c.services, &slices, &[], "bench", map, maglev)?;
+    let a = sync.apply_changes(&c.services, &slices, &changed, &[], "bench", map, maglev)?;
     let update = t.elapsed();
-    if a.changes.upserted != 1 || a.changes.removed != 0 {
-        bail!("the update wrote {:?}, expected exactly one entry", a.changes);
+    if a.changes.upserted != 1 || a.changes.removed != 0 || a.recompiled != 1 {
+        bail!("the update wrote {:?} recompiling {} Services, expected one entry of one", a.changes, a.recompiled);
+    }
+    let t = Instant::now();
+    let found = ObjectChanges::between(&c.services, &c.services, &c.slices, &slices);
+    let diff = t.elapsed();
+    if found != changed {
+        bail!("comparing snapshots found {found:?}, expected {changed:?}");
     }
     // The map write alone: the updated entry, as the agent wrote it, written again.
     let vip = Addr16::from_v4_octets(c.vip(c.updated()).octets());
@@ -429,7 +456,7 @@ fn weir_program(
     let t = Instant::now();
     map.upsert(k, v)?;
     let write = t.elapsed();
-    Ok((program, update, write))
+    Ok(WeirTimes { program, update, diff, write })
 }
 
 // ---------------------------------------------------------------- the synthetic cluster
@@ -688,6 +715,9 @@ fn print_table(rows: &[Row]) {
     for r in rows.iter().filter(|r| r.variant == "weir") {
         if let Some(w) = r.update_map_write_us {
             println!("weir N={}: the update's kernel map write alone took {w:.1} µs", r.services);
+        }
+        if let Some(d) = r.update_snapshot_diff_ms {
+            println!("weir N={}: finding the change by comparing snapshots (manifest source) took {d:.2} ms", r.services);
         }
     }
 }

@@ -127,7 +127,7 @@ async fn reconcile_loop(
         failed = false;
         if let Some(snap) = snap {
             let mut n = node.lock().await;
-            if let Err(e) = n.reconcile(&snap).await {
+            if let Err(e) = n.reconcile(snap).await {
                 failed = true;
                 tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying");
             }

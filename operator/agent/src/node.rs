@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use ipnetwork::Ipv4Network;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use weir_bpf_common::{programs, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
@@ -26,8 +27,8 @@ use crate::{
     config::{Config, Routing, GATEWAY},
     ipam,
     netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
-    service_map::ServiceSync,
-    source::ClusterSnapshot,
+    service_map::{ObjectChanges, ServiceSync},
+    source::{ClusterSnapshot, Named},
     state::{self, Desired},
     store::{EndpointRecord, EndpointStore},
 };
@@ -58,6 +59,9 @@ pub struct Node {
     events: Option<Events>,
     /// The one writer of `WEIR_SERVICES`.
     services: ServiceSync,
+    /// The Services and EndpointSlices of the snapshot last given to `services`: the next
+    /// snapshot is compared with them, and only the Services that changed are recompiled.
+    services_seen: (Named<Service>, Named<EndpointSlice>),
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
@@ -126,6 +130,7 @@ impl Node {
             desired: Desired::default(),
             events: None,
             services: ServiceSync::default(),
+            services_seen: Default::default(),
         })
     }
 
@@ -145,9 +150,10 @@ impl Node {
         }
     }
 
-    /// Brings kernel state in line with the snapshot. Idempotent; safe to call repeatedly.
-    pub async fn reconcile(&mut self, snap: &ClusterSnapshot) -> anyhow::Result<()> {
-        let desired = state::desired(snap, &self.cfg.node_name);
+    /// Brings kernel state in line with the snapshot. Idempotent; safe to call repeatedly. The
+    /// snapshot's Services and EndpointSlices are kept (moved, not copied) for the next call.
+    pub async fn reconcile(&mut self, snap: ClusterSnapshot) -> anyhow::Result<()> {
+        let desired = state::desired(&snap, &self.cfg.node_name);
         if desired.skipped != self.desired.skipped {
             for (node, why) in &desired.skipped {
                 tracing::warn!(%node, reason = %why, "Node skipped");
@@ -163,20 +169,26 @@ impl Node {
         Ok(())
     }
 
-    /// Service frontends and their backends into `WEIR_SERVICES` (whole-frontend writes). A
-    /// rejected Service keeps what it had in the datapath ("bad input loses no state").
-    fn sync_services(&mut self, snap: &ClusterSnapshot) -> anyhow::Result<()> {
+    /// Service frontends and their backends into `WEIR_SERVICES` (whole-frontend writes), only
+    /// for the Services that changed since the last snapshot. A rejected Service keeps what it
+    /// had in the datapath ("bad input loses no state").
+    fn sync_services(&mut self, snap: ClusterSnapshot) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
-        let a = self.services.apply(
+        let (seen_services, seen_slices) = &self.services_seen;
+        let changed =
+            ObjectChanges::between(seen_services, &snap.services, seen_slices, &snap.endpoint_slices);
+        let a = self.services.apply_changes(
             &snap.services,
             &snap.endpoint_slices,
+            &changed,
             &node_ips,
             &self.cfg.node_name,
             &mut l.services,
             &mut l.maglev,
         )?;
+        self.services_seen = (snap.services, snap.endpoint_slices);
         if a.rejected_changed {
             for (svc, why) in &self.services.rejected {
                 tracing::warn!(service = %svc, reason = %why, "Service rejected; its previous datapath state is kept");

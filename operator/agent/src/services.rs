@@ -81,6 +81,9 @@ pub struct ServiceTable {
     pub frontends: BTreeMap<Frontend, ServiceEntry>,
     /// Services that could not be used, with the reason; the rest of the table is unaffected.
     pub rejected: Vec<(String, String)>,
+    /// Some Service was rejected because another one holds its frontend (who wins depends on
+    /// the whole table, so incremental updates recompile everything while this holds).
+    pub conflicted: bool,
 }
 
 fn ip(s: &str, what: &str) -> Result<Ipv4Addr, String> {
@@ -122,7 +125,7 @@ fn backends_by_port_name(slices: &[&EndpointSlice]) -> BTreeMap<(String, Proto),
 }
 
 /// Compiles one Service; `Ok(vec![])` for Services that have no frontends or are not ours.
-fn compile_service(
+pub fn compile_service(
     svc: &Service,
     slices: &[&EndpointSlice],
     node_ips: &[Ipv4Addr],
@@ -214,6 +217,11 @@ fn compile_service(
     Ok(out)
 }
 
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+pub fn slice_service(s: &EndpointSlice) -> Option<&str> {
+    s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)).map(String::as_str)
+}
+
 /// Compiles every Service. A bad Service is rejected with its reason and contributes nothing;
 /// two Services claiming one frontend: the first by name keeps it, the second is rejected.
 pub fn compile(services: &Named<Service>, slices: &Named<EndpointSlice>, node_ips: &[Ipv4Addr]) -> ServiceTable {
@@ -221,8 +229,8 @@ pub fn compile(services: &Named<Service>, slices: &Named<EndpointSlice>, node_ip
     // Slices by (namespace, Service name): one pass, so compiling N Services stays O(N log N).
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for ((ns, _), s) in slices {
-        if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) {
-            by_service.entry((ns.as_str(), svc.as_str())).or_default().push(s);
+        if let Some(svc) = slice_service(s) {
+            by_service.entry((ns.as_str(), svc)).or_default().push(s);
         }
     }
     for ((ns, name), svc) in services {
@@ -232,6 +240,7 @@ pub fn compile(services: &Named<Service>, slices: &Named<EndpointSlice>, node_ip
             Ok(entries) => {
                 if let Some((f, _)) = entries.iter().find(|(f, _)| table.frontends.contains_key(f)) {
                     table.rejected.push((key, format!("frontend {}:{} {:?} is already taken", f.ip, f.port, f.proto)));
+                    table.conflicted = true;
                     continue;
                 }
                 table.frontends.extend(entries);
