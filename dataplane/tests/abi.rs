@@ -4,8 +4,8 @@ use std::mem::size_of;
 
 use aya_obj::{Object, ProgramSection};
 use weir_bpf_common::{
-    maps, programs, Addr16, AffinityKey, AffinityValue, EndpointInfo, MaglevTable, NatEntry, NatKey, RemoteNode,
-    ServiceKey, ServiceValue, SockRevKey,
+    maps, programs, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, EndpointInfo, MaglevTable, NatEntry,
+    NatKey, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
 };
 
 fn object() -> Option<Object> {
@@ -44,6 +44,7 @@ fn map_layouts_match_the_abi_crate() {
         (maps::NAT_REV, size_of::<NatKey>(), size_of::<NatEntry>()),
         (maps::COUNTERS, 4, 8),
         (maps::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+        (maps::BACKENDS, size_of::<BackendKey>(), size_of::<BackendAddr>()),
         (maps::SOCK_REVNAT, size_of::<SockRevKey>(), size_of::<NatEntry>()),
         (maps::AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
         (maps::MAGLEV, size_of::<ServiceKey>(), size_of::<MaglevTable>()),

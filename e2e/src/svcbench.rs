@@ -43,11 +43,11 @@ use k8s_openapi::{
 use serde::Serialize;
 use weir_bpf_common::Addr16;
 use weir_dataplane::{
-    maps::{KeyValueMap, Maglev, Services},
+    maps::{Backends, KeyValueMap, Maglev, Services},
     Datapath, LoadConfig,
 };
 use weir_operator_agent::{
-    service_map::{ObjectChanges, ServiceSync},
+    service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     services::LABEL_SERVICE_NAME,
     source::Named,
 };
@@ -346,13 +346,16 @@ impl Bench {
         })
         .context("loading the datapath")?;
         dp.attach_cgroup(&self.cgroup)?;
-        let mut map = Services::open(&mut dp)?;
-        let mut maglev = Maglev::open(&mut dp)?;
+        let mut maps = ServiceMaps {
+            services: Services::open(&mut dp)?,
+            backends: Backends::open(&mut dp)?,
+            maglev: Maglev::open(&mut dp)?,
+        };
         let mut rows = Vec::new();
         for &n in sizes {
             let cluster = Cluster::generate(n);
             let last = SocketAddr::from((cluster.vip(n - 1), SVC_PORT));
-            let times = weir_program(&cluster, &mut map, &mut maglev)?;
+            let times = weir_program(&cluster, &mut maps)?;
             let (mut base, mut weir) = (Vec::new(), Vec::new());
             for r in 0..rounds {
                 eprintln!("N={n}: baseline and weir, round {}/{rounds}", r + 1);
@@ -364,7 +367,11 @@ impl Bench {
             r.update_map_write_us = Some((times.write.as_secs_f64() * 1e7).round() / 10.0);
             r.update_snapshot_diff_ms = Some(ms(times.diff));
             rows.push(r);
-            ServiceSync::default().apply(&Named::new(), &Named::new(), &[], "bench", &mut map, &mut maglev)?;
+            // Emptied twice: the second pass deletes the backend sets the first one retired.
+            let mut empty = ServiceSync::default();
+            for _ in 0..2 {
+                empty.apply(&Named::new(), &Named::new(), &[], "bench", &mut maps)?;
+            }
 
             eprintln!("N={n}: iptables-nft");
             let prog = timed_with_stdin(&mut in_ns(&self.client_ns, "iptables-nft-restore"), &cluster.iptables())?;
@@ -394,13 +401,7 @@ fn median_round(mut rounds: Vec<Vec<u64>>) -> Vec<u64> {
     rounds.swap_remove(mid)
 }
 
-fn row(
-    n: usize,
-    variant: &'static str,
-    sorted: &[u64],
-    program: Option<Duration>,
-    update: Option<Duration>,
-) -> Row {
+fn row(n: usize, variant: &'static str, sorted: &[u64], program: Option<Duration>, update: Option<Duration>) -> Row {
     Row {
         services: n,
         variant,
@@ -426,10 +427,10 @@ struct WeirTimes {
 }
 
 /// Programs the cluster through the agent's own code path from an empty map, then one update.
-fn weir_program(c: &Cluster, map: &mut Services, maglev: &mut Maglev) -> anyhow::Result<WeirTimes> {
+fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<WeirTimes> {
     let mut sync = ServiceSync::default();
     let t = Instant::now();
-    let a = sync.apply(&c.services, &c.slices, &[], "bench", map, maglev)?;
+    let a = sync.apply(&c.services, &c.slices, &[], "bench", maps)?;
     let program = t.elapsed();
     if a.changes.upserted != c.services.len() || !sync.rejected.is_empty() {
         bail!("weir programmed {} of {} Services ({:?})", a.changes.upserted, c.services.len(), sync.rejected);
@@ -439,7 +440,7 @@ fn weir_program(c: &Cluster, map: &mut Services, maglev: &mut Maglev) -> anyhow:
     slices.insert(key.clone(), extra);
     let changed = ObjectChanges { slices: [key].into(), ..Default::default() };
     let t = Instant::now();
-    let a = sync.apply_changes(&c.services, &slices, &changed, &[], "bench", map, maglev)?;
+    let a = sync.apply_changes(&c.services, &slices, &changed, &[], "bench", maps)?;
     let update = t.elapsed();
     if a.changes.upserted != 1 || a.changes.removed != 0 || a.recompiled != 1 {
         bail!("the update wrote {:?} recompiling {} Services, expected one entry of one", a.changes, a.recompiled);
@@ -452,6 +453,7 @@ fn weir_program(c: &Cluster, map: &mut Services, maglev: &mut Maglev) -> anyhow:
     }
     // The map write alone: the updated entry, as the agent wrote it, written again.
     let vip = Addr16::from_v4_octets(c.vip(c.updated()).octets());
+    let map = &mut maps.services;
     let (k, v) = map.list()?.into_iter().find(|(k, _)| k.addr == vip).context("the updated frontend")?;
     let t = Instant::now();
     map.upsert(k, v)?;
@@ -717,7 +719,10 @@ fn print_table(rows: &[Row]) {
             println!("weir N={}: the update's kernel map write alone took {w:.1} µs", r.services);
         }
         if let Some(d) = r.update_snapshot_diff_ms {
-            println!("weir N={}: finding the change by comparing snapshots (manifest source) took {d:.2} ms", r.services);
+            println!(
+                "weir N={}: finding the change by comparing snapshots (manifest source) took {d:.2} ms",
+                r.services
+            );
         }
     }
 }

@@ -590,6 +590,51 @@ fn services_beyond_pods(lab: &TestLab) {
     }
     let dp = lab.datapath("n1");
     assert!(counter(&dp, "lb_translated") > 0, "{dp}");
+
+    // More backends than one map value could hold inline: 20 pods behind one Service, served at
+    // connect() for pods and per packet for its NodePort.
+    let mut wide = String::new();
+    for i in 0..20 {
+        wide.push_str(&pod_yaml("shop", &format!("w{i}"), if i % 2 == 0 { "n1" } else { "n2" }, "wide"));
+    }
+    wide.push_str(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: wide, namespace: shop}\n\
+         spec: {type: NodePort, selector: {app: wide}, ports: [{name: t, port: 80, targetPort: 8080}]}\n",
+    );
+    let out = lab.apply(&wide);
+    assert!(out.status.success(), "apply wide: {}", String::from_utf8_lossy(&out.stderr));
+    let target = format!("{}:80", lab.cluster_ip("wide"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows: Value =
+            serde_json::from_str(&lab.ok(&["weir", "n1", "--", "services", "-o", "json"])).expect("services json");
+        let n = rows
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["frontend"] == target.as_str()))
+            .and_then(|r| r["backends"].as_array().map(Vec::len));
+        if n == Some(20) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "wide never had 20 backends in the kernel: {n:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let is_wide = |r: &str| r.strip_prefix('w').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n < 20);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (res, reply) = lab.probe("shop/a1", &target, "tcp");
+        assert!(res == "connected" && is_wide(&reply), "wide via ClusterIP: {res} {reply}");
+        seen.insert(reply);
+    }
+    assert!(seen.len() >= 10, "40 connects reached only {} of 20 backends: {seen:?}", seen.len());
+    let port = lab.node_port("wide", "t");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = lab.probe_external(&format!("172.30.0.12:{port}"), "tcp");
+        let reply = r["reply"].as_str().unwrap_or_default().to_owned();
+        assert!(is_wide(&reply), "wide via NodePort: {r}");
+        seen.insert(reply);
+    }
+    assert!(seen.len() >= 8, "30 NodePort connects reached only {} of 20 backends: {seen:?}", seen.len());
 }
 
 #[test]

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; pins live under `<bpffs>/weir/v{ABI_VERSION}/`.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Map names, as the eBPF object and the pins name them (kernel limit: 15 bytes).
 pub mod maps {
@@ -18,6 +18,7 @@ pub mod maps {
     pub const COUNTERS: &str = "WEIR_COUNTERS";
     pub const EVENTS: &str = "WEIR_EVENTS";
     pub const SERVICES: &str = "WEIR_SERVICES";
+    pub const BACKENDS: &str = "WEIR_BACKENDS";
     pub const SOCK_REVNAT: &str = "WEIR_SOCK_RNAT";
     pub const AFFINITY: &str = "WEIR_AFFINITY";
     pub const MAGLEV: &str = "WEIR_MAGLEV";
@@ -26,7 +27,7 @@ pub mod maps {
     pub const CT_IN: &str = "WEIR_CT_IN";
     /// Program array for tail calls (indices in [`crate::tails`]).
     pub const TAILS: &str = "WEIR_TAILS";
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         ENDPOINTS,
         TUNNEL,
         NAT_FWD,
@@ -34,6 +35,7 @@ pub mod maps {
         COUNTERS,
         EVENTS,
         SERVICES,
+        BACKENDS,
         SOCK_REVNAT,
         AFFINITY,
         MAGLEV,
@@ -91,6 +93,8 @@ pub mod sizes {
     pub const NAT: u32 = 65536;
     pub const EVENTS_BYTES: u32 = 256 * 1024;
     pub const SERVICES: u32 = 65536;
+    /// Backend slots over all frontends (not preallocated).
+    pub const BACKENDS: u32 = 1 << 20;
     pub const SOCK_REVNAT: u32 = 262144;
     pub const AFFINITY: u32 = 65536;
     /// Frontends reachable per packet (NodePort, externalIPs, LoadBalancer) with a Maglev table.
@@ -193,9 +197,9 @@ pub struct NatEntry {
 }
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
 
-/// Backends a Service frontend holds inline. A frontend with more is rejected by the agent (never
-/// half-written); the per-packet load balancer work replaces this with slot entries.
-pub const MAX_INLINE_BACKENDS: usize = 16;
+/// Most backends one frontend holds (slots `0..count` of its set in `WEIR_BACKENDS`). A frontend
+/// with more is rejected by the agent, never half-written.
+pub const MAX_BACKENDS: usize = 1024;
 
 /// `WEIR_SERVICES` key: a Service frontend. `proto` is the IP protocol number.
 #[repr(C)]
@@ -210,7 +214,7 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
 
 /// One backend address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BackendAddr {
     pub addr: Addr16,
     pub port_be: u16,
@@ -218,7 +222,9 @@ pub struct BackendAddr {
 }
 const _: () = assert!(core::mem::size_of::<BackendAddr>() == 24);
 
-/// `WEIR_SERVICES` value: the backends serving a frontend, written whole (one map update).
+/// `WEIR_SERVICES` value: how a frontend is served. Its backends are slots `0..count` of backend
+/// set `set` in `WEIR_BACKENDS`; the agent writes a changed frontend's backends as a new set and
+/// then switches `set` with one map update, so a frontend is never seen half-written.
 /// `count == 0` means the Service exists but has no endpoints: clients are refused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -227,28 +233,39 @@ pub struct ServiceValue {
     pub flags: u16,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 = no affinity.
     pub affinity_timeout_s: u32,
-    pub backends: [BackendAddr; MAX_INLINE_BACKENDS],
+    pub set: u32,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8 + 24 * MAX_INLINE_BACKENDS);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 
-/// Maglev lookup-table size: a prime from the same series Cilium offers (251 … 16381), ≥ 500 ×
-/// the most backends a frontend holds: removing one of 16 backends then moves < 1 % of the other
-/// backends' flows (1021 moved 3.8 %, 4093 1.3 %; see the agent's maglev tests).
+/// `WEIR_BACKENDS` key: one slot of a backend set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub set: u32,
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendKey>() == 8);
+
+/// Maglev lookup-table size: a prime from the same series Cilium offers (251 … 16381). With up
+/// to 16 backends (≥ 500 slots each) removing one moves < 1 % of the other backends' flows (1021
+/// slots moved 3.8 %, 4093 1.3 %; see the agent's maglev tests); the spread stays even to a few
+/// hundred backends and coarsens beyond.
 pub const MAGLEV_M: usize = 8191;
 
-/// `WEIR_MAGLEV` value: for each of the `MAGLEV_M` slots, an index into the frontend's
-/// `ServiceValue::backends`. Written before the frontend's `WEIR_SERVICES` entry.
+/// `WEIR_MAGLEV` value: for each of the `MAGLEV_M` slots, a slot of the frontend's backend set.
+/// Written before the frontend's `WEIR_SERVICES` entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaglevTable {
-    pub slots: [u8; MAGLEV_M],
-    pub _pad: [u8; 1],
+    pub slots: [u16; MAGLEV_M],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<MaglevTable>() == 8192);
+const _: () = assert!(core::mem::size_of::<MaglevTable>() == 16384);
 
 impl Default for MaglevTable {
     fn default() -> Self {
-        Self { slots: [0; MAGLEV_M], _pad: [0; 1] }
+        Self { slots: [0; MAGLEV_M], _pad: [0; 2] }
     }
 }
 
@@ -267,8 +284,12 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 32);
 pub struct AffinityValue {
     pub backend: BackendAddr,
     pub last_used_ns: u64,
+    /// The backend's slot in the frontend's set when it was chosen: affinity holds while that
+    /// slot still holds that backend (the agent keeps a backend's slot across updates).
+    pub slot: u32,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<AffinityValue>() == 32);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 40);
 
 /// `WEIR_SOCK_RNAT` key: a socket and the backend it was translated to.
 #[repr(C)]
@@ -368,6 +389,8 @@ mod user {
     unsafe impl aya::Pod for DatapathEvent {}
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for BackendAddr {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}

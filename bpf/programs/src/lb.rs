@@ -10,12 +10,12 @@
 //! A backend on another node is also masqueraded to this node (the caller does it) so that its
 //! reply returns here, where both translations are undone.
 use aya_ebpf::programs::TcContext;
-use weir_bpf_common::{Addr16, BackendAddr, DropReason, NatEntry, NatKey, ServiceKey, MAGLEV_M, MAX_INLINE_BACKENDS};
+use weir_bpf_common::{Addr16, BackendAddr, BackendKey, DropReason, NatEntry, NatKey, ServiceKey, MAGLEV_M};
 
 use crate::{
     nat::{self, Rewrite},
     parse::{Ipv4, IPPROTO_TCP, IPPROTO_UDP, IP_DADDR_OFF, IP_SADDR_OFF},
-    WEIR_LB_CT, WEIR_LB_REV, WEIR_MAGLEV, WEIR_SERVICES,
+    WEIR_BACKENDS, WEIR_LB_CT, WEIR_LB_REV, WEIR_MAGLEV, WEIR_SERVICES,
 };
 
 /// What [`forward`] did, as one `u32` (these functions are not inlined, and a result whose
@@ -37,27 +37,24 @@ pub fn ports(ctx: &TcContext, ip: &Ipv4) -> Option<(u16, u16)> {
     Some((sport, dport))
 }
 
-/// The backend for a new connection with flow hash `h`: its Maglev slot, or a plain hash when
-/// the table is missing (only between the two map writes of a frontend update).
+/// The backend for a new connection with flow hash `h`: its Maglev slot, or a plain hash when the
+/// table is missing or does not fit the frontend's set (only between the map writes of a
+/// frontend update).
 #[inline(always)]
-fn pick(key: &ServiceKey, h: u32, backends: &[BackendAddr; MAX_INLINE_BACKENDS], count: usize) -> Option<BackendAddr> {
-    let h = h as usize;
+fn pick(key: &ServiceKey, h: u32, set: u32, count: u32) -> Option<BackendAddr> {
     // SAFETY: read-only lookup of a plain-data value.
-    let idx = match unsafe { WEIR_MAGLEV.get(key) } {
+    let slot = match unsafe { WEIR_MAGLEV.get(key) } {
         Some(t) => {
-            let slot = h.checked_rem(MAGLEV_M)?;
+            let i = (h as usize).checked_rem(MAGLEV_M)?;
             // SAFETY: reading a local; the volatile read keeps the bound check below for the verifier.
-            let slot = unsafe { core::ptr::read_volatile(&slot) };
-            *t.slots.get(slot)? as usize
+            let i = unsafe { core::ptr::read_volatile(&i) };
+            u32::from(*t.slots.get(i)?)
         }
-        None => h.checked_rem(count)?,
+        None => count,
     };
-    if idx >= count {
-        return None;
-    }
-    // SAFETY: as in `pick`'s slot read: keeps the verifier's bound on the index.
-    let idx = unsafe { core::ptr::read_volatile(&idx) } & (MAX_INLINE_BACKENDS - 1);
-    backends.get(idx).copied()
+    let slot = if slot < count { slot } else { h.checked_rem(count)? };
+    // SAFETY: read-only lookup of a plain-data value.
+    unsafe { WEIR_BACKENDS.get(BackendKey { set, slot }) }.copied()
 }
 
 /// DNAT a packet addressed to a Service frontend to one of its backends. Not inlined (stack).
@@ -68,8 +65,8 @@ pub fn forward(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
     let key = ServiceKey { addr: front, port_be: dport, proto: ip.proto, _pad: [0; 5] };
     // SAFETY: read-only lookup of a plain-data value.
     let Some(svc) = (unsafe { WEIR_SERVICES.get(key) }) else { return Ok(NOT_SERVICE) };
-    let count = svc.count as usize;
-    if count == 0 || count > MAX_INLINE_BACKENDS {
+    let (count, set) = (u32::from(svc.count), svc.set);
+    if count == 0 {
         return Ok(NO_BACKEND);
     }
     let client = Addr16::from_v4_be(ip.saddr);
@@ -82,7 +79,7 @@ pub fn forward(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
             // of a client picks the same slot on every node (sticky while the backends are
             // unchanged; the timeout applies only to the socket-level path).
             let h = nat::hash(&tuple, svc.affinity_timeout_s != 0);
-            let b = pick(&key, h, &svc.backends, count).ok_or(DropReason::NoRoute)?;
+            let b = pick(&key, h, set, count).ok_or(DropReason::NoRoute)?;
             // Without the entry the next packet picks again: the same backend while the table
             // is unchanged, so a failed insert costs stickiness only across an update.
             let _ = WEIR_LB_CT.insert(tuple, NatEntry { addr: b.addr, port_be: b.port_be, _pad: [0; 6] }, 0);

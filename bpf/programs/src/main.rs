@@ -29,8 +29,8 @@ use aya_ebpf::{
     Global,
 };
 use weir_bpf_common::{
-    counters, sizes, tails, Addr16, AffinityKey, AffinityValue, DropReason, EndpointInfo, MaglevTable, NatEntry,
-    NatKey, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
+    counters, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason, EndpointInfo,
+    MaglevTable, NatEntry, NatKey, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
@@ -64,6 +64,8 @@ static WEIR_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::LEN, 0);
 static WEIR_EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
 #[map]
 static WEIR_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::SERVICES, 0);
+#[map]
+static WEIR_BACKENDS: HashMap<BackendKey, BackendAddr> = HashMap::pinned(sizes::BACKENDS, BPF_F_NO_PREALLOC);
 #[map]
 static WEIR_SOCK_RNAT: LruHashMap<SockRevKey, NatEntry> = LruHashMap::pinned(sizes::SOCK_REVNAT, 0);
 #[map]

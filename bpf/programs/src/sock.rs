@@ -7,11 +7,10 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use weir_bpf_common::{
-    Addr16, AffinityKey, AffinityValue, BackendAddr, NatEntry, ServiceKey, ServiceValue, SockRevKey,
-    MAX_INLINE_BACKENDS,
+    Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, NatEntry, ServiceKey, ServiceValue, SockRevKey,
 };
 
-use crate::{WEIR_AFFINITY, WEIR_SERVICES, WEIR_SOCK_RNAT};
+use crate::{WEIR_AFFINITY, WEIR_BACKENDS, WEIR_SERVICES, WEIR_SOCK_RNAT};
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -38,8 +37,8 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     let key = ServiceKey { addr: Addr16::from_v4_be(ip), port_be, proto, _pad: [0; 5] };
     // SAFETY: read-only lookup of a plain-data value.
     let Some(svc) = (unsafe { WEIR_SERVICES.get(key) }) else { return ALLOW };
-    let count = svc.count as usize;
-    if count == 0 || count > MAX_INLINE_BACKENDS {
+    let count = u32::from(svc.count);
+    if count == 0 {
         // SAFETY: plain helper call; the syscall then fails with ECONNREFUSED instead of EPERM.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
@@ -60,41 +59,37 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// A random backend, or — with ClientIP affinity — the one this client's pod used last, while it
-/// is still a backend and the affinity has not timed out.
+/// A backend of the frontend's set (slots `0..count`).
 #[inline(always)]
-fn choose(ctx: &SockAddrContext, key: &ServiceKey, svc: &ServiceValue, count: usize) -> Option<BackendAddr> {
-    let timeout_s = svc.affinity_timeout_s;
+fn backend(set: u32, slot: u32) -> Option<BackendAddr> {
+    // SAFETY: read-only lookup of a plain-data value.
+    unsafe { WEIR_BACKENDS.get(BackendKey { set, slot }) }.copied()
+}
+
+/// A random backend, or — with ClientIP affinity — the one this client's pod used last, while it
+/// still holds its slot and the affinity has not timed out.
+#[inline(always)]
+fn choose(ctx: &SockAddrContext, key: &ServiceKey, svc: &ServiceValue, count: u32) -> Option<BackendAddr> {
+    let (timeout_s, set) = (svc.affinity_timeout_s, svc.set);
     // SAFETY: plain helper calls on the program's own context.
     let (now, client) = unsafe { (bpf_ktime_get_ns(), bpf_get_netns_cookie(ctx.sock_addr.cast())) };
     let akey = AffinityKey { netns_cookie: client, frontend: *key };
     if timeout_s != 0 {
         // SAFETY: read-only lookup of a plain-data value.
-        if let Some(prev) = unsafe { WEIR_AFFINITY.get(akey) } {
+        if let Some(prev) = unsafe { WEIR_AFFINITY.get(akey) }.copied() {
             let fresh = now.saturating_sub(prev.last_used_ns) < u64::from(timeout_s) * 1_000_000_000;
-            let prev_backend = prev.backend;
-            if fresh
-                && svc
-                    .backends
-                    .iter()
-                    .take(MAX_INLINE_BACKENDS)
-                    .enumerate()
-                    .any(|(i, b)| i < count && *b == prev_backend)
-            {
-                let _ = WEIR_AFFINITY.insert(akey, AffinityValue { backend: prev_backend, last_used_ns: now }, 0);
-                return Some(prev_backend);
+            if fresh && prev.slot < count && backend(set, prev.slot) == Some(prev.backend) {
+                let _ = WEIR_AFFINITY.insert(akey, AffinityValue { last_used_ns: now, ..prev }, 0);
+                return Some(prev.backend);
             }
         }
     }
     // SAFETY: plain helper call.
-    let pick = (unsafe { bpf_get_prandom_u32() } as usize).checked_rem(count)?;
-    // pick < count <= MAX_INLINE_BACKENDS (a power of two): the mask changes nothing but gives
-    // the verifier its bound.
-    // SAFETY: reading a local; the volatile read keeps LLVM from folding the mask away.
-    let pick = unsafe { core::ptr::read_volatile(&pick) } & (MAX_INLINE_BACKENDS - 1);
-    let b = *svc.backends.get(pick)?;
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(count)?;
+    let b = backend(set, slot)?;
     if timeout_s != 0 {
-        let _ = WEIR_AFFINITY.insert(akey, AffinityValue { backend: b, last_used_ns: now }, 0);
+        let v = AffinityValue { backend: b, last_used_ns: now, slot, _pad: [0; 4] };
+        let _ = WEIR_AFFINITY.insert(akey, v, 0);
     }
     Some(b)
 }

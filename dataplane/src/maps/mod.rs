@@ -7,7 +7,7 @@ pub mod services;
 pub mod tunnel;
 
 pub use endpoints::{Endpoints, FakeEndpoints};
-pub use services::{Maglev, Services};
+pub use services::{Backends, Maglev, Services};
 pub use tunnel::{Cidr, FakeTunnel, Tunnel};
 
 /// A kernel map as reconcile sees it: list everything, insert or replace, remove.

@@ -12,36 +12,40 @@ fn fnv1a(seed: u64, s: &str) -> u64 {
     h
 }
 
-/// The lookup table for `backends` (by name, e.g. `ip:port`, in the order of the frontend's
-/// backend list): slot → index into that list. Empty input gives an all-zero table (unused:
-/// a frontend without backends is refused before any lookup).
+/// The lookup table for `backends` (by name, e.g. `ip:port`): slot → index into `backends`.
+/// The table depends on the names only, not on their order (they are filled in sorted order),
+/// so the agent may keep each backend at its set slot across updates. Empty input gives an
+/// all-zero table (unused: a frontend without backends is refused before any lookup).
 pub fn table<S: AsRef<str>>(backends: &[S]) -> MaglevTable {
     let mut t = MaglevTable::default();
     let n = backends.len();
     if n == 0 {
         return t;
     }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|a, b| backends[*a].as_ref().cmp(backends[*b].as_ref()));
     let m = MAGLEV_M as u64;
-    let perm: Vec<(u64, u64)> = backends
+    let perm: Vec<(u64, u64)> = order
         .iter()
-        .map(|b| {
-            let offset = fnv1a(0xcbf2_9ce4_8422_2325, b.as_ref()) % m;
-            let skip = fnv1a(0x8422_2325_cbf2_9ce4, b.as_ref()) % (m - 1) + 1;
+        .map(|&i| {
+            let b = backends[i].as_ref();
+            let offset = fnv1a(0xcbf2_9ce4_8422_2325, b) % m;
+            let skip = fnv1a(0x8422_2325_cbf2_9ce4, b) % (m - 1) + 1;
             (offset, skip)
         })
         .collect();
-    let mut owner: Vec<Option<u8>> = vec![None; MAGLEV_M];
+    let mut owner: Vec<Option<u16>> = vec![None; MAGLEV_M];
     let mut next = vec![0u64; n];
     let mut filled = 0;
     'fill: loop {
-        for (i, (offset, skip)) in perm.iter().enumerate() {
-            let mut c = ((offset + next[i] * skip) % m) as usize;
+        for (j, (offset, skip)) in perm.iter().enumerate() {
+            let mut c = ((offset + next[j] * skip) % m) as usize;
             while owner[c].is_some() {
-                next[i] += 1;
-                c = ((offset + next[i] * skip) % m) as usize;
+                next[j] += 1;
+                c = ((offset + next[j] * skip) % m) as usize;
             }
-            owner[c] = Some(i as u8);
-            next[i] += 1;
+            owner[c] = Some(order[j] as u16);
+            next[j] += 1;
             filled += 1;
             if filled == MAGLEV_M {
                 break 'fill;
@@ -64,7 +68,7 @@ mod tests {
 
     #[test]
     fn balanced_and_deterministic() {
-        for n in [1, 2, 3, 7, 16] {
+        for n in [1, 2, 3, 7, 16, 300, 1024] {
             let t = table(&names(n));
             assert_eq!(t, table(&names(n)));
             let mut per = vec![0usize; n];
@@ -96,5 +100,18 @@ mod tests {
         }
         let share = moved as f64 / others as f64;
         assert!(share <= 0.01, "{moved} of {others} flows of unchanged backends moved ({:.2} %)", share * 100.0);
+    }
+
+    /// The table names the same backend in every slot whatever order the names come in.
+    #[test]
+    fn independent_of_the_order_of_names() {
+        let all = names(40);
+        let mut shuffled = all.clone();
+        shuffled.reverse();
+        shuffled.swap(3, 17);
+        let (a, b) = (table(&all), table(&shuffled));
+        for (x, y) in a.slots.iter().zip(b.slots.iter()) {
+            assert_eq!(all[*x as usize], shuffled[*y as usize]);
+        }
     }
 }

@@ -10,11 +10,11 @@ use std::{
 use anyhow::Context as _;
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use weir_bpf_common::{programs, EndpointInfo};
+use weir_bpf_common::{programs, BackendKey, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
     events::Events,
-    maps::{self, Endpoints, KeyValueMap, Maglev, Services, Tunnel},
+    maps::{self, Backends, Endpoints, KeyValueMap, Maglev, Services, Tunnel},
     tcx::Attachment,
     Datapath, LoadConfig,
 };
@@ -27,7 +27,7 @@ use crate::{
     config::{Config, Routing, GATEWAY},
     ipam,
     netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
-    service_map::{ObjectChanges, ServiceSync},
+    service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     source::{ClusterSnapshot, Named},
     state::{self, Desired},
     store::{EndpointRecord, EndpointStore},
@@ -41,8 +41,7 @@ struct Loaded {
     dp: Datapath,
     endpoints: Endpoints,
     tunnel: Tunnel,
-    services: Services,
-    maglev: Maglev,
+    services: KernelServiceMaps,
     counters: Counters,
     uplink: LinkInfo,
     pod_cidr: Ipv4Network,
@@ -177,8 +176,7 @@ impl Node {
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
         let (seen_services, seen_slices) = &self.services_seen;
-        let changed =
-            ObjectChanges::between(seen_services, &snap.services, seen_slices, &snap.endpoint_slices);
+        let changed = ObjectChanges::between(seen_services, &snap.services, seen_slices, &snap.endpoint_slices);
         let a = self.services.apply_changes(
             &snap.services,
             &snap.endpoint_slices,
@@ -186,7 +184,6 @@ impl Node {
             &node_ips,
             &self.cfg.node_name,
             &mut l.services,
-            &mut l.maglev,
         )?;
         self.services_seen = (snap.services, snap.endpoint_slices);
         if a.rejected_changed {
@@ -233,15 +230,18 @@ impl Node {
         }
         let endpoints = Endpoints::open(&mut dp)?;
         let tunnel = Tunnel::open(&mut dp)?;
-        let services = Services::open(&mut dp)?;
-        let maglev = Maglev::open(&mut dp)?;
+        let services = ServiceMaps {
+            services: Services::open(&mut dp)?,
+            backends: Backends::open(&mut dp)?,
+            maglev: Maglev::open(&mut dp)?,
+        };
         let counters = Counters::open(&mut dp)?;
         if let Some(cg) = &cfg.cgroup_root {
             let how = dp.attach_cgroup(cg)?;
             tracing::info!(cgroup = %cg.display(), ?how, "socket-level Service translation");
         }
         self.events = Some(Events::open(&mut dp)?);
-        self.loaded = Some(Loaded { dp, endpoints, tunnel, services, maglev, counters, uplink, pod_cidr, mtu });
+        self.loaded = Some(Loaded { dp, endpoints, tunnel, services, counters, uplink, pod_cidr, mtu });
         self.sync_endpoints().await?;
         self.drain_delete_queue().await;
         tracing::info!(%pod_cidr, %node_ip, routing = ?self.cfg.routing, mtu, "datapath ready");
@@ -573,10 +573,12 @@ impl Node {
         self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok()).map_or(0, |s| s.events_lost)
     }
 
-    /// `WEIR_SERVICES` as the kernel holds it, with the owning Service where known.
+    /// The Service maps as the kernel holds them (each frontend with the backends of its set),
+    /// with the owning Service where known.
     pub fn service_rows(&self) -> Result<Vec<ServiceRow>, ApiError> {
         let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
-        let map = l.services.list().map_err(|e| api_err(code::DATAPATH, "reading the service map", e))?;
+        let map = l.services.services.list().map_err(|e| api_err(code::DATAPATH, "reading the service map", e))?;
+        let slots = l.services.backends.list().map_err(|e| api_err(code::DATAPATH, "reading the backend map", e))?;
         Ok(map
             .into_iter()
             .map(|(k, v)| ServiceRow {
@@ -587,11 +589,11 @@ impl Node {
                     17 => "UDP".into(),
                     p => format!("ip-proto-{p}"),
                 },
-                backends: v
-                    .backends
-                    .iter()
-                    .take(v.count as usize)
-                    .map(|b| format!("{}:{}", Ipv4Addr::from(b.addr.v4_octets()), u16::from_be(b.port_be)))
+                backends: (0..u32::from(v.count))
+                    .map(|slot| match slots.get(&BackendKey { set: v.set, slot }) {
+                        Some(b) => format!("{}:{}", Ipv4Addr::from(b.addr.v4_octets()), u16::from_be(b.port_be)),
+                        None => format!("(slot {slot} of set {} missing)", v.set),
+                    })
                     .collect(),
             })
             .collect())

@@ -1,46 +1,74 @@
-//! From the compiled Service table to `WEIR_SERVICES`: the pure plan (which frontends, which
+//! From the compiled Service table to the Service maps: the pure plan (which frontends, which
 //! backends for this node, what a rejected Service keeps) and [`ServiceSync`], the agent's one
-//! writer of the map, which diffs against what it last wrote instead of re-reading the kernel.
+//! writer of `WEIR_SERVICES`, `WEIR_BACKENDS` and `WEIR_MAGLEV`, which diffs against what it
+//! last wrote instead of re-reading the kernel.
+//!
+//! A frontend's backends live in a backend set (`WEIR_BACKENDS`, slots `0..count`). A changed
+//! backend list is written as a new set, then the frontend switches to it with one map update,
+//! and the old set is deleted at the next pass (a program run may still be reading it). A
+//! backend keeps its slot across updates where it can, so socket-level affinity survives
+//! changes to the other backends.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
-use weir_bpf_common::{Addr16, BackendAddr, MaglevTable, ServiceKey, ServiceValue, MAX_INLINE_BACKENDS};
-use weir_dataplane::maps::{self, KeyValueMap};
-
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use weir_bpf_common::{Addr16, BackendAddr, BackendKey, MaglevTable, ServiceKey, ServiceValue, MAX_BACKENDS};
+use weir_dataplane::maps::{self, FakeMap, KeyValueMap};
 
 use crate::{maglev, services, source::Named};
 
-/// What `WEIR_SERVICES` should hold, which Service owns each frontend, and what was rejected.
+/// A [`KeyValueMap`] with these key and value types.
+pub trait Kv<K, V>: KeyValueMap<Key = K, Value = V> {}
+impl<K, V, M: KeyValueMap<Key = K, Value = V>> Kv<K, V> for M {}
+
+/// The three Service maps, kernel or fake.
+pub struct ServiceMaps<S, B, G> {
+    pub services: S,
+    pub backends: B,
+    pub maglev: G,
+}
+
+pub type KernelServiceMaps = ServiceMaps<maps::Services, maps::Backends, maps::Maglev>;
+pub type FakeServiceMaps =
+    ServiceMaps<FakeMap<ServiceKey, ServiceValue>, FakeMap<BackendKey, BackendAddr>, FakeMap<ServiceKey, MaglevTable>>;
+
+impl Default for FakeServiceMaps {
+    fn default() -> Self {
+        Self { services: FakeMap::default(), backends: FakeMap::default(), maglev: FakeMap::default() }
+    }
+}
+
+/// One frontend as this node serves it, before it is given a backend set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendPlan {
+    /// Sorted, no duplicates.
+    pub backends: Vec<BackendAddr>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 = none.
+    pub affinity_timeout_s: u32,
+    /// Served per packet (NodePort, external and LoadBalancer IPs): gets a Maglev table.
+    /// ClusterIPs are served at connect() and need none.
+    pub per_packet: bool,
+}
+
+/// What the maps should hold, which Service owns each frontend, and what was rejected.
 #[derive(Debug, Default, PartialEq)]
 pub struct ServiceMapPlan {
-    pub want: BTreeMap<ServiceKey, ServiceValue>,
-    /// Maglev tables of the frontends the per-packet load balancer serves (NodePort, external
-    /// and LoadBalancer IPs); ClusterIPs are served at connect() and need none.
-    pub maglev: BTreeMap<ServiceKey, MaglevTable>,
+    pub want: BTreeMap<ServiceKey, FrontendPlan>,
     pub owners: BTreeMap<ServiceKey, String>,
     /// Rejected Services (`namespace/name`) and why.
     pub rejected: BTreeMap<String, String>,
+    /// Frontends of rejected Services, left as they are written.
+    pub keep: BTreeSet<ServiceKey>,
 }
-
-/// What the two maps hold (or should hold).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Written {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub maglev: BTreeMap<ServiceKey, MaglevTable>,
-}
-
-/// One frontend as written: its map value and, for per-packet frontends, its Maglev table.
-type Planned = (ServiceValue, Option<MaglevTable>);
 
 /// Pure: one Service's compiled frontends → what this node writes for each, or why none of it
 /// can be written (a Service is written whole or not at all).
 fn plan_service<'a>(
     entries: impl IntoIterator<Item = (&'a services::Frontend, &'a services::ServiceEntry)>,
     node: &str,
-) -> Result<BTreeMap<ServiceKey, Planned>, String> {
+) -> Result<BTreeMap<ServiceKey, FrontendPlan>, String> {
     let mut out = BTreeMap::new();
     for (f, e) in entries {
         // internalTrafficPolicy Local keeps this node's pods on endpoints of this node, and
@@ -48,40 +76,31 @@ fn plan_service<'a>(
         // falls back (no local endpoint → refused).
         let cluster_ip = e.kind == services::FrontendKind::ClusterIp;
         let local_only = if cluster_ip { e.internal_traffic_local } else { e.external_traffic_local };
-        let backends: Vec<&services::Backend> =
-            e.backends.iter().filter(|b| !local_only || b.node.as_deref() == Some(node)).collect();
-        if backends.len() > MAX_INLINE_BACKENDS {
-            return Err(format!(
-                "{} backends behind {}:{}; at most {MAX_INLINE_BACKENDS} for now",
-                backends.len(),
-                f.ip,
-                f.port
-            ));
+        let backends: BTreeSet<BackendAddr> = e
+            .backends
+            .iter()
+            .filter(|b| !local_only || b.node.as_deref() == Some(node))
+            .map(|b| BackendAddr { addr: Addr16::from_v4_octets(b.ip.octets()), port_be: b.port.to_be(), _pad: [0; 6] })
+            .collect();
+        if backends.len() > MAX_BACKENDS {
+            return Err(format!("{} backends behind {}:{}; at most {MAX_BACKENDS}", backends.len(), f.ip, f.port));
         }
-        let mut value = ServiceValue {
-            count: backends.len() as u16,
+        let plan = FrontendPlan {
+            backends: backends.into_iter().collect(),
             affinity_timeout_s: e.affinity_timeout.unwrap_or(0),
-            ..Default::default()
+            per_packet: !cluster_ip,
         };
-        for (slot, b) in value.backends.iter_mut().zip(&backends) {
-            *slot = BackendAddr { addr: Addr16::from_v4_octets(b.ip.octets()), port_be: b.port.to_be(), _pad: [0; 6] };
-        }
-        let table = (!cluster_ip && !backends.is_empty()).then(|| {
-            let names: Vec<String> = backends.iter().map(|b| format!("{}:{}", b.ip, b.port)).collect();
-            maglev::table(&names)
-        });
-        out.insert(service_key(f), (value, table));
+        out.insert(service_key(f), plan);
     }
     Ok(out)
 }
 
-/// Pure: the compiled table, the previous owners and the map as it is now → the map to write. A
-/// rejected Service (bad spec, or more backends than a frontend holds) keeps the entries it had.
+/// Pure: the compiled table and the previous owners → what the maps should hold. A rejected
+/// Service (bad spec, or more backends than a frontend holds) keeps the frontends it had.
 pub fn service_map_plan(
     table: &services::ServiceTable,
     node: &str,
     prev_owners: &BTreeMap<ServiceKey, String>,
-    current: &Written,
 ) -> ServiceMapPlan {
     let mut plan = ServiceMapPlan::default();
     for (svc, why) in &table.rejected {
@@ -94,11 +113,8 @@ pub fn service_map_plan(
     for (svc, entries) in by_service {
         match plan_service(entries, node) {
             Ok(keys) => {
-                for (k, (v, t)) in keys {
-                    plan.want.insert(k, v);
-                    if let Some(t) = t {
-                        plan.maglev.insert(k, t);
-                    }
+                for (k, p) in keys {
+                    plan.want.insert(k, p);
                     plan.owners.insert(k, svc.to_owned());
                 }
             }
@@ -109,13 +125,8 @@ pub fn service_map_plan(
     }
     for (k, owner) in prev_owners {
         if plan.rejected.contains_key(owner) && !plan.want.contains_key(k) {
-            if let Some(v) = current.services.get(k) {
-                plan.want.insert(*k, *v);
-                plan.owners.insert(*k, owner.clone());
-            }
-            if let Some(t) = current.maglev.get(k) {
-                plan.maglev.insert(*k, *t);
-            }
+            plan.keep.insert(*k);
+            plan.owners.insert(*k, owner.clone());
         }
     }
     plan
@@ -127,6 +138,162 @@ fn service_key(f: &services::Frontend) -> ServiceKey {
         services::Proto::Udp => 17,
     };
     ServiceKey { addr: Addr16::from_v4_octets(f.ip.octets()), port_be: f.port.to_be(), proto, _pad: [0; 5] }
+}
+
+/// Pure: the slot order of a frontend's new backend set. A backend that stays keeps its slot;
+/// new ones fill the freed slots, then go at the end; freed slots left over take the last ones.
+pub fn stable_slots(old: &[BackendAddr], want: &[BackendAddr]) -> Vec<BackendAddr> {
+    let wanted: BTreeSet<&BackendAddr> = want.iter().collect();
+    let mut slots: Vec<Option<BackendAddr>> = old.iter().map(|b| wanted.contains(b).then_some(*b)).collect();
+    let kept: BTreeSet<BackendAddr> = slots.iter().flatten().copied().collect();
+    let mut fresh = want.iter().filter(|b| !kept.contains(b)).copied();
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        *s = fresh.next();
+    }
+    slots.extend(fresh.map(Some));
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i].is_some() {
+            i += 1;
+            continue;
+        }
+        let last = slots.pop().flatten();
+        if i < slots.len() {
+            slots[i] = last;
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+fn backend_name(b: &BackendAddr) -> String {
+    format!("{}:{}", Ipv4Addr::from(b.addr.v4_octets()), u16::from_be(b.port_be))
+}
+
+/// What the three maps hold, as this writer last wrote (or read) them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Written {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// Backend set → its backends by slot.
+    pub sets: BTreeMap<u32, Vec<BackendAddr>>,
+    /// Frontends that have a Maglev table.
+    pub maglev: BTreeSet<ServiceKey>,
+    /// Sets no frontend uses any more; deleted at the start of the next pass.
+    retired: Vec<u32>,
+    next_set: u32,
+}
+
+impl Written {
+    /// What the kernel maps hold (at start, or after a failed write). Sets no frontend uses
+    /// are retired; every Maglev table is rewritten at the next write of its frontend.
+    fn read<S, B, G>(maps: &ServiceMaps<S, B, G>) -> weir_dataplane::Result<Self>
+    where
+        S: Kv<ServiceKey, ServiceValue>,
+        B: Kv<BackendKey, BackendAddr>,
+        G: Kv<ServiceKey, MaglevTable>,
+    {
+        let services = maps.services.list()?;
+        let mut slots: BTreeMap<u32, BTreeMap<u32, BackendAddr>> = BTreeMap::new();
+        for (k, b) in maps.backends.list()? {
+            slots.entry(k.set).or_default().insert(k.slot, b);
+        }
+        let used: BTreeSet<u32> = services.values().map(|v| v.set).collect();
+        let next_set = slots.keys().chain(&used).max().map_or(1, |m| m + 1);
+        let retired = slots.keys().filter(|s| !used.contains(s)).copied().collect();
+        // A set is trusted only as far as it is contiguous; a gap forces the frontend to be rewritten.
+        let sets = slots
+            .into_iter()
+            .map(|(set, by_slot)| {
+                let dense = by_slot.iter().enumerate().take_while(|(i, (slot, _))| *i as u32 == **slot);
+                (set, dense.map(|(_, (_, b))| *b).collect())
+            })
+            .collect();
+        let maglev = maps.maglev.list()?.into_keys().collect();
+        Ok(Self { services, sets, maglev, retired, next_set })
+    }
+
+    /// Deletes the sets retired by the previous pass.
+    fn purge<B: Kv<BackendKey, BackendAddr>>(&mut self, backends: &mut B) -> weir_dataplane::Result<()> {
+        while let Some(set) = self.retired.pop() {
+            let n = self.sets.get(&set).map_or(0, Vec::len);
+            for slot in 0..n as u32 {
+                if let Err(e) = backends.remove(BackendKey { set, slot }) {
+                    self.retired.push(set);
+                    return Err(e);
+                }
+            }
+            self.sets.remove(&set);
+        }
+        Ok(())
+    }
+
+    /// Makes frontend `key` hold `want` (`None`: removes it): a new backend set first when the
+    /// backends changed, then its Maglev table, then the frontend itself. (upserted, removed).
+    fn write<S, B, G>(
+        &mut self,
+        key: ServiceKey,
+        want: Option<&FrontendPlan>,
+        maps: &mut ServiceMaps<S, B, G>,
+    ) -> weir_dataplane::Result<(usize, usize)>
+    where
+        S: Kv<ServiceKey, ServiceValue>,
+        B: Kv<BackendKey, BackendAddr>,
+        G: Kv<ServiceKey, MaglevTable>,
+    {
+        let old = self.services.get(&key).copied();
+        let Some(p) = want else {
+            let Some(old) = old else { return Ok((0, 0)) };
+            maps.services.remove(key)?;
+            self.services.remove(&key);
+            self.retired.push(old.set);
+            if self.maglev.contains(&key) {
+                maps.maglev.remove(key)?;
+                self.maglev.remove(&key);
+            }
+            return Ok((0, 1));
+        };
+        let old_slots = old.and_then(|v| self.sets.get(&v.set)).map_or(&[][..], Vec::as_slice);
+        let slots = stable_slots(old_slots, &p.backends);
+        let same = old.is_some() && old_slots == slots.as_slice();
+        let set = match old {
+            Some(v) if same => v.set,
+            _ => {
+                let set = self.next_set;
+                self.next_set += 1;
+                for (slot, b) in slots.iter().enumerate() {
+                    maps.backends.upsert(BackendKey { set, slot: slot as u32 }, *b)?;
+                }
+                self.sets.insert(set, slots.clone());
+                set
+            }
+        };
+        let table = p.per_packet && !slots.is_empty();
+        if table && (!same || !self.maglev.contains(&key)) {
+            let names: Vec<String> = slots.iter().map(backend_name).collect();
+            maps.maglev.upsert(key, maglev::table(&names))?;
+            self.maglev.insert(key);
+        }
+        let value = ServiceValue {
+            count: slots.len() as u16,
+            flags: 0,
+            affinity_timeout_s: p.affinity_timeout_s,
+            set,
+            _pad: [0; 4],
+        };
+        let mut upserted = 0;
+        if old != Some(value) {
+            maps.services.upsert(key, value)?;
+            self.services.insert(key, value);
+            upserted = 1;
+        }
+        if let Some(o) = old.filter(|o| o.set != set) {
+            self.retired.push(o.set);
+        }
+        if !table && self.maglev.contains(&key) {
+            maps.maglev.remove(key)?;
+            self.maglev.remove(&key);
+        }
+        Ok((upserted, 0))
+    }
 }
 
 /// The Services and EndpointSlices (namespace, name) that were added, changed or removed.
@@ -235,10 +402,10 @@ impl Index {
     }
 }
 
-/// The agent's writer of `WEIR_SERVICES` and `WEIR_MAGLEV`. It remembers what it wrote, so an
-/// update costs a diff in memory plus the changed entries, not a walk of the kernel map; given
-/// the objects that changed ([`ServiceSync::apply_changes`]) it recompiles only their Services.
-/// After a failed write (or at start) it re-reads the kernel maps once.
+/// The agent's writer of the Service maps. It remembers what it wrote, so an update costs a
+/// diff in memory plus the changed entries, not a walk of the kernel maps; given the objects
+/// that changed ([`ServiceSync::apply_changes`]) it recompiles only their Services. After a
+/// failed write (or at start) it re-reads the kernel maps once.
 #[derive(Debug, Default)]
 pub struct ServiceSync {
     /// Which Service (`namespace/name`) each frontend belongs to.
@@ -260,38 +427,57 @@ pub struct Applied {
 }
 
 impl ServiceSync {
-    /// Compiles every Service for `node` and makes the maps hold the result. A new Maglev
-    /// table is written before its frontend, and a frontend removed before its table.
-    pub fn apply<S, G>(
+    /// What the maps hold as last written, if this writer trusts its record.
+    pub fn written(&self) -> Option<&Written> {
+        self.written.as_ref()
+    }
+
+    /// The record of the maps, read from the kernel when there is none; old sets deleted.
+    fn begin<S, B, G>(&mut self, maps: &mut ServiceMaps<S, B, G>) -> weir_dataplane::Result<Written>
+    where
+        S: Kv<ServiceKey, ServiceValue>,
+        B: Kv<BackendKey, BackendAddr>,
+        G: Kv<ServiceKey, MaglevTable>,
+    {
+        let mut w = match self.written.take() {
+            Some(w) => w,
+            None => Written::read(maps)?,
+        };
+        w.purge(&mut maps.backends)?;
+        Ok(w)
+    }
+
+    /// Compiles every Service for `node` and makes the maps hold the result.
+    pub fn apply<S, B, G>(
         &mut self,
         svcs: &Named<Service>,
         slices: &Named<EndpointSlice>,
         node_ips: &[Ipv4Addr],
         node: &str,
-        services_map: &mut S,
-        maglev_map: &mut G,
+        maps: &mut ServiceMaps<S, B, G>,
     ) -> weir_dataplane::Result<Applied>
     where
-        S: KeyValueMap<Key = ServiceKey, Value = ServiceValue>,
-        G: KeyValueMap<Key = ServiceKey, Value = MaglevTable>,
+        S: Kv<ServiceKey, ServiceValue>,
+        B: Kv<BackendKey, BackendAddr>,
+        G: Kv<ServiceKey, MaglevTable>,
     {
         self.index = None;
         let table = services::compile(svcs, slices, node_ips);
-        let have = match self.written.take() {
-            Some(w) => w,
-            None => Written { services: services_map.list()?, maglev: maglev_map.list()? },
-        };
-        let plan = service_map_plan(&table, node, &self.owners, &have);
-        // Tables first (upserts only), then frontends, then the tables' removals.
-        let mut staged = have.maglev.clone();
-        staged.extend(plan.maglev.iter().map(|(k, v)| (*k, *v)));
-        maps::sync_from(maglev_map, &have.maglev, &staged)?;
-        let changes = maps::sync_from(services_map, &have.services, &plan.want)?;
-        maps::sync_from(maglev_map, &staged, &plan.maglev)?;
+        let mut written = self.begin(maps)?;
+        let plan = service_map_plan(&table, node, &self.owners);
+        let keys: BTreeSet<ServiceKey> =
+            written.services.keys().chain(plan.want.keys()).filter(|k| !plan.keep.contains(k)).copied().collect();
+        let mut changes = maps::Changes::default();
+        for k in keys {
+            // On an error the record is dropped: the next pass re-reads the kernel.
+            let (u, r) = written.write(k, plan.want.get(&k), maps)?;
+            changes.upserted += u;
+            changes.removed += r;
+        }
         let mut ix = Index::build(&plan, slices, node, node_ips);
         ix.conflicted = table.conflicted;
         self.index = Some(ix);
-        self.written = Some(Written { services: plan.want, maglev: plan.maglev });
+        self.written = Some(written);
         self.owners = plan.owners;
         let rejected_changed = plan.rejected != self.rejected;
         self.rejected = plan.rejected;
@@ -302,25 +488,24 @@ impl ServiceSync {
     /// the Services those objects touch are recompiled and written. Falls back to a full pass
     /// when there is no previous state, the node or node addresses changed, or a frontend is
     /// contested between Services.
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply_changes<S, G>(
+    pub fn apply_changes<S, B, G>(
         &mut self,
         svcs: &Named<Service>,
         slices: &Named<EndpointSlice>,
         changed: &ObjectChanges,
         node_ips: &[Ipv4Addr],
         node: &str,
-        services_map: &mut S,
-        maglev_map: &mut G,
+        maps: &mut ServiceMaps<S, B, G>,
     ) -> weir_dataplane::Result<Applied>
     where
-        S: KeyValueMap<Key = ServiceKey, Value = ServiceValue>,
-        G: KeyValueMap<Key = ServiceKey, Value = MaglevTable>,
+        S: Kv<ServiceKey, ServiceValue>,
+        B: Kv<BackendKey, BackendAddr>,
+        G: Kv<ServiceKey, MaglevTable>,
     {
         let usable = self.written.is_some()
             && self.index.as_ref().is_some_and(|ix| ix.node == node && ix.node_ips == node_ips && !ix.conflicted);
         if !usable {
-            return self.apply(svcs, slices, node_ips, node, services_map, maglev_map);
+            return self.apply(svcs, slices, node_ips, node, maps);
         }
         let Some(mut ix) = self.index.take() else { unreachable!("checked above") };
         let mut affected = changed.services.clone();
@@ -338,11 +523,8 @@ impl ServiceSync {
                 None => Ok(BTreeMap::new()),
                 Some(svc) => {
                     let names = ix.slices_of.get(&(ns.clone(), name.clone()));
-                    let mine: Vec<&EndpointSlice> = names
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|n| slices.get(&(ns.clone(), n.clone())))
-                        .collect();
+                    let mine: Vec<&EndpointSlice> =
+                        names.into_iter().flatten().filter_map(|n| slices.get(&(ns.clone(), n.clone()))).collect();
                     // In frontend order, as the full compile's table holds them.
                     services::compile_service(svc, &mine, node_ips).and_then(|entries| {
                         let entries: BTreeMap<services::Frontend, services::ServiceEntry> =
@@ -355,7 +537,7 @@ impl ServiceSync {
                 Ok(keys) => {
                     if keys.keys().any(|k| self.owners.get(k).is_some_and(|o| *o != id)) {
                         // Contested frontend: who wins depends on every Service.
-                        return self.apply(svcs, slices, node_ips, node, services_map, maglev_map);
+                        return self.apply(svcs, slices, node_ips, node, maps);
                     }
                     rejected.remove(&id);
                     staged.push((id, keys));
@@ -367,49 +549,25 @@ impl ServiceSync {
             }
         }
         let recompiled = affected.len();
-        let Some(mut written) = self.written.take() else { unreachable!("checked above") };
+        let mut written = self.begin(maps)?;
         let mut changes = maps::Changes::default();
-        let wrote = (|| {
-            for (id, keys) in staged {
-                let old = ix.keys_of.remove(&id).unwrap_or_default();
-                // Tables first, then frontends, then what the Service no longer has.
-                for (k, (_, t)) in &keys {
-                    if let Some(t) = t {
-                        if written.maglev.get(k) != Some(t) {
-                            maglev_map.upsert(*k, *t)?;
-                            written.maglev.insert(*k, *t);
-                        }
-                    }
-                }
-                for (k, (v, _)) in &keys {
-                    if written.services.get(k) != Some(v) {
-                        services_map.upsert(*k, *v)?;
-                        written.services.insert(*k, *v);
-                        changes.upserted += 1;
-                    }
-                    self.owners.insert(*k, id.clone());
-                }
-                for k in old.iter().filter(|k| !keys.contains_key(k)) {
-                    services_map.remove(*k)?;
-                    written.services.remove(k);
-                    self.owners.remove(k);
-                    changes.removed += 1;
-                }
-                for k in old.iter().chain(keys.keys()) {
-                    let keep = keys.get(k).is_some_and(|(_, t)| t.is_some());
-                    if !keep && written.maglev.contains_key(k) {
-                        maglev_map.remove(*k)?;
-                        written.maglev.remove(k);
-                    }
-                }
-                if !keys.is_empty() {
-                    ix.keys_of.insert(id, keys.into_keys().collect());
+        for (id, keys) in staged {
+            let old = ix.keys_of.remove(&id).unwrap_or_default();
+            for k in old.iter().chain(keys.keys()).copied().collect::<BTreeSet<_>>() {
+                // On an error the record is dropped: the next pass re-reads the kernel.
+                let (u, r) = written.write(k, keys.get(&k), maps)?;
+                changes.upserted += u;
+                changes.removed += r;
+                if keys.contains_key(&k) {
+                    self.owners.insert(k, id.clone());
+                } else {
+                    self.owners.remove(&k);
                 }
             }
-            Ok::<_, weir_dataplane::Error>(())
-        })();
-        // After a failed write the next call re-reads the kernel and recompiles everything.
-        wrote?;
+            if !keys.is_empty() {
+                ix.keys_of.insert(id, keys.into_keys().collect());
+            }
+        }
         self.written = Some(written);
         self.index = Some(ix);
         let rejected_changed = rejected != self.rejected;
@@ -435,17 +593,17 @@ mod tests {
 
     #[test]
     fn a_rejected_service_keeps_its_datapath_entries() {
-        let good = service_map_plan(&table(SVC), "n1", &BTreeMap::new(), &Written::default());
+        let good = service_map_plan(&table(SVC), "n1", &BTreeMap::new());
         assert_eq!(good.want.len(), 1);
-        let (key, value) = good.want.iter().next().map(|(k, v)| (*k, *v)).expect("entry");
-        assert_eq!((value.count, u16::from_be(value.backends[0].port_be)), (1, 8080));
+        let (key, value) = good.want.iter().next().map(|(k, v)| (*k, v.clone())).expect("entry");
+        assert_eq!((value.backends.len(), u16::from_be(value.backends[0].port_be)), (1, 8080));
         let bad = table(&SVC.replace("port: 80}", "port: 80, protocol: SCTP}"));
-        let plan = service_map_plan(&bad, "n1", &good.owners, &written(&good));
+        let plan = service_map_plan(&bad, "n1", &good.owners);
         assert_eq!(plan.rejected.len(), 1);
-        assert_eq!(plan.want.get(&key), Some(&value), "previous state kept");
+        assert!(plan.keep.contains(&key) && !plan.want.contains_key(&key), "previous state kept");
         // Once the Service is gone for good, so is its entry.
-        let plan = service_map_plan(&table(""), "n1", &plan.owners, &written(&plan));
-        assert!(plan.want.is_empty());
+        let plan = service_map_plan(&table(""), "n1", &plan.owners);
+        assert!(plan.want.is_empty() && plan.keep.is_empty());
     }
 
     #[test]
@@ -460,28 +618,28 @@ mod tests {
                 "endpoints: [{addresses: [10.244.1.2], nodeName: n1}, {addresses: [10.244.2.2], nodeName: n2}]",
             );
         let on = |node: &str| {
-            let plan = service_map_plan(&table(&yaml), node, &BTreeMap::new(), &Written::default());
-            let v = *plan.want.values().next().expect("entry");
-            (v.count, Ipv4Addr::from(v.backends[0].addr.v4_octets()), v.affinity_timeout_s)
+            let plan = service_map_plan(&table(&yaml), node, &BTreeMap::new());
+            let v = plan.want.values().next().expect("entry").clone();
+            let first = v.backends.first().map(|b| Ipv4Addr::from(b.addr.v4_octets()));
+            (v.backends.len(), first, v.affinity_timeout_s)
         };
-        assert_eq!(on("n1"), (1, Ipv4Addr::new(10, 244, 1, 2), 10_800));
-        assert_eq!(on("n2"), (1, Ipv4Addr::new(10, 244, 2, 2), 10_800));
+        assert_eq!(on("n1"), (1, Some(Ipv4Addr::new(10, 244, 1, 2)), 10_800));
+        assert_eq!(on("n2"), (1, Some(Ipv4Addr::new(10, 244, 2, 2)), 10_800));
         assert_eq!(on("n3").0, 0, "no local endpoint: refused, no fallback");
     }
 
     #[test]
     fn too_many_backends_is_an_explicit_rejection() {
-        let endpoints: Vec<String> =
-            (2..=(MAX_INLINE_BACKENDS + 2)).map(|i| format!("{{addresses: [10.244.1.{i}]}}")).collect();
-        let yaml =
-            SVC.replace("endpoints: [{addresses: [10.244.1.2]}]", &format!("endpoints: [{}]", endpoints.join(", ")));
-        let plan = service_map_plan(&table(&yaml), "n1", &BTreeMap::new(), &Written::default());
+        let yaml_with = |n: usize| {
+            let endpoints: Vec<String> =
+                (0..n).map(|i| format!("{{addresses: [10.244.{}.{}]}}", i / 250, i % 250 + 2)).collect();
+            SVC.replace("endpoints: [{addresses: [10.244.1.2]}]", &format!("endpoints: [{}]", endpoints.join(", ")))
+        };
+        let plan = service_map_plan(&table(&yaml_with(MAX_BACKENDS)), "n1", &BTreeMap::new());
+        assert_eq!(plan.want.values().next().map(|p| p.backends.len()), Some(MAX_BACKENDS));
+        let plan = service_map_plan(&table(&yaml_with(MAX_BACKENDS + 1)), "n1", &BTreeMap::new());
         assert!(plan.want.is_empty(), "never a half-written frontend");
-        assert!(plan.rejected.values().any(|why| why.contains("at most 16")), "{:?}", plan.rejected);
-    }
-
-    fn written(p: &ServiceMapPlan) -> Written {
-        Written { services: p.want.clone(), maglev: p.maglev.clone() }
+        assert!(plan.rejected.values().any(|why| why.contains("at most 1024")), "{:?}", plan.rejected);
     }
 
     #[test]
@@ -498,35 +656,85 @@ mod tests {
             );
         let snap = crate::source::manifest::snapshot_of(&yaml, "t").expect("parse");
         let node_ips = [Ipv4Addr::new(172, 30, 0, 10)];
-        let t = services::compile(&snap.services, &snap.endpoint_slices, &node_ips);
-        let plan = service_map_plan(&t, "n1", &BTreeMap::new(), &Written::default());
-        let count = |port: u16| {
-            plan.want.iter().find(|(k, _)| u16::from_be(k.port_be) == port).map(|(_, v)| v.count).expect("frontend")
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = ServiceSync::default();
+        sync.apply(&snap.services, &snap.endpoint_slices, &node_ips, "n1", &mut maps).expect("apply");
+        let count = |maps: &FakeServiceMaps, port: u16| {
+            maps.services.entries.iter().find(|(k, _)| u16::from_be(k.port_be) == port).map(|(_, v)| v.count)
         };
-        assert_eq!(count(80), 2, "ClusterIP: every endpoint");
-        assert_eq!(count(30080), 1, "NodePort with externalTrafficPolicy Local: this node's only");
-        assert_eq!(plan.maglev.len(), 1, "only the per-packet frontend has a Maglev table");
-        let plan = service_map_plan(&t, "n3", &BTreeMap::new(), &Written::default());
-        assert!(plan.maglev.is_empty(), "no local endpoint: refused, no table");
+        assert_eq!(count(&maps, 80), Some(2), "ClusterIP: every endpoint");
+        assert_eq!(count(&maps, 30080), Some(1), "NodePort with externalTrafficPolicy Local: this node's only");
+        assert_eq!(maps.maglev.entries.len(), 1, "only the per-packet frontend has a Maglev table");
+        let mut maps = FakeServiceMaps::default();
+        ServiceSync::default().apply(&snap.services, &snap.endpoint_slices, &node_ips, "n3", &mut maps).expect("apply");
+        assert_eq!(count(&maps, 30080), Some(0));
+        assert!(maps.maglev.entries.is_empty(), "no local endpoint: refused, no table");
     }
 
     #[test]
     fn sync_writes_only_changes_and_recovers_from_a_failed_write() {
         let snap = crate::source::manifest::snapshot_of(SVC, "t").expect("parse");
-        let mut map = maps::FakeMap::default();
-        let mut maglev = maps::FakeMap::default();
+        let mut m = FakeServiceMaps::default();
         let mut s = ServiceSync::default();
-        let a = s.apply(&snap.services, &snap.endpoint_slices, &[], "n1", &mut map, &mut maglev).expect("apply");
+        let a = s.apply(&snap.services, &snap.endpoint_slices, &[], "n1", &mut m).expect("apply");
         assert_eq!((a.changes.upserted, a.changes.removed), (1, 0));
-        let a = s.apply(&snap.services, &snap.endpoint_slices, &[], "n1", &mut map, &mut maglev).expect("apply");
+        let a = s.apply(&snap.services, &snap.endpoint_slices, &[], "n1", &mut m).expect("apply");
         assert_eq!(a.changes, maps::Changes::default(), "idempotent");
-        map.fail_writes = true;
+        m.services.fail_writes = true;
         let (none, no_slices) = (Named::new(), Named::new());
-        assert!(s.apply(&none, &no_slices, &[], "n1", &mut map, &mut maglev).is_err());
-        map.fail_writes = false;
-        let a = s.apply(&none, &no_slices, &[], "n1", &mut map, &mut maglev).expect("apply");
+        assert!(s.apply(&none, &no_slices, &[], "n1", &mut m).is_err());
+        m.services.fail_writes = false;
+        let a = s.apply(&none, &no_slices, &[], "n1", &mut m).expect("apply");
         assert_eq!(a.changes.removed, 1, "re-read the kernel after the failure");
-        assert!(map.list().expect("list").is_empty());
+        assert!(m.services.entries.is_empty());
+        // The frontend's set is retired now and deleted by the next pass.
+        s.apply(&none, &no_slices, &[], "n1", &mut m).expect("apply");
+        assert!(m.backends.entries.is_empty(), "{:?}", m.backends.entries);
+    }
+
+    /// Every frontend as a program sees it: count, affinity and the backends of its set's slots.
+    fn resolve(m: &FakeServiceMaps) -> BTreeMap<ServiceKey, (u16, u32, Vec<Option<BackendAddr>>)> {
+        m.services
+            .entries
+            .iter()
+            .map(|(k, v)| {
+                let slots = (0..u32::from(v.count))
+                    .map(|slot| m.backends.entries.get(&BackendKey { set: v.set, slot }).copied())
+                    .collect();
+                (*k, (v.count, v.affinity_timeout_s, slots))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_backend_keeps_its_slot_and_old_sets_go_at_the_next_pass() {
+        let b =
+            |i: u8| BackendAddr { addr: Addr16::from_v4_octets([10, 0, 0, i]), port_be: 80u16.to_be(), _pad: [0; 6] };
+        assert_eq!(stable_slots(&[], &[b(2), b(1)]), vec![b(2), b(1)]);
+        assert_eq!(stable_slots(&[b(1), b(2), b(3)], &[b(1), b(3), b(4)]), vec![b(1), b(4), b(3)]);
+        assert_eq!(stable_slots(&[b(1), b(2), b(3)], &[b(3)]), vec![b(3)]);
+        assert_eq!(stable_slots(&[b(1), b(2), b(3), b(4)], &[b(1), b(4)]), vec![b(1), b(4)]);
+        assert_eq!(stable_slots(&[b(1), b(2)], &[b(1), b(2), b(5)]), vec![b(1), b(2), b(5)]);
+
+        let mut m = FakeServiceMaps::default();
+        let mut s = ServiceSync::default();
+        let two =
+            SVC.replace("endpoints: [{addresses: [10.244.1.2]}]", "endpoints: [{addresses: [10.244.1.2, 10.244.1.3]}]");
+        let snap = crate::source::manifest::snapshot_of(&two, "t").expect("parse");
+        s.apply(&snap.services, &snap.endpoint_slices, &[], "n1", &mut m).expect("apply");
+        let before = resolve(&m);
+        let snap =
+            crate::source::manifest::snapshot_of(SVC.replace("10.244.1.2", "10.244.1.3").as_str(), "t").expect("parse");
+        s.apply(&snap.services, &snap.endpoint_slices, &[], "n1", &mut m).expect("apply");
+        let after = resolve(&m);
+        let slot_of = |r: &BTreeMap<ServiceKey, (u16, u32, Vec<Option<BackendAddr>>)>, ip: u8| {
+            r.values().next().and_then(|(_, _, s)| s.iter().position(|b| b.map(|b| b.addr.v4_octets()[3]) == Some(ip)))
+        };
+        assert_eq!(slot_of(&after, 3), Some(0), "the remaining backend moved into the freed slot");
+        assert_eq!(slot_of(&before, 3), Some(1));
+        assert_eq!(m.backends.entries.len(), 3, "old set (2) still there for programs mid-run, new set (1)");
+        s.apply(&snap.services, &snap.endpoint_slices, &[], "n1", &mut m).expect("apply");
+        assert_eq!(m.backends.entries.len(), 1, "the old set is gone at the next pass");
     }
 
     /// xorshift64*: a deterministic generator for the randomized test below.
@@ -562,14 +770,22 @@ mod tests {
 
     fn random_slice(r: &mut Rng, i: u64) -> String {
         let owner = r.below(7);
-        let endpoints: Vec<String> = (0..r.below(24))
+        // Now and then more than a frontend may hold.
+        let big = r.below(40) == 0;
+        let n = if big { MAX_BACKENDS as u64 + 10 } else { r.below(24) };
+        let endpoints: Vec<String> = (0..n)
             .map(|e| {
                 let node = ["n1", "n2"][r.below(2) as usize];
-                let (ready, terminating) =
-                    [(true, false), (true, false), (false, true), (false, false)][r.below(4) as usize];
+                let (ready, terminating) = if big {
+                    (true, false)
+                } else {
+                    [(true, false), (true, false), (false, true), (false, false)][r.below(4) as usize]
+                };
                 format!(
-                    "{{addresses: [10.244.{i}.{e}], nodeName: {node}, \
-                     conditions: {{ready: {ready}, serving: true, terminating: {terminating}}}}}"
+                    "{{addresses: [10.{i}.{}.{}], nodeName: {node}, \
+                     conditions: {{ready: {ready}, serving: true, terminating: {terminating}}}}}",
+                    e / 250,
+                    e % 250
                 )
             })
             .collect();
@@ -597,8 +813,7 @@ mod tests {
         let mut r = Rng(seed);
         let mut objects: BTreeMap<String, String> = BTreeMap::new();
         let (mut inc, mut full) = (ServiceSync::default(), ServiceSync::default());
-        let (mut inc_map, mut inc_maglev) = (maps::FakeMap::default(), maps::FakeMap::default());
-        let (mut full_map, mut full_maglev) = (maps::FakeMap::default(), maps::FakeMap::default());
+        let (mut inc_maps, mut full_maps) = (FakeServiceMaps::default(), FakeServiceMaps::default());
         let mut prev = crate::source::ClusterSnapshot::default();
         let mut incremental_steps = 0;
         let mut seen = BTreeSet::new();
@@ -614,34 +829,25 @@ mod tests {
             }
             let yaml: String = objects.values().cloned().collect();
             let snap = crate::source::manifest::snapshot_of(&yaml, "t").expect("parse");
-            let changed = ObjectChanges::between(
-                &prev.services,
-                &snap.services,
-                &prev.endpoint_slices,
-                &snap.endpoint_slices,
-            );
+            let changed =
+                ObjectChanges::between(&prev.services, &snap.services, &prev.endpoint_slices, &snap.endpoint_slices);
             let a = inc
-                .apply_changes(
-                    &snap.services,
-                    &snap.endpoint_slices,
-                    &changed,
-                    &node_ips,
-                    "n1",
-                    &mut inc_map,
-                    &mut inc_maglev,
-                )
+                .apply_changes(&snap.services, &snap.endpoint_slices, &changed, &node_ips, "n1", &mut inc_maps)
                 .expect("incremental");
             if a.recompiled < snap.services.len() {
                 incremental_steps += 1;
             }
-            full.apply(&snap.services, &snap.endpoint_slices, &node_ips, "n1", &mut full_map, &mut full_maglev)
-                .expect("full");
-            assert_eq!(inc_map.entries, full_map.entries, "seed {seed:#x} step {step}: services map");
-            assert_eq!(inc_maglev.entries, full_maglev.entries, "seed {seed:#x} step {step}: Maglev tables");
+            full.apply(&snap.services, &snap.endpoint_slices, &node_ips, "n1", &mut full_maps).expect("full");
+            assert_eq!(resolve(&inc_maps), resolve(&full_maps), "seed {seed:#x} step {step}: frontends");
+            assert_eq!(inc_maps.maglev.entries, full_maps.maglev.entries, "seed {seed:#x} step {step}: Maglev tables");
+            for m in [&inc_maps, &full_maps] {
+                let sets: BTreeSet<u32> = m.backends.entries.keys().map(|k| k.set).collect();
+                assert!(sets.len() <= m.services.entries.len() + 16, "seed {seed:#x} step {step}: sets pile up");
+            }
             assert_eq!(inc.owners, full.owners, "seed {seed:#x} step {step}: owners");
             assert_eq!(inc.rejected, full.rejected, "seed {seed:#x} step {step}: rejected");
             for why in full.rejected.values() {
-                let kind = ["already taken", "at most 16", "SCTP"].into_iter().find(|k| why.contains(k));
+                let kind = ["already taken", "at most 1024", "SCTP"].into_iter().find(|k| why.contains(k));
                 seen.extend(kind);
             }
             prev = snap;
