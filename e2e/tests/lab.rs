@@ -259,8 +259,9 @@ fn full_lab_story(routing: &str) {
     // `weir services` shows the kernel's view: four backends behind web:80, none behind empty.
     let rows: Value =
         serde_json::from_str(&lab.ok(&["weir", "n2", "--", "services", "-o", "json"])).expect("services json");
-    let row =
-        |front: String| rows.as_array().and_then(|a| a.iter().find(|r| r["frontend"] == front).cloned()).expect("row");
+    let row = |front: String| {
+        rows["frontends"].as_array().and_then(|a| a.iter().find(|r| r["frontend"] == front).cloned()).expect("row")
+    };
     assert_eq!(row(format!("{web}:80"))["backends"].as_array().map(Vec::len), Some(4), "{rows}");
     assert_eq!(row(format!("{web}:80"))["service"], "shop/web");
     assert_eq!(row(format!("{empty}:80"))["backends"].as_array().map(Vec::len), Some(0));
@@ -608,7 +609,7 @@ fn services_beyond_pods(lab: &TestLab) {
     loop {
         let rows: Value =
             serde_json::from_str(&lab.ok(&["weir", "n1", "--", "services", "-o", "json"])).expect("services json");
-        let n = rows
+        let n = rows["frontends"]
             .as_array()
             .and_then(|a| a.iter().find(|r| r["frontend"] == target.as_str()))
             .and_then(|r| r["backends"].as_array().map(Vec::len));
@@ -635,6 +636,27 @@ fn services_beyond_pods(lab: &TestLab) {
         seen.insert(reply);
     }
     assert!(seen.len() >= 8, "30 NodePort connects reached only {} of 20 backends: {seen:?}", seen.len());
+
+    // Bad input: a port with a protocol weir cannot serve rejects the Service with its reason in
+    // `weir services`, and what it had keeps serving.
+    let bad = "---\napiVersion: v1\nkind: Service\nmetadata: {name: wide, namespace: shop}\n\
+               spec: {type: NodePort, selector: {app: wide}, ports: [{name: t, port: 80, targetPort: 8080}, \
+               {name: s, port: 90, protocol: SCTP}]}\n";
+    assert!(lab.apply(bad).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v: Value =
+            serde_json::from_str(&lab.ok(&["weir", "n1", "--", "services", "-o", "json"])).expect("services json");
+        let why = v["rejected"].as_array().and_then(|a| a.iter().find(|r| r["service"] == "shop/wide")).cloned();
+        if let Some(why) = why {
+            assert!(why["reason"].as_str().is_some_and(|r| r.contains("SCTP")), "{why}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bad Service was never reported rejected: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (res, reply) = lab.probe("shop/a1", &target, "tcp");
+    assert!(res == "connected" && is_wide(&reply), "a rejected Service keeps serving: {res} {reply}");
 }
 
 #[test]

@@ -18,6 +18,10 @@ pub trait KeyValueMap {
     fn upsert(&mut self, key: Self::Key, value: Self::Value) -> crate::Result<()>;
     /// Removing an absent key is not an error.
     fn remove(&mut self, key: Self::Key) -> crate::Result<()>;
+    /// How many entries the map holds at most, when the writer should plan for it.
+    fn capacity(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// An in-memory map for reconcile tests; `fail_writes` makes every write fail as a full map
@@ -26,11 +30,13 @@ pub trait KeyValueMap {
 pub struct FakeMap<K, V> {
     pub entries: BTreeMap<K, V>,
     pub fail_writes: bool,
+    /// Reported capacity; an insert beyond it fails as a full kernel map does.
+    pub capacity: Option<u32>,
 }
 
 impl<K, V> Default for FakeMap<K, V> {
     fn default() -> Self {
-        Self { entries: BTreeMap::new(), fail_writes: false }
+        Self { entries: BTreeMap::new(), fail_writes: false, capacity: None }
     }
 }
 
@@ -42,8 +48,9 @@ impl<K: Ord + Copy + std::fmt::Debug, V: PartialEq + Copy + std::fmt::Debug> Key
         Ok(self.entries.clone())
     }
     fn upsert(&mut self, key: K, value: V) -> crate::Result<()> {
-        if self.fail_writes {
-            return Err(crate::Error::MapFull { name: "fake", capacity: 0 });
+        let full = self.capacity.is_some_and(|c| self.entries.len() >= c as usize && !self.entries.contains_key(&key));
+        if self.fail_writes || full {
+            return Err(crate::Error::MapFull { name: "fake", capacity: self.capacity.unwrap_or(0) });
         }
         self.entries.insert(key, value);
         Ok(())
@@ -54,6 +61,9 @@ impl<K: Ord + Copy + std::fmt::Debug, V: PartialEq + Copy + std::fmt::Debug> Key
         }
         self.entries.remove(&key);
         Ok(())
+    }
+    fn capacity(&self) -> Option<u32> {
+        self.capacity
     }
 }
 

@@ -67,4 +67,7 @@ where
     fn remove(&mut self, key: K) -> Result<()> {
         removed(self.name, self.map.remove(&key))
     }
+    fn capacity(&self) -> Option<u32> {
+        Some(self.capacity)
+    }
 }

@@ -59,7 +59,7 @@ pub async fn dispatch(req: Request, node: &Mutex<Node>, drops: &SharedDropLog) -
         Request::Status => Ok(Response::Status(n.status())),
         Request::Endpoints => Ok(Response::Endpoints { rows: n.endpoints() }),
         Request::Datapath => n.datapath_info().map(Response::Datapath),
-        Request::Services => n.service_rows().map(|rows| Response::Services { rows }),
+        Request::Services => n.service_rows().map(|rows| Response::Services { rows, rejected: n.rejected_services() }),
         Request::Drops { last } => {
             let (mut events, seen) = drops.lock().unwrap_or_else(|p| p.into_inner()).recent(last);
             let pods = n.pods_by_ifindex();

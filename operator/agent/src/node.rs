@@ -20,7 +20,7 @@ use weir_dataplane::{
 };
 use weir_operator_api::{
     code, ApiError, Attachment as AddRequest, AttachmentRef, DatapathInfo, Endpoint, EndpointRow, IfacePrograms,
-    ServiceRow, Status,
+    RejectedService, ServiceRow, Status,
 };
 
 use crate::{
@@ -571,6 +571,15 @@ impl Node {
     /// Events the datapath could not put on its ring buffer.
     pub fn events_lost(&self) -> u64 {
         self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok()).map_or(0, |s| s.events_lost)
+    }
+
+    /// Services the agent rejected, with the reason.
+    pub fn rejected_services(&self) -> Vec<RejectedService> {
+        self.services
+            .rejected
+            .iter()
+            .map(|(service, reason)| RejectedService { service: service.clone(), reason: reason.clone() })
+            .collect()
     }
 
     /// The Service maps as the kernel holds them (each frontend with the backends of its set),

@@ -211,6 +211,26 @@ impl Written {
         Ok(Self { services, sets, maglev, retired, next_set })
     }
 
+    /// Entries in use: frontends, backend slots (retired sets included), Maglev tables.
+    fn usage(&self) -> [usize; 3] {
+        [self.services.len(), self.sets.values().map(Vec::len).sum(), self.maglev.len()]
+    }
+
+    /// New entries that writing `keys` takes: frontends, backend slots, Maglev tables.
+    fn needs(&self, keys: &BTreeMap<ServiceKey, FrontendPlan>) -> [usize; 3] {
+        let mut n = [0; 3];
+        for (k, p) in keys {
+            let known = self.services.contains_key(k);
+            n[0] += usize::from(!known);
+            let old = self.services.get(k).and_then(|v| self.sets.get(&v.set)).map_or(&[][..], Vec::as_slice);
+            if !known || stable_slots(old, &p.backends) != old {
+                n[1] += p.backends.len();
+            }
+            n[2] += usize::from(p.per_packet && !p.backends.is_empty() && !self.maglev.contains(k));
+        }
+        n
+    }
+
     /// Deletes the sets retired by the previous pass.
     fn purge<B: Kv<BackendKey, BackendAddr>>(&mut self, backends: &mut B) -> weir_dataplane::Result<()> {
         while let Some(set) = self.retired.pop() {
@@ -402,6 +422,44 @@ impl Index {
     }
 }
 
+/// What the maps can still take, counted from the writer's record (old sets are deleted only at
+/// the next pass, so they count until then).
+struct Room {
+    left: [Option<usize>; 3],
+}
+
+impl Room {
+    const MAPS: [&'static str; 3] = ["WEIR_SERVICES", "WEIR_BACKENDS", "WEIR_MAGLEV"];
+
+    fn of<S, B, G>(maps: &ServiceMaps<S, B, G>, written: &Written) -> Self
+    where
+        S: Kv<ServiceKey, ServiceValue>,
+        B: Kv<BackendKey, BackendAddr>,
+        G: Kv<ServiceKey, MaglevTable>,
+    {
+        let caps = [maps.services.capacity(), maps.backends.capacity(), maps.maglev.capacity()];
+        let used = written.usage();
+        Room { left: [0, 1, 2].map(|i| caps[i].map(|c| (c as usize).saturating_sub(used[i]))) }
+    }
+
+    /// Reserves what writing `keys` takes, or says which map cannot hold it: the Service is
+    /// then rejected whole and keeps what it had.
+    fn take(&mut self, written: &Written, keys: &BTreeMap<ServiceKey, FrontendPlan>) -> Result<(), String> {
+        let need = written.needs(keys);
+        for ((left, need), map) in self.left.iter().zip(need).zip(Self::MAPS) {
+            if let Some(left) = left.filter(|l| need > *l) {
+                return Err(format!("{map} is full: {need} more entries needed, room for {left}"));
+            }
+        }
+        for (left, need) in self.left.iter_mut().zip(need) {
+            if let Some(left) = left.as_mut() {
+                *left -= need;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The agent's writer of the Service maps. It remembers what it wrote, so an update costs a
 /// diff in memory plus the changed entries, not a walk of the kernel maps; given the objects
 /// that changed ([`ServiceSync::apply_changes`]) it recompiles only their Services. After a
@@ -447,6 +505,37 @@ impl ServiceSync {
         Ok(w)
     }
 
+    /// Rejects (whole, keeping what they had) the Services of `plan` the maps cannot also hold,
+    /// in name order.
+    fn fit<S, B, G>(&self, plan: &mut ServiceMapPlan, written: &Written, maps: &ServiceMaps<S, B, G>)
+    where
+        S: Kv<ServiceKey, ServiceValue>,
+        B: Kv<BackendKey, BackendAddr>,
+        G: Kv<ServiceKey, MaglevTable>,
+    {
+        let mut room = Room::of(maps, written);
+        let mut by_service: BTreeMap<String, BTreeMap<ServiceKey, FrontendPlan>> = BTreeMap::new();
+        for (k, p) in &plan.want {
+            if let Some(owner) = plan.owners.get(k) {
+                by_service.entry(owner.clone()).or_default().insert(*k, p.clone());
+            }
+        }
+        for (svc, keys) in by_service {
+            let Err(why) = room.take(written, &keys) else { continue };
+            for k in keys.keys() {
+                plan.want.remove(k);
+                plan.owners.remove(k);
+            }
+            for (k, owner) in &self.owners {
+                if *owner == svc && written.services.contains_key(k) {
+                    plan.keep.insert(*k);
+                    plan.owners.insert(*k, svc.clone());
+                }
+            }
+            plan.rejected.insert(svc, why);
+        }
+    }
+
     /// Compiles every Service for `node` and makes the maps hold the result.
     pub fn apply<S, B, G>(
         &mut self,
@@ -464,7 +553,8 @@ impl ServiceSync {
         self.index = None;
         let table = services::compile(svcs, slices, node_ips);
         let mut written = self.begin(maps)?;
-        let plan = service_map_plan(&table, node, &self.owners);
+        let mut plan = service_map_plan(&table, node, &self.owners);
+        self.fit(&mut plan, &written, maps);
         let keys: BTreeSet<ServiceKey> =
             written.services.keys().chain(plan.want.keys()).filter(|k| !plan.keep.contains(k)).copied().collect();
         let mut changes = maps::Changes::default();
@@ -509,6 +599,8 @@ impl ServiceSync {
         }
         let Some(mut ix) = self.index.take() else { unreachable!("checked above") };
         let mut affected = changed.services.clone();
+        // Rejected Services are tried again every pass: a full map may have room now.
+        affected.extend(self.rejected.keys().filter_map(|id| id.split_once('/')).map(|(ns, n)| (ns.into(), n.into())));
         for key in &changed.slices {
             affected.extend(ix.unlink_slice(key));
             if let Some(s) = slices.get(key) {
@@ -550,8 +642,13 @@ impl ServiceSync {
         }
         let recompiled = affected.len();
         let mut written = self.begin(maps)?;
+        let mut room = Room::of(maps, &written);
         let mut changes = maps::Changes::default();
         for (id, keys) in staged {
+            if let Err(why) = room.take(&written, &keys) {
+                rejected.insert(id, why);
+                continue;
+            }
             let old = ix.keys_of.remove(&id).unwrap_or_default();
             for k in old.iter().chain(keys.keys()).copied().collect::<BTreeSet<_>>() {
                 // On an error the record is dropped: the next pass re-reads the kernel.
@@ -690,6 +787,34 @@ mod tests {
         // The frontend's set is retired now and deleted by the next pass.
         s.apply(&none, &no_slices, &[], "n1", &mut m).expect("apply");
         assert!(m.backends.entries.is_empty(), "{:?}", m.backends.entries);
+    }
+
+    #[test]
+    fn a_full_map_rejects_whole_services_keeps_the_rest_and_retries() {
+        let two = |name: &str, ip: &str| {
+            SVC.replace("name: web,", &format!("name: {name},"))
+                .replace("service-name: web", &format!("service-name: {name}"))
+                .replace("name: web-0", &format!("name: {name}-0"))
+                .replace("10.96.0.10", ip)
+                .replace("endpoints: [{addresses: [10.244.1.2]}]", "endpoints: [{addresses: [10.244.1.2, 10.244.1.3]}]")
+        };
+        let yaml = format!("{}---\n{}", two("api", "10.96.0.11"), two("web", "10.96.0.10"));
+        let snap = crate::source::manifest::snapshot_of(&yaml, "t").expect("parse");
+        let mut m = FakeServiceMaps::default();
+        m.backends.capacity = Some(3);
+        let mut s = ServiceSync::default();
+        s.apply(&snap.services, &snap.endpoint_slices, &[], "n1", &mut m).expect("a full map is no error");
+        assert_eq!(m.services.entries.len(), 1, "api fits, web does not");
+        let why = s.rejected.get("shop/web").expect("web rejected");
+        assert!(why.contains("WEIR_BACKENDS is full"), "{why}");
+        assert_eq!(m.backends.entries.len(), 2, "nothing of web was written");
+        // Room appears: the next pass, with nothing changed, writes web.
+        m.backends.capacity = Some(8);
+        let a = s
+            .apply_changes(&snap.services, &snap.endpoint_slices, &ObjectChanges::default(), &[], "n1", &mut m)
+            .expect("apply");
+        assert_eq!((a.changes.upserted, s.rejected.len()), (1, 0), "{:?}", s.rejected);
+        assert_eq!(resolve(&m).len(), 2);
     }
 
     /// Every frontend as a program sees it: count, affinity and the backends of its set's slots.

@@ -134,6 +134,13 @@ pub struct ServiceRow {
     pub backends: Vec<String>,
 }
 
+/// A Service the agent did not write (or left as it was), and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedService {
+    pub service: String,
+    pub reason: String,
+}
+
 /// Drops as the datapath reported them on its ring buffer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drops {
@@ -171,11 +178,19 @@ pub enum Response {
     Deleted,
     Checked(Endpoint),
     Status(Status),
-    Collected { removed: Vec<AttachmentRef> },
-    Endpoints { rows: Vec<EndpointRow> },
+    Collected {
+        removed: Vec<AttachmentRef>,
+    },
+    Endpoints {
+        rows: Vec<EndpointRow>,
+    },
     Datapath(DatapathInfo),
     Drops(Drops),
-    Services { rows: Vec<ServiceRow> },
+    Services {
+        rows: Vec<ServiceRow>,
+        #[serde(default)]
+        rejected: Vec<RejectedService>,
+    },
     Error(ApiError),
 }
 

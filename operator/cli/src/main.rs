@@ -62,7 +62,9 @@ fn main() -> anyhow::Result<()> {
             Response::Endpoints { rows } => serde_json::to_value(rows)?,
             Response::Datapath(d) => serde_json::to_value(d)?,
             Response::Drops(d) => serde_json::to_value(d)?,
-            Response::Services { rows } => serde_json::to_value(rows)?,
+            Response::Services { rows, rejected } => {
+                serde_json::json!({ "frontends": rows, "rejected": rejected })
+            }
             other => serde_json::to_value(other)?,
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -118,7 +120,7 @@ fn main() -> anyhow::Result<()> {
             }
             println!("\n{} drops read since the agent started; {} events lost in the kernel", d.seen, d.lost);
         }
-        Response::Services { rows } => {
+        Response::Services { rows, rejected } => {
             println!("{:<24} {:<5} {:<28} BACKENDS", "FRONTEND", "PROTO", "SERVICE");
             for r in rows {
                 let backends = if r.backends.is_empty() { "(none: refused)".to_owned() } else { r.backends.join(", ") };
@@ -128,6 +130,12 @@ fn main() -> anyhow::Result<()> {
                     r.protocol,
                     r.service.unwrap_or_else(|| "?".into())
                 );
+            }
+            if !rejected.is_empty() {
+                println!("\nRejected (their previous datapath state is kept):");
+                for r in rejected {
+                    println!("  {:<28} {}", r.service, r.reason);
+                }
             }
         }
         other => println!("{other:?}"),
