@@ -19,9 +19,14 @@ pub struct Config {
     /// This node's name (the Node object to read spec.podCIDR and addresses from).
     #[arg(long, env = "WEIR_NODE_NAME")]
     pub node_name: String,
-    /// Directory of Kubernetes manifests (Node, Namespace, Pod, ...) that is the cluster state.
-    #[arg(long, env = "WEIR_MANIFESTS")]
-    pub manifests: PathBuf,
+    /// Directory of Kubernetes manifests (Node, Namespace, Pod, ...) that is the cluster state
+    /// (standalone hosts, the lab). Without it the agent reads the Kubernetes API.
+    #[arg(long, env = "WEIR_MANIFESTS", conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig for the Kubernetes API source; default: the in-cluster service account (or
+    /// `$KUBECONFIG`).
+    #[arg(long, env = "WEIR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Where the agent persists endpoints and IPAM.
     #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
     pub state_dir: PathBuf,

@@ -56,8 +56,8 @@ fn sysctl(path: &str, value: &str) -> anyhow::Result<()> {
 impl Agent {
     /// Validates the configuration and opens everything the agent needs; serves nothing yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        if !config.manifests.is_dir() {
-            anyhow::bail!("--manifests {}: not a directory", config.manifests.display());
+        if let Some(dir) = config.manifests.as_ref().filter(|d| !d.is_dir()) {
+            anyhow::bail!("--manifests {}: not a directory", dir.display());
         }
         if let Some(dir) = config.socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -85,11 +85,16 @@ impl Agent {
     /// Serves until SIGTERM/SIGINT. The pinned datapath keeps forwarding after exit.
     pub async fn run(self) -> anyhow::Result<()> {
         let (tx, rx) = watch::channel::<Option<ClusterSnapshot>>(None);
-        tokio::spawn(source::manifest::watch_dir(
-            self.config.manifests.clone(),
-            Duration::from_millis(self.config.poll_ms),
-            tx,
-        ));
+        match &self.config.manifests {
+            Some(dir) => {
+                tokio::spawn(source::manifest::watch_dir(dir.clone(), Duration::from_millis(self.config.poll_ms), tx));
+            }
+            None => {
+                let client = source::k8s::client(self.config.kubeconfig.as_deref()).await?;
+                tracing::info!("cluster state from the Kubernetes API");
+                tokio::spawn(source::k8s::watch_api(client, tx));
+            }
+        }
         tokio::spawn(reconcile_loop(
             self.node.clone(),
             rx,

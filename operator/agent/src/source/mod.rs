@@ -1,7 +1,8 @@
-//! Cluster state sources. Every source (the manifest directory now, the Kubernetes API later)
-//! delivers complete [`ClusterSnapshot`]s over one channel; the agent does not care where they
-//! came from. A source that reads something unusable logs it, naming the object, and keeps
-//! delivering the last good state.
+//! Cluster state sources. Every source (the manifest directory, the Kubernetes API) delivers
+//! complete [`ClusterSnapshot`]s over one channel; the agent does not care where they came from.
+//! A source that reads something unusable logs it, naming the object, and keeps delivering the
+//! last good state.
+pub mod k8s;
 pub mod manifest;
 
 use std::collections::BTreeMap;

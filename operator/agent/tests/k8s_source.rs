@@ -1,0 +1,300 @@
+//! Unit tier (no root, no cluster): the Kubernetes API source against a mock API server
+//! (tower-test) answering in the real API's JSON shapes — lists, then watch streams with ADDED,
+//! MODIFIED, DELETED, BOOKMARK and a 410 Gone that forces a relist — and the same objects through
+//! the API source and the manifest source giving the same desired state.
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use weir_operator_agent::{services, source::k8s, source::manifest::snapshot_of, source::ClusterSnapshot, state};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Reply = tower_test::mock::SendResponse<Response<Body>>;
+
+/// One request the source made.
+struct Call {
+    path: String,
+    query: String,
+    reply: Reply,
+}
+
+impl Call {
+    fn watch(&self) -> bool {
+        self.query.split('&').any(|p| p == "watch=true")
+    }
+
+    fn answer(self, body: String) {
+        self.reply
+            .send_response(Response::builder().status(200).body(Body::from(body.into_bytes())).expect("response"));
+    }
+}
+
+/// The API paths of the five kinds.
+const NODES: &str = "/api/v1/nodes";
+const NAMESPACES: &str = "/api/v1/namespaces";
+const PODS: &str = "/api/v1/pods";
+const SERVICES: &str = "/api/v1/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+
+struct Mock {
+    handle: Handle,
+    /// Requests not answered (yet): a watch left hanging is a quiet watch.
+    parked: Vec<Call>,
+}
+
+impl Mock {
+    /// The next request for `path` (list or watch as `watch` says); others are parked.
+    async fn next(&mut self, path: &str, watch: bool) -> Call {
+        if let Some(i) = self.parked.iter().position(|c| c.path == path && c.watch() == watch) {
+            return self.parked.swap_remove(i);
+        }
+        loop {
+            let (req, reply) = tokio::time::timeout(Duration::from_secs(20), self.handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("no {} request for {path}", if watch { "watch" } else { "list" }))
+                .expect("the client is gone");
+            let call = Call {
+                path: req.uri().path().to_owned(),
+                query: req.uri().query().unwrap_or_default().to_owned(),
+                reply,
+            };
+            assert_eq!(req.method(), http::Method::GET, "the agent only reads: {} {}", req.method(), call.path);
+            if call.path == path && call.watch() == watch {
+                return call;
+            }
+            self.parked.push(call);
+        }
+    }
+}
+
+fn list(kind: &str, api_version: &str, rv: &str, items: Vec<Value>) -> String {
+    json!({"kind": format!("{kind}List"), "apiVersion": api_version, "metadata": {"resourceVersion": rv}, "items": items})
+        .to_string()
+}
+
+fn event(kind: &str, object: Value) -> String {
+    format!("{}\n", json!({"type": kind, "object": object}))
+}
+
+/// The lab's shape of cluster: two nodes, a namespace, pods, a Service and its slice; with the
+/// fields a real API server adds (managedFields, annotations, status noise).
+fn cluster_yaml() -> String {
+    let mut y = String::new();
+    for (i, ip) in [(1, "172.30.0.11"), (2, "172.30.0.12")] {
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: n{i}, labels: {{kubernetes.io/hostname: n{i}}}}}\n\
+             spec: {{podCIDR: 10.244.{i}.0/24, podCIDRs: [10.244.{i}.0/24]}}\n\
+             status: {{addresses: [{{type: InternalIP, address: {ip}}}], images: [{{names: [big/image:1], sizeBytes: 99}}]}}\n"
+        ));
+    }
+    y.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    for (name, node, ip) in [("a1", "n1", "10.244.1.2"), ("b1", "n2", "10.244.2.2")] {
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: web}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: srv, ports: [{{name: http, containerPort: 8080}}]}}]}}\n\
+             status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n"
+        ));
+    }
+    y.push_str(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+         spec: {type: NodePort, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: web-x1, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{name: http, port: 8080}]\n\
+         endpoints: [{addresses: [10.244.1.2], nodeName: n1}, {addresses: [10.244.2.2], nodeName: n2}]\n",
+    );
+    y
+}
+
+/// The objects of `yaml` as JSON, by API path, each with what a real API server adds.
+fn objects_by_path(yaml: &str) -> std::collections::BTreeMap<&'static str, Vec<Value>> {
+    let mut out: std::collections::BTreeMap<&'static str, Vec<Value>> = Default::default();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if v.is_null() {
+            continue;
+        }
+        let path = match v["kind"].as_str() {
+            Some("Node") => NODES,
+            Some("Namespace") => NAMESPACES,
+            Some("Pod") => PODS,
+            Some("Service") => SERVICES,
+            Some("EndpointSlice") => SLICES,
+            other => panic!("kind {other:?}"),
+        };
+        out.entry(path).or_default().push(noisy(v));
+    }
+    out
+}
+
+/// What the API server adds that the agent must not keep.
+fn noisy(mut v: Value) -> Value {
+    v["metadata"]["resourceVersion"] = json!("5");
+    v["metadata"]["uid"] = json!(format!("uid-{}", v["metadata"]["name"].as_str().unwrap_or_default()));
+    v["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}]);
+    v["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": "{...}"});
+    v
+}
+
+fn api_version(path: &str) -> &'static str {
+    if path == SLICES {
+        "discovery.k8s.io/v1"
+    } else {
+        "v1"
+    }
+}
+
+fn kind(path: &str) -> &'static str {
+    match path {
+        NODES => "Node",
+        NAMESPACES => "Namespace",
+        PODS => "Pod",
+        SERVICES => "Service",
+        _ => "EndpointSlice",
+    }
+}
+
+/// Starts the API source on a mock client; answers the five initial lists from `yaml`.
+async fn start(yaml: &str) -> (Mock, watch::Receiver<Option<ClusterSnapshot>>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(k8s::watch_api(client, tx));
+    let mut mock = Mock { handle, parked: Vec::new() };
+    let objects = objects_by_path(yaml);
+    for path in [NODES, NAMESPACES, PODS, SERVICES, SLICES] {
+        let call = mock.next(path, false).await;
+        let items = objects.get(path).cloned().unwrap_or_default();
+        call.answer(list(kind(path), api_version(path), "10", items));
+    }
+    (mock, rx)
+}
+
+/// Waits until the published snapshot satisfies `ok`.
+async fn until(rx: &mut watch::Receiver<Option<ClusterSnapshot>>, what: &str, ok: impl Fn(&ClusterSnapshot) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if rx.borrow_and_update().as_ref().is_some_and(&ok) {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            panic!("timed out waiting for {what}; last snapshot: {:?}", rx.borrow().as_ref().map(|s| &s.services));
+        }
+    }
+}
+
+fn svc(name: &str, ip: &str, port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": "shop", "resourceVersion": "11",
+                        "managedFields": [{"manager": "x", "operation": "Update"}]},
+           "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": port}]}})
+}
+
+fn has(s: &ClusterSnapshot, name: &str) -> bool {
+    s.services.contains_key(&("shop".to_owned(), name.to_owned()))
+}
+
+fn port_of(s: &ClusterSnapshot, name: &str) -> Option<i32> {
+    let svc = s.services.get(&("shop".to_owned(), name.to_owned()))?;
+    svc.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port)
+}
+
+#[tokio::test]
+async fn watch_events_and_a_410_relist_reach_the_snapshot() {
+    let (mut mock, mut rx) = start(&cluster_yaml()).await;
+    until(&mut rx, "the initial snapshot", |s| s.nodes.len() == 2 && has(s, "web")).await;
+    {
+        let snap = rx.borrow();
+        let snap = snap.as_ref().expect("snapshot");
+        let pod = &snap.pods[&("shop".to_owned(), "a1".to_owned())];
+        assert!(pod.metadata.managed_fields.is_none() && pod.metadata.annotations.is_none(), "trimmed: {pod:?}");
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.containers[0].image, None, "only what the agent reads is kept");
+        assert_eq!(spec.containers[0].ports.as_ref().map(Vec::len), Some(1), "named ports are kept");
+        let node = &snap.nodes["n1"];
+        assert!(node.status.as_ref().is_some_and(|s| s.images.is_none() && s.addresses.is_some()), "{node:?}");
+    }
+
+    // ADDED, MODIFIED, DELETED: one watch response each (the watcher watches again after each).
+    let steps: [(&str, Value, &str); 3] = [
+        ("ADDED", svc("api", "10.96.0.11", 81), "api added"),
+        ("MODIFIED", svc("web", "10.96.0.10", 8000), "web's port changed"),
+        ("DELETED", svc("api", "10.96.0.11", 81), "api deleted"),
+    ];
+    for (i, (kind, object, what)) in steps.into_iter().enumerate() {
+        let call = mock.next(SERVICES, true).await;
+        if i == 0 {
+            assert!(call.query.contains("resourceVersion=10"), "watch resumes from the list: {}", call.query);
+        }
+        call.answer(event(kind, object));
+        match kind {
+            "ADDED" => until(&mut rx, what, |s| has(s, "api")).await,
+            "MODIFIED" => until(&mut rx, what, |s| port_of(s, "web") == Some(8000)).await,
+            _ => until(&mut rx, what, |s| !has(s, "api")).await,
+        }
+    }
+    {
+        let snap = rx.borrow();
+        let web = &snap.as_ref().expect("snapshot").services[&("shop".to_owned(), "web".to_owned())];
+        assert!(web.metadata.managed_fields.is_none(), "events are trimmed too");
+    }
+
+    // BOOKMARK: no object changes; the next watch resumes from the bookmark's version.
+    let call = mock.next(SERVICES, true).await;
+    call.answer(event(
+        "BOOKMARK",
+        json!({"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": "42"}}),
+    ));
+    let call = mock.next(SERVICES, true).await;
+    assert!(call.query.contains("resourceVersion=42"), "resumed after the bookmark: {}", call.query);
+
+    // 410 Gone (expired resourceVersion): the watcher lists again; what the new list lacks is gone.
+    call.answer(event(
+        "ERROR",
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": "too old resource version: 42 (50)", "reason": "Expired", "code": 410}),
+    ));
+    let relist = mock.next(SERVICES, false).await;
+    relist.answer(list("Service", "v1", "60", vec![svc("fresh", "10.96.0.12", 82)]));
+    until(&mut rx, "the relist", |s| has(s, "fresh") && !has(s, "web")).await;
+    assert_eq!(rx.borrow().as_ref().map(|s| s.nodes.len()), Some(2), "other kinds untouched");
+}
+
+#[tokio::test]
+async fn nothing_is_published_before_every_kind_is_listed() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let (tx, mut rx) = watch::channel(None);
+    tokio::spawn(k8s::watch_api(client, tx));
+    let mut mock = Mock { handle, parked: Vec::new() };
+    let objects = objects_by_path(&cluster_yaml());
+    // Four of five kinds listed: still nothing (the datapath and CNI STATUS stay not ready).
+    for path in [NODES, NAMESPACES, PODS, SERVICES] {
+        let call = mock.next(path, false).await;
+        call.answer(list(kind(path), api_version(path), "10", objects.get(path).cloned().unwrap_or_default()));
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(500), rx.changed()).await.is_err(), "published early");
+    let call = mock.next(SLICES, false).await;
+    call.answer(list(kind(SLICES), api_version(SLICES), "10", objects[SLICES].clone()));
+    until(&mut rx, "the first snapshot", |s| s.endpoint_slices.len() == 1).await;
+}
+
+#[tokio::test]
+async fn the_api_and_the_manifest_directory_give_the_same_desired_state() {
+    let yaml = cluster_yaml();
+    let (_mock, mut rx) = start(&yaml).await;
+    until(&mut rx, "the snapshot", |s| s.endpoint_slices.len() == 1).await;
+    let from_api = rx.borrow().clone().expect("snapshot");
+    let from_dir = snapshot_of(&yaml, "cluster.yaml").expect("manifests");
+    for node in ["n1", "n2"] {
+        assert_eq!(state::desired(&from_api, node), state::desired(&from_dir, node), "{node}");
+    }
+    let ips = ["172.30.0.11".parse().expect("ip"), "172.30.0.12".parse().expect("ip")];
+    let api_table = services::compile(&from_api.services, &from_api.endpoint_slices, &ips);
+    let dir_table = services::compile(&from_dir.services, &from_dir.endpoint_slices, &ips);
+    assert_eq!(api_table, dir_table);
+    assert_eq!(api_table.frontends.len(), 3, "ClusterIP and a NodePort on each node");
+    assert_eq!(from_api.pods.keys().collect::<Vec<_>>(), from_dir.pods.keys().collect::<Vec<_>>());
+}
