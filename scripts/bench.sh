@@ -117,7 +117,7 @@ wr_same=$(rr_median ${R[weir,same]}); br_same=$(rr_median ${R[bridge,same]})
 wr_cross=$(rr_median ${R[weir,cross]}); br_cross=$(rr_median ${R[bridge,cross]})
 
 echo "measuring CNI ADD/DEL latency ($N_CNI pods each)..." >&2
-CONF=$(python3 -c "import json; c=json.load(open('/run/weir-lab/$WEIR_LAB/nodes/n1/10-weir.conflist')); p=c['plugins'][0]; p['name']=c['name']; p['cniVersion']=c['cniVersion']; print(json.dumps(p))")
+CONF=$(python3 -c "import json; c=json.load(open('/run/weir-lab/$WEIR_LAB/nodes/n1/net.d/05-weir.conflist')); p=c['plugins'][0]; p['name']=c['name']; p['cniVersion']=c['cniVersion']; print(json.dumps(p))")
 weir_cni() { # CMD POD
   echo "$CONF" | in_ns "wl-$WEIR_LAB-n1" env CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="/var/run/netns/$B-c$2" \
     CNI_IFNAME=eth0 CNI_PATH="/run/weir-lab/$WEIR_LAB/nodes/n1/cni-bin" \

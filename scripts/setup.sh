@@ -17,8 +17,10 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- Debian packages --------------------------------------------------------------------------
 DEB_PKGS=(iproute2 iperf3 iptables nftables containernetworking-plugins dnsmasq-base bind9-dnsutils
-          netcat-openbsd bpftool util-linux procps iputils-ping)
+          netcat-openbsd bpftool util-linux procps iputils-ping python3-venv)
 missing=()
+# WEIR_SETUP_PACKAGES=0 skips them (the container build needs only the toolchains).
+[ "${WEIR_SETUP_PACKAGES:-1}" = 0 ] && DEB_PKGS=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
@@ -27,6 +29,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- kubernetes-validate (PyPI) for the deploy/ manifest test, in its own venv ---------------
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KV_VENV=$WEIR_TOOLS/venv-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
+# The stamp marks a finished install: an interrupted one is redone from scratch.
+if [ "${WEIR_SETUP_PACKAGES:-1}" != 0 ] && [ ! -e "$KV_VENV/.installed" ]; then
+  log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+  rm -rf "$KV_VENV"
+  python3 -m venv "$KV_VENV"
+  "$KV_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  touch "$KV_VENV/.installed"
 fi
 
 # --- pinned nightly for the eBPF crate -----------------------------------------------------
@@ -63,7 +77,10 @@ if [ ! -x "$LINKER_ROOT/bin/bpf-linker" ]; then
   rm -rf "$LINKER_ROOT"; mv "$LINKER_ROOT.tmp" "$LINKER_ROOT"
 fi
 
+KV_ENV=
+[ -e "$KV_VENV/.installed" ] && KV_ENV="export WEIR_KUBERNETES_VALIDATE=\"$KV_VENV/bin/kubernetes-validate\""
 cat > "$WEIR_TOOLS/env.sh" <<ENV
+$KV_ENV
 export PATH="$LINKER_ROOT/bin:\$PATH"
 export WEIR_BPF_TOOLCHAIN="$BPF_TOOLCHAIN"
 ENV

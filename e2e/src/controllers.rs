@@ -201,7 +201,17 @@ mod tests {
 
     fn state(yaml: &str) -> (Named<Service>, Named<Pod>) {
         let snap = snapshot_of(yaml, "t").expect("parse");
-        (snap.services, snap.pods)
+        let pods = weir_operator_agent::source::manifest::parse(yaml, "t")
+            .expect("parse")
+            .into_iter()
+            .filter_map(|o| match o {
+                weir_operator_agent::source::ClusterObject::Pod(p) => {
+                    Some((weir_operator_agent::source::namespaced(&p.metadata), std::sync::Arc::from(p)))
+                }
+                _ => None,
+            })
+            .collect();
+        (snap.services, pods)
     }
 
     fn pod(name: &str, ip: &str, port_name: &str, port: u16, extra: &str) -> String {
@@ -271,7 +281,7 @@ mod tests {
     #[test]
     fn allocation_defaults_and_conflicts() {
         let (mut s, _) = state(&SVC.replace("ports:", "type: NodePort, ports:"));
-        let mut svc = s.remove(&("shop".into(), "web".into())).expect("svc");
+        let mut svc = std::sync::Arc::unwrap_or_clone(s.remove(&("shop".into(), "web".into())).expect("svc"));
         let taken: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 96, 0, 10)].into_iter().collect();
         allocate(&mut svc, &taken, &[30000].into_iter().collect()).expect("allocate");
         let spec = svc.spec.clone().expect("spec");

@@ -212,7 +212,7 @@ impl Lab {
         self.save()?;
         let names: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
         for n in &names {
-            self.write_conflist(n)?;
+            self.install_cni_bin(n)?;
             self.start_agent(n)?;
         }
         for n in &names {
@@ -249,24 +249,20 @@ impl Lab {
         Ok(())
     }
 
-    fn write_conflist(&self, node: &str) -> anyhow::Result<()> {
+    /// The node's CNI bin dir with weir-cni in it. The conflist is not the lab's to write: the
+    /// agent installs it into [`Self::cni_conf_dir`] once it is ready, as on a real node.
+    fn install_cni_bin(&self, node: &str) -> anyhow::Result<()> {
         let nd = self.node_dir(node);
         std::fs::create_dir_all(nd.join("cni-bin"))?;
         let link = nd.join("cni-bin").join("weir-cni");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(bin("weir-cni")?, &link)?;
-        let conflist = json!({
-            "cniVersion": "1.1.0",
-            "cniVersions": ["1.0.0", "1.1.0"],
-            "name": "weir",
-            "plugins": [{
-                "type": "weir-cni",
-                "agentSocket": self.socket(node),
-                "deleteQueueDir": nd.join("delete-queue"),
-            }]
-        });
-        std::fs::write(nd.join("10-weir.conflist"), serde_json::to_vec_pretty(&conflist)?)?;
         Ok(())
+    }
+
+    /// The node's CNI config dir (its /etc/cni/net.d).
+    pub fn cni_conf_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("net.d")
     }
 
     pub fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
@@ -290,6 +286,8 @@ impl Lab {
             .arg(self.socket(node))
             .arg("--delete-queue")
             .arg(nd.join("delete-queue"))
+            .arg("--cni-conf-dir")
+            .arg(self.cni_conf_dir(node))
             .arg("--cluster-cidr")
             .arg(CLUSTER_CIDR)
             .arg("--cgroup-root")
@@ -340,7 +338,14 @@ impl Lab {
         let mut last = String::from("no answer");
         while Instant::now() < deadline {
             match self.agent_call(node, &weir_operator_api::Request::Status) {
-                Ok(weir_operator_api::Response::Status(s)) if s.ready => return Ok(()),
+                Ok(weir_operator_api::Response::Status(s)) if s.ready => {
+                    // The agent installs its conflist in the same pass that makes it ready.
+                    let conf = self.cni_conf_dir(node).join(weir_operator_agent::conflist::FILE_NAME);
+                    if conf.exists() {
+                        return Ok(());
+                    }
+                    last = format!("ready, but no {}", conf.display());
+                }
                 Ok(other) => last = format!("{other:?}"),
                 Err(e) => last = e.to_string(),
             }
@@ -455,6 +460,31 @@ impl Lab {
         dir.snapshot()
     }
 
+    /// The lab's Pods whole (the agent's snapshot keeps only what the agent reads; the lab's
+    /// endpoint controller also needs annotations and container ports).
+    fn cluster_pods(&self) -> weir_operator_agent::source::Named<k8s_openapi::api::core::v1::Pod> {
+        let mut pods = weir_operator_agent::source::Named::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.cluster_dir())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in
+            files.iter().filter(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        {
+            match manifest::load_file(f) {
+                Ok(objs) => {
+                    for o in objs {
+                        if let weir_operator_agent::source::ClusterObject::Pod(p) = o {
+                            pods.insert(weir_operator_agent::source::namespaced(&p.metadata), std::sync::Arc::from(p));
+                        }
+                    }
+                }
+                Err(e) => eprintln!("warning: {e}"),
+            }
+        }
+        pods
+    }
+
     /// Creates or updates a Service, allocating its ClusterIP and NodePorts like the API server
     /// (an existing Service keeps what it was given).
     fn apply_service(&mut self, mut svc: k8s_openapi::api::core::v1::Service) -> anyhow::Result<String> {
@@ -495,7 +525,7 @@ impl Lab {
     /// Rewrites the EndpointSlices of every Service with a selector from the pods' state.
     pub fn sync_endpoint_slices(&self) -> anyhow::Result<()> {
         let cluster = self.cluster();
-        let slices = controllers::endpoint_slices(&cluster.services, &cluster.pods);
+        let slices = controllers::endpoint_slices(&cluster.services, &self.cluster_pods());
         let path = self.cluster_dir().join("endpointslices-lab.yaml");
         if slices.is_empty() {
             let _ = std::fs::remove_file(&path);
@@ -603,7 +633,9 @@ impl Lab {
     pub fn cni(&self, st: &PodState, command: &str) -> anyhow::Result<serde_json::Value> {
         let node = &self.state.nodes[self.node_index(&st.node)?];
         let nd = self.node_dir(&st.node);
-        let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(nd.join("10-weir.conflist"))?)?;
+        let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            self.cni_conf_dir(&st.node).join(weir_operator_agent::conflist::FILE_NAME),
+        )?)?;
         // libcni hands each plugin its own config with the list's name and version injected.
         let mut conf = conflist["plugins"][0].clone();
         conf["name"] = conflist["name"].clone();

@@ -437,7 +437,7 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     }
     let mut slices = c.slices.clone();
     let (key, extra) = c.updated_slice();
-    slices.insert(key.clone(), extra);
+    slices.insert(key.clone(), extra.into());
     let changed = ObjectChanges { slices: [key].into(), ..Default::default() };
     let t = Instant::now();
     let a = sync.apply_changes(&c.services, &slices, &changed, &[], "bench", maps)?;
@@ -530,8 +530,8 @@ impl Cluster {
                 status: None,
             };
             let slice = c.slice(i, &c.endpoints(i), "a");
-            c.services.insert((NS.into(), name.clone()), svc);
-            c.slices.insert((NS.into(), format!("{name}-a")), slice);
+            c.services.insert((NS.into(), name.clone()), svc.into());
+            c.slices.insert((NS.into(), format!("{name}-a")), slice.into());
         }
         c
     }

@@ -39,6 +39,10 @@ pub struct Config {
     /// Directory where weir-cni queues DELs while the agent is down.
     #[arg(long, env = "WEIR_DELETE_QUEUE", default_value = "/run/weir/delete-queue")]
     pub delete_queue: PathBuf,
+    /// Where to install the CNI configuration (`05-weir.conflist`) once the agent is ready, e.g.
+    /// /etc/cni/net.d. Without it the agent installs none (the lab and tests write their own).
+    #[arg(long, env = "WEIR_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
     /// The node's uplink interface (carries traffic between nodes and to the outside).
     #[arg(long, env = "WEIR_UPLINK")]
     pub uplink: String,

@@ -10,6 +10,7 @@
 //! CIDR, InternalIP) is known; until then STATUS says "not ready" and ADD says "try again later".
 pub mod api;
 pub mod config;
+pub mod conflist;
 pub mod events;
 pub mod ipam;
 pub mod maglev;
@@ -95,11 +96,17 @@ impl Agent {
                 tokio::spawn(source::k8s::watch_api(client, tx));
             }
         }
+        let cni_conf = self
+            .config
+            .cni_conf_dir
+            .clone()
+            .map(|dir| (dir, conflist::render(&self.config.socket, &self.config.delete_queue)));
         tokio::spawn(reconcile_loop(
             self.node.clone(),
             rx,
             Duration::from_secs(self.config.resync_secs),
             self.drops.clone(),
+            cni_conf,
         ));
         let server = tokio::spawn(api::serve(self.listener, self.node.clone(), self.drops.clone()));
         tracing::info!(node = %self.config.node_name, socket = %self.config.socket.display(), "weir-agent serving");
@@ -119,6 +126,7 @@ async fn reconcile_loop(
     mut rx: watch::Receiver<Option<ClusterSnapshot>>,
     resync: Duration,
     drops: events::SharedDropLog,
+    cni_conf: Option<(std::path::PathBuf, serde_json::Value)>,
 ) {
     let mut failed = false;
     loop {
@@ -135,6 +143,17 @@ async fn reconcile_loop(
             if let Err(e) = n.reconcile(snap).await {
                 failed = true;
                 tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying");
+            }
+            // The conflist goes in (and is put back if removed) only while the node is ready.
+            if let Some((dir, conf)) = cni_conf.as_ref().filter(|_| n.status().ready) {
+                match conflist::install(dir, conf) {
+                    Ok((path, true)) => tracing::info!(path = %path.display(), "CNI configuration installed"),
+                    Ok((_, false)) => {}
+                    Err(e) => {
+                        failed = true;
+                        tracing::error!(error = %format!("{e:#}"), "cannot install the CNI configuration; retrying");
+                    }
+                }
             }
             if let Some(ring) = n.take_events() {
                 if let Err(e) = events::spawn_reader(ring, drops.clone()) {

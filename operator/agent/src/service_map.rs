@@ -365,7 +365,8 @@ fn differing<T: PartialEq>(a: &Named<T>, b: &Named<T>) -> BTreeSet<(String, Stri
                     ib.next();
                 }
                 std::cmp::Ordering::Equal => {
-                    if va != vb {
+                    // The same shared object is unchanged without looking inside.
+                    if !std::sync::Arc::ptr_eq(va, vb) && va != vb {
                         out.insert((*ka).clone());
                     }
                     ia.next();
@@ -615,8 +616,11 @@ impl ServiceSync {
                 None => Ok(BTreeMap::new()),
                 Some(svc) => {
                     let names = ix.slices_of.get(&(ns.clone(), name.clone()));
-                    let mine: Vec<&EndpointSlice> =
-                        names.into_iter().flatten().filter_map(|n| slices.get(&(ns.clone(), n.clone()))).collect();
+                    let mine: Vec<&EndpointSlice> = names
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| slices.get(&(ns.clone(), n.clone())).map(|s| &**s))
+                        .collect();
                     // In frontend order, as the full compile's table holds them.
                     services::compile_service(svc, &mine, node_ips).and_then(|entries| {
                         let entries: BTreeMap<services::Frontend, services::ServiceEntry> =

@@ -210,9 +210,9 @@ async fn watch_events_and_a_410_relist_reach_the_snapshot() {
         let snap = snap.as_ref().expect("snapshot");
         let pod = &snap.pods[&("shop".to_owned(), "a1".to_owned())];
         assert!(pod.metadata.managed_fields.is_none() && pod.metadata.annotations.is_none(), "trimmed: {pod:?}");
-        let spec = pod.spec.as_ref().expect("spec");
-        assert_eq!(spec.containers[0].image, None, "only what the agent reads is kept");
-        assert_eq!(spec.containers[0].ports.as_ref().map(Vec::len), Some(1), "named ports are kept");
+        assert_eq!(pod.spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(pod.spec.containers[0].ports.len(), 1, "named ports are kept");
+        assert_eq!(pod.status.pod_ips.len(), 1);
         let node = &snap.nodes["n1"];
         assert!(node.status.as_ref().is_some_and(|s| s.images.is_none() && s.addresses.is_some()), "{node:?}");
     }
@@ -297,4 +297,34 @@ async fn the_api_and_the_manifest_directory_give_the_same_desired_state() {
     assert_eq!(api_table, dir_table);
     assert_eq!(api_table.frontends.len(), 3, "ClusterIP and a NodePort on each node");
     assert_eq!(from_api.pods.keys().collect::<Vec<_>>(), from_dir.pods.keys().collect::<Vec<_>>());
+}
+
+/// Objects the API accepts but weir cannot use (the manifest source refuses their file; the API
+/// source must take the rest and leave these out, by name).
+const UNUSABLE: &str = "---\napiVersion: v1\nkind: Node\nmetadata: {name: n3}\nspec: {podCIDR: not-a-cidr}\n\
+     status: {addresses: [{type: InternalIP, address: 172.30.0.13}]}\n\
+     ---\napiVersion: v1\nkind: Service\nmetadata: {name: odd, namespace: shop}\n\
+     spec: {clusterIP: 10.96.0.11, selector: {app: web}, ports: [{name: x, port: 81, protocol: QUIC}]}\n";
+
+#[tokio::test]
+async fn objects_weir_cannot_use_are_skipped_by_name_and_the_rest_is_served() {
+    let yaml = cluster_yaml() + UNUSABLE;
+    let (_mock, mut rx) = start(&yaml).await;
+    until(&mut rx, "the snapshot", |s| s.nodes.len() == 3 && s.services.len() == 2).await;
+    let snap = rx.borrow().clone().expect("snapshot");
+    let d = state::desired(&snap, "n1");
+    assert!(d.own.is_some() && d.remotes.contains_key("n2"), "good nodes are used: {d:?}");
+    assert!(
+        d.skipped.iter().any(|(n, why)| n == "n3" && why.contains("not-a-cidr")),
+        "n3 skipped by name: {:?}",
+        d.skipped
+    );
+    let ips = ["172.30.0.11".parse().expect("ip"), "172.30.0.12".parse().expect("ip")];
+    let table = services::compile(&snap.services, &snap.endpoint_slices, &ips);
+    assert_eq!(table.frontends.len(), 3, "web is served");
+    assert!(
+        table.rejected.iter().any(|(svc, why)| svc.ends_with("/odd") && why.contains("QUIC")),
+        "the Service with an unknown protocol is rejected, by name: {:?}",
+        table.rejected
+    );
 }

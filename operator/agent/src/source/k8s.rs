@@ -3,8 +3,9 @@
 //! [`ClusterSnapshot`] channel as the manifest directory. Read-only: the agent writes nothing to
 //! the API server.
 //!
-//! * Objects are trimmed before they are stored: `managedFields`, annotations and every field the
-//!   agent has no use for (a Node's image list, a Pod's volumes and container statuses, ...).
+//! * Objects are trimmed before they are stored: `managedFields`, annotations, owner references
+//!   and every field the agent has no use for (a Node's image list, a Pod's volumes, conditions
+//!   and container statuses, ...).
 //! * The first snapshot is published only once every reflector has listed its kind, so the
 //!   datapath (and CNI STATUS) is not ready before the agent has seen the whole cluster.
 //! * Watches that fail are retried with kube-runtime's default backoff; a 410 Gone (expired
@@ -16,7 +17,7 @@ use std::{fmt::Debug, hash::Hash, sync::Arc, time::Duration};
 use futures::StreamExt as _;
 use k8s_openapi::{
     api::{
-        core::v1::{Container, Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, Service},
+        core::v1::{Namespace, Node, NodeSpec, NodeStatus, Service},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -31,14 +32,28 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 
-use super::{namespaced, ClusterSnapshot};
+use super::{namespaced, ClusterSnapshot, PodInfo};
+
+/// (API group, resource) of every kind the source reads: what the agent's RBAC must grant
+/// (get/list/watch) and nothing more; deploy/kubernetes/rbac.yaml is tested against it.
+pub const READS: [(&str, &str); 5] =
+    [("", "nodes"), ("", "namespaces"), ("", "pods"), ("", "services"), ("discovery.k8s.io", "endpointslices")];
 
 /// Events arriving closer together than this make one snapshot.
 pub const COALESCE: Duration = Duration::from_millis(50);
 
+/// Metadata as the agent reads it: name, namespace, labels, uid, resourceVersion and deletion.
 fn trim_meta(m: &mut ObjectMeta) {
-    m.managed_fields = None;
-    m.annotations = None;
+    let kept = ObjectMeta {
+        name: m.name.take(),
+        namespace: m.namespace.take(),
+        labels: m.labels.take(),
+        uid: m.uid.take(),
+        resource_version: m.resource_version.take(),
+        deletion_timestamp: m.deletion_timestamp.take(),
+        ..Default::default()
+    };
+    *m = kept;
 }
 
 /// A Node as the agent reads it: name, labels, pod CIDRs, addresses.
@@ -52,29 +67,10 @@ pub fn trim_node(n: &mut Node) {
     }
 }
 
-/// A Pod as the agent reads it: identity and labels, node, host networking, container ports
-/// (named ports), addresses, phase and conditions.
-pub fn trim_pod(p: &mut Pod) {
+/// A Pod as the agent reads it: [`PodInfo`] already holds only what the agent uses; its
+/// metadata is trimmed like every other kind's.
+pub fn trim_pod(p: &mut PodInfo) {
     trim_meta(&mut p.metadata);
-    if let Some(spec) = p.spec.take() {
-        let containers =
-            spec.containers.into_iter().map(|c| Container { name: c.name, ports: c.ports, ..Default::default() });
-        p.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            host_network: spec.host_network,
-            containers: containers.collect(),
-            ..Default::default()
-        });
-    }
-    if let Some(status) = p.status.take() {
-        p.status = Some(PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            pod_ips: status.pod_ips,
-            conditions: status.conditions,
-            ..Default::default()
-        });
-    }
 }
 
 pub fn trim_namespace(n: &mut Namespace) {
@@ -124,7 +120,7 @@ where
 struct Stores {
     nodes: Store<Node>,
     namespaces: Store<Namespace>,
-    pods: Store<Pod>,
+    pods: Store<PodInfo>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
 }
@@ -153,19 +149,19 @@ impl Stores {
     fn snapshot(&self) -> ClusterSnapshot {
         let mut s = ClusterSnapshot::default();
         for n in self.nodes.state() {
-            s.nodes.insert(n.metadata.name.clone().unwrap_or_default(), (*n).clone());
+            s.nodes.insert(n.metadata.name.clone().unwrap_or_default(), n.clone());
         }
         for n in self.namespaces.state() {
-            s.namespaces.insert(n.metadata.name.clone().unwrap_or_default(), (*n).clone());
+            s.namespaces.insert(n.metadata.name.clone().unwrap_or_default(), n.clone());
         }
         for p in self.pods.state() {
-            s.pods.insert(namespaced(&p.metadata), (*p).clone());
+            s.pods.insert(namespaced(&p.metadata), p.clone());
         }
         for v in self.services.state() {
-            s.services.insert(namespaced(&v.metadata), (*v).clone());
+            s.services.insert(namespaced(&v.metadata), v.clone());
         }
         for e in self.slices.state() {
-            s.endpoint_slices.insert(namespaced(&e.metadata), (*e).clone());
+            s.endpoint_slices.insert(namespaced(&e.metadata), e.clone());
         }
         s
     }
@@ -180,7 +176,8 @@ pub async fn watch_api(client: Client, tx: watch::Sender<Option<ClusterSnapshot>
     tracing::info!("Kubernetes API: initial list of every kind done");
     loop {
         let snap = stores.snapshot();
-        if tx.borrow().as_ref() != Some(&snap) && tx.send(Some(snap)).is_err() {
+        let unchanged = tx.borrow().as_ref().is_some_and(|last| last.same_objects(&snap));
+        if !unchanged && tx.send(Some(snap)).is_err() {
             return;
         }
         changed.notified().await;
@@ -202,4 +199,21 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
         None => kube::Config::infer().await.context("no in-cluster service account and no kubeconfig")?,
     };
     Client::try_from(config).context("building the Kubernetes client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read<K: Resource<DynamicType = ()>>() -> (String, String) {
+        (K::group(&()).into_owned(), K::plural(&()).into_owned())
+    }
+
+    #[test]
+    fn reads_names_exactly_the_reflected_kinds() {
+        let reflected =
+            [read::<Node>(), read::<Namespace>(), read::<PodInfo>(), read::<Service>(), read::<EndpointSlice>()];
+        let reads = READS.map(|(g, r)| (g.to_owned(), r.to_owned()));
+        assert_eq!(reflected, reads);
+    }
 }

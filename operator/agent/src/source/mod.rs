@@ -4,23 +4,29 @@
 //! last good state.
 pub mod k8s;
 pub mod manifest;
+pub mod pod;
 
-use std::collections::BTreeMap;
+pub use pod::PodInfo;
+
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
 
-/// Namespaced objects keyed by (namespace, name).
-pub type Named<T> = BTreeMap<(String, String), T>;
+/// Namespaced objects keyed by (namespace, name). Objects are shared (`Arc`): a snapshot is
+/// cheap to build from the API source's stores and to keep beside the previous one, and two
+/// snapshots holding the same object compare by pointer first.
+pub type Named<T> = BTreeMap<(String, String), Arc<T>>;
 
 /// Everything the agent knows about the cluster, keyed by name (namespace/name for pods).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterSnapshot {
-    pub nodes: BTreeMap<String, Node>,
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: Named<Pod>,
+    pub nodes: BTreeMap<String, Arc<Node>>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// Pods, slimmed to what the agent reads ([`PodInfo`]).
+    pub pods: Named<PodInfo>,
     pub services: Named<Service>,
     pub endpoint_slices: Named<EndpointSlice>,
 }
@@ -42,27 +48,41 @@ pub enum ClusterObject {
 }
 
 impl ClusterSnapshot {
+    /// True when both hold the very same objects (same keys, same shared `Arc`s): what the API
+    /// source uses to tell a real change from a no-op (a relist returning what it had), without
+    /// comparing objects field by field.
+    pub fn same_objects(&self, other: &Self) -> bool {
+        fn same<K: PartialEq, T>(a: &BTreeMap<K, Arc<T>>, b: &BTreeMap<K, Arc<T>>) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+        }
+        same(&self.nodes, &other.nodes)
+            && same(&self.namespaces, &other.namespaces)
+            && same(&self.pods, &other.pods)
+            && same(&self.services, &other.services)
+            && same(&self.endpoint_slices, &other.endpoint_slices)
+    }
+
     pub fn insert(&mut self, obj: ClusterObject) {
         match obj {
             ClusterObject::Node(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
-                self.nodes.insert(name, *n);
+                self.nodes.insert(name, Arc::from(n));
             }
             ClusterObject::Namespace(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
-                self.namespaces.insert(name, *n);
+                self.namespaces.insert(name, Arc::from(n));
             }
             ClusterObject::Pod(p) => {
                 let key = namespaced(&p.metadata);
-                self.pods.insert(key, *p);
+                self.pods.insert(key, Arc::new(PodInfo::from(*p)));
             }
             ClusterObject::Service(s) => {
                 let key = namespaced(&s.metadata);
-                self.services.insert(key, *s);
+                self.services.insert(key, Arc::from(s));
             }
             ClusterObject::EndpointSlice(s) => {
                 let key = namespaced(&s.metadata);
-                self.endpoint_slices.insert(key, *s);
+                self.endpoint_slices.insert(key, Arc::from(s));
             }
             ClusterObject::Other { .. } => {}
         }

@@ -1,0 +1,161 @@
+//! Unit tier (no root, no cluster): the install manifests in deploy/kubernetes.
+//! * They (and the kind smoke test's and the lab demo's manifests) validate against the Kubernetes 1.33 schemas (PyPI `kubernetes-validate`, strict:
+//!   unknown fields fail), and a misspelt field is caught, so the check can fail.
+//! * Every setting they pass the agent is one of its flags' environment names, and the required
+//!   ones are there.
+//! * RBAC is read-only and covers exactly the kinds the API source reflects.
+//! * The agent socket is mounted at the same path as on the host (weir-cni finds it there).
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use clap::CommandFactory as _;
+use serde::Deserialize as _;
+use serde_json::Value;
+use weir_operator_agent::{config::Config, source::k8s};
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes")
+}
+
+/// Every document of `file`, as JSON values.
+fn docs(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(deploy_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn resources() -> Vec<String> {
+    let k = &docs("kustomization.yaml")[0];
+    k["resources"]
+        .as_array()
+        .expect("kustomization resources")
+        .iter()
+        .map(|r| r.as_str().expect("name").to_owned())
+        .collect()
+}
+
+fn all() -> Vec<Value> {
+    resources().iter().flat_map(|f| docs(f)).collect()
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
+    objs.iter().find(|o| o["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes"))
+}
+
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    let Some(validator) = std::env::var_os("WEIR_KUBERNETES_VALIDATE") else {
+        assert!(
+            std::env::var_os("WEIR_REQUIRE_PRIVILEGED").is_none(),
+            "WEIR_KUBERNETES_VALIDATE is not set: run scripts/setup.sh (scripts/test.sh does)"
+        );
+        println!("SKIPPED manifests_validate_against_the_kubernetes_schemas: kubernetes-validate not installed (scripts/setup.sh installs it)");
+        return;
+    };
+    let validate = |files: &[PathBuf]| {
+        let out = Command::new(&validator)
+            .args(["-k", "1.33.0", "--strict"])
+            .args(files)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", Path::new(&validator).display()));
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    // The install base, and the manifests the kind script and the lab demo apply.
+    let mut files: Vec<String> = resources();
+    files.extend(["../kind/smoke.yaml".to_owned(), "../examples/demo-app.yaml".to_owned()]);
+    let objects: usize = files.iter().map(|f| docs(f).len()).sum();
+    let (ok, out) = validate(&files.iter().map(|f| deploy_dir().join(f)).collect::<Vec<_>>());
+    assert!(ok, "deploy/ does not validate:\n{out}");
+    let checked = out.lines().filter(|l| l.contains("passed for resource")).count();
+    assert_eq!(checked, objects, "every object is checked:\n{out}");
+
+    // The check can fail: a misspelt field in the DaemonSet is caught.
+    let bad = std::env::temp_dir().join(format!("weir-deploy-bad-{}.yaml", std::process::id()));
+    let ds = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("daemonset");
+    assert!(ds.contains("hostNetwork: true"));
+    std::fs::write(&bad, ds.replace("hostNetwork: true", "hostNetwrk: true")).expect("write");
+    let (ok, out) = validate(std::slice::from_ref(&bad));
+    let _ = std::fs::remove_file(&bad);
+    assert!(!ok, "a misspelt field passed validation:\n{out}");
+    assert!(out.contains("hostNetwrk"), "the error names the field:\n{out}");
+}
+
+#[test]
+fn every_setting_is_an_agent_flag_and_the_required_ones_are_set() {
+    let cmd = Config::command();
+    let known: BTreeSet<String> =
+        cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+    let objs = all();
+    let cm: BTreeSet<String> =
+        find(&objs, "ConfigMap")["data"].as_object().expect("ConfigMap data").keys().cloned().collect();
+    let ds = find(&objs, "DaemonSet");
+    let agent = &ds["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(agent["name"], "agent");
+    let env: BTreeSet<String> = agent["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| e["name"].as_str().expect("env name").to_owned())
+        .filter(|n| n != "RUST_LOG")
+        .collect();
+    for name in cm.iter().chain(&env) {
+        assert!(known.contains(name), "{name} is not a weir-agent setting (known: {known:?})");
+    }
+    assert!(agent["envFrom"][0]["configMapRef"]["name"] == find(&objs, "ConfigMap")["metadata"]["name"]);
+    for required in cmd.get_arguments().filter(|a| a.is_required_set()) {
+        let e = required.get_env().expect("required flags have an env name").to_string_lossy().into_owned();
+        assert!(cm.contains(&e) || env.contains(&e), "required setting {e} is not given");
+    }
+    // The conflist is installed by the agent, into the host's net.d.
+    assert!(env.contains("WEIR_CNI_CONF_DIR"));
+}
+
+#[test]
+fn rbac_is_read_only_on_exactly_what_the_source_reflects() {
+    let objs = all();
+    let role = find(&objs, "ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let verbs: BTreeSet<&str> =
+            rule["verbs"].as_array().expect("verbs").iter().map(|v| v.as_str().expect("verb")).collect();
+        assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "read-only: {rule}");
+        for g in rule["apiGroups"].as_array().expect("apiGroups") {
+            for r in rule["resources"].as_array().expect("resources") {
+                granted.insert((g.as_str().expect("group").to_owned(), r.as_str().expect("resource").to_owned()));
+            }
+        }
+    }
+    let reads: BTreeSet<(String, String)> = k8s::READS.iter().map(|(g, r)| (g.to_string(), r.to_string())).collect();
+    assert_eq!(granted, reads, "RBAC grants exactly what the API source reads");
+    let binding = find(&objs, "ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let sa = find(&objs, "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
+    let ds = find(&objs, "DaemonSet");
+    assert_eq!(ds["spec"]["template"]["spec"]["serviceAccountName"], sa["metadata"]["name"]);
+}
+
+#[test]
+fn the_agent_socket_is_where_weir_cni_on_the_host_looks() {
+    let objs = all();
+    let pod = &find(&objs, "DaemonSet")["spec"]["template"]["spec"];
+    let socket_dir = Path::new(weir_operator_api::DEFAULT_SOCKET).parent().expect("socket dir");
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| Path::new(m["mountPath"].as_str().expect("mountPath")) == socket_dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {}", socket_dir.display()));
+    let volume =
+        pod["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == mount["name"]).expect("volume");
+    assert_eq!(volume["hostPath"]["path"].as_str().map(Path::new), Some(socket_dir), "same path on the host");
+    assert_eq!(pod["hostNetwork"], true);
+}
