@@ -7,9 +7,6 @@
 # a bpffs mount, a cgroup, a temp dir, the agent) is removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench-footprint: needs root" >&2; exit 1; }
-./scripts/setup.sh
-# shellcheck disable=SC1091
-. "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
-cargo build --release --bins --locked --quiet
+# shellcheck source=scripts/release-bins.sh
+. ./scripts/release-bins.sh bench-footprint
 exec ./target/release/weir-footprint-bench "$@"

@@ -6,9 +6,6 @@
 # creates (namespaces, a cgroup, a bpffs mount, one server process) is removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench-services: needs root" >&2; exit 1; }
-./scripts/setup.sh
-# shellcheck disable=SC1091
-. "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
-cargo build --release --bins --locked --quiet
+# shellcheck source=scripts/release-bins.sh
+. ./scripts/release-bins.sh bench-services
 exec ./target/release/weir-svc-bench run "$@"

@@ -7,7 +7,6 @@
 # Everything runs in namespaces this script creates (wb-*) or in a weir lab; all removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench: needs root" >&2; exit 1; }
 OUT=${1:-bench-results.json}
 N_CNI=${N_CNI:-30}
 IPERF_SECS=${IPERF_SECS:-4}
@@ -17,10 +16,8 @@ ROUNDS=${ROUNDS:-5}           # weir and bridge alternate; the median round is r
 # cross-CPU wake-up noise (which dominates and varies ±25 % between runs on a 2-vCPU machine).
 RR_CPU=${RR_CPU:-0}
 
-./scripts/setup.sh
-# shellcheck disable=SC1091
-. "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
-cargo build --release --bins --locked --quiet
+# shellcheck source=scripts/release-bins.sh
+. ./scripts/release-bins.sh bench
 BIN=$PWD/target/release
 LAB="$BIN/weir-lab"
 export WEIR_LAB="b$$"
