@@ -121,6 +121,9 @@ impl Agent {
     }
 }
 
+/// Changes closer together than this make one reconcile pass.
+pub const COALESCE: Duration = Duration::from_millis(50);
+
 async fn reconcile_loop(
     node: std::sync::Arc<tokio::sync::Mutex<Node>>,
     mut rx: watch::Receiver<Option<ClusterSnapshot>>,
@@ -129,15 +132,36 @@ async fn reconcile_loop(
     cni_conf: Option<(std::path::PathBuf, serde_json::Value)>,
 ) {
     let mut failed = false;
+    let mut last: Option<ClusterSnapshot> = None;
     loop {
         // A failed pass is retried quickly; otherwise wait for a change or the periodic resync.
         let wait = if failed { Duration::from_secs(1) } else { resync };
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(wait) => {}
+        let resync_due = tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Let a burst of changes settle into one pass.
+                tokio::time::sleep(COALESCE).await;
+                false
+            }
+            _ = tokio::time::sleep(wait) => true,
+        };
+        // The node consumes Nodes, Services and EndpointSlices: take those (the pod map of a
+        // large cluster costs more to copy than a pass), and skip a pass that would see the
+        // same objects as the last one, unless it is the periodic resync or a retry.
+        let snap = rx.borrow_and_update().as_ref().map(|s| ClusterSnapshot {
+            nodes: s.nodes.clone(),
+            services: s.services.clone(),
+            endpoint_slices: s.endpoint_slices.clone(),
+            ..Default::default()
+        });
+        let same = matches!((&snap, &last), (Some(a), Some(b)) if a.same_objects(b));
+        if same && !failed && !resync_due {
+            continue;
         }
-        let snap = rx.borrow_and_update().clone();
         failed = false;
+        last.clone_from(&snap);
         if let Some(snap) = snap {
             let mut n = node.lock().await;
             if let Err(e) = n.reconcile(snap).await {
