@@ -441,6 +441,15 @@ impl Lab {
                     )?;
                     done.push(format!("endpointslice/{ns}/{name} configured"));
                 }
+                ClusterObject::NetworkPolicy(np) => {
+                    // Handed to the agents as is (they read policies; enforcement is not built yet).
+                    let (ns, name) = namespaced(&np.metadata);
+                    write_atomic(
+                        &self.cluster_dir().join(format!("netpol-{ns}-{name}.yaml")),
+                        &serde_yaml::to_string(&np)?,
+                    )?;
+                    done.push(format!("networkpolicy/{ns}/{name} configured"));
+                }
                 ClusterObject::Node(_) => bail!("{origin}: Nodes belong to the lab (weir-lab up --nodes N)"),
                 ClusterObject::Other { kind, name } => {
                     done.push(format!("{}/{name} skipped: the lab does not handle {kind} yet", kind.to_lowercase()));
@@ -780,6 +789,11 @@ impl Lab {
                     let (ns, name) = namespaced(&es.metadata);
                     let _ = std::fs::remove_file(self.cluster_dir().join(format!("eps-{ns}-{name}.yaml")));
                     done.push(format!("endpointslice/{ns}/{name} deleted"));
+                }
+                ClusterObject::NetworkPolicy(np) => {
+                    let (ns, name) = namespaced(&np.metadata);
+                    let _ = std::fs::remove_file(self.cluster_dir().join(format!("netpol-{ns}-{name}.yaml")));
+                    done.push(format!("networkpolicy/{ns}/{name} deleted"));
                 }
                 ClusterObject::Other { kind, name } => {
                     done.push(format!("{}/{name} skipped: the lab does not handle {kind} yet", kind.to_lowercase()));

@@ -31,12 +31,13 @@ impl Call {
     }
 }
 
-/// The API paths of the five kinds.
+/// The API paths of the six kinds.
 const NODES: &str = "/api/v1/nodes";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const PODS: &str = "/api/v1/pods";
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 
 struct Mock {
     handle: Handle,
@@ -103,7 +104,9 @@ fn cluster_yaml() -> String {
          ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
          metadata: {name: web-x1, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
          addressType: IPv4\nports: [{name: http, port: 8080}]\n\
-         endpoints: [{addresses: [10.244.1.2], nodeName: n1}, {addresses: [10.244.2.2], nodeName: n2}]\n",
+         endpoints: [{addresses: [10.244.1.2], nodeName: n1}, {addresses: [10.244.2.2], nodeName: n2}]\n\
+         ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-shop, namespace: shop}\n\
+         spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Ingress], ingress: [{from: [{podSelector: {}}], ports: [{port: http}]}]}\n",
     );
     y
 }
@@ -122,6 +125,7 @@ fn objects_by_path(yaml: &str) -> std::collections::BTreeMap<&'static str, Vec<V
             Some("Pod") => PODS,
             Some("Service") => SERVICES,
             Some("EndpointSlice") => SLICES,
+            Some("NetworkPolicy") => POLICIES,
             other => panic!("kind {other:?}"),
         };
         out.entry(path).or_default().push(noisy(v));
@@ -139,10 +143,10 @@ fn noisy(mut v: Value) -> Value {
 }
 
 fn api_version(path: &str) -> &'static str {
-    if path == SLICES {
-        "discovery.k8s.io/v1"
-    } else {
-        "v1"
+    match path {
+        SLICES => "discovery.k8s.io/v1",
+        POLICIES => "networking.k8s.io/v1",
+        _ => "v1",
     }
 }
 
@@ -152,11 +156,12 @@ fn kind(path: &str) -> &'static str {
         NAMESPACES => "Namespace",
         PODS => "Pod",
         SERVICES => "Service",
+        POLICIES => "NetworkPolicy",
         _ => "EndpointSlice",
     }
 }
 
-/// Starts the API source on a mock client; answers the five initial lists from `yaml`.
+/// Starts the API source on a mock client; answers the six initial lists from `yaml`.
 async fn start(yaml: &str) -> (Mock, watch::Receiver<Option<ClusterSnapshot>>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
@@ -164,7 +169,7 @@ async fn start(yaml: &str) -> (Mock, watch::Receiver<Option<ClusterSnapshot>>) {
     tokio::spawn(k8s::watch_api(client, tx));
     let mut mock = Mock { handle, parked: Vec::new() };
     let objects = objects_by_path(yaml);
-    for path in [NODES, NAMESPACES, PODS, SERVICES, SLICES] {
+    for path in [NODES, NAMESPACES, PODS, SERVICES, SLICES, POLICIES] {
         let call = mock.next(path, false).await;
         let items = objects.get(path).cloned().unwrap_or_default();
         call.answer(list(kind(path), api_version(path), "10", items));
@@ -270,8 +275,8 @@ async fn nothing_is_published_before_every_kind_is_listed() {
     tokio::spawn(k8s::watch_api(client, tx));
     let mut mock = Mock { handle, parked: Vec::new() };
     let objects = objects_by_path(&cluster_yaml());
-    // Four of five kinds listed: still nothing (the datapath and CNI STATUS stay not ready).
-    for path in [NODES, NAMESPACES, PODS, SERVICES] {
+    // Five of six kinds listed: still nothing (the datapath and CNI STATUS stay not ready).
+    for path in [NODES, NAMESPACES, PODS, SERVICES, POLICIES] {
         let call = mock.next(path, false).await;
         call.answer(list(kind(path), api_version(path), "10", objects.get(path).cloned().unwrap_or_default()));
     }
@@ -297,6 +302,10 @@ async fn the_api_and_the_manifest_directory_give_the_same_desired_state() {
     assert_eq!(api_table, dir_table);
     assert_eq!(api_table.frontends.len(), 3, "ClusterIP and a NodePort on each node");
     assert_eq!(from_api.pods.keys().collect::<Vec<_>>(), from_dir.pods.keys().collect::<Vec<_>>());
+    let specs =
+        |s: &ClusterSnapshot| s.network_policies.iter().map(|(k, p)| (k.clone(), p.spec.clone())).collect::<Vec<_>>();
+    assert_eq!(specs(&from_api), specs(&from_dir));
+    assert_eq!(from_api.network_policies.len(), 1);
 }
 
 /// Objects the API accepts but weir cannot use (the manifest source refuses their file; the API

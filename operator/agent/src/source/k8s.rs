@@ -1,5 +1,5 @@
-//! The Kubernetes API source: one reflector (kube-runtime watcher + store) per kind the agent
-//! reads — Nodes, Namespaces, Pods, Services, EndpointSlices — feeding the same
+//! The Kubernetes API source: one kube-runtime watcher per kind the agent reads — Nodes,
+//! Namespaces, Pods, Services, EndpointSlices, NetworkPolicies — feeding the same
 //! [`ClusterSnapshot`] channel as the manifest directory. Read-only: the agent writes nothing to
 //! the API server.
 //!
@@ -21,6 +21,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Namespace, Node, NodeSpec, NodeStatus, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -35,8 +36,14 @@ use super::{namespaced, ClusterSnapshot, PodInfo};
 
 /// (API group, resource) of every kind the source reads: what the agent's RBAC must grant
 /// (get/list/watch) and nothing more; deploy/kubernetes/rbac.yaml is tested against it.
-pub const READS: [(&str, &str); 5] =
-    [("", "nodes"), ("", "namespaces"), ("", "pods"), ("", "services"), ("discovery.k8s.io", "endpointslices")];
+pub const READS: [(&str, &str); 6] = [
+    ("", "nodes"),
+    ("", "namespaces"),
+    ("", "pods"),
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("networking.k8s.io", "networkpolicies"),
+];
 
 /// Metadata as the agent reads it: name, namespace, labels, uid, resourceVersion and deletion.
 fn trim_meta(m: &mut ObjectMeta) {
@@ -82,6 +89,10 @@ pub fn trim_service(s: &mut Service) {
     }
 }
 
+pub fn trim_network_policy(p: &mut NetworkPolicy) {
+    trim_meta(&mut p.metadata);
+}
+
 pub fn trim_slice(s: &mut EndpointSlice) {
     trim_meta(&mut s.metadata);
     // An endpoint as the agent reads it: addresses, conditions and node (externalTrafficPolicy
@@ -125,6 +136,7 @@ kind!(Namespace, String, namespaces, trim_namespace, |o| o.metadata.name.clone()
 kind!(PodInfo, (String, String), pods, trim_pod, |o| namespaced(&o.metadata));
 kind!(Service, (String, String), services, trim_service, |o| namespaced(&o.metadata));
 kind!(EndpointSlice, (String, String), endpoint_slices, trim_slice, |o| namespaced(&o.metadata));
+kind!(NetworkPolicy, (String, String), network_policies, trim_network_policy, |o| namespaced(&o.metadata));
 
 /// One change to the snapshot, from one kind's watcher.
 struct Update {
@@ -203,7 +215,8 @@ pub async fn watch_api(client: Client, tx: watch::Sender<Option<ClusterSnapshot>
     reflect::<Namespace>(Api::all(client.clone()), updates.clone());
     reflect::<PodInfo>(Api::all(client.clone()), updates.clone());
     reflect::<Service>(Api::all(client.clone()), updates.clone());
-    reflect::<EndpointSlice>(Api::all(client), updates);
+    reflect::<EndpointSlice>(Api::all(client.clone()), updates.clone());
+    reflect::<NetworkPolicy>(Api::all(client), updates);
 
     let mut pending = ClusterSnapshot::default();
     let mut listed = 0;
@@ -258,8 +271,14 @@ mod tests {
 
     #[test]
     fn reads_names_exactly_the_reflected_kinds() {
-        let reflected =
-            [read::<Node>(), read::<Namespace>(), read::<PodInfo>(), read::<Service>(), read::<EndpointSlice>()];
+        let reflected = [
+            read::<Node>(),
+            read::<Namespace>(),
+            read::<PodInfo>(),
+            read::<Service>(),
+            read::<EndpointSlice>(),
+            read::<NetworkPolicy>(),
+        ];
         let reads = READS.map(|(g, r)| (g.to_owned(), r.to_owned()));
         assert_eq!(reflected, reads);
     }

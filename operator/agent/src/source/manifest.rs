@@ -91,6 +91,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 ClusterObject::EndpointSlice(Box::new(typed(value, origin, doc)?))
             }
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                ClusterObject::NetworkPolicy(Box::new(typed(value, origin, doc)?))
+            }
             (_, kind) => ClusterObject::Other { kind: kind.to_owned(), name },
         };
         out.push(obj);

@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
 };
 
 /// Namespaced objects keyed by (namespace, name). Objects are shared (`Arc`): a snapshot is
@@ -29,6 +30,8 @@ pub struct ClusterSnapshot {
     pub pods: Named<PodInfo>,
     pub services: Named<Service>,
     pub endpoint_slices: Named<EndpointSlice>,
+    /// Read and kept for NetworkPolicy enforcement; nothing consumes them yet.
+    pub network_policies: Named<NetworkPolicy>,
 }
 
 /// One parsed Kubernetes object that the agent understands.
@@ -39,6 +42,7 @@ pub enum ClusterObject {
     Pod(Box<Pod>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    NetworkPolicy(Box<NetworkPolicy>),
     /// A kind the agent does not consume yet (Services, NetworkPolicies, ...): kept by name
     /// so that manifests holding them are still accepted.
     Other {
@@ -60,6 +64,7 @@ impl ClusterSnapshot {
             && same(&self.pods, &other.pods)
             && same(&self.services, &other.services)
             && same(&self.endpoint_slices, &other.endpoint_slices)
+            && same(&self.network_policies, &other.network_policies)
     }
 
     pub fn insert(&mut self, obj: ClusterObject) {
@@ -83,6 +88,10 @@ impl ClusterSnapshot {
             ClusterObject::EndpointSlice(s) => {
                 let key = namespaced(&s.metadata);
                 self.endpoint_slices.insert(key, Arc::from(s));
+            }
+            ClusterObject::NetworkPolicy(p) => {
+                let key = namespaced(&p.metadata);
+                self.network_policies.insert(key, Arc::from(p));
             }
             ClusterObject::Other { .. } => {}
         }
