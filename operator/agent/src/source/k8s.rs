@@ -32,7 +32,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use super::{namespaced, ClusterSnapshot, PodInfo};
+use super::{namespaced, pod::PodWire, ClusterSnapshot, PodInfo};
 
 /// (API group, resource) of every kind the source reads: what the agent's RBAC must grant
 /// (get/list/watch) and nothing more; deploy/kubernetes/rbac.yaml is tested against it.
@@ -70,12 +70,6 @@ pub fn trim_node(n: &mut Node) {
     }
 }
 
-/// A Pod as the agent reads it: [`PodInfo`] already holds only what the agent uses; its
-/// metadata is trimmed like every other kind's.
-pub fn trim_pod(p: &mut PodInfo) {
-    trim_meta(&mut p.metadata);
-}
-
 pub fn trim_namespace(n: &mut Namespace) {
     trim_meta(&mut n.metadata);
     n.spec = None;
@@ -106,34 +100,46 @@ pub fn trim_slice(s: &mut EndpointSlice) {
     }
 }
 
-/// A kind the source reflects: where its objects live in the snapshot and under which key.
+/// A kind the source reflects: what the watcher reads (`Self`), what the snapshot keeps
+/// (`Stored`: the trimmed object itself, or for Pods the compact [`PodInfo`]), where and under
+/// which key.
 trait Kind: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
     type Key: Ord + Send + 'static;
+    type Stored: Send + Sync + 'static;
     fn key(&self) -> Self::Key;
-    fn map(s: &mut ClusterSnapshot) -> &mut std::collections::BTreeMap<Self::Key, Arc<Self>>;
+    fn map(s: &mut ClusterSnapshot) -> &mut std::collections::BTreeMap<Self::Key, Arc<Self::Stored>>;
     fn trim(&mut self);
+    fn stored(self) -> Self::Stored;
 }
 
 macro_rules! kind {
-    ($t:ty, $key:ty, $field:ident, $trim:ident, |$o:ident| $k:expr) => {
+    ($t:ty => $stored:ty, $key:ty, $field:ident, $trim:expr, $into:expr, |$o:ident| $k:expr) => {
         impl Kind for $t {
             type Key = $key;
+            type Stored = $stored;
             fn key(&self) -> $key {
                 let $o = self;
                 $k
             }
-            fn map(s: &mut ClusterSnapshot) -> &mut std::collections::BTreeMap<$key, Arc<Self>> {
+            fn map(s: &mut ClusterSnapshot) -> &mut std::collections::BTreeMap<$key, Arc<$stored>> {
                 &mut s.$field
             }
             fn trim(&mut self) {
                 $trim(self)
             }
+            fn stored(self) -> $stored {
+                $into(self)
+            }
         }
+    };
+    ($t:ty, $key:ty, $field:ident, $trim:ident, |$o:ident| $k:expr) => {
+        kind!($t => $t, $key, $field, $trim, std::convert::identity, |$o| $k);
     };
 }
 kind!(Node, String, nodes, trim_node, |o| o.metadata.name.clone().unwrap_or_default());
 kind!(Namespace, String, namespaces, trim_namespace, |o| o.metadata.name.clone().unwrap_or_default());
-kind!(PodInfo, (String, String), pods, trim_pod, |o| namespaced(&o.metadata));
+// A Pod is converted, not trimmed: PodInfo keeps nothing else.
+kind!(PodWire => PodInfo, (String, String), pods, |_: &mut PodWire| {}, PodInfo::from, |o| namespaced(&o.metadata));
 kind!(Service, (String, String), services, trim_service, |o| namespaced(&o.metadata));
 kind!(EndpointSlice, (String, String), endpoint_slices, trim_slice, |o| namespaced(&o.metadata));
 kind!(NetworkPolicy, (String, String), network_policies, trim_network_policy, |o| namespaced(&o.metadata));
@@ -156,13 +162,13 @@ where
     let stream = watcher(api, watcher::Config::default()).default_backoff().modify(K::trim);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut relist: Option<std::collections::BTreeMap<K::Key, Arc<K>>> = None;
+        let mut relist: Option<std::collections::BTreeMap<K::Key, Arc<K::Stored>>> = None;
         let mut listed = false;
         while let Some(event) = stream.next().await {
             let mut first_list = false;
             let apply: Box<dyn FnOnce(&mut ClusterSnapshot) + Send> = match event {
                 Ok(watcher::Event::Apply(o)) => Box::new(move |s| {
-                    K::map(s).insert(o.key(), Arc::new(o));
+                    K::map(s).insert(o.key(), Arc::new(o.stored()));
                 }),
                 Ok(watcher::Event::Delete(o)) => Box::new(move |s| {
                     K::map(s).remove(&o.key());
@@ -172,7 +178,7 @@ where
                     continue;
                 }
                 Ok(watcher::Event::InitApply(o)) => {
-                    relist.get_or_insert_default().insert(o.key(), Arc::new(o));
+                    relist.get_or_insert_default().insert(o.key(), Arc::new(o.stored()));
                     continue;
                 }
                 Ok(watcher::Event::InitDone) => {
@@ -213,7 +219,7 @@ pub async fn watch_api(client: Client, tx: watch::Sender<Option<ClusterSnapshot>
     let (updates, mut rx) = mpsc::unbounded_channel();
     reflect::<Node>(Api::all(client.clone()), updates.clone());
     reflect::<Namespace>(Api::all(client.clone()), updates.clone());
-    reflect::<PodInfo>(Api::all(client.clone()), updates.clone());
+    reflect::<PodWire>(Api::all(client.clone()), updates.clone());
     reflect::<Service>(Api::all(client.clone()), updates.clone());
     reflect::<EndpointSlice>(Api::all(client.clone()), updates.clone());
     reflect::<NetworkPolicy>(Api::all(client), updates);
@@ -274,7 +280,7 @@ mod tests {
         let reflected = [
             read::<Node>(),
             read::<Namespace>(),
-            read::<PodInfo>(),
+            read::<PodWire>(),
             read::<Service>(),
             read::<EndpointSlice>(),
             read::<NetworkPolicy>(),

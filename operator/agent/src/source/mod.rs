@@ -6,7 +6,7 @@ pub mod k8s;
 pub mod manifest;
 pub mod pod;
 
-pub use pod::PodInfo;
+pub use pod::{NamedPort, PodInfo};
 
 use std::{collections::BTreeMap, sync::Arc};
 

@@ -1,81 +1,158 @@
-//! [`PodInfo`]: a Pod as the agent keeps it. k8s-openapi's `Pod` is over 2 KiB before any of its
-//! strings (and each `Container` another 2 KiB), so at 10k pods the generated type alone would
-//! cost tens of MiB; this one holds only what the agent reads — identity and labels, node, host
-//! networking, named container ports (which NetworkPolicies may name), addresses and phase — in
-//! the API's own JSON shape, so the API source deserializes list pages and watch events straight
-//! into it (everything else is skipped while parsing) and the manifest source converts to it.
+//! Pods as the agent keeps them. k8s-openapi's `Pod` is over 2 KiB before any of its strings (and
+//! each `Container` another 2 KiB), and even its `ObjectMeta` allocates a full B-tree node for a
+//! handful of labels. A cluster has far more Pods than anything else, so they get two types of
+//! their own:
+//!
+//! * [`PodWire`]: what the API source's watcher deserializes list pages and watch events into —
+//!   the API's JSON shape, only the fields the agent reads (everything else is skipped while
+//!   parsing);
+//! * [`PodInfo`]: what the snapshot holds — identity, labels, node, host networking, named
+//!   container ports (NetworkPolicies may name them), addresses, phase — in boxed slices and
+//!   strings, about 1 KiB per pod with its allocations.
 use std::borrow::Cow;
 
 use k8s_openapi::{
     api::core::v1::{ContainerPort, Pod, PodIP},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A Pod as stored in the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: PodInfoSpec,
-    #[serde(default)]
-    pub status: PodInfoStatus,
+    pub name: Box<str>,
+    pub namespace: Box<str>,
+    /// Sorted by key.
+    pub labels: Box<[(Box<str>, Box<str>)]>,
+    pub node_name: Option<Box<str>>,
+    pub host_network: bool,
+    pub phase: Option<Box<str>>,
+    /// `status.podIPs` (or `status.podIP` when that is all there is).
+    pub ips: Box<[Box<str>]>,
+    /// Container ports that have a name.
+    pub named_ports: Box<[NamedPort]>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodInfoSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_network: Option<bool>,
-    #[serde(default)]
-    pub containers: Vec<PodInfoContainer>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: Box<str>,
+    pub port: i32,
+    /// TCP, UDP or SCTP (TCP when the Pod does not say).
+    pub protocol: Box<str>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct PodInfoContainer {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<ContainerPort>,
-}
+impl PodInfo {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*self.labels[i].1)
+    }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodInfoStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
-    pub pod_ip: Option<String>,
-    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
-    pub pod_ips: Vec<PodIP>,
+    fn build(
+        meta: ObjectMeta,
+        node_name: Option<String>,
+        host_network: Option<bool>,
+        ports: impl Iterator<Item = ContainerPort>,
+        phase: Option<String>,
+        pod_ip: Option<String>,
+        pod_ips: Vec<PodIP>,
+    ) -> Self {
+        let mut ips: Vec<Box<str>> = pod_ips.into_iter().map(|p| p.ip.into()).collect();
+        if ips.is_empty() {
+            ips.extend(pod_ip.map(Into::into));
+        }
+        PodInfo {
+            name: meta.name.unwrap_or_default().into(),
+            namespace: meta.namespace.unwrap_or_else(|| "default".into()).into(),
+            // A BTreeMap iterates in key order: the slice is sorted.
+            labels: meta.labels.unwrap_or_default().into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            node_name: node_name.map(Into::into),
+            host_network: host_network.unwrap_or(false),
+            phase: phase.map(Into::into),
+            ips: ips.into(),
+            named_ports: ports
+                .filter_map(|p| {
+                    Some(NamedPort {
+                        name: p.name?.into(),
+                        port: p.container_port,
+                        protocol: p.protocol.unwrap_or_else(|| "TCP".into()).into(),
+                    })
+                })
+                .collect(),
+            deleting: meta.deletion_timestamp.is_some(),
+        }
+    }
 }
 
 impl From<Pod> for PodInfo {
     fn from(p: Pod) -> Self {
         let spec = p.spec.unwrap_or_default();
         let status = p.status.unwrap_or_default();
-        PodInfo {
-            metadata: p.metadata,
-            spec: PodInfoSpec {
-                node_name: spec.node_name,
-                host_network: spec.host_network,
-                containers: spec
-                    .containers
-                    .into_iter()
-                    .map(|c| PodInfoContainer { name: c.name, ports: c.ports.unwrap_or_default() })
-                    .collect(),
-            },
-            status: PodInfoStatus {
-                phase: status.phase,
-                pod_ip: status.pod_ip,
-                pod_ips: status.pod_ips.unwrap_or_default(),
-            },
-        }
+        PodInfo::build(
+            p.metadata,
+            spec.node_name,
+            spec.host_network,
+            spec.containers.into_iter().flat_map(|c| c.ports.unwrap_or_default()),
+            status.phase,
+            status.pod_ip,
+            status.pod_ips.unwrap_or_default(),
+        )
     }
 }
 
-impl kube::Resource for PodInfo {
+/// A Pod as the watcher reads it from the API: only the fields [`PodInfo`] is made of.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodWire {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    spec: WireSpec,
+    #[serde(default)]
+    status: WireStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireSpec {
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    host_network: Option<bool>,
+    #[serde(default)]
+    containers: Vec<WireContainer>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct WireContainer {
+    #[serde(default)]
+    ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct WireStatus {
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Vec<PodIP>,
+}
+
+impl From<PodWire> for PodInfo {
+    fn from(p: PodWire) -> Self {
+        PodInfo::build(
+            p.metadata,
+            p.spec.node_name,
+            p.spec.host_network,
+            p.spec.containers.into_iter().flat_map(|c| c.ports),
+            p.status.phase,
+            p.status.pod_ip,
+            p.status.pod_ips,
+        )
+    }
+}
+
+impl kube::Resource for PodWire {
     type DynamicType = ();
     type Scope = k8s_openapi::NamespaceResourceScope;
 
@@ -104,28 +181,29 @@ mod tests {
     use super::*;
 
     const POD: &str = r#"{"apiVersion":"v1","kind":"Pod",
-        "metadata":{"name":"web","namespace":"shop","labels":{"app":"web"},"managedFields":[{"manager":"kubelet"}]},
-        "spec":{"nodeName":"n1","containers":[{"name":"c","image":"srv","ports":[{"name":"http","containerPort":8080}],
+        "metadata":{"name":"web","namespace":"shop","labels":{"tier":"front","app":"web"},"managedFields":[{"manager":"kubelet"}]},
+        "spec":{"nodeName":"n1","containers":[{"name":"c","image":"srv","ports":[{"name":"http","containerPort":8080},{"containerPort":9}],
                 "env":[{"name":"A","value":"b"}]}],"volumes":[{"name":"v","emptyDir":{}}]},
         "status":{"phase":"Running","podIP":"10.244.1.2","podIPs":[{"ip":"10.244.1.2"}],"conditions":[{"type":"Ready","status":"True"}]}}"#;
 
     #[test]
-    fn reads_the_api_shape_and_matches_the_converted_pod() {
-        let direct: PodInfo = serde_json::from_str(POD).expect("PodInfo from API JSON");
+    fn the_wire_shape_and_a_full_pod_give_the_same_info() {
+        let wire: PodWire = serde_json::from_str(POD).expect("PodWire from API JSON");
         let full: Pod = serde_json::from_str(POD).expect("Pod");
-        let mut converted = PodInfo::from(full);
-        // The API source strips managedFields before storing; compare what both keep.
-        converted.metadata.managed_fields = None;
-        let mut direct_trimmed = direct.clone();
-        direct_trimmed.metadata.managed_fields = None;
-        assert_eq!(direct_trimmed, converted);
-        assert_eq!(direct.spec.node_name.as_deref(), Some("n1"));
-        assert_eq!(direct.spec.containers[0].ports[0].name.as_deref(), Some("http"));
-        assert_eq!(direct.status.pod_ips[0].ip, "10.244.1.2");
+        let info = PodInfo::from(wire);
+        assert_eq!(info, PodInfo::from(full));
+        assert_eq!((&*info.namespace, &*info.name), ("shop", "web"));
+        assert_eq!(info.label("app"), Some("web"));
+        assert_eq!(info.label("tier"), Some("front"));
+        assert_eq!(info.label("none"), None);
+        assert_eq!(info.node_name.as_deref(), Some("n1"));
+        assert_eq!(&*info.named_ports, [NamedPort { name: "http".into(), port: 8080, protocol: "TCP".into() }]);
+        assert_eq!(&*info.ips, ["10.244.1.2".into()]);
+        assert!(!info.deleting && !info.host_network);
     }
 
     #[test]
     fn is_small() {
-        assert!(std::mem::size_of::<PodInfo>() < 512, "{}", std::mem::size_of::<PodInfo>());
+        assert!(std::mem::size_of::<PodInfo>() <= 128, "{}", std::mem::size_of::<PodInfo>());
     }
 }
