@@ -6,7 +6,7 @@
 //! * Objects are trimmed before they are stored: `managedFields`, annotations, owner references
 //!   and every field the agent has no use for (a Node's image list, a Pod's volumes, conditions
 //!   and container statuses, ...).
-//! * The first snapshot is published only once every reflector has listed its kind, so the
+//! * The first snapshot is published only once every watcher has listed its kind, so the
 //!   datapath (and CNI STATUS) is not ready before the agent has seen the whole cluster.
 //! * Watches that fail are retried with kube-runtime's default backoff; a 410 Gone (expired
 //!   resourceVersion) makes the watcher list again. Meanwhile the last snapshot stays in force,
