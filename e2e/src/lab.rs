@@ -434,21 +434,11 @@ impl Lab {
                 ClusterObject::Pod(p) => done.push(self.apply_pod(*p)?),
                 ClusterObject::Service(svc) => done.push(self.apply_service(*svc)?),
                 ClusterObject::EndpointSlice(es) => {
-                    let (ns, name) = namespaced(&es.metadata);
-                    write_atomic(
-                        &self.cluster_dir().join(format!("eps-{ns}-{name}.yaml")),
-                        &serde_yaml::to_string(&es)?,
-                    )?;
-                    done.push(format!("endpointslice/{ns}/{name} configured"));
+                    done.push(self.write_as_is("eps", "endpointslice", &es.metadata, &es)?);
                 }
+                // Handed to the agents as is (they read policies; enforcement is not built yet).
                 ClusterObject::NetworkPolicy(np) => {
-                    // Handed to the agents as is (they read policies; enforcement is not built yet).
-                    let (ns, name) = namespaced(&np.metadata);
-                    write_atomic(
-                        &self.cluster_dir().join(format!("netpol-{ns}-{name}.yaml")),
-                        &serde_yaml::to_string(&np)?,
-                    )?;
-                    done.push(format!("networkpolicy/{ns}/{name} configured"));
+                    done.push(self.write_as_is("netpol", "networkpolicy", &np.metadata, &np)?);
                 }
                 ClusterObject::Node(_) => bail!("{origin}: Nodes belong to the lab (weir-lab up --nodes N)"),
                 ClusterObject::Other { kind, name } => {
@@ -461,37 +451,30 @@ impl Lab {
     }
 
     /// The cluster state as the agents read it.
-    fn cluster(&self) -> weir_operator_agent::source::ClusterSnapshot {
+    /// Writes a namespaced object to the cluster directory unchanged (`PREFIX-NS-NAME.yaml`).
+    fn write_as_is(
+        &self,
+        prefix: &str,
+        kind: &str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        obj: &impl Serialize,
+    ) -> anyhow::Result<String> {
+        let (ns, name) = namespaced(meta);
+        write_atomic(&self.cluster_dir().join(format!("{prefix}-{ns}-{name}.yaml")), &serde_yaml::to_string(obj)?)?;
+        Ok(format!("{kind}/{ns}/{name} configured"))
+    }
+
+    /// The cluster directory as the agents read it.
+    fn cluster_state(&self) -> manifest::DirState {
         let mut dir = manifest::DirState::default();
         for e in dir.refresh(&self.cluster_dir()) {
             eprintln!("warning: {e}");
         }
-        dir.snapshot()
+        dir
     }
 
-    /// The lab's Pods whole (the agent's snapshot keeps only what the agent reads; the lab's
-    /// endpoint controller also needs annotations and container ports).
-    fn cluster_pods(&self) -> weir_operator_agent::source::Named<k8s_openapi::api::core::v1::Pod> {
-        let mut pods = weir_operator_agent::source::Named::new();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.cluster_dir())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.sort();
-        for f in
-            files.iter().filter(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
-        {
-            match manifest::load_file(f) {
-                Ok(objs) => {
-                    for o in objs {
-                        if let weir_operator_agent::source::ClusterObject::Pod(p) = o {
-                            pods.insert(weir_operator_agent::source::namespaced(&p.metadata), std::sync::Arc::from(p));
-                        }
-                    }
-                }
-                Err(e) => eprintln!("warning: {e}"),
-            }
-        }
-        pods
+    fn cluster(&self) -> weir_operator_agent::source::ClusterSnapshot {
+        self.cluster_state().snapshot()
     }
 
     /// Creates or updates a Service, allocating its ClusterIP and NodePorts like the API server
@@ -533,8 +516,17 @@ impl Lab {
 
     /// Rewrites the EndpointSlices of every Service with a selector from the pods' state.
     pub fn sync_endpoint_slices(&self) -> anyhow::Result<()> {
-        let cluster = self.cluster();
-        let slices = controllers::endpoint_slices(&cluster.services, &self.cluster_pods());
+        let dir = self.cluster_state();
+        // The lab's endpoint controller reads Pods whole (annotations, container ports), not
+        // as the agent's snapshot keeps them.
+        let pods = dir
+            .objects()
+            .filter_map(|o| match o {
+                ClusterObject::Pod(p) => Some((namespaced(&p.metadata), std::sync::Arc::new((**p).clone()))),
+                _ => None,
+            })
+            .collect();
+        let slices = controllers::endpoint_slices(&dir.snapshot().services, &pods);
         let path = self.cluster_dir().join("endpointslices-lab.yaml");
         if slices.is_empty() {
             let _ = std::fs::remove_file(&path);

@@ -167,6 +167,11 @@ impl DirState {
         std::mem::take(&mut self.changed)
     }
 
+    /// Every object in force, as parsed (Pods whole, before the snapshot slims them).
+    pub fn objects(&self) -> impl Iterator<Item = &ClusterObject> {
+        self.files.values().flat_map(|(_, objs)| objs)
+    }
+
     pub fn snapshot(&self) -> ClusterSnapshot {
         let mut snap = ClusterSnapshot::default();
         for (_, objs) in self.files.values() {
