@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod maglev;
 pub mod netlink;
 pub mod node;
+pub mod policy;
 pub mod service_map;
 pub mod services;
 pub mod source;
