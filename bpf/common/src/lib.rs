@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; pins live under `<bpffs>/weir/v{ABI_VERSION}/`.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Map names, as the eBPF object and the pins name them (kernel limit: 15 bytes).
 pub mod maps {
@@ -27,7 +27,15 @@ pub mod maps {
     pub const CT_IN: &str = "WEIR_CT_IN";
     /// Program array for tail calls (indices in [`crate::tails`]).
     pub const TAILS: &str = "WEIR_TAILS";
-    pub const ALL: [&str; 15] = [
+    /// NetworkPolicy: address prefix → identity.
+    pub const IPCACHE: &str = "WEIR_IPCACHE";
+    /// NetworkPolicy: per-endpoint allow entries (LPM).
+    pub const POLICY: &str = "WEIR_POLICY";
+    /// NetworkPolicy: local endpoint → identity and isolation flags.
+    pub const POLICY_EP: &str = "WEIR_POLICY_EP";
+    /// NetworkPolicy connection tracking: replies of accepted connections pass.
+    pub const POLICY_CT: &str = "WEIR_POLICY_CT";
+    pub const ALL: [&str; 19] = [
         ENDPOINTS,
         TUNNEL,
         NAT_FWD,
@@ -43,6 +51,10 @@ pub mod maps {
         LB_REV,
         CT_IN,
         TAILS,
+        IPCACHE,
+        POLICY,
+        POLICY_EP,
+        POLICY_CT,
     ];
 }
 
@@ -102,6 +114,12 @@ pub mod sizes {
     pub const LB_CT: u32 = 131072;
     pub const CT_IN: u32 = 131072;
     pub const TAILS: u32 = 4;
+    /// Address prefixes with an identity: pods' /32s and the ipBlock prefixes policies name.
+    pub const IPCACHE: u32 = 65536;
+    /// Policy allow entries over all local endpoints (LPM, not preallocated).
+    pub const POLICY: u32 = 262144;
+    pub const POLICY_EP: u32 = ENDPOINTS;
+    pub const POLICY_CT: u32 = 262144;
 }
 
 /// Slots of the `WEIR_TAILS` program array.
@@ -302,6 +320,83 @@ pub struct SockRevKey {
 }
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
 
+/// `WEIR_IPCACHE` key data: an IPv4 address as it sits in a packet (read into a `u32` with native
+/// byte order); the LPM prefix length (0–32) is in the trie key wrapper. IPv4-only like the policy
+/// maps below: keeping policy keys small keeps the per-packet stack small; IPv6 gets its own maps.
+pub type IpcacheKey = u32;
+
+/// Identity of addresses in no pod and no policy prefix (no `WEIR_IPCACHE` entry).
+pub const IDENTITY_WORLD: u32 = 1;
+/// The peer wildcard of `WEIR_POLICY` keys: an entry for any peer.
+pub const IDENTITY_ANY: u32 = 0;
+
+/// Policy directions, as stored in keys.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// `WEIR_POLICY` key data (LPM trie, bit order as declared). An entry's prefix length covers the
+/// endpoint, direction and peer identity (72 bits) for "every protocol", plus the protocol (80)
+/// and `n` bits of the port (80 + n) otherwise. All fields are in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// The local pod's IPv4 address.
+    pub endpoint: [u8; 4],
+    pub direction: u8,
+    /// The peer's identity, big-endian; `IDENTITY_ANY` for entries that allow any peer.
+    pub identity: [u8; 4],
+    pub proto: u8,
+    /// Destination port, big-endian.
+    pub port: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+/// Prefix lengths of `WEIR_POLICY` entries.
+pub const POLICY_PREFIX_ALL_PROTOCOLS: u32 = 72;
+pub const POLICY_PREFIX_PROTOCOL: u32 = 80;
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+/// `WEIR_POLICY` value: an allow entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// The agent's id for the set of rules behind this entry (for attribution).
+    pub attribution: u32,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+/// `WEIR_POLICY_EP` flags.
+pub const POLICY_F_INGRESS: u32 = 1;
+pub const POLICY_F_EGRESS: u32 = 2;
+/// The endpoint's policy did not fit the maps: all its traffic is denied.
+pub const POLICY_F_FAIL_CLOSED: u32 = 4;
+
+/// `WEIR_POLICY_EP` value, keyed by the local pod's IPv4 address (`IpcacheKey` layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEndpoint {
+    pub identity: u32,
+    /// `POLICY_F_*`: which directions policies isolate.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyEndpoint>() == 8);
+
+/// `WEIR_POLICY_CT` key: a connection as first seen in `direction` at a local endpoint. A packet
+/// whose reversed tuple is present (with the other direction) is a reply and passes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyCtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PolicyCtKey>() == 16);
+
 /// Event kinds on the `WEIR_EVENTS` ring buffer.
 pub const EVENT_DROP: u8 = 1;
 
@@ -375,6 +470,12 @@ drop_reasons! {
     NatUnsupported = 9, "nat_unsupported_protocol";
     /// A tail call failed: the program array slot is empty (datapath not fully loaded).
     TailCallFailed = 10, "tail_call_failed";
+    /// NetworkPolicy: the destination pod is isolated for ingress and no rule allows the packet.
+    PolicyDeniedIngress = 11, "policy_denied_ingress";
+    /// NetworkPolicy: the source pod is isolated for egress and no rule allows the packet.
+    PolicyDeniedEgress = 12, "policy_denied_egress";
+    /// NetworkPolicy: the pod's policy did not fit the datapath's maps; it is denied everything.
+    PolicyFailClosed = 13, "policy_fail_closed";
 }
 
 #[cfg(feature = "user")]
@@ -395,6 +496,10 @@ mod user {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for PolicyEndpoint {}
+    unsafe impl aya::Pod for PolicyCtKey {}
 }
 
 #[cfg(test)]

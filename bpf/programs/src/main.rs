@@ -19,6 +19,7 @@ mod fwd;
 mod lb;
 mod nat;
 mod parse;
+mod policy;
 mod sock;
 
 use aya_ebpf::{
@@ -30,7 +31,8 @@ use aya_ebpf::{
 };
 use weir_bpf_common::{
     counters, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason, EndpointInfo,
-    MaglevTable, NatEntry, NatKey, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
+    IpcacheKey, MaglevTable, NatEntry, NatKey, PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue, RemoteNode,
+    ServiceKey, ServiceValue, SockRevKey,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
@@ -82,6 +84,18 @@ static WEIR_LB_REV: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(sizes::LB_
 /// replies keep the pod's address instead of being masqueraded.
 #[map]
 static WEIR_CT_IN: LruHashMap<NatKey, u32> = LruHashMap::pinned(sizes::CT_IN, 0);
+/// NetworkPolicy (see `policy.rs`): address prefix → identity.
+#[map]
+static WEIR_IPCACHE: LpmTrie<IpcacheKey, u32> = LpmTrie::pinned(sizes::IPCACHE, BPF_F_NO_PREALLOC);
+/// Per-endpoint allow entries.
+#[map]
+static WEIR_POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(sizes::POLICY, BPF_F_NO_PREALLOC);
+/// Local endpoint → identity and isolation flags.
+#[map]
+static WEIR_POLICY_EP: HashMap<IpcacheKey, PolicyEndpoint> = HashMap::pinned(sizes::POLICY_EP, 0);
+/// Connections accepted at a local endpoint, so their replies pass.
+#[map]
+static WEIR_POLICY_CT: LruHashMap<PolicyCtKey, u32> = LruHashMap::pinned(sizes::POLICY_CT, 0);
 /// Tail-call targets; the loader fills the slots of `tails`.
 #[map]
 static WEIR_TAILS: ProgramArray = ProgramArray::pinned(sizes::TAILS, 0);
@@ -179,10 +193,16 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         Some(ep) if ep.ifindex == ingress_ifindex(ctx) => {}
         _ => return Err(DropReason::SpoofedSource),
     }
+    // Egress policy at the source. Traffic to this node itself (kubelet probes' replies, node
+    // services) is never subject to it.
+    if ip.daddr != WEIR_NODE_IPV4.load() {
+        policy::egress(ctx)?;
+    }
     let dst = Addr16::from_v4_be(ip.daddr);
     // SAFETY: as above.
     if let Some(ep) = unsafe { WEIR_ENDPOINTS.get(dst) } {
         let ep = *ep;
+        policy::ingress(ctx)?;
         return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
     }
     if ip.daddr & WEIR_CLUSTER_V4_MASK.load() == WEIR_CLUSTER_V4_ADDR.load() {
@@ -264,6 +284,7 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
         let orig = nat::reverse(ctx, &ip)?;
         if orig != 0 {
             if let Some(ep) = local_pod(orig) {
+                policy::ingress(ctx)?;
                 return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
             }
             // A load-balanced client's reply from a backend on another node.
@@ -276,6 +297,7 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
     if let Some(ep) = local_pod(ip.daddr) {
+        policy::ingress(ctx)?;
         note_inbound(ctx, &ip);
         return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
     }
@@ -293,6 +315,7 @@ fn from_wire_to_service(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
         }
         backend => {
             if let Some(ep) = local_pod(backend) {
+                policy::ingress(ctx)?;
                 return counted(fwd::to_local_pod(ctx, &ep), counters::LB_TRANSLATED);
             }
             Ok(TAIL_LB_REMOTE)
@@ -328,6 +351,7 @@ fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip = Ipv4::parse(ctx)?;
     match local_pod(ip.daddr) {
         Some(ep) => {
+            policy::ingress(ctx)?;
             note_inbound(ctx, &ip);
             counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL)
         }

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 
 pub mod endpoints;
+pub mod policy;
 pub mod services;
 pub mod tunnel;
 
 pub use endpoints::{Endpoints, FakeEndpoints};
+pub use policy::{Ipcache, PolicyEndpoints, PolicyEntries, PolicyEntry};
 pub use services::{Backends, Maglev, Services};
 pub use tunnel::{Cidr, FakeTunnel, Tunnel};
 

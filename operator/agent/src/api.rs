@@ -68,6 +68,14 @@ pub async fn dispatch(req: Request, node: &Mutex<Node>, drops: &SharedDropLog) -
             }
             Ok(Response::Drops(Drops { events, seen, lost: n.events_lost() }))
         }
+        Request::PolicyExplain { from, to, port, protocol } => {
+            crate::policy::report::explanation(&n.policy().cluster, &from, &to, &protocol, port)
+                .map(Response::PolicyExplain)
+                .map_err(|e| ApiError::new(code::INVALID_CONFIG, e, ""))
+        }
+        Request::Policies { pod } => crate::policy::report::report(n.policy(), pod.as_deref())
+            .map(Response::Policies)
+            .map_err(|e| ApiError::new(code::INVALID_CONFIG, e, "")),
     };
     result.unwrap_or_else(Response::Error)
 }

@@ -148,15 +148,10 @@ async fn reconcile_loop(
             }
             _ = tokio::time::sleep(wait) => true,
         };
-        // The node consumes Nodes, Services and EndpointSlices: take those (the pod map of a
-        // large cluster costs more to copy than a pass), and skip a pass that would see the
-        // same objects as the last one, unless it is the periodic resync or a retry.
-        let snap = rx.borrow_and_update().as_ref().map(|s| ClusterSnapshot {
-            nodes: s.nodes.clone(),
-            services: s.services.clone(),
-            endpoint_slices: s.endpoint_slices.clone(),
-            ..Default::default()
-        });
+        // Take the snapshot (its maps hold shared objects: a copy is one pointer per object),
+        // and skip a pass that would see the same objects as the last one, unless it is the
+        // periodic resync or a retry.
+        let snap = rx.borrow_and_update().clone();
         let same = matches!((&snap, &last), (Some(a), Some(b)) if a.same_objects(b));
         if same && !failed && !resync_due {
             continue;

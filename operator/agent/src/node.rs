@@ -14,7 +14,7 @@ use weir_bpf_common::{programs, BackendKey, EndpointInfo};
 use weir_dataplane::{
     counters::Counters,
     events::Events,
-    maps::{self, Backends, Endpoints, KeyValueMap, Maglev, Services, Tunnel},
+    maps::{self, Backends, Endpoints, Ipcache, KeyValueMap, Maglev, PolicyEndpoints, PolicyEntries, Services, Tunnel},
     tcx::Attachment,
     Datapath, LoadConfig,
 };
@@ -27,6 +27,7 @@ use crate::{
     config::{Config, Routing, GATEWAY},
     ipam,
     netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
+    policy::sync::{KernelPolicyMaps, PolicyMaps, PolicySync},
     service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     source::{ClusterSnapshot, Named},
     state::{self, Desired},
@@ -42,6 +43,7 @@ struct Loaded {
     endpoints: Endpoints,
     tunnel: Tunnel,
     services: KernelServiceMaps,
+    policy: KernelPolicyMaps,
     counters: Counters,
     uplink: LinkInfo,
     pod_cidr: Ipv4Network,
@@ -61,6 +63,10 @@ pub struct Node {
     /// The Services and EndpointSlices of the snapshot last given to `services`: the next
     /// snapshot is compared with them, and only the Services that changed are recompiled.
     services_seen: (Named<Service>, Named<EndpointSlice>),
+    /// The one writer of the policy maps, and the pods, namespaces and NetworkPolicies it was
+    /// last given (an ADD compiles the new pod's policy from them before the pod can send).
+    policy: PolicySync,
+    policy_seen: ClusterSnapshot,
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
@@ -130,6 +136,8 @@ impl Node {
             events: None,
             services: ServiceSync::default(),
             services_seen: Default::default(),
+            policy: PolicySync::default(),
+            policy_seen: ClusterSnapshot::default(),
         })
     }
 
@@ -164,8 +172,43 @@ impl Node {
             self.bring_up(own.pod_cidr, own.address).await?;
         }
         self.sync_remote_nodes().await?;
+        self.policy_seen = ClusterSnapshot {
+            pods: snap.pods.clone(),
+            namespaces: snap.namespaces.clone(),
+            network_policies: snap.network_policies.clone(),
+            ..Default::default()
+        };
+        self.sync_policy(&self.local_endpoints())?;
         self.sync_services(snap)?;
         Ok(())
+    }
+
+    /// This node's endpoints: pod namespace/name → address.
+    fn local_endpoints(&self) -> BTreeMap<(String, String), Ipv4Addr> {
+        self.store.all().map(|r| ((r.pod_namespace.clone(), r.pod_name.clone()), r.ip)).collect()
+    }
+
+    /// NetworkPolicy for `local` endpoints into the policy maps (only the differences).
+    fn sync_policy(&mut self, local: &BTreeMap<(String, String), Ipv4Addr>) -> anyhow::Result<()> {
+        let Some(l) = self.loaded.as_mut() else { return Ok(()) };
+        let r = self.policy.apply(&self.policy_seen, local, &mut l.policy)?;
+        if r.rejected_changed {
+            for e in &self.policy.cluster.rejected {
+                tracing::warn!(error = %e, "NetworkPolicy rejected; its previous version (if any) stays enforced");
+            }
+        }
+        for (pod, why) in &r.newly_fail_closed {
+            tracing::error!(%pod, reason = %why, "policy does not fit the datapath: the pod is denied all traffic (fail closed)");
+        }
+        if r.upserted + r.removed > 0 {
+            tracing::info!(upserted = r.upserted, removed = r.removed, "policy maps reconciled");
+        }
+        Ok(())
+    }
+
+    /// The compiled policy and the cluster it came from (explain, the CLI).
+    pub fn policy(&self) -> &PolicySync {
+        &self.policy
     }
 
     /// Service frontends and their backends into `WEIR_SERVICES` (whole-frontend writes), only
@@ -235,13 +278,18 @@ impl Node {
             backends: Backends::open(&mut dp)?,
             maglev: Maglev::open(&mut dp)?,
         };
+        let policy = PolicyMaps {
+            ipcache: Ipcache::open(&mut dp)?,
+            entries: PolicyEntries::open(&mut dp)?,
+            endpoints: PolicyEndpoints::open(&mut dp)?,
+        };
         let counters = Counters::open(&mut dp)?;
         if let Some(cg) = &cfg.cgroup_root {
             let how = dp.attach_cgroup(cg)?;
             tracing::info!(cgroup = %cg.display(), ?how, "socket-level Service translation");
         }
         self.events = Some(Events::open(&mut dp)?);
-        self.loaded = Some(Loaded { dp, endpoints, tunnel, services, counters, uplink, pod_cidr, mtu });
+        self.loaded = Some(Loaded { dp, endpoints, tunnel, services, policy, counters, uplink, pod_cidr, mtu });
         self.sync_endpoints().await?;
         self.drain_delete_queue().await;
         tracing::info!(%pod_cidr, %node_ip, routing = ?self.cfg.routing, mtu, "datapath ready");
@@ -340,6 +388,11 @@ impl Node {
         })?;
         let mtu = req.mtu.unwrap_or(l.mtu);
         let host = host_ifname(&id.container_id, &id.ifname);
+        // The pod's policy is in the maps before the pod can send or be reached (the endpoint
+        // map entry, written last by `plumb`, is what lets its traffic through).
+        let mut local = self.local_endpoints();
+        local.insert((req.pod_namespace.clone(), req.pod_name.clone()), ip);
+        self.sync_policy(&local).map_err(|e| api_err(code::DATAPATH, "writing the pod's network policy", format!("{e:#}")))?;
         match self.plumb(req, &netns, &host, ip, mtu).await {
             Ok(rec) => {
                 let ep = to_endpoint(&rec);

@@ -49,6 +49,19 @@ pub enum Request {
         #[serde(default)]
         last: Option<usize>,
     },
+    /// Would a new connection be allowed by NetworkPolicy, and by which rules? `from`/`to` are
+    /// `namespace/pod` or an IPv4 address; `protocol` is tcp or udp.
+    PolicyExplain {
+        from: String,
+        to: String,
+        port: u16,
+        protocol: String,
+    },
+    /// The effective policy of this node's endpoints (or of one pod, `namespace/pod`).
+    Policies {
+        #[serde(default)]
+        pod: Option<String>,
+    },
 }
 
 /// Identifies one attachment: the CNI spec's (container ID, ifname) pair.
@@ -165,6 +178,71 @@ pub struct DropRecord {
     pub pod: Option<String>,
 }
 
+/// One direction of a policy explanation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySide {
+    /// `not-isolated`, `allowed`, `denied` or `fail-closed`.
+    pub verdict: String,
+    /// The pod whose policy decides this direction (the source for egress, the destination
+    /// for ingress), when it is a pod.
+    pub endpoint: Option<String>,
+    /// The rules that allow it: `namespace/name ingress[i]: <rule>`.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// The policies that isolate the endpoint in this direction.
+    #[serde(default)]
+    pub selected_by: Vec<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyExplanation {
+    pub allowed: bool,
+    pub from: String,
+    pub to: String,
+    pub protocol: String,
+    pub port: u16,
+    /// The identities the datapath sees for the two addresses, described.
+    pub src_identity: String,
+    pub dst_identity: String,
+    pub egress: PolicySide,
+    pub ingress: PolicySide,
+}
+
+/// One direction of an endpoint's effective policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionPolicy {
+    pub selected_by: Vec<String>,
+    /// What is allowed, one line per (peer, ports), with the rules behind it.
+    pub allows: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPolicyRow {
+    pub pod: String,
+    pub ip: Ipv4Addr,
+    pub identity: u32,
+    /// `None`: not isolated in this direction (everything allowed).
+    pub ingress: Option<DirectionPolicy>,
+    pub egress: Option<DirectionPolicy>,
+    pub fail_closed: Option<String>,
+    /// Entries this endpoint holds in the datapath.
+    pub entries: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    pub endpoints: Vec<EndpointPolicyRow>,
+    /// Policies that failed validation (their last valid version, if any, stays enforced).
+    pub rejected: Vec<String>,
+    /// Endpoints that went fail-closed since the agent started.
+    pub fail_closed_total: u64,
+    pub identities: usize,
+    pub prefixes: usize,
+    pub entries: usize,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IfacePrograms {
     pub iface: String,
@@ -191,6 +269,8 @@ pub enum Response {
         #[serde(default)]
         rejected: Vec<RejectedService>,
     },
+    PolicyExplain(PolicyExplanation),
+    Policies(PolicyReport),
     Error(ApiError),
 }
 

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use weir_operator_api::{client, Request, Response};
 
 #[derive(Parser)]
-#[command(name = "weir", about = "Inspect a weir node: endpoints, datapath, drops")]
+#[command(name = "weir", about = "Inspect a weir node: endpoints, datapath, drops, Services, policy")]
 struct Cli {
     /// The agent's socket.
     #[arg(long, global = true, env = "WEIR_SOCKET", default_value = weir_operator_api::DEFAULT_SOCKET)]
@@ -40,6 +40,35 @@ enum Cmd {
         #[arg(long)]
         last: Option<usize>,
     },
+    /// NetworkPolicy: explain a verdict, or show endpoints' effective policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Would a new connection be allowed, and by which policies and rules (or which policies
+    /// isolate the pod that denies it)? Computed by the compiler that writes the datapath.
+    Explain {
+        /// Source: NAMESPACE/POD or an IPv4 address.
+        #[arg(long)]
+        from: String,
+        /// Destination: NAMESPACE/POD or an IPv4 address.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_enum, default_value = "tcp")]
+        protocol: Proto,
+    },
+    /// The effective policy of this node's endpoints (or of NAMESPACE/POD).
+    Show { pod: Option<String> },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +79,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Datapath => Request::Datapath,
         Cmd::Drops { last } => Request::Drops { last: *last },
         Cmd::Services => Request::Services,
+        Cmd::Policy(PolicyCmd::Explain { from, to, port, protocol }) => Request::PolicyExplain {
+            from: from.clone(),
+            to: to.clone(),
+            port: *port,
+            protocol: if *protocol == Proto::Tcp { "tcp" } else { "udp" }.into(),
+        },
+        Cmd::Policy(PolicyCmd::Show { pod }) => Request::Policies { pod: pod.clone() },
     };
     let resp = client::call(&cli.socket, &req, Duration::from_secs(10))
         .with_context(|| format!("agent socket {}", cli.socket.display()))?;
@@ -65,6 +101,8 @@ fn main() -> anyhow::Result<()> {
             Response::Services { rows, rejected } => {
                 serde_json::json!({ "frontends": rows, "rejected": rejected })
             }
+            Response::PolicyExplain(e) => serde_json::to_value(e)?,
+            Response::Policies(p) => serde_json::to_value(p)?,
             other => serde_json::to_value(other)?,
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -136,6 +174,58 @@ fn main() -> anyhow::Result<()> {
                 for r in rejected {
                     println!("  {:<28} {}", r.service, r.reason);
                 }
+            }
+        }
+        Response::PolicyExplain(e) => {
+            println!(
+                "{} {} -> {} {}/{}",
+                if e.allowed { "ALLOWED" } else { "DENIED" },
+                e.from,
+                e.to,
+                e.protocol,
+                e.port
+            );
+            println!("  source identity {}\n  destination identity {}", e.src_identity, e.dst_identity);
+            for (dir, s) in [("egress", &e.egress), ("ingress", &e.ingress)] {
+                let who = s.endpoint.as_deref().unwrap_or("not a pod");
+                println!("  {dir} ({who}): {}", s.verdict);
+                match s.verdict.as_str() {
+                    "allowed" => s.rules.iter().for_each(|r| println!("    by {r}")),
+                    "denied" => println!("    default deny: isolated by {} and no rule allows it", s.selected_by.join(", ")),
+                    "fail-closed" => println!("    {}", s.reason.as_deref().unwrap_or("")),
+                    _ => println!("    no policy selects it for {dir}"),
+                }
+            }
+            if !e.allowed {
+                std::process::exit(1);
+            }
+        }
+        Response::Policies(p) => {
+            for ep in &p.endpoints {
+                println!("{} ({}) identity {}, {} datapath entries", ep.pod, ep.ip, ep.identity, ep.entries);
+                if let Some(why) = &ep.fail_closed {
+                    println!("  FAIL-CLOSED: {why}");
+                }
+                for (dir, d) in [("ingress", &ep.ingress), ("egress", &ep.egress)] {
+                    match d {
+                        None => println!("  {dir}: not isolated (all allowed)"),
+                        Some(d) => {
+                            println!("  {dir}: isolated by {}", d.selected_by.join(", "));
+                            if d.allows.is_empty() {
+                                println!("    nothing allowed");
+                            }
+                            d.allows.iter().for_each(|a| println!("    allow {a}"));
+                        }
+                    }
+                }
+            }
+            println!(
+                "\n{} identities, {} prefixes, {} entries; {} endpoints went fail-closed since start",
+                p.identities, p.prefixes, p.entries, p.fail_closed_total
+            );
+            if !p.rejected.is_empty() {
+                println!("Rejected policies (the last valid version, if any, stays enforced):");
+                p.rejected.iter().for_each(|r| println!("  {r}"));
             }
         }
         other => println!("{other:?}"),

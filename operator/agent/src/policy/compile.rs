@@ -108,12 +108,23 @@ impl Cluster {
     /// Pods with an IPv4 address that are not host-network and not finished, the namespaces'
     /// labels, and the valid policies; an invalid policy keeps the version in `previous`, if any.
     pub fn from_snapshot(s: &ClusterSnapshot, previous: Option<&Cluster>) -> Self {
+        Self::from_snapshot_with(s, previous, &BTreeMap::new())
+    }
+
+    /// [`Cluster::from_snapshot`], with the addresses of this node's endpoints (namespace/name →
+    /// address) taken from `local`: the agent knows them before the API reports them.
+    pub fn from_snapshot_with(
+        s: &ClusterSnapshot,
+        previous: Option<&Cluster>,
+        local: &BTreeMap<(String, String), Ipv4Addr>,
+    ) -> Self {
         let mut pods = Vec::new();
         for ((ns, name), info) in &s.pods {
             if info.host_network || matches!(info.phase.as_deref(), Some("Succeeded" | "Failed")) {
                 continue;
             }
-            let Some(ip) = info.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()) else { continue };
+            let reported = info.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok());
+            let Some(ip) = local.get(&(ns.clone(), name.clone())).copied().or(reported) else { continue };
             pods.push(PodView { namespace: ns.clone(), name: name.clone(), ip, info: info.clone() });
         }
         let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();

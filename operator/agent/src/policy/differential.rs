@@ -1,6 +1,6 @@
 //! The compiler against the reference evaluator: hand-written cases for each rule of the spec,
 //! then random clusters and policies, every packet decided both ways (verdict and attribution).
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{net::Ipv4Addr, sync::Arc};
 
 use super::{
     compile::{compile, decide, range_prefixes, Cluster, Compiled, Identities, PodView, SideExplain},

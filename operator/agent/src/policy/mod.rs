@@ -9,6 +9,8 @@
 //!   entries, looked up the way the kernel looks them up.
 pub mod compile;
 pub mod oracle;
+pub mod report;
+pub mod sync;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
