@@ -214,3 +214,59 @@ fn a_second_load_reuses_the_pinned_maps() {
         assert!(eps.list().expect("list").contains_key(&POD_A), "pinned endpoint survives a reload");
     });
 }
+
+/// NetworkPolicy in the kernel: B isolated for ingress, an entry for A's identity on TCP
+/// 8000-8003 (a port prefix), replies through policy conntrack, fail-closed endpoints.
+#[test]
+fn policy_isolation_entries_replies_and_fail_closed() {
+    use weir_bpf_common::{PolicyEndpoint, POLICY_F_EGRESS, POLICY_F_FAIL_CLOSED, POLICY_F_INGRESS};
+    use weir_dataplane::maps::{Ipcache, PolicyEndpoints, PolicyEntries, PolicyEntry};
+    on_node("policy_isolation_entries_replies_and_fail_closed", |dp, eps| {
+        let counters = Counters::open(dp).expect("counters");
+        add_endpoint(eps, POD_B);
+        let mut ipcache = Ipcache::open(dp).expect("ipcache");
+        let mut entries = PolicyEntries::open(dp).expect("policy");
+        let mut peps = PolicyEndpoints::open(dp).expect("policy endpoints");
+        const ID_A: u32 = 300;
+        ipcache.upsert((POD_A, 32), ID_A).expect("ipcache");
+        let a_to_b = |dport| pkt::ipv4(POD_A, POD_B, pkt::TCP, 40000, dport, b"hi");
+        let run = |dp: &mut Datapath, f: &[u8]| dp.test_run(programs::FROM_POD, f).expect("test run").action;
+
+        // Not isolated: allowed.
+        assert_eq!(run(dp, &a_to_b(8001)), TC_ACT_REDIRECT);
+        // Isolated for ingress, no entries: denied at B's ingress, counted by reason.
+        peps.upsert(POD_B, PolicyEndpoint { identity: 301, flags: POLICY_F_INGRESS }).expect("isolate");
+        assert_eq!(run(dp, &a_to_b(8001)), TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::PolicyDeniedIngress), 1);
+        // 8000-8003 for A's identity: a 14-bit port prefix.
+        let e = PolicyEntry { endpoint: POD_B, direction: 0, identity: ID_A, proto: pkt::TCP, port: 8000, port_bits: 14 };
+        entries.upsert(e, 1).expect("entry");
+        for (port, want) in [(8000, TC_ACT_REDIRECT), (8003, TC_ACT_REDIRECT), (8004, TC_ACT_SHOT), (7999, TC_ACT_SHOT)] {
+            assert_eq!(run(dp, &a_to_b(port)), want, "port {port}");
+        }
+        // UDP to the same port is a different protocol.
+        let udp = pkt::ipv4(POD_A, POD_B, pkt::UDP, 40000, 8001, b"u");
+        assert_eq!(run(dp, &udp), TC_ACT_SHOT);
+
+        // The reply of an accepted connection passes A's egress even when A denies all egress.
+        peps.upsert(POD_A, PolicyEndpoint { identity: ID_A, flags: POLICY_F_EGRESS }).expect("isolate A");
+        let reply = pkt::ipv4(POD_B, POD_A, pkt::TCP, 8001, 40000, b"re");
+        assert_eq!(run(dp, &reply), TC_ACT_REDIRECT, "a reply (B's egress, A's ingress) passes");
+        let new_from_a = pkt::ipv4(POD_A, POD_B, pkt::TCP, 40001, 8001, b"x");
+        assert_eq!(run(dp, &new_from_a), TC_ACT_SHOT, "A's new connection: egress isolated, no entry");
+        assert_eq!(drops(&counters, DropReason::PolicyDeniedEgress), 1);
+        // Any-peer entry for A's egress: allowed again.
+        let any = PolicyEntry { endpoint: POD_A, direction: 1, identity: 0, proto: 0, port: 0, port_bits: 0 };
+        entries.upsert(any, 2).expect("any entry");
+        assert_eq!(run(dp, &new_from_a), TC_ACT_REDIRECT);
+
+        // Established connection, policy starts denying: its next forward packet is dropped.
+        entries.remove(e).expect("remove entry");
+        assert_eq!(run(dp, &a_to_b(8001)), TC_ACT_SHOT, "forward packets are judged every time");
+
+        // Fail-closed: everything to or from the endpoint is denied, with its own reason.
+        peps.upsert(POD_B, PolicyEndpoint { identity: 301, flags: POLICY_F_FAIL_CLOSED }).expect("fail closed");
+        assert_eq!(run(dp, &pkt::ipv4(POD_A, POD_B, pkt::TCP, 40002, 9, b"x")), TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::PolicyFailClosed), 1);
+    });
+}
