@@ -436,7 +436,7 @@ impl Lab {
                 ClusterObject::EndpointSlice(es) => {
                     done.push(self.write_as_is("eps", "endpointslice", &es.metadata, &es)?);
                 }
-                // Handed to the agents as is (they read policies; enforcement is not built yet).
+                // Handed to the agents as is: they validate, compile and enforce them.
                 ClusterObject::NetworkPolicy(np) => {
                     done.push(self.write_as_is("netpol", "networkpolicy", &np.metadata, &np)?);
                 }

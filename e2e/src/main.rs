@@ -87,6 +87,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// NetworkPolicy through the first node's agent (which sees the whole cluster):
+    /// `weir-lab policy explain --from x/a --to x/b --port 80`, `weir-lab policy show`.
+    Policy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
     /// Run a command in the external namespace (the world outside the cluster).
     External {
         #[arg(last = true, required = true)]
@@ -259,6 +265,13 @@ fn main() -> anyhow::Result<()> {
             let lab = Lab::open(&cli.lab)?;
             let weir = lab::bin("weir")?;
             Err(Command::new(weir).arg("--socket").arg(lab.socket(&node)).args(args).exec()).context("running weir")
+        }
+        Cmd::Policy { args } => {
+            let lab = Lab::open(&cli.lab)?;
+            let node = &lab.state.nodes.first().context("the lab has no nodes")?.name;
+            let weir = lab::bin("weir")?;
+            Err(Command::new(weir).arg("--socket").arg(lab.socket(node)).arg("policy").args(args).exec())
+                .context("running weir")
         }
         Cmd::External { cmd } => {
             let lab = Lab::open(&cli.lab)?;

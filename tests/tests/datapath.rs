@@ -239,9 +239,11 @@ fn policy_isolation_entries_replies_and_fail_closed() {
         assert_eq!(run(dp, &a_to_b(8001)), TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::PolicyDeniedIngress), 1);
         // 8000-8003 for A's identity: a 14-bit port prefix.
-        let e = PolicyEntry { endpoint: POD_B, direction: 0, identity: ID_A, proto: pkt::TCP, port: 8000, port_bits: 14 };
+        let e =
+            PolicyEntry { endpoint: POD_B, direction: 0, identity: ID_A, proto: pkt::TCP, port: 8000, port_bits: 14 };
         entries.upsert(e, 1).expect("entry");
-        for (port, want) in [(8000, TC_ACT_REDIRECT), (8003, TC_ACT_REDIRECT), (8004, TC_ACT_SHOT), (7999, TC_ACT_SHOT)] {
+        for (port, want) in [(8000, TC_ACT_REDIRECT), (8003, TC_ACT_REDIRECT), (8004, TC_ACT_SHOT), (7999, TC_ACT_SHOT)]
+        {
             assert_eq!(run(dp, &a_to_b(port)), want, "port {port}");
         }
         // UDP to the same port is a different protocol.

@@ -392,7 +392,8 @@ impl Node {
         // map entry, written last by `plumb`, is what lets its traffic through).
         let mut local = self.local_endpoints();
         local.insert((req.pod_namespace.clone(), req.pod_name.clone()), ip);
-        self.sync_policy(&local).map_err(|e| api_err(code::DATAPATH, "writing the pod's network policy", format!("{e:#}")))?;
+        self.sync_policy(&local)
+            .map_err(|e| api_err(code::DATAPATH, "writing the pod's network policy", format!("{e:#}")))?;
         match self.plumb(req, &netns, &host, ip, mtu).await {
             Ok(rec) => {
                 let ep = to_endpoint(&rec);

@@ -191,7 +191,9 @@ fn main() -> anyhow::Result<()> {
                 println!("  {dir} ({who}): {}", s.verdict);
                 match s.verdict.as_str() {
                     "allowed" => s.rules.iter().for_each(|r| println!("    by {r}")),
-                    "denied" => println!("    default deny: isolated by {} and no rule allows it", s.selected_by.join(", ")),
+                    "denied" => {
+                        println!("    default deny: isolated by {} and no rule allows it", s.selected_by.join(", "))
+                    }
                     "fail-closed" => println!("    {}", s.reason.as_deref().unwrap_or("")),
                     _ => println!("    no policy selects it for {dir}"),
                 }

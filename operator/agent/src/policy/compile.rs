@@ -24,9 +24,7 @@ use std::{
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
-use super::{
-    parse, Direction, IpBlock, Peer, Policy, PolicyError, PortSpec, RuleRef, NAMESPACE_NAME_LABEL,
-};
+use super::{parse, Direction, IpBlock, Peer, Policy, PolicyError, PortSpec, RuleRef, NAMESPACE_NAME_LABEL};
 use crate::source::{ClusterSnapshot, PodInfo};
 
 /// The peer wildcard in entry keys (never an identity).
@@ -91,7 +89,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(pods: Vec<PodView>, namespaces: BTreeMap<String, BTreeMap<String, String>>, mut policies: Vec<Policy>) -> Self {
+    pub fn new(
+        pods: Vec<PodView>,
+        namespaces: BTreeMap<String, BTreeMap<String, String>>,
+        mut policies: Vec<Policy>,
+    ) -> Self {
         policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let mut c = Cluster { pods, by_ip: HashMap::new(), namespaces, policies, rejected: Vec::new() };
         c.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -279,7 +281,11 @@ impl EntryKey {
 }
 
 fn mask(bits: u8) -> u16 {
-    if bits == 0 { 0 } else { u16::MAX << (16 - u32::from(bits)) }
+    if bits == 0 {
+        0
+    } else {
+        u16::MAX << (16 - u32::from(bits))
+    }
 }
 
 /// Entry → attribution id (index + 1 into [`Compiled::attributions`]).
@@ -554,8 +560,9 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
         }
         let n = ep.entry_count();
         if used + n > capacity {
-            ep.fail_closed =
-                Some(format!("{n} policy entries do not fit (map capacity {capacity}, {used} used by other endpoints)"));
+            ep.fail_closed = Some(format!(
+                "{n} policy entries do not fit (map capacity {capacity}, {used} used by other endpoints)"
+            ));
             ep.ingress = Some(Entries::new());
             ep.egress = Some(Entries::new());
         } else {
@@ -616,11 +623,17 @@ fn close_and_intern(
 pub enum SideExplain {
     /// Not a local pod, or no policy isolates it in this direction.
     Open,
-    Allowed { rules: Vec<RuleRef> },
+    Allowed {
+        rules: Vec<RuleRef>,
+    },
     /// Isolated by `selected_by`, and no rule of theirs allows it.
-    Denied { selected_by: Vec<usize> },
+    Denied {
+        selected_by: Vec<usize>,
+    },
     /// The endpoint's policy did not fit the datapath: all its traffic is denied.
-    FailClosed { reason: String },
+    FailClosed {
+        reason: String,
+    },
 }
 
 impl SideExplain {

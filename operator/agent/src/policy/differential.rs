@@ -5,7 +5,9 @@ use std::{net::Ipv4Addr, sync::Arc};
 use super::{
     compile::{compile, decide, range_prefixes, Cluster, Compiled, Identities, PodView, SideExplain},
     oracle::{evaluate, Side},
-    parse, tests::np, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+    parse,
+    tests::np,
+    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use crate::source::{NamedPort, PodInfo};
 
@@ -127,7 +129,8 @@ fn ip_blocks_match_pods_too_and_except_carves_out() {
 
 #[test]
 fn sctp_never_opens_tcp_or_udp() {
-    let p = "metadata: {name: s, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{protocol: SCTP, port: 80}]}]}";
+    let p =
+        "metadata: {name: s, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{protocol: SCTP, port: 80}]}]}";
     let c = cluster(three_pods(), &[], &[p.into()]);
     assert!(!agree(&c, ip(C), ip(A), IPPROTO_TCP, 80));
     assert!(!agree(&c, ip(C), ip(A), IPPROTO_UDP, 80));
@@ -154,7 +157,8 @@ fn peer_selectors_and_or() {
 
 #[test]
 fn fail_closed_when_entries_do_not_fit() {
-    let p = "metadata: {name: r, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 1, endPort: 65535}]}]}";
+    let p =
+        "metadata: {name: r, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 1, endPort: 65535}]}]}";
     let c = cluster(three_pods(), &[], &[p.into()]);
     let mut ids = Identities::default();
     let compiled = compile(&c, &mut ids, &|_| true, 20);
@@ -191,7 +195,11 @@ fn random_selector(r: &mut Rng, keys: &[&str], values: &[&str]) -> String {
     if r.chance(40) {
         let k = r.pick(keys);
         parts.push(match r.next() % 4 {
-            0 => format!("matchExpressions: [{{key: {k}, operator: In, values: [{}, {}]}}]", r.pick(values), r.pick(values)),
+            0 => format!(
+                "matchExpressions: [{{key: {k}, operator: In, values: [{}, {}]}}]",
+                r.pick(values),
+                r.pick(values)
+            ),
             1 => format!("matchExpressions: [{{key: {k}, operator: NotIn, values: [{}]}}]", r.pick(values)),
             2 => format!("matchExpressions: [{{key: {k}, operator: Exists}}]"),
             _ => format!("matchExpressions: [{{key: {k}, operator: DoesNotExist}}]"),
@@ -204,13 +212,19 @@ fn random_peer(r: &mut Rng) -> String {
     let pods = || ["app"].as_slice();
     match r.next() % 5 {
         0 => format!("{{podSelector: {}}}", random_selector(r, pods(), &["web", "db", "api"])),
-        1 => format!("{{namespaceSelector: {}}}", random_selector(r, &["team", "kubernetes.io/metadata.name"], &["red", "blue", "a", "b"])),
+        1 => format!(
+            "{{namespaceSelector: {}}}",
+            random_selector(r, &["team", "kubernetes.io/metadata.name"], &["red", "blue", "a", "b"])
+        ),
         2 => format!(
             "{{namespaceSelector: {}, podSelector: {}}}",
             random_selector(r, &["team"], &["red", "blue"]),
             random_selector(r, &["app", "tier"], &["web", "db", "fe"])
         ),
-        3 => format!("{{ipBlock: {{cidr: {}}}}}", r.pick(&["10.244.0.0/16", "10.244.1.0/24", "0.0.0.0/0", "192.0.2.0/24"])),
+        3 => format!(
+            "{{ipBlock: {{cidr: {}}}}}",
+            r.pick(&["10.244.0.0/16", "10.244.1.0/24", "0.0.0.0/0", "192.0.2.0/24"])
+        ),
         _ => format!(
             "{{ipBlock: {{cidr: {}, except: [{}]}}}}",
             r.pick(&["10.244.0.0/16", "0.0.0.0/0"]),
@@ -249,7 +263,8 @@ fn random_rule(r: &mut Rng, peers_key: &str) -> String {
 }
 
 fn random_policy(r: &mut Rng, i: usize, ns: &str) -> String {
-    let types = r.pick(&["", "policyTypes: [Ingress], ", "policyTypes: [Egress], ", "policyTypes: [Ingress, Egress], "]);
+    let types =
+        r.pick(&["", "policyTypes: [Ingress], ", "policyTypes: [Egress], ", "policyTypes: [Ingress, Egress], "]);
     let rules = |r: &mut Rng, key: &str| -> String {
         let n = r.next() % 3;
         (0..n).map(|_| random_rule(r, if key == "ingress" { "from" } else { "to" })).collect::<Vec<_>>().join(", ")
@@ -289,7 +304,11 @@ fn random_cluster(r: &mut Rng) -> Cluster {
 }
 
 fn r_ns(i: usize) -> &'static str {
-    if i % 2 == 0 { "a" } else { "b" }
+    if i.is_multiple_of(2) {
+        "a"
+    } else {
+        "b"
+    }
 }
 
 #[test]

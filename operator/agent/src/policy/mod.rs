@@ -87,7 +87,10 @@ pub struct Rule {
 pub enum Peer {
     /// Pods matching `pods` in the namespaces matching `namespaces` (`None`: the policy's own
     /// namespace). A peer with only a namespace selector has `pods` = everything.
-    Pods { pods: Selector, namespaces: Option<Selector> },
+    Pods {
+        pods: Selector,
+        namespaces: Option<Selector>,
+    },
     Block(IpBlock),
 }
 
@@ -390,7 +393,8 @@ fn valid_label_key(k: &str) -> bool {
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     let prefix_ok = prefix.is_none_or(|p| {
-        (1..=253).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        (1..=253).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
     });
     name_ok && prefix_ok
 }
@@ -437,10 +441,9 @@ fn selector(cx: &Ctx<'_>, field: &str, s: Option<&LabelSelector>) -> Result<Sele
             "Exists" => Expr::Exists(key),
             "DoesNotExist" => Expr::DoesNotExist(key),
             other => {
-                return Err(cx.err(
-                    format!("{f}.operator"),
-                    format!("{other:?} is not In, NotIn, Exists or DoesNotExist"),
-                ));
+                return Err(
+                    cx.err(format!("{f}.operator"), format!("{other:?} is not In, NotIn, Exists or DoesNotExist"))
+                );
             }
         });
     }
@@ -463,8 +466,10 @@ pub(crate) mod tests {
         let p = parse(&np("metadata: {name: a, namespace: x}\nspec: {podSelector: {}, egress: [{}]}")).unwrap();
         assert_eq!(p.egress.as_ref().map(Vec::len), Some(1));
         assert!(p.ingress.is_some(), "Ingress is always implied without policyTypes");
-        let p = parse(&np("metadata: {name: a, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress], ingress: [{}]}"))
-            .unwrap();
+        let p = parse(&np(
+            "metadata: {name: a, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress], ingress: [{}]}",
+        ))
+        .unwrap();
         assert_eq!(p.ingress, None, "rules of a direction not in policyTypes are ignored");
         assert_eq!(p.egress, Some(vec![]));
     }
@@ -472,17 +477,41 @@ pub(crate) mod tests {
     #[test]
     fn bad_input_names_the_field() {
         let cases = [
-            ("spec: {podSelector: {matchExpressions: [{key: a, operator: Has}]}}", "spec.podSelector.matchExpressions[0].operator"),
-            ("spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}}", "spec.podSelector.matchExpressions[0].values"),
-            ("spec: {podSelector: {matchExpressions: [{key: a, operator: Exists, values: [x]}]}}", "spec.podSelector.matchExpressions[0].values"),
+            (
+                "spec: {podSelector: {matchExpressions: [{key: a, operator: Has}]}}",
+                "spec.podSelector.matchExpressions[0].operator",
+            ),
+            (
+                "spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}}",
+                "spec.podSelector.matchExpressions[0].values",
+            ),
+            (
+                "spec: {podSelector: {matchExpressions: [{key: a, operator: Exists, values: [x]}]}}",
+                "spec.podSelector.matchExpressions[0].values",
+            ),
             ("spec: {podSelector: {matchLabels: {'bad key!': x}}}", "spec.podSelector.matchLabels"),
-            ("spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}", "spec.ingress[0].from[0].ipBlock.cidr"),
-            ("spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]}", "spec.ingress[0].from[0].ipBlock.except[0]"),
-            ("spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}", "spec.ingress[0].from[0]"),
+            (
+                "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+                "spec.ingress[0].from[0].ipBlock.cidr",
+            ),
+            (
+                "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]}",
+                "spec.ingress[0].from[0].ipBlock.except[0]",
+            ),
+            (
+                "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}",
+                "spec.ingress[0].from[0]",
+            ),
             ("spec: {podSelector: {}, ingress: [{from: [{}]}]}", "spec.ingress[0].from[0]"),
             ("spec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}", "spec.ingress[0].ports[0].port"),
-            ("spec: {podSelector: {}, ingress: [{ports: [{port: 90, endPort: 80}]}]}", "spec.ingress[0].ports[0].endPort"),
-            ("spec: {podSelector: {}, ingress: [{ports: [{port: http, endPort: 80}]}]}", "spec.ingress[0].ports[0].endPort"),
+            (
+                "spec: {podSelector: {}, ingress: [{ports: [{port: 90, endPort: 80}]}]}",
+                "spec.ingress[0].ports[0].endPort",
+            ),
+            (
+                "spec: {podSelector: {}, ingress: [{ports: [{port: http, endPort: 80}]}]}",
+                "spec.ingress[0].ports[0].endPort",
+            ),
             ("spec: {podSelector: {}, ingress: [{ports: [{port: Not_A_Name}]}]}", "spec.ingress[0].ports[0].port"),
             ("spec: {podSelector: {}, egress: [{ports: [{protocol: QUIC}]}]}", "spec.egress[0].ports[0].protocol"),
             ("spec: {podSelector: {}, policyTypes: [Sideways]}", "spec.policyTypes[0]"),

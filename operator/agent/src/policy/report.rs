@@ -31,7 +31,10 @@ fn describe_peers(policy_ns: &str, r: &Rule, dir: Direction) -> String {
             Peer::Block(b) => {
                 let mut s = format!("ipBlock {}", b.cidr);
                 if !b.except.is_empty() {
-                    s.push_str(&format!(" except {}", b.except.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",")));
+                    s.push_str(&format!(
+                        " except {}",
+                        b.except.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",")
+                    ));
                 }
                 s
             }
@@ -96,7 +99,9 @@ pub fn explanation(c: &Cluster, from: &str, to: &str, protocol: &str, port: u16)
     let side = |s: &SideExplain, pod: &Option<String>| -> PolicySide {
         let (verdict, rules, selected_by, reason) = match s {
             SideExplain::Open => ("not-isolated", vec![], vec![], None),
-            SideExplain::Allowed { rules } => ("allowed", rules.iter().map(|r| describe_rule(c, r)).collect(), vec![], None),
+            SideExplain::Allowed { rules } => {
+                ("allowed", rules.iter().map(|r| describe_rule(c, r)).collect(), vec![], None)
+            }
             SideExplain::Denied { selected_by } => ("denied", vec![], policy_names(c, selected_by), None),
             SideExplain::FailClosed { reason } => ("fail-closed", vec![], vec![], Some(reason.clone())),
         };

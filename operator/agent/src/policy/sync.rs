@@ -126,7 +126,9 @@ impl PolicySync {
         for (ip, ep) in &compiled.endpoints {
             let before = self.compiled.endpoints.get(ip).is_some_and(|e| e.fail_closed.is_some());
             if ep.fail_closed.is_some() && !before {
-                report.newly_fail_closed.push((format!("{}/{}", ep.namespace, ep.name), ep.fail_closed.clone().unwrap_or_default()));
+                report
+                    .newly_fail_closed
+                    .push((format!("{}/{}", ep.namespace, ep.name), ep.fail_closed.clone().unwrap_or_default()));
                 self.fail_closed_total += 1;
             }
         }
@@ -171,11 +173,7 @@ mod tests {
     use super::*;
     use crate::source::manifest::snapshot_of;
 
-    type Fakes = PolicyMaps<
-        FakeMap<(Ipv4Addr, u8), u32>,
-        FakeMap<PolicyEntry, u32>,
-        FakeMap<Ipv4Addr, PolicyEndpoint>,
-    >;
+    type Fakes = PolicyMaps<FakeMap<(Ipv4Addr, u8), u32>, FakeMap<PolicyEntry, u32>, FakeMap<Ipv4Addr, PolicyEndpoint>>;
 
     fn fakes() -> Fakes {
         PolicyMaps { ipcache: FakeMap::default(), entries: FakeMap::default(), endpoints: FakeMap::default() }
@@ -253,7 +251,11 @@ spec:
         let r = sync.apply(&snapshot(&format!("{PODS}{bad}")), &local(), &mut maps).expect("pass");
         assert!(r.rejected_changed);
         assert_eq!(sync.cluster.rejected.len(), 1);
-        assert!(sync.cluster.rejected[0].to_string().contains("spec.ingress[0].ports[0].port"), "{:?}", sync.cluster.rejected);
+        assert!(
+            sync.cluster.rejected[0].to_string().contains("spec.ingress[0].ports[0].port"),
+            "{:?}",
+            sync.cluster.rejected
+        );
         assert_eq!(maps.entries.entries, before, "the last valid version is still enforced");
     }
 
