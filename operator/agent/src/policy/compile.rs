@@ -76,6 +76,11 @@ fn proto_number(s: &str) -> Option<u8> {
     }
 }
 
+/// Parsed policies by namespace/name, with the object they were parsed from: an unchanged
+/// object (the same shared `Arc`) is not parsed again.
+pub type ParseCache =
+    HashMap<(String, String), (Arc<k8s_openapi::api::networking::v1::NetworkPolicy>, Result<Policy, PolicyError>)>;
+
 /// The cluster as policies see it: pods with an address, namespace labels, valid policies.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
@@ -110,7 +115,7 @@ impl Cluster {
     /// Pods with an IPv4 address that are not host-network and not finished, the namespaces'
     /// labels, and the valid policies; an invalid policy keeps the version in `previous`, if any.
     pub fn from_snapshot(s: &ClusterSnapshot, previous: Option<&Cluster>) -> Self {
-        Self::from_snapshot_with(s, previous, &BTreeMap::new())
+        Self::from_snapshot_with(s, previous, &BTreeMap::new(), &mut ParseCache::default())
     }
 
     /// [`Cluster::from_snapshot`], with the addresses of this node's endpoints (namespace/name →
@@ -119,6 +124,7 @@ impl Cluster {
         s: &ClusterSnapshot,
         previous: Option<&Cluster>,
         local: &BTreeMap<(String, String), Ipv4Addr>,
+        cache: &mut ParseCache,
     ) -> Self {
         let mut pods = Vec::new();
         for ((ns, name), info) in &s.pods {
@@ -135,8 +141,17 @@ impl Cluster {
         }
         let mut policies = Vec::new();
         let mut rejected = Vec::new();
-        for ((ns, name), p) in &s.network_policies {
-            match parse(p) {
+        cache.retain(|k, _| s.network_policies.contains_key(k));
+        for (key @ (ns, name), p) in &s.network_policies {
+            let parsed = match cache.get(key) {
+                Some((seen, r)) if Arc::ptr_eq(seen, p) => r.clone(),
+                _ => {
+                    let r = parse(p);
+                    cache.insert(key.clone(), (p.clone(), r.clone()));
+                    r
+                }
+            };
+            match parsed {
                 Ok(p) => policies.push(p),
                 Err(e) => {
                     if let Some(old) = previous.and_then(|c| c.policy(ns, name)) {
@@ -400,7 +415,28 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
             }
         }
     }
-    let blocks_of = |ip: Ipv4Addr| -> Vec<IpBlock> { blocks.iter().filter(|b| b.contains(ip)).cloned().collect() };
+    // Blocks by CIDR: the blocks containing a prefix are found among the ≤ 33 shorter-or-equal
+    // prefixes of it, not by scanning every block (10k rules would make that quadratic).
+    let mut by_cidr: HashMap<(Ipv4Addr, u8), Vec<&IpBlock>> = HashMap::new();
+    for b in &blocks {
+        by_cidr.entry((b.cidr.network(), b.cidr.prefix())).or_default().push(b);
+    }
+    // The blocks containing every address whose longest prefix is `net/len`: CIDR covers it and
+    // no except does (an except inside it is a longer prefix of its own).
+    let blocks_of = |net: Ipv4Addr, len: u8| -> Vec<IpBlock> {
+        let mut out = Vec::new();
+        for l in 0..=len {
+            let outer = Ipv4Network::new(net, l).map(|n| n.network()).unwrap_or(net);
+            for b in by_cidr.get(&(outer, l)).into_iter().flatten() {
+                let excepted = b.except.iter().any(|e| e.prefix() <= len && e.contains(net));
+                if !excepted {
+                    out.push((*b).clone());
+                }
+            }
+        }
+        out.sort();
+        out
+    };
 
     // Identity keys of pods and of block prefixes.
     let mut pod_keys: Vec<IdentityKey> = Vec::with_capacity(c.pods.len());
@@ -409,17 +445,14 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
             namespace: p.namespace.clone(),
             labels: p.info.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             named_ports: p.named_ports(),
-            blocks: blocks_of(p.ip),
+            blocks: blocks_of(p.ip, 32),
         });
     }
     let mut prefixes: BTreeMap<(Ipv4Addr, u8), IdentityKey> = BTreeMap::new();
     for b in &blocks {
         for n in std::iter::once(&b.cidr).chain(&b.except) {
-            // The blocks containing every address whose longest prefix is `n`: those whose CIDR
-            // covers `n` and none of whose excepts does (an except inside `n` is a longer prefix).
-            let within = |outer: &Ipv4Network| outer.prefix() <= n.prefix() && outer.contains(n.network());
-            let sig = blocks.iter().filter(|b| within(&b.cidr) && !b.except.iter().any(within)).cloned().collect();
-            prefixes.insert((n.network(), n.prefix()), IdentityKey::Cidr { blocks: sig });
+            prefixes
+                .insert((n.network(), n.prefix()), IdentityKey::Cidr { blocks: blocks_of(n.network(), n.prefix()) });
         }
     }
     let all: BTreeSet<IdentityKey> = pod_keys.iter().chain(prefixes.values()).cloned().collect();
@@ -440,6 +473,16 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
         }
     }
 
+    // Identities inside each block.
+    let mut in_block: HashMap<&IpBlock, Vec<u32>> = HashMap::new();
+    for (k, id) in &numbers {
+        let (IdentityKey::Pod { blocks: bs, .. } | IdentityKey::Cidr { blocks: bs }) = k;
+        for b in bs {
+            in_block.entry(b).or_default().push(*id);
+        }
+    }
+    let pod_identities: Vec<(&IdentityKey, u32)> =
+        numbers.iter().filter(|(k, _)| matches!(k, IdentityKey::Pod { .. })).map(|(k, id)| (k, *id)).collect();
     // Peer sets per rule, computed once over identities (not pods).
     let mut peer_sets: HashMap<RuleRef, PeerSet> = HashMap::new();
     let peer_set = |pi: usize, d: Direction, ri: usize| -> PeerSet {
@@ -449,16 +492,9 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
         let mut set = BTreeSet::new();
         for peer in peers {
             match peer {
-                Peer::Block(b) => {
-                    for (k, id) in &numbers {
-                        let (IdentityKey::Pod { blocks: bs, .. } | IdentityKey::Cidr { blocks: bs }) = k;
-                        if bs.contains(b) {
-                            set.insert(*id);
-                        }
-                    }
-                }
+                Peer::Block(b) => set.extend(in_block.get(b).into_iter().flatten().copied()),
                 Peer::Pods { pods, namespaces } => {
-                    for (k, id) in &numbers {
+                    for (k, id) in &pod_identities {
                         let IdentityKey::Pod { namespace, labels, .. } = k else { continue };
                         let ns_ok = match namespaces {
                             None => *namespace == p.namespace,

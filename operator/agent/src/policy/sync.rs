@@ -10,7 +10,7 @@ use weir_bpf_common::{sizes, PolicyEndpoint, POLICY_F_EGRESS, POLICY_F_FAIL_CLOS
 use weir_dataplane::maps::{KeyValueMap, PolicyEntry};
 
 use super::{
-    compile::{compile, Cluster, Compiled, Identities},
+    compile::{compile, Cluster, Compiled, Identities, ParseCache},
     Direction,
 };
 use crate::source::ClusterSnapshot;
@@ -49,6 +49,7 @@ pub struct PassReport {
 #[derive(Default)]
 pub struct PolicySync {
     ids: Identities,
+    parsed: ParseCache,
     /// The cluster and compilation last written (for explain and the CLI).
     pub cluster: Arc<Cluster>,
     pub compiled: Arc<Compiled>,
@@ -75,7 +76,7 @@ impl PolicySync {
         P: KeyValueMap<Key = PolicyEntry, Value = u32>,
         E: KeyValueMap<Key = Ipv4Addr, Value = PolicyEndpoint>,
     {
-        let cluster = Cluster::from_snapshot_with(snap, Some(&self.cluster), local);
+        let cluster = Cluster::from_snapshot_with(snap, Some(&self.cluster), local, &mut self.parsed);
         let compiled = compile(
             &cluster,
             &mut self.ids,

@@ -1,0 +1,359 @@
+//! weir-policy-bench: what NetworkPolicy costs, at 10, 1k and 10k rules selecting one pod.
+//!
+//! * **Per packet**: the real `weir_from_pod` program, loaded with the real policy maps written
+//!   by the agent's own `PolicySync`, run with BPF_PROG_TEST_RUN (kernel-timed, 200k repeats)
+//!   on a same-node pod-to-pod TCP packet: to a pod no policy selects (the baseline, same
+//!   program), to the isolated pod on an allowed port, and on a denied port (which also pays for
+//!   the drop report). Flat means the allowed cost does not grow from 10 to 10k rules.
+//! * **Convergence**: apply → enforced inside the agent, i.e. the compile and the map writes of
+//!   `PolicySync::apply` after a change — a peer pod's labels, the client's labels (its entry
+//!   goes and comes back), a policy created, updated and deleted, a new local pod — 20 times
+//!   each, p50/p99. The agent adds its 50 ms coalescing window before a pass; the API watch or
+//!   the manifest poll adds its own delivery time (not measured here).
+//!
+//! Runs in its own network namespace with a private bpffs; removes both at exit.
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use serde::Serialize;
+use weir_bpf_common::{programs, EndpointInfo};
+use weir_dataplane::{
+    maps::{Endpoints, Ipcache, KeyValueMap, PolicyEndpoints, PolicyEntries},
+    Datapath, LoadConfig,
+};
+use weir_operator_agent::{
+    policy::sync::{KernelPolicyMaps, PolicyMaps, PolicySync},
+    source::{manifest::snapshot_of, ClusterSnapshot},
+};
+
+#[allow(dead_code)]
+#[path = "nsexec.rs"]
+mod nsexec;
+
+#[derive(Parser)]
+#[command(name = "weir-policy-bench", about = "NetworkPolicy per-packet cost and convergence at 10/1k/10k rules")]
+struct Cli {
+    /// Rule counts selecting the measured pod.
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+    rules: Vec<usize>,
+    /// Pods in the cluster (identities and IP→identity entries).
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
+    #[arg(long, default_value_t = 200_000)]
+    repeat: u32,
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    #[arg(long, default_value = "policy-bench-results.json")]
+    out: PathBuf,
+}
+
+const TARGET: Ipv4Addr = Ipv4Addr::new(10, 250, 200, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 250, 200, 3);
+const OPEN: Ipv4Addr = Ipv4Addr::new(10, 250, 200, 4);
+
+#[derive(Debug, Serialize)]
+struct SizeResult {
+    rules: usize,
+    entries: usize,
+    identities: usize,
+    prefixes: usize,
+    first_program_ms: f64,
+    packet_open_ns: u64,
+    packet_allowed_ns: u64,
+    packet_denied_ns: u64,
+    /// event → (p50 ms, p99 ms)
+    convergence_ms: BTreeMap<&'static str, (f64, f64)>,
+}
+
+fn pod(ns: &str, name: &str, app: &str, ip: Ipv4Addr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\n\
+         spec: {{nodeName: n1, containers: [{{name: c, image: i, ports: [{{name: http, containerPort: 80}}]}}]}}\n\
+         status: {{phase: Running, podIP: {ip}}}\n"
+    )
+}
+
+fn policy(name: &str, rules: &[String]) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: ns0}}\n\
+         spec: {{podSelector: {{matchLabels: {{app: target}}}}, ingress: [{}]}}\n",
+        rules.join(", ")
+    )
+}
+
+/// `pods` pods in 10 namespaces, the target/client/open pods, and `rules` ingress rules (10 per
+/// policy) selecting the target: rule 0 lets the client in on TCP 80; the others each allow
+/// one /32 on one port, so every rule is its own entry.
+fn cluster_yaml(pods: usize, rules: usize) -> String {
+    let mut y = String::new();
+    for n in 0..10 {
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{team: t{}}}}}\n",
+            n % 3
+        ));
+    }
+    for i in 0..pods {
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 2)) + i as u32);
+        y.push_str(&pod(&format!("ns{}", i % 10), &format!("p{i}"), &format!("app-{}", i % 50), ip));
+    }
+    y.push_str(&pod("ns0", "target", "target", TARGET));
+    y.push_str(&pod("ns0", "client", "client", CLIENT));
+    y.push_str(&pod("ns0", "open", "open", OPEN));
+    let mut all: Vec<String> =
+        vec!["{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}".into()];
+    for j in 1..rules {
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + j as u32);
+        all.push(format!("{{from: [{{ipBlock: {{cidr: {ip}/32}}}}], ports: [{{port: {}}}]}}", 1000 + j % 60000));
+    }
+    for (k, chunk) in all.chunks(10).enumerate() {
+        y.push_str(&policy(&format!("rules-{k}"), chunk));
+    }
+    y
+}
+
+fn frame(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 20];
+    f[0..6].copy_from_slice(&[0x0a, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[0x0a, 0, 0, 0, 0, 2]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = 0x10; // ACK: an established connection's packet
+    f
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Bench {
+    dp: Datapath,
+    maps: KernelPolicyMaps,
+    repeat: u32,
+    changes: usize,
+    pods: usize,
+}
+
+impl Bench {
+    fn packet_ns(&mut self, f: &[u8]) -> anyhow::Result<u64> {
+        // Warm up (the first run records the connection), then the kernel-timed run.
+        self.dp.test_run_repeat(programs::FROM_POD, f, 1000)?;
+        Ok(self.dp.test_run_repeat(programs::FROM_POD, f, self.repeat)?.1.as_nanos() as u64)
+    }
+
+    fn size(&mut self, rules: usize) -> anyhow::Result<SizeResult> {
+        let base = snapshot_of(&cluster_yaml(self.pods, rules), "bench").context("generated cluster")?;
+        let mut local: BTreeMap<(String, String), Ipv4Addr> = BTreeMap::new();
+        for (name, ip) in [("target", TARGET), ("client", CLIENT), ("open", OPEN)] {
+            local.insert(("ns0".into(), name.into()), ip);
+        }
+        // Another 97 endpoints on this node, as on a busy node.
+        for i in 0..97.min(self.pods) {
+            local.insert(
+                (format!("ns{}", i % 10), format!("p{i}")),
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 2)) + i as u32),
+            );
+        }
+        let mut sync = PolicySync::default();
+        let t = Instant::now();
+        sync.apply(&base, &local, &mut self.maps)?;
+        let first_program_ms = t.elapsed().as_secs_f64() * 1e3;
+        let compiled = sync.compiled.clone();
+        if compiled.endpoints[&TARGET].fail_closed.is_some() {
+            bail!("{rules} rules do not fit the policy map");
+        }
+        let packet_open_ns = self.packet_ns(&frame(CLIENT, OPEN, 80))?;
+        let packet_allowed_ns = self.packet_ns(&frame(CLIENT, TARGET, 80))?;
+        let packet_denied_ns = self.packet_ns(&frame(CLIENT, TARGET, 81))?;
+
+        // Convergence: each change and its reverse, timed separately.
+        let variant = |extra: &str| -> anyhow::Result<ClusterSnapshot> {
+            let mut s = base.clone();
+            let more = snapshot_of(extra, "bench change")?;
+            s.pods.extend(more.pods);
+            s.namespaces.extend(more.namespaces);
+            s.network_policies.extend(more.network_policies);
+            Ok(s)
+        };
+        let mut events: Vec<(&'static str, ClusterSnapshot, BTreeMap<(String, String), Ipv4Addr>)> = Vec::new();
+        events.push((
+            "peer pod labels",
+            variant(&pod("ns1", "p1", "app-changed", Ipv4Addr::new(10, 250, 0, 3)))?,
+            local.clone(),
+        ));
+        events.push((
+            "client labels (entry removed)",
+            variant(&pod("ns0", "client", "not-client", CLIENT))?,
+            local.clone(),
+        ));
+        let extra_policy =
+            policy("extra", &["{from: [{namespaceSelector: {matchLabels: {team: t1}}}], ports: [{port: 443}]}".into()]);
+        events.push(("policy created", variant(&extra_policy)?, local.clone()));
+        let updated =
+            policy("rules-0", &["{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 8080}]}".into()]);
+        events.push(("policy updated", variant(&updated)?, local.clone()));
+        let mut with_new = local.clone();
+        with_new.insert(("ns0".into(), "new".into()), Ipv4Addr::new(10, 250, 200, 9));
+        events.push((
+            "new local pod",
+            variant(&pod("ns0", "new", "target", Ipv4Addr::new(10, 250, 200, 9)))?,
+            with_new,
+        ));
+        let mut convergence_ms = BTreeMap::new();
+        let mut deleted_ms = Vec::new();
+        for (name, snap, loc) in &events {
+            let mut there = Vec::new();
+            let mut back = Vec::new();
+            for _ in 0..self.changes {
+                let t = Instant::now();
+                sync.apply(snap, loc, &mut self.maps)?;
+                there.push(t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                sync.apply(&base, &local, &mut self.maps)?;
+                back.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            if *name == "policy created" {
+                deleted_ms = back.clone();
+            }
+            there.sort_by(f64::total_cmp);
+            convergence_ms.insert(*name, (pct(&there, 0.5), pct(&there, 0.99)));
+        }
+        deleted_ms.sort_by(f64::total_cmp);
+        convergence_ms.insert("policy deleted", (pct(&deleted_ms, 0.5), pct(&deleted_ms, 0.99)));
+        // Clean maps for the next size.
+        let empty = ClusterSnapshot::default();
+        sync.apply(&empty, &BTreeMap::new(), &mut self.maps)?;
+        Ok(SizeResult {
+            rules,
+            entries: compiled.total_entries(),
+            identities: compiled.identities.len(),
+            prefixes: compiled.ipcache.len(),
+            first_program_ms,
+            packet_open_ns,
+            packet_allowed_ns,
+            packet_denied_ns,
+            convergence_ms,
+        })
+    }
+}
+
+fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Vec<SizeResult>> {
+    let cfg = LoadConfig {
+        bpffs_root: bpffs,
+        node_ipv4: Ipv4Addr::new(172, 31, 0, 1),
+        cluster_cidr_v4: (Ipv4Addr::new(10, 250, 0, 0), 16),
+        vxlan_ifindex: 0,
+        vxlan_vni: 0,
+        nat_ports: (61000, 65000),
+    };
+    let mut dp = Datapath::load(&cfg).context("loading the datapath")?;
+    let mut eps = Endpoints::open(&mut dp)?;
+    // Host veth "lo": BPF_PROG_TEST_RUN runs programs as if on ifindex 1.
+    for ip in [TARGET, CLIENT, OPEN] {
+        let info = EndpointInfo {
+            ifindex: 1,
+            flags: 0,
+            pod_mac: [0x0a, 0, 0, 0, 0, 1],
+            host_mac: [0x0a, 0, 0, 0, 0, 2],
+            _pad: [0; 4],
+        };
+        eps.upsert(ip, info)?;
+    }
+    let maps = PolicyMaps {
+        ipcache: Ipcache::open(&mut dp)?,
+        entries: PolicyEntries::open(&mut dp)?,
+        endpoints: PolicyEndpoints::open(&mut dp)?,
+    };
+    let mut b = Bench { dp, maps, repeat: cli.repeat, changes: cli.changes.max(1), pods: cli.pods };
+    let mut out = Vec::new();
+    for &r in &cli.rules {
+        eprintln!("{r} rules ...");
+        out.push(b.size(r.max(1))?);
+    }
+    Ok(out)
+}
+
+fn print_table(rs: &[SizeResult]) {
+    println!("\nPer packet (weir_from_pod, same-node pod to pod, BPF_PROG_TEST_RUN mean):");
+    println!(
+        "{:>7} {:>8} {:>10} {:>9} {:>12} {:>14} {:>11} {:>12}",
+        "rules", "entries", "identities", "open ns", "allowed ns", "allowed/open", "denied ns", "program ms"
+    );
+    let first = rs.first().map_or(1, |r| r.packet_allowed_ns.max(1));
+    for r in rs {
+        println!(
+            "{:>7} {:>8} {:>10} {:>9} {:>12} {:>14.2} {:>11} {:>12.1}",
+            r.rules,
+            r.entries,
+            r.identities,
+            r.packet_open_ns,
+            r.packet_allowed_ns,
+            r.packet_allowed_ns as f64 / r.packet_open_ns.max(1) as f64,
+            r.packet_denied_ns,
+            r.first_program_ms
+        );
+    }
+    if let Some(last) = rs.last() {
+        println!(
+            "flatness: allowed packet at {} rules / at {} rules = {:.2} (target: flat, ~1.0)",
+            last.rules,
+            rs[0].rules,
+            last.packet_allowed_ns as f64 / first as f64
+        );
+    }
+    println!(
+        "\nConvergence inside the agent (compile + map writes), p50 / p99 ms (goal p99 <= 100 ms apply->enforced):"
+    );
+    for r in rs {
+        println!("  {} rules:", r.rules);
+        for (k, (p50, p99)) in &r.convergence_ms {
+            println!("    {k:<32} {p50:>8.2} {p99:>8.2}");
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("weir-policy-bench needs root (a network namespace, bpffs, BPF)");
+    }
+    let netns = format!("wpb-{}", std::process::id());
+    let bpffs = PathBuf::from(format!("/run/weir-policy-bench-{}", std::process::id()));
+    nsexec::ip(&["netns", "add", &netns])?;
+    let result = (|| -> anyhow::Result<Vec<SizeResult>> {
+        std::fs::create_dir_all(&bpffs)?;
+        nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .context("mounting bpffs")?;
+        let path = nsexec::netns_path(&netns);
+        let bpffs2 = bpffs.clone();
+        let rules = cli.rules.clone();
+        let cli2 = Cli { rules, pods: cli.pods, repeat: cli.repeat, changes: cli.changes, out: cli.out.clone() };
+        // The datapath is loaded and run from a thread inside the bench's own namespace.
+        std::thread::spawn(move || -> anyhow::Result<Vec<SizeResult>> {
+            let ns = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+            run(&cli2, bpffs2)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
+    })();
+    let _ = nix::mount::umount2(&bpffs, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&bpffs);
+    let _ = nsexec::ip(&["netns", "del", &netns]);
+    let results = result?;
+    print_table(&results);
+    std::fs::write(&cli.out, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", cli.out.display()))?;
+    eprintln!("JSON written to {}", cli.out.display());
+    Ok(())
+}
