@@ -48,6 +48,9 @@ struct Cli {
     out: PathBuf,
 }
 
+/// This node's endpoints: pod namespace/name → address.
+type Local = BTreeMap<(String, String), Ipv4Addr>;
+
 const TARGET: Ipv4Addr = Ipv4Addr::new(10, 250, 200, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 250, 200, 3);
 const OPEN: Ipv4Addr = Ipv4Addr::new(10, 250, 200, 4);
@@ -153,7 +156,7 @@ impl Bench {
 
     fn size(&mut self, rules: usize) -> anyhow::Result<SizeResult> {
         let base = snapshot_of(&cluster_yaml(self.pods, rules), "bench").context("generated cluster")?;
-        let mut local: BTreeMap<(String, String), Ipv4Addr> = BTreeMap::new();
+        let mut local = Local::new();
         for (name, ip) in [("target", TARGET), ("client", CLIENT), ("open", OPEN)] {
             local.insert(("ns0".into(), name.into()), ip);
         }
@@ -185,7 +188,7 @@ impl Bench {
             s.network_policies.extend(more.network_policies);
             Ok(s)
         };
-        let mut events: Vec<(&'static str, ClusterSnapshot, BTreeMap<(String, String), Ipv4Addr>)> = Vec::new();
+        let mut events: Vec<(&'static str, ClusterSnapshot, Local)> = Vec::new();
         events.push((
             "peer pod labels",
             variant(&pod("ns1", "p1", "app-changed", Ipv4Addr::new(10, 250, 0, 3)))?,
