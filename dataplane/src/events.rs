@@ -1,9 +1,9 @@
-//! `WEIR_EVENTS`: the datapath's ring buffer of events (drops today). The reader is
+//! `WEIR_EVENTS`: the datapath's ring buffer of events (drops, flow reports, DNS messages). The reader is
 //! readiness-driven: poll the fd (it implements `AsFd`), then [`Events::drain`].
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{MapData, RingBuf};
-use weir_bpf_common::{maps, DatapathEvent};
+use weir_bpf_common::{maps, DatapathEvent, DnsEvent};
 
 use crate::{map_err, Datapath, Result};
 
@@ -17,17 +17,42 @@ impl Events {
         Ok(Self(RingBuf::try_from(map).map_err(map_err(NAME))?))
     }
 
-    /// Every event available now. Records of the wrong size (a newer ABI) are skipped.
-    pub fn drain(&mut self) -> Vec<DatapathEvent> {
+    /// Every event available now. Records of another size (a newer ABI) are skipped.
+    pub fn drain(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         while let Some(item) = self.0.next() {
-            if item.len() == size_of::<DatapathEvent>() {
-                // SAFETY: DatapathEvent is repr(C) plain data of exactly this size; the read is
-                // unaligned-safe.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DatapathEvent>()) });
+            if let Some(e) = Event::decode(&item) {
+                out.push(e);
             }
         }
         out
+    }
+}
+
+/// One record of the ring buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A drop or a flow report.
+    Flow(DatapathEvent),
+    /// A DNS message and the packet that carried it.
+    Dns(Box<DnsEvent>),
+}
+
+impl Event {
+    /// Reads a record; `None` for a size no event of this ABI has.
+    pub fn decode(item: &[u8]) -> Option<Self> {
+        if item.len() == size_of::<DatapathEvent>() {
+            // SAFETY: DatapathEvent is repr(C) plain data of exactly this size; the read is
+            // unaligned-safe.
+            return Some(Self::Flow(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DatapathEvent>()) }));
+        }
+        if item.len() == size_of::<DnsEvent>() {
+            // SAFETY: as above, for DnsEvent.
+            let mut e = Box::new(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsEvent>()) });
+            e.len = e.len.min(e.data.len() as u16);
+            return Some(Self::Dns(e));
+        }
+        None
     }
 }
 

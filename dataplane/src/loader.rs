@@ -24,6 +24,8 @@ pub struct LoadConfig {
     pub vxlan_ifindex: u32,
     pub vxlan_vni: u32,
     pub nat_ports: (u16, u16),
+    /// Flow and DNS events (observability). Off, only drops are reported.
+    pub observe: bool,
 }
 
 impl LoadConfig {
@@ -65,6 +67,7 @@ impl Datapath {
         let node = be_u32(cfg.node_ipv4);
         let port_min = u32::from(cfg.nat_ports.0);
         let port_max = u32::from(cfg.nat_ports.1);
+        let observe = u32::from(cfg.observe);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .override_global(globals::NODE_IPV4, &node, true)
@@ -74,6 +77,7 @@ impl Datapath {
             .override_global(globals::VXLAN_VNI, &cfg.vxlan_vni, true)
             .override_global(globals::NAT_PORT_MIN, &port_min, true)
             .override_global(globals::NAT_PORT_MAX, &port_max, true)
+            .override_global(globals::OBSERVE, &observe, true)
             .load(OBJECT)
             .map_err(|source| Error::Load { source: Box::new(source) })?;
         for name in programs::ALL {

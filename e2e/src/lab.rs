@@ -74,6 +74,9 @@ pub struct Lab {
     pub state: LabState,
 }
 
+/// Where each lab agent serves Prometheus metrics, in its node's network namespace.
+pub const METRICS_ADDR: &str = "127.0.0.1:9962";
+
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("WEIR_BIN_DIR") {
         return Ok(PathBuf::from(dir).join(name));
@@ -292,6 +295,8 @@ impl Lab {
             .arg(CLUSTER_CIDR)
             .arg("--cgroup-root")
             .arg(self.cgroup_parent().join(node))
+            // Inside the node's namespace: reachable only from there (`weir-lab metrics NODE`).
+            .args(["--metrics-addr", METRICS_ADDR])
             .args([
                 "--routing",
                 match self.state.routing {

@@ -93,6 +93,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
+    /// `weir observe ARGS` against every node's agent at once (flows carry their node's name):
+    /// `weir-lab observe --namespace x --last 20`, `weir-lab observe --follow --type drop`.
+    Observe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A node agent's Prometheus metrics (fetched inside the node's namespace).
+    Metrics { node: String },
+    /// Fetch http://ADDR/metrics and print the body (internal; run inside a node's namespace).
+    #[command(hide = true)]
+    FetchInner { addr: String },
     /// Run a command in the external namespace (the world outside the cluster).
     External {
         #[arg(last = true, required = true)]
@@ -272,6 +283,53 @@ fn main() -> anyhow::Result<()> {
             let weir = lab::bin("weir")?;
             Err(Command::new(weir).arg("--socket").arg(lab.socket(node)).arg("policy").args(args).exec())
                 .context("running weir")
+        }
+        Cmd::Observe { args } => {
+            let lab = Lab::open(&cli.lab)?;
+            let weir = lab::bin("weir")?;
+            let mut children = Vec::new();
+            for n in &lab.state.nodes {
+                let child = Command::new(&weir)
+                    .arg("--socket")
+                    .arg(lab.socket(&n.name))
+                    .arg("observe")
+                    .args(&args)
+                    .spawn()
+                    .with_context(|| format!("running weir observe for {}", n.name))?;
+                children.push((n.name.clone(), child));
+            }
+            let mut failed = Vec::new();
+            for (node, mut c) in children {
+                if !c.wait().with_context(|| format!("weir observe for {node}"))?.success() {
+                    failed.push(node);
+                }
+            }
+            if !failed.is_empty() {
+                bail!("weir observe failed on {}", failed.join(", "));
+            }
+            Ok(())
+        }
+        Cmd::Metrics { node } => {
+            let lab = Lab::open(&cli.lab)?;
+            let idx = lab.state.nodes.iter().position(|n| n.name == node).with_context(|| format!("no node {node}"))?;
+            let mut c = command_in(std::env::current_exe()?, &nsexec::netns_path(&lab.state.nodes[idx].netns), None)?;
+            c.arg("fetch-inner").arg(lab::METRICS_ADDR);
+            print!("{}", nsexec::run(&mut c)?);
+            Ok(())
+        }
+        Cmd::FetchInner { addr } => {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)?;
+            let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header in the answer")?;
+            if !head.starts_with("HTTP/1.1 200") {
+                bail!("metrics: {}", head.lines().next().unwrap_or_default());
+            }
+            print!("{body}");
+            Ok(())
         }
         Cmd::External { cmd } => {
             let lab = Lab::open(&cli.lab)?;

@@ -258,6 +258,7 @@ fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Vec<SizeResult>> {
         vxlan_ifindex: 0,
         vxlan_vni: 0,
         nat_ports: (61000, 65000),
+        observe: true,
     };
     let mut dp = Datapath::load(&cfg).context("loading the datapath")?;
     let mut eps = Endpoints::open(&mut dp)?;

@@ -343,6 +343,7 @@ impl Bench {
             vxlan_ifindex: 0,
             vxlan_vni: 1,
             nat_ports: (61000, 65000),
+            observe: true,
         })
         .context("loading the datapath")?;
         dp.attach_cgroup(&self.cgroup)?;

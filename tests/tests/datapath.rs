@@ -32,6 +32,7 @@ fn config(bpffs: &Bpffs, vxlan_ifindex: u32) -> LoadConfig {
         vxlan_ifindex,
         vxlan_vni: 7,
         nat_ports: (61000, 61010),
+        observe: true,
     }
 }
 

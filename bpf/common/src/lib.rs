@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; pins live under `<bpffs>/weir/v{ABI_VERSION}/`.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Map names, as the eBPF object and the pins name them (kernel limit: 15 bytes).
 pub mod maps {
@@ -35,7 +35,9 @@ pub mod maps {
     pub const POLICY_EP: &str = "WEIR_POLICY_EP";
     /// NetworkPolicy connection tracking: replies of accepted connections pass.
     pub const POLICY_CT: &str = "WEIR_POLICY_CT";
-    pub const ALL: [&str; 19] = [
+    /// Per-connection flow counters (observability).
+    pub const FLOWS: &str = "WEIR_FLOWS";
+    pub const ALL: [&str; 20] = [
         ENDPOINTS,
         TUNNEL,
         NAT_FWD,
@@ -55,6 +57,7 @@ pub mod maps {
         POLICY,
         POLICY_EP,
         POLICY_CT,
+        FLOWS,
     ];
 }
 
@@ -96,6 +99,8 @@ pub mod globals {
     /// First and last source port (host order) used by masquerade.
     pub const NAT_PORT_MIN: &str = "WEIR_NAT_PORT_MIN";
     pub const NAT_PORT_MAX: &str = "WEIR_NAT_PORT_MAX";
+    /// 1: flow and DNS events (observability); 0: only drops are reported.
+    pub const OBSERVE: &str = "WEIR_OBSERVE";
 }
 
 /// Default map sizes; the agent may override them at load time.
@@ -120,6 +125,7 @@ pub mod sizes {
     pub const POLICY: u32 = 262144;
     pub const POLICY_EP: u32 = ENDPOINTS;
     pub const POLICY_CT: u32 = 262144;
+    pub const FLOWS: u32 = 131072;
 }
 
 /// Slots of the `WEIR_TAILS` program array.
@@ -399,22 +405,105 @@ const _: () = assert!(core::mem::size_of::<PolicyCtKey>() == 16);
 
 /// Event kinds on the `WEIR_EVENTS` ring buffer.
 pub const EVENT_DROP: u8 = 1;
+/// First packet of a flow (one direction of a connection) at an observation point.
+pub const EVENT_FLOW_NEW: u8 = 2;
+/// Counters of a flow still sending, at most every `FLOW_REPORT_NS`.
+pub const EVENT_FLOW_UPDATE: u8 = 3;
+/// TCP FIN or RST seen: the flow's final counters.
+pub const EVENT_FLOW_CLOSE: u8 = 4;
+/// A DNS message (UDP or TCP port 53) with its first `DNS_CAPTURE` bytes ([`DnsEvent`]).
+pub const EVENT_DNS: u8 = 5;
 
-/// A datapath event (drops, for now; flow events come with the observability work).
+/// Observation points (`DatapathEvent::point`, `FlowKey::point`).
+/// Unknown (drops: the agent tells the side from the addresses and the interface).
+pub const OBS_UNKNOWN: u8 = 0;
+/// Leaving a local pod (`weir_from_pod`, before any translation).
+pub const OBS_FROM_POD: u8 = 1;
+/// Delivered to a local pod from the wire or the tunnel (after translation).
+pub const OBS_TO_POD: u8 = 2;
+
+/// `DatapathEvent::flags`: the flow's reverse was seen first (it is a connection's reply side).
+pub const FLOW_F_REPLY: u8 = 1;
+/// How often a flow that keeps sending reports its counters.
+pub const FLOW_REPORT_NS: u64 = 5_000_000_000;
+/// Bytes of a DNS message copied into its event (a UDP DNS message without EDNS fits).
+pub const DNS_CAPTURE: usize = 512;
+
+/// `WEIR_FLOWS` key: one direction of a connection at one observation point (IPv4, network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub point: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+
+/// `WEIR_FLOWS` value: the flow's counters since its first packet. Updated without atomics: a
+/// flow's packets are handled on one CPU at a time in practice, and a lost increment under a
+/// race only makes the counters approximate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_report_ns: u64,
+    /// TCP flags seen so far (OR of every packet's).
+    pub tcp_flags: u8,
+    /// The close event was sent.
+    pub closed: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 32);
+
+/// A datapath event: a drop or a flow report. DNS events start with one ([`DnsEvent`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathEvent {
     pub saddr: Addr16,
     pub daddr: Addr16,
+    /// Flow reports: packets and bytes since the flow began (drops: 1 and the packet's length).
+    pub packets: u64,
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was made.
+    pub ktime_ns: u64,
+    /// The interface the packet arrived on.
     pub ifindex: u32,
     pub sport_be: u16,
     pub dport_be: u16,
+    /// `EVENT_*`.
     pub kind: u8,
+    /// `DropReason` of drops, else 0.
     pub reason: u8,
     pub proto: u8,
-    pub _pad: [u8; 5],
+    /// `OBS_*`.
+    pub point: u8,
+    /// TCP flags of this packet (new, drop) or of the whole flow (update, close).
+    pub tcp_flags: u8,
+    /// `FLOW_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 72);
+
+/// A DNS message as it crossed an observation point: the packet's event, then the message
+/// (for TCP, the segment's payload: a two-byte length then the message).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub event: DatapathEvent,
+    /// Bytes of `data` that hold the message (at most `DNS_CAPTURE`).
+    pub len: u16,
+    /// 1 when the message came over TCP.
+    pub tcp: u8,
+    pub _pad: [u8; 5],
+    pub data: [u8; DNS_CAPTURE],
+}
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 72 + 8 + DNS_CAPTURE);
 
 /// Indexes of the `WEIR_COUNTERS` per-CPU array: one slot per drop reason, then the rest.
 pub mod counters {
@@ -500,6 +589,8 @@ mod user {
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for PolicyEndpoint {}
     unsafe impl aya::Pod for PolicyCtKey {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowStats {}
 }
 
 #[cfg(test)]

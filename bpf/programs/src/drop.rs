@@ -1,10 +1,10 @@
 //! Drops and counters: every drop is counted per reason and reported on the ring buffer; a
 //! report that does not fit is counted as lost, never silently discarded.
-use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
-use weir_bpf_common::{counters, Addr16, DatapathEvent, DropReason, EVENT_DROP};
+use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_ns, programs::TcContext};
+use weir_bpf_common::{counters, Addr16, DatapathEvent, DropReason, EVENT_DROP, OBS_UNKNOWN};
 
 use crate::{
-    parse::{IP_DADDR_OFF, IP_SADDR_OFF},
+    parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_DADDR_OFF, IP_SADDR_OFF},
     WEIR_COUNTERS, WEIR_EVENTS,
 };
 
@@ -19,24 +19,46 @@ pub fn count(index: u32) {
 #[inline(always)]
 pub fn shot(ctx: &TcContext, reason: DropReason) -> i32 {
     count(reason as u32);
-    match WEIR_EVENTS.reserve::<DatapathEvent>(0) {
-        Some(mut slot) => {
-            let ev = DatapathEvent {
-                saddr: Addr16::from_v4_be(ctx.load::<u32>(IP_SADDR_OFF).unwrap_or(0)),
-                daddr: Addr16::from_v4_be(ctx.load::<u32>(IP_DADDR_OFF).unwrap_or(0)),
-                // SAFETY: the context pointer is valid for the whole program run.
-                ifindex: unsafe { (*ctx.skb.skb).ifindex },
-                sport_be: 0,
-                dport_be: 0,
-                kind: EVENT_DROP,
-                reason: reason as u8,
-                proto: 0,
-                _pad: [0; 5],
-            };
-            slot.write(ev);
-            slot.submit(0);
-        }
-        None => count(counters::EVENTS_LOST),
-    }
+    report(ctx, reason as u32);
     TC_ACT_SHOT
+}
+
+/// Puts a drop on the ring buffer with what can be read of the packet's tuple.
+#[inline(never)]
+fn report(ctx: &TcContext, reason: u32) {
+    let Some(mut slot) = WEIR_EVENTS.reserve::<DatapathEvent>(0) else {
+        count(counters::EVENTS_LOST);
+        return;
+    };
+    let (mut proto, mut sport_be, mut dport_be, mut tcp_flags) = (0, 0, 0, 0);
+    if let Ok(ip) = Ipv4::parse(ctx) {
+        proto = ip.proto;
+        if !ip.fragment && (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_ICMP) {
+            sport_be = ctx.load::<u16>(ip.l4_off).unwrap_or(0);
+            dport_be = ctx.load::<u16>(ip.l4_off + if proto == IPPROTO_ICMP { 4 } else { 2 }).unwrap_or(0);
+            if proto == IPPROTO_TCP {
+                tcp_flags = ctx.load::<u8>(ip.l4_off + 13).unwrap_or(0);
+            }
+        }
+    }
+    slot.write(DatapathEvent {
+        saddr: Addr16::from_v4_be(ctx.load::<u32>(IP_SADDR_OFF).unwrap_or(0)),
+        daddr: Addr16::from_v4_be(ctx.load::<u32>(IP_DADDR_OFF).unwrap_or(0)),
+        packets: 1,
+        bytes: ctx.len() as u64,
+        // SAFETY: a helper without arguments.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        // SAFETY: the context pointer is valid for the whole program run.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        sport_be,
+        dport_be,
+        kind: EVENT_DROP,
+        reason: reason as u8,
+        proto,
+        point: OBS_UNKNOWN,
+        tcp_flags,
+        flags: 0,
+        _pad: [0; 2],
+    });
+    slot.submit(0);
 }

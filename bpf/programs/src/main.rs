@@ -15,6 +15,7 @@
 #![no_main]
 
 mod drop;
+mod flow;
 mod fwd;
 mod lb;
 mod nat;
@@ -31,8 +32,8 @@ use aya_ebpf::{
 };
 use weir_bpf_common::{
     counters, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason, EndpointInfo,
-    IpcacheKey, MaglevTable, NatEntry, NatKey, PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue, RemoteNode,
-    ServiceKey, ServiceValue, SockRevKey,
+    FlowKey, FlowStats, IpcacheKey, MaglevTable, NatEntry, NatKey, PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue, RemoteNode,
+    ServiceKey, ServiceValue, SockRevKey, OBS_FROM_POD, OBS_TO_POD,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
@@ -51,6 +52,8 @@ static WEIR_VXLAN_VNI: Global<u32> = Global::new(0);
 static WEIR_NAT_PORT_MIN: Global<u32> = Global::new(61000);
 #[unsafe(no_mangle)]
 static WEIR_NAT_PORT_MAX: Global<u32> = Global::new(65000);
+#[unsafe(no_mangle)]
+static WEIR_OBSERVE: Global<u32> = Global::new(1);
 
 #[map]
 static WEIR_ENDPOINTS: HashMap<Addr16, EndpointInfo> = HashMap::pinned(sizes::ENDPOINTS, 0);
@@ -96,6 +99,9 @@ static WEIR_POLICY_EP: HashMap<IpcacheKey, PolicyEndpoint> = HashMap::pinned(siz
 /// Connections accepted at a local endpoint, so their replies pass.
 #[map]
 static WEIR_POLICY_CT: LruHashMap<PolicyCtKey, u32> = LruHashMap::pinned(sizes::POLICY_CT, 0);
+/// Flow counters per direction of a connection and observation point (see `flow.rs`).
+#[map]
+static WEIR_FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::pinned(sizes::FLOWS, 0);
 /// Tail-call targets; the loader fills the slots of `tails`.
 #[map]
 static WEIR_TAILS: ProgramArray = ProgramArray::pinned(sizes::TAILS, 0);
@@ -203,8 +209,11 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     if let Some(ep) = unsafe { WEIR_ENDPOINTS.get(dst) } {
         let ep = *ep;
         policy::ingress(ctx)?;
+        flow::observe(ctx, &ip, OBS_FROM_POD);
         return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
     }
+    // Observed before any translation: the flow names the pod and the address it asked for.
+    flow::observe(ctx, &ip, OBS_FROM_POD);
     if ip.daddr & WEIR_CLUSTER_V4_MASK.load() == WEIR_CLUSTER_V4_ADDR.load() {
         let vxlan = WEIR_VXLAN_IFINDEX.load();
         if vxlan != 0 {
@@ -285,6 +294,7 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
         if orig != 0 {
             if let Some(ep) = local_pod(orig) {
                 policy::ingress(ctx)?;
+                flow::observe(ctx, &Ipv4 { daddr: orig, ..ip }, OBS_TO_POD);
                 return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
             }
             // A load-balanced client's reply from a backend on another node.
@@ -299,6 +309,7 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     if let Some(ep) = local_pod(ip.daddr) {
         policy::ingress(ctx)?;
         note_inbound(ctx, &ip);
+        flow::observe(ctx, &ip, OBS_TO_POD);
         return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
     }
     from_wire_to_service(ctx, &ip)
@@ -316,6 +327,7 @@ fn from_wire_to_service(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
         backend => {
             if let Some(ep) = local_pod(backend) {
                 policy::ingress(ctx)?;
+                flow::observe(ctx, &Ipv4 { daddr: backend, ..*ip }, OBS_TO_POD);
                 return counted(fwd::to_local_pod(ctx, &ep), counters::LB_TRANSLATED);
             }
             Ok(TAIL_LB_REMOTE)
@@ -353,6 +365,7 @@ fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
         Some(ep) => {
             policy::ingress(ctx)?;
             note_inbound(ctx, &ip);
+            flow::observe(ctx, &ip, OBS_TO_POD);
             counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL)
         }
         None => Err(DropReason::NoRoute),

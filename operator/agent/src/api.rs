@@ -1,4 +1,5 @@
-//! The agent's unix-socket API: one JSON request line in, one JSON response line out.
+//! The agent's unix-socket API: one JSON request line in, one JSON response line out (a flow
+//! follow request gets a line per batch until the client hangs up).
 use std::sync::Arc;
 
 use tokio::{
@@ -6,20 +7,20 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::Mutex,
 };
-use weir_operator_api::{code, ApiError, Drops, Request, Response};
+use weir_operator_api::{code, flow::FlowQuery, ApiError, Drops, Request, Response};
 
-use crate::{events::SharedDropLog, node::Node};
+use crate::{events::SharedDropLog, flows::SharedFlowStore, node::Node};
 
 /// Longest request line accepted (a GC with thousands of attachments fits easily).
 const MAX_REQUEST: usize = 4 << 20;
 
-pub async fn serve(listener: UnixListener, node: Arc<Mutex<Node>>, drops: SharedDropLog) {
+pub async fn serve(listener: UnixListener, node: Arc<Mutex<Node>>, drops: SharedDropLog, flows: SharedFlowStore) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let (node, drops) = (node.clone(), drops.clone());
+                let (node, drops, flows) = (node.clone(), drops.clone(), flows.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(stream, node, drops).await {
+                    if let Err(e) = handle_conn(stream, node, drops, flows).await {
                         tracing::warn!(error = %e, "API connection");
                     }
                 });
@@ -32,7 +33,12 @@ pub async fn serve(listener: UnixListener, node: Arc<Mutex<Node>>, drops: Shared
     }
 }
 
-async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>, drops: SharedDropLog) -> std::io::Result<()> {
+async fn handle_conn(
+    stream: UnixStream,
+    node: Arc<Mutex<Node>>,
+    drops: SharedDropLog,
+    flows: SharedFlowStore,
+) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let n = BufReader::new(rd).take(MAX_REQUEST as u64).read_line(&mut line).await?;
@@ -40,13 +46,82 @@ async fn handle_conn(stream: UnixStream, node: Arc<Mutex<Node>>, drops: SharedDr
         return Ok(());
     }
     let resp = match serde_json::from_str::<Request>(&line) {
+        // Flows never wait for the node's writer.
+        Ok(Request::Flows(q)) => return serve_flows(q, &flows, &node, &mut wr).await,
         Ok(req) => dispatch(req, &node, &drops).await,
         Err(e) => Response::Error(ApiError::new(code::DECODE_FAILURE, format!("bad request: {e}"), "")),
     };
-    let mut out = serde_json::to_vec(&resp)
+    write_line(&mut wr, &resp).await
+}
+
+async fn write_line(wr: &mut (impl AsyncWriteExt + Unpin), resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(resp)
         .unwrap_or_else(|e| format!("{{\"result\":\"error\",\"code\":5,\"msg\":\"{e}\"}}").into_bytes());
     out.push(b'\n');
     wr.write_all(&out).await
+}
+
+/// Most flows one line carries (history is sent in lines of this many).
+const FLOWS_PER_LINE: usize = 512;
+
+/// A flow query: its history, then (follow) every new matching flow, batched per wakeup.
+async fn serve_flows(
+    q: FlowQuery,
+    store: &SharedFlowStore,
+    node: &Mutex<Node>,
+    wr: &mut (impl AsyncWriteExt + Unpin),
+) -> std::io::Result<()> {
+    for c in q.filter.include.iter().chain(&q.filter.exclude) {
+        if let Err(e) = c.validate() {
+            return write_line(wr, &Response::Error(ApiError::new(code::INVALID_CONFIG, e, ""))).await;
+        }
+    }
+    let lost_in_kernel = node.lock().await.events_lost();
+    let (history, mut rx, seen, capacity) = {
+        let s = store.lock().unwrap_or_else(|p| p.into_inner());
+        let (h, rx) = s.query(&q);
+        (h, rx, s.seen(), s.capacity())
+    };
+    let batch = |flows, seen, skipped| {
+        Response::Flows(weir_operator_api::flow::Flows { flows, seen, lost_in_kernel, capacity, skipped })
+    };
+    let mut chunks = history.chunks(FLOWS_PER_LINE).peekable();
+    if chunks.peek().is_none() {
+        write_line(wr, &batch(vec![], seen, 0)).await?;
+    }
+    for c in chunks {
+        write_line(wr, &batch(c.to_vec(), seen, 0)).await?;
+    }
+    if !q.follow {
+        return Ok(());
+    }
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        // Wait for one, then take what else is ready.
+        let first = rx.recv().await;
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            match r {
+                Ok(f) if q.filter.matches(&f) => out.push(weir_operator_api::flow::Flow::clone(&f)),
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => skipped += n,
+                Err(RecvError::Closed) => return Ok(()),
+            }
+            if out.len() < FLOWS_PER_LINE {
+                next = match rx.try_recv() {
+                    Ok(f) => Some(Ok(f)),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                    Err(_) => None,
+                };
+            }
+        }
+        if !out.is_empty() || skipped > 0 {
+            let seen = store.lock().unwrap_or_else(|p| p.into_inner()).seen();
+            write_line(wr, &batch(out, seen, skipped)).await?;
+        }
+    }
 }
 
 pub async fn dispatch(req: Request, node: &Mutex<Node>, drops: &SharedDropLog) -> Response {
@@ -76,6 +151,7 @@ pub async fn dispatch(req: Request, node: &Mutex<Node>, drops: &SharedDropLog) -
         Request::Policies { pod } => crate::policy::report::report(n.policy(), pod.as_deref())
             .map(Response::Policies)
             .map_err(|e| ApiError::new(code::INVALID_CONFIG, e, "")),
+        Request::Flows(_) => Err(ApiError::new(code::INVALID_CONFIG, "flows are served on their own connection", "")),
     };
     result.unwrap_or_else(Response::Error)
 }

@@ -71,6 +71,16 @@ pub struct Config {
     /// Full resync of kernel state against desired state, in seconds.
     #[arg(long, env = "WEIR_RESYNC_SECS", default_value_t = 30)]
     pub resync_secs: u64,
+    /// Flow and DNS events from the datapath (`weir observe`, flow metrics). Drops are always
+    /// reported.
+    #[arg(long, env = "WEIR_OBSERVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub observe: bool,
+    /// How many recent flows the agent keeps for `weir observe` (oldest are evicted first).
+    #[arg(long, env = "WEIR_FLOW_CAPACITY", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub flow_capacity: u32,
+    /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9962. Off without it.
+    #[arg(long, env = "WEIR_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The pod's default gateway: a link-local address answered by a static neighbour entry.

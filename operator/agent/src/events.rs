@@ -1,5 +1,5 @@
-//! The events stage: a dedicated thread waits on the datapath's ring buffer with poll(2) and
-//! keeps the most recent drops for the API. Its own state, its own lock: reading events never
+//! The events stage: a dedicated thread waits on the datapath's ring buffer with poll(2), keeps
+//! the most recent drops for the API and turns every event into a flow (`flows`). Its own state, its own lock: reading events never
 //! waits for the node's writer, and the writer never waits for it.
 use std::{
     collections::VecDeque,
@@ -12,8 +12,10 @@ use std::os::fd::AsFd as _;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use weir_bpf_common::{Addr16, DatapathEvent, DropReason, EVENT_DROP};
-use weir_dataplane::events::Events;
+use weir_dataplane::events::{Event, Events};
 use weir_operator_api::DropRecord;
+
+use crate::flows::{Ingest, SharedFlowStore};
 
 /// How many drops the agent keeps for `Drops` queries.
 pub const RECENT_DROPS: usize = 4096;
@@ -61,8 +63,13 @@ pub fn record(e: &DatapathEvent, unix_ms: u64) -> Option<DropRecord> {
     Some(DropRecord { unix_ms, reason, src: addr(&e.saddr), dst: addr(&e.daddr), ifindex: e.ifindex, pod: None })
 }
 
-/// Starts the reader thread: wakes when the ring has data, drains it, records the drops.
-pub fn spawn_reader(mut events: Events, log: SharedDropLog) -> std::io::Result<std::thread::JoinHandle<()>> {
+/// Starts the reader thread: wakes when the ring has data, drains it, records drops and flows.
+pub fn spawn_reader(
+    mut events: Events,
+    log: SharedDropLog,
+    flows: SharedFlowStore,
+    mut ingest: Ingest,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("weir-events".into()).spawn(move || loop {
         let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(1000u16)) {
@@ -78,12 +85,22 @@ pub fn spawn_reader(mut events: Events, log: SharedDropLog) -> std::io::Result<s
             continue;
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-        for e in &batch {
-            if let Some(r) = record(e, now) {
-                tracing::debug!(reason = %r.reason, src = %r.src, dst = %r.dst, ifindex = r.ifindex, "drop");
-                log.push(r);
+        let mut made = Vec::with_capacity(batch.len());
+        {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            for ev in &batch {
+                if let Event::Flow(e) = ev {
+                    if let Some(r) = record(e, now) {
+                        tracing::debug!(reason = %r.reason, src = %r.src, dst = %r.dst, ifindex = r.ifindex, "drop");
+                        log.push(r);
+                    }
+                }
+                made.extend(ingest.flow(ev));
             }
+        }
+        let mut store = flows.lock().unwrap_or_else(|p| p.into_inner());
+        for f in made {
+            store.push(f);
         }
     })
 }

@@ -11,9 +11,12 @@
 pub mod api;
 pub mod config;
 pub mod conflist;
+pub mod dns;
 pub mod events;
+pub mod flows;
 pub mod ipam;
 pub mod maglev;
+pub mod metrics;
 pub mod netlink;
 pub mod node;
 pub mod policy;
@@ -48,6 +51,8 @@ pub struct Agent {
     listener: UnixListener,
     node: std::sync::Arc<tokio::sync::Mutex<Node>>,
     drops: events::SharedDropLog,
+    flows: flows::SharedFlowStore,
+    metrics: std::sync::Arc<metrics::Metrics>,
 }
 
 /// Writes a sysctl of the agent's own network namespace.
@@ -76,11 +81,18 @@ impl Agent {
         // The node forwards between pods, the uplink and the tunnel.
         sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         let node = Node::open(config.clone()).context("opening node state")?;
+        let flow_capacity = config.flow_capacity as usize;
+        if let Some(addr) = config.metrics_addr {
+            // Fail at start, not later, when the address cannot be served.
+            std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
+        }
         Ok(Self {
             config,
             listener,
             node: std::sync::Arc::new(tokio::sync::Mutex::new(node)),
             drops: Default::default(),
+            flows: std::sync::Arc::new(std::sync::Mutex::new(flows::FlowStore::new(flow_capacity))),
+            metrics: Default::default(),
         })
     }
 
@@ -102,14 +114,36 @@ impl Agent {
             .cni_conf_dir
             .clone()
             .map(|dir| (dir, conflist::render(&self.config.socket, &self.config.delete_queue)));
+        let ingest = {
+            let n = self.node.lock().await;
+            flows::Ingest::new(self.config.node_name.clone(), n.enrichment(), self.metrics.clone())
+        };
         tokio::spawn(reconcile_loop(
             self.node.clone(),
             rx,
             Duration::from_secs(self.config.resync_secs),
-            self.drops.clone(),
+            (self.drops.clone(), self.flows.clone(), Some(ingest)),
             cni_conf,
         ));
-        let server = tokio::spawn(api::serve(self.listener, self.node.clone(), self.drops.clone()));
+        if let Some(addr) = self.config.metrics_addr {
+            let (node, store, m) = (self.node.clone(), self.flows.clone(), self.metrics.clone());
+            let refresh = move || -> futures::future::BoxFuture<'static, ()> {
+                let (node, store, m) = (node.clone(), store.clone(), m.clone());
+                Box::pin(async move {
+                    node.lock().await.refresh_metrics(&m);
+                    let s = store.lock().unwrap_or_else(|p| p.into_inner());
+                    m.state.with_label_values(&["flows_stored"]).set(s.len() as i64);
+                    m.state.with_label_values(&["flow_store_capacity"]).set(s.capacity() as i64);
+                })
+            };
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(addr, metrics, refresh).await {
+                    tracing::error!(error = %format!("{e:#}"), "metrics server stopped");
+                }
+            });
+        }
+        let server = tokio::spawn(api::serve(self.listener, self.node.clone(), self.drops.clone(), self.flows.clone()));
         tracing::info!(node = %self.config.node_name, socket = %self.config.socket.display(), "weir-agent serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -129,7 +163,7 @@ async fn reconcile_loop(
     node: std::sync::Arc<tokio::sync::Mutex<Node>>,
     mut rx: watch::Receiver<Option<ClusterSnapshot>>,
     resync: Duration,
-    drops: events::SharedDropLog,
+    (drops, flows, mut ingest): (events::SharedDropLog, flows::SharedFlowStore, Option<flows::Ingest>),
     cni_conf: Option<(std::path::PathBuf, serde_json::Value)>,
 ) {
     let mut failed = false;
@@ -175,8 +209,8 @@ async fn reconcile_loop(
                     }
                 }
             }
-            if let Some(ring) = n.take_events() {
-                if let Err(e) = events::spawn_reader(ring, drops.clone()) {
+            if let Some((ring, ingest)) = n.take_events().and_then(|ring| Some((ring, ingest.take()?))) {
+                if let Err(e) = events::spawn_reader(ring, drops.clone(), flows.clone(), ingest) {
                     tracing::error!(error = %e, "cannot start the event reader; drops are counted but not listed");
                 }
             }

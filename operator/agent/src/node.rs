@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -25,7 +26,9 @@ use weir_operator_api::{
 
 use crate::{
     config::{Config, Routing, GATEWAY},
+    flows::{Enrichment, SharedEnrichment},
     ipam,
+    metrics::Metrics,
     netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
     policy::sync::{KernelPolicyMaps, PolicyMaps, PolicySync},
     service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
@@ -67,6 +70,8 @@ pub struct Node {
     /// last given (an ADD compiles the new pod's policy from them before the pod can send).
     policy: PolicySync,
     policy_seen: ClusterSnapshot,
+    /// Published after every policy pass for the events stage's flow enrichment.
+    enrichment: SharedEnrichment,
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
@@ -138,6 +143,7 @@ impl Node {
             services_seen: Default::default(),
             policy: PolicySync::default(),
             policy_seen: ClusterSnapshot::default(),
+            enrichment: SharedEnrichment::default(),
         })
     }
 
@@ -192,6 +198,8 @@ impl Node {
     fn sync_policy(&mut self, local: &BTreeMap<(String, String), Ipv4Addr>) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
         let r = self.policy.apply(&self.policy_seen, local, &mut l.policy)?;
+        let published = Arc::new(Enrichment { cluster: self.policy.cluster.clone(), compiled: self.policy.compiled.clone() });
+        *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = published;
         if r.rejected_changed {
             for e in &self.policy.cluster.rejected {
                 tracing::warn!(error = %e, "NetworkPolicy rejected; its previous version (if any) stays enforced");
@@ -204,6 +212,39 @@ impl Node {
             tracing::info!(upserted = r.upserted, removed = r.removed, "policy maps reconciled");
         }
         Ok(())
+    }
+
+    /// What flow enrichment reads (the pods and the compiled policy of the last pass).
+    pub fn enrichment(&self) -> SharedEnrichment {
+        self.enrichment.clone()
+    }
+
+    /// Sets the scrape-time metrics: the datapath's counters, map use, rejected objects.
+    pub fn refresh_metrics(&self, m: &Metrics) {
+        if let Some(c) = self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok()) {
+            for (reason, n) in &c.drops {
+                m.datapath_drops.with_label_values(&[reason.label()]).set(*n as i64);
+            }
+            for (outcome, n) in [
+                ("forwarded_local", c.forwarded_local),
+                ("forwarded_remote", c.forwarded_remote),
+                ("masqueraded", c.masqueraded),
+                ("to_stack", c.to_stack),
+                ("lb_translated", c.lb_translated),
+                ("lb_no_backend", c.lb_no_backend),
+            ] {
+                m.datapath.with_label_values(&[outcome]).set(n as i64);
+            }
+            m.state.with_label_values(&["events_lost_in_kernel"]).set(c.events_lost as i64);
+        }
+        let entries = self.policy.compiled.total_entries() as i64;
+        m.maps.with_label_values(&["WEIR_POLICY", "entries"]).set(entries);
+        m.maps.with_label_values(&["WEIR_POLICY", "capacity"]).set(i64::from(weir_bpf_common::sizes::POLICY));
+        m.maps.with_label_values(&["WEIR_ENDPOINTS", "entries"]).set(self.store.all().count() as i64);
+        m.maps.with_label_values(&["WEIR_ENDPOINTS", "capacity"]).set(i64::from(weir_bpf_common::sizes::ENDPOINTS));
+        m.state.with_label_values(&["services_rejected"]).set(self.services.rejected.len() as i64);
+        m.state.with_label_values(&["policies_rejected"]).set(self.policy.cluster.rejected.len() as i64);
+        m.state.with_label_values(&["endpoints_fail_closed_total"]).set(self.policy.fail_closed_total as i64);
     }
 
     /// The compiled policy and the cluster it came from (explain, the CLI).
@@ -264,6 +305,7 @@ impl Node {
             vxlan_ifindex: vxlan.as_ref().map_or(0, |v| v.index),
             vxlan_vni: cfg.vxlan_vni,
             nat_ports: cfg.nat_ports,
+            observe: cfg.observe,
         };
         let mut dp = Datapath::load(&load).context("loading the eBPF datapath")?;
         let how = dp.attach_ingress(&cfg.uplink, programs::FROM_WIRE)?;

@@ -4,6 +4,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod flow;
+
 pub const PROTOCOL: u32 = 1;
 /// Default socket path on a node.
 pub const DEFAULT_SOCKET: &str = "/run/weir/agent.sock";
@@ -62,6 +64,9 @@ pub enum Request {
         #[serde(default)]
         pod: Option<String>,
     },
+    /// Recent flows (and, with `follow`, a stream of new ones: one `Flows` line per batch until
+    /// the client hangs up).
+    Flows(flow::FlowQuery),
 }
 
 /// Identifies one attachment: the CNI spec's (container ID, ifname) pair.
@@ -271,6 +276,7 @@ pub enum Response {
     },
     PolicyExplain(PolicyExplanation),
     Policies(PolicyReport),
+    Flows(flow::Flows),
     Error(ApiError),
 }
 
@@ -357,5 +363,21 @@ pub mod client {
             _ => CallError::Io(e),
         })?;
         serde_json::from_str(&reply).map_err(CallError::Decode)
+    }
+
+    /// Sends `req` and hands every response line to `each` until the agent closes the stream or
+    /// `each` returns false. No read timeout: a follow stream can be quiet for long.
+    pub fn stream(socket: &Path, req: &Request, mut each: impl FnMut(Response) -> bool) -> Result<(), CallError> {
+        let mut stream = UnixStream::connect(socket).map_err(CallError::Connect)?;
+        let mut line = serde_json::to_vec(req).map_err(CallError::Decode)?;
+        line.push(b'\n');
+        stream.write_all(&line).map_err(CallError::Io)?;
+        for reply in BufReader::new(stream).lines() {
+            let reply = reply.map_err(CallError::Io)?;
+            if !each(serde_json::from_str(&reply).map_err(CallError::Decode)?) {
+                break;
+            }
+        }
+        Ok(())
     }
 }

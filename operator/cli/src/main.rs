@@ -6,14 +6,17 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use weir_operator_api::{client, Request, Response};
 
+mod observe;
+
 #[derive(Parser)]
 #[command(name = "weir", about = "Inspect a weir node: endpoints, datapath, drops, Services, policy")]
 struct Cli {
     /// The agent's socket.
     #[arg(long, global = true, env = "WEIR_SOCKET", default_value = weir_operator_api::DEFAULT_SOCKET)]
     socket: PathBuf,
-    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
-    output: Output,
+    /// Output format: table (default) or json; `observe` also has compact (its default).
+    #[arg(short = 'o', long, global = true, value_enum)]
+    output: Option<Output>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -22,6 +25,7 @@ struct Cli {
 enum Output {
     Table,
     Json,
+    Compact,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +47,16 @@ enum Cmd {
     /// NetworkPolicy: explain a verdict, or show endpoints' effective policy.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Flows, drops and DNS seen by this node's datapath. Filters: --namespace/-n NS,
+    /// --pod [NS/]POD, --from-pod, --to-pod, --label/-l KEY[=VALUE], --from-label, --to-label,
+    /// --ip ADDR[/LEN], --from-ip, --to-ip, --port N, --protocol tcp|udp|icmp|dns,
+    /// --verdict forwarded|dropped, --type/-t trace|drop|dns|policy-verdict, --node NAME,
+    /// --dns-name NAME; --not before a filter negates it. Filters of one kind OR, kinds AND.
+    /// Also --since DURATION (30s, 5m, 2h), --last N, --follow/-f, -o compact|json|table.
+    Observe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,7 +87,16 @@ enum Proto {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Observe { args } = &cli.cmd {
+        return observe::run(&cli.socket, args, cli.output.map(|o| match o {
+            Output::Table => observe::Format::Table,
+            Output::Json => observe::Format::Json,
+            Output::Compact => observe::Format::Compact,
+        }));
+    }
+    let output = cli.output.unwrap_or(Output::Table);
     let req = match &cli.cmd {
+        Cmd::Observe { .. } => unreachable!("handled above"),
         Cmd::Status => Request::Status,
         Cmd::Endpoints => Request::Endpoints,
         Cmd::Datapath => Request::Datapath,
@@ -92,7 +115,7 @@ fn main() -> anyhow::Result<()> {
     if let Response::Error(e) = &resp {
         bail!("weir-agent: {} {}", e.msg, e.details);
     }
-    if cli.output == Output::Json {
+    if output == Output::Json {
         let v = match resp {
             Response::Status(s) => serde_json::to_value(s)?,
             Response::Endpoints { rows } => serde_json::to_value(rows)?,

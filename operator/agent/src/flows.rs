@@ -1,0 +1,494 @@
+//! Flows: datapath events turned into Hubble-shaped records, enriched, kept, and served.
+//!
+//! * [`Ingest`] turns one ring-buffer event into a [`Flow`]: addresses and ports, verdict and
+//!   drop reason, observation point and direction, the pods on both sides (namespace, labels,
+//!   node) and their policy identities, the policies that allowed or denied it (the datapath's
+//!   own compiled policy, looked up the way the datapath does), and for DNS the parsed message
+//!   with the query-to-response latency.
+//! * [`FlowStore`] keeps the newest flows (capacity `--flow-capacity`) for history queries and
+//!   fans new ones out to followers. A follower that cannot keep up is told how many it skipped.
+//!
+//! Enrichment reads a [`Enrichment`] that the node's writer publishes after every policy pass;
+//! the reader thread never waits for the writer.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Mutex, RwLock},
+};
+
+use tokio::sync::broadcast;
+use weir_bpf_common::{
+    Addr16, DatapathEvent, DnsEvent, DropReason, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW,
+    EVENT_FLOW_UPDATE, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
+};
+use weir_dataplane::events::Event;
+use weir_operator_api::flow::{
+    Dns, Endpoint, EventType, Flow, FlowQuery, Icmp, Ip, Layer4, Layer7, Policy, Tcp, TcpFlags, Udp, WeirInfo,
+};
+
+use crate::{
+    dns,
+    metrics::Metrics,
+    policy::{
+        compile::{decide, Cluster, Compiled, SideExplain},
+        Direction, RuleRef,
+    },
+};
+
+/// What enrichment reads: the cluster's pods and the compiled policy the datapath enforces.
+#[derive(Default)]
+pub struct Enrichment {
+    pub cluster: Arc<Cluster>,
+    pub compiled: Arc<Compiled>,
+}
+
+pub type SharedEnrichment = Arc<RwLock<Arc<Enrichment>>>;
+
+fn addr(a: &Addr16) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(a.bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if a.bytes == [0; 16] => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// Unmatched DNS queries kept for latency (oldest dropped beyond this).
+const PENDING_DNS: usize = 4096;
+
+pub struct Ingest {
+    pub node: String,
+    pub enrichment: SharedEnrichment,
+    pub metrics: Arc<Metrics>,
+    /// Unix time minus CLOCK_MONOTONIC, in ns: turns `ktime_ns` into wall time.
+    pub clock_offset_ns: i128,
+    /// (client address, client port, DNS id) → query time (ktime).
+    pending: HashMap<(IpAddr, u16, u16), u64>,
+    pending_order: VecDeque<(IpAddr, u16, u16)>,
+}
+
+/// Unix time minus CLOCK_MONOTONIC now.
+pub fn clock_offset_ns() -> i128 {
+    let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()));
+    real - mono
+}
+
+fn rfc3339(unix_ns: u64) -> String {
+    let secs = (unix_ns / 1_000_000_000) as i64;
+    let nanos = (unix_ns % 1_000_000_000) as u32;
+    chrono::DateTime::from_timestamp(secs, nanos)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        .unwrap_or_default()
+}
+
+fn rule_policy(c: &Cluster, r: &RuleRef) -> Policy {
+    let p = &c.policies[r.policy];
+    let dir = if r.direction == Direction::Ingress { "ingress" } else { "egress" };
+    Policy { name: p.name.clone(), namespace: p.namespace.clone(), rule: format!("{dir}[{}]", r.rule) }
+}
+
+fn selected_by(c: &Cluster, idx: &[usize]) -> Vec<Policy> {
+    idx.iter()
+        .map(|&i| Policy { name: c.policies[i].name.clone(), namespace: c.policies[i].namespace.clone(), rule: String::new() })
+        .collect()
+}
+
+impl Ingest {
+    pub fn new(node: String, enrichment: SharedEnrichment, metrics: Arc<Metrics>) -> Self {
+        Self {
+            node,
+            enrichment,
+            metrics,
+            clock_offset_ns: clock_offset_ns(),
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+        }
+    }
+
+    fn endpoint(e: &Enrichment, ip: IpAddr) -> Endpoint {
+        let IpAddr::V4(v4) = ip else { return Endpoint::default() };
+        let identity = e.compiled.identity_of(v4);
+        match e.cluster.pod_by_ip(v4) {
+            Some(p) => Endpoint {
+                identity,
+                namespace: p.namespace.clone(),
+                pod_name: p.name.clone(),
+                labels: p.info.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect(),
+                workloads: vec![],
+                node_name: p.info.node_name.as_deref().unwrap_or_default().to_owned(),
+            },
+            None => Endpoint { identity, ..Default::default() },
+        }
+    }
+
+    /// The flow of one event, or `None` for an event of no known kind.
+    pub fn flow(&mut self, ev: &Event) -> Option<Flow> {
+        let (e, dns_msg) = match ev {
+            Event::Flow(e) => (e, None),
+            Event::Dns(d) => (&d.event, Some(d.as_ref())),
+        };
+        let event = match e.kind {
+            EVENT_DROP => "drop",
+            EVENT_FLOW_NEW => "new",
+            EVENT_FLOW_UPDATE => "update",
+            EVENT_FLOW_CLOSE => "close",
+            EVENT_DNS => "dns",
+            _ => return None,
+        };
+        let unix_ns = (i128::from(e.ktime_ns) + self.clock_offset_ns).max(0) as u64;
+        let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
+        let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
+        let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut f = Flow {
+            time: rfc3339(unix_ns),
+            verdict: if e.kind == EVENT_DROP { "DROPPED" } else { "FORWARDED" }.into(),
+            ip: Ip {
+                source: src.to_string(),
+                destination: dst.to_string(),
+                ip_version: if src.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
+            },
+            l4: layer4(e),
+            source: Self::endpoint(&enrichment, src),
+            destination: Self::endpoint(&enrichment, dst),
+            kind: if dns_msg.is_some() { "L7" } else { "L3_L4" }.into(),
+            node_name: self.node.clone(),
+            is_reply: e.flags & FLOW_F_REPLY != 0,
+            event_type: EventType {
+                kind: match e.kind {
+                    EVENT_DROP => 1,
+                    EVENT_DNS => 129,
+                    _ => 4,
+                },
+            },
+            traffic_direction: match e.point {
+                OBS_FROM_POD => "EGRESS",
+                OBS_TO_POD => "INGRESS",
+                _ => "TRAFFIC_DIRECTION_UNKNOWN",
+            }
+            .into(),
+            trace_observation_point: match e.point {
+                OBS_FROM_POD => "FROM_ENDPOINT",
+                OBS_TO_POD => "TO_ENDPOINT",
+                _ => "",
+            }
+            .into(),
+            weir: WeirInfo { event: event.into(), packets: e.packets, bytes: e.bytes, unix_ns, ..Default::default() },
+            ..Default::default()
+        };
+        if e.kind == EVENT_DROP {
+            let reason = DropReason::from_u8(e.reason);
+            f.weir.drop_reason = reason.map_or_else(|| format!("unknown_{}", e.reason), |r| r.label().to_owned());
+            f.drop_reason_desc = Some(match reason {
+                Some(DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress) => "POLICY_DENIED".into(),
+                _ => f.weir.drop_reason.to_ascii_uppercase(),
+            });
+            match reason {
+                Some(DropReason::PolicyDeniedEgress) => f.traffic_direction = "EGRESS".into(),
+                Some(DropReason::PolicyDeniedIngress) => f.traffic_direction = "INGRESS".into(),
+                _ => {}
+            }
+        }
+        // Policy: which rules let a connection's first packet through, or which policies
+        // isolate the pod that dropped it. Looked up in the compiled policy the datapath holds.
+        let policy_drop = matches!(
+            DropReason::from_u8(e.reason),
+            Some(DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress)
+        ) && e.kind == EVENT_DROP;
+        if (e.kind == EVENT_FLOW_NEW && !f.is_reply) || policy_drop {
+            if let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) {
+                self.attribute(&enrichment, &mut f, s, d, e.proto, dport);
+            }
+        }
+        if let Some(d) = dns_msg {
+            self.dns(&mut f, d, src, sport, dst, dport);
+        }
+        f.summary = summary(&f, e);
+        self.metrics.flow(&f);
+        Some(f)
+    }
+
+    fn attribute(&self, en: &Enrichment, f: &mut Flow, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, dport: u16) {
+        let x = decide(&en.compiled, src, dst, proto, dport);
+        for (side, ingress) in [(&x.egress, false), (&x.ingress, true)] {
+            let (allowed, denied) = match side {
+                SideExplain::Allowed { rules } => (rules.iter().map(|r| rule_policy(&en.cluster, r)).collect(), vec![]),
+                SideExplain::Denied { selected_by: s } => (vec![], selected_by(&en.cluster, s)),
+                _ => continue,
+            };
+            let dir = if ingress { "ingress" } else { "egress" };
+            self.metrics.policy_verdict(dir, if allowed.is_empty() { "denied" } else { "allowed" });
+            if ingress {
+                f.ingress_allowed_by = allowed;
+                f.ingress_denied_by = denied;
+            } else {
+                f.egress_allowed_by = allowed;
+                f.egress_denied_by = denied;
+            }
+        }
+    }
+
+    fn dns(&mut self, f: &mut Flow, d: &DnsEvent, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) {
+        let data = &d.data[..usize::from(d.len).min(d.data.len())];
+        // Over TCP the segment starts with the message's two-byte length.
+        let msg = if d.tcp != 0 { data.get(2..).unwrap_or_default() } else { data };
+        f.weir.dns_tcp = d.tcp != 0;
+        let Ok(m) = dns::parse(msg) else {
+            self.metrics.dns_malformed();
+            f.l7 = Some(Layer7 { kind: "MALFORMED".into(), latency_ns: 0, dns: Dns::default() });
+            return;
+        };
+        let mut latency_ns = 0;
+        if m.response {
+            if let Some(t) = self.pending.remove(&(dst, dport, m.id)) {
+                latency_ns = d.event.ktime_ns.saturating_sub(t);
+            }
+        } else {
+            let key = (src, sport, m.id);
+            if self.pending.insert(key, d.event.ktime_ns).is_none() {
+                self.pending_order.push_back(key);
+            }
+            while self.pending_order.len() > PENDING_DNS {
+                if let Some(old) = self.pending_order.pop_front() {
+                    self.pending.remove(&old);
+                }
+            }
+        }
+        if self.pending_order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.pending_order.retain(|k| pending.contains_key(k));
+        }
+        let client_ns = if m.response { &f.destination.namespace } else { &f.source.namespace };
+        self.metrics.dns(client_ns, &m, (latency_ns > 0).then_some(latency_ns));
+        f.l7 = Some(Layer7 {
+            kind: if m.response { "RESPONSE" } else { "REQUEST" }.into(),
+            latency_ns,
+            dns: Dns {
+                query: m.name.clone(),
+                ips: m.ips.iter().map(ToString::to_string).collect(),
+                ttl: m.ttl.unwrap_or(0),
+                cnames: m.cnames.clone(),
+                rcode: u32::from(m.rcode),
+                qtypes: vec![dns::type_name(m.qtype)],
+                rrtypes: m.rrtypes.iter().map(|t| dns::type_name(*t)).collect(),
+                observation_source: "weir-datapath".into(),
+            },
+        });
+    }
+}
+
+fn layer4(e: &DatapathEvent) -> Layer4 {
+    let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
+    match e.proto {
+        6 => Layer4 {
+            tcp: Some(Tcp { source_port: sport, destination_port: dport, flags: TcpFlags::from_bits(e.tcp_flags) }),
+            ..Default::default()
+        },
+        17 => Layer4 { udp: Some(Udp { source_port: sport, destination_port: dport }), ..Default::default() },
+        1 => {
+            let [kind, code] = e.sport_be.to_ne_bytes();
+            Layer4 { icmpv4: Some(Icmp { kind, code }), ..Default::default() }
+        }
+        _ => Layer4::default(),
+    }
+}
+
+fn summary(f: &Flow, e: &DatapathEvent) -> String {
+    if let Some(l7) = &f.l7 {
+        let d = &l7.dns;
+        let qtype = d.qtypes.first().map_or("", String::as_str);
+        return match l7.kind.as_str() {
+            "REQUEST" => format!("DNS query {} {qtype}", d.query),
+            "RESPONSE" => {
+                let mut answers: Vec<String> = d.cnames.iter().map(|c| format!("CNAME {c}")).collect();
+                answers.extend(d.ips.iter().cloned());
+                format!(
+                    "DNS answer {} {qtype} {}: {} TTL {}",
+                    d.query,
+                    dns::rcode_name(d.rcode as u8),
+                    if answers.is_empty() { "-".into() } else { answers.join(", ") },
+                    d.ttl
+                )
+            }
+            _ => "DNS message that could not be parsed".into(),
+        };
+    }
+    let mut s = match (&f.l4.tcp, &f.l4.icmpv4) {
+        (Some(t), _) => format!("TCP Flags: {}", t.flags.names()),
+        (_, Some(i)) => match i.kind {
+            8 => "ICMPv4 EchoRequest".into(),
+            0 => "ICMPv4 EchoReply".into(),
+            k => format!("ICMPv4 type {k} code {}", i.code),
+        },
+        _ if f.l4.udp.is_some() => "UDP".into(),
+        _ => format!("IP protocol {}", e.proto),
+    };
+    if e.kind == EVENT_FLOW_UPDATE || e.kind == EVENT_FLOW_CLOSE {
+        s.push_str(&format!(" ({} packets, {} bytes{})", e.packets, e.bytes, if e.kind == EVENT_FLOW_CLOSE { ", closed" } else { "" }));
+    }
+    s
+}
+
+/// The newest flows of this node, and the stream of new ones.
+pub struct FlowStore {
+    ring: VecDeque<Arc<Flow>>,
+    capacity: usize,
+    seq: u64,
+    tx: broadcast::Sender<Arc<Flow>>,
+}
+
+pub type SharedFlowStore = Arc<Mutex<FlowStore>>;
+
+/// A follower may fall this many flows behind before it skips.
+const FOLLOW_BUFFER: usize = 16384;
+
+impl FlowStore {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(FOLLOW_BUFFER);
+        Self { ring: VecDeque::with_capacity(capacity.min(1 << 16)), capacity: capacity.max(1), seq: 0, tx }
+    }
+
+    pub fn push(&mut self, mut f: Flow) {
+        self.seq += 1;
+        f.weir.seq = self.seq;
+        let f = Arc::new(f);
+        if self.ring.len() == self.capacity {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(f.clone());
+        // No follower: nothing to send to, not an error.
+        let _ = self.tx.send(f);
+    }
+
+    pub fn seen(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// The history part of a query, oldest first, and a receiver for what follows it.
+    pub fn query(&self, q: &FlowQuery) -> (Vec<Flow>, broadcast::Receiver<Arc<Flow>>) {
+        let mut out: Vec<Flow> = self
+            .ring
+            .iter()
+            .rev()
+            .filter(|f| q.since_unix_ns.is_none_or(|t| f.weir.unix_ns >= t) && q.filter.matches(f))
+            .take(q.last.unwrap_or(usize::MAX))
+            .map(|f| Flow::clone(f))
+            .collect();
+        out.reverse();
+        (out, self.tx.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_operator_api::flow::{Criterion, FlowFilter};
+
+    use super::*;
+
+    fn ev(kind: u8, sport: u16, dport: u16) -> DatapathEvent {
+        DatapathEvent {
+            saddr: Addr16::from_v4_octets([10, 244, 1, 2]),
+            daddr: Addr16::from_v4_octets([10, 244, 2, 3]),
+            packets: 1,
+            bytes: 60,
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            kind,
+            proto: 6,
+            point: OBS_FROM_POD,
+            tcp_flags: 2,
+            ..Default::default()
+        }
+    }
+
+    fn ingest() -> Ingest {
+        Ingest::new("n1".into(), Default::default(), Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn events_become_hubble_shaped_flows() {
+        let mut i = ingest();
+        let f = i.flow(&Event::Flow(ev(EVENT_FLOW_NEW, 40000, 80))).expect("flow");
+        assert_eq!(f.verdict, "FORWARDED");
+        assert_eq!(f.ip.source, "10.244.1.2");
+        assert_eq!(f.l4.tcp.as_ref().map(|t| (t.source_port, t.destination_port)), Some((40000, 80)));
+        assert_eq!(f.summary, "TCP Flags: SYN");
+        assert_eq!(f.traffic_direction, "EGRESS");
+        assert_eq!(f.event_type.kind, 4);
+        let v = serde_json::to_value(&f).expect("json");
+        assert_eq!(v["IP"]["destination"], "10.244.2.3");
+        assert_eq!(v["l4"]["TCP"]["flags"]["SYN"], true);
+        assert_eq!(v["Type"], "L3_L4");
+        let d = i.flow(&Event::Flow(DatapathEvent { reason: 11, ..ev(EVENT_DROP, 1, 2) })).expect("drop");
+        assert_eq!((d.verdict.as_str(), d.weir.drop_reason.as_str()), ("DROPPED", "policy_denied_ingress"));
+        assert_eq!(d.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
+        assert_eq!(d.traffic_direction, "INGRESS");
+        assert!(i.flow(&Event::Flow(ev(99, 1, 2))).is_none());
+    }
+
+    fn dns_event(payload: &[u8], sport: u16, dport: u16, response: bool, t: u64) -> Event {
+        let mut e = DnsEvent {
+            event: DatapathEvent { proto: 17, ktime_ns: t, ..ev(EVENT_DNS, sport, dport) },
+            len: payload.len() as u16,
+            tcp: 0,
+            _pad: [0; 5],
+            data: [0; 512],
+        };
+        if response {
+            (e.event.saddr, e.event.daddr) = (e.event.daddr, e.event.saddr);
+        }
+        e.data[..payload.len()].copy_from_slice(payload);
+        Event::Dns(Box::new(e))
+    }
+
+    #[test]
+    fn dns_queries_and_answers_are_paired_for_latency() {
+        let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1, 0, 1];
+        let mut i = ingest();
+        let fq = i.flow(&dns_event(&q, 5555, 53, false, 1_000)).expect("query");
+        assert_eq!(fq.l7.as_ref().map(|l| l.kind.as_str()), Some("REQUEST"));
+        assert_eq!(fq.summary, "DNS query web. A");
+        q[2] = 0x81;
+        q[3] = 0x80;
+        q[7] = 1;
+        q.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 1, 2, 3]);
+        let fr = i.flow(&dns_event(&q, 53, 5555, true, 251_000)).expect("response");
+        let l7 = fr.l7.expect("l7");
+        assert_eq!((l7.kind.as_str(), l7.latency_ns), ("RESPONSE", 250_000));
+        assert_eq!(l7.dns.ips, ["10.1.2.3"]);
+        assert_eq!(fr.summary, "DNS answer web. A NOERROR: 10.1.2.3 TTL 30");
+        let bad = i.flow(&dns_event(&[1, 2, 3], 5555, 53, false, 5)).expect("malformed");
+        assert_eq!(bad.l7.map(|l| l.kind), Some("MALFORMED".into()));
+    }
+
+    #[test]
+    fn the_store_keeps_the_newest_and_filters_history() {
+        let mut s = FlowStore::new(3);
+        let mut i = ingest();
+        for port in [80, 81, 82, 83] {
+            s.push(i.flow(&Event::Flow(ev(EVENT_FLOW_NEW, 40000, port))).expect("flow"));
+        }
+        assert_eq!((s.len(), s.seen()), (3, 4));
+        let all = s.query(&FlowQuery::default()).0;
+        assert_eq!(all.iter().map(|f| f.ports().1).collect::<Vec<_>>(), [81, 82, 83]);
+        let q = FlowQuery {
+            filter: FlowFilter { include: vec![], exclude: vec![Criterion::Port(82)] },
+            last: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(s.query(&q).0.iter().map(|f| f.ports().1).collect::<Vec<_>>(), [83]);
+    }
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics (`--metrics-addr`, `GET /metrics`, text format 0.0.4).
+//!
+//! Two sources:
+//! * counted as events are ingested (flows, DNS, policy verdicts): labels are bounded — verdict,
+//!   event kind, direction, drop reason, namespace, DNS type and rcode; never a pod, address or
+//!   port;
+//! * read at scrape time from the kernel and the node's writer (drops by reason and lost events
+//!   from the datapath's own counters, which miss nothing even when the ring buffer is full;
+//!   map pressure; rejected Services and policies; fail-closed endpoints).
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, Request, Response};
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use weir_operator_api::flow::Flow;
+
+use crate::dns;
+
+pub struct Metrics {
+    registry: Registry,
+    flows: IntCounterVec,
+    drops: IntCounterVec,
+    dns_queries: IntCounterVec,
+    dns_responses: IntCounterVec,
+    dns_latency: Histogram,
+    dns_malformed: IntCounter,
+    policy_verdicts: IntCounterVec,
+    /// Set at scrape time.
+    pub datapath: IntGaugeVec,
+    pub datapath_drops: IntGaugeVec,
+    pub maps: IntGaugeVec,
+    pub state: IntGaugeVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let flows = counter_vec(
+            &r,
+            "weir_flows_total",
+            "Flow reports from the datapath, by verdict, report kind (new, update, close, drop, dns) and direction.",
+            &["verdict", "event", "direction"],
+        );
+        let drops = counter_vec(
+            &r,
+            "weir_flow_drops_total",
+            "Dropped packets reported as flows, by reason and the namespace of the local pod involved.",
+            &["reason", "namespace"],
+        );
+        let dns_queries = counter_vec(
+            &r,
+            "weir_dns_queries_total",
+            "DNS queries seen in the datapath, by client namespace and query type.",
+            &["namespace", "qtype"],
+        );
+        let dns_responses = counter_vec(
+            &r,
+            "weir_dns_responses_total",
+            "DNS responses seen in the datapath, by client namespace, query type and rcode.",
+            &["namespace", "qtype", "rcode"],
+        );
+        let dns_latency = Histogram::with_opts(
+            HistogramOpts::new("weir_dns_latency_seconds", "Time from a DNS query to its response, seen from the client's node.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(dns_latency.clone())).expect("metric registered once");
+        let dns_malformed = IntCounter::new("weir_dns_malformed_total", "DNS messages the agent could not parse.")
+            .expect("valid metric definition");
+        r.register(Box::new(dns_malformed.clone())).expect("metric registered once");
+        let policy_verdicts = counter_vec(
+            &r,
+            "weir_policy_verdicts_total",
+            "NetworkPolicy verdicts on new connections and drops of isolated pods, by direction and match (allowed, denied).",
+            &["direction", "match"],
+        );
+        let datapath = gauge_vec(
+            &r,
+            "weir_datapath_packets",
+            "Packets by datapath outcome since the datapath was loaded (the kernel's own counters).",
+            &["outcome"],
+        );
+        let datapath_drops = gauge_vec(
+            &r,
+            "weir_datapath_drops",
+            "Packets dropped by the datapath since it was loaded, by reason (the kernel's own counters: complete even when events are lost).",
+            &["reason"],
+        );
+        let maps = gauge_vec(
+            &r,
+            "weir_map_entries",
+            "Entries the agent keeps in a datapath map, and the map's capacity.",
+            &["map", "kind"],
+        );
+        let state = gauge_vec(
+            &r,
+            "weir_agent_state",
+            "Agent state: flows stored and store capacity, events lost in the kernel, rejected Services and policies, fail-closed endpoints.",
+            &["what"],
+        );
+        Self {
+            registry: r,
+            flows,
+            drops,
+            dns_queries,
+            dns_responses,
+            dns_latency,
+            dns_malformed,
+            policy_verdicts,
+            datapath,
+            datapath_drops,
+            maps,
+            state,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one ingested flow.
+    pub fn flow(&self, f: &Flow) {
+        let dir = match f.traffic_direction.as_str() {
+            "EGRESS" => "egress",
+            "INGRESS" => "ingress",
+            _ => "unknown",
+        };
+        self.flows.with_label_values(&[f.verdict.to_ascii_lowercase().as_str(), f.weir.event.as_str(), dir]).inc();
+        if f.verdict == "DROPPED" {
+            // The local pod's namespace: the source leaving a pod, else the destination.
+            let ns = if f.source.namespace.is_empty() { &f.destination.namespace } else { &f.source.namespace };
+            self.drops.with_label_values(&[f.weir.drop_reason.as_str(), ns.as_str()]).inc();
+        }
+    }
+
+    pub fn dns(&self, client_namespace: &str, m: &dns::Message, latency_ns: Option<u64>) {
+        let qtype = dns::type_name(m.qtype);
+        if m.response {
+            self.dns_responses.with_label_values(&[client_namespace, &qtype, dns::rcode_name(m.rcode)]).inc();
+        } else {
+            self.dns_queries.with_label_values(&[client_namespace, &qtype]).inc();
+        }
+        if let Some(ns) = latency_ns {
+            self.dns_latency.observe(ns as f64 / 1e9);
+        }
+    }
+
+    pub fn dns_malformed(&self) {
+        self.dns_malformed.inc();
+    }
+
+    pub fn policy_verdict(&self, direction: &str, outcome: &str) {
+        self.policy_verdicts.with_label_values(&[direction, outcome]).inc();
+    }
+
+    /// The exposition (text format 0.0.4).
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` on `addr`; `refresh` updates the scrape-time gauges first.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    refresh: impl Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+    tracing::info!(%addr, "metrics served at /metrics");
+    let refresh = Arc::new(refresh);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on the metrics socket");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (metrics, refresh) = (metrics.clone(), refresh.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (metrics, refresh) = (metrics.clone(), refresh.clone());
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        refresh().await;
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(Bytes::from(metrics.render())))
+                    } else {
+                        Response::builder().status(404).body(Full::new(Bytes::from_static(b"only /metrics here\n")))
+                    };
+                    Ok::<_, Infallible>(resp.unwrap_or_default())
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
+                tracing::debug!(error = %e, "metrics connection");
+            }
+        });
+    }
+}

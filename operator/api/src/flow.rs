@@ -1,0 +1,559 @@
+//! Flows as `weir observe` and the API show them, and the filters that select them.
+//!
+//! Field names follow Hubble's `flow.Flow` in its JSON form (`hubble observe -o json`), so tools
+//! that read Hubble's JSON read weir's: `time`, `verdict`, `IP`, `l4`, `source`, `destination`,
+//! `Type`, `node_name`, `l7.dns`, `is_reply`, `traffic_direction`, `Summary`, the
+//! `*_allowed_by` / `*_denied_by` policy lists. What Hubble has no field for (aggregated
+//! counters, the kind of report, weir's drop reason) is under `weir`.
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// RFC 3339 with nanoseconds, UTC.
+    pub time: String,
+    /// FORWARDED or DROPPED.
+    pub verdict: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason_desc: Option<String>,
+    #[serde(rename = "IP")]
+    pub ip: Ip,
+    pub l4: Layer4,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    /// L3_L4, or L7 for DNS.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub node_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<Layer7>,
+    pub is_reply: bool,
+    pub event_type: EventType,
+    /// INGRESS (into a local pod from elsewhere), EGRESS (out of a local pod) or
+    /// TRAFFIC_DIRECTION_UNKNOWN.
+    pub traffic_direction: String,
+    /// FROM_ENDPOINT (leaving a pod) or TO_ENDPOINT (delivered to a pod).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_observation_point: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_allowed_by: Vec<Policy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_allowed_by: Vec<Policy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_denied_by: Vec<Policy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_denied_by: Vec<Policy>,
+    #[serde(rename = "Summary")]
+    pub summary: String,
+    pub weir: WeirInfo,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ip {
+    pub source: String,
+    pub destination: String,
+    #[serde(rename = "ipVersion")]
+    pub ip_version: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer4 {
+    #[serde(rename = "TCP", default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Tcp>,
+    #[serde(rename = "UDP", default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<Udp>,
+    #[serde(rename = "ICMPv4", default, skip_serializing_if = "Option::is_none")]
+    pub icmpv4: Option<Icmp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tcp {
+    pub source_port: u16,
+    pub destination_port: u16,
+    #[serde(default, skip_serializing_if = "TcpFlags::is_empty")]
+    pub flags: TcpFlags,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub struct TcpFlags {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fin: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub syn: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rst: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub psh: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
+}
+
+impl TcpFlags {
+    pub fn from_bits(b: u8) -> Self {
+        Self { fin: b & 1 != 0, syn: b & 2 != 0, rst: b & 4 != 0, psh: b & 8 != 0, ack: b & 16 != 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// "SYN, ACK" (Hubble's summary spelling).
+    pub fn names(&self) -> String {
+        let all = [(self.syn, "SYN"), (self.ack, "ACK"), (self.psh, "PSH"), (self.fin, "FIN"), (self.rst, "RST")];
+        all.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Udp {
+    pub source_port: u16,
+    pub destination_port: u16,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Icmp {
+    #[serde(rename = "type")]
+    pub kind: u8,
+    pub code: u8,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The NetworkPolicy identity weir gave the address (0: unknown).
+    #[serde(default)]
+    pub identity: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// `k8s:KEY=VALUE`, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<Workload>,
+    /// The node the pod runs on (weir: Hubble keeps this on the flow only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+}
+
+impl Endpoint {
+    /// `namespace/pod`, or empty when the address is no pod.
+    pub fn pod(&self) -> String {
+        if self.pod_name.is_empty() {
+            String::new()
+        } else {
+            format!("{}/{}", self.namespace, self.pod_name)
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub name: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub name: String,
+    pub namespace: String,
+    /// Which of the policy's rules, e.g. `ingress[0]` (weir).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventType {
+    /// Hubble's monitor message types: 1 drop, 4 trace, 129 L7.
+    #[serde(rename = "type")]
+    pub kind: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer7 {
+    /// REQUEST or RESPONSE.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Query to response, for responses whose query was seen.
+    #[serde(default)]
+    pub latency_ns: u64,
+    pub dns: Dns,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// The name asked, with its trailing dot.
+    pub query: String,
+    /// A and AAAA answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// The smallest TTL of the answers.
+    #[serde(default)]
+    pub ttl: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cnames: Vec<String>,
+    /// Response code (0 NOERROR, 3 NXDOMAIN, ...).
+    #[serde(default)]
+    pub rcode: u32,
+    /// Question types, e.g. ["A"].
+    #[serde(default)]
+    pub qtypes: Vec<String>,
+    /// Answer record types.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rrtypes: Vec<String>,
+    pub observation_source: String,
+}
+
+/// What Hubble has no field for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeirInfo {
+    /// new, update, close (flow reports aggregated in the kernel), drop, dns.
+    pub event: String,
+    /// Packets and bytes of the flow so far (one direction), or of the dropped packet.
+    pub packets: u64,
+    pub bytes: u64,
+    /// weir's drop reason label (`weir datapath` counters use the same).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub drop_reason: String,
+    /// DNS: the message arrived over TCP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dns_tcp: bool,
+    /// Order of this flow in its node's store (for follow and since).
+    pub seq: u64,
+    /// Unix time in nanoseconds (the same instant as `time`).
+    pub unix_ns: u64,
+}
+
+impl Flow {
+    pub fn ports(&self) -> (u16, u16) {
+        match (&self.l4.tcp, &self.l4.udp) {
+            (Some(t), _) => (t.source_port, t.destination_port),
+            (_, Some(u)) => (u.source_port, u.destination_port),
+            _ => (0, 0),
+        }
+    }
+
+    pub fn protocol(&self) -> &'static str {
+        if self.l4.tcp.is_some() {
+            "tcp"
+        } else if self.l4.udp.is_some() {
+            "udp"
+        } else if self.l4.icmpv4.is_some() {
+            "icmp"
+        } else {
+            "other"
+        }
+    }
+
+    /// trace, drop, dns or policy-verdict (a flow some policy judged).
+    pub fn types(&self) -> Vec<&'static str> {
+        let mut t = Vec::new();
+        if self.l7.is_some() {
+            t.push("dns");
+        } else if self.verdict == "DROPPED" {
+            t.push("drop");
+        } else {
+            t.push("trace");
+        }
+        let judged = [&self.egress_allowed_by, &self.ingress_allowed_by, &self.egress_denied_by, &self.ingress_denied_by];
+        if judged.iter().any(|v| !v.is_empty()) || self.weir.drop_reason.starts_with("policy_") {
+            t.push("policy-verdict");
+        }
+        t
+    }
+}
+
+/// One filter criterion of `weir observe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "kebab-case")]
+pub enum Criterion {
+    /// Either side is in the namespace.
+    Namespace(String),
+    /// Either side is the pod: `ns/name`, or `name` (any namespace); a trailing `*` matches a prefix.
+    Pod(String),
+    FromPod(String),
+    ToPod(String),
+    /// Either side has the label: `key=value` or `key`.
+    Label(String),
+    FromLabel(String),
+    ToLabel(String),
+    /// Either side's address: an IPv4/IPv6 address or a CIDR.
+    Ip(String),
+    FromIp(String),
+    ToIp(String),
+    /// Either side's port.
+    Port(u16),
+    /// tcp, udp, icmp or dns.
+    Protocol(String),
+    /// forwarded or dropped.
+    Verdict(String),
+    /// trace, drop, dns or policy-verdict.
+    Type(String),
+    Node(String),
+    /// A DNS flow whose name matches (suffix match; `*.` prefix allowed).
+    DnsName(String),
+}
+
+impl Criterion {
+    /// Which criteria OR together (the same kind) rather than AND.
+    pub fn group(&self) -> &'static str {
+        match self {
+            Criterion::Namespace(_) => "namespace",
+            Criterion::Pod(_) => "pod",
+            Criterion::FromPod(_) => "from-pod",
+            Criterion::ToPod(_) => "to-pod",
+            Criterion::Label(_) => "label",
+            Criterion::FromLabel(_) => "from-label",
+            Criterion::ToLabel(_) => "to-label",
+            Criterion::Ip(_) => "ip",
+            Criterion::FromIp(_) => "from-ip",
+            Criterion::ToIp(_) => "to-ip",
+            Criterion::Port(_) => "port",
+            Criterion::Protocol(_) => "protocol",
+            Criterion::Verdict(_) => "verdict",
+            Criterion::Type(_) => "type",
+            Criterion::Node(_) => "node",
+            Criterion::DnsName(_) => "dns-name",
+        }
+    }
+
+    pub fn matches(&self, f: &Flow) -> bool {
+        match self {
+            Criterion::Namespace(n) => &f.source.namespace == n || &f.destination.namespace == n,
+            Criterion::Pod(p) => pod_matches(p, &f.source) || pod_matches(p, &f.destination),
+            Criterion::FromPod(p) => pod_matches(p, &f.source),
+            Criterion::ToPod(p) => pod_matches(p, &f.destination),
+            Criterion::Label(l) => label_matches(l, &f.source) || label_matches(l, &f.destination),
+            Criterion::FromLabel(l) => label_matches(l, &f.source),
+            Criterion::ToLabel(l) => label_matches(l, &f.destination),
+            Criterion::Ip(c) => ip_matches(c, &f.ip.source) || ip_matches(c, &f.ip.destination),
+            Criterion::FromIp(c) => ip_matches(c, &f.ip.source),
+            Criterion::ToIp(c) => ip_matches(c, &f.ip.destination),
+            Criterion::Port(p) => {
+                let (s, d) = f.ports();
+                *p == s || *p == d
+            }
+            Criterion::Protocol(p) if p == "dns" => f.l7.is_some(),
+            Criterion::Protocol(p) => f.protocol() == p,
+            Criterion::Verdict(v) => f.verdict.eq_ignore_ascii_case(v),
+            Criterion::Type(t) => f.types().contains(&t.as_str()),
+            Criterion::Node(n) => &f.node_name == n,
+            Criterion::DnsName(n) => f.l7.as_ref().is_some_and(|l| dns_name_matches(n, &l.dns.query)),
+        }
+    }
+
+    /// Checks the value (the CLI reports what is wrong before asking the agent).
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Criterion::Ip(c) | Criterion::FromIp(c) | Criterion::ToIp(c) => parse_cidr(c).map(|_| ()),
+            Criterion::Protocol(p) if !["tcp", "udp", "icmp", "dns"].contains(&p.as_str()) => {
+                Err(format!("--protocol {p}: expected tcp, udp, icmp or dns"))
+            }
+            Criterion::Verdict(v) if !["forwarded", "dropped"].contains(&v.to_ascii_lowercase().as_str()) => {
+                Err(format!("--verdict {v}: expected forwarded or dropped"))
+            }
+            Criterion::Type(t) if !["trace", "drop", "dns", "policy-verdict"].contains(&t.as_str()) => {
+                Err(format!("--type {t}: expected trace, drop, dns or policy-verdict"))
+            }
+            Criterion::Label(l) | Criterion::FromLabel(l) | Criterion::ToLabel(l) if l.is_empty() => {
+                Err("--label: expected KEY or KEY=VALUE".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn pod_matches(want: &str, e: &Endpoint) -> bool {
+    if e.pod_name.is_empty() {
+        return false;
+    }
+    let (ns, name) = match want.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, want),
+    };
+    if ns.is_some_and(|ns| ns != e.namespace) {
+        return false;
+    }
+    match name.strip_suffix('*') {
+        Some(prefix) => e.pod_name.starts_with(prefix),
+        None => e.pod_name == name,
+    }
+}
+
+fn label_matches(want: &str, e: &Endpoint) -> bool {
+    let want = want.strip_prefix("k8s:").unwrap_or(want);
+    e.labels.iter().any(|l| {
+        let l = l.strip_prefix("k8s:").unwrap_or(l);
+        match want.split_once('=') {
+            Some(_) => l == want,
+            None => l.split_once('=').map_or(l, |(k, _)| k) == want,
+        }
+    })
+}
+
+/// `addr` or `addr/len`.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let bad = |why: &str| format!("--ip {s}: {why}");
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad("the prefix length is not a number"))?)),
+        None => (s, None),
+    };
+    let a: IpAddr = a.parse().map_err(|_| bad("not an IP address"))?;
+    let max = if a.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    if len > max {
+        return Err(bad("prefix length too long"));
+    }
+    Ok((a, len))
+}
+
+fn ip_matches(cidr: &str, addr: &str) -> bool {
+    let (Ok((net, len)), Ok(a)) = (parse_cidr(cidr), addr.parse::<IpAddr>()) else { return false };
+    match (net, a) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+fn dns_name_matches(want: &str, name: &str) -> bool {
+    let norm = |s: &str| s.trim_end_matches('.').to_ascii_lowercase();
+    let (want, name) = (norm(want), norm(name));
+    match want.strip_prefix("*.") {
+        Some(suffix) => name.ends_with(&format!(".{suffix}")),
+        None => name == want,
+    }
+}
+
+/// The flows a query selects: every `include` group (criteria of one kind OR together; kinds
+/// AND), none of `exclude`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowFilter {
+    #[serde(default)]
+    pub include: Vec<Criterion>,
+    #[serde(default)]
+    pub exclude: Vec<Criterion>,
+}
+
+impl FlowFilter {
+    pub fn matches(&self, f: &Flow) -> bool {
+        if self.exclude.iter().any(|c| c.matches(f)) {
+            return false;
+        }
+        let mut groups: Vec<&str> = self.include.iter().map(Criterion::group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups.iter().all(|g| self.include.iter().filter(|c| c.group() == *g).any(|c| c.matches(f)))
+    }
+}
+
+/// `weir observe` asks for flows with this.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowQuery {
+    #[serde(default)]
+    pub filter: FlowFilter,
+    /// Only the newest N matching flows of the history.
+    #[serde(default)]
+    pub last: Option<usize>,
+    /// Only flows at or after this Unix time (nanoseconds).
+    #[serde(default)]
+    pub since_unix_ns: Option<u64>,
+    /// After the history, stream new matching flows until the client hangs up.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// One batch of flows (a follow stream sends many).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flows {
+    pub flows: Vec<Flow>,
+    /// Flows this node's agent has recorded since it started.
+    pub seen: u64,
+    /// Events the kernel could not put on the ring buffer (counted, not silently lost).
+    pub lost_in_kernel: u64,
+    /// Flows evicted from the store before anyone read them is not tracked; this is its size.
+    pub capacity: usize,
+    /// A follower too slow for the stream skipped this many flows.
+    #[serde(default)]
+    pub skipped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow() -> Flow {
+        Flow {
+            verdict: "FORWARDED".into(),
+            ip: Ip { source: "10.244.1.5".into(), destination: "10.244.2.9".into(), ip_version: "IPv4".into() },
+            l4: Layer4 { tcp: Some(Tcp { source_port: 40000, destination_port: 80, flags: TcpFlags::from_bits(2) }), ..Default::default() },
+            source: Endpoint {
+                namespace: "shop".into(),
+                pod_name: "web-1".into(),
+                labels: vec!["k8s:app=web".into()],
+                ..Default::default()
+            },
+            destination: Endpoint { namespace: "db".into(), pod_name: "pg-0".into(), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn criteria_match_either_side_or_one_side() {
+        let f = flow();
+        assert!(Criterion::Namespace("db".into()).matches(&f));
+        assert!(Criterion::Pod("shop/web-1".into()).matches(&f));
+        assert!(Criterion::Pod("web-*".into()).matches(&f));
+        assert!(!Criterion::Pod("db/web-1".into()).matches(&f));
+        assert!(Criterion::FromPod("web-1".into()).matches(&f));
+        assert!(!Criterion::ToPod("web-1".into()).matches(&f));
+        assert!(Criterion::Label("app".into()).matches(&f));
+        assert!(Criterion::Label("app=web".into()).matches(&f));
+        assert!(!Criterion::Label("app=db".into()).matches(&f));
+        assert!(Criterion::Ip("10.244.2.0/24".into()).matches(&f));
+        assert!(!Criterion::FromIp("10.244.2.0/24".into()).matches(&f));
+        assert!(Criterion::Port(80).matches(&f));
+        assert!(Criterion::Protocol("tcp".into()).matches(&f));
+        assert!(!Criterion::Protocol("dns".into()).matches(&f));
+        assert!(Criterion::Verdict("forwarded".into()).matches(&f));
+        assert!(Criterion::Type("trace".into()).matches(&f));
+    }
+
+    #[test]
+    fn same_kind_ors_kinds_and_excludes_win() {
+        let f = flow();
+        let ns = |n: &str| Criterion::Namespace(n.into());
+        let filter = FlowFilter { include: vec![ns("x"), ns("db"), Criterion::Port(80)], exclude: vec![] };
+        assert!(filter.matches(&f));
+        let filter = FlowFilter { include: vec![ns("db"), Criterion::Port(81)], exclude: vec![] };
+        assert!(!filter.matches(&f));
+        let filter = FlowFilter { include: vec![ns("db")], exclude: vec![Criterion::Protocol("tcp".into())] };
+        assert!(!filter.matches(&f));
+        assert!(FlowFilter::default().matches(&f));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(Criterion::Ip("10.0.0.0/40".into()).validate().unwrap_err().contains("10.0.0.0/40"));
+        assert!(Criterion::Ip("nope".into()).validate().is_err());
+        assert!(Criterion::Protocol("sctp".into()).validate().unwrap_err().contains("sctp"));
+        assert!(Criterion::Verdict("maybe".into()).validate().is_err());
+        assert!(Criterion::Type("l7".into()).validate().is_err());
+        assert!(Criterion::Verdict("DROPPED".into()).validate().is_ok());
+    }
+
+    #[test]
+    fn dns_names_match_exactly_or_by_suffix() {
+        assert!(dns_name_matches("web.lab.test", "web.lab.test."));
+        assert!(dns_name_matches("*.lab.test", "WEB.lab.test."));
+        assert!(!dns_name_matches("*.lab.test", "lab.test."));
+    }
+}
