@@ -1,0 +1,319 @@
+//! Observability in the lab: a real DNS server (dnsmasq) in one pod, a real client (dig) in
+//! another, a TCP session and a NetworkPolicy drop; `weir-lab observe` must show them with the
+//! right pods, verdicts, policies and DNS answers; its filters and formats must select and print
+//! what they say; a bad flag is refused by name; the agents' metrics must pass
+//! `promtool check metrics`.
+mod common;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use common::TestLab;
+use serde_json::Value;
+use weir_tests::require_root;
+
+const PODS: &str = r#"
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  nodeName: n1
+  containers:
+  - {name: c, image: lab/server, ports: [{name: http, containerPort: 8080, protocol: TCP}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: n2
+  containers:
+  - name: c
+    image: lab/server
+    ports:
+    - {name: http, containerPort: 8080, protocol: TCP}
+    - {name: other, containerPort: 8081, protocol: TCP}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns, namespace: shop, labels: {app: dns}}
+spec:
+  nodeName: n2
+  containers:
+  - {name: c, image: lab/server, ports: [{name: http, containerPort: 8080, protocol: TCP}]}
+"#;
+
+const POLICY: &str = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-only-8080, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 8080, protocol: TCP}]
+"#;
+
+/// The dnsmasq daemon started in the DNS pod, stopped by the PID it wrote (also on panic).
+struct Dnsmasq {
+    pid_file: PathBuf,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+fn pod_ip(lab: &TestLab, name: &str) -> String {
+    let p = lab.pods().into_iter().find(|p| p["name"] == name).expect("pod");
+    p["ip"].as_str().expect("ip").to_owned()
+}
+
+/// `weir-lab observe ARGS -o json`, one flow per line.
+fn observe(lab: &TestLab, args: &[&str]) -> Vec<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = lab.ok(&[&["observe"], all.as_slice()].concat());
+    out.lines().map(|l| serde_json::from_str::<Value>(l).expect("flow json")["flow"].clone()).collect()
+}
+
+fn pod_of(side: &Value) -> String {
+    format!("{}/{}", side["namespace"].as_str().unwrap_or(""), side["pod_name"].as_str().unwrap_or(""))
+}
+
+fn dig(lab: &TestLab, server: &str, name: &str, tcp: bool) -> String {
+    let mut args = vec!["exec", "shop/client", "--", "dig", "+short", "+tries=1", "+time=2"];
+    if tcp {
+        args.push("+tcp");
+    }
+    let at = format!("@{server}");
+    args.extend([at.as_str(), name, "A"]);
+    lab.ok(&args)
+}
+
+#[test]
+fn lab_observe_flows_drops_dns_and_metrics() {
+    if !require_root("lab_observe_flows_drops_dns_and_metrics") {
+        return;
+    }
+    let lab = TestLab::up("direct");
+    let out = lab.apply(PODS);
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let dns_ip = pod_ip(&lab, "dns");
+    let web_ip = pod_ip(&lab, "web");
+    // Flows are enriched from the agents' view of the cluster: wait until both agents know
+    // every pod's address (they read it from the API after the CNI ADD).
+    for node in ["n1", "n2"] {
+        let knows = || {
+            ["shop/dns", "shop/web"].iter().all(|to| {
+                let args = ["weir", node, "--", "policy", "explain", "--from", "shop/client", "--to", to, "--port", "53"];
+                lab.run(&args).status.success()
+            })
+        };
+        let mut ok = false;
+        for _ in 0..50 {
+            ok = knows();
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(ok, "the agent of {node} never saw the pods' addresses");
+    }
+
+    // A real DNS server in the dns pod: dnsmasq, answering two local names, nothing upstream.
+    let dnsmasq = Dnsmasq { pid_file: std::env::temp_dir().join(format!("weir-dnsmasq-{}.pid", lab.name)) };
+    lab.ok(&[
+        "exec",
+        "shop/dns",
+        "--",
+        "dnsmasq",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=root",
+        "--group=root",
+        &format!("--pid-file={}", dnsmasq.pid_file.display()),
+        &format!("--listen-address={dns_ip}"),
+        "--bind-interfaces",
+        "--local-ttl=60",
+        "--host-record=web.lab.test,10.9.8.7",
+        "--cname=www.lab.test,web.lab.test",
+    ]);
+    // The real client: dig, over UDP then TCP.
+    let mut answer = String::new();
+    for _ in 0..10 {
+        answer = dig(&lab, &dns_ip, "www.lab.test", false);
+        if answer.contains("10.9.8.7") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(answer.contains("10.9.8.7"), "dig over UDP: {answer}");
+    assert!(dig(&lab, &dns_ip, "www.lab.test", true).contains("10.9.8.7"), "dig over TCP");
+
+    // A TCP session, then a policy that lets only 8080 in, and a connection it drops.
+    assert_eq!(lab.probe("shop/client", &format!("{web_ip}:8080"), "tcp").0, "connected");
+    let out = lab.apply(POLICY);
+    assert!(out.status.success(), "apply policy: {}", String::from_utf8_lossy(&out.stderr));
+    let mut denied = false;
+    for _ in 0..20 {
+        if lab.probe("shop/client", &format!("{web_ip}:8081"), "tcp").0 != "connected" {
+            denied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(denied, "the policy never denied 8081");
+    assert_eq!(lab.probe("shop/client", &format!("{web_ip}:8080"), "tcp").0, "connected");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let flows = observe(&lab, &[]);
+    let show = |fs: &[Value]| fs.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n");
+
+    // DNS: the answers, the pods, the latency, over UDP and TCP.
+    for tcp in [false, true] {
+        let answers: Vec<&Value> = flows
+            .iter()
+            .filter(|f| {
+                f["l7"]["type"] == "RESPONSE"
+                    && f["l7"]["dns"]["query"] == "www.lab.test."
+                    && f["weir"]["dns_tcp"].as_bool().unwrap_or(false) == tcp
+            })
+            .collect();
+        assert!(!answers.is_empty(), "no DNS answer (tcp {tcp}) in:\n{}", show(&flows));
+        for a in &answers {
+            assert_eq!(pod_of(&a["source"]), "shop/dns");
+            assert_eq!(pod_of(&a["destination"]), "shop/client");
+            assert_eq!(a["l7"]["dns"]["ips"], serde_json::json!(["10.9.8.7"]), "{a}");
+            assert_eq!(a["l7"]["dns"]["cnames"], serde_json::json!(["web.lab.test."]), "{a}");
+            assert_eq!(a["l7"]["dns"]["ttl"], 60, "{a}");
+            assert_eq!(a["l7"]["dns"]["rcode"], 0);
+            assert_eq!(a["is_reply"], false, "a DNS message is L7, not a flow report: {a}");
+        }
+        assert!(answers.iter().any(|a| a["l7"]["latency_ns"].as_u64().unwrap_or(0) > 0), "no latency (tcp {tcp})");
+    }
+    let queries = flows.iter().filter(|f| f["l7"]["type"] == "REQUEST").count();
+    assert!(queries >= 2, "queries: {}", show(&flows));
+
+    // The TCP session: forwarded, seen leaving the client on n1 and arriving at web on n2, with
+    // the reply marked; after the policy, the allowed connection names the rule.
+    let to_web = |f: &Value, port: u64| {
+        f["l4"]["TCP"]["destination_port"] == port && pod_of(&f["destination"]) == "shop/web"
+    };
+    let syns: Vec<&Value> = flows
+        .iter()
+        .filter(|f| to_web(f, 8080) && f["weir"]["event"] == "new" && f["verdict"] == "FORWARDED")
+        .collect();
+    assert!(syns.iter().any(|f| f["node_name"] == "n1" && f["traffic_direction"] == "EGRESS"), "{}", show(&flows));
+    assert!(syns.iter().any(|f| f["node_name"] == "n2" && f["traffic_direction"] == "INGRESS"));
+    assert!(
+        syns.iter().any(|f| f["ingress_allowed_by"][0]["name"] == "web-only-8080"
+            && f["ingress_allowed_by"][0]["rule"] == "ingress[0]"),
+        "no flow names the allowing rule:\n{}",
+        show(&syns.iter().map(|f| (*f).clone()).collect::<Vec<_>>())
+    );
+    assert!(flows.iter().any(|f| f["l4"]["TCP"]["source_port"] == 8080
+        && pod_of(&f["source"]) == "shop/web"
+        && f["weir"]["event"] == "new"
+        && f["is_reply"] == true));
+    assert!(flows.iter().any(|f| to_web(f, 8080) && f["weir"]["event"] == "close"), "no close report");
+
+    // The drop: at web's node, with its reason and the policy that isolates web.
+    let drops: Vec<&Value> = flows.iter().filter(|f| f["verdict"] == "DROPPED").collect();
+    assert!(!drops.is_empty(), "no drop in:\n{}", show(&flows));
+    for d in &drops {
+        assert!(to_web(d, 8081), "unexpected drop {d}");
+        assert_eq!(d["node_name"], "n2");
+        assert_eq!(d["weir"]["drop_reason"], "policy_denied_ingress");
+        assert_eq!(d["drop_reason_desc"], "POLICY_DENIED");
+        assert_eq!(d["ingress_denied_by"][0]["name"], "web-only-8080", "{d}");
+        assert_eq!(pod_of(&d["source"]), "shop/client");
+    }
+
+    // Filters select exactly what they say.
+    let only = |args: &[&str], pred: &dyn Fn(&Value) -> bool| {
+        let got = observe(&lab, args);
+        assert!(!got.is_empty(), "{args:?} selected nothing");
+        assert!(got.iter().all(pred), "{args:?} selected:\n{}", show(&got));
+        got.len()
+    };
+    only(&["--protocol", "dns"], &|f| f["Type"] == "L7");
+    only(&["--verdict", "dropped"], &|f| f["verdict"] == "DROPPED");
+    only(&["--type", "policy-verdict"], &|f| {
+        f["ingress_allowed_by"].is_array() || f["ingress_denied_by"].is_array()
+    });
+    only(&["--to-pod", "shop/web", "--port", "8081"], &|f| to_web(f, 8081));
+    only(&["--from-pod", "shop/dns", "--not", "--protocol", "dns"], &|f| {
+        pod_of(&f["source"]) == "shop/dns" && f["Type"] == "L3_L4"
+    });
+    only(&["--ip", &format!("{dns_ip}/32"), "--port", "53", "--protocol", "udp"], &|f| f["l4"]["UDP"].is_object());
+    only(&["-l", "app=web", "--node", "n2"], &|f| f["node_name"] == "n2");
+    only(&["--dns-name", "*.lab.test"], &|f| f["l7"]["dns"]["query"] == "www.lab.test.");
+    assert_eq!(only(&["--last", "3", "--node", "n1"], &|f| f["node_name"] == "n1"), 3);
+    assert!(observe(&lab, &["--not", "--namespace", "shop", "--namespace", "shop"]).is_empty());
+    let since_future = observe(&lab, &["--since", "0s", "--verdict", "dropped"]);
+    assert!(since_future.len() <= 1, "--since 0s: {}", show(&since_future));
+
+    // Compact and table output name the pods, the verdict and the policy.
+    let compact = lab.ok(&["observe", "--verdict", "dropped", "--last", "1"]);
+    assert!(compact.contains("shop/client:") && compact.contains("-> shop/web:8081"), "{compact}");
+    assert!(compact.contains("DROPPED (policy_denied_ingress)") && compact.contains("ingress denied by shop/web-only-8080"));
+    let dns_line = lab.ok(&["observe", "--protocol", "dns", "--last", "20"]);
+    assert!(dns_line.contains("DNS answer www.lab.test. A NOERROR: CNAME web.lab.test., 10.9.8.7 TTL 60"), "{dns_line}");
+    let table = lab.ok(&["observe", "-o", "table", "--last", "2"]);
+    assert!(table.starts_with("TIMESTAMP") && table.contains("VERDICT"), "{table}");
+
+    // Bad input: named, and no flows printed.
+    let bad = lab.run(&["observe", "--colour", "red"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown flag --colour"));
+    let bad = lab.run(&["observe", "--protocol", "sctp"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--protocol sctp"));
+
+    // Metrics: valid exposition, with what this session did.
+    for node in ["n1", "n2"] {
+        let text = lab.ok(&["metrics", node]);
+        let (ok, said) = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .output_with_stdin(&text);
+        assert!(ok, "promtool check metrics ({node}):\n{said}\n{text}");
+        assert!(text.contains("weir_dns_responses_total{namespace=\"shop\",qtype=\"A\",rcode=\"NOERROR\"}"), "{text}");
+        assert!(text.contains("weir_agent_state{what=\"events_lost_in_kernel\"} 0"), "{text}");
+        if node == "n2" {
+            assert!(text.contains("weir_flow_drops_total{namespace=\"shop\",reason=\"policy_denied_ingress\"}"));
+            assert!(text.contains("weir_policy_verdicts_total{direction=\"ingress\",match=\"allowed\"}"));
+            assert!(text.contains("weir_datapath_drops{reason=\"policy_denied_ingress\"}"));
+        }
+    }
+}
+
+trait WithStdin {
+    /// Runs with `input` on stdin; (success, stdout + stderr).
+    fn output_with_stdin(&mut self, input: &str) -> (bool, String);
+}
+
+impl WithStdin for Command {
+    fn output_with_stdin(&mut self, input: &str) -> (bool, String) {
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (installed by scripts/setup.sh: Debian package prometheus)");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input.as_bytes()).expect("write");
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+}
