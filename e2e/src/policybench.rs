@@ -27,9 +27,7 @@ use weir_operator_agent::{
     source::{manifest::snapshot_of, ClusterSnapshot},
 };
 
-#[allow(dead_code)]
-#[path = "nsexec.rs"]
-mod nsexec;
+mod benchenv;
 
 #[derive(Parser)]
 #[command(name = "weir-policy-bench", about = "NetworkPolicy per-packet cost and convergence at 10/1k/10k rules")]
@@ -115,24 +113,9 @@ fn cluster_yaml(pods: usize, rules: usize) -> String {
     y
 }
 
+/// An established connection's packet (ACK) to `dport`.
 fn frame(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let mut f = vec![0u8; 14 + 20 + 20];
-    f[0..6].copy_from_slice(&[0x0a, 0, 0, 0, 0, 1]);
-    f[6..12].copy_from_slice(&[0x0a, 0, 0, 0, 0, 2]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let tcp = &mut f[34..54];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[12] = 0x50;
-    tcp[13] = 0x10; // ACK: an established connection's packet
-    f
+    benchenv::tcp_frame(src, dst, 40000, dport, 0x10)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -328,32 +311,14 @@ fn print_table(rs: &[SizeResult]) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!("weir-policy-bench needs root (a network namespace, bpffs, BPF)");
-    }
-    let netns = format!("wpb-{}", std::process::id());
-    let bpffs = PathBuf::from(format!("/run/weir-policy-bench-{}", std::process::id()));
-    nsexec::ip(&["netns", "add", &netns])?;
-    let result = (|| -> anyhow::Result<Vec<SizeResult>> {
-        std::fs::create_dir_all(&bpffs)?;
-        nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .context("mounting bpffs")?;
-        let path = nsexec::netns_path(&netns);
-        let bpffs2 = bpffs.clone();
-        let rules = cli.rules.clone();
-        let cli2 = Cli { rules, pods: cli.pods, repeat: cli.repeat, changes: cli.changes, out: cli.out.clone() };
-        // The datapath is loaded and run from a thread inside the bench's own namespace.
-        std::thread::spawn(move || -> anyhow::Result<Vec<SizeResult>> {
-            let ns = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-            run(&cli2, bpffs2)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
-    })();
-    let _ = nix::mount::umount2(&bpffs, nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir(&bpffs);
-    let _ = nsexec::ip(&["netns", "del", &netns]);
+    let cli2 = Cli {
+        rules: cli.rules.clone(),
+        pods: cli.pods,
+        repeat: cli.repeat,
+        changes: cli.changes,
+        out: cli.out.clone(),
+    };
+    let result = benchenv::in_bench_netns("wpb", move |bpffs| run(&cli2, bpffs));
     let results = result?;
     print_table(&results);
     std::fs::write(&cli.out, serde_json::to_string_pretty(&results)?)

@@ -115,7 +115,8 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     for node in ["n1", "n2"] {
         let knows = || {
             ["shop/dns", "shop/web"].iter().all(|to| {
-                let args = ["weir", node, "--", "policy", "explain", "--from", "shop/client", "--to", to, "--port", "53"];
+                let args =
+                    ["weir", node, "--", "policy", "explain", "--from", "shop/client", "--to", to, "--port", "53"];
                 lab.run(&args).status.success()
             })
         };
@@ -206,9 +207,8 @@ fn lab_observe_flows_drops_dns_and_metrics() {
 
     // The TCP session: forwarded, seen leaving the client on n1 and arriving at web on n2, with
     // the reply marked; after the policy, the allowed connection names the rule.
-    let to_web = |f: &Value, port: u64| {
-        f["l4"]["TCP"]["destination_port"] == port && pod_of(&f["destination"]) == "shop/web"
-    };
+    let to_web =
+        |f: &Value, port: u64| f["l4"]["TCP"]["destination_port"] == port && pod_of(&f["destination"]) == "shop/web";
     let syns: Vec<&Value> = flows
         .iter()
         .filter(|f| to_web(f, 8080) && f["weir"]["event"] == "new" && f["verdict"] == "FORWARDED")
@@ -248,9 +248,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     };
     only(&["--protocol", "dns"], &|f| f["Type"] == "L7");
     only(&["--verdict", "dropped"], &|f| f["verdict"] == "DROPPED");
-    only(&["--type", "policy-verdict"], &|f| {
-        f["ingress_allowed_by"].is_array() || f["ingress_denied_by"].is_array()
-    });
+    only(&["--type", "policy-verdict"], &|f| f["ingress_allowed_by"].is_array() || f["ingress_denied_by"].is_array());
     only(&["--to-pod", "shop/web", "--port", "8081"], &|f| to_web(f, 8081));
     only(&["--from-pod", "shop/dns", "--not", "--protocol", "dns"], &|f| {
         pod_of(&f["source"]) == "shop/dns" && f["Type"] == "L3_L4"
@@ -266,9 +264,14 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     // Compact and table output name the pods, the verdict and the policy.
     let compact = lab.ok(&["observe", "--verdict", "dropped", "--last", "1"]);
     assert!(compact.contains("shop/client:") && compact.contains("-> shop/web:8081"), "{compact}");
-    assert!(compact.contains("DROPPED (policy_denied_ingress)") && compact.contains("ingress denied by shop/web-only-8080"));
+    assert!(
+        compact.contains("DROPPED (policy_denied_ingress)") && compact.contains("ingress denied by shop/web-only-8080")
+    );
     let dns_line = lab.ok(&["observe", "--protocol", "dns", "--last", "20"]);
-    assert!(dns_line.contains("DNS answer www.lab.test. A NOERROR: CNAME web.lab.test., 10.9.8.7 TTL 60"), "{dns_line}");
+    assert!(
+        dns_line.contains("DNS answer www.lab.test. A NOERROR: CNAME web.lab.test., 10.9.8.7 TTL 60"),
+        "{dns_line}"
+    );
     let table = lab.ok(&["observe", "-o", "table", "--last", "2"]);
     assert!(table.starts_with("TIMESTAMP") && table.contains("VERDICT"), "{table}");
 

@@ -3,10 +3,13 @@
 //! lookups see only the routes the test made.
 use std::{net::Ipv4Addr, process::Command};
 
-use weir_bpf_common::{programs, DropReason, EndpointInfo};
+use weir_bpf_common::{
+    programs, DropReason, EndpointInfo, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, FLOW_F_REPLY,
+    OBS_FROM_POD,
+};
 use weir_dataplane::{
     counters::Counters,
-    events::Events,
+    events::{Event, Events},
     maps::{Endpoints, KeyValueMap, Tunnel},
     Datapath, LoadConfig,
 };
@@ -104,9 +107,11 @@ fn spoofed_malformed_and_ipv6_frames_are_dropped_and_counted() {
         // The drop is also reported on the ring buffer, with its reason and addresses.
         let events = ring.drain();
         assert_eq!(events.len(), 1, "{events:?}");
-        assert_eq!(events[0].reason, DropReason::SpoofedSource as u8);
-        assert_eq!(events[0].saddr.v4_octets(), [10, 250, 1, 77]);
-        assert_eq!(events[0].daddr.v4_octets(), POD_B.octets());
+        let Event::Flow(e) = &events[0] else { panic!("{events:?}") };
+        assert_eq!((e.kind, e.reason), (EVENT_DROP, DropReason::SpoofedSource as u8));
+        assert_eq!(e.saddr.v4_octets(), [10, 250, 1, 77]);
+        assert_eq!(e.daddr.v4_octets(), POD_B.octets());
+        assert_eq!((u16::from_be(e.sport_be), u16::from_be(e.dport_be), e.proto), (1, 2, pkt::UDP));
 
         // An IPv4 header claiming 12 bytes (IHL 3).
         let mut short = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, b"");
@@ -129,6 +134,51 @@ fn spoofed_malformed_and_ipv6_frames_are_dropped_and_counted() {
         let mut arp = pkt::ipv4(POD_B, POD_A, pkt::UDP, 1, 2, b"");
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(dp.test_run(programs::FROM_POD, &arp).expect("run").action, TC_ACT_OK);
+    });
+}
+
+/// A TCP segment with `flags` (the checksum is not fixed up: nothing here checks it).
+fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = pkt::ipv4(src, dst, pkt::TCP, sport, dport, b"");
+    f[14 + 20 + 13] = flags;
+    f
+}
+
+#[test]
+fn flows_are_aggregated_and_dns_is_copied() {
+    on_node("flows_are_aggregated_and_dns_is_copied", |dp, eps| {
+        add_endpoint(eps, POD_B);
+        let mut ring = Events::open(dp).expect("event ring");
+        let kinds = |evs: &[Event]| {
+            evs.iter()
+                .map(|e| match e {
+                    Event::Flow(f) => (f.kind, f.flags),
+                    Event::Dns(d) => (d.event.kind, d.event.flags),
+                })
+                .collect::<Vec<_>>()
+        };
+        // A connection's packets: one event for the first, none for the next, one at FIN.
+        let syn = tcp(POD_A, POD_B, 40000, 80, 0x02);
+        let ack = tcp(POD_A, POD_B, 40000, 80, 0x10);
+        let fin = tcp(POD_A, POD_B, 40000, 80, 0x11);
+        for f in [&syn, &ack, &ack, &fin, &ack] {
+            dp.test_run(programs::FROM_POD, f).expect("run");
+        }
+        let evs = ring.drain();
+        assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, 0), (EVENT_FLOW_CLOSE, 0)], "{evs:?}");
+        let Event::Flow(close) = &evs[1] else { panic!() };
+        assert_eq!((close.packets, close.point, close.tcp_flags), (4, OBS_FROM_POD, 0x13));
+        // The reply direction is marked as such.
+        dp.test_run(programs::FROM_POD, &tcp(POD_B, POD_A, 80, 40000, 0x12)).expect("run");
+        assert_eq!(kinds(&ring.drain()), [(EVENT_FLOW_NEW, FLOW_F_REPLY)]);
+
+        // A DNS query: its flow, then the message itself, copied whole.
+        let query = [0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1, 0, 1];
+        dp.test_run(programs::FROM_POD, &pkt::ipv4(POD_A, POD_B, pkt::UDP, 5353, 53, &query)).expect("run");
+        let evs = ring.drain();
+        assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, 0), (EVENT_DNS, 0)]);
+        let Event::Dns(d) = &evs[1] else { panic!() };
+        assert_eq!((d.tcp, &d.data[..usize::from(d.len)]), (0, &query[..]));
     });
 }
 

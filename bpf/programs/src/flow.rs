@@ -56,7 +56,15 @@ fn l4(ctx: &TcContext, ip: &Ipv4) -> (u16, u16, u8, usize) {
 }
 
 #[inline(always)]
-fn event(ctx: &TcContext, key: &FlowKey, kind: u8, packets: u64, bytes: u64, tcp_flags: u8, flags: u8) -> DatapathEvent {
+fn event(
+    ctx: &TcContext,
+    key: &FlowKey,
+    kind: u8,
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u8,
+    flags: u8,
+) -> DatapathEvent {
     DatapathEvent {
         saddr: Addr16::from_v4_be(key.saddr),
         daddr: Addr16::from_v4_be(key.daddr),

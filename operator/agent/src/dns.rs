@@ -202,8 +202,8 @@ mod tests {
         b.extend_from_slice(&[0, 0, 1, 0, 1]);
         // answer 1: name → pointer to 12, CNAME, ttl 300, rdata "srv" + pointer to "lab.test" (16)
         b.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 1, 44, 0, 6, 3, b's', b'r', b'v', 0xc0, 16]);
-        // answer 2: srv.lab.test (pointer to the rdata above, offset 41) A 10.9.8.7, ttl 60
-        b.extend_from_slice(&[0xc0, 41, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 8, 7]);
+        // answer 2: srv.lab.test (pointer to the rdata above, offset 42) A 10.9.8.7, ttl 60
+        b.extend_from_slice(&[0xc0, 42, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 8, 7]);
         b
     }
 

@@ -91,7 +91,11 @@ fn rule_policy(c: &Cluster, r: &RuleRef) -> Policy {
 
 fn selected_by(c: &Cluster, idx: &[usize]) -> Vec<Policy> {
     idx.iter()
-        .map(|&i| Policy { name: c.policies[i].name.clone(), namespace: c.policies[i].namespace.clone(), rule: String::new() })
+        .map(|&i| Policy {
+            name: c.policies[i].name.clone(),
+            namespace: c.policies[i].namespace.clone(),
+            rule: String::new(),
+        })
         .collect()
 }
 
@@ -325,7 +329,12 @@ fn summary(f: &Flow, e: &DatapathEvent) -> String {
         _ => format!("IP protocol {}", e.proto),
     };
     if e.kind == EVENT_FLOW_UPDATE || e.kind == EVENT_FLOW_CLOSE {
-        s.push_str(&format!(" ({} packets, {} bytes{})", e.packets, e.bytes, if e.kind == EVENT_FLOW_CLOSE { ", closed" } else { "" }));
+        s.push_str(&format!(
+            " ({} packets, {} bytes{})",
+            e.packets,
+            e.bytes,
+            if e.kind == EVENT_FLOW_CLOSE { ", closed" } else { "" }
+        ));
     }
     s
 }

@@ -74,8 +74,11 @@ impl Default for Metrics {
             &["namespace", "qtype", "rcode"],
         );
         let dns_latency = Histogram::with_opts(
-            HistogramOpts::new("weir_dns_latency_seconds", "Time from a DNS query to its response, seen from the client's node.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "weir_dns_latency_seconds",
+                "Time from a DNS query to its response, seen from the client's node.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )
         .expect("valid metric definition");
         r.register(Box::new(dns_latency.clone())).expect("metric registered once");

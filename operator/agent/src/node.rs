@@ -198,7 +198,8 @@ impl Node {
     fn sync_policy(&mut self, local: &BTreeMap<(String, String), Ipv4Addr>) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
         let r = self.policy.apply(&self.policy_seen, local, &mut l.policy)?;
-        let published = Arc::new(Enrichment { cluster: self.policy.cluster.clone(), compiled: self.policy.compiled.clone() });
+        let published =
+            Arc::new(Enrichment { cluster: self.policy.cluster.clone(), compiled: self.policy.compiled.clone() });
         *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = published;
         if r.rejected_changed {
             for e in &self.policy.cluster.rejected {

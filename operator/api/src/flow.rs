@@ -257,7 +257,8 @@ impl Flow {
         } else {
             t.push("trace");
         }
-        let judged = [&self.egress_allowed_by, &self.ingress_allowed_by, &self.egress_denied_by, &self.ingress_denied_by];
+        let judged =
+            [&self.egress_allowed_by, &self.ingress_allowed_by, &self.egress_denied_by, &self.ingress_denied_by];
         if judged.iter().any(|v| !v.is_empty()) || self.weir.drop_reason.starts_with("policy_") {
             t.push("policy-verdict");
         }
@@ -494,7 +495,10 @@ mod tests {
         Flow {
             verdict: "FORWARDED".into(),
             ip: Ip { source: "10.244.1.5".into(), destination: "10.244.2.9".into(), ip_version: "IPv4".into() },
-            l4: Layer4 { tcp: Some(Tcp { source_port: 40000, destination_port: 80, flags: TcpFlags::from_bits(2) }), ..Default::default() },
+            l4: Layer4 {
+                tcp: Some(Tcp { source_port: 40000, destination_port: 80, flags: TcpFlags::from_bits(2) }),
+                ..Default::default()
+            },
             source: Endpoint {
                 namespace: "shop".into(),
                 pod_name: "web-1".into(),

@@ -88,11 +88,15 @@ enum Proto {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Cmd::Observe { args } = &cli.cmd {
-        return observe::run(&cli.socket, args, cli.output.map(|o| match o {
-            Output::Table => observe::Format::Table,
-            Output::Json => observe::Format::Json,
-            Output::Compact => observe::Format::Compact,
-        }));
+        return observe::run(
+            &cli.socket,
+            args,
+            cli.output.map(|o| match o {
+                Output::Table => observe::Format::Table,
+                Output::Json => observe::Format::Json,
+                Output::Compact => observe::Format::Compact,
+            }),
+        );
     }
     let output = cli.output.unwrap_or(Output::Table);
     let req = match &cli.cmd {

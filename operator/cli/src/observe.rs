@@ -140,7 +140,13 @@ fn side(addr: &str, port: u16, pod: &str) -> String {
 fn policy_note(f: &Flow) -> String {
     let names = |v: &[weir_operator_api::flow::Policy]| {
         v.iter()
-            .map(|p| if p.rule.is_empty() { format!("{}/{}", p.namespace, p.name) } else { format!("{}/{} {}", p.namespace, p.name, p.rule) })
+            .map(|p| {
+                if p.rule.is_empty() {
+                    format!("{}/{}", p.namespace, p.name)
+                } else {
+                    format!("{}/{} {}", p.namespace, p.name, p.rule)
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -254,7 +260,9 @@ pub fn run(socket: &Path, args: &[String], global_format: Option<Format>) -> any
     }
     if !follow && format != Format::Json {
         let (seen, lost, cap) = last_totals;
-        eprintln!("{seen} flows recorded by this node's agent (it keeps the newest {cap}); {lost} events lost in the kernel");
+        eprintln!(
+            "{seen} flows recorded by this node's agent (it keeps the newest {cap}); {lost} events lost in the kernel"
+        );
     }
     Ok(())
 }
@@ -270,7 +278,8 @@ mod tests {
     #[test]
     fn filters_negation_and_options() {
         let now = UNIX_EPOCH + Duration::from_secs(1000);
-        let a = parse(&args("-n shop --not --protocol dns --port=80 --last 5 -f -o json --since 100s"), now).expect("parse");
+        let a = parse(&args("-n shop --not --protocol dns --port=80 --last 5 -f -o json --since 100s"), now)
+            .expect("parse");
         assert_eq!(a.query.filter.include, [Criterion::Namespace("shop".into()), Criterion::Port(80)]);
         assert_eq!(a.query.filter.exclude, [Criterion::Protocol("dns".into())]);
         assert_eq!((a.query.last, a.query.follow, a.format), (Some(5), true, Some(Format::Json)));

@@ -1,0 +1,63 @@
+//! What the kernel-side benchmarks share: a network namespace and a bpffs mount of their own,
+//! removed at exit (also on failure), and the test frames they feed BPF_PROG_TEST_RUN.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::Context as _;
+
+#[allow(dead_code)]
+#[path = "nsexec.rs"]
+mod nsexec;
+
+/// Runs `f(bpffs)` on a thread inside a fresh network namespace, with a private bpffs mount;
+/// both are removed afterwards whatever `f` returned.
+pub fn in_bench_netns<T: Send + 'static>(
+    tag: &str,
+    f: impl FnOnce(PathBuf) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!("{tag} needs root (a network namespace, bpffs, BPF)");
+    }
+    let netns = format!("{tag}-{}", std::process::id());
+    let bpffs = PathBuf::from(format!("/run/{tag}-{}", std::process::id()));
+    nsexec::ip(&["netns", "add", &netns])?;
+    let result = (|| -> anyhow::Result<T> {
+        std::fs::create_dir_all(&bpffs)?;
+        nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .context("mounting bpffs")?;
+        let path = nsexec::netns_path(&netns);
+        let root = bpffs.clone();
+        // The datapath is loaded and run from a thread inside the bench's own namespace.
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            let ns = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+            f(root)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
+    })();
+    let _ = nix::mount::umount2(&bpffs, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&bpffs);
+    let _ = nsexec::ip(&["netns", "del", &netns]);
+    result
+}
+
+/// An Ethernet + IPv4 + TCP frame (no payload) with the given flags.
+pub fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 20];
+    f[0..6].copy_from_slice(&[0x0a, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[0x0a, 0, 0, 0, 0, 2]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = flags;
+    f
+}
