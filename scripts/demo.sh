@@ -49,6 +49,8 @@ The lab "$WEIR_LAB" is still up. Try:
   $lab exec demo/client -- ping -c 3 $web2
   $lab agent restart n1        # the pinned datapath keeps forwarding meanwhile
   $lab datapath n2
+  $lab observe --last 20       # flows, drops and DNS from every node (-o json, --follow, filters)
+  $lab metrics n1              # Prometheus metrics of n1's agent
 Remove it with:  WEIR_LAB=$WEIR_LAB $lab down
 MSG
 fi
