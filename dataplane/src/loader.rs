@@ -9,7 +9,7 @@ use aya::{
     programs::{CgroupSockAddr, SchedClassifier},
     Ebpf, EbpfLoader,
 };
-use weir_bpf_common::{globals, maps, programs, tails, ABI_VERSION};
+use weir_bpf_common::{globals, maps, programs, settings, tails, ABI_VERSION};
 
 use crate::{Error, Result, OBJECT};
 
@@ -67,7 +67,6 @@ impl Datapath {
         let node = be_u32(cfg.node_ipv4);
         let port_min = u32::from(cfg.nat_ports.0);
         let port_max = u32::from(cfg.nat_ports.1);
-        let observe = u32::from(cfg.observe);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .override_global(globals::NODE_IPV4, &node, true)
@@ -77,7 +76,6 @@ impl Datapath {
             .override_global(globals::VXLAN_VNI, &cfg.vxlan_vni, true)
             .override_global(globals::NAT_PORT_MIN, &port_min, true)
             .override_global(globals::NAT_PORT_MAX, &port_max, true)
-            .override_global(globals::OBSERVE, &observe, true)
             .load(OBJECT)
             .map_err(|source| Error::Load { source: Box::new(source) })?;
         for name in programs::ALL {
@@ -97,6 +95,7 @@ impl Datapath {
             prog.load().map_err(|source| Error::Program { name, source: Box::new(source) })?;
         }
         fill_tails(&mut ebpf)?;
+        write_settings(&mut ebpf, cfg)?;
         Ok(Self { ebpf, pin_dir })
     }
 
@@ -111,6 +110,15 @@ impl Datapath {
     pub(crate) fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map> {
         self.ebpf.take_map(name).ok_or(Error::MissingMap { name })
     }
+}
+
+/// Writes the run-time settings; the map is pinned, so programs attached by an earlier agent
+/// (adopted, not replaced) follow them too.
+fn write_settings(ebpf: &mut Ebpf, cfg: &LoadConfig) -> Result<()> {
+    let name = maps::SETTINGS;
+    let map = ebpf.map_mut(name).ok_or(Error::MissingMap { name })?;
+    let mut arr: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).map_err(crate::map_err(name))?;
+    arr.set(settings::OBSERVE, u32::from(cfg.observe), 0).map_err(crate::map_err(name))
 }
 
 /// Points the tail-call slots at this load's programs. The array is pinned, so a restarted agent

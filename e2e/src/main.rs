@@ -132,6 +132,14 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         count: usize,
     },
+    /// Benchmark: new connections per second to HOST:PORT (connect, 1-byte request/response,
+    /// close), JSON (internal).
+    #[command(hide = true)]
+    Crr {
+        target: String,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
     /// Trampoline: join CGROUP, enter NETNS, exec CMD (internal; see nsexec.rs).
     #[command(hide = true)]
     Enter {
@@ -189,6 +197,13 @@ fn main() -> anyhow::Result<()> {
                 bail!("--count {count}: 1 to 1000000");
             }
             println!("{}", serde_json::to_string(&probe::rr(&target, count)?)?);
+            Ok(())
+        }
+        Cmd::Crr { target, count } => {
+            if !(1..=100_000).contains(&count) {
+                bail!("--count {count}: 1 to 100000");
+            }
+            println!("{}", serde_json::to_string(&probe::crr(&target, count)?)?);
             Ok(())
         }
         Cmd::ProbeInner { target, protocol, timeout } => {

@@ -194,3 +194,23 @@ pub fn rr(target: &str, count: usize) -> anyhow::Result<RrResult> {
         mean_us: samples.iter().sum::<f64>() / samples.len() as f64,
     })
 }
+
+#[derive(Debug, Serialize)]
+pub struct CrrResult {
+    pub count: usize,
+    pub conns_per_sec: f64,
+}
+
+/// New TCP connections, one after another: connect, one-byte request and response, close.
+pub fn crr(target: &str, count: usize) -> anyhow::Result<CrrResult> {
+    let start = Instant::now();
+    for _ in 0..count {
+        let mut s = TcpStream::connect(target).with_context(|| format!("connecting {target}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut b = [7u8; 1];
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+    }
+    Ok(CrrResult { count, conns_per_sec: count as f64 / start.elapsed().as_secs_f64() })
+}

@@ -37,7 +37,9 @@ pub mod maps {
     pub const POLICY_CT: &str = "WEIR_POLICY_CT";
     /// Per-connection flow counters (observability).
     pub const FLOWS: &str = "WEIR_FLOWS";
-    pub const ALL: [&str; 20] = [
+    /// Run-time settings (indices in [`crate::settings`]).
+    pub const SETTINGS: &str = "WEIR_SETTINGS";
+    pub const ALL: [&str; 21] = [
         ENDPOINTS,
         TUNNEL,
         NAT_FWD,
@@ -58,6 +60,7 @@ pub mod maps {
         POLICY_EP,
         POLICY_CT,
         FLOWS,
+        SETTINGS,
     ];
 }
 
@@ -99,8 +102,14 @@ pub mod globals {
     /// First and last source port (host order) used by masquerade.
     pub const NAT_PORT_MIN: &str = "WEIR_NAT_PORT_MIN";
     pub const NAT_PORT_MAX: &str = "WEIR_NAT_PORT_MAX";
+}
+
+/// Slots of `WEIR_SETTINGS`: run-time settings the agent writes at every start (a map, not a
+/// load-time global, so that a restarted agent changes them for the programs already attached).
+pub mod settings {
     /// 1: flow and DNS events (observability); 0: only drops are reported.
-    pub const OBSERVE: &str = "WEIR_OBSERVE";
+    pub const OBSERVE: u32 = 0;
+    pub const LEN: u32 = 4;
 }
 
 /// Default map sizes; the agent may override them at load time.

@@ -12,14 +12,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_bpf_common::{
-    counters, Addr16, DatapathEvent, DnsEvent, FlowKey, FlowStats, DNS_CAPTURE, EVENT_DNS, EVENT_FLOW_CLOSE,
+    counters, settings, Addr16, DatapathEvent, DnsEvent, FlowKey, FlowStats, DNS_CAPTURE, EVENT_DNS, EVENT_FLOW_CLOSE,
     EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, FLOW_F_REPLY, FLOW_REPORT_NS, OBS_FROM_POD, OBS_TO_POD,
 };
 
 use crate::{
     drop,
     parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    WEIR_EVENTS, WEIR_FLOWS, WEIR_OBSERVE,
+    WEIR_EVENTS, WEIR_FLOWS, WEIR_SETTINGS,
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -100,7 +100,7 @@ fn emit(ev: DatapathEvent) {
 /// Records the packet in `ctx` (addresses as in `ip`) as seen at observation point `point`.
 #[inline(never)]
 pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
-    if WEIR_OBSERVE.load() == 0 {
+    if WEIR_SETTINGS.get(settings::OBSERVE).copied().unwrap_or(0) == 0 {
         return;
     }
     let (sport_be, dport_be, tcp_flags, payload_off) = l4(ctx, ip);

@@ -26,12 +26,12 @@ mod sock;
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{SockAddrContext, TcContext},
     Global,
 };
 use weir_bpf_common::{
-    counters, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason, EndpointInfo,
+    counters, settings, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason, EndpointInfo,
     FlowKey, FlowStats, IpcacheKey, MaglevTable, NatEntry, NatKey, PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue,
     RemoteNode, ServiceKey, ServiceValue, SockRevKey, OBS_FROM_POD, OBS_TO_POD,
 };
@@ -52,8 +52,6 @@ static WEIR_VXLAN_VNI: Global<u32> = Global::new(0);
 static WEIR_NAT_PORT_MIN: Global<u32> = Global::new(61000);
 #[unsafe(no_mangle)]
 static WEIR_NAT_PORT_MAX: Global<u32> = Global::new(65000);
-#[unsafe(no_mangle)]
-static WEIR_OBSERVE: Global<u32> = Global::new(1);
 
 #[map]
 static WEIR_ENDPOINTS: HashMap<Addr16, EndpointInfo> = HashMap::pinned(sizes::ENDPOINTS, 0);
@@ -102,6 +100,9 @@ static WEIR_POLICY_CT: LruHashMap<PolicyCtKey, u32> = LruHashMap::pinned(sizes::
 /// Flow counters per direction of a connection and observation point (see `flow.rs`).
 #[map]
 static WEIR_FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::pinned(sizes::FLOWS, 0);
+/// Run-time settings (`weir_bpf_common::settings`), written by the agent at every start.
+#[map]
+static WEIR_SETTINGS: Array<u32> = Array::pinned(settings::LEN, 0);
 /// Tail-call targets; the loader fills the slots of `tails`.
 #[map]
 static WEIR_TAILS: ProgramArray = ProgramArray::pinned(sizes::TAILS, 0);
