@@ -128,6 +128,11 @@ impl Lab {
     pub fn socket(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("agent.sock")
     }
+    /// The node agent's Hubble-compatible observer API (gRPC on a unix socket).
+    pub fn observer_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("observer.sock")
+    }
+
     pub fn external_netns(&self) -> String {
         self.ns("ext")
     }
@@ -297,6 +302,8 @@ impl Lab {
             .arg(self.cgroup_parent().join(node))
             // Inside the node's namespace: reachable only from there (`weir-lab metrics NODE`).
             .args(["--metrics-addr", METRICS_ADDR])
+            .arg("--observer-socket")
+            .arg(self.observer_socket(node))
             .args([
                 "--routing",
                 match self.state.routing {

@@ -99,6 +99,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Path of a node agent's Hubble-compatible observer API socket (gRPC).
+    ObserverSocket { node: String },
     /// A node agent's Prometheus metrics (fetched inside the node's namespace).
     Metrics { node: String },
     /// Fetch http://ADDR/metrics and print the body (internal; run inside a node's namespace).
@@ -322,6 +324,12 @@ fn main() -> anyhow::Result<()> {
             if !failed.is_empty() {
                 bail!("weir observe failed on {}", failed.join(", "));
             }
+            Ok(())
+        }
+        Cmd::ObserverSocket { node } => {
+            let lab = Lab::open(&cli.lab)?;
+            lab.state.nodes.iter().find(|n| n.name == node).with_context(|| format!("no node {node}"))?;
+            println!("{}", lab.observer_socket(&node).display());
             Ok(())
         }
         Cmd::Metrics { node } => {

@@ -282,6 +282,8 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     let bad = lab.run(&["observe", "--protocol", "sctp"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--protocol sctp"));
 
+    grpc_checks(&lab);
+
     // Metrics: valid exposition, with what this session did.
     for node in ["n1", "n2"] {
         let text = lab.ok(&["metrics", node]);
@@ -298,6 +300,92 @@ fn lab_observe_flows_drops_dns_and_metrics() {
             assert!(text.contains("weir_datapath_drops{reason=\"policy_denied_ingress\"}"));
         }
     }
+}
+
+/// The Hubble-compatible gRPC API, through a client generated from the same protos.
+fn grpc_checks(lab: &TestLab) {
+    use weir_operator_agent::grpc::proto::{
+        flow::{FlowFilter, Verdict},
+        observer::{
+            get_flows_response::ResponseTypes, observer_client::ObserverClient, GetFlowsRequest, ServerStatusRequest,
+        },
+    };
+    let path = PathBuf::from(lab.ok(&["observer-socket", "n2"]).trim());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::try_from("http://weir-observer.invalid")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }))
+            .await
+            .expect("connect to the observer socket");
+        let mut client = ObserverClient::new(channel);
+        let status = client.server_status(ServerStatusRequest {}).await.expect("ServerStatus").into_inner();
+        assert!(status.num_flows > 0 && status.seen_flows >= status.num_flows, "{status:?}");
+        assert_eq!(status.max_flows, 65536);
+        assert!(status.version.starts_with("weir"));
+
+        let drops = GetFlowsRequest {
+            number: 100,
+            whitelist: vec![FlowFilter {
+                destination_pod: vec!["shop/web".into()],
+                verdict: vec![Verdict::Dropped as i32],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut stream = client.get_flows(drops).await.expect("GetFlows").into_inner();
+        let mut got = Vec::new();
+        while let Some(r) = stream.message().await.expect("stream") {
+            assert_eq!(r.node_name, "n2");
+            if let Some(ResponseTypes::Flow(f)) = r.response_types {
+                got.push(f);
+            }
+        }
+        assert!(!got.is_empty(), "no dropped flows over gRPC");
+        for f in &got {
+            assert_eq!(f.verdict, Verdict::Dropped as i32);
+            assert_eq!(f.drop_reason_desc, 133, "POLICY_DENIED");
+            assert_eq!(f.destination.as_ref().map(|d| d.pod_name.as_str()), Some("web"));
+            assert_eq!(f.ingress_denied_by.first().map(|p| p.name.as_str()), Some("web-only-8080"));
+            assert!(f.time.as_ref().is_some_and(|t| t.seconds > 1_700_000_000));
+        }
+
+        // DNS over gRPC, and the last N.
+        let dns = GetFlowsRequest {
+            number: 2,
+            whitelist: vec![FlowFilter {
+                protocol: vec!["dns".into()],
+                dns_query: vec![r"^www\.lab".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut stream = client.get_flows(dns).await.expect("GetFlows dns").into_inner();
+        let mut n = 0;
+        while let Some(r) = stream.message().await.expect("stream") {
+            if let Some(ResponseTypes::Flow(f)) = r.response_types {
+                let dns = f.l7.and_then(|l| l.record).expect("l7 dns");
+                let weir_operator_agent::grpc::proto::flow::layer7::Record::Dns(d) = dns;
+                assert_eq!(d.query, "www.lab.test.");
+                n += 1;
+            }
+        }
+        assert_eq!(n, 2);
+
+        // A filter weir cannot evaluate is refused by name, not ignored.
+        let bad = GetFlowsRequest {
+            whitelist: vec![FlowFilter { source_fqdn: vec!["example.com".into()], ..Default::default() }],
+            ..Default::default()
+        };
+        let err = client.get_flows(bad).await.expect_err("unsupported filter");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("source_fqdn"), "{}", err.message());
+    });
 }
 
 trait WithStdin {

@@ -60,5 +60,5 @@ fn report(ctx: &TcContext, reason: u32) {
         flags: 0,
         _pad: [0; 2],
     });
-    slot.submit(0);
+    slot.submit(crate::flow::submit_flags());
 }

@@ -86,12 +86,29 @@ fn event(
     }
 }
 
+/// Wake the agent's reader once this much is waiting; below it, events wait for the reader's
+/// next periodic drain (every 50 ms). A wakeup per event would cost a context switch per event.
+const WAKEUP_BYTES: u64 = 32 * 1024;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Submit flags for a ring-buffer record: wake the reader only when enough is waiting.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    if WEIR_EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 fn emit(ev: DatapathEvent) {
     match WEIR_EVENTS.reserve::<DatapathEvent>(0) {
         Some(mut slot) => {
             slot.write(ev);
-            slot.submit(0);
+            slot.submit(submit_flags());
         }
         None => drop::count(counters::EVENTS_LOST),
     }
@@ -203,5 +220,5 @@ fn dns(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8) {
         // SAFETY: as above.
         unsafe { (*p).len = 0 };
     }
-    slot.submit(0);
+    slot.submit(submit_flags());
 }

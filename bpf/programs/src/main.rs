@@ -31,9 +31,9 @@ use aya_ebpf::{
     Global,
 };
 use weir_bpf_common::{
-    counters, settings, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason, EndpointInfo,
-    FlowKey, FlowStats, IpcacheKey, MaglevTable, NatEntry, NatKey, PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue,
-    RemoteNode, ServiceKey, ServiceValue, SockRevKey, OBS_FROM_POD, OBS_TO_POD,
+    counters, settings, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason,
+    EndpointInfo, FlowKey, FlowStats, IpcacheKey, MaglevTable, NatEntry, NatKey, PolicyCtKey, PolicyEndpoint,
+    PolicyKey, PolicyValue, RemoteNode, ServiceKey, ServiceValue, SockRevKey, OBS_FROM_POD, OBS_TO_POD,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};

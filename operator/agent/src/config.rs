@@ -78,6 +78,12 @@ pub struct Config {
     /// How many recent flows the agent keeps for `weir observe` (oldest are evicted first).
     #[arg(long, env = "WEIR_FLOW_CAPACITY", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub flow_capacity: u32,
+    /// Unix socket of the Hubble-compatible observer API (gRPC `observer.Observer`).
+    #[arg(long, env = "WEIR_OBSERVER_SOCKET", default_value = "/run/weir/observer.sock")]
+    pub observer_socket: PathBuf,
+    /// Also serve the observer API on this TCP address; loopback addresses only (127.0.0.1:4245).
+    #[arg(long, env = "WEIR_OBSERVER_ADDR")]
+    pub observer_addr: Option<std::net::SocketAddr>,
     /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9962. Off without it.
     #[arg(long, env = "WEIR_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

@@ -17,6 +17,9 @@ use weir_operator_api::DropRecord;
 
 use crate::flows::{Ingest, SharedFlowStore};
 
+/// How often the reader drains the ring without being woken, in milliseconds.
+const DRAIN_EVERY_MS: u16 = 50;
+
 /// How many drops the agent keeps for `Drops` queries.
 pub const RECENT_DROPS: usize = 4096;
 
@@ -72,7 +75,9 @@ pub fn spawn_reader(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("weir-events".into()).spawn(move || loop {
         let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
+        // The datapath wakes this thread only when much is waiting (see flow.rs); the rest is
+        // drained on this timeout.
+        match poll(&mut fds, PollTimeout::from(DRAIN_EVERY_MS)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {

@@ -386,6 +386,11 @@ impl FlowStore {
         self.ring.is_empty()
     }
 
+    /// Every stored flow `pred` selects, oldest first, and a receiver for the flows after them.
+    pub fn select(&self, pred: impl Fn(&Flow) -> bool) -> (Vec<Arc<Flow>>, broadcast::Receiver<Arc<Flow>>) {
+        (self.ring.iter().filter(|f| pred(f)).cloned().collect(), self.tx.subscribe())
+    }
+
     /// The history part of a query, oldest first, and a receiver for what follows it.
     pub fn query(&self, q: &FlowQuery) -> (Vec<Flow>, broadcast::Receiver<Arc<Flow>>) {
         let mut out: Vec<Flow> = self

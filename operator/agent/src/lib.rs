@@ -14,6 +14,7 @@ pub mod conflist;
 pub mod dns;
 pub mod events;
 pub mod flows;
+pub mod grpc;
 pub mod ipam;
 pub mod maglev;
 pub mod metrics;
@@ -82,6 +83,9 @@ impl Agent {
         sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         let node = Node::open(config.clone()).context("opening node state")?;
         let flow_capacity = config.flow_capacity as usize;
+        if let Some(addr) = config.observer_addr.filter(|a| !a.ip().is_loopback()) {
+            anyhow::bail!("--observer-addr {addr}: the observer API is served on loopback addresses only");
+        }
         if let Some(addr) = config.metrics_addr {
             // Fail at start, not later, when the address cannot be served.
             std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
@@ -143,6 +147,18 @@ impl Agent {
                 }
             });
         }
+        let observer = grpc::ObserverService {
+            store: self.flows.clone(),
+            node: self.node.clone(),
+            node_name: self.config.node_name.clone(),
+            started: std::time::Instant::now(),
+        };
+        let (obs_socket, obs_addr) = (self.config.observer_socket.clone(), self.config.observer_addr);
+        tokio::spawn(async move {
+            if let Err(e) = grpc::serve(observer, obs_socket, obs_addr).await {
+                tracing::error!(error = %format!("{e:#}"), "observer API stopped");
+            }
+        });
         let server = tokio::spawn(api::serve(self.listener, self.node.clone(), self.drops.clone(), self.flows.clone()));
         tracing::info!(node = %self.config.node_name, socket = %self.config.socket.display(), "weir-agent serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -152,6 +168,7 @@ impl Agent {
             r = server => r.context("API server task")?,
         }
         let _ = std::fs::remove_file(&self.config.socket);
+        let _ = std::fs::remove_file(&self.config.observer_socket);
         Ok(())
     }
 }

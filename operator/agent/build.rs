@@ -1,0 +1,7 @@
+//! Generates the Hubble-compatible Observer service and messages (proto/) with tonic-build.
+//! Needs `protoc` (Debian: protobuf-compiler, installed by scripts/setup.sh).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    tonic_build::configure().compile_protos(&["proto/observer.proto"], &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,581 @@
+//! Hubble-compatible gRPC: the `observer.Observer` service (`GetFlows`, `ServerStatus`) over a
+//! unix socket (`--observer-socket`), and on TCP only when asked and only on loopback
+//! (`--observer-addr`). Messages follow Hubble's field numbers (proto/), so Hubble's clients can
+//! read weir's flows.
+//!
+//! `GetFlows` keeps Hubble's semantics: a flow passes when it matches any `whitelist` filter (or
+//! there is none) and no `blacklist` filter; inside a filter every set field must match, and a
+//! field matches when any of its entries does. Filter fields weir cannot evaluate (FQDNs,
+//! Services, workloads, HTTP, UUIDs, trace ids) are refused with `InvalidArgument`, never
+//! silently ignored. Events the kernel lost are announced as a `LostEvent` first; a follower
+//! that falls behind gets a `LostEvent` with how many it missed.
+use std::{
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, Mutex};
+use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tonic::{Request, Response, Status};
+use weir_operator_api::flow::Flow;
+
+use crate::{flows::SharedFlowStore, node::Node};
+
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    pub mod flow {
+        tonic::include_proto!("flow");
+    }
+    pub mod observer {
+        tonic::include_proto!("observer");
+    }
+}
+
+use proto::{
+    flow as pb,
+    observer::{
+        get_flows_response::ResponseTypes,
+        observer_server::{Observer, ObserverServer},
+        GetFlowsRequest, GetFlowsResponse, ServerStatusRequest, ServerStatusResponse,
+    },
+};
+
+fn timestamp(unix_ns: u64) -> pb::Timestamp {
+    pb::Timestamp { seconds: (unix_ns / 1_000_000_000) as i64, nanos: (unix_ns % 1_000_000_000) as i32 }
+}
+
+fn ts_ns(t: &pb::Timestamp) -> u64 {
+    (t.seconds.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(t.nanos.max(0) as u64)
+}
+
+/// weir's drop reason label → Hubble's drop reason code.
+pub fn drop_reason_code(label: &str) -> pb::DropReason {
+    use pb::DropReason as D;
+    match label {
+        "malformed" => D::InvalidPacketDropped,
+        "unsupported_l3" => D::UnsupportedL3Protocol,
+        "spoofed_source" => D::InvalidSourceIp,
+        "no_route" => D::FibLookupFailed,
+        "nat_ports_exhausted" => D::NoMappingForNatMasquerade,
+        "unknown_cluster_destination" => D::StaleOrUnroutableIp,
+        "rewrite_failed" => D::ErrorWritingToPacket,
+        "fragmented" => D::IpFragmentationNotSupported,
+        "nat_unsupported_protocol" => D::UnsupportedProtocolForNatMasquerade,
+        "tail_call_failed" => D::MissedTailCall,
+        "policy_denied_ingress" | "policy_denied_egress" => D::PolicyDenied,
+        "policy_fail_closed" => D::NoConfigurationAvailableToPerformPolicyDecision,
+        _ => D::Unknown,
+    }
+}
+
+fn endpoint(e: &weir_operator_api::flow::Endpoint) -> pb::Endpoint {
+    pb::Endpoint {
+        id: 0,
+        identity: e.identity,
+        namespace: e.namespace.clone(),
+        labels: e.labels.clone(),
+        pod_name: e.pod_name.clone(),
+        workloads: e.workloads.iter().map(|w| pb::Workload { name: w.name.clone(), kind: w.kind.clone() }).collect(),
+    }
+}
+
+fn policies(v: &[weir_operator_api::flow::Policy]) -> Vec<pb::Policy> {
+    v.iter()
+        .map(|p| pb::Policy {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            labels: vec![],
+            revision: 0,
+            kind: "NetworkPolicy".into(),
+        })
+        .collect()
+}
+
+/// The wire form of a flow.
+pub fn to_proto(f: &Flow) -> pb::Flow {
+    let l4 = if let Some(t) = &f.l4.tcp {
+        Some(pb::layer4::Protocol::Tcp(pb::Tcp {
+            source_port: u32::from(t.source_port),
+            destination_port: u32::from(t.destination_port),
+            flags: Some(pb::TcpFlags {
+                fin: t.flags.fin,
+                syn: t.flags.syn,
+                rst: t.flags.rst,
+                psh: t.flags.psh,
+                ack: t.flags.ack,
+            }),
+        }))
+    } else if let Some(u) = &f.l4.udp {
+        Some(pb::layer4::Protocol::Udp(pb::Udp {
+            source_port: u32::from(u.source_port),
+            destination_port: u32::from(u.destination_port),
+        }))
+    } else {
+        f.l4.icmpv4
+            .as_ref()
+            .map(|i| pb::layer4::Protocol::IcmPv4(pb::IcmPv4 { r#type: u32::from(i.kind), code: u32::from(i.code) }))
+    };
+    let l7 = f.l7.as_ref().map(|l| pb::Layer7 {
+        r#type: match l.kind.as_str() {
+            "REQUEST" => pb::L7FlowType::Request,
+            "RESPONSE" => pb::L7FlowType::Response,
+            _ => pb::L7FlowType::UnknownL7Type,
+        } as i32,
+        latency_ns: l.latency_ns,
+        record: Some(pb::layer7::Record::Dns(pb::Dns {
+            query: l.dns.query.clone(),
+            ips: l.dns.ips.clone(),
+            ttl: l.dns.ttl,
+            cnames: l.dns.cnames.clone(),
+            observation_source: l.dns.observation_source.clone(),
+            rcode: l.dns.rcode,
+            qtypes: l.dns.qtypes.clone(),
+            rrtypes: l.dns.rrtypes.clone(),
+        })),
+    });
+    let dropped = f.verdict == "DROPPED";
+    let reason = drop_reason_code(&f.weir.drop_reason);
+    pb::Flow {
+        time: Some(timestamp(f.weir.unix_ns)),
+        verdict: if dropped { pb::Verdict::Dropped } else { pb::Verdict::Forwarded } as i32,
+        drop_reason: if dropped { reason as u32 } else { 0 },
+        ip: Some(pb::Ip {
+            source: f.ip.source.clone(),
+            destination: f.ip.destination.clone(),
+            ip_version: if f.ip.ip_version == "IPv6" { pb::IpVersion::IPv6 } else { pb::IpVersion::IPv4 } as i32,
+        }),
+        l4: Some(pb::Layer4 { protocol: l4 }),
+        source: Some(endpoint(&f.source)),
+        destination: Some(endpoint(&f.destination)),
+        r#type: if f.l7.is_some() { pb::FlowType::L7 } else { pb::FlowType::L3L4 } as i32,
+        node_name: f.node_name.clone(),
+        l7,
+        reply: f.is_reply,
+        event_type: Some(pb::CiliumEventType { r#type: f.event_type.kind as i32, sub_type: 0 }),
+        traffic_direction: match f.traffic_direction.as_str() {
+            "INGRESS" => pb::TrafficDirection::Ingress,
+            "EGRESS" => pb::TrafficDirection::Egress,
+            _ => pb::TrafficDirection::Unknown,
+        } as i32,
+        trace_observation_point: match f.trace_observation_point.as_str() {
+            "FROM_ENDPOINT" => pb::TraceObservationPoint::FromEndpoint,
+            "TO_ENDPOINT" => pb::TraceObservationPoint::ToEndpoint,
+            _ => pb::TraceObservationPoint::UnknownPoint,
+        } as i32,
+        drop_reason_desc: if dropped { reason as i32 } else { 0 },
+        is_reply: Some(pb::BoolValue { value: f.is_reply }),
+        interface: None,
+        egress_allowed_by: policies(&f.egress_allowed_by),
+        ingress_allowed_by: policies(&f.ingress_allowed_by),
+        egress_denied_by: policies(&f.egress_denied_by),
+        ingress_denied_by: policies(&f.ingress_denied_by),
+        summary: f.summary.clone(),
+    }
+}
+
+/// Refuses filters with fields weir cannot evaluate, and malformed values.
+pub fn validate(filter: &pb::FlowFilter) -> Result<(), String> {
+    let unsupported = [
+        ("uuid", filter.uuid.is_empty()),
+        ("source_fqdn", filter.source_fqdn.is_empty()),
+        ("destination_fqdn", filter.destination_fqdn.is_empty()),
+        ("source_service", filter.source_service.is_empty()),
+        ("destination_service", filter.destination_service.is_empty()),
+        ("source_workload", filter.source_workload.is_empty()),
+        ("destination_workload", filter.destination_workload.is_empty()),
+        ("http_status_code", filter.http_status_code.is_empty()),
+        ("http_method", filter.http_method.is_empty()),
+        ("http_path", filter.http_path.is_empty()),
+        ("trace_id", filter.trace_id.is_empty()),
+    ];
+    if let Some((name, _)) = unsupported.iter().find(|(_, empty)| !empty) {
+        return Err(format!("flow filter field {name} is not supported by weir"));
+    }
+    for ip in filter.source_ip.iter().chain(&filter.destination_ip) {
+        weir_operator_api::flow::parse_cidr(ip)?;
+    }
+    for p in filter.source_port.iter().chain(&filter.destination_port) {
+        p.parse::<u16>().map_err(|_| format!("port {p:?} is not a port number"))?;
+    }
+    for p in &filter.protocol {
+        if !["tcp", "udp", "icmp", "icmpv4", "dns"].contains(&p.to_ascii_lowercase().as_str()) {
+            return Err(format!("protocol {p:?}: weir knows tcp, udp, icmp and dns"));
+        }
+    }
+    for q in &filter.dns_query {
+        regex_lite::Regex::new(q).map_err(|e| format!("dns_query {q:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Hubble's pod filter: `namespace/prefix`, `namespace/` (the whole namespace) or `prefix`.
+fn pod_matches(want: &str, e: &weir_operator_api::flow::Endpoint) -> bool {
+    if e.pod_name.is_empty() && e.namespace.is_empty() {
+        return false;
+    }
+    match want.split_once('/') {
+        Some((ns, prefix)) => e.namespace == ns && e.pod_name.starts_with(prefix),
+        None => !e.pod_name.is_empty() && e.pod_name.starts_with(want),
+    }
+}
+
+/// Label selectors: comma-separated `key`, `!key`, `key=value`, `key==value`, `key!=value`
+/// (keys with or without the `k8s:` source prefix).
+fn selector_matches(sel: &str, labels: &[String]) -> bool {
+    let value_of = |key: &str| {
+        let key = key.trim().strip_prefix("k8s:").unwrap_or(key.trim());
+        labels.iter().find_map(|l| {
+            let l = l.strip_prefix("k8s:").unwrap_or(l);
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k == key).then_some(v)
+        })
+    };
+    sel.split(',').all(|term| {
+        let term = term.trim();
+        if let Some((k, v)) = term.split_once("!=") {
+            value_of(k) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            value_of(k) == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            value_of(k).is_none()
+        } else {
+            value_of(term).is_some()
+        }
+    })
+}
+
+fn ip_in(cidr: &str, addr: &str) -> bool {
+    let (Ok((net, len)), Ok(a)) = (weir_operator_api::flow::parse_cidr(cidr), addr.parse::<IpAddr>()) else {
+        return false;
+    };
+    match (net, a) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            u32::from(n) & m == u32::from(a) & m
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            u128::from(n) & m == u128::from(a) & m
+        }
+        _ => false,
+    }
+}
+
+fn any<T>(list: &[T], pred: impl Fn(&T) -> bool) -> bool {
+    list.is_empty() || list.iter().any(pred)
+}
+
+/// Does `f` match every set field of `filter`? (Validated filters only.)
+pub fn matches(filter: &pb::FlowFilter, f: &Flow) -> bool {
+    let (sport, dport) = f.ports();
+    let verdict = if f.verdict == "DROPPED" { pb::Verdict::Dropped } else { pb::Verdict::Forwarded } as i32;
+    let direction = match f.traffic_direction.as_str() {
+        "INGRESS" => pb::TrafficDirection::Ingress,
+        "EGRESS" => pb::TrafficDirection::Egress,
+        _ => pb::TrafficDirection::Unknown,
+    } as i32;
+    let ip_version = if f.ip.ip_version == "IPv6" { pb::IpVersion::IPv6 } else { pb::IpVersion::IPv4 } as i32;
+    let tcp = f.l4.tcp.as_ref().map(|t| &t.flags);
+    any(&filter.source_ip, |c| ip_in(c, &f.ip.source))
+        && any(&filter.destination_ip, |c| ip_in(c, &f.ip.destination))
+        && any(&filter.source_pod, |p| pod_matches(p, &f.source))
+        && any(&filter.destination_pod, |p| pod_matches(p, &f.destination))
+        && any(&filter.source_label, |s| selector_matches(s, &f.source.labels))
+        && any(&filter.destination_label, |s| selector_matches(s, &f.destination.labels))
+        && any(&filter.traffic_direction, |d| *d == direction)
+        && any(&filter.verdict, |v| *v == verdict)
+        && any(&filter.event_type, |e| e.r#type == f.event_type.kind as i32 && (!e.match_sub_type || e.sub_type == 0))
+        && any(&filter.protocol, |p| match p.to_ascii_lowercase().as_str() {
+            "dns" => f.l7.is_some(),
+            "icmpv4" => f.protocol() == "icmp",
+            p => f.protocol() == p && f.l7.is_none(),
+        })
+        && any(&filter.source_port, |p| p.parse() == Ok(sport))
+        && any(&filter.destination_port, |p| p.parse() == Ok(dport))
+        && any(&filter.reply, |r| *r == f.is_reply)
+        && any(&filter.dns_query, |q| {
+            f.l7.as_ref().is_some_and(|l| regex_lite::Regex::new(q).is_ok_and(|re| re.is_match(&l.dns.query)))
+        })
+        && any(&filter.source_identity, |i| *i == f.source.identity)
+        && any(&filter.destination_identity, |i| *i == f.destination.identity)
+        && any(&filter.tcp_flags, |want| {
+            tcp.is_some_and(|have| {
+                (!want.syn || have.syn)
+                    && (!want.ack || have.ack)
+                    && (!want.fin || have.fin)
+                    && (!want.rst || have.rst)
+                    && (!want.psh || have.psh)
+            })
+        })
+        && any(&filter.node_name, |n| match n.strip_suffix('*') {
+            Some(prefix) => f.node_name.starts_with(prefix),
+            None => &f.node_name == n,
+        })
+        && any(&filter.ip_version, |v| *v == ip_version)
+}
+
+/// Whitelist (any) minus blacklist (any).
+pub fn selected(req: &GetFlowsRequest, f: &Flow) -> bool {
+    (req.whitelist.is_empty() || req.whitelist.iter().any(|w| matches(w, f)))
+        && !req.blacklist.iter().any(|b| matches(b, f))
+}
+
+pub struct ObserverService {
+    pub store: SharedFlowStore,
+    pub node: Arc<Mutex<Node>>,
+    pub node_name: String,
+    pub started: Instant,
+}
+
+type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+
+impl ObserverService {
+    fn flow_response(&self, f: &Flow) -> GetFlowsResponse {
+        GetFlowsResponse {
+            node_name: self.node_name.clone(),
+            time: Some(timestamp(f.weir.unix_ns)),
+            response_types: Some(ResponseTypes::Flow(to_proto(f))),
+        }
+    }
+
+    fn lost_response(&self, source: pb::LostEventSource, n: u64) -> GetFlowsResponse {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        GetFlowsResponse {
+            node_name: self.node_name.clone(),
+            time: Some(timestamp(now)),
+            response_types: Some(ResponseTypes::LostEvents(pb::LostEvent {
+                source: source as i32,
+                num_events_lost: n,
+            })),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Observer for ObserverService {
+    type GetFlowsStream = FlowStream;
+
+    async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let req = request.into_inner();
+        for f in req.whitelist.iter().chain(&req.blacklist) {
+            validate(f).map_err(Status::invalid_argument)?;
+        }
+        if req.first && req.follow {
+            return Err(Status::invalid_argument("first and follow cannot be combined"));
+        }
+        let since = req.since.as_ref().map(ts_ns);
+        let until = req.until.as_ref().map(ts_ns);
+        let in_time = |f: &Flow| since.is_none_or(|s| f.weir.unix_ns >= s) && until.is_none_or(|u| f.weir.unix_ns <= u);
+        let (mut history, mut rx) = {
+            let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            s.select(|f| in_time(f) && selected(&req, f))
+        };
+        // `number` (0: all of the selection; Hubble's CLI always sends one).
+        let n = usize::try_from(req.number).unwrap_or(usize::MAX);
+        if n > 0 && history.len() > n {
+            if req.first {
+                history.truncate(n);
+            } else {
+                history.drain(..history.len() - n);
+            }
+        }
+        let lost_in_kernel = self.node.lock().await.events_lost();
+        let (tx, out) = mpsc::channel(256);
+        let first_lost =
+            (lost_in_kernel > 0).then(|| self.lost_response(pb::LostEventSource::PerfEventRingBuffer, lost_in_kernel));
+        let responses: Vec<GetFlowsResponse> = history.iter().map(|f| self.flow_response(f)).collect();
+        let node_name = self.node_name.clone();
+        let follow_lost = self.lost_response(pb::LostEventSource::HubbleRingBuffer, 0);
+        tokio::spawn(async move {
+            for r in first_lost.into_iter().chain(responses) {
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+            if !req.follow {
+                return;
+            }
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let msg = match rx.recv().await {
+                    Ok(f) if until.is_none_or(|u| f.weir.unix_ns <= u) && selected(&req, &f) => GetFlowsResponse {
+                        node_name: node_name.clone(),
+                        time: Some(timestamp(f.weir.unix_ns)),
+                        response_types: Some(ResponseTypes::Flow(to_proto(&f))),
+                    },
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        let mut m = follow_lost.clone();
+                        if let Some(ResponseTypes::LostEvents(l)) = m.response_types.as_mut() {
+                            l.num_events_lost = n;
+                        }
+                        m
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
+        let (num, max, seen) = {
+            let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            (s.len() as u64, s.capacity() as u64, s.seen())
+        };
+        Ok(Response::new(ServerStatusResponse {
+            num_flows: num,
+            max_flows: max,
+            seen_flows: seen,
+            uptime_ns: self.started.elapsed().as_nanos() as u64,
+            num_connected_nodes: None,
+            num_unavailable_nodes: None,
+            unavailable_nodes: vec![],
+            version: format!("weir {}", env!("CARGO_PKG_VERSION")),
+        }))
+    }
+}
+
+/// Serves the Observer on a unix socket (replacing a stale file) and, if given, on a loopback
+/// TCP address.
+pub async fn serve(
+    svc: ObserverService,
+    socket: std::path::PathBuf,
+    tcp: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let uds = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let svc = Arc::new(svc);
+    let mut tasks = tokio::task::JoinSet::new();
+    let unix = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(ObserverServer::from_arc(svc.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds));
+    tracing::info!(socket = %socket.display(), "Hubble-compatible observer API served");
+    tasks.spawn(async move { unix.await.context("observer API on the unix socket") });
+    if let Some(addr) = tcp {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tracing::info!(%addr, "Hubble-compatible observer API served on loopback TCP");
+        let server = tonic::transport::Server::builder()
+            .add_service(ObserverServer::from_arc(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tasks.spawn(async move { server.await.context("observer API on TCP") });
+    }
+    match tasks.join_next().await {
+        Some(r) => r.context("observer API task")?,
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use weir_operator_api::flow::{Endpoint, Ip, Layer4, Tcp, TcpFlags, WeirInfo};
+
+    use super::*;
+
+    fn flow() -> Flow {
+        Flow {
+            verdict: "DROPPED".into(),
+            ip: Ip { source: "10.244.1.2".into(), destination: "10.244.2.2".into(), ip_version: "IPv4".into() },
+            l4: Layer4 {
+                tcp: Some(Tcp { source_port: 40000, destination_port: 8081, flags: TcpFlags::from_bits(2) }),
+                ..Default::default()
+            },
+            source: Endpoint {
+                namespace: "shop".into(),
+                pod_name: "client".into(),
+                labels: vec!["k8s:app=client".into()],
+                ..Default::default()
+            },
+            destination: Endpoint {
+                namespace: "shop".into(),
+                pod_name: "web-1".into(),
+                labels: vec!["k8s:app=web".into()],
+                identity: 258,
+                ..Default::default()
+            },
+            node_name: "n2".into(),
+            traffic_direction: "INGRESS".into(),
+            weir: WeirInfo {
+                drop_reason: "policy_denied_ingress".into(),
+                unix_ns: 1_700_000_000_123_456_789,
+                ..Default::default()
+            },
+            ingress_denied_by: vec![weir_operator_api::flow::Policy {
+                name: "p".into(),
+                namespace: "shop".into(),
+                rule: String::new(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flows_encode_with_hubble_field_numbers() {
+        let p = to_proto(&flow());
+        assert_eq!(p.drop_reason_desc, pb::DropReason::PolicyDenied as i32);
+        assert_eq!(p.verdict, pb::Verdict::Dropped as i32);
+        assert_eq!(p.time, Some(pb::Timestamp { seconds: 1_700_000_000, nanos: 123_456_789 }));
+        let bytes = p.encode_to_vec();
+        // Field 2 (verdict) varint 2; field 25 (drop_reason_desc) varint 133; field 21005
+        // (ingress_denied_by) length-delimited: tag (21005 << 3 | 2) as a varint.
+        assert!(bytes.windows(2).any(|w| w == [2 << 3, 2]));
+        assert!(bytes.windows(4).any(|w| w == [0xc8, 0x01, 0x85, 0x01]));
+        let tag = (21005u32 << 3) | 2;
+        let varint = [(tag & 0x7f) as u8 | 0x80, ((tag >> 7) & 0x7f) as u8 | 0x80, (tag >> 14) as u8];
+        assert!(bytes.windows(3).any(|w| w == varint), "{bytes:?}");
+        assert_eq!(pb::Flow::decode(bytes.as_slice()).expect("decode"), p);
+    }
+
+    #[test]
+    fn filters_follow_hubble_semantics() {
+        let f = flow();
+        let filter = |build: &dyn Fn(&mut pb::FlowFilter)| {
+            let mut x = pb::FlowFilter::default();
+            build(&mut x);
+            x
+        };
+        assert!(matches(&filter(&|x| x.destination_pod = vec!["shop/web-".into()]), &f));
+        assert!(matches(&filter(&|x| x.destination_pod = vec!["shop/".into()]), &f));
+        assert!(!matches(&filter(&|x| x.source_pod = vec!["shop/web".into()]), &f));
+        assert!(matches(&filter(&|x| x.destination_label = vec!["app=web".into(), "app=db".into()]), &f));
+        assert!(matches(&filter(&|x| x.source_label = vec!["app,!tier".into()]), &f));
+        assert!(!matches(&filter(&|x| x.source_label = vec!["app!=client".into()]), &f));
+        assert!(matches(&filter(&|x| x.verdict = vec![pb::Verdict::Dropped as i32]), &f));
+        assert!(matches(&filter(&|x| x.destination_port = vec!["8081".into()]), &f));
+        assert!(!matches(
+            &filter(&|x| {
+                x.destination_port = vec!["8081".into()];
+                x.protocol = vec!["udp".into()]
+            }),
+            &f
+        ));
+        assert!(matches(&filter(&|x| x.destination_ip = vec!["10.244.2.0/24".into()]), &f));
+        assert!(matches(&filter(&|x| x.tcp_flags = vec![pb::TcpFlags { syn: true, ..Default::default() }]), &f));
+        assert!(matches(&filter(&|x| x.destination_identity = vec![258]), &f));
+        assert!(matches(&filter(&|x| x.node_name = vec!["n*".into()]), &f));
+        let req = GetFlowsRequest {
+            whitelist: vec![
+                filter(&|x| x.source_pod = vec!["nope/".into()]),
+                filter(&|x| x.source_pod = vec!["shop/".into()]),
+            ],
+            blacklist: vec![filter(&|x| x.destination_port = vec!["8081".into()])],
+            ..Default::default()
+        };
+        assert!(!selected(&req, &f));
+        assert!(validate(&filter(&|x| x.source_fqdn = vec!["a.b".into()])).unwrap_err().contains("source_fqdn"));
+        assert!(validate(&filter(&|x| x.destination_port = vec!["http".into()])).is_err());
+        assert!(validate(&filter(&|x| x.dns_query = vec!["(".into()])).is_err());
+        assert!(validate(&filter(&|x| x.protocol = vec!["sctp".into()])).is_err());
+    }
+}
