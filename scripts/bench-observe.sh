@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 IPERF_SECS=${IPERF_SECS:-4}
 CRR_COUNT=${CRR_COUNT:-2000}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 # shellcheck source=scripts/release-bins.sh
 . ./scripts/release-bins.sh bench-observe
 BIN=$PWD/target/release
@@ -56,18 +56,27 @@ crr() {
   "$LAB" exec default/w1 -- "$BIN/weir-lab" crr "$1:7000" --count "$CRR_COUNT" | python3 -c \
     'import json,sys; print(round(json.load(sys.stdin)["conns_per_sec"], 1))'
 }
-flows_recorded() { "$LAB" observe -o json | wc -l; }
+flows_recorded() { sleep 0.2; "$LAB" observe -o json | wc -l; }
+agent_cpu_ms() { # both agents' CPU time (user + system) so far, in ms
+  local t=0 pid
+  for pid in $(python3 -c "import json; print(' '.join(str(n['agent_pid']) for n in json.load(open('/run/weir-lab/$WEIR_LAB/lab.json'))['nodes']))"); do
+    t=$((t + $(awk '{print $14+$15}' "/proc/$pid/stat")))
+  done
+  echo $((t * 1000 / $(getconf CLK_TCK)))
+}
 
 echo "lab: iperf3 ${IPERF_SECS}s and $CRR_COUNT new connections, same node and across nodes, $ROUNDS alternating rounds..." >&2
 declare -A M
 for round in $(seq 1 "$ROUNDS"); do
   for m in $( [ $((round % 2)) = 1 ] && echo "on off" || echo "off on"); do
     mode "$m"
+    c0=$(agent_cpu_ms)
     M[$m,tsame]+=" $(iperf_gbps "$W2")"
     M[$m,tcross]+=" $(iperf_gbps "$W3")"
     M[$m,csame]+=" $(crr "$W2")"
     M[$m,ccross]+=" $(crr "$W3")"
     M[$m,flows]+=" $(flows_recorded)"
+    M[$m,cpu]+=" $(( $(agent_cpu_ms) - c0 ))"
   done
 done
 median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
@@ -80,3 +89,4 @@ for k in "tsame:throughput same node (Gbit/s)" "tcross:throughput across nodes (
 done
 echo "target: on/off >= 0.97 (observability costs <= 3 %)"
 echo "flows recorded per round (both nodes): on:${M[on,flows]}  off:${M[off,flows]}"
+echo "agents' CPU per round, ms (both nodes, whole round): on:${M[on,cpu]}  off:${M[off,cpu]}"

@@ -104,7 +104,7 @@ async fn serve_flows(
         let mut next = Some(first);
         while let Some(r) = next.take() {
             match r {
-                Ok(f) if q.filter.matches(&f) => out.push(weir_operator_api::flow::Flow::clone(&f)),
+                Ok(f) if q.filter.matches(&f) => out.push(crate::flows::for_reader(&f)),
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => skipped += n,
                 Err(RecvError::Closed) => return Ok(()),

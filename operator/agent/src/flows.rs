@@ -65,7 +65,13 @@ pub struct Ingest {
     /// (client address, client port, DNS id) → query time (ktime).
     pending: HashMap<(IpAddr, u16, u16), u64>,
     pending_order: VecDeque<(IpAddr, u16, u16)>,
+    /// Endpoints already described, valid for the enrichment they were made from.
+    endpoints: HashMap<IpAddr, Endpoint>,
+    endpoints_of: Option<Arc<Enrichment>>,
 }
+
+/// Endpoints cached at most (the cache is cleared beyond it and at every new enrichment).
+const ENDPOINT_CACHE: usize = 65536;
 
 /// Unix time minus CLOCK_MONOTONIC now.
 pub fn clock_offset_ns() -> i128 {
@@ -73,6 +79,13 @@ pub fn clock_offset_ns() -> i128 {
     let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map_or(0, |t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()));
     real - mono
+}
+
+/// A stored flow as readers get it: with its `time` formatted.
+pub fn for_reader(f: &Flow) -> Flow {
+    let mut out = f.clone();
+    out.time = rfc3339(f.weir.unix_ns);
+    out
 }
 
 fn rfc3339(unix_ns: u64) -> String {
@@ -108,7 +121,18 @@ impl Ingest {
             clock_offset_ns: clock_offset_ns(),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
+            endpoints: HashMap::new(),
+            endpoints_of: None,
         }
+    }
+
+    /// The endpoint of `ip`, described once per enrichment.
+    fn cached_endpoint(&mut self, e: &Arc<Enrichment>, ip: IpAddr) -> Endpoint {
+        if !self.endpoints_of.as_ref().is_some_and(|c| Arc::ptr_eq(c, e)) || self.endpoints.len() >= ENDPOINT_CACHE {
+            self.endpoints.clear();
+            self.endpoints_of = Some(e.clone());
+        }
+        self.endpoints.entry(ip).or_insert_with(|| Self::endpoint(e, ip)).clone()
     }
 
     fn endpoint(e: &Enrichment, ip: IpAddr) -> Endpoint {
@@ -145,8 +169,10 @@ impl Ingest {
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
         let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (source, destination) = (self.cached_endpoint(&enrichment, src), self.cached_endpoint(&enrichment, dst));
         let mut f = Flow {
-            time: rfc3339(unix_ns),
+            // Formatted when the flow is read (`for_reader`), not for every flow stored.
+            time: String::new(),
             verdict: if e.kind == EVENT_DROP { "DROPPED" } else { "FORWARDED" }.into(),
             ip: Ip {
                 source: src.to_string(),
@@ -154,8 +180,8 @@ impl Ingest {
                 ip_version: if src.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
             },
             l4: layer4(e),
-            source: Self::endpoint(&enrichment, src),
-            destination: Self::endpoint(&enrichment, dst),
+            source,
+            destination,
             kind: if dns_msg.is_some() { "L7" } else { "L3_L4" }.into(),
             node_name: self.node.clone(),
             is_reply: e.flags & FLOW_F_REPLY != 0,
@@ -399,7 +425,7 @@ impl FlowStore {
             .rev()
             .filter(|f| q.since_unix_ns.is_none_or(|t| f.weir.unix_ns >= t) && q.filter.matches(f))
             .take(q.last.unwrap_or(usize::MAX))
-            .map(|f| Flow::clone(f))
+            .map(|f| for_reader(f))
             .collect();
         out.reverse();
         (out, self.tx.subscribe())

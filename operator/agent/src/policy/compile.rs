@@ -51,7 +51,7 @@ impl PodView {
         self.info
             .named_ports
             .iter()
-            .find(|p| &*p.name == name && proto_number(&p.protocol) == Some(proto))
+            .find(|p| &*p.name == name && super::proto_number(&p.protocol) == Some(proto))
             .and_then(|p| u16::try_from(p.port).ok())
     }
     fn named_ports(&self) -> Vec<(String, u8, u16)> {
@@ -59,20 +59,11 @@ impl PodView {
             .info
             .named_ports
             .iter()
-            .filter_map(|p| Some((p.name.to_string(), proto_number(&p.protocol)?, u16::try_from(p.port).ok()?)))
+            .filter_map(|p| Some((p.name.to_string(), super::proto_number(&p.protocol)?, u16::try_from(p.port).ok()?)))
             .collect();
         v.sort();
         v.dedup();
         v
-    }
-}
-
-fn proto_number(s: &str) -> Option<u8> {
-    match s {
-        "TCP" | "" => Some(super::IPPROTO_TCP),
-        "UDP" => Some(super::IPPROTO_UDP),
-        "SCTP" => Some(super::IPPROTO_SCTP),
-        _ => None,
     }
 }
 
@@ -464,11 +455,18 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
     for (prefix, k) in &prefixes {
         out.ipcache.insert(*prefix, numbers[k]);
     }
+    // A pod whose address another pod also claims (a stale object) owns it only if the index
+    // says so: computed once, used for the IP → identity entries and the local endpoints.
+    let owns: Vec<bool> = c
+        .pods
+        .iter()
+        .map(|p| c.pod_by_ip(p.ip).is_some_and(|q| q.namespace == p.namespace && q.name == p.name))
+        .collect();
     let mut pod_ids = Vec::with_capacity(c.pods.len());
-    for (p, k) in c.pods.iter().zip(&pod_keys) {
+    for ((p, k), &owns_ip) in c.pods.iter().zip(&pod_keys).zip(&owns) {
         let id = numbers[k];
         pod_ids.push(id);
-        if c.pod_by_ip(p.ip).is_some_and(|q| q.namespace == p.namespace && q.name == p.name) {
+        if owns_ip {
             out.ipcache.insert((p.ip, 32), id);
         }
     }
@@ -522,7 +520,7 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
     let mut interned: BTreeMap<Vec<RuleRef>, u32> = BTreeMap::new();
     let mut used = 0usize;
     for (pi, p) in c.pods.iter().enumerate() {
-        if !local(p) || c.pod_by_ip(p.ip).is_none_or(|q| q.name != p.name || q.namespace != p.namespace) {
+        if !local(p) || !owns[pi] {
             continue;
         }
         let mut ep = EndpointPolicy {

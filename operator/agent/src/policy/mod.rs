@@ -324,13 +324,19 @@ fn cidr(cx: &Ctx<'_>, field: &str, s: &str) -> Result<Ipv4Network, PolicyError> 
     Ok(Ipv4Network::new(n.network(), n.prefix()).expect("prefix already valid"))
 }
 
-fn protocol(cx: &Ctx<'_>, field: &str, s: Option<&str>) -> Result<u8, PolicyError> {
-    match s.unwrap_or("TCP") {
-        "TCP" => Ok(IPPROTO_TCP),
-        "UDP" => Ok(IPPROTO_UDP),
-        "SCTP" => Ok(IPPROTO_SCTP),
-        other => Err(cx.err(field, format!("{other:?} is not TCP, UDP or SCTP"))),
+/// IP protocol number of a Kubernetes protocol name; "" is TCP (a container port's default).
+pub fn proto_number(s: &str) -> Option<u8> {
+    match s {
+        "TCP" | "" => Some(IPPROTO_TCP),
+        "UDP" => Some(IPPROTO_UDP),
+        "SCTP" => Some(IPPROTO_SCTP),
+        _ => None,
     }
+}
+
+fn protocol(cx: &Ctx<'_>, field: &str, s: Option<&str>) -> Result<u8, PolicyError> {
+    let s = s.unwrap_or("TCP");
+    proto_number(s).filter(|_| !s.is_empty()).ok_or_else(|| cx.err(field, format!("{s:?} is not TCP, UDP or SCTP")))
 }
 
 fn port(cx: &Ctx<'_>, field: &str, p: &NetworkPolicyPort) -> Result<PortMatch, PolicyError> {
