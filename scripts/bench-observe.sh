@@ -75,8 +75,8 @@ for round in $(seq 1 "$ROUNDS"); do
     M[$m,tcross]+=" $(iperf_gbps "$W3")"
     M[$m,csame]+=" $(crr "$W2")"
     M[$m,ccross]+=" $(crr "$W3")"
-    M[$m,flows]+=" $(flows_recorded)"
     M[$m,cpu]+=" $(( $(agent_cpu_ms) - c0 ))"
+    M[$m,flows]+=" $(flows_recorded)"
   done
 done
 median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
@@ -89,4 +89,4 @@ for k in "tsame:throughput same node (Gbit/s)" "tcross:throughput across nodes (
 done
 echo "target: on/off >= 0.97 (observability costs <= 3 %)"
 echo "flows recorded per round (both nodes): on:${M[on,flows]}  off:${M[off,flows]}"
-echo "agents' CPU per round, ms (both nodes, whole round): on:${M[on,cpu]}  off:${M[off,cpu]}"
+echo "agents' CPU per round (both nodes; the iperf3 and connection runs), ms: on:${M[on,cpu]}  off:${M[off,cpu]}"

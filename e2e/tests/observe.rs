@@ -293,7 +293,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
             .output_with_stdin(&text);
         assert!(ok, "promtool check metrics ({node}):\n{said}\n{text}");
         assert!(text.contains("weir_dns_responses_total{namespace=\"shop\",qtype=\"A\",rcode=\"NOERROR\"}"), "{text}");
-        assert!(text.contains("weir_agent_state{what=\"events_lost_in_kernel\"} 0"), "{text}");
+        assert!(text.contains("\nweir_events_lost_total 0\n"), "{text}");
         if node == "n2" {
             assert!(text.contains("weir_flow_drops_total{namespace=\"shop\",reason=\"policy_denied_ingress\"}"));
             assert!(text.contains("weir_policy_verdicts_total{direction=\"ingress\",match=\"allowed\"}"));

@@ -168,6 +168,9 @@ fn flows_are_aggregated_and_dns_is_copied() {
         assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, 0), (EVENT_FLOW_CLOSE, 0)], "{evs:?}");
         let Event::Flow(close) = &evs[1] else { panic!() };
         assert_eq!((close.packets, close.point, close.tcp_flags), (4, OBS_FROM_POD, 0x13));
+        // The same tuple opened again (a SYN after the close) is a new flow.
+        dp.test_run(programs::FROM_POD, &syn).expect("run");
+        assert_eq!(kinds(&ring.drain()), [(EVENT_FLOW_NEW, 0)]);
         // The reply direction is marked as such.
         dp.test_run(programs::FROM_POD, &tcp(POD_B, POD_A, 80, 40000, 0x12)).expect("run");
         assert_eq!(kinds(&ring.drain()), [(EVENT_FLOW_NEW, FLOW_F_REPLY)]);

@@ -23,7 +23,9 @@ use crate::{
 };
 
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 const DNS_PORT_BE: u16 = 53u16.to_be();
 
 /// Ports (TCP/UDP; ICMP: type and code as the source port, echo id as the destination port),
@@ -125,6 +127,15 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
     let len = ctx.len() as u64;
     // SAFETY: the kernel gives a pointer to this CPU's view of the value, valid during the run.
     match WEIR_FLOWS.get_ptr_mut(&key) {
+        // A SYN on a closed flow's tuple is a new connection that reuses it: report it anew.
+        Some(s) if unsafe { (*s).closed } != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
+            // SAFETY: as above.
+            let s = unsafe { &mut *s };
+            // SAFETY: a helper without arguments.
+            let now = unsafe { bpf_ktime_get_ns() };
+            *s = FlowStats { packets: 1, bytes: len, last_report_ns: now, tcp_flags, closed: 0, _pad: [0; 6] };
+            emit(event(ctx, &key, EVENT_FLOW_NEW, 1, len, tcp_flags, 0));
+        }
         Some(s) => {
             // SAFETY: as above; a concurrent update on another CPU can only lose an increment.
             let s = unsafe { &mut *s };

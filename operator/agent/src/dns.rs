@@ -160,19 +160,27 @@ pub fn parse(b: &[u8]) -> Result<Message, ParseError> {
 
 /// Query type names for the common types; others as `TYPE<n>` (RFC 3597).
 pub fn type_name(t: u16) -> String {
+    match type_label(t) {
+        "OTHER" => format!("TYPE{t}"),
+        name => name.to_owned(),
+    }
+}
+
+/// A bounded label for metrics: the common type names, else OTHER (any pod can send any type).
+pub fn type_label(t: u16) -> &'static str {
     match t {
-        1 => "A".into(),
-        2 => "NS".into(),
-        5 => "CNAME".into(),
-        6 => "SOA".into(),
-        12 => "PTR".into(),
-        15 => "MX".into(),
-        16 => "TXT".into(),
-        28 => "AAAA".into(),
-        33 => "SRV".into(),
-        65 => "HTTPS".into(),
-        255 => "ANY".into(),
-        n => format!("TYPE{n}"),
+        1 => "A",
+        2 => "NS",
+        5 => "CNAME",
+        6 => "SOA",
+        12 => "PTR",
+        15 => "MX",
+        16 => "TXT",
+        28 => "AAAA",
+        33 => "SRV",
+        65 => "HTTPS",
+        255 => "ANY",
+        _ => "OTHER",
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Metrics {
     dns_latency: Histogram,
     dns_malformed: IntCounter,
     policy_verdicts: IntCounterVec,
+    /// Events the kernel could not put on the ring buffer (its counter, followed at scrape time).
+    events_lost: IntCounter,
     /// Set at scrape time.
     pub datapath: IntGaugeVec,
     pub datapath_drops: IntGaugeVec,
@@ -85,6 +87,12 @@ impl Default for Metrics {
         let dns_malformed = IntCounter::new("weir_dns_malformed_total", "DNS messages the agent could not parse.")
             .expect("valid metric definition");
         r.register(Box::new(dns_malformed.clone())).expect("metric registered once");
+        let events_lost = IntCounter::new(
+            "weir_events_lost_total",
+            "Datapath events (flows, drops, DNS) that did not fit the ring buffer: counted by the kernel, never silently lost.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(events_lost.clone())).expect("metric registered once");
         let policy_verdicts = counter_vec(
             &r,
             "weir_policy_verdicts_total",
@@ -124,6 +132,7 @@ impl Default for Metrics {
             dns_latency,
             dns_malformed,
             policy_verdicts,
+            events_lost,
             datapath,
             datapath_drops,
             maps,
@@ -149,11 +158,11 @@ impl Metrics {
     }
 
     pub fn dns(&self, client_namespace: &str, m: &dns::Message, latency_ns: Option<u64>) {
-        let qtype = dns::type_name(m.qtype);
+        let qtype = dns::type_label(m.qtype);
         if m.response {
-            self.dns_responses.with_label_values(&[client_namespace, &qtype, dns::rcode_name(m.rcode)]).inc();
+            self.dns_responses.with_label_values(&[client_namespace, qtype, dns::rcode_name(m.rcode)]).inc();
         } else {
-            self.dns_queries.with_label_values(&[client_namespace, &qtype]).inc();
+            self.dns_queries.with_label_values(&[client_namespace, qtype]).inc();
         }
         if let Some(ns) = latency_ns {
             self.dns_latency.observe(ns as f64 / 1e9);
@@ -162,6 +171,14 @@ impl Metrics {
 
     pub fn dns_malformed(&self) {
         self.dns_malformed.inc();
+    }
+
+    /// Follows the kernel's lost-events counter (it only grows while the datapath stays loaded).
+    pub fn set_events_lost(&self, total: u64) {
+        let seen = self.events_lost.get();
+        if total > seen {
+            self.events_lost.inc_by(total - seen);
+        }
     }
 
     pub fn policy_verdict(&self, direction: &str, outcome: &str) {
@@ -218,5 +235,26 @@ pub async fn serve(
                 tracing::debug!(error = %e, "metrics connection");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_bounded_and_lost_events_follow_the_kernel() {
+        let m = Metrics::default();
+        for qtype in [1, 28, 4242, 9999] {
+            m.dns("shop", &dns::Message { qtype, ..Default::default() }, Some(1_000_000));
+        }
+        m.set_events_lost(5);
+        m.set_events_lost(3); // a smaller reading (datapath reloaded) never decrements
+        m.set_events_lost(7);
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        assert!(text.contains("weir_dns_queries_total{namespace=\"shop\",qtype=\"OTHER\"} 2"), "{text}");
+        assert!(!text.contains("TYPE4242"), "{text}");
+        assert!(text.contains("weir_events_lost_total 7"), "{text}");
+        assert!(text.contains("weir_dns_latency_seconds_count 4"), "{text}");
     }
 }

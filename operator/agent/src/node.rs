@@ -236,7 +236,7 @@ impl Node {
             ] {
                 m.datapath.with_label_values(&[outcome]).set(n as i64);
             }
-            m.state.with_label_values(&["events_lost_in_kernel"]).set(c.events_lost as i64);
+            m.set_events_lost(c.events_lost);
         }
         let entries = self.policy.compiled.total_entries() as i64;
         m.maps.with_label_values(&["WEIR_POLICY", "entries"]).set(entries);
