@@ -65,8 +65,9 @@ pub struct Ingest {
     /// (client address, client port, DNS id) → query time (ktime).
     pending: HashMap<(IpAddr, u16, u16), u64>,
     pending_order: VecDeque<(IpAddr, u16, u16)>,
-    /// Endpoints already described, valid for the enrichment they were made from.
-    endpoints: HashMap<IpAddr, Endpoint>,
+    /// Endpoints already described (and their address as text), valid for the enrichment they
+    /// were made from.
+    endpoints: HashMap<IpAddr, (Endpoint, String)>,
     endpoints_of: Option<Arc<Enrichment>>,
 }
 
@@ -126,13 +127,13 @@ impl Ingest {
         }
     }
 
-    /// The endpoint of `ip`, described once per enrichment.
-    fn cached_endpoint(&mut self, e: &Arc<Enrichment>, ip: IpAddr) -> Endpoint {
+    /// The endpoint of `ip` and the address as text, described once per enrichment.
+    fn cached_endpoint(&mut self, e: &Arc<Enrichment>, ip: IpAddr) -> (Endpoint, String) {
         if !self.endpoints_of.as_ref().is_some_and(|c| Arc::ptr_eq(c, e)) || self.endpoints.len() >= ENDPOINT_CACHE {
             self.endpoints.clear();
             self.endpoints_of = Some(e.clone());
         }
-        self.endpoints.entry(ip).or_insert_with(|| Self::endpoint(e, ip)).clone()
+        self.endpoints.entry(ip).or_insert_with(|| (Self::endpoint(e, ip), ip.to_string())).clone()
     }
 
     fn endpoint(e: &Enrichment, ip: IpAddr) -> Endpoint {
@@ -169,14 +170,15 @@ impl Ingest {
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
         let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let (source, destination) = (self.cached_endpoint(&enrichment, src), self.cached_endpoint(&enrichment, dst));
+        let ((source, src_text), (destination, dst_text)) =
+            (self.cached_endpoint(&enrichment, src), self.cached_endpoint(&enrichment, dst));
         let mut f = Flow {
             // Formatted when the flow is read (`for_reader`), not for every flow stored.
             time: String::new(),
             verdict: if e.kind == EVENT_DROP { "DROPPED" } else { "FORWARDED" }.into(),
             ip: Ip {
-                source: src.to_string(),
-                destination: dst.to_string(),
+                source: src_text,
+                destination: dst_text,
                 ip_version: if src.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
             },
             l4: layer4(e),
