@@ -326,7 +326,7 @@ fn grpc_checks(lab: &TestLab) {
         let mut client = ObserverClient::new(channel);
         let status = client.server_status(ServerStatusRequest {}).await.expect("ServerStatus").into_inner();
         assert!(status.num_flows > 0 && status.seen_flows >= status.num_flows, "{status:?}");
-        assert_eq!(status.max_flows, 65536);
+        assert_eq!(status.max_flows, 16384);
         assert!(status.version.starts_with("weir"));
 
         let drops = GetFlowsRequest {

@@ -75,8 +75,9 @@ pub struct Config {
     /// reported.
     #[arg(long, env = "WEIR_OBSERVE", default_value_t = true, action = clap::ArgAction::Set)]
     pub observe: bool,
-    /// How many recent flows the agent keeps for `weir observe` (oldest are evicted first).
-    #[arg(long, env = "WEIR_FLOW_CAPACITY", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    /// How many recent flows the agent keeps for `weir observe` and the observer API (oldest are
+    /// evicted first). About 1.8 KiB of memory each.
+    #[arg(long, env = "WEIR_FLOW_CAPACITY", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub flow_capacity: u32,
     /// Unix socket of the Hubble-compatible observer API (gRPC `observer.Observer`).
     #[arg(long, env = "WEIR_OBSERVER_SOCKET", default_value = "/run/weir/observer.sock")]
