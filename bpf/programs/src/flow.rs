@@ -126,7 +126,7 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
     let key = FlowKey { saddr: ip.saddr, daddr: ip.daddr, sport_be, dport_be, proto: ip.proto, point, _pad: [0; 2] };
     let len = ctx.len() as u64;
     // SAFETY: the kernel gives a pointer to this CPU's view of the value, valid during the run.
-    match WEIR_FLOWS.get_ptr_mut(&key) {
+    match WEIR_FLOWS.get_ptr_mut(key) {
         // A SYN on a closed flow's tuple is a new connection that reuses it: report it anew.
         Some(s) if unsafe { (*s).closed } != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
             // SAFETY: as above.
@@ -167,11 +167,11 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
                 _pad: [0; 2],
             };
             // SAFETY: read-only lookups of plain-data values.
-            let mut reply = unsafe { WEIR_FLOWS.get(&reverse) }.is_some();
+            let mut reply = unsafe { WEIR_FLOWS.get(reverse) }.is_some();
             if !reply {
                 reverse.point = OBS_TO_POD;
                 // SAFETY: as above.
-                reply = unsafe { WEIR_FLOWS.get(&reverse) }.is_some();
+                reply = unsafe { WEIR_FLOWS.get(reverse) }.is_some();
             }
             // ICMP keys are not symmetric; an echo reply is told by its type instead.
             reply |= ip.proto == IPPROTO_ICMP && sport_be == 0;
@@ -186,7 +186,7 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
                 _pad: [0; 6],
             };
             // A lost insert (map full of live entries) only means the next packet reports again.
-            let _ = WEIR_FLOWS.insert(&key, &stats, 0);
+            let _ = WEIR_FLOWS.insert(key, stats, 0);
             emit(event(ctx, &key, EVENT_FLOW_NEW, 1, len, tcp_flags, if reply { FLOW_F_REPLY } else { 0 }));
         }
     }
