@@ -74,6 +74,27 @@ pub struct Lab {
     pub state: LabState,
 }
 
+/// Removes a lab cgroup. Processes still in it (commands started in a pod with `weir-lab exec`,
+/// which the lab does not track by PID) are killed first through `cgroup.kill`: they live in a
+/// cgroup the lab made, and a populated cgroup cannot be removed. Missing is not an error.
+fn remove_cgroup(path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let populated = || std::fs::read_to_string(path.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"));
+    if populated() {
+        let _ = std::fs::write(path.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while populated() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    match std::fs::remove_dir(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("removing cgroup {}: {e}", path.display())),
+        _ => Ok(()),
+    }
+}
+
 /// Where each lab agent serves Prometheus metrics, in its node's network namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9962";
 
@@ -385,12 +406,12 @@ impl Lab {
         }
         let mut errors = Vec::new();
         for p in self.state.pods.values() {
-            let _ = std::fs::remove_dir(&p.cgroup);
+            errors.extend(remove_cgroup(&p.cgroup).err());
         }
         for n in &self.state.nodes {
-            let _ = std::fs::remove_dir(self.cgroup_parent().join(&n.name));
+            errors.extend(remove_cgroup(&self.cgroup_parent().join(&n.name)).err());
         }
-        let _ = std::fs::remove_dir(self.cgroup_parent());
+        errors.extend(remove_cgroup(&self.cgroup_parent()).err());
         for ns in self.state.netns.iter().rev() {
             if netns_path(ns).exists() {
                 if let Err(e) = ip(&["netns", "del", ns]) {
@@ -745,7 +766,7 @@ impl Lab {
                 errors.push(e.to_string());
             }
         }
-        let _ = std::fs::remove_dir(&st.cgroup);
+        errors.extend(remove_cgroup(&st.cgroup).err());
         let _ = std::fs::remove_file(self.pod_manifest_path(&st.namespace, &st.name));
         self.state.pods.remove(key);
         self.save()?;
