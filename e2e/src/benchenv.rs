@@ -3,6 +3,11 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Context as _;
+use weir_bpf_common::EndpointInfo;
+use weir_dataplane::{
+    maps::{Endpoints, KeyValueMap},
+    Datapath, LoadConfig,
+};
 
 #[allow(dead_code)]
 #[path = "nsexec.rs"]
@@ -60,4 +65,37 @@ pub fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8
     tcp[12] = 0x50;
     tcp[13] = flags;
     f
+}
+
+/// Loads the real datapath under `bpffs` (direct routing, node 172.31.0.1, cluster `cidr`) with
+/// `pods` as local endpoints on ifindex 1, where BPF_PROG_TEST_RUN runs programs.
+pub fn load_with_pods(
+    bpffs: PathBuf,
+    cidr: (Ipv4Addr, u8),
+    observe: bool,
+    pods: &[Ipv4Addr],
+) -> anyhow::Result<Datapath> {
+    std::fs::create_dir_all(&bpffs)?;
+    let cfg = LoadConfig {
+        bpffs_root: bpffs,
+        node_ipv4: Ipv4Addr::new(172, 31, 0, 1),
+        cluster_cidr_v4: cidr,
+        vxlan_ifindex: 0,
+        vxlan_vni: 0,
+        nat_ports: (61000, 65000),
+        observe,
+    };
+    let mut dp = Datapath::load(&cfg).context("loading the datapath")?;
+    let mut eps = Endpoints::open(&mut dp)?;
+    for ip in pods {
+        let info = EndpointInfo {
+            ifindex: 1,
+            flags: 0,
+            pod_mac: [0x0a, 0, 0, 0, 0, 1],
+            host_mac: [0x0a, 0, 0, 0, 0, 2],
+            _pad: [0; 4],
+        };
+        eps.upsert(*ip, info)?;
+    }
+    Ok(dp)
 }

@@ -24,13 +24,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde::Serialize;
-use weir_bpf_common::{programs, EndpointInfo};
-use weir_dataplane::{
-    counters::Counters,
-    events::Events,
-    maps::{Endpoints, KeyValueMap},
-    Datapath, LoadConfig,
-};
+use weir_bpf_common::programs;
+use weir_dataplane::{counters::Counters, events::Events, Datapath};
 use weir_operator_agent::{
     flows::{FlowStore, Ingest},
     metrics::Metrics,
@@ -74,30 +69,7 @@ struct Results {
 }
 
 fn load(bpffs: PathBuf, observe: bool) -> anyhow::Result<Datapath> {
-    std::fs::create_dir_all(&bpffs)?;
-    let cfg = LoadConfig {
-        bpffs_root: bpffs,
-        node_ipv4: Ipv4Addr::new(172, 31, 0, 1),
-        cluster_cidr_v4: (Ipv4Addr::new(10, 251, 0, 0), 16),
-        vxlan_ifindex: 0,
-        vxlan_vni: 0,
-        nat_ports: (61000, 65000),
-        observe,
-    };
-    let mut dp = Datapath::load(&cfg).context("loading the datapath")?;
-    let mut eps = Endpoints::open(&mut dp)?;
-    for ip in [CLIENT, SERVER] {
-        // BPF_PROG_TEST_RUN runs programs as if on ifindex 1.
-        let info = EndpointInfo {
-            ifindex: 1,
-            flags: 0,
-            pod_mac: [0x0a, 0, 0, 0, 0, 1],
-            host_mac: [0x0a, 0, 0, 0, 0, 2],
-            _pad: [0; 4],
-        };
-        eps.upsert(ip, info)?;
-    }
-    Ok(dp)
+    benchenv::load_with_pods(bpffs, (Ipv4Addr::new(10, 251, 0, 0), 16), observe, &[CLIENT, SERVER])
 }
 
 /// Mean kernel-timed ns of one established-connection packet.

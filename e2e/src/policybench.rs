@@ -17,10 +17,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde::Serialize;
-use weir_bpf_common::{programs, EndpointInfo};
+use weir_bpf_common::programs;
 use weir_dataplane::{
-    maps::{Endpoints, Ipcache, KeyValueMap, PolicyEndpoints, PolicyEntries},
-    Datapath, LoadConfig,
+    maps::{Ipcache, PolicyEndpoints, PolicyEntries},
+    Datapath,
 };
 use weir_operator_agent::{
     policy::sync::{KernelPolicyMaps, PolicyMaps, PolicySync},
@@ -234,28 +234,7 @@ impl Bench {
 }
 
 fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Vec<SizeResult>> {
-    let cfg = LoadConfig {
-        bpffs_root: bpffs,
-        node_ipv4: Ipv4Addr::new(172, 31, 0, 1),
-        cluster_cidr_v4: (Ipv4Addr::new(10, 250, 0, 0), 16),
-        vxlan_ifindex: 0,
-        vxlan_vni: 0,
-        nat_ports: (61000, 65000),
-        observe: true,
-    };
-    let mut dp = Datapath::load(&cfg).context("loading the datapath")?;
-    let mut eps = Endpoints::open(&mut dp)?;
-    // Host veth "lo": BPF_PROG_TEST_RUN runs programs as if on ifindex 1.
-    for ip in [TARGET, CLIENT, OPEN] {
-        let info = EndpointInfo {
-            ifindex: 1,
-            flags: 0,
-            pod_mac: [0x0a, 0, 0, 0, 0, 1],
-            host_mac: [0x0a, 0, 0, 0, 0, 2],
-            _pad: [0; 4],
-        };
-        eps.upsert(ip, info)?;
-    }
+    let mut dp = benchenv::load_with_pods(bpffs, (Ipv4Addr::new(10, 250, 0, 0), 16), true, &[TARGET, CLIENT, OPEN])?;
     let maps = PolicyMaps {
         ipcache: Ipcache::open(&mut dp)?,
         entries: PolicyEntries::open(&mut dp)?,
