@@ -4,7 +4,7 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_ns, programs::TcCon
 use weir_bpf_common::{counters, Addr16, DatapathEvent, DropReason, EVENT_DROP, OBS_UNKNOWN};
 
 use crate::{
-    parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_DADDR_OFF, IP_SADDR_OFF},
+    parse::{Ipv4, IP_DADDR_OFF, IP_SADDR_OFF},
     WEIR_COUNTERS, WEIR_EVENTS,
 };
 
@@ -30,17 +30,11 @@ fn report(ctx: &TcContext, reason: u32) {
         count(counters::EVENTS_LOST);
         return;
     };
-    let (mut proto, mut sport_be, mut dport_be, mut tcp_flags) = (0, 0, 0, 0);
-    if let Ok(ip) = Ipv4::parse(ctx) {
-        proto = ip.proto;
-        if !ip.fragment && (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_ICMP) {
-            sport_be = ctx.load::<u16>(ip.l4_off).unwrap_or(0);
-            dport_be = ctx.load::<u16>(ip.l4_off + if proto == IPPROTO_ICMP { 4 } else { 2 }).unwrap_or(0);
-            if proto == IPPROTO_TCP {
-                tcp_flags = ctx.load::<u8>(ip.l4_off + 13).unwrap_or(0);
-            }
-        }
-    }
+    // The tuple as flow reports carry it (a packet too short for one reports zeroes).
+    let (proto, (sport_be, dport_be, tcp_flags, _)) = match Ipv4::parse(ctx) {
+        Ok(ip) => (ip.proto, crate::flow::l4(ctx, &ip)),
+        Err(_) => (0, (0, 0, 0, 0)),
+    };
     slot.write(DatapathEvent {
         saddr: Addr16::from_v4_be(ctx.load::<u32>(IP_SADDR_OFF).unwrap_or(0)),
         daddr: Addr16::from_v4_be(ctx.load::<u32>(IP_DADDR_OFF).unwrap_or(0)),

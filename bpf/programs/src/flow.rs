@@ -31,7 +31,7 @@ const DNS_PORT_BE: u16 = 53u16.to_be();
 /// Ports (TCP/UDP; ICMP: type and code as the source port, echo id as the destination port),
 /// TCP flags and the offset of the payload. Fragments have no ports.
 #[inline(always)]
-fn l4(ctx: &TcContext, ip: &Ipv4) -> (u16, u16, u8, usize) {
+pub fn l4(ctx: &TcContext, ip: &Ipv4) -> (u16, u16, u8, usize) {
     if ip.fragment {
         return (0, 0, 0, 0);
     }
@@ -57,10 +57,25 @@ fn l4(ctx: &TcContext, ip: &Ipv4) -> (u16, u16, u8, usize) {
     }
 }
 
+/// A flow's counters from its first packet.
+#[inline(always)]
+fn fresh(bytes: u64, now: u64, tcp_flags: u8) -> FlowStats {
+    FlowStats {
+        packets: 1,
+        bytes,
+        last_report_ns: now,
+        tcp_flags,
+        closed: u8::from(tcp_flags & (TCP_FIN | TCP_RST) != 0),
+        _pad: [0; 6],
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn event(
     ctx: &TcContext,
     key: &FlowKey,
+    now: u64,
     kind: u8,
     packets: u64,
     bytes: u64,
@@ -72,8 +87,7 @@ fn event(
         daddr: Addr16::from_v4_be(key.daddr),
         packets,
         bytes,
-        // SAFETY: a helper without arguments.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns: now,
         // SAFETY: the context pointer is valid for the whole program run.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         sport_be: key.sport_be,
@@ -125,16 +139,15 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
     let (sport_be, dport_be, tcp_flags, payload_off) = l4(ctx, ip);
     let key = FlowKey { saddr: ip.saddr, daddr: ip.daddr, sport_be, dport_be, proto: ip.proto, point, _pad: [0; 2] };
     let len = ctx.len() as u64;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the kernel gives a pointer to this CPU's view of the value, valid during the run.
     match WEIR_FLOWS.get_ptr_mut(key) {
         // A SYN on a closed flow's tuple is a new connection that reuses it: report it anew.
         Some(s) if unsafe { (*s).closed } != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
             // SAFETY: as above.
-            let s = unsafe { &mut *s };
-            // SAFETY: a helper without arguments.
-            let now = unsafe { bpf_ktime_get_ns() };
-            *s = FlowStats { packets: 1, bytes: len, last_report_ns: now, tcp_flags, closed: 0, _pad: [0; 6] };
-            emit(event(ctx, &key, EVENT_FLOW_NEW, 1, len, tcp_flags, 0));
+            unsafe { *s = fresh(len, now, tcp_flags) };
+            emit(event(ctx, &key, now, EVENT_FLOW_NEW, 1, len, tcp_flags, 0));
         }
         Some(s) => {
             // SAFETY: as above; a concurrent update on another CPU can only lose an increment.
@@ -144,14 +157,10 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             s.tcp_flags |= tcp_flags;
             if tcp_flags & (TCP_FIN | TCP_RST) != 0 && s.closed == 0 {
                 s.closed = 1;
-                emit(event(ctx, &key, EVENT_FLOW_CLOSE, s.packets, s.bytes, s.tcp_flags, 0));
-            } else {
-                // SAFETY: a helper without arguments.
-                let now = unsafe { bpf_ktime_get_ns() };
-                if now.wrapping_sub(s.last_report_ns) >= FLOW_REPORT_NS {
-                    s.last_report_ns = now;
-                    emit(event(ctx, &key, EVENT_FLOW_UPDATE, s.packets, s.bytes, s.tcp_flags, 0));
-                }
+                emit(event(ctx, &key, now, EVENT_FLOW_CLOSE, s.packets, s.bytes, s.tcp_flags, 0));
+            } else if now.wrapping_sub(s.last_report_ns) >= FLOW_REPORT_NS {
+                s.last_report_ns = now;
+                emit(event(ctx, &key, now, EVENT_FLOW_UPDATE, s.packets, s.bytes, s.tcp_flags, 0));
             }
         }
         None => {
@@ -175,32 +184,22 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             }
             // ICMP keys are not symmetric; an echo reply is told by its type instead.
             reply |= ip.proto == IPPROTO_ICMP && sport_be == 0;
-            // SAFETY: a helper without arguments.
-            let now = unsafe { bpf_ktime_get_ns() };
-            let stats = FlowStats {
-                packets: 1,
-                bytes: len,
-                last_report_ns: now,
-                tcp_flags,
-                closed: u8::from(tcp_flags & (TCP_FIN | TCP_RST) != 0),
-                _pad: [0; 6],
-            };
             // A lost insert (map full of live entries) only means the next packet reports again.
-            let _ = WEIR_FLOWS.insert(key, stats, 0);
-            emit(event(ctx, &key, EVENT_FLOW_NEW, 1, len, tcp_flags, if reply { FLOW_F_REPLY } else { 0 }));
+            let _ = WEIR_FLOWS.insert(key, fresh(len, now, tcp_flags), 0);
+            emit(event(ctx, &key, now, EVENT_FLOW_NEW, 1, len, tcp_flags, if reply { FLOW_F_REPLY } else { 0 }));
         }
     }
     if (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP)
         && (sport_be == DNS_PORT_BE || dport_be == DNS_PORT_BE)
         && payload_off != 0
     {
-        dns(ctx, &key, payload_off, tcp_flags);
+        dns(ctx, &key, now, payload_off, tcp_flags);
     }
 }
 
 /// Copies the DNS message in the packet's payload to the ring buffer.
 #[inline(always)]
-fn dns(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8) {
+fn dns(ctx: &TcContext, key: &FlowKey, now: u64, payload_off: usize, tcp_flags: u8) {
     let total = ctx.len() as usize;
     if payload_off >= total {
         return; // a bare TCP segment (SYN, ACK, FIN): no message
@@ -218,7 +217,7 @@ fn dns(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8) {
     let p = slot.as_mut_ptr();
     // SAFETY: `p` is the reserved record, sized for a DnsEvent, ours until submitted.
     unsafe {
-        (*p).event = event(ctx, key, EVENT_DNS, 1, total as u64, tcp_flags, 0);
+        (*p).event = event(ctx, key, now, EVENT_DNS, 1, total as u64, tcp_flags, 0);
         (*p).len = n as u16;
         (*p).tcp = u8::from(key.proto == IPPROTO_TCP);
         (*p)._pad = [0; 5];

@@ -3,7 +3,6 @@
 //! waits for the node's writer, and the writer never waits for it.
 use std::{
     collections::VecDeque,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -11,11 +10,11 @@ use std::{
 use std::os::fd::AsFd as _;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use weir_bpf_common::{Addr16, DatapathEvent, DropReason, EVENT_DROP};
+use weir_bpf_common::{DatapathEvent, DropReason, EVENT_DROP};
 use weir_dataplane::events::{Event, Events};
 use weir_operator_api::DropRecord;
 
-use crate::flows::{Ingest, SharedFlowStore};
+use crate::flows::{addr, Ingest, SharedFlowStore};
 
 /// How often the reader drains the ring without being woken, in milliseconds.
 const DRAIN_EVERY_MS: u16 = 50;
@@ -46,15 +45,6 @@ impl DropLog {
 }
 
 pub type SharedDropLog = Arc<Mutex<DropLog>>;
-
-fn addr(a: &Addr16) -> IpAddr {
-    let v6 = Ipv6Addr::from(a.bytes);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None if a.bytes == [0; 16] => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        None => IpAddr::V6(v6),
-    }
-}
 
 /// Turns a kernel event into a record (pod names are filled in at query time).
 pub fn record(e: &DatapathEvent, unix_ms: u64) -> Option<DropRecord> {
@@ -112,6 +102,10 @@ pub fn spawn_reader(
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use weir_bpf_common::Addr16;
+
     use super::*;
 
     fn ev(reason: u8) -> DatapathEvent {

@@ -44,7 +44,8 @@ pub struct Enrichment {
 
 pub type SharedEnrichment = Arc<RwLock<Arc<Enrichment>>>;
 
-fn addr(a: &Addr16) -> IpAddr {
+/// An event's address: IPv4 (mapped in the ABI) or IPv6; all zeroes is 0.0.0.0.
+pub fn addr(a: &Addr16) -> IpAddr {
     let v6 = std::net::Ipv6Addr::from(a.bytes);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
@@ -209,8 +210,8 @@ impl Ingest {
             weir: WeirInfo { event: event.into(), packets: e.packets, bytes: e.bytes, unix_ns, ..Default::default() },
             ..Default::default()
         };
+        let reason = if e.kind == EVENT_DROP { DropReason::from_u8(e.reason) } else { None };
         if e.kind == EVENT_DROP {
-            let reason = DropReason::from_u8(e.reason);
             f.weir.drop_reason = reason.map_or_else(|| format!("unknown_{}", e.reason), |r| r.label().to_owned());
             f.drop_reason_desc = Some(match reason {
                 Some(DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress) => "POLICY_DENIED".into(),
@@ -224,10 +225,7 @@ impl Ingest {
         }
         // Policy: which rules let a connection's first packet through, or which policies
         // isolate the pod that dropped it. Looked up in the compiled policy the datapath holds.
-        let policy_drop = matches!(
-            DropReason::from_u8(e.reason),
-            Some(DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress)
-        ) && e.kind == EVENT_DROP;
+        let policy_drop = matches!(reason, Some(DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress));
         if (e.kind == EVENT_FLOW_NEW && !f.is_reply) || policy_drop {
             if let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) {
                 self.attribute(&enrichment, &mut f, s, d, e.proto, dport);

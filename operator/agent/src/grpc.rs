@@ -10,7 +10,6 @@
 //! silently ignored. Events the kernel lost are announced as a `LostEvent` first; a follower
 //! that falls behind gets a `LostEvent` with how many it missed.
 use std::{
-    net::IpAddr,
     pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
@@ -19,7 +18,7 @@ use std::{
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
-use weir_operator_api::flow::Flow;
+use weir_operator_api::flow::{ip_matches, Flow};
 
 use crate::{flows::SharedFlowStore, node::Node};
 
@@ -93,6 +92,25 @@ fn policies(v: &[weir_operator_api::flow::Policy]) -> Vec<pb::Policy> {
         .collect()
 }
 
+fn verdict_code(f: &Flow) -> i32 {
+    let v = if f.verdict == "DROPPED" { pb::Verdict::Dropped } else { pb::Verdict::Forwarded };
+    v as i32
+}
+
+fn direction_code(f: &Flow) -> i32 {
+    let d = match f.traffic_direction.as_str() {
+        "INGRESS" => pb::TrafficDirection::Ingress,
+        "EGRESS" => pb::TrafficDirection::Egress,
+        _ => pb::TrafficDirection::Unknown,
+    };
+    d as i32
+}
+
+fn ip_version_code(f: &Flow) -> i32 {
+    let v = if f.ip.ip_version == "IPv6" { pb::IpVersion::IPv6 } else { pb::IpVersion::IPv4 };
+    v as i32
+}
+
 /// The wire form of a flow.
 pub fn to_proto(f: &Flow) -> pb::Flow {
     let l4 = if let Some(t) = &f.l4.tcp {
@@ -139,12 +157,12 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
     let reason = drop_reason_code(&f.weir.drop_reason);
     pb::Flow {
         time: Some(timestamp(f.weir.unix_ns)),
-        verdict: if dropped { pb::Verdict::Dropped } else { pb::Verdict::Forwarded } as i32,
+        verdict: verdict_code(f),
         drop_reason: if dropped { reason as u32 } else { 0 },
         ip: Some(pb::Ip {
             source: f.ip.source.clone(),
             destination: f.ip.destination.clone(),
-            ip_version: if f.ip.ip_version == "IPv6" { pb::IpVersion::IPv6 } else { pb::IpVersion::IPv4 } as i32,
+            ip_version: ip_version_code(f),
         }),
         l4: Some(pb::Layer4 { protocol: l4 }),
         source: Some(endpoint(&f.source)),
@@ -154,11 +172,7 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
         l7,
         reply: f.is_reply,
         event_type: Some(pb::CiliumEventType { r#type: f.event_type.kind as i32, sub_type: 0 }),
-        traffic_direction: match f.traffic_direction.as_str() {
-            "INGRESS" => pb::TrafficDirection::Ingress,
-            "EGRESS" => pb::TrafficDirection::Egress,
-            _ => pb::TrafficDirection::Unknown,
-        } as i32,
+        traffic_direction: direction_code(f),
         trace_observation_point: match f.trace_observation_point.as_str() {
             "FROM_ENDPOINT" => pb::TraceObservationPoint::FromEndpoint,
             "TO_ENDPOINT" => pb::TraceObservationPoint::ToEndpoint,
@@ -246,23 +260,6 @@ fn selector_matches(sel: &str, labels: &[String]) -> bool {
     })
 }
 
-fn ip_in(cidr: &str, addr: &str) -> bool {
-    let (Ok((net, len)), Ok(a)) = (weir_operator_api::flow::parse_cidr(cidr), addr.parse::<IpAddr>()) else {
-        return false;
-    };
-    match (net, a) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-            u32::from(n) & m == u32::from(a) & m
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-            u128::from(n) & m == u128::from(a) & m
-        }
-        _ => false,
-    }
-}
-
 fn any<T>(list: &[T], pred: impl Fn(&T) -> bool) -> bool {
     list.is_empty() || list.iter().any(pred)
 }
@@ -270,16 +267,10 @@ fn any<T>(list: &[T], pred: impl Fn(&T) -> bool) -> bool {
 /// Does `f` match every set field of `filter`? (Validated filters only.)
 pub fn matches(filter: &pb::FlowFilter, f: &Flow) -> bool {
     let (sport, dport) = f.ports();
-    let verdict = if f.verdict == "DROPPED" { pb::Verdict::Dropped } else { pb::Verdict::Forwarded } as i32;
-    let direction = match f.traffic_direction.as_str() {
-        "INGRESS" => pb::TrafficDirection::Ingress,
-        "EGRESS" => pb::TrafficDirection::Egress,
-        _ => pb::TrafficDirection::Unknown,
-    } as i32;
-    let ip_version = if f.ip.ip_version == "IPv6" { pb::IpVersion::IPv6 } else { pb::IpVersion::IPv4 } as i32;
+    let (verdict, direction, ip_version) = (verdict_code(f), direction_code(f), ip_version_code(f));
     let tcp = f.l4.tcp.as_ref().map(|t| &t.flags);
-    any(&filter.source_ip, |c| ip_in(c, &f.ip.source))
-        && any(&filter.destination_ip, |c| ip_in(c, &f.ip.destination))
+    any(&filter.source_ip, |c| ip_matches(c, &f.ip.source))
+        && any(&filter.destination_ip, |c| ip_matches(c, &f.ip.destination))
         && any(&filter.source_pod, |p| pod_matches(p, &f.source))
         && any(&filter.destination_pod, |p| pod_matches(p, &f.destination))
         && any(&filter.source_label, |s| selector_matches(s, &f.source.labels))
@@ -331,25 +322,20 @@ pub struct ObserverService {
 
 type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
 
-impl ObserverService {
-    fn flow_response(&self, f: &Flow) -> GetFlowsResponse {
-        GetFlowsResponse {
-            node_name: self.node_name.clone(),
-            time: Some(timestamp(f.weir.unix_ns)),
-            response_types: Some(ResponseTypes::Flow(to_proto(f))),
-        }
+fn flow_response(node: &str, f: &Flow) -> GetFlowsResponse {
+    GetFlowsResponse {
+        node_name: node.to_owned(),
+        time: Some(timestamp(f.weir.unix_ns)),
+        response_types: Some(ResponseTypes::Flow(to_proto(f))),
     }
+}
 
-    fn lost_response(&self, source: pb::LostEventSource, n: u64) -> GetFlowsResponse {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        GetFlowsResponse {
-            node_name: self.node_name.clone(),
-            time: Some(timestamp(now)),
-            response_types: Some(ResponseTypes::LostEvents(pb::LostEvent {
-                source: source as i32,
-                num_events_lost: n,
-            })),
-        }
+fn lost_response(node: &str, source: pb::LostEventSource, n: u64) -> GetFlowsResponse {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    GetFlowsResponse {
+        node_name: node.to_owned(),
+        time: Some(timestamp(now)),
+        response_types: Some(ResponseTypes::LostEvents(pb::LostEvent { source: source as i32, num_events_lost: n })),
     }
 }
 
@@ -383,11 +369,10 @@ impl Observer for ObserverService {
         }
         let lost_in_kernel = self.node.lock().await.events_lost();
         let (tx, out) = mpsc::channel(256);
-        let first_lost =
-            (lost_in_kernel > 0).then(|| self.lost_response(pb::LostEventSource::PerfEventRingBuffer, lost_in_kernel));
-        let responses: Vec<GetFlowsResponse> = history.iter().map(|f| self.flow_response(f)).collect();
-        let node_name = self.node_name.clone();
-        let follow_lost = self.lost_response(pb::LostEventSource::HubbleRingBuffer, 0);
+        let node = self.node_name.clone();
+        let first_lost = (lost_in_kernel > 0)
+            .then(|| lost_response(&node, pb::LostEventSource::PerfEventRingBuffer, lost_in_kernel));
+        let responses: Vec<GetFlowsResponse> = history.iter().map(|f| flow_response(&node, f)).collect();
         tokio::spawn(async move {
             for r in first_lost.into_iter().chain(responses) {
                 if tx.send(Ok(r)).await.is_err() {
@@ -400,19 +385,11 @@ impl Observer for ObserverService {
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 let msg = match rx.recv().await {
-                    Ok(f) if until.is_none_or(|u| f.weir.unix_ns <= u) && selected(&req, &f) => GetFlowsResponse {
-                        node_name: node_name.clone(),
-                        time: Some(timestamp(f.weir.unix_ns)),
-                        response_types: Some(ResponseTypes::Flow(to_proto(&f))),
-                    },
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => {
-                        let mut m = follow_lost.clone();
-                        if let Some(ResponseTypes::LostEvents(l)) = m.response_types.as_mut() {
-                            l.num_events_lost = n;
-                        }
-                        m
+                    Ok(f) if until.is_none_or(|u| f.weir.unix_ns <= u) && selected(&req, &f) => {
+                        flow_response(&node, &f)
                     }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => lost_response(&node, pb::LostEventSource::HubbleRingBuffer, n),
                     Err(RecvError::Closed) => return,
                 };
                 if tx.send(Ok(msg)).await.is_err() {

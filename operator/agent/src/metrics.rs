@@ -149,7 +149,8 @@ impl Metrics {
             "INGRESS" => "ingress",
             _ => "unknown",
         };
-        self.flows.with_label_values(&[f.verdict.to_ascii_lowercase().as_str(), f.weir.event.as_str(), dir]).inc();
+        let verdict = if f.verdict == "DROPPED" { "dropped" } else { "forwarded" };
+        self.flows.with_label_values(&[verdict, f.weir.event.as_str(), dir]).inc();
         if f.verdict == "DROPPED" {
             // The local pod's namespace: the source leaving a pod, else the destination.
             let ns = if f.source.namespace.is_empty() { &f.destination.namespace } else { &f.source.namespace };

@@ -410,7 +410,8 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     Ok((a, len))
 }
 
-fn ip_matches(cidr: &str, addr: &str) -> bool {
+/// Is `addr` (text) inside `cidr` (`addr` or `addr/len`)? False when either does not parse.
+pub fn ip_matches(cidr: &str, addr: &str) -> bool {
     let (Ok((net, len)), Ok(a)) = (parse_cidr(cidr), addr.parse::<IpAddr>()) else { return false };
     match (net, a) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {
