@@ -1,8 +1,8 @@
 //! Observability in the lab: a real DNS server (dnsmasq) in one pod, a real client (dig) in
-//! another, a TCP session and a NetworkPolicy drop; `weir-lab observe` must show them with the
-//! right pods, verdicts, policies and DNS answers; its filters and formats must select and print
-//! what they say; a bad flag is refused by name; the agents' metrics must pass
-//! `promtool check metrics`.
+//! another, a TCP session and a NetworkPolicy drop, directly and through Services;
+//! `weir-lab observe` must show them with the right pods, verdicts, policies, Services and DNS
+//! answers; its filters and formats must select and print what they say; a bad flag is refused
+//! by name; the agents' metrics must pass `promtool check metrics`.
 mod common;
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -44,6 +44,16 @@ spec:
   nodeName: n2
   containers:
   - {name: c, image: lab/server, ports: [{name: http, containerPort: 8080, protocol: TCP}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: shop}
+spec: {selector: {app: dns}, ports: [{name: dns, port: 53, protocol: UDP}]}
 "#;
 
 const POLICY: &str = r#"
@@ -160,6 +170,17 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     }
     assert!(answer.contains("10.9.8.7"), "dig over UDP: {answer}");
     assert!(dig(&lab, &dns_ip, "www.lab.test", true).contains("10.9.8.7"), "dig over TCP");
+    // The same through the Services (translated at connect()/sendmsg() on n1).
+    let (web_vip, dns_vip) = (lab.cluster_ip("web"), lab.cluster_ip("dns"));
+    let mut via = (String::new(), String::new());
+    for _ in 0..20 {
+        via = (lab.probe("shop/client", &format!("{web_vip}:80"), "tcp").0, dig(&lab, &dns_vip, "web.lab.test", false));
+        if via.0 == "connected" && via.1.contains("10.9.8.7") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(via.0 == "connected" && via.1.contains("10.9.8.7"), "through the Services: {via:?}");
 
     // A TCP session, then a policy that lets only 8080 in, and a connection it drops.
     assert_eq!(lab.probe("shop/client", &format!("{web_ip}:8080"), "tcp").0, "connected");
@@ -227,6 +248,40 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         && f["is_reply"] == true));
     assert!(flows.iter().any(|f| to_web(f, 8080) && f["weir"]["event"] == "close"), "no close report");
 
+    // Through the Service: the connection is TRANSLATED where it starts (the client's node),
+    // names its Service and the frontend it asked for, and reaches the backend's port.
+    let svc_of = |f: &Value, side: &str| {
+        let s = &f[side];
+        format!("{}/{}", s["namespace"].as_str().unwrap_or(""), s["name"].as_str().unwrap_or(""))
+    };
+    let translated: Vec<&Value> = flows.iter().filter(|f| f["verdict"] == "TRANSLATED").collect();
+    assert!(
+        translated.iter().any(|f| to_web(f, 8080)
+            && svc_of(f, "destination_service") == "shop/web"
+            && f["weir"]["service_frontend"] == format!("{web_vip}:80")
+            && f["node_name"] == "n1"
+            && f["traffic_direction"] == "EGRESS"
+            && f["weir"]["event"] == "new"),
+        "no translated connection to shop/web:\n{}",
+        show(&flows)
+    );
+    for f in &translated {
+        assert_eq!(pod_of(&f["source"]), "shop/client", "{f}");
+        assert!(f["destination_service"].is_object(), "{f}");
+    }
+    // DNS through its Service: the query names the Service it was sent to, the answer (back on
+    // the client's node) the Service it came from.
+    let dns_via = |kind: &str, side: &str| {
+        flows.iter().any(|f| {
+            f["l7"]["type"] == kind
+                && f["l7"]["dns"]["query"] == "web.lab.test."
+                && svc_of(f, side) == "shop/dns"
+                && f["weir"]["service_frontend"] == format!("{dns_vip}:53")
+        })
+    };
+    assert!(dns_via("REQUEST", "destination_service"), "no DNS query via shop/dns:\n{}", show(&flows));
+    assert!(dns_via("RESPONSE", "source_service"), "no DNS answer from shop/dns:\n{}", show(&flows));
+
     // The drop: at web's node, with its reason and the policy that isolates web.
     let drops: Vec<&Value> = flows.iter().filter(|f| f["verdict"] == "DROPPED").collect();
     assert!(!drops.is_empty(), "no drop in:\n{}", show(&flows));
@@ -255,7 +310,14 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     });
     only(&["--ip", &format!("{dns_ip}/32"), "--port", "53", "--protocol", "udp"], &|f| f["l4"]["UDP"].is_object());
     only(&["-l", "app=web", "--node", "n2"], &|f| f["node_name"] == "n2");
-    only(&["--dns-name", "*.lab.test"], &|f| f["l7"]["dns"]["query"] == "www.lab.test.");
+    only(&["--dns-name", "*.lab.test"], &|f| {
+        ["www.lab.test.", "web.lab.test."].iter().any(|n| f["l7"]["dns"]["query"] == *n)
+    });
+    only(&["--to-service", "shop/web"], &|f| svc_of(f, "destination_service") == "shop/web");
+    only(&["--service", "dns"], &|f| {
+        svc_of(f, "destination_service") == "shop/dns" || svc_of(f, "source_service") == "shop/dns"
+    });
+    only(&["--verdict", "translated"], &|f| f["verdict"] == "TRANSLATED" && f["weir"]["event"] == "new");
     assert_eq!(only(&["--last", "3", "--node", "n1"], &|f| f["node_name"] == "n1"), 3);
     assert!(observe(&lab, &["--not", "--namespace", "shop", "--namespace", "shop"]).is_empty());
     let since_future = observe(&lab, &["--since", "0s", "--verdict", "dropped"]);
@@ -272,6 +334,9 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         dns_line.contains("DNS answer www.lab.test. A NOERROR: CNAME web.lab.test., 10.9.8.7 TTL 60"),
         "{dns_line}"
     );
+    let via_line = lab.ok(&["observe", "--to-service", "shop/web", "--verdict", "translated", "--last", "1"]);
+    assert!(via_line.contains(&format!("-> shop/web:8080 (via Service shop/web {web_vip}:80) tcp")), "{via_line}");
+    assert!(via_line.contains(" TRANSLATED "), "{via_line}");
     let table = lab.ok(&["observe", "-o", "table", "--last", "2"]);
     assert!(table.starts_with("TIMESTAMP") && table.contains("VERDICT"), "{table}");
 
@@ -282,7 +347,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     let bad = lab.run(&["observe", "--protocol", "sctp"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--protocol sctp"));
 
-    grpc_checks(&lab);
+    grpc_checks(&lab, &web_vip);
 
     // Metrics: valid exposition, with what this session did.
     for node in ["n1", "n2"] {
@@ -294,6 +359,12 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         assert!(ok, "promtool check metrics ({node}):\n{said}\n{text}");
         assert!(text.contains("weir_dns_responses_total{namespace=\"shop\",qtype=\"A\",rcode=\"NOERROR\"}"), "{text}");
         assert!(text.contains("\nweir_events_lost_total 0\n"), "{text}");
+        if node == "n1" {
+            assert!(
+                text.contains("weir_flows_total{direction=\"egress\",event=\"new\",verdict=\"translated\"}"),
+                "{text}"
+            );
+        }
         if node == "n2" {
             assert!(text.contains("weir_flow_drops_total{namespace=\"shop\",reason=\"policy_denied_ingress\"}"));
             assert!(text.contains("weir_policy_verdicts_total{direction=\"ingress\",match=\"allowed\"}"));
@@ -302,28 +373,34 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     }
 }
 
+/// A gRPC Observer client on `node`'s observer socket.
+async fn observer_client(
+    lab: &TestLab,
+    node: &str,
+) -> weir_operator_agent::grpc::proto::observer::observer_client::ObserverClient<tonic::transport::Channel> {
+    let path = PathBuf::from(lab.ok(&["observer-socket", node]).trim());
+    let channel = tonic::transport::Endpoint::try_from("http://weir-observer.invalid")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .expect("connect to the observer socket");
+    weir_operator_agent::grpc::proto::observer::observer_client::ObserverClient::new(channel)
+}
+
 /// The Hubble-compatible gRPC API, through a client generated from the same protos.
-fn grpc_checks(lab: &TestLab) {
+fn grpc_checks(lab: &TestLab, web_vip: &str) {
     use weir_operator_agent::grpc::proto::{
         flow::{FlowFilter, Verdict},
-        observer::{
-            get_flows_response::ResponseTypes, observer_client::ObserverClient, GetFlowsRequest, ServerStatusRequest,
-        },
+        observer::{get_flows_response::ResponseTypes, GetFlowsRequest, ServerStatusRequest},
     };
-    let path = PathBuf::from(lab.ok(&["observer-socket", "n2"]).trim());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::try_from("http://weir-observer.invalid")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                }
-            }))
-            .await
-            .expect("connect to the observer socket");
-        let mut client = ObserverClient::new(channel);
+        let mut client = observer_client(lab, "n2").await;
         let status = client.server_status(ServerStatusRequest {}).await.expect("ServerStatus").into_inner();
         assert!(status.num_flows > 0 && status.seen_flows >= status.num_flows, "{status:?}");
         assert_eq!(status.max_flows, 16384);
@@ -385,6 +462,30 @@ fn grpc_checks(lab: &TestLab) {
         let err = client.get_flows(bad).await.expect_err("unsupported filter");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("source_fqdn"), "{}", err.message());
+
+        // Connections through a Service, on the client's node: Hubble's destination_service.
+        let mut client = observer_client(lab, "n1").await;
+        let via = GetFlowsRequest {
+            number: 10,
+            whitelist: vec![FlowFilter {
+                destination_service: vec!["shop/web".into()],
+                verdict: vec![Verdict::Translated as i32],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut stream = client.get_flows(via).await.expect("GetFlows via service").into_inner();
+        let mut n = 0;
+        while let Some(r) = stream.message().await.expect("stream") {
+            if let Some(ResponseTypes::Flow(f)) = r.response_types {
+                let svc = f.destination_service.as_ref().map(|s| (s.namespace.as_str(), s.name.as_str()));
+                assert_eq!(svc, Some(("shop", "web")), "{f:?}");
+                assert_eq!(f.verdict, Verdict::Translated as i32);
+                assert!(f.summary.contains("SYN"), "{f:?}");
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no flow through {web_vip}:80 over gRPC");
     });
 }
 

@@ -4,13 +4,13 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use weir_bpf_common::{
-    programs, DropReason, EndpointInfo, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, FLOW_F_REPLY,
-    OBS_FROM_POD,
+    programs, Addr16, BackendAddr, BackendKey, DropReason, EndpointInfo, ServiceKey, ServiceValue, EVENT_DNS,
+    EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
 };
 use weir_dataplane::{
     counters::Counters,
     events::{Event, Events},
-    maps::{Endpoints, KeyValueMap, Tunnel},
+    maps::{Backends, Endpoints, KeyValueMap, Services, Tunnel},
     Datapath, LoadConfig,
 };
 use weir_tests::{in_fresh_netns, pkt, require_root, run, Bpffs};
@@ -182,6 +182,61 @@ fn flows_are_aggregated_and_dns_is_copied() {
         assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, 0), (EVENT_DNS, 0)]);
         let Event::Dns(d) = &evs[1] else { panic!() };
         assert_eq!((d.tcp, &d.data[..usize::from(d.len)]), (0, &query[..]));
+    });
+}
+
+#[test]
+fn load_balanced_flows_carry_their_service_frontend() {
+    on_node("load_balanced_flows_carry_their_service_frontend", |dp, eps| {
+        add_endpoint(eps, POD_B);
+        // A NodePort frontend on the node address with POD_B:8080 as its only backend.
+        let front = ServiceKey {
+            addr: Addr16::from_v4_octets(NODE.octets()),
+            port_be: 30080u16.to_be(),
+            proto: 6,
+            _pad: [0; 5],
+        };
+        let mut services = Services::open(dp).expect("services");
+        let mut backends = Backends::open(dp).expect("backends");
+        let b = BackendAddr { addr: Addr16::from_v4_octets(POD_B.octets()), port_be: 8080u16.to_be(), _pad: [0; 6] };
+        backends.upsert(BackendKey { set: 1, slot: 0 }, b).expect("backend");
+        let v = ServiceValue { count: 1, flags: 0, affinity_timeout_s: 0, set: 1, _pad: [0; 4] };
+        services.upsert(front, v).expect("frontend");
+        let mut ring = Events::open(dp).expect("event ring");
+        let flows = |ring: &mut Events| -> Vec<_> {
+            ring.drain()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Flow(f) => Some(f),
+                    Event::Dns(_) => None,
+                })
+                .collect()
+        };
+        let syn = tcp(EXTERNAL, NODE, 40000, 30080, 0x02);
+        let res = dp.test_run(programs::FROM_WIRE, &syn).expect("run");
+        assert_eq!((res.action, pkt::view(&res.frame).dst), (TC_ACT_REDIRECT, POD_B), "DNAT to the local backend");
+        let evs = flows(&mut ring);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        let new = &evs[0];
+        assert_eq!(
+            (new.kind, new.point, new.daddr, u16::from_be(new.dport_be)),
+            (EVENT_FLOW_NEW, OBS_TO_POD, b.addr, 8080)
+        );
+        assert_eq!(
+            (new.svc_addr, u16::from_be(new.svc_port_be)),
+            (front.addr, 30080),
+            "the frontend it was translated from"
+        );
+        // The backend's reply (before its reverse translation) names the same frontend.
+        dp.test_run(programs::FROM_POD, &tcp(POD_B, EXTERNAL, 8080, 40000, 0x12)).expect("run");
+        let evs = flows(&mut ring);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!((evs[0].kind, evs[0].flags, evs[0].point), (EVENT_FLOW_NEW, FLOW_F_REPLY, OBS_FROM_POD));
+        assert_eq!((evs[0].svc_addr, evs[0].svc_port_be), (front.addr, front.port_be));
+        // Pod-to-pod traffic that no Service translated carries none.
+        dp.test_run(programs::FROM_POD, &tcp(POD_A, POD_B, 40001, 8080, 0x02)).expect("run");
+        let evs = flows(&mut ring);
+        assert_eq!((evs.len(), evs[0].svc_port_be, evs[0].svc_addr), (1, 0, Addr16::default()), "{evs:?}");
     });
 }
 

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; pins live under `<bpffs>/weir/v{ABI_VERSION}/`.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Map names, as the eBPF object and the pins name them (kernel limit: 15 bytes).
 pub mod maps {
@@ -465,7 +465,10 @@ pub struct FlowStats {
     pub tcp_flags: u8,
     /// The close event was sent.
     pub closed: u8,
-    pub _pad: [u8; 6],
+    /// The Service frontend this flow was translated from (a backend's reply: translated back
+    /// to), IPv4 and port in network order; 0 = none. Found once, when the flow starts.
+    pub svc_port_be: u16,
+    pub svc_addr: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 32);
 
@@ -495,9 +498,12 @@ pub struct DatapathEvent {
     pub tcp_flags: u8,
     /// `FLOW_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// Flow reports: the Service frontend the flow's destination was translated from (or, on
+    /// a reply, its source is translated back to); port 0 and address 0 = none.
+    pub svc_port_be: u16,
+    pub svc_addr: Addr16,
 }
-const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 88);
 
 /// A DNS message as it crossed an observation point: the packet's event, then the message
 /// (for TCP, the segment's payload: a two-byte length then the message).
@@ -512,7 +518,7 @@ pub struct DnsEvent {
     pub _pad: [u8; 5],
     pub data: [u8; DNS_CAPTURE],
 }
-const _: () = assert!(core::mem::size_of::<DnsEvent>() == 72 + 8 + DNS_CAPTURE);
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 88 + 8 + DNS_CAPTURE);
 
 /// Indexes of the `WEIR_COUNTERS` per-CPU array: one slot per drop reason, then the rest.
 pub mod counters {

@@ -52,7 +52,8 @@ fn report(ctx: &TcContext, reason: u32) {
         point: OBS_UNKNOWN,
         tcp_flags,
         flags: 0,
-        _pad: [0; 2],
+        svc_port_be: 0,
+        svc_addr: Addr16 { bytes: [0; 16] },
     });
     slot.submit(crate::flow::submit_flags());
 }

@@ -8,18 +8,19 @@
 //! for the agent to parse: no proxy, whatever server the pod asks. Every event that does not fit
 //! the ring buffer is counted (`counters::EVENTS_LOST`), never dropped silently.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use weir_bpf_common::{
-    counters, settings, Addr16, DatapathEvent, DnsEvent, FlowKey, FlowStats, DNS_CAPTURE, EVENT_DNS, EVENT_FLOW_CLOSE,
-    EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, FLOW_F_REPLY, FLOW_REPORT_NS, OBS_FROM_POD, OBS_TO_POD,
+    counters, settings, Addr16, DatapathEvent, DnsEvent, FlowKey, FlowStats, NatKey, SockRevKey, DNS_CAPTURE,
+    EVENT_DNS, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, FLOW_F_REPLY, FLOW_REPORT_NS, OBS_FROM_POD,
+    OBS_TO_POD,
 };
 
 use crate::{
     drop,
     parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    WEIR_EVENTS, WEIR_FLOWS, WEIR_SETTINGS,
+    WEIR_EVENTS, WEIR_FLOWS, WEIR_LB_REV, WEIR_SETTINGS, WEIR_SOCK_RNAT,
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -57,36 +58,74 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> (u16, u16, u8, usize) {
     }
 }
 
+/// A Service frontend (IPv4 address and port, network order); port 0 = none.
+#[derive(Clone, Copy)]
+struct Svc {
+    addr: u32,
+    port_be: u16,
+}
+
+const NO_SVC: Svc = Svc { addr: 0, port_be: 0 };
+
 /// A flow's counters from its first packet.
 #[inline(always)]
-fn fresh(bytes: u64, now: u64, tcp_flags: u8) -> FlowStats {
+fn fresh(bytes: u64, now: u64, tcp_flags: u8, svc: Svc) -> FlowStats {
     FlowStats {
         packets: 1,
         bytes,
         last_report_ns: now,
         tcp_flags,
         closed: u8::from(tcp_flags & (TCP_FIN | TCP_RST) != 0),
-        _pad: [0; 6],
+        svc_port_be: svc.port_be,
+        svc_addr: svc.addr,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The Service frontend a new flow was translated from (or, for a backend's reply, is translated
+/// back to). Looked up once per flow, never per packet.
 #[inline(always)]
-fn event(
-    ctx: &TcContext,
-    key: &FlowKey,
-    now: u64,
-    kind: u8,
-    packets: u64,
-    bytes: u64,
-    tcp_flags: u8,
-    flags: u8,
-) -> DatapathEvent {
+fn service(ctx: &TcContext, key: &FlowKey) -> Svc {
+    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+        return NO_SVC;
+    }
+    if key.point == OBS_FROM_POD {
+        // Translated at connect()/sendmsg(): the sending socket still rides with the packet on
+        // the host side of the veth (crossing namespaces keeps skb->sk), and WEIR_SOCK_RNAT
+        // holds (socket, backend) → frontend.
+        // SAFETY: helper call on the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+        if cookie != 0 {
+            let k = SockRevKey { cookie, addr: Addr16::from_v4_be(key.daddr), port_be: key.dport_be, _pad: [0; 6] };
+            // SAFETY: read-only lookup of a plain-data value.
+            if let Some(f) = unsafe { WEIR_SOCK_RNAT.get(k) } {
+                return Svc { addr: f.addr.v4_be(), port_be: f.port_be };
+            }
+        }
+    }
+    // Translated per packet (NodePort, external IPs): WEIR_LB_REV keys the backend's reply tuple
+    // to the frontend. Delivered to the backend, the flow is the reverse of that tuple; leaving
+    // the backend, its reply is that tuple.
+    let (s, d) = (Addr16::from_v4_be(key.saddr), Addr16::from_v4_be(key.daddr));
+    let rev = if key.point == OBS_TO_POD {
+        NatKey::new(d, s, key.dport_be, key.sport_be, key.proto)
+    } else {
+        NatKey::new(s, d, key.sport_be, key.dport_be, key.proto)
+    };
+    // SAFETY: read-only lookup of a plain-data value.
+    match unsafe { WEIR_LB_REV.get(rev) } {
+        Some(f) => Svc { addr: f.addr.v4_be(), port_be: f.port_be },
+        None => NO_SVC,
+    }
+}
+
+/// A flow event: counters and TCP flags from `s` (a new flow's: this packet's).
+#[inline(always)]
+fn event(ctx: &TcContext, key: &FlowKey, now: u64, kind: u8, s: &FlowStats, flags: u8) -> DatapathEvent {
     DatapathEvent {
         saddr: Addr16::from_v4_be(key.saddr),
         daddr: Addr16::from_v4_be(key.daddr),
-        packets,
-        bytes,
+        packets: s.packets,
+        bytes: s.bytes,
         ktime_ns: now,
         // SAFETY: the context pointer is valid for the whole program run.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
@@ -96,9 +135,10 @@ fn event(
         reason: 0,
         proto: key.proto,
         point: key.point,
-        tcp_flags,
+        tcp_flags: s.tcp_flags,
         flags,
-        _pad: [0; 2],
+        svc_port_be: s.svc_port_be,
+        svc_addr: if s.svc_port_be == 0 { Addr16 { bytes: [0; 16] } } else { Addr16::from_v4_be(s.svc_addr) },
     }
 }
 
@@ -142,12 +182,15 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the kernel gives a pointer to this CPU's view of the value, valid during the run.
-    match WEIR_FLOWS.get_ptr_mut(key) {
+    let svc = match WEIR_FLOWS.get_ptr_mut(key) {
         // A SYN on a closed flow's tuple is a new connection that reuses it: report it anew.
         Some(s) if unsafe { (*s).closed } != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
+            let svc = service(ctx, &key);
             // SAFETY: as above.
-            unsafe { *s = fresh(len, now, tcp_flags) };
-            emit(event(ctx, &key, now, EVENT_FLOW_NEW, 1, len, tcp_flags, 0));
+            let s = unsafe { &mut *s };
+            *s = fresh(len, now, tcp_flags, svc);
+            emit(event(ctx, &key, now, EVENT_FLOW_NEW, s, 0));
+            svc
         }
         Some(s) => {
             // SAFETY: as above; a concurrent update on another CPU can only lose an increment.
@@ -157,11 +200,12 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             s.tcp_flags |= tcp_flags;
             if tcp_flags & (TCP_FIN | TCP_RST) != 0 && s.closed == 0 {
                 s.closed = 1;
-                emit(event(ctx, &key, now, EVENT_FLOW_CLOSE, s.packets, s.bytes, s.tcp_flags, 0));
+                emit(event(ctx, &key, now, EVENT_FLOW_CLOSE, s, 0));
             } else if now.wrapping_sub(s.last_report_ns) >= FLOW_REPORT_NS {
                 s.last_report_ns = now;
-                emit(event(ctx, &key, now, EVENT_FLOW_UPDATE, s.packets, s.bytes, s.tcp_flags, 0));
+                emit(event(ctx, &key, now, EVENT_FLOW_UPDATE, s, 0));
             }
+            Svc { addr: s.svc_addr, port_be: s.svc_port_be }
         }
         None => {
             // A reply's reverse was seen first, at either point: leaving this pod's peer on this
@@ -176,30 +220,39 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
                 _pad: [0; 2],
             };
             // SAFETY: read-only lookups of plain-data values.
-            let mut reply = unsafe { WEIR_FLOWS.get(reverse) }.is_some();
-            if !reply {
+            let mut seen = unsafe { WEIR_FLOWS.get(reverse) }.map(|r| Svc { addr: r.svc_addr, port_be: r.svc_port_be });
+            if seen.is_none() {
                 reverse.point = OBS_TO_POD;
                 // SAFETY: as above.
-                reply = unsafe { WEIR_FLOWS.get(reverse) }.is_some();
+                seen = unsafe { WEIR_FLOWS.get(reverse) }.map(|r| Svc { addr: r.svc_addr, port_be: r.svc_port_be });
             }
             // ICMP keys are not symmetric; an echo reply is told by its type instead.
-            reply |= ip.proto == IPPROTO_ICMP && sport_be == 0;
+            let reply = seen.is_some() || (ip.proto == IPPROTO_ICMP && sport_be == 0);
+            // A reply of a translated connection seen here carries its Service back.
+            let mut svc = service(ctx, &key);
+            if let Some(r) = seen {
+                if svc.port_be == 0 {
+                    svc = r;
+                }
+            }
+            let s = fresh(len, now, tcp_flags, svc);
             // A lost insert (map full of live entries) only means the next packet reports again.
-            let _ = WEIR_FLOWS.insert(key, fresh(len, now, tcp_flags), 0);
-            emit(event(ctx, &key, now, EVENT_FLOW_NEW, 1, len, tcp_flags, if reply { FLOW_F_REPLY } else { 0 }));
+            let _ = WEIR_FLOWS.insert(key, s, 0);
+            emit(event(ctx, &key, now, EVENT_FLOW_NEW, &s, if reply { FLOW_F_REPLY } else { 0 }));
+            svc
         }
-    }
+    };
     if (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP)
         && (sport_be == DNS_PORT_BE || dport_be == DNS_PORT_BE)
         && payload_off != 0
     {
-        dns(ctx, &key, now, payload_off, tcp_flags);
+        dns(ctx, &key, now, payload_off, tcp_flags, svc);
     }
 }
 
 /// Copies the DNS message in the packet's payload to the ring buffer.
 #[inline(always)]
-fn dns(ctx: &TcContext, key: &FlowKey, now: u64, payload_off: usize, tcp_flags: u8) {
+fn dns(ctx: &TcContext, key: &FlowKey, now: u64, payload_off: usize, tcp_flags: u8, svc: Svc) {
     let total = ctx.len() as usize;
     if payload_off >= total {
         return; // a bare TCP segment (SYN, ACK, FIN): no message
@@ -217,7 +270,8 @@ fn dns(ctx: &TcContext, key: &FlowKey, now: u64, payload_off: usize, tcp_flags: 
     let p = slot.as_mut_ptr();
     // SAFETY: `p` is the reserved record, sized for a DnsEvent, ours until submitted.
     unsafe {
-        (*p).event = event(ctx, key, now, EVENT_DNS, 1, total as u64, tcp_flags, 0);
+        let this = FlowStats { bytes: total as u64, ..fresh(0, now, tcp_flags, svc) };
+        (*p).event = event(ctx, key, now, EVENT_DNS, &this, 0);
         (*p).len = n as u16;
         (*p).tcp = u8::from(key.proto == IPPROTO_TCP);
         (*p)._pad = [0; 5];

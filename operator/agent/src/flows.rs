@@ -3,27 +3,28 @@
 //! * [`Ingest`] turns one ring-buffer event into a [`Flow`]: addresses and ports, verdict and
 //!   drop reason, observation point and direction, the pods on both sides (namespace, labels,
 //!   node) and their policy identities, the policies that allowed or denied it (the datapath's
-//!   own compiled policy, looked up the way the datapath does), and for DNS the parsed message
-//!   with the query-to-response latency.
+//!   own compiled policy, looked up the way the datapath does), the Service a connection was
+//!   made to (the datapath reports the frontend it translated from), and for DNS the parsed
+//!   message with the query-to-response latency.
 //! * [`FlowStore`] keeps the newest flows (capacity `--flow-capacity`) for history queries and
 //!   fans new ones out to followers. A follower that cannot keep up is told how many it skipped.
 //!
 //! Enrichment reads a [`Enrichment`] that the node's writer publishes after every policy pass;
 //! the reader thread never waits for the writer.
 use std::{
-    collections::{HashMap, VecDeque},
-    net::{IpAddr, Ipv4Addr},
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex, RwLock},
 };
 
 use tokio::sync::broadcast;
 use weir_bpf_common::{
-    Addr16, DatapathEvent, DnsEvent, DropReason, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW,
+    Addr16, DatapathEvent, DnsEvent, DropReason, ServiceKey, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW,
     EVENT_FLOW_UPDATE, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
 };
 use weir_dataplane::events::Event;
 use weir_operator_api::flow::{
-    Dns, Endpoint, EventType, Flow, FlowQuery, Icmp, Ip, Layer4, Layer7, Policy, Tcp, TcpFlags, Udp, WeirInfo,
+    Dns, Endpoint, EventType, Flow, FlowQuery, Icmp, Ip, Layer4, Layer7, Policy, Service, Tcp, TcpFlags, Udp, WeirInfo,
 };
 
 use crate::{
@@ -35,11 +36,13 @@ use crate::{
     },
 };
 
-/// What enrichment reads: the cluster's pods and the compiled policy the datapath enforces.
+/// What enrichment reads: the cluster's pods, the compiled policy the datapath enforces, and
+/// the Service (`namespace/name`) of every frontend this node's datapath serves.
 #[derive(Default)]
 pub struct Enrichment {
     pub cluster: Arc<Cluster>,
     pub compiled: Arc<Compiled>,
+    pub services: Arc<BTreeMap<ServiceKey, String>>,
 }
 
 pub type SharedEnrichment = Arc<RwLock<Arc<Enrichment>>>;
@@ -234,9 +237,33 @@ impl Ingest {
         if let Some(d) = dns_msg {
             self.dns(&mut f, d, src, sport, dst, dport);
         }
+        if e.svc_port_be != 0 {
+            Self::service(&enrichment, &mut f, e);
+        }
         f.summary = summary(&f, e);
         self.metrics.flow(&f);
         Some(f)
+    }
+
+    /// The Service a translated connection was made to: its destination's, or — on a backend's
+    /// reply or a DNS response — its source's. The frontend is kept even when no Service owns it
+    /// any more.
+    fn service(en: &Enrichment, f: &mut Flow, e: &DatapathEvent) {
+        let key = ServiceKey { addr: e.svc_addr, port_be: e.svc_port_be, proto: e.proto, _pad: [0; 5] };
+        f.weir.service_frontend = SocketAddr::new(addr(&e.svc_addr), u16::from_be(e.svc_port_be)).to_string();
+        let svc = en.services.get(&key).map(|owner| {
+            let (namespace, name) = owner.split_once('/').unwrap_or(("", owner));
+            Service { name: name.to_owned(), namespace: namespace.to_owned() }
+        });
+        let response = f.l7.as_ref().is_some_and(|l| l.kind == "RESPONSE");
+        if f.is_reply || response {
+            f.source_service = svc;
+        } else {
+            f.destination_service = svc;
+            if e.kind == EVENT_FLOW_NEW {
+                f.verdict = "TRANSLATED".into();
+            }
+        }
     }
 
     fn attribute(&self, en: &Enrichment, f: &mut Flow, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, dport: u16) {
@@ -477,6 +504,43 @@ mod tests {
         assert_eq!(d.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
         assert_eq!(d.traffic_direction, "INGRESS");
         assert!(i.flow(&Event::Flow(ev(99, 1, 2))).is_none());
+    }
+
+    #[test]
+    fn translated_connections_name_their_service() {
+        let front = ServiceKey {
+            addr: Addr16::from_v4_octets([10, 96, 0, 10]),
+            port_be: 80u16.to_be(),
+            proto: 6,
+            _pad: [0; 5],
+        };
+        let services = Arc::new(BTreeMap::from([(front, "shop/web".to_owned())]));
+        let shared: SharedEnrichment = Arc::new(RwLock::new(Arc::new(Enrichment { services, ..Default::default() })));
+        let mut i = Ingest::new("n1".into(), shared, Arc::new(Metrics::default()));
+        let svc = |e: DatapathEvent| DatapathEvent { svc_addr: front.addr, svc_port_be: front.port_be, ..e };
+        let f = i.flow(&Event::Flow(svc(ev(EVENT_FLOW_NEW, 40000, 8080)))).expect("flow");
+        assert_eq!(f.verdict, "TRANSLATED");
+        assert_eq!(f.destination_service.as_ref().map(|s| s.full_name()).as_deref(), Some("shop/web"));
+        assert_eq!((f.source_service.as_ref(), f.weir.service_frontend.as_str()), (None, "10.96.0.10:80"));
+        let v = serde_json::to_value(&f).expect("json");
+        assert_eq!(
+            (v["destination_service"]["namespace"].as_str(), v["destination_service"]["name"].as_str()),
+            (Some("shop"), Some("web"))
+        );
+        // Later reports of the connection are plain forwards; a reply names the Service as its source.
+        let u = i.flow(&Event::Flow(svc(ev(EVENT_FLOW_UPDATE, 40000, 8080)))).expect("update");
+        assert_eq!((u.verdict.as_str(), u.destination_service.is_some()), ("FORWARDED", true));
+        let r = i
+            .flow(&Event::Flow(DatapathEvent { flags: FLOW_F_REPLY, ..svc(ev(EVENT_FLOW_NEW, 8080, 40000)) }))
+            .expect("reply");
+        assert_eq!((r.verdict.as_str(), r.destination_service.is_some()), ("FORWARDED", false));
+        assert_eq!(r.source_service.map(|s| s.name).as_deref(), Some("web"));
+        // A frontend no Service owns (any more) is still shown; no frontend, no Service.
+        let gone = DatapathEvent { svc_port_be: 81u16.to_be(), ..svc(ev(EVENT_FLOW_NEW, 40001, 8080)) };
+        let g = i.flow(&Event::Flow(gone)).expect("flow");
+        assert_eq!((g.destination_service, g.weir.service_frontend.as_str()), (None, "10.96.0.10:81"));
+        let plain = i.flow(&Event::Flow(ev(EVENT_FLOW_NEW, 40002, 8080))).expect("flow");
+        assert!(plain.weir.service_frontend.is_empty() && plain.destination_service.is_none());
     }
 
     fn dns_event(payload: &[u8], sport: u16, dport: u16, response: bool, t: u64) -> Event {

@@ -93,8 +93,16 @@ fn policies(v: &[weir_operator_api::flow::Policy]) -> Vec<pb::Policy> {
 }
 
 fn verdict_code(f: &Flow) -> i32 {
-    let v = if f.verdict == "DROPPED" { pb::Verdict::Dropped } else { pb::Verdict::Forwarded };
+    let v = match f.verdict.as_str() {
+        "DROPPED" => pb::Verdict::Dropped,
+        "TRANSLATED" => pb::Verdict::Translated,
+        _ => pb::Verdict::Forwarded,
+    };
     v as i32
+}
+
+fn service(s: Option<&weir_operator_api::flow::Service>) -> Option<pb::Service> {
+    s.map(|s| pb::Service { name: s.name.clone(), namespace: s.namespace.clone() })
 }
 
 fn direction_code(f: &Flow) -> i32 {
@@ -167,6 +175,8 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
         l4: Some(pb::Layer4 { protocol: l4 }),
         source: Some(endpoint(&f.source)),
         destination: Some(endpoint(&f.destination)),
+        source_service: service(f.source_service.as_ref()),
+        destination_service: service(f.destination_service.as_ref()),
         r#type: if f.l7.is_some() { pb::FlowType::L7 } else { pb::FlowType::L3L4 } as i32,
         node_name: f.node_name.clone(),
         l7,
@@ -195,8 +205,6 @@ pub fn validate(filter: &pb::FlowFilter) -> Result<(), String> {
         ("uuid", filter.uuid.is_empty()),
         ("source_fqdn", filter.source_fqdn.is_empty()),
         ("destination_fqdn", filter.destination_fqdn.is_empty()),
-        ("source_service", filter.source_service.is_empty()),
-        ("destination_service", filter.destination_service.is_empty()),
         ("source_workload", filter.source_workload.is_empty()),
         ("destination_workload", filter.destination_workload.is_empty()),
         ("http_status_code", filter.http_status_code.is_empty()),
@@ -226,12 +234,18 @@ pub fn validate(filter: &pb::FlowFilter) -> Result<(), String> {
 
 /// Hubble's pod filter: `namespace/prefix`, `namespace/` (the whole namespace) or `prefix`.
 fn pod_matches(want: &str, e: &weir_operator_api::flow::Endpoint) -> bool {
-    if e.pod_name.is_empty() && e.namespace.is_empty() {
-        return false;
-    }
+    (!e.pod_name.is_empty() || !e.namespace.is_empty()) && prefix_matches(want, &e.namespace, &e.pod_name)
+}
+
+/// Hubble's service filter, spelled like its pod filter.
+fn service_matches(want: &str, s: Option<&weir_operator_api::flow::Service>) -> bool {
+    s.is_some_and(|s| prefix_matches(want, &s.namespace, &s.name))
+}
+
+fn prefix_matches(want: &str, namespace: &str, name: &str) -> bool {
     match want.split_once('/') {
-        Some((ns, prefix)) => e.namespace == ns && e.pod_name.starts_with(prefix),
-        None => !e.pod_name.is_empty() && e.pod_name.starts_with(want),
+        Some((ns, prefix)) => namespace == ns && name.starts_with(prefix),
+        None => !name.is_empty() && name.starts_with(want),
     }
 }
 
@@ -273,6 +287,8 @@ pub fn matches(filter: &pb::FlowFilter, f: &Flow) -> bool {
         && any(&filter.destination_ip, |c| ip_matches(c, &f.ip.destination))
         && any(&filter.source_pod, |p| pod_matches(p, &f.source))
         && any(&filter.destination_pod, |p| pod_matches(p, &f.destination))
+        && any(&filter.source_service, |s| service_matches(s, f.source_service.as_ref()))
+        && any(&filter.destination_service, |s| service_matches(s, f.destination_service.as_ref()))
         && any(&filter.source_label, |s| selector_matches(s, &f.source.labels))
         && any(&filter.destination_label, |s| selector_matches(s, &f.destination.labels))
         && any(&filter.traffic_direction, |d| *d == direction)

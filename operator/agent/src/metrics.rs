@@ -149,7 +149,11 @@ impl Metrics {
             "INGRESS" => "ingress",
             _ => "unknown",
         };
-        let verdict = if f.verdict == "DROPPED" { "dropped" } else { "forwarded" };
+        let verdict = match f.verdict.as_str() {
+            "DROPPED" => "dropped",
+            "TRANSLATED" => "translated",
+            _ => "forwarded",
+        };
         self.flows.with_label_values(&[verdict, f.weir.event.as_str(), dir]).inc();
         if f.verdict == "DROPPED" {
             // The local pod's namespace: the source leaving a pod, else the destination.

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use weir_bpf_common::{programs, BackendKey, EndpointInfo};
+use weir_bpf_common::{programs, BackendKey, EndpointInfo, ServiceKey};
 use weir_dataplane::{
     counters::Counters,
     events::Events,
@@ -72,6 +72,8 @@ pub struct Node {
     policy_seen: ClusterSnapshot,
     /// Published after every policy pass for the events stage's flow enrichment.
     enrichment: SharedEnrichment,
+    /// The frontend → Service map last handed to enrichment (copied only when it changes).
+    services_published: Arc<BTreeMap<ServiceKey, String>>,
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
@@ -144,6 +146,7 @@ impl Node {
             policy: PolicySync::default(),
             policy_seen: ClusterSnapshot::default(),
             enrichment: SharedEnrichment::default(),
+            services_published: Arc::default(),
         })
     }
 
@@ -198,9 +201,7 @@ impl Node {
     fn sync_policy(&mut self, local: &BTreeMap<(String, String), Ipv4Addr>) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
         let r = self.policy.apply(&self.policy_seen, local, &mut l.policy)?;
-        let published =
-            Arc::new(Enrichment { cluster: self.policy.cluster.clone(), compiled: self.policy.compiled.clone() });
-        *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = published;
+        self.publish_enrichment();
         if r.rejected_changed {
             for e in &self.policy.cluster.rejected {
                 tracing::warn!(error = %e, "NetworkPolicy rejected; its previous version (if any) stays enforced");
@@ -215,7 +216,18 @@ impl Node {
         Ok(())
     }
 
-    /// What flow enrichment reads (the pods and the compiled policy of the last pass).
+    /// Hands the events stage what the last passes compiled (pods, policy, Service frontends).
+    fn publish_enrichment(&self) {
+        let published = Arc::new(Enrichment {
+            cluster: self.policy.cluster.clone(),
+            compiled: self.policy.compiled.clone(),
+            services: self.services_published.clone(),
+        });
+        *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = published;
+    }
+
+    /// What flow enrichment reads (the pods, the compiled policy and the Service frontends of
+    /// the last pass).
     pub fn enrichment(&self) -> SharedEnrichment {
         self.enrichment.clone()
     }
@@ -271,6 +283,10 @@ impl Node {
             &mut l.services,
         )?;
         self.services_seen = (snap.services, snap.endpoint_slices);
+        if *self.services_published != self.services.owners {
+            self.services_published = Arc::new(self.services.owners.clone());
+            self.publish_enrichment();
+        }
         if a.rejected_changed {
             for (svc, why) in &self.services.rejected {
                 tracing::warn!(service = %svc, reason = %why, "Service rejected; its previous datapath state is kept");

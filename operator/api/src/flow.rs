@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct Flow {
     /// RFC 3339 with nanoseconds, UTC.
     pub time: String,
-    /// FORWARDED or DROPPED.
+    /// FORWARDED, DROPPED, or TRANSLATED: the first packet of a connection whose destination
+    /// was translated from a Service frontend (its later reports are FORWARDED).
     pub verdict: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason_desc: Option<String>,
@@ -22,6 +23,12 @@ pub struct Flow {
     pub l4: Layer4,
     pub source: Endpoint,
     pub destination: Endpoint,
+    /// A backend's reply to a connection made to a Service: that Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_service: Option<Service>,
+    /// A connection made to a Service (translated to the backend in `IP.destination`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_service: Option<Service>,
     /// L3_L4, or L7 for DNS.
     #[serde(rename = "Type")]
     pub kind: String,
@@ -156,6 +163,19 @@ pub struct Workload {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub name: String,
     pub namespace: String,
@@ -220,6 +240,10 @@ pub struct WeirInfo {
     /// DNS: the message arrived over TCP.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dns_tcp: bool,
+    /// The Service frontend (`address:port`) the connection was translated from (a reply:
+    /// translated back to), whether or not it still names a known Service.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_frontend: String,
     /// Order of this flow in its node's store (for follow and since).
     pub seq: u64,
     /// Unix time in nanoseconds (the same instant as `time`).
@@ -276,6 +300,11 @@ pub enum Criterion {
     Pod(String),
     FromPod(String),
     ToPod(String),
+    /// Either side is the Service a translated connection was made to: `ns/name` or `name`;
+    /// a trailing `*` matches a prefix.
+    Service(String),
+    FromService(String),
+    ToService(String),
     /// Either side has the label: `key=value` or `key`.
     Label(String),
     FromLabel(String),
@@ -305,6 +334,9 @@ impl Criterion {
             Criterion::Pod(_) => "pod",
             Criterion::FromPod(_) => "from-pod",
             Criterion::ToPod(_) => "to-pod",
+            Criterion::Service(_) => "service",
+            Criterion::FromService(_) => "from-service",
+            Criterion::ToService(_) => "to-service",
             Criterion::Label(_) => "label",
             Criterion::FromLabel(_) => "from-label",
             Criterion::ToLabel(_) => "to-label",
@@ -326,6 +358,11 @@ impl Criterion {
             Criterion::Pod(p) => pod_matches(p, &f.source) || pod_matches(p, &f.destination),
             Criterion::FromPod(p) => pod_matches(p, &f.source),
             Criterion::ToPod(p) => pod_matches(p, &f.destination),
+            Criterion::Service(s) => {
+                service_matches(s, f.source_service.as_ref()) || service_matches(s, f.destination_service.as_ref())
+            }
+            Criterion::FromService(s) => service_matches(s, f.source_service.as_ref()),
+            Criterion::ToService(s) => service_matches(s, f.destination_service.as_ref()),
             Criterion::Label(l) => label_matches(l, &f.source) || label_matches(l, &f.destination),
             Criterion::FromLabel(l) => label_matches(l, &f.source),
             Criterion::ToLabel(l) => label_matches(l, &f.destination),
@@ -352,8 +389,10 @@ impl Criterion {
             Criterion::Protocol(p) if !["tcp", "udp", "icmp", "dns"].contains(&p.as_str()) => {
                 Err(format!("--protocol {p}: expected tcp, udp, icmp or dns"))
             }
-            Criterion::Verdict(v) if !["forwarded", "dropped"].contains(&v.to_ascii_lowercase().as_str()) => {
-                Err(format!("--verdict {v}: expected forwarded or dropped"))
+            Criterion::Verdict(v)
+                if !["forwarded", "dropped", "translated"].contains(&v.to_ascii_lowercase().as_str()) =>
+            {
+                Err(format!("--verdict {v}: expected forwarded, dropped or translated"))
             }
             Criterion::Type(t) if !["trace", "drop", "dns", "policy-verdict"].contains(&t.as_str()) => {
                 Err(format!("--type {t}: expected trace, drop, dns or policy-verdict"))
@@ -367,19 +406,25 @@ impl Criterion {
 }
 
 fn pod_matches(want: &str, e: &Endpoint) -> bool {
-    if e.pod_name.is_empty() {
-        return false;
-    }
-    let (ns, name) = match want.split_once('/') {
-        Some((ns, name)) => (Some(ns), name),
+    !e.pod_name.is_empty() && name_matches(want, &e.namespace, &e.pod_name)
+}
+
+fn service_matches(want: &str, s: Option<&Service>) -> bool {
+    s.is_some_and(|s| name_matches(want, &s.namespace, &s.name))
+}
+
+/// `want` is `ns/name` or `name` (any namespace); a trailing `*` matches a prefix of the name.
+fn name_matches(want: &str, namespace: &str, name: &str) -> bool {
+    let (ns, want_name) = match want.split_once('/') {
+        Some((ns, n)) => (Some(ns), n),
         None => (None, want),
     };
-    if ns.is_some_and(|ns| ns != e.namespace) {
+    if ns.is_some_and(|ns| ns != namespace) {
         return false;
     }
-    match name.strip_suffix('*') {
-        Some(prefix) => e.pod_name.starts_with(prefix),
-        None => e.pod_name == name,
+    match want_name.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == want_name,
     }
 }
 
@@ -530,6 +575,22 @@ mod tests {
         assert!(!Criterion::Protocol("dns".into()).matches(&f));
         assert!(Criterion::Verdict("forwarded".into()).matches(&f));
         assert!(Criterion::Type("trace".into()).matches(&f));
+    }
+
+    #[test]
+    fn service_criteria_match_the_side_the_service_is_on() {
+        let svc = Service { name: "pg".into(), namespace: "db".into() };
+        let f = Flow { destination_service: Some(svc.clone()), verdict: "TRANSLATED".into(), ..flow() };
+        assert!(Criterion::Service("db/pg".into()).matches(&f));
+        assert!(Criterion::Service("p*".into()).matches(&f));
+        assert!(Criterion::ToService("pg".into()).matches(&f));
+        assert!(!Criterion::FromService("pg".into()).matches(&f));
+        assert!(!Criterion::Service("shop/pg".into()).matches(&f));
+        assert!(!Criterion::Service("pg".into()).matches(&flow()));
+        assert!(Criterion::Verdict("translated".into()).matches(&f));
+        let reply = Flow { source_service: Some(svc), ..flow() };
+        assert!(Criterion::FromService("db/pg".into()).matches(&reply));
+        assert!(!Criterion::ToService("db/pg".into()).matches(&reply));
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub fn parse(args: &[String], now: SystemTime) -> Result<Args, String> {
             "--pod" => Criterion::Pod(value(flag)?),
             "--from-pod" => Criterion::FromPod(value(flag)?),
             "--to-pod" => Criterion::ToPod(value(flag)?),
+            "--service" => Criterion::Service(value(flag)?),
+            "--from-service" => Criterion::FromService(value(flag)?),
+            "--to-service" => Criterion::ToService(value(flag)?),
             "-l" | "--label" => Criterion::Label(value(flag)?),
             "--from-label" => Criterion::FromLabel(value(flag)?),
             "--to-label" => Criterion::ToLabel(value(flag)?),
@@ -168,6 +171,21 @@ fn policy_note(f: &Flow) -> String {
     }
 }
 
+/// ` (via Service ns/name 10.96.0.10:80)` on a connection translated from a Service frontend,
+/// ` (reply of Service …)` on its backend's reply; the bare frontend when no Service owns it.
+fn service_note(f: &Flow) -> String {
+    let front = &f.weir.service_frontend;
+    if front.is_empty() {
+        return String::new();
+    }
+    let (what, svc) = match (&f.destination_service, &f.source_service) {
+        (Some(s), _) => ("via", s.full_name()),
+        (None, Some(s)) => ("reply of", s.full_name()),
+        (None, None) => (if f.is_reply { "reply of" } else { "via" }, "frontend".into()),
+    };
+    format!(" ({what} Service {svc} {front})")
+}
+
 /// One line per flow: time, node, source -> destination, verdict, what happened, policy.
 pub fn compact(f: &Flow) -> String {
     let (sp, dp) = f.ports();
@@ -180,10 +198,11 @@ pub fn compact(f: &Flow) -> String {
         _ => "",
     };
     format!(
-        "{time} [{}] {} -> {} {}{reply}{point} {verdict} {}{}",
+        "{time} [{}] {} -> {}{} {}{reply}{point} {verdict} {}{}",
         f.node_name,
         side(&f.ip.source, sp, &f.source.pod()),
         side(&f.ip.destination, dp, &f.destination.pod()),
+        service_note(f),
         f.protocol(),
         f.summary,
         policy_note(f)
@@ -193,7 +212,7 @@ pub fn compact(f: &Flow) -> String {
 fn table_row(f: &Flow) -> String {
     let (sp, dp) = f.ports();
     format!(
-        "{:<31} {:<10} {:<36} {:<36} {:<15} {:<10} {}{}",
+        "{:<31} {:<10} {:<36} {:<36} {:<15} {:<10} {}{}{}",
         f.time,
         f.node_name,
         side(&f.ip.source, sp, &f.source.pod()),
@@ -201,6 +220,7 @@ fn table_row(f: &Flow) -> String {
         f.types().join(","),
         f.verdict,
         f.summary,
+        service_note(f),
         policy_note(f)
     )
 }
@@ -211,8 +231,8 @@ pub fn run(socket: &Path, args: &[String], global_format: Option<Format>) -> any
             "weir observe [FILTERS] [--since DURATION] [--last N] [--follow] [-o compact|json|table]\n\
              filters (--not before one negates it; one kind ORs, kinds AND):\n  \
              -n/--namespace NS  --pod [NS/]POD  --from-pod  --to-pod  -l/--label KEY[=VALUE]  --from-label  --to-label\n  \
-             --ip ADDR[/LEN]  --from-ip  --to-ip  --port N  --protocol tcp|udp|icmp|dns\n  \
-             --verdict forwarded|dropped  -t/--type trace|drop|dns|policy-verdict  --node NAME  --dns-name NAME"
+             --service [NS/]SVC  --from-service  --to-service  --ip ADDR[/LEN]  --from-ip  --to-ip  --port N\n  \
+             --protocol tcp|udp|icmp|dns  --verdict forwarded|dropped|translated  -t/--type trace|drop|dns|policy-verdict  --node NAME  --dns-name NAME"
         );
         return Ok(());
     }
@@ -284,6 +304,20 @@ mod tests {
         assert_eq!(a.query.filter.exclude, [Criterion::Protocol("dns".into())]);
         assert_eq!((a.query.last, a.query.follow, a.format), (Some(5), true, Some(Format::Json)));
         assert_eq!(a.query.since_unix_ns, Some(900_000_000_000));
+    }
+
+    #[test]
+    fn compact_names_the_service_of_a_translated_connection() {
+        use weir_operator_api::flow::{Service, WeirInfo};
+        let web = Service { name: "web".into(), namespace: "shop".into() };
+        let weir = WeirInfo { service_frontend: "10.96.0.10:80".into(), ..Default::default() };
+        let f =
+            Flow { verdict: "TRANSLATED".into(), destination_service: Some(web.clone()), weir, ..Default::default() };
+        assert!(compact(&f).contains(" (via Service shop/web 10.96.0.10:80) "), "{}", compact(&f));
+        assert!(compact(&f).contains(" TRANSLATED "), "{}", compact(&f));
+        let reply = Flow { destination_service: None, source_service: Some(web), is_reply: true, ..f.clone() };
+        assert!(compact(&reply).contains(" (reply of Service shop/web 10.96.0.10:80) "), "{}", compact(&reply));
+        assert!(!compact(&Flow::default()).contains("Service"));
     }
 
     #[test]
