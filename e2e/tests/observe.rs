@@ -19,7 +19,13 @@ metadata: {name: shop}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: client, namespace: shop, labels: {app: client}}
+metadata:
+  name: client
+  namespace: shop
+  labels: {app: client, pod-template-hash: 7c9d5f}
+  # As a Deployment's ReplicaSet makes it: flows name the Deployment as its workload.
+  ownerReferences:
+  - {apiVersion: apps/v1, kind: ReplicaSet, name: client-7c9d5f, uid: 6f1c1b9e-1d2a-4c33-9a51-0c7d2b1e4f00, controller: true}
 spec:
   nodeName: n1
   containers:
@@ -317,6 +323,9 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     only(&["--service", "dns"], &|f| {
         svc_of(f, "destination_service") == "shop/dns" || svc_of(f, "source_service") == "shop/dns"
     });
+    only(&["--from-workload", "Deployment/client"], &|f| {
+        f["source"]["workloads"] == serde_json::json!([{"name": "client", "kind": "Deployment"}])
+    });
     only(&["--verdict", "translated"], &|f| f["verdict"] == "TRANSLATED" && f["weir"]["event"] == "new");
     assert_eq!(only(&["--last", "3", "--node", "n1"], &|f| f["node_name"] == "n1"), 3);
     assert!(observe(&lab, &["--not", "--namespace", "shop", "--namespace", "shop"]).is_empty());
@@ -395,7 +404,7 @@ async fn observer_client(
 /// The Hubble-compatible gRPC API, through a client generated from the same protos.
 fn grpc_checks(lab: &TestLab, web_vip: &str) {
     use weir_operator_agent::grpc::proto::{
-        flow::{FlowFilter, Verdict},
+        flow::{FlowFilter, Verdict, Workload},
         observer::{get_flows_response::ResponseTypes, GetFlowsRequest, ServerStatusRequest},
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -470,6 +479,7 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
             whitelist: vec![FlowFilter {
                 destination_service: vec!["shop/web".into()],
                 verdict: vec![Verdict::Translated as i32],
+                source_workload: vec![Workload { name: "client".into(), kind: "Deployment".into() }],
                 ..Default::default()
             }],
             ..Default::default()

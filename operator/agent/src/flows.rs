@@ -149,7 +149,12 @@ impl Ingest {
                 namespace: p.namespace.clone(),
                 pod_name: p.name.clone(),
                 labels: p.info.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect(),
-                workloads: vec![],
+                workloads: p
+                    .info
+                    .workload
+                    .iter()
+                    .map(|w| weir_operator_api::flow::Workload { name: w.name.to_string(), kind: w.kind.to_string() })
+                    .collect(),
                 node_name: p.info.node_name.as_deref().unwrap_or_default().to_owned(),
             },
             None => Endpoint { identity, ..Default::default() },

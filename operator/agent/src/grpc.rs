@@ -205,8 +205,6 @@ pub fn validate(filter: &pb::FlowFilter) -> Result<(), String> {
         ("uuid", filter.uuid.is_empty()),
         ("source_fqdn", filter.source_fqdn.is_empty()),
         ("destination_fqdn", filter.destination_fqdn.is_empty()),
-        ("source_workload", filter.source_workload.is_empty()),
-        ("destination_workload", filter.destination_workload.is_empty()),
         ("http_status_code", filter.http_status_code.is_empty()),
         ("http_method", filter.http_method.is_empty()),
         ("http_path", filter.http_path.is_empty()),
@@ -235,6 +233,13 @@ pub fn validate(filter: &pb::FlowFilter) -> Result<(), String> {
 /// Hubble's pod filter: `namespace/prefix`, `namespace/` (the whole namespace) or `prefix`.
 fn pod_matches(want: &str, e: &weir_operator_api::flow::Endpoint) -> bool {
     (!e.pod_name.is_empty() || !e.namespace.is_empty()) && prefix_matches(want, &e.namespace, &e.pod_name)
+}
+
+/// Hubble's workload filter: the fields it sets (name, kind) equal one of the endpoint's.
+fn workload_matches(want: &pb::Workload, e: &weir_operator_api::flow::Endpoint) -> bool {
+    e.workloads
+        .iter()
+        .any(|w| (want.name.is_empty() || want.name == w.name) && (want.kind.is_empty() || want.kind == w.kind))
 }
 
 /// Hubble's service filter, spelled like its pod filter.
@@ -287,6 +292,8 @@ pub fn matches(filter: &pb::FlowFilter, f: &Flow) -> bool {
         && any(&filter.destination_ip, |c| ip_matches(c, &f.ip.destination))
         && any(&filter.source_pod, |p| pod_matches(p, &f.source))
         && any(&filter.destination_pod, |p| pod_matches(p, &f.destination))
+        && any(&filter.source_workload, |w| workload_matches(w, &f.source))
+        && any(&filter.destination_workload, |w| workload_matches(w, &f.destination))
         && any(&filter.source_service, |s| service_matches(s, f.source_service.as_ref()))
         && any(&filter.destination_service, |s| service_matches(s, f.destination_service.as_ref()))
         && any(&filter.source_label, |s| selector_matches(s, &f.source.labels))

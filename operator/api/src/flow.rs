@@ -305,6 +305,10 @@ pub enum Criterion {
     Service(String),
     FromService(String),
     ToService(String),
+    /// Either side's workload: `name` or `kind/name` (kind compared without case).
+    Workload(String),
+    FromWorkload(String),
+    ToWorkload(String),
     /// Either side has the label: `key=value` or `key`.
     Label(String),
     FromLabel(String),
@@ -337,6 +341,9 @@ impl Criterion {
             Criterion::Service(_) => "service",
             Criterion::FromService(_) => "from-service",
             Criterion::ToService(_) => "to-service",
+            Criterion::Workload(_) => "workload",
+            Criterion::FromWorkload(_) => "from-workload",
+            Criterion::ToWorkload(_) => "to-workload",
             Criterion::Label(_) => "label",
             Criterion::FromLabel(_) => "from-label",
             Criterion::ToLabel(_) => "to-label",
@@ -363,6 +370,9 @@ impl Criterion {
             }
             Criterion::FromService(s) => service_matches(s, f.source_service.as_ref()),
             Criterion::ToService(s) => service_matches(s, f.destination_service.as_ref()),
+            Criterion::Workload(w) => workload_matches(w, &f.source) || workload_matches(w, &f.destination),
+            Criterion::FromWorkload(w) => workload_matches(w, &f.source),
+            Criterion::ToWorkload(w) => workload_matches(w, &f.destination),
             Criterion::Label(l) => label_matches(l, &f.source) || label_matches(l, &f.destination),
             Criterion::FromLabel(l) => label_matches(l, &f.source),
             Criterion::ToLabel(l) => label_matches(l, &f.destination),
@@ -407,6 +417,14 @@ impl Criterion {
 
 fn pod_matches(want: &str, e: &Endpoint) -> bool {
     !e.pod_name.is_empty() && name_matches(want, &e.namespace, &e.pod_name)
+}
+
+fn workload_matches(want: &str, e: &Endpoint) -> bool {
+    let (kind, name) = match want.split_once('/') {
+        Some((k, n)) => (Some(k), n),
+        None => (None, want),
+    };
+    e.workloads.iter().any(|w| w.name == name && kind.is_none_or(|k| k.eq_ignore_ascii_case(&w.kind)))
 }
 
 fn service_matches(want: &str, s: Option<&Service>) -> bool {
@@ -589,6 +607,12 @@ mod tests {
         assert!(!Criterion::Service("pg".into()).matches(&flow()));
         assert!(Criterion::Verdict("translated".into()).matches(&f));
         let reply = Flow { source_service: Some(svc), ..flow() };
+        let mut w = flow();
+        w.source.workloads = vec![Workload { name: "web".into(), kind: "Deployment".into() }];
+        assert!(Criterion::Workload("web".into()).matches(&w));
+        assert!(Criterion::FromWorkload("deployment/web".into()).matches(&w));
+        assert!(!Criterion::FromWorkload("StatefulSet/web".into()).matches(&w));
+        assert!(!Criterion::ToWorkload("web".into()).matches(&w));
         assert!(Criterion::FromService("db/pg".into()).matches(&reply));
         assert!(!Criterion::ToService("db/pg".into()).matches(&reply));
     }

@@ -74,6 +74,9 @@ pub fn parse(args: &[String], now: SystemTime) -> Result<Args, String> {
             "--service" => Criterion::Service(value(flag)?),
             "--from-service" => Criterion::FromService(value(flag)?),
             "--to-service" => Criterion::ToService(value(flag)?),
+            "--workload" => Criterion::Workload(value(flag)?),
+            "--from-workload" => Criterion::FromWorkload(value(flag)?),
+            "--to-workload" => Criterion::ToWorkload(value(flag)?),
             "-l" | "--label" => Criterion::Label(value(flag)?),
             "--from-label" => Criterion::FromLabel(value(flag)?),
             "--to-label" => Criterion::ToLabel(value(flag)?),
@@ -231,7 +234,8 @@ pub fn run(socket: &Path, args: &[String], global_format: Option<Format>) -> any
             "weir observe [FILTERS] [--since DURATION] [--last N] [--follow] [-o compact|json|table]\n\
              filters (--not before one negates it; one kind ORs, kinds AND):\n  \
              -n/--namespace NS  --pod [NS/]POD  --from-pod  --to-pod  -l/--label KEY[=VALUE]  --from-label  --to-label\n  \
-             --service [NS/]SVC  --from-service  --to-service  --ip ADDR[/LEN]  --from-ip  --to-ip  --port N\n  \
+             --service [NS/]SVC  --from-service  --to-service  --workload [KIND/]NAME  --from-workload  --to-workload\n  \
+             --ip ADDR[/LEN]  --from-ip  --to-ip  --port N\n  \
              --protocol tcp|udp|icmp|dns  --verdict forwarded|dropped|translated  -t/--type trace|drop|dns|policy-verdict  --node NAME  --dns-name NAME"
         );
         return Ok(());

@@ -4,8 +4,8 @@
 //! the API server.
 //!
 //! * Objects are trimmed before they are stored: `managedFields`, annotations, owner references
-//!   and every field the agent has no use for (a Node's image list, a Pod's volumes, conditions
-//!   and container statuses, ...).
+//!   (a Pod keeps only the workload its controller reference names) and every field the agent
+//!   has no use for (a Node's image list, a Pod's volumes, conditions and container statuses, ...).
 //! * The first snapshot is published only once every watcher has listed its kind, so the
 //!   datapath (and CNI STATUS) is not ready before the agent has seen the whole cluster.
 //! * Watches that fail are retried with kube-runtime's default backoff; a 410 Gone (expired

@@ -7,8 +7,9 @@
 //!   the API's JSON shape, only the fields the agent reads (everything else is skipped while
 //!   parsing);
 //! * [`PodInfo`]: what the snapshot holds — identity, labels, node, host networking, named
-//!   container ports (NetworkPolicies may name them), addresses, phase — in boxed slices and
-//!   strings, about 1 KiB per pod with its allocations.
+//!   container ports (NetworkPolicies may name them), addresses, phase, the workload that owns
+//!   it (flow enrichment) — in boxed slices and strings, about 1 KiB per pod with its
+//!   allocations.
 use std::borrow::Cow;
 
 use k8s_openapi::{
@@ -33,6 +34,30 @@ pub struct PodInfo {
     pub named_ports: Box<[NamedPort]>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
+    /// The workload that runs the pod, from its controller owner reference.
+    pub workload: Option<Box<Workload>>,
+}
+
+/// A pod's workload: its controller (`kind`, `name`), except that a ReplicaSet that a
+/// Deployment made (its name is the Deployment's plus `-` and the pod's `pod-template-hash`)
+/// is reported as that Deployment, as `kubectl` users think of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub kind: Box<str>,
+    pub name: Box<str>,
+}
+
+impl Workload {
+    fn of(meta: &ObjectMeta) -> Option<Box<Workload>> {
+        let owner = meta.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))?;
+        let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash"));
+        let deployment = hash.and_then(|h| owner.name.strip_suffix(h.as_str())?.strip_suffix('-'));
+        let (kind, name) = match deployment {
+            Some(d) if owner.kind == "ReplicaSet" && !d.is_empty() => ("Deployment", d),
+            _ => (owner.kind.as_str(), owner.name.as_str()),
+        };
+        Some(Box::new(Workload { kind: kind.into(), name: name.into() }))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,7 +86,9 @@ impl PodInfo {
         if ips.is_empty() {
             ips.extend(pod_ip.map(Into::into));
         }
+        let workload = Workload::of(&meta);
         PodInfo {
+            workload,
             name: meta.name.unwrap_or_default().into(),
             namespace: meta.namespace.unwrap_or_else(|| "default".into()).into(),
             // A BTreeMap iterates in key order: the slice is sorted.
@@ -200,6 +227,28 @@ mod tests {
         assert_eq!(&*info.named_ports, [NamedPort { name: "http".into(), port: 8080, protocol: "TCP".into() }]);
         assert_eq!(&*info.ips, ["10.244.1.2".into()]);
         assert!(!info.deleting && !info.host_network);
+    }
+
+    #[test]
+    fn the_workload_is_the_controller_and_a_deployments_replicaset_is_the_deployment() {
+        let pod = |owners: &str, hash: &str| -> PodInfo {
+            let j = format!(
+                r#"{{"metadata":{{"name":"p","labels":{{"pod-template-hash":"{hash}"}},"ownerReferences":{owners}}}}}"#
+            );
+            PodInfo::from(serde_json::from_str::<PodWire>(&j).expect("pod"))
+        };
+        let owner = |kind: &str, name: &str, controller: bool| {
+            format!(
+                r#"[{{"apiVersion":"apps/v1","kind":"{kind}","name":"{name}","uid":"u","controller":{controller}}}]"#
+            )
+        };
+        let w = |p: PodInfo| p.workload.map(|w| (w.kind.to_string(), w.name.to_string()));
+        let pair = |k: &str, n: &str| Some((k.to_owned(), n.to_owned()));
+        assert_eq!(w(pod(&owner("ReplicaSet", "web-5d8f7c9b6", true), "5d8f7c9b6")), pair("Deployment", "web"));
+        assert_eq!(w(pod(&owner("ReplicaSet", "web-abc", true), "5d8f7c9b6")), pair("ReplicaSet", "web-abc"));
+        assert_eq!(w(pod(&owner("StatefulSet", "pg", true), "x")), pair("StatefulSet", "pg"));
+        assert_eq!(w(pod(&owner("DaemonSet", "agent", false), "x")), None, "not the controller");
+        assert_eq!(w(pod("[]", "x")), None);
     }
 
     #[test]
