@@ -6,7 +6,9 @@
 //! `FLOW_REPORT_NS` while it keeps sending (`EVENT_FLOW_UPDATE`), not one per packet. DNS
 //! messages (UDP or TCP port 53) are copied to the ring buffer whole, up to `DNS_CAPTURE` bytes,
 //! for the agent to parse: no proxy, whatever server the pod asks. Every event that does not fit
-//! the ring buffer is counted (`counters::EVENTS_LOST`), never dropped silently.
+//! the ring buffer is counted (`counters::EVENTS_LOST`), never dropped silently. A flow that a
+//! Service translation made (or a reply to one) carries that Service's frontend, looked up once
+//! when the flow starts.
 use aya_ebpf::{
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
