@@ -401,11 +401,28 @@ async fn observer_client(
     weir_operator_agent::grpc::proto::observer::observer_client::ObserverClient::new(channel)
 }
 
+/// One GetFlows call read to its end: the node named by every response, and the flows.
+async fn get_flows(
+    client: &mut weir_operator_agent::grpc::proto::observer::observer_client::ObserverClient<tonic::transport::Channel>,
+    req: weir_operator_agent::grpc::proto::observer::GetFlowsRequest,
+) -> (Vec<String>, Vec<weir_operator_agent::grpc::proto::flow::Flow>) {
+    use weir_operator_agent::grpc::proto::observer::get_flows_response::ResponseTypes;
+    let mut stream = client.get_flows(req).await.expect("GetFlows").into_inner();
+    let (mut nodes, mut flows) = (Vec::new(), Vec::new());
+    while let Some(r) = stream.message().await.expect("stream") {
+        nodes.push(r.node_name);
+        if let Some(ResponseTypes::Flow(f)) = r.response_types {
+            flows.push(f);
+        }
+    }
+    (nodes, flows)
+}
+
 /// The Hubble-compatible gRPC API, through a client generated from the same protos.
 fn grpc_checks(lab: &TestLab, web_vip: &str) {
     use weir_operator_agent::grpc::proto::{
         flow::{FlowFilter, Verdict, Workload},
-        observer::{get_flows_response::ResponseTypes, GetFlowsRequest, ServerStatusRequest},
+        observer::{GetFlowsRequest, ServerStatusRequest},
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
@@ -424,14 +441,8 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
             }],
             ..Default::default()
         };
-        let mut stream = client.get_flows(drops).await.expect("GetFlows").into_inner();
-        let mut got = Vec::new();
-        while let Some(r) = stream.message().await.expect("stream") {
-            assert_eq!(r.node_name, "n2");
-            if let Some(ResponseTypes::Flow(f)) = r.response_types {
-                got.push(f);
-            }
-        }
+        let (nodes, got) = get_flows(&mut client, drops).await;
+        assert!(nodes.iter().all(|n| n == "n2"), "{nodes:?}");
         assert!(!got.is_empty(), "no dropped flows over gRPC");
         for f in &got {
             assert_eq!(f.verdict, Verdict::Dropped as i32);
@@ -451,17 +462,13 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
             }],
             ..Default::default()
         };
-        let mut stream = client.get_flows(dns).await.expect("GetFlows dns").into_inner();
-        let mut n = 0;
-        while let Some(r) = stream.message().await.expect("stream") {
-            if let Some(ResponseTypes::Flow(f)) = r.response_types {
-                let dns = f.l7.and_then(|l| l.record).expect("l7 dns");
-                let weir_operator_agent::grpc::proto::flow::layer7::Record::Dns(d) = dns;
-                assert_eq!(d.query, "www.lab.test.");
-                n += 1;
-            }
+        let (_, got) = get_flows(&mut client, dns).await;
+        for f in &got {
+            let dns = f.l7.clone().and_then(|l| l.record).expect("l7 dns");
+            let weir_operator_agent::grpc::proto::flow::layer7::Record::Dns(d) = dns;
+            assert_eq!(d.query, "www.lab.test.");
         }
-        assert_eq!(n, 2);
+        assert_eq!(got.len(), 2);
 
         // A filter weir cannot evaluate is refused by name, not ignored.
         let bad = GetFlowsRequest {
@@ -484,18 +491,14 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
             }],
             ..Default::default()
         };
-        let mut stream = client.get_flows(via).await.expect("GetFlows via service").into_inner();
-        let mut n = 0;
-        while let Some(r) = stream.message().await.expect("stream") {
-            if let Some(ResponseTypes::Flow(f)) = r.response_types {
-                let svc = f.destination_service.as_ref().map(|s| (s.namespace.as_str(), s.name.as_str()));
-                assert_eq!(svc, Some(("shop", "web")), "{f:?}");
-                assert_eq!(f.verdict, Verdict::Translated as i32);
-                assert!(f.summary.contains("SYN"), "{f:?}");
-                n += 1;
-            }
+        let (_, got) = get_flows(&mut client, via).await;
+        for f in &got {
+            let svc = f.destination_service.as_ref().map(|s| (s.namespace.as_str(), s.name.as_str()));
+            assert_eq!(svc, Some(("shop", "web")), "{f:?}");
+            assert_eq!(f.verdict, Verdict::Translated as i32);
+            assert!(f.summary.contains("SYN"), "{f:?}");
         }
-        assert!(n >= 1, "no flow through {web_vip}:80 over gRPC");
+        assert!(!got.is_empty(), "no flow through {web_vip}:80 over gRPC");
     });
 }
 
