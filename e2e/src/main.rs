@@ -302,29 +302,15 @@ fn main() -> anyhow::Result<()> {
                 .context("running weir")
         }
         Cmd::Observe { args } => {
+            // One `weir observe` reading every node's agent: it merges their flows itself, a
+            // whole record at a time (one process per node sharing stdout interleaved lines).
             let lab = Lab::open(&cli.lab)?;
             let weir = lab::bin("weir")?;
-            let mut children = Vec::new();
+            let mut c = Command::new(weir);
             for n in &lab.state.nodes {
-                let child = Command::new(&weir)
-                    .arg("--socket")
-                    .arg(lab.socket(&n.name))
-                    .arg("observe")
-                    .args(&args)
-                    .spawn()
-                    .with_context(|| format!("running weir observe for {}", n.name))?;
-                children.push((n.name.clone(), child));
+                c.arg("--socket").arg(lab.socket(&n.name));
             }
-            let mut failed = Vec::new();
-            for (node, mut c) in children {
-                if !c.wait().with_context(|| format!("weir observe for {node}"))?.success() {
-                    failed.push(node);
-                }
-            }
-            if !failed.is_empty() {
-                bail!("weir observe failed on {}", failed.join(", "));
-            }
-            Ok(())
+            Err(c.arg("observe").args(&args).exec()).context("running weir observe")
         }
         Cmd::ObserverSocket { node } => {
             let lab = Lab::open(&cli.lab)?;

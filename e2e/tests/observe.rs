@@ -382,6 +382,135 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     }
 }
 
+/// Pods with the many labels real workloads carry: enriched flows make long lines.
+fn labelled_pods() -> String {
+    // Longer than a pipe's atomic write (4096 bytes) once a flow names both pods' labels.
+    let labels: String = (0..24)
+        .map(|i| format!("example.com/component-{i}: value-{i}-of-a-long-label-set-as-real-workloads-carry, "))
+        .collect::<String>();
+    let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: many}\n");
+    for (name, node) in [("a1", "n1"), ("b1", "n1"), ("a2", "n2"), ("b2", "n2")] {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: many, labels: {{{labels}app: {name}}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: lab/server, ports: [{{containerPort: 8080}}]}}]}}\n"
+        ));
+    }
+    yaml
+}
+
+/// `weir-lab observe` merges both nodes into whole records: many long flows on both nodes, read
+/// while they are made and after, in every format, and every line must parse. (One `weir
+/// observe` per node sharing stdout split lines longer than stdout's buffer into each other.)
+#[test]
+fn lab_observe_merges_nodes_into_whole_records() {
+    if !require_root("lab_observe_merges_nodes_into_whole_records") {
+        return;
+    }
+    let lab = TestLab::up("direct");
+    let out = lab.apply(&labelled_pods());
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let (b1, b2) = (pod_ip(&lab, "b1"), pod_ip(&lab, "b2"));
+    // Enrichment (the labels) needs the agents to know every pod.
+    for node in ["n1", "n2"] {
+        let knows = || {
+            let args = ["weir", node, "--", "policy", "explain", "--from", "many/a1", "--to", "many/b2", "--port", "1"];
+            lab.run(&args).status.success()
+        };
+        assert!(
+            (0..50).any(|_| knows() || {
+                std::thread::sleep(Duration::from_millis(100));
+                false
+            }),
+            "{node}"
+        );
+    }
+    // Follow from the start, as `weir-lab observe -f -o json | jq` would.
+    let mut follow = Command::new(common::LAB)
+        .env("WEIR_LAB", &lab.name)
+        .args(["observe", "--follow", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("observe --follow");
+    let follower_out = follow.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        std::io::Read::read_to_string(&mut std::io::BufReader::new(follower_out), &mut all).map(|_| all)
+    });
+    // New connections across nodes both ways, at once: every one is several flow records.
+    let crr = |from: &str, to: String| {
+        let lab_name = lab.name.clone();
+        let from = from.to_owned();
+        std::thread::spawn(move || {
+            Command::new(common::LAB)
+                .env("WEIR_LAB", lab_name)
+                .args(["exec", &from, "--", common::LAB, "crr", &format!("{to}:8080"), "--count", "300"])
+                .output()
+                .expect("crr")
+        })
+    };
+    let load = [crr("many/a1", b2.clone()), crr("many/a2", b1.clone())];
+    let parse_all = |text: &str, what: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{what}: not one JSON record: {e}: {l}"))
+                    ["flow"]
+                    .clone()
+            })
+            .collect()
+    };
+    // Read repeatedly while the load runs and once after.
+    let mut reads = 0;
+    let mut biggest = 0;
+    while load.iter().any(|t| !t.is_finished()) && reads < 20 {
+        let flows = parse_all(&lab.ok(&["observe", "-o", "json"]), "observe -o json");
+        biggest = biggest.max(flows.len());
+        reads += 1;
+    }
+    for t in load {
+        let out = t.join().expect("crr thread");
+        assert!(out.status.success(), "crr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = parse_all(&lab.ok(&["observe", "-o", "json"]), "observe -o json");
+    assert!(flows.len() >= 1200 && reads >= 1, "{} flows after the load ({reads} reads during it)", flows.len());
+    for node in ["n1", "n2"] {
+        assert!(flows.iter().any(|f| f["node_name"] == node), "no flow from {node}");
+    }
+    let long = flows.iter().filter(|f| f.to_string().len() > 4096).count();
+    assert!(long > 100, "only {long} records longer than 4 KiB: the test must print long lines");
+    // One history, in time order across the nodes.
+    let times: Vec<u64> = flows.iter().map(|f| f["weir"]["unix_ns"].as_u64().expect("unix_ns")).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "not in time order");
+    // The newest N of the cluster, not N per node.
+    let last = parse_all(&lab.ok(&["observe", "-o", "json", "--last", "50"]), "--last 50");
+    assert_eq!(last.len(), 50);
+    let newest = last.iter().map(|f| f["weir"]["unix_ns"].as_u64().unwrap_or(0)).min().unwrap_or(0);
+    assert!(times.iter().filter(|t| **t >= newest).count() >= 50);
+    // Table: one header; compact: one line per record.
+    let table = lab.ok(&["observe", "-o", "table"]);
+    assert_eq!(table.lines().filter(|l| l.starts_with("TIMESTAMP")).count(), 1, "table headers");
+    for l in table.lines().skip(1) {
+        assert!(l.len() > 20 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T', "table row: {l}");
+    }
+    let compact = lab.ok(&["observe"]);
+    for l in compact.lines() {
+        let b = l.as_bytes();
+        assert!(b.len() > 13 && b[2] == b':' && b[5] == b':' && b[8] == b'.', "compact line: {l}");
+    }
+    // The follower saw the load, whole records only.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(follow.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("stop the follower");
+    let _ = follow.wait();
+    let followed = parse_all(&reader.join().expect("reader").expect("read"), "observe --follow -o json");
+    assert!(followed.len() >= 1200, "follower read {} records", followed.len());
+    eprintln!(
+        "{reads} reads during the load (largest {biggest}), {} records after, {} followed",
+        flows.len(),
+        followed.len()
+    );
+}
+
 /// A gRPC Observer client on `node`'s observer socket.
 async fn observer_client(
     lab: &TestLab,

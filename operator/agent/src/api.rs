@@ -76,14 +76,24 @@ async fn serve_flows(
             return write_line(wr, &Response::Error(ApiError::new(code::INVALID_CONFIG, e, ""))).await;
         }
     }
-    let lost_in_kernel = node.lock().await.events_lost();
+    let (lost_in_kernel, node_name) = {
+        let n = node.lock().await;
+        (n.events_lost(), n.name().to_owned())
+    };
     let (history, mut rx, seen, capacity) = {
         let s = store.lock().unwrap_or_else(|p| p.into_inner());
         let (h, rx) = s.query(&q);
         (h, rx, s.seen(), s.capacity())
     };
     let batch = |flows, seen, skipped| {
-        Response::Flows(weir_operator_api::flow::Flows { flows, seen, lost_in_kernel, capacity, skipped })
+        Response::Flows(weir_operator_api::flow::Flows {
+            node: node_name.clone(),
+            flows,
+            seen,
+            lost_in_kernel,
+            capacity,
+            skipped,
+        })
     };
     let mut chunks = history.chunks(FLOWS_PER_LINE).peekable();
     if chunks.peek().is_none() {

@@ -150,6 +150,11 @@ impl Node {
         })
     }
 
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.node_name
+    }
+
     pub fn status(&self) -> Status {
         let (ready, reason) = match (&self.loaded, &self.desired.own) {
             (Some(_), _) => (true, "datapath loaded".to_owned()),

@@ -70,7 +70,8 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     };
     // The install base, and the manifests the kind script and the lab demo apply.
     let mut files: Vec<String> = resources();
-    files.extend(["../kind/smoke.yaml".to_owned(), "../examples/demo-app.yaml".to_owned()]);
+    files
+        .extend(["../kind/smoke.yaml", "../examples/demo-app.yaml", "../examples/demo-policy.yaml"].map(str::to_owned));
     let objects: usize = files.iter().map(|f| docs(f).len()).sum();
     let (ok, out) = validate(&files.iter().map(|f| deploy_dir().join(f)).collect::<Vec<_>>());
     assert!(ok, "deploy/ does not validate:\n{out}");

@@ -539,6 +539,9 @@ pub struct FlowQuery {
 /// One batch of flows (a follow stream sends many).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flows {
+    /// The node whose agent sent the batch.
+    #[serde(default)]
+    pub node: String,
     pub flows: Vec<Flow>,
     /// Flows this node's agent has recorded since it started.
     pub seen: u64,

@@ -11,9 +11,10 @@ mod observe;
 #[derive(Parser)]
 #[command(name = "weir", about = "Inspect a weir node: endpoints, datapath, drops, Services, policy")]
 struct Cli {
-    /// The agent's socket.
+    /// The agent's socket. `observe` takes it several times and merges those agents' flows
+    /// (whole records, in time order; arrival order with --follow).
     #[arg(long, global = true, env = "WEIR_SOCKET", default_value = weir_operator_api::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    socket: Vec<PathBuf>,
     /// Output format: table (default) or json; `observe` also has compact (its default).
     #[arg(short = 'o', long, global = true, value_enum)]
     output: Option<Output>,
@@ -98,6 +99,10 @@ fn main() -> anyhow::Result<()> {
             }),
         );
     }
+    let socket = match cli.socket.as_slice() {
+        [one] => one,
+        many => bail!("--socket given {} times: only `weir observe` reads several agents at once", many.len()),
+    };
     let output = cli.output.unwrap_or(Output::Table);
     let req = match &cli.cmd {
         Cmd::Observe { .. } => unreachable!("handled above"),
@@ -114,8 +119,8 @@ fn main() -> anyhow::Result<()> {
         },
         Cmd::Policy(PolicyCmd::Show { pod }) => Request::Policies { pod: pod.clone() },
     };
-    let resp = client::call(&cli.socket, &req, Duration::from_secs(10))
-        .with_context(|| format!("agent socket {}", cli.socket.display()))?;
+    let resp = client::call(socket, &req, Duration::from_secs(10))
+        .with_context(|| format!("agent socket {}", socket.display()))?;
     if let Response::Error(e) = &resp {
         bail!("weir-agent: {} {}", e.msg, e.details);
     }

@@ -3,7 +3,8 @@
 //! The filter flags are parsed by hand because their order matters: `--not` negates the filter
 //! that follows it, as in `hubble observe`.
 use std::{
-    path::Path,
+    path::PathBuf,
+    sync::mpsc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -228,67 +229,199 @@ fn table_row(f: &Flow) -> String {
     )
 }
 
-pub fn run(socket: &Path, args: &[String], global_format: Option<Format>) -> anyhow::Result<()> {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!(
-            "weir observe [FILTERS] [--since DURATION] [--last N] [--follow] [-o compact|json|table]\n\
-             filters (--not before one negates it; one kind ORs, kinds AND):\n  \
-             -n/--namespace NS  --pod [NS/]POD  --from-pod  --to-pod  -l/--label KEY[=VALUE]  --from-label  --to-label\n  \
-             --service [NS/]SVC  --from-service  --to-service  --workload [KIND/]NAME  --from-workload  --to-workload\n  \
-             --ip ADDR[/LEN]  --from-ip  --to-ip  --port N\n  \
-             --protocol tcp|udp|icmp|dns  --verdict forwarded|dropped|translated  -t/--type trace|drop|dns|policy-verdict  --node NAME  --dns-name NAME"
-        );
-        return Ok(());
+const HELP: &str = "weir observe [FILTERS] [--since DURATION] [--last N] [--follow] [-o compact|json|table]\n\
+     filters (--not before one negates it; one kind ORs, kinds AND):\n  \
+     -n/--namespace NS  --pod [NS/]POD  --from-pod  --to-pod  -l/--label KEY[=VALUE]  --from-label  --to-label\n  \
+     --service [NS/]SVC  --from-service  --to-service  --workload [KIND/]NAME  --from-workload  --to-workload\n  \
+     --ip ADDR[/LEN]  --from-ip  --to-ip  --port N\n  \
+     --protocol tcp|udp|icmp|dns  --verdict forwarded|dropped|translated  -t/--type trace|drop|dns|policy-verdict  --node NAME  --dns-name NAME\n\
+     with several --socket: the agents' flows merged, newest N of all of them for --last, in time order";
+
+/// One record in the chosen format: a single line, whatever the flow holds. Names come from
+/// the network (a DNS query name may hold any byte), so control characters are escaped: a pod
+/// cannot forge lines in an on-call engineer's terminal.
+fn render(f: &Flow, format: Format) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Compact => one_line(compact(f)),
+        Format::Table => one_line(table_row(f)),
+        // serde_json escapes control characters in strings.
+        Format::Json => serde_json::to_string(&serde_json::json!({ "flow": f }))?,
+    })
+}
+
+fn one_line(s: String) -> String {
+    if !s.chars().any(char::is_control) {
+        return s;
     }
-    let parsed = parse(args, SystemTime::now()).map_err(|e| anyhow::anyhow!("weir observe: {e}"))?;
-    let format = parsed.format.or(global_format).unwrap_or(Format::Compact);
-    if format == Format::Table {
-        println!(
-            "{:<31} {:<10} {:<36} {:<36} {:<15} {:<10} SUMMARY",
-            "TIMESTAMP", "NODE", "SOURCE", "DESTINATION", "TYPE", "VERDICT"
-        );
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// The history of several agents as one: time order (node and per-node order break ties), and
+/// with `--last N` the newest N of all of them (each agent sent its own newest N).
+pub fn merge_history(mut flows: Vec<Flow>, last: Option<usize>) -> Vec<Flow> {
+    flows.sort_by(|a, b| (a.weir.unix_ns, &a.node_name, a.weir.seq).cmp(&(b.weir.unix_ns, &b.node_name, b.weir.seq)));
+    if let Some(n) = last {
+        let drop = flows.len().saturating_sub(n);
+        flows.drain(..drop);
     }
-    let follow = parsed.query.follow;
+    flows
+}
+
+/// What a reader thread tells the printer.
+enum Msg {
+    Batch(weir_operator_api::flow::Flows),
+    /// The agent at this socket finished (history read, or the follow stream ended).
+    End(PathBuf, Result<NodeTotals, String>),
+}
+
+#[derive(Default)]
+struct NodeTotals {
+    node: String,
+    seen: u64,
+    lost: u64,
+    capacity: usize,
+}
+
+/// Reads one agent's answer on its own thread and hands every batch to the printer whole.
+fn read_agent(socket: PathBuf, req: Request, tx: mpsc::Sender<Msg>) {
+    let mut totals = NodeTotals::default();
     let mut failure = None;
-    let mut last_totals = (0, 0, 0);
-    client::stream(socket, &Request::Flows(parsed.query), |resp| match resp {
+    let r = client::stream(&socket, &req, |resp| match resp {
         Response::Flows(batch) => {
-            for f in &batch.flows {
-                match format {
-                    Format::Compact => println!("{}", compact(f)),
-                    Format::Table => println!("{}", table_row(f)),
-                    Format::Json => match serde_json::to_string(&serde_json::json!({ "flow": f })) {
-                        Ok(line) => println!("{line}"),
-                        Err(e) => eprintln!("weir observe: {e}"),
-                    },
-                }
-            }
-            if batch.skipped > 0 {
-                eprintln!("weir observe: this client fell behind and skipped {} flows", batch.skipped);
-            }
-            last_totals = (batch.seen, batch.lost_in_kernel, batch.capacity);
-            true
+            totals = NodeTotals {
+                node: batch.node.clone(),
+                seen: batch.seen,
+                lost: batch.lost_in_kernel,
+                capacity: batch.capacity,
+            };
+            tx.send(Msg::Batch(batch)).is_ok()
         }
         Response::Error(e) => {
-            failure = Some(format!("{} {}", e.msg, e.details));
+            failure = Some(format!("weir-agent: {} {}", e.msg, e.details));
             false
         }
         other => {
             failure = Some(format!("unexpected answer {other:?}"));
             false
         }
-    })
-    .with_context(|| format!("agent socket {}", socket.display()))?;
-    if let Some(f) = failure {
-        bail!("weir-agent: {f}");
+    });
+    let end = match (r, failure) {
+        (Err(e), _) => Err(format!("agent socket {}: {e}", socket.display())),
+        (Ok(()), Some(f)) => Err(format!("agent socket {}: {f}", socket.display())),
+        (Ok(()), None) => Ok(totals),
+    };
+    let _ = tx.send(Msg::End(socket, end));
+}
+
+/// Writes whole lines to stdout; a reader that went away (`| head`) ends the command quietly.
+struct Out {
+    w: std::io::BufWriter<std::io::StdoutLock<'static>>,
+}
+
+impl Out {
+    fn line(&mut self, s: &str) -> anyhow::Result<bool> {
+        use std::io::Write as _;
+        match writeln!(self.w, "{s}") {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e).context("writing to stdout"),
+        }
+    }
+
+    fn flush(&mut self) -> anyhow::Result<bool> {
+        use std::io::Write as _;
+        match self.w.flush() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e).context("writing to stdout"),
+        }
+    }
+}
+
+/// `weir observe` against one agent or several (`--socket` repeated). Each agent is read on a
+/// thread of its own; only this thread prints, a whole record at a time, so the output of
+/// several agents never interleaves inside a line: without `--follow` the histories are merged
+/// in time order, with it batches are printed as they arrive.
+pub fn run(sockets: &[PathBuf], args: &[String], global_format: Option<Format>) -> anyhow::Result<()> {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{HELP}");
+        return Ok(());
+    }
+    let parsed = parse(args, SystemTime::now()).map_err(|e| anyhow::anyhow!("weir observe: {e}"))?;
+    let format = parsed.format.or(global_format).unwrap_or(Format::Compact);
+    let follow = parsed.query.follow;
+    let last = parsed.query.last;
+    let (tx, rx) = mpsc::channel();
+    for socket in sockets {
+        let (socket, req, tx) = (socket.clone(), Request::Flows(parsed.query.clone()), tx.clone());
+        std::thread::spawn(move || read_agent(socket, req, tx));
+    }
+    drop(tx);
+    let mut out = Out { w: std::io::BufWriter::new(std::io::stdout().lock()) };
+    if format == Format::Table {
+        let header = format!(
+            "{:<31} {:<10} {:<36} {:<36} {:<15} {:<10} SUMMARY",
+            "TIMESTAMP", "NODE", "SOURCE", "DESTINATION", "TYPE", "VERDICT"
+        );
+        if !out.line(&header)? {
+            return Ok(());
+        }
+    }
+    let mut history = Vec::new();
+    let mut failures = Vec::new();
+    let mut totals = Vec::new();
+    // Every sender is dropped when its thread ends: the loop ends when every agent has.
+    for msg in rx {
+        match msg {
+            Msg::Batch(batch) => {
+                if batch.skipped > 0 {
+                    eprintln!(
+                        "weir observe: this client fell behind node {} and skipped {} flows",
+                        batch.node, batch.skipped
+                    );
+                }
+                if !follow {
+                    history.extend(batch.flows);
+                    continue;
+                }
+                for f in &batch.flows {
+                    if !out.line(&render(f, format)?)? {
+                        return Ok(());
+                    }
+                }
+                if !out.flush()? {
+                    return Ok(());
+                }
+            }
+            Msg::End(socket, Ok(t)) => totals.push((socket, t)),
+            Msg::End(_, Err(e)) => {
+                eprintln!("weir observe: {e}");
+                failures.push(e);
+            }
+        }
+    }
+    for f in merge_history(history, last) {
+        if !out.line(&render(&f, format)?)? {
+            return Ok(());
+        }
+    }
+    if !out.flush()? {
+        return Ok(());
     }
     if !follow && format != Format::Json {
-        let (seen, lost, cap) = last_totals;
-        eprintln!(
-            "{seen} flows recorded by this node's agent (it keeps the newest {cap}); {lost} events lost in the kernel"
-        );
+        for (socket, t) in &totals {
+            let who = if t.node.is_empty() { socket.display().to_string() } else { format!("node {}", t.node) };
+            eprintln!(
+                "{who}: {} flows recorded by its agent (it keeps the newest {}); {} events lost in the kernel",
+                t.seen, t.capacity, t.lost
+            );
+        }
     }
-    Ok(())
+    match failures.len() {
+        0 => Ok(()),
+        1 => bail!("{}", failures[0]),
+        n => bail!("{n} agents failed: {}", failures.join("; ")),
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +455,39 @@ mod tests {
         let reply = Flow { destination_service: None, source_service: Some(web), is_reply: true, ..f.clone() };
         assert!(compact(&reply).contains(" (reply of Service shop/web 10.96.0.10:80) "), "{}", compact(&reply));
         assert!(!compact(&Flow::default()).contains("Service"));
+    }
+
+    #[test]
+    fn histories_merge_in_time_order_and_last_counts_all_nodes() {
+        let flow = |node: &str, unix_ns: u64, seq: u64| Flow {
+            node_name: node.into(),
+            weir: weir_operator_api::flow::WeirInfo { unix_ns, seq, ..Default::default() },
+            ..Default::default()
+        };
+        // Each node's history arrives in its own order, one node after the other.
+        let got = [flow("n1", 10, 1), flow("n1", 30, 2), flow("n1", 50, 3), flow("n2", 20, 7), flow("n2", 30, 8)];
+        let key = |v: Vec<Flow>| v.iter().map(|f| (f.node_name.clone(), f.weir.unix_ns)).collect::<Vec<_>>();
+        let all = key(merge_history(got.to_vec(), None));
+        let want: Vec<(String, u64)> = [("n1", 10), ("n2", 20), ("n1", 30), ("n2", 30), ("n1", 50)]
+            .iter()
+            .map(|(n, t)| (n.to_string(), *t))
+            .collect();
+        assert_eq!(all, want);
+        assert_eq!(key(merge_history(got.to_vec(), Some(2))), want[3..]);
+        assert_eq!(key(merge_history(got.to_vec(), Some(99))), want);
+        assert!(merge_history(got.to_vec(), Some(0)).is_empty());
+    }
+
+    #[test]
+    fn every_format_renders_one_line() {
+        let mut f = Flow { summary: "line one\nline two".into(), ..Default::default() };
+        f.node_name = "n1".into();
+        f.destination.pod_name = "evil\r\u{1b}[2Kpod".into();
+        for format in [Format::Compact, Format::Table, Format::Json] {
+            let r = render(&f, format).expect("render");
+            assert!(!r.chars().any(char::is_control), "{format:?}: {r:?}");
+        }
+        assert!(render(&f, Format::Compact).expect("render").contains("line one\\nline two"));
     }
 
     #[test]
