@@ -118,8 +118,14 @@ CONF=$(python3 -c "import json; c=json.load(open('/run/weir-lab/$WEIR_LAB/nodes/
 weir_cni() { # CMD POD
   echo "$CONF" | in_ns "wl-$WEIR_LAB-n1" env CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="/var/run/netns/$B-c$2" \
     CNI_IFNAME=eth0 CNI_PATH="/run/weir-lab/$WEIR_LAB/nodes/n1/cni-bin" \
-    CNI_ARGS="K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$2;IgnoreUnknown=1" "/run/weir-lab/$WEIR_LAB/nodes/n1/cni-bin/weir-cni"
+    CNI_ARGS="K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$2;K8S_POD_UID=uid-$2;IgnoreUnknown=1" "/run/weir-lab/$WEIR_LAB/nodes/n1/cni-bin/weir-cni"
 }
+# As on a cluster, the Pod objects exist (scheduled to n1) before the runtime asks for their
+# network: the agent compiles each pod's policy from its object before wiring it.
+for k in $(seq 1 "$N_CNI"); do
+  printf -- '---\napiVersion: v1\nkind: Pod\nmetadata: {name: w%s, namespace: bench, uid: uid-w%s}\nspec: {nodeName: n1, containers: [{name: c, image: i}]}\n' "$k" "$k"
+done > "/run/weir-lab/$WEIR_LAB/cluster/bench-pods.yaml"
+sleep 1
 : > "$WORK/weir_add"; : > "$WORK/weir_del"; : > "$WORK/bridge_add"; : > "$WORK/bridge_del"
 for k in $(seq 1 "$N_CNI"); do
   ip netns add "$B-cw$k"; ip netns add "$B-cb$k"

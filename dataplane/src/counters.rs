@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub to_stack: u64,
     pub lb_translated: u64,
     pub lb_no_backend: u64,
+    /// Packets the node's stack delivered into pods that their ingress policy let through.
+    pub from_stack: u64,
 }
 
 impl Counters {
@@ -45,6 +47,7 @@ impl Counters {
             to_stack: self.sum(counters::TO_STACK)?,
             lb_translated: self.sum(counters::LB_TRANSLATED)?,
             lb_no_backend: self.sum(counters::LB_NO_BACKEND)?,
+            from_stack: self.sum(counters::FROM_STACK)?,
         })
     }
 }

@@ -23,6 +23,8 @@ pub struct LoadConfig {
     /// ifindex of the VXLAN device, or 0 for direct routing.
     pub vxlan_ifindex: u32,
     pub vxlan_vni: u32,
+    /// The VXLAN UDP port (pods may not send to it on any node).
+    pub vxlan_port: u16,
     pub nat_ports: (u16, u16),
     /// Flow and DNS events (observability). Off, only drops are reported.
     pub observe: bool,
@@ -67,6 +69,7 @@ impl Datapath {
         let node = be_u32(cfg.node_ipv4);
         let port_min = u32::from(cfg.nat_ports.0);
         let port_max = u32::from(cfg.nat_ports.1);
+        let vxlan_port = u32::from(cfg.vxlan_port);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .override_global(globals::NODE_IPV4, &node, true)
@@ -74,6 +77,7 @@ impl Datapath {
             .override_global(globals::CLUSTER_V4_MASK, &mask_be, true)
             .override_global(globals::VXLAN_IFINDEX, &cfg.vxlan_ifindex, true)
             .override_global(globals::VXLAN_VNI, &cfg.vxlan_vni, true)
+            .override_global(globals::VXLAN_PORT, &vxlan_port, true)
             .override_global(globals::NAT_PORT_MIN, &port_min, true)
             .override_global(globals::NAT_PORT_MAX, &port_max, true)
             .load(OBJECT)
@@ -105,6 +109,11 @@ impl Datapath {
             .ok_or(Error::MissingProgram { name })?
             .try_into()
             .map_err(|source| Error::Program { name, source: Box::new(source) })
+    }
+
+    /// Where map `name` is pinned.
+    pub fn map_pin(&self, name: &str) -> PathBuf {
+        self.pin_dir.join("maps").join(name)
     }
 
     pub(crate) fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map> {

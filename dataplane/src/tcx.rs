@@ -28,9 +28,18 @@ impl Datapath {
     /// Attaches `program` to the tcx ingress of `iface` (in the caller's network namespace),
     /// unless a pinned link for the pair exists and still points at a live interface.
     pub fn attach_ingress(&mut self, iface: &str, program: &'static str) -> Result<Attachment> {
+        self.attach(iface, program, TcAttachType::Ingress)
+    }
+
+    /// The same on the tcx egress of `iface`.
+    pub fn attach_egress(&mut self, iface: &str, program: &'static str) -> Result<Attachment> {
+        self.attach(iface, program, TcAttachType::Egress)
+    }
+
+    fn attach(&mut self, iface: &str, program: &'static str, dir: TcAttachType) -> Result<Attachment> {
         let pin = self.link_pin(iface, program);
         if pin.exists() {
-            if self.ingress_program_count(iface)? > 0 {
+            if program_names(iface, dir)?.iter().any(|p| p == program) {
                 return Ok(Attachment::Adopted);
             }
             // The interface was re-created: the old link is defunct; replace its pin.
@@ -39,15 +48,16 @@ impl Datapath {
         let prog = self.classifier(program)?;
         let attach_err = |source| Error::Attach { program, iface: iface.to_owned(), source: Box::new(source) };
         let id = prog
-            .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(attach_err)?;
         crate::pin_link(prog.take_link(id).map_err(attach_err)?, &pin)?;
         Ok(Attachment::Attached)
     }
 
     /// Removes the pinned link of `program` on `iface` (detaching it if the interface lives).
-    /// Missing pins are not an error.
-    pub fn detach_ingress(&self, iface: &str, program: &'static str) -> Result<()> {
+    /// Missing pins are not an error. Links are pinned per program name, so this serves both
+    /// directions.
+    pub fn detach(&self, iface: &str, program: &'static str) -> Result<()> {
         let pin = self.link_pin(iface, program);
         if pin.exists() {
             remove_pin(&pin)?;
@@ -63,7 +73,16 @@ impl Datapath {
 
 /// Names of the programs attached to the tcx ingress of `iface` in this network namespace.
 pub fn ingress_program_names(iface: &str) -> Result<Vec<String>> {
-    let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress).map_err(|source| Error::Attach {
+    program_names(iface, TcAttachType::Ingress)
+}
+
+/// Names of the programs attached to the tcx egress of `iface` in this network namespace.
+pub fn egress_program_names(iface: &str) -> Result<Vec<String>> {
+    program_names(iface, TcAttachType::Egress)
+}
+
+fn program_names(iface: &str, dir: TcAttachType) -> Result<Vec<String>> {
+    let (_, progs) = SchedClassifier::query_tcx(iface, dir).map_err(|source| Error::Attach {
         program: "query",
         iface: iface.to_owned(),
         source: Box::new(source),

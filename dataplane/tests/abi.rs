@@ -4,8 +4,9 @@ use std::mem::size_of;
 
 use aya_obj::{Object, ProgramSection};
 use weir_bpf_common::{
-    maps, programs, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, EndpointInfo, MaglevTable, NatEntry,
-    NatKey, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
+    maps, programs, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, EndpointInfo, FragKey, FragValue,
+    MaglevTable, NatEntry, NatKey, NodeKey, PolicyCtKey, PolicyEndpoint, RemoteNode, ServiceKey, ServiceValue,
+    SockRevKey,
 };
 
 fn object() -> Option<Object> {
@@ -52,6 +53,10 @@ fn map_layouts_match_the_abi_crate() {
         (maps::LB_REV, size_of::<NatKey>(), size_of::<NatEntry>()),
         (maps::CT_IN, size_of::<NatKey>(), 4),
         (maps::TAILS, 4, 4),
+        (maps::NODES, size_of::<NodeKey>(), 4),
+        (maps::FRAGS, size_of::<FragKey>(), size_of::<FragValue>()),
+        (maps::POLICY_CT, size_of::<PolicyCtKey>(), 4),
+        (maps::POLICY_EP, 4, size_of::<PolicyEndpoint>()),
     ];
     for (name, k, v) in want {
         let m = obj.maps.get(name).unwrap_or_else(|| panic!("map {name} missing"));

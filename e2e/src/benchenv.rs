@@ -82,6 +82,7 @@ pub fn load_with_pods(
         cluster_cidr_v4: cidr,
         vxlan_ifindex: 0,
         vxlan_vni: 0,
+        vxlan_port: 4789,
         nat_ports: (61000, 65000),
         observe,
     };
@@ -96,6 +97,12 @@ pub fn load_with_pods(
             _pad: [0; 4],
         };
         eps.upsert(*ip, info)?;
+    }
+    // Open policy entries, as the agent writes for pods no policy selects (without one the
+    // datapath keeps an endpoint closed).
+    let mut peps = weir_dataplane::maps::PolicyEndpoints::open_pinned(&dp)?;
+    for ip in pods {
+        peps.upsert(*ip, weir_bpf_common::PolicyEndpoint { identity: 1, flags: 0 })?;
     }
     Ok(dp)
 }

@@ -50,6 +50,9 @@ pub struct PodState {
     pub netns: String,
     pub cgroup: PathBuf,
     pub container_id: String,
+    /// The Pod object's `metadata.uid` (what containerd passes as `K8S_POD_UID`).
+    #[serde(default)]
+    pub uid: String,
     pub ip: Option<Ipv4Addr>,
     pub pids: Vec<u32>,
 }
@@ -610,6 +613,8 @@ impl Lab {
         };
         self.state.pods_created += 1;
         let cid = random_hex();
+        let u = random_hex();
+        let uid = format!("{}-{}-{}-{}-{}", &u[..8], &u[8..12], &u[12..16], &u[16..20], &u[20..32]);
         let netns = format!("wl-{}-p{}", self.state.name, &cid[..10]);
         let cgroup = self.cgroup_parent().join(&node).join(format!("{ns}_{name}_{}", &cid[..8]));
         let mut st = PodState {
@@ -619,12 +624,18 @@ impl Lab {
             netns: netns.clone(),
             cgroup: cgroup.clone(),
             container_id: cid,
+            uid,
             ip: None,
             pids: Vec::new(),
         };
         ip(&["netns", "add", &netns])?;
         self.state.pods.insert(key.clone(), st.clone());
         self.save()?;
+        // As on a cluster: the Pod object (scheduled, Pending) exists before the runtime asks
+        // for its network, and the agent waits for it (its labels decide its policy).
+        let spec = pod.spec.get_or_insert_with(Default::default);
+        spec.node_name = Some(node.clone());
+        self.write_pod(&pod, &st)?;
         let created = (|| -> anyhow::Result<()> {
             ip_in(&netns, &["link", "set", "lo", "up"])?;
             std::fs::create_dir_all(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
@@ -641,19 +652,21 @@ impl Lab {
             let _ = self.delete_pod(&key);
             return Err(e.context(format!("creating pod {key}")));
         }
-        let spec = pod.spec.get_or_insert_with(Default::default);
-        spec.node_name = Some(node.clone());
         self.write_pod(&pod, &st)?;
         Ok(format!("pod/{key} created on {node} with {}", st.ip.map(|i| i.to_string()).unwrap_or_default()))
     }
 
-    /// Writes the pod into the cluster state with its status, as kubelet reports it.
+    /// Writes the pod into the cluster state with its status, as kubelet reports it: Pending
+    /// until its sandbox has an address, then Running with it.
     fn write_pod(&self, pod: &k8s_openapi::api::core::v1::Pod, st: &PodState) -> anyhow::Result<()> {
         let mut pod = pod.clone();
+        if !st.uid.is_empty() {
+            pod.metadata.uid = Some(st.uid.clone());
+        }
         let node_ip = self.state.nodes.iter().find(|n| n.name == st.node).map(|n| n.ip.to_string());
         let ip = st.ip.map(|i| i.to_string());
         pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
-            phase: Some("Running".into()),
+            phase: Some(if ip.is_some() { "Running" } else { "Pending" }.into()),
             pod_ip: ip.clone(),
             pod_ips: ip.map(|i| vec![k8s_openapi::api::core::v1::PodIP { ip: i }]),
             host_ip: node_ip,
@@ -685,7 +698,10 @@ impl Lab {
                 "CNI_ARGS",
                 format!(
                     "K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={};IgnoreUnknown=1",
-                    st.namespace, st.name, st.container_id, st.container_id
+                    st.namespace,
+                    st.name,
+                    st.container_id,
+                    if st.uid.is_empty() { &st.container_id } else { &st.uid }
                 ),
             )
             .stdin(Stdio::piped())

@@ -342,6 +342,7 @@ impl Bench {
             cluster_cidr_v4: (Ipv4Addr::new(10, 244, 0, 0), 16),
             vxlan_ifindex: 0,
             vxlan_vni: 1,
+            vxlan_port: 4789,
             nat_ports: (61000, 65000),
             observe: true,
         })

@@ -127,3 +127,70 @@ pub fn view(f: &[u8]) -> View {
         l4_csum_ok,
     }
 }
+
+/// Makes an IPv4 fragment of `frame` (an [`ipv4`] frame): the IP ID, the MF flag and the
+/// offset in 8-byte units set, DF cleared, the header checksum recomputed. The payload stays
+/// whatever the caller put in the frame (a later fragment's bytes are just data).
+pub fn fragment(mut frame: Vec<u8>, id: u16, offset_units: u16, more: bool) -> Vec<u8> {
+    let ip = &mut frame[14..34];
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    let frags = (if more { 0x2000 } else { 0 }) | (offset_units & 0x1fff);
+    ip[6..8].copy_from_slice(&frags.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = csum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
+/// An IPv4 frame of protocol `proto` with `l4` as its payload as given (no checksum work).
+pub fn ipv4_raw(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(l4);
+    f
+}
+
+/// An ICMP error (`ty`/`code`, e.g. 3/4 "fragmentation needed") from `src` to `dst` quoting the
+/// IP header and first 8 transport bytes of `quoted` (an [`ipv4`] frame), as routers send them.
+pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut l4 = vec![ty, code, 0, 0, 0, 0, 0x05, 0xdc]; // next-hop MTU 1500 for 3/4
+    l4.extend_from_slice(&quoted[14..14 + 28]);
+    let c = csum(&l4);
+    l4[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4_raw(src, dst, ICMP, &l4)
+}
+
+/// What an ICMP error in `f` quotes, after a program rewrote it.
+#[derive(Debug)]
+pub struct QuotedView {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    /// The quoted IP header's checksum is valid.
+    pub ip_csum_ok: bool,
+    /// The ICMP checksum over the whole message is valid.
+    pub icmp_csum_ok: bool,
+}
+
+pub fn quoted(f: &[u8]) -> QuotedView {
+    let icmp = &f[34..];
+    let q = &icmp[8..];
+    QuotedView {
+        src: Ipv4Addr::new(q[12], q[13], q[14], q[15]),
+        dst: Ipv4Addr::new(q[16], q[17], q[18], q[19]),
+        sport: u16::from_be_bytes([q[20], q[21]]),
+        dport: u16::from_be_bytes([q[22], q[23]]),
+        ip_csum_ok: csum(&q[..20]) == 0,
+        icmp_csum_ok: csum(icmp) == 0,
+    }
+}

@@ -45,6 +45,14 @@ impl Node {
              status: {addresses: [{type: InternalIP, address: 172.31.0.1}]}\n",
         )
         .expect("node manifest");
+        // As on a cluster, a pod's object exists before the runtime asks for its network: the
+        // agent waits for it (its labels decide its policy).
+        let ids = ["c1", "c2", "c3", "c4", "x", "chain1"]
+            .map(str::to_owned)
+            .into_iter()
+            .chain((0..16).map(|i| format!("par{i}")));
+        let pods: String = ids.map(|id| pod_manifest(&id)).collect();
+        std::fs::write(dir.join("manifests/pods.yaml"), pods).expect("pod manifests");
         let cni_path = format!("{}:{DEBIAN_CNI}", dir.join("bin").display());
         let mut node = Node { ns, dir, bpffs: Bpffs::mount(), agent: None, cni_path };
         node.start_agent();
@@ -69,6 +77,7 @@ impl Node {
             .arg(self.socket())
             .arg("--delete-queue")
             .arg(self.dir.join("delq"))
+            .args(["--pod-wait-secs", "2", "--poll-ms", "100"])
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         self.agent = Some(Proc(cmd.spawn().expect("start weir-agent")));
@@ -141,6 +150,14 @@ impl Drop for Node {
         self.stop_agent();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The Pod object of attachment `id` (uid `u-<id>`, as `pod_env` passes it).
+fn pod_manifest(id: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {id}, namespace: default, uid: u-{id}, labels: {{app: {id}}}}}\n\
+         spec: {{nodeName: cnitest, containers: [{{name: c, image: i}}]}}\nstatus: {{phase: Pending}}\n"
+    )
 }
 
 fn pod_env(id: &str, netns: &str) -> Vec<(&'static str, String)> {
@@ -380,4 +397,44 @@ fn concurrent_adds_never_share_an_address() {
     for (i, p) in paths.iter().enumerate() {
         assert_ok(&node.cni("DEL", &node.conf(), &pod_env(&format!("par{i}"), p)), "DEL");
     }
+}
+
+#[test]
+fn add_waits_for_the_pod_object_and_fails_retryably_without_it() {
+    if !require_root("add_waits_for_the_pod_object_and_fails_retryably_without_it") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf();
+    let pod = NetNs::new("wt-pod-");
+    let p = pod.path().display().to_string();
+    // No Pod object "late" yet: after the agent's wait, "try again later" (11), nothing created.
+    let t = Instant::now();
+    let o = node.cni("ADD", &conf, &pod_env("late", &p));
+    assert_eq!((o.code, o.json["code"].as_u64()), (1, Some(11)), "{}", o.json);
+    assert!(o.json["msg"].as_str().unwrap_or_default().contains("default/late"), "{}", o.json);
+    assert!(t.elapsed() >= Duration::from_secs(2), "the ADD waited for the pod");
+    assert!(!pod.ip(&["link", "show"]).contains("eth0"), "a failed ADD leaves nothing in the pod");
+    assert!(node.ns.ip(&["link", "show"]).lines().all(|l| !l.contains("lxc")), "nor on the node");
+    // The same pod under a different UID (an earlier incarnation) is not this one.
+    std::fs::write(node.dir.join("manifests/late.yaml"), pod_manifest("late").replace("uid: u-late", "uid: old"))
+        .expect("write");
+    let o = node.cni("ADD", &conf, &pod_env("late", &p));
+    assert_eq!(o.json["code"].as_u64(), Some(11), "another incarnation's labels are not this pod's: {}", o.json);
+    // Once the object shows up, the ADD goes through.
+    std::fs::write(node.dir.join("manifests/late.yaml"), pod_manifest("late")).expect("write");
+    let o = node.cni("ADD", &conf, &pod_env("late", &p));
+    assert_ok(&o, "ADD once the pod is known");
+    assert_ok(&node.cni("DEL", &conf, &pod_env("late", &p)), "DEL");
+    // An attachment of no Kubernetes pod (a plain CNI user) does not wait.
+    let plain = NetNs::new("wt-pod-");
+    let env = vec![
+        ("CNI_CONTAINERID", "plain1".to_owned()),
+        ("CNI_NETNS", plain.path().display().to_string()),
+        ("CNI_IFNAME", "eth0".to_owned()),
+    ];
+    let t = Instant::now();
+    assert_ok(&node.cni("ADD", &conf, &env), "ADD without pod arguments");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_ok(&node.cni("DEL", &conf, &env), "DEL");
 }

@@ -34,6 +34,7 @@ fn config(bpffs: &Bpffs, vxlan_ifindex: u32) -> LoadConfig {
         cluster_cidr_v4: (Ipv4Addr::new(10, 250, 0, 0), 16),
         vxlan_ifindex,
         vxlan_vni: 7,
+        vxlan_port: 4789,
         nat_ports: (61000, 61010),
         observe: true,
     }
@@ -52,10 +53,14 @@ fn node_netns_setup() {
     std::fs::write("/proc/sys/net/ipv4/conf/lo/forwarding", "1").expect("enable forwarding on lo");
 }
 
-/// Endpoints whose host veth is "lo": BPF_PROG_TEST_RUN runs programs as if on ifindex 1.
-fn add_endpoint(eps: &mut Endpoints, ip: Ipv4Addr) {
+/// Endpoints whose host veth is "lo": BPF_PROG_TEST_RUN runs programs as if on ifindex 1. Each
+/// gets an open policy entry, as the agent writes once its pod is known (without one the
+/// datapath keeps the endpoint closed).
+fn add_endpoint(dp: &Datapath, eps: &mut Endpoints, ip: Ipv4Addr) {
     eps.upsert(ip, EndpointInfo { ifindex: 1, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC, _pad: [0; 4] })
         .expect("upsert endpoint");
+    let mut peps = weir_dataplane::maps::PolicyEndpoints::open_pinned(dp).expect("policy endpoints");
+    peps.upsert(ip, weir_bpf_common::PolicyEndpoint { identity: 1, flags: 0 }).expect("open policy entry");
 }
 
 /// Runs `f` (as root) in a fresh node namespace with the datapath loaded and POD_A registered.
@@ -69,7 +74,7 @@ fn on_node(test: &str, f: impl FnOnce(&mut Datapath, &mut Endpoints) + Send + 's
         node_netns_setup();
         let mut dp = Datapath::load(&cfg).expect("load datapath");
         let mut eps = Endpoints::open(&mut dp).expect("endpoints");
-        add_endpoint(&mut eps, POD_A);
+        add_endpoint(&dp, &mut eps, POD_A);
         f(&mut dp, &mut eps);
     });
 }
@@ -81,7 +86,7 @@ fn drops(c: &Counters, reason: DropReason) -> u64 {
 #[test]
 fn pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten() {
     on_node("pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten", |dp, eps| {
-        add_endpoint(eps, POD_B);
+        add_endpoint(dp, eps, POD_B);
         let frame = pkt::ipv4(POD_A, POD_B, pkt::TCP, 40000, 8080, b"hi");
         let res = dp.test_run(programs::FROM_POD, &frame).expect("test run");
         assert_eq!(res.action, TC_ACT_REDIRECT, "same-node traffic must be redirected");
@@ -97,7 +102,7 @@ fn pod_to_pod_same_node_is_redirected_to_peer_with_macs_rewritten() {
 fn spoofed_malformed_and_ipv6_frames_are_dropped_and_counted() {
     on_node("spoofed_malformed_and_ipv6_frames_are_dropped_and_counted", |dp, eps| {
         let counters = Counters::open(dp).expect("counters");
-        add_endpoint(eps, POD_B);
+        add_endpoint(dp, eps, POD_B);
 
         // Source 10.250.1.77 is nobody's address.
         let mut ring = Events::open(dp).expect("event ring");
@@ -147,7 +152,7 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u
 #[test]
 fn flows_are_aggregated_and_dns_is_copied() {
     on_node("flows_are_aggregated_and_dns_is_copied", |dp, eps| {
-        add_endpoint(eps, POD_B);
+        add_endpoint(dp, eps, POD_B);
         let mut ring = Events::open(dp).expect("event ring");
         let kinds = |evs: &[Event]| {
             evs.iter()
@@ -188,7 +193,7 @@ fn flows_are_aggregated_and_dns_is_copied() {
 #[test]
 fn load_balanced_flows_carry_their_service_frontend() {
     on_node("load_balanced_flows_carry_their_service_frontend", |dp, eps| {
-        add_endpoint(eps, POD_B);
+        add_endpoint(dp, eps, POD_B);
         // A NodePort frontend on the node address with POD_B:8080 as its only backend.
         let front = ServiceKey {
             addr: Addr16::from_v4_octets(NODE.octets()),
@@ -256,7 +261,7 @@ fn remote_pod_in_vxlan_mode_needs_a_tunnel_entry() {
         let mut eps = Endpoints::open(&mut dp).expect("endpoints");
         let mut tunnel = Tunnel::open(&mut dp).expect("tunnel");
         let counters = Counters::open(&mut dp).expect("counters");
-        add_endpoint(&mut eps, POD_A);
+        add_endpoint(&dp, &mut eps, POD_A);
         let frame = pkt::ipv4(POD_A, REMOTE_POD, pkt::TCP, 40000, 80, b"");
         assert_eq!(dp.test_run(programs::FROM_POD, &frame).expect("run").action, TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::UnknownClusterDest), 1);
@@ -315,7 +320,7 @@ fn a_second_load_reuses_the_pinned_maps() {
     in_fresh_netns(move || {
         let mut first = Datapath::load(&cfg).expect("load");
         let mut eps = Endpoints::open(&mut first).expect("endpoints");
-        add_endpoint(&mut eps, POD_A);
+        add_endpoint(&first, &mut eps, POD_A);
         drop(eps);
         drop(first);
         let mut second = Datapath::load(&cfg).expect("reload");
@@ -332,7 +337,7 @@ fn policy_isolation_entries_replies_and_fail_closed() {
     use weir_dataplane::maps::{Ipcache, PolicyEndpoints, PolicyEntries, PolicyEntry};
     on_node("policy_isolation_entries_replies_and_fail_closed", |dp, eps| {
         let counters = Counters::open(dp).expect("counters");
-        add_endpoint(eps, POD_B);
+        add_endpoint(dp, eps, POD_B);
         let mut ipcache = Ipcache::open(dp).expect("ipcache");
         let mut entries = PolicyEntries::open(dp).expect("policy");
         let mut peps = PolicyEndpoints::open(dp).expect("policy endpoints");
@@ -379,5 +384,222 @@ fn policy_isolation_entries_replies_and_fail_closed() {
         peps.upsert(POD_B, PolicyEndpoint { identity: 301, flags: POLICY_F_FAIL_CLOSED }).expect("fail closed");
         assert_eq!(run(dp, &pkt::ipv4(POD_A, POD_B, pkt::TCP, 40002, 9, b"x")), TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::PolicyFailClosed), 1);
+    });
+}
+
+/// An endpoint whose policy is not in force yet (no `WEIR_POLICY_EP` entry: its pod's labels are
+/// unknown) passes nothing, in either direction, not even what looks like a reply.
+#[test]
+fn endpoints_without_policy_are_closed_both_ways() {
+    on_node("endpoints_without_policy_are_closed_both_ways", |dp, eps| {
+        let counters = Counters::open(dp).expect("counters");
+        // POD_B is wired (endpoint map) but has no policy entry yet.
+        eps.upsert(POD_B, EndpointInfo { ifindex: 1, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC, _pad: [0; 4] })
+            .expect("endpoint");
+        let run = |dp: &mut Datapath, prog, f: &[u8]| dp.test_run(prog, f).expect("test run").action;
+        // A's connection to B: B's side is closed.
+        assert_eq!(run(dp, programs::FROM_POD, &pkt::ipv4(POD_A, POD_B, pkt::TCP, 40000, 80, b"")), TC_ACT_SHOT);
+        // B's packets, to A and out of the cluster, whatever they look like.
+        assert_eq!(run(dp, programs::FROM_POD, &pkt::ipv4(POD_B, POD_A, pkt::TCP, 80, 40000, b"")), TC_ACT_SHOT);
+        assert_eq!(run(dp, programs::FROM_POD, &pkt::ipv4(POD_B, EXTERNAL, pkt::UDP, 1, 53, b"q")), TC_ACT_SHOT);
+        // From the wire and from the node's stack.
+        assert_eq!(run(dp, programs::FROM_WIRE, &pkt::ipv4(EXTERNAL, POD_B, pkt::TCP, 1, 80, b"")), TC_ACT_SHOT);
+        assert_eq!(run(dp, programs::TO_POD, &pkt::ipv4(NODE, POD_B, pkt::TCP, 1, 80, b"")), TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::EndpointNotReady), 5);
+        // Once its policy is written (here: open), it passes.
+        let mut peps = weir_dataplane::maps::PolicyEndpoints::open_pinned(dp).expect("policy endpoints");
+        peps.upsert(POD_B, weir_bpf_common::PolicyEndpoint { identity: 1, flags: 0 }).expect("open");
+        assert_eq!(run(dp, programs::FROM_POD, &pkt::ipv4(POD_A, POD_B, pkt::TCP, 40000, 80, b"")), TC_ACT_REDIRECT);
+    });
+}
+
+/// Unencapsulated sources from the wire: never this node's address; with direct routing a
+/// cluster address only inside another node's pod CIDR.
+#[test]
+fn wire_sources_claiming_pods_are_verified() {
+    on_node("wire_sources_claiming_pods_are_verified", |dp, _| {
+        let counters = Counters::open(dp).expect("counters");
+        let mut tunnel = Tunnel::open(dp).expect("pod CIDR owners");
+        let run = |dp: &mut Datapath, f: &[u8]| dp.test_run(programs::FROM_WIRE, f).expect("test run").action;
+        // This node's own pod CIDR, another pod of it, and the node itself, from the wire.
+        assert_eq!(run(dp, &pkt::ipv4(POD_B, POD_A, pkt::TCP, 80, 40000, b"")), TC_ACT_SHOT);
+        assert_eq!(run(dp, &pkt::ipv4(NODE, POD_A, pkt::TCP, 1, 80, b"")), TC_ACT_SHOT);
+        // A remote pod of a CIDR no node owns.
+        assert_eq!(run(dp, &pkt::ipv4(REMOTE_POD, POD_A, pkt::TCP, 1, 80, b"")), TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::SpoofedSourceFromWire), 3);
+        // Once another node owns that CIDR, its pods' packets are delivered; outside sources
+        // always were.
+        tunnel.upsert((Ipv4Addr::new(10, 250, 2, 0), 24), Ipv4Addr::new(172, 31, 0, 2)).expect("owner");
+        assert_eq!(run(dp, &pkt::ipv4(REMOTE_POD, POD_A, pkt::TCP, 1, 80, b"")), TC_ACT_REDIRECT);
+        assert_eq!(run(dp, &pkt::ipv4(EXTERNAL, POD_A, pkt::TCP, 1, 80, b"")), TC_ACT_REDIRECT);
+    });
+}
+
+/// VXLAN mode: pod sources arrive only inside the tunnel; pods cannot reach a node's tunnel
+/// port; a decapsulated packet without tunnel metadata (here: no tunnel at all) is refused.
+/// (A genuine tunnel key cannot be made by BPF_PROG_TEST_RUN: the lab tests the accepted path.)
+#[test]
+fn vxlan_mode_refuses_unencapsulated_pod_sources_and_pods_at_the_tunnel_port() {
+    use weir_dataplane::maps::Nodes;
+    if !require_root("vxlan_mode_refuses_unencapsulated_pod_sources_and_pods_at_the_tunnel_port") {
+        return;
+    }
+    let bpffs = Bpffs::mount();
+    in_fresh_netns(move || {
+        node_netns_setup();
+        run(Command::new("ip").args(["link", "add", "vx0", "type", "vxlan", "external", "dstport", "4789"]));
+        run(Command::new("ip").args(["link", "set", "vx0", "up"]));
+        let ifindex = nix::net::if_::if_nametoindex("vx0").expect("vx0 ifindex");
+        let mut dp = Datapath::load(&config(&bpffs, ifindex)).expect("load datapath");
+        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
+        let mut tunnel = Tunnel::open(&mut dp).expect("tunnel");
+        let mut nodes = Nodes::open(&mut dp).expect("nodes");
+        let counters = Counters::open(&mut dp).expect("counters");
+        add_endpoint(&dp, &mut eps, POD_A);
+        let other_node = Ipv4Addr::new(172, 31, 0, 2);
+        tunnel.upsert((Ipv4Addr::new(10, 250, 2, 0), 24), other_node).expect("tunnel");
+        nodes.upsert(NODE, weir_bpf_common::NODE_F_SELF).expect("node");
+        nodes.upsert(other_node, 0).expect("node");
+        let action = |dp: &mut Datapath, prog, f: &[u8]| dp.test_run(prog, f).expect("run").action;
+        // Even a pod of a known node's CIDR, unencapsulated.
+        let f = pkt::ipv4(REMOTE_POD, POD_A, pkt::TCP, 1, 80, b"");
+        assert_eq!(action(&mut dp, programs::FROM_WIRE, &f), TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::SpoofedSourceFromWire), 1);
+        // A pod hand-building VXLAN to this node or another: refused (any other UDP passes).
+        for to in [NODE, other_node] {
+            let f = pkt::ipv4(POD_A, to, pkt::UDP, 40000, 4789, b"vxlan");
+            assert_eq!(action(&mut dp, programs::FROM_POD, &f), TC_ACT_SHOT, "to {to}");
+        }
+        assert_eq!(drops(&counters, DropReason::TunnelPortFromPod), 2);
+        assert_ne!(
+            action(&mut dp, programs::FROM_POD, &pkt::ipv4(POD_A, other_node, pkt::UDP, 1, 4790, b"x")),
+            TC_ACT_SHOT
+        );
+        // Decapsulated without tunnel metadata.
+        let f = pkt::ipv4(REMOTE_POD, POD_A, pkt::TCP, 1, 80, b"");
+        assert_eq!(action(&mut dp, programs::FROM_VXLAN, &f), TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::TunnelSourceInvalid), 1);
+    });
+}
+
+/// Fragments: a later fragment gets its first fragment's verdict (or is dropped without one);
+/// one overlapping the transport header, or a second first fragment naming other ports, poisons
+/// the datagram; and no fragment passes as the reply of a different flow (the attack:
+/// after E sent fragmented UDP to P, P's fragments reached a port E denies).
+#[test]
+fn fragments_take_their_first_fragments_verdict() {
+    use weir_bpf_common::{PolicyEndpoint, POLICY_F_INGRESS};
+    use weir_dataplane::maps::PolicyEndpoints;
+    on_node("fragments_take_their_first_fragments_verdict", |dp, eps| {
+        let counters = Counters::open(dp).expect("counters");
+        add_endpoint(dp, eps, POD_B);
+        let run = |dp: &mut Datapath, f: &[u8]| dp.test_run(programs::FROM_POD, f).expect("test run").action;
+        let (e, p) = (POD_A, POD_B);
+        // E sends a fragmented datagram to P: first fragment with ports, then a later one.
+        let first = pkt::fragment(pkt::ipv4(e, p, pkt::UDP, 5000, 7000, &[1; 64]), 11, 0, true);
+        let later = pkt::fragment(pkt::ipv4(e, p, pkt::UDP, 5000, 7000, &[2; 64]), 11, 9, false);
+        assert_eq!(run(dp, &first), TC_ACT_REDIRECT);
+        assert_eq!(run(dp, &later), TC_ACT_REDIRECT, "a later fragment follows its first");
+        // A later fragment of a datagram whose first was never seen.
+        let orphan = pkt::fragment(pkt::ipv4(e, p, pkt::UDP, 5000, 7000, &[3; 64]), 12, 9, false);
+        assert_eq!(run(dp, &orphan), TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::FragmentWithoutFirst), 1);
+        // Offset 1 (8 bytes) would rewrite part of a TCP header.
+        let tiny = pkt::fragment(pkt::ipv4(e, p, pkt::TCP, 5000, 7000, &[4; 64]), 13, 1, false);
+        assert_eq!(run(dp, &tiny), TC_ACT_SHOT);
+        // A second first fragment of datagram 11 that names other ports poisons it.
+        let other = pkt::fragment(pkt::ipv4(e, p, pkt::UDP, 5000, 7001, &[5; 64]), 11, 0, true);
+        assert_eq!(run(dp, &other), TC_ACT_SHOT);
+        assert_eq!(run(dp, &later), TC_ACT_SHOT, "the poisoned datagram's later fragments are dropped");
+        assert_eq!(drops(&counters, DropReason::FragmentInvalid), 3);
+
+        // Now E is isolated for ingress with nothing allowed: P's fragmented datagrams to E's
+        // UDP port 9999 must not pass as "replies" of E's fragmented flow.
+        let mut peps = PolicyEndpoints::open_pinned(dp).expect("policy endpoints");
+        peps.upsert(e, PolicyEndpoint { identity: 1, flags: POLICY_F_INGRESS }).expect("isolate E");
+        for id in [21, 22] {
+            let first = pkt::fragment(pkt::ipv4(p, e, pkt::UDP, 7000, 9999, &[6; 64]), id, 0, true);
+            let later = pkt::fragment(pkt::ipv4(p, e, pkt::UDP, 7000, 9999, &[7; 64]), id, 9, false);
+            assert_eq!(run(dp, &first), TC_ACT_SHOT, "P's first fragment to a denied port");
+            assert_eq!(run(dp, &later), TC_ACT_SHOT, "P's later fragment");
+        }
+        // The genuine reply of E's flow (P:7000 -> E:5000) still passes, fragmented too.
+        let first = pkt::fragment(pkt::ipv4(p, e, pkt::UDP, 7000, 5000, &[8; 64]), 23, 0, true);
+        let later = pkt::fragment(pkt::ipv4(p, e, pkt::UDP, 7000, 5000, &[9; 64]), 23, 9, false);
+        assert_eq!(run(dp, &first), TC_ACT_REDIRECT);
+        assert_eq!(run(dp, &later), TC_ACT_REDIRECT);
+        // Port-less traffic (GRE) is never a reply: judged, and E denies it.
+        let gre = pkt::ipv4_raw(p, e, 47, &[0; 8]);
+        assert_eq!(run(dp, &gre), TC_ACT_SHOT);
+    });
+}
+
+/// ICMP errors: one about an accepted connection reaches an isolated pod, translated back
+/// through masquerade with valid checksums (path MTU discovery through NAT); one about
+/// nothing the pod has is judged as plain ICMP and denied.
+#[test]
+fn icmp_errors_follow_their_connection_and_are_reverse_translated() {
+    use weir_bpf_common::{PolicyEndpoint, POLICY_F_INGRESS};
+    use weir_dataplane::maps::PolicyEndpoints;
+    on_node("icmp_errors_follow_their_connection_and_are_reverse_translated", |dp, _| {
+        let counters = Counters::open(dp).expect("counters");
+        let mut peps = PolicyEndpoints::open_pinned(dp).expect("policy endpoints");
+        peps.upsert(POD_A, PolicyEndpoint { identity: 1, flags: POLICY_F_INGRESS }).expect("isolate A");
+        // A connects out (masqueraded).
+        let out = pkt::ipv4(POD_A, EXTERNAL, pkt::TCP, 40000, 443, b"big");
+        let sent = dp.test_run(programs::FROM_POD, &out).expect("run");
+        assert_eq!(sent.action, TC_ACT_REDIRECT);
+        let natport = pkt::view(&sent.frame).sport;
+        // A router on the way says "fragmentation needed" to the node, quoting what it got.
+        let router = Ipv4Addr::new(172, 31, 0, 254);
+        let err = pkt::icmp_error(router, NODE, 3, 4, &sent.frame);
+        let res = dp.test_run(programs::FROM_WIRE, &err).expect("run");
+        assert_eq!(res.action, TC_ACT_REDIRECT, "the error reaches the isolated pod: it is about its connection");
+        let v = pkt::view(&res.frame);
+        let q = pkt::quoted(&res.frame);
+        assert_eq!((v.src, v.dst), (router, POD_A));
+        assert_eq!((q.src, q.sport, q.dst, q.dport), (POD_A, 40000, EXTERNAL, 443), "quoted packet translated back");
+        assert!(v.ip_csum_ok && q.ip_csum_ok && q.icmp_csum_ok, "checksums: {v:?} {q:?}");
+        assert_ne!(natport, 40000);
+        // An error quoting a connection the pod never made is plain ICMP: denied.
+        let stray = pkt::icmp_error(router, POD_A, 3, 1, &pkt::ipv4(POD_A, EXTERNAL, pkt::TCP, 40999, 443, b""));
+        assert_eq!(dp.test_run(programs::FROM_WIRE, &stray).expect("run").action, TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::PolicyDeniedIngress), 1);
+    });
+}
+
+/// What the node's stack delivers into a pod (`weir_to_pod`: hostPort DNAT, other interfaces) is
+/// judged by the pod's ingress policy; the node itself may always reach its pods (the kubelet's
+/// probes), and the pod's replies to stack-delivered connections go back to the stack.
+#[test]
+fn stack_delivered_traffic_is_judged_and_replies_return_to_the_stack() {
+    use weir_bpf_common::{PolicyEndpoint, POLICY_F_INGRESS};
+    use weir_dataplane::maps::PolicyEndpoints;
+    on_node("stack_delivered_traffic_is_judged_and_replies_return_to_the_stack", |dp, _| {
+        let counters = Counters::open(dp).expect("counters");
+        let mut peps = PolicyEndpoints::open_pinned(dp).expect("policy endpoints");
+        peps.upsert(POD_A, PolicyEndpoint { identity: 1, flags: POLICY_F_INGRESS }).expect("isolate A");
+        let action = |dp: &mut Datapath, prog, f: &[u8]| dp.test_run(prog, f).expect("run").action;
+        // hostPort DNAT from outside into the isolated pod: denied.
+        let dnat = pkt::ipv4(EXTERNAL, POD_A, pkt::TCP, 50000, 8080, b"");
+        assert_eq!(action(dp, programs::TO_POD, &dnat), TC_ACT_SHOT);
+        assert_eq!(drops(&counters, DropReason::PolicyDeniedIngress), 1);
+        // The node (kubelet) may; the pod's reply is handed back to the stack, untranslated.
+        let probe = pkt::ipv4(NODE, POD_A, pkt::TCP, 51000, 8080, b"");
+        assert_eq!(action(dp, programs::TO_POD, &probe), TC_ACT_OK);
+        let reply = pkt::ipv4(POD_A, NODE, pkt::TCP, 8080, 51000, b"");
+        let res = dp.test_run(programs::FROM_POD, &reply).expect("run");
+        assert_eq!(res.action, TC_ACT_OK);
+        assert_eq!(pkt::view(&res.frame).src, POD_A);
+        // A packet for another address on the pod's interface is not delivered.
+        assert_eq!(action(dp, programs::TO_POD, &pkt::ipv4(NODE, POD_B, pkt::TCP, 1, 80, b"")), TC_ACT_SHOT);
+        // Open again (no isolation): stack-delivered traffic from outside passes, and its
+        // reply returns to the stack (whose conntrack undoes the DNAT) instead of being
+        // masqueraded.
+        peps.upsert(POD_A, PolicyEndpoint { identity: 1, flags: 0 }).expect("open A");
+        assert_eq!(action(dp, programs::TO_POD, &dnat), TC_ACT_OK);
+        let back = pkt::ipv4(POD_A, EXTERNAL, pkt::TCP, 8080, 50000, b"");
+        let res = dp.test_run(programs::FROM_POD, &back).expect("run");
+        assert_eq!((res.action, pkt::view(&res.frame).src), (TC_ACT_OK, POD_A));
     });
 }

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; pins live under `<bpffs>/weir/v{ABI_VERSION}/`.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Map names, as the eBPF object and the pins name them (kernel limit: 15 bytes).
 pub mod maps {
@@ -39,7 +39,12 @@ pub mod maps {
     pub const FLOWS: &str = "WEIR_FLOWS";
     /// Run-time settings (indices in [`crate::settings`]).
     pub const SETTINGS: &str = "WEIR_SETTINGS";
-    pub const ALL: [&str; 21] = [
+    /// Every node's underlay address (this node's too) → `NODE_F_*` flags: who may send
+    /// tunnel traffic, and whose tunnel port pods may not reach.
+    pub const NODES: &str = "WEIR_NODES";
+    /// The policy verdict of a fragmented datagram's first fragment, for the fragments after it.
+    pub const FRAGS: &str = "WEIR_FRAGS";
+    pub const ALL: [&str; 23] = [
         ENDPOINTS,
         TUNNEL,
         NAT_FWD,
@@ -61,6 +66,8 @@ pub mod maps {
         POLICY_CT,
         FLOWS,
         SETTINGS,
+        NODES,
+        FRAGS,
     ];
 }
 
@@ -72,12 +79,16 @@ pub mod programs {
     pub const FROM_WIRE: &str = "weir_from_wire";
     /// tcx ingress of the VXLAN device: decapsulated traffic from other nodes.
     pub const FROM_VXLAN: &str = "weir_from_vxlan";
+    /// tcx egress of a pod's host-side veth: what the node's stack delivers into the pod (its
+    /// own traffic, hostPort DNAT, other interfaces). Traffic weir redirects into a pod never
+    /// passes here (`bpf_redirect_peer` skips the host veth).
+    pub const TO_POD: &str = "weir_to_pod";
     /// Tail call from `weir_from_wire`: a load-balanced packet whose backend is on another node
     /// (masquerade, then tunnel or FIB). A fresh stack frame: the verifier caps the combined
     /// depth of one program's call chain at 512 bytes.
     pub const LB_REMOTE: &str = "weir_lb_remote";
     /// Every tc program; the loader loads them all.
-    pub const ALL: [&str; 4] = [FROM_POD, FROM_WIRE, FROM_VXLAN, LB_REMOTE];
+    pub const ALL: [&str; 5] = [FROM_POD, FROM_WIRE, FROM_VXLAN, LB_REMOTE, TO_POD];
     /// cgroup/connect4: socket-level Service translation at connect().
     pub const SOCK_CONNECT4: &str = "weir_sock_conn4";
     /// cgroup/sendmsg4: the same for unconnected UDP sends.
@@ -99,6 +110,8 @@ pub mod globals {
     /// ifindex of the VXLAN device; 0 selects direct routing.
     pub const VXLAN_IFINDEX: &str = "WEIR_VXLAN_IFINDEX";
     pub const VXLAN_VNI: &str = "WEIR_VXLAN_VNI";
+    /// UDP port of the VXLAN tunnel (host order); pods may not send to it on any node.
+    pub const VXLAN_PORT: &str = "WEIR_VXLAN_PORT";
     /// First and last source port (host order) used by masquerade.
     pub const NAT_PORT_MIN: &str = "WEIR_NAT_PORT_MIN";
     pub const NAT_PORT_MAX: &str = "WEIR_NAT_PORT_MAX";
@@ -135,6 +148,10 @@ pub mod sizes {
     pub const POLICY_EP: u32 = ENDPOINTS;
     pub const POLICY_CT: u32 = 262144;
     pub const FLOWS: u32 = 131072;
+    /// Node underlay addresses.
+    pub const NODES: u32 = 4096;
+    /// Fragmented datagrams in flight (LRU: the oldest verdict goes first).
+    pub const FRAGS: u32 = 16384;
 }
 
 /// Slots of the `WEIR_TAILS` program array.
@@ -190,7 +207,9 @@ const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
 /// `WEIR_TUNNEL` key data (LPM trie; prefix length is in the trie key wrapper). Network order.
 pub type TunnelKey = Addr16;
 
-/// `WEIR_TUNNEL` value: the node that owns a remote pod CIDR.
+/// `WEIR_TUNNEL` value: the node that owns a remote pod CIDR. Written in both routing modes:
+/// VXLAN sends by it, and both modes verify by it that a packet's pod source belongs to the node
+/// it came from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoteNode {
@@ -199,6 +218,38 @@ pub struct RemoteNode {
     pub _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<RemoteNode>() == 24);
+
+/// `WEIR_NODES` key: a node's underlay IPv4 address as it sits in a packet (native `u32`).
+pub type NodeKey = u32;
+/// `WEIR_NODES` value flags: the address is this node's own.
+pub const NODE_F_SELF: u32 = 1;
+
+/// `WEIR_FRAGS` key: one fragmented datagram at one local endpoint and direction (the IP ID
+/// names a datagram per source, destination and protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id_be: u16,
+    pub proto: u8,
+    pub direction: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// `WEIR_FRAGS` value: what the first fragment carried and how policy judged it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// 0: allowed; else the `DropReason` that stops the whole datagram.
+    pub verdict: u32,
+    /// When the first fragment was seen (`bpf_ktime_get_ns`): an ID reused after the kernel's
+    /// reassembly timeout names a new datagram.
+    pub seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 16);
 
 /// A connection tuple as the NAT tables key it. Ports in network byte order.
 #[repr(C)]
@@ -398,7 +449,8 @@ pub struct PolicyEndpoint {
 const _: () = assert!(core::mem::size_of::<PolicyEndpoint>() == 8);
 
 /// `WEIR_POLICY_CT` key: a connection as first seen in `direction` at a local endpoint. A packet
-/// whose reversed tuple is present (with the other direction) is a reply and passes.
+/// whose reversed tuple is present (with the other direction) is a reply and passes. Only
+/// protocols with ports have entries (TCP, UDP, ICMP echo): a port-less packet is never a reply.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyCtKey {
@@ -411,6 +463,11 @@ pub struct PolicyCtKey {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<PolicyCtKey>() == 16);
+
+/// `WEIR_POLICY_CT` value flags: the node's stack delivered the connection into the pod
+/// (`weir_to_pod`: its own traffic, hostPort DNAT), so the pod's replies go back through the
+/// stack, whose connection tracking undoes what it translated.
+pub const POLICY_CT_F_STACK: u32 = 1;
 
 /// Event kinds on the `WEIR_EVENTS` ring buffer.
 pub const EVENT_DROP: u8 = 1;
@@ -532,6 +589,8 @@ pub mod counters {
     pub const LB_TRANSLATED: u32 = 69;
     /// Service frontends reached per packet with no backend: handed to the stack, which refuses.
     pub const LB_NO_BACKEND: u32 = 70;
+    /// Packets the node's stack delivered into a pod that its ingress policy let through.
+    pub const FROM_STACK: u32 = 71;
     pub const LEN: u32 = 72;
 }
 
@@ -580,6 +639,23 @@ drop_reasons! {
     PolicyDeniedEgress = 12, "policy_denied_egress";
     /// NetworkPolicy: the pod's policy did not fit the datapath's maps; it is denied everything.
     PolicyFailClosed = 13, "policy_fail_closed";
+    /// A decapsulated packet whose outer source is not another node weir knows.
+    TunnelSourceInvalid = 14, "tunnel_source_invalid";
+    /// A decapsulated packet with a VNI that is not weir's.
+    TunnelVniInvalid = 15, "tunnel_vni_invalid";
+    /// A decapsulated packet whose inner source is neither the sending node nor in its pod CIDR.
+    TunnelInnerSourceInvalid = 16, "tunnel_inner_source_invalid";
+    /// From the wire, a source no node owns that way: a pod address sent unencapsulated in
+    /// VXLAN mode, or (direct routing) this node's own pod CIDR or a cluster address no node owns.
+    SpoofedSourceFromWire = 17, "spoofed_source_from_wire";
+    /// A pod sent to a node's tunnel port (VXLAN): only nodes encapsulate.
+    TunnelPortFromPod = 18, "tunnel_port_from_pod";
+    /// The endpoint's policy is not in force yet (its pod's labels are not known): closed.
+    EndpointNotReady = 19, "endpoint_not_ready";
+    /// A later fragment of a datagram whose first fragment was not seen here.
+    FragmentWithoutFirst = 20, "fragment_without_first";
+    /// A fragment that overlaps the transport header or contradicts the first fragment.
+    FragmentInvalid = 21, "fragment_invalid";
 }
 
 #[cfg(feature = "user")]
@@ -606,6 +682,8 @@ mod user {
     unsafe impl aya::Pod for PolicyCtKey {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@
 //!   with `bpf_redirect_peer`, cross-node by VXLAN or FIB (direct routing), masquerade otherwise.
 //! * `weir_from_wire`  tcx ingress, node uplink: delivery to local pods, reverse masquerade,
 //!   per-packet Service load balancing (NodePort, external and LoadBalancer IPs).
-//! * `weir_from_vxlan` tcx ingress, VXLAN device (collect_metadata): delivery to local pods.
+//! * `weir_from_vxlan` tcx ingress, VXLAN device (collect_metadata): delivery to local pods of
+//!   what another node weir knows encapsulated (outer source, VNI and inner source verified).
+//! * `weir_to_pod`     tcx egress, host-side veth of each pod: what the node's stack delivers into
+//!   the pod (its own traffic, hostPort DNAT, other interfaces) passes ingress policy too.
 //! * `weir_lb_remote`  tail call from `weir_from_wire` (slot `tails::LB_REMOTE` of `WEIR_TAILS`):
 //!   a load-balanced packet, already DNATed, whose backend is on another node.
 //!
@@ -17,11 +20,13 @@
 mod drop;
 mod flow;
 mod fwd;
+mod icmp;
 mod lb;
 mod nat;
 mod parse;
 mod policy;
 mod sock;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
@@ -32,8 +37,9 @@ use aya_ebpf::{
 };
 use weir_bpf_common::{
     counters, settings, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason,
-    EndpointInfo, FlowKey, FlowStats, IpcacheKey, MaglevTable, NatEntry, NatKey, PolicyCtKey, PolicyEndpoint,
-    PolicyKey, PolicyValue, RemoteNode, ServiceKey, ServiceValue, SockRevKey, OBS_FROM_POD, OBS_TO_POD,
+    EndpointInfo, FlowKey, FlowStats, FragKey, FragValue, IpcacheKey, MaglevTable, NatEntry, NatKey, NodeKey,
+    PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
+    OBS_FROM_POD, OBS_TO_POD,
 };
 
 use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
@@ -48,6 +54,8 @@ static WEIR_CLUSTER_V4_MASK: Global<u32> = Global::new(0);
 static WEIR_VXLAN_IFINDEX: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static WEIR_VXLAN_VNI: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static WEIR_VXLAN_PORT: Global<u32> = Global::new(4789);
 #[unsafe(no_mangle)]
 static WEIR_NAT_PORT_MIN: Global<u32> = Global::new(61000);
 #[unsafe(no_mangle)]
@@ -103,6 +111,12 @@ static WEIR_FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::pinned(sizes::FL
 /// Run-time settings (`weir_bpf_common::settings`), written by the agent at every start.
 #[map]
 static WEIR_SETTINGS: Array<u32> = Array::pinned(settings::LEN, 0);
+/// Every node's underlay address → `NODE_F_*` (see `tunnel.rs`).
+#[map]
+static WEIR_NODES: HashMap<NodeKey, u32> = HashMap::pinned(sizes::NODES, 0);
+/// First-fragment verdicts for the fragments after them (see `policy.rs`).
+#[map]
+static WEIR_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(sizes::FRAGS, 0);
 /// Tail-call targets; the loader fills the slots of `tails`.
 #[map]
 static WEIR_TAILS: ProgramArray = ProgramArray::pinned(sizes::TAILS, 0);
@@ -169,6 +183,14 @@ pub fn weir_from_vxlan(ctx: TcContext) -> i32 {
     }
 }
 
+#[classifier]
+pub fn weir_to_pod(ctx: TcContext) -> i32 {
+    match try_to_pod(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop::shot(&ctx, reason),
+    }
+}
+
 /// Counts `counter` when the packet actually went on its way.
 #[inline(always)]
 fn counted(r: Result<i32, DropReason>, counter: u32) -> Result<i32, DropReason> {
@@ -200,10 +222,13 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         Some(ep) if ep.ifindex == ingress_ifindex(ctx) => {}
         _ => return Err(DropReason::SpoofedSource),
     }
-    // Egress policy at the source. Traffic to this node itself (kubelet probes' replies, node
-    // services) is never subject to it.
-    if ip.daddr != WEIR_NODE_IPV4.load() {
-        policy::egress(ctx)?;
+    tunnel::refuse_tunnel_port(ctx, &ip)?;
+    // Egress policy at the source, for every destination (this node's addresses included). A
+    // reply of a connection the stack delivered (the kubelet's probes, hostPort) goes back
+    // through the stack, whose conntrack undoes any translation it made.
+    if policy::egress(ctx)? {
+        drop::count(counters::TO_STACK);
+        return Ok(TC_ACT_OK);
     }
     let dst = Addr16::from_v4_be(ip.daddr);
     // SAFETY: as above.
@@ -243,6 +268,14 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return counted(route.send(ctx), counters::LB_TRANSLATED);
     }
     if inbound_reply(ctx, &ip) {
+        // In VXLAN mode a pod's address crosses to another node only inside the tunnel (the
+        // receiving node drops it unencapsulated): a reply to a node that load-balanced a
+        // client to this pod goes back encapsulated.
+        let vxlan = WEIR_VXLAN_IFINDEX.load();
+        if vxlan != 0 && tunnel::is_node(ip.daddr) {
+            let sent = fwd::to_tunnel(ctx, ip.daddr, vxlan, WEIR_VXLAN_VNI.load());
+            return counted(sent, counters::FORWARDED_REMOTE);
+        }
         return counted(route.send(ctx), counters::FORWARDED_REMOTE);
     }
     nat::masquerade(ctx, &ip, WEIR_NODE_IPV4.load())?;
@@ -290,30 +323,58 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     let ip = Ipv4::parse(ctx)?;
+    tunnel::verify_wire_source(&ip)?;
+    let error_to = icmp::reverse_error(ctx, &ip)?;
+    if error_to != 0 {
+        let ep = local_pod(error_to).ok_or(DropReason::NoRoute)?;
+        return deliver(ctx, &Ipv4 { daddr: error_to, ..ip }, &ep, counters::FORWARDED_LOCAL);
+    }
     if ip.daddr == WEIR_NODE_IPV4.load() {
-        let orig = nat::reverse(ctx, &ip)?;
-        if orig != 0 {
-            if let Some(ep) = local_pod(orig) {
-                policy::ingress(ctx)?;
-                flow::observe(ctx, &Ipv4 { daddr: orig, ..ip }, OBS_TO_POD);
-                return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
-            }
-            // A load-balanced client's reply from a backend on another node.
-            let now = Ipv4 { daddr: orig, ..ip };
-            if lb::reverse(ctx, &now)? != 0 {
-                let route = fwd::Route::lookup(ctx, &now, ingress_ifindex(ctx));
-                return counted(route.send(ctx), counters::LB_TRANSLATED);
-            }
-            return Ok(TC_ACT_OK);
+        let action = to_node_address(ctx, &ip)?;
+        if action != NOT_TRANSLATED {
+            return Ok(action);
         }
     }
     if let Some(ep) = local_pod(ip.daddr) {
-        policy::ingress(ctx)?;
         note_inbound(ctx, &ip);
-        flow::observe(ctx, &ip, OBS_TO_POD);
-        return counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL);
+        return deliver(ctx, &ip, &ep, counters::FORWARDED_LOCAL);
     }
     from_wire_to_service(ctx, &ip)
+}
+
+/// The one way weir hands a packet from the wire, the tunnel or a translation to a pod of this
+/// node: the pod's ingress policy, the flow record (addresses as delivered), the redirect into
+/// the pod, the counter. `ip` holds the packet's addresses as delivered. Not inlined: one copy,
+/// and its callees' frames stay off the callers' (the verifier caps the combined depth).
+#[inline(never)]
+fn deliver(ctx: &TcContext, ip: &Ipv4, ep: &EndpointInfo, counter: u32) -> Result<i32, DropReason> {
+    policy::ingress(ctx)?;
+    flow::observe(ctx, ip, OBS_TO_POD);
+    counted(fwd::to_local_pod(ctx, ep), counter)
+}
+
+/// What [`to_node_address`] answers for a packet that is no translated reply (never a tc action).
+const NOT_TRANSLATED: i32 = -0x7e1;
+
+/// A packet for this node's address that answers a masqueraded connection: translated back and
+/// delivered to its pod, or (a load-balanced client's reply from a backend on another node)
+/// sent on to the client. `NOT_TRANSLATED`: not a translated reply, the caller goes on. Not
+/// inlined (stack).
+#[inline(never)]
+fn to_node_address(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    let orig = nat::reverse(ctx, ip)?;
+    if orig == 0 {
+        return Ok(NOT_TRANSLATED);
+    }
+    let now = Ipv4 { daddr: orig, ..*ip };
+    if let Some(ep) = local_pod(orig) {
+        return deliver(ctx, &now, &ep, counters::FORWARDED_LOCAL);
+    }
+    if lb::reverse(ctx, &now)? != 0 {
+        let route = fwd::Route::lookup(ctx, &now, ingress_ifindex(ctx));
+        return counted(route.send(ctx), counters::LB_TRANSLATED);
+    }
+    Ok(TC_ACT_OK)
 }
 
 /// The per-packet load balancer's part of `weir_from_wire`.
@@ -327,9 +388,7 @@ fn from_wire_to_service(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
         }
         backend => {
             if let Some(ep) = local_pod(backend) {
-                policy::ingress(ctx)?;
-                flow::observe(ctx, &Ipv4 { daddr: backend, ..*ip }, OBS_TO_POD);
-                return counted(fwd::to_local_pod(ctx, &ep), counters::LB_TRANSLATED);
+                return deliver(ctx, &Ipv4 { daddr: backend, ..*ip }, &ep, counters::LB_TRANSLATED);
             }
             Ok(TAIL_LB_REMOTE)
         }
@@ -362,15 +421,41 @@ fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::UnsupportedL3);
     }
     let ip = Ipv4::parse(ctx)?;
+    tunnel::verify_decapsulated(ctx, &ip)?;
+    if ip.daddr == WEIR_NODE_IPV4.load() {
+        return match to_node_address(ctx, &ip)? {
+            NOT_TRANSLATED => Err(DropReason::NoRoute),
+            action => Ok(action),
+        };
+    }
     match local_pod(ip.daddr) {
         Some(ep) => {
-            policy::ingress(ctx)?;
             note_inbound(ctx, &ip);
-            flow::observe(ctx, &ip, OBS_TO_POD);
-            counted(fwd::to_local_pod(ctx, &ep), counters::FORWARDED_LOCAL)
+            deliver(ctx, &ip, &ep, counters::FORWARDED_LOCAL)
         }
         None => Err(DropReason::NoRoute),
     }
+}
+
+/// What the node's stack hands to a pod through its host veth: judged by the pod's ingress
+/// policy like everything weir delivers itself, observed, and its replies sent back through
+/// the stack (`policy::ingress_from_stack`).
+fn try_to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    if parse::eth_proto(ctx)? != ETH_P_IP {
+        // ARP for the pod's address; IPv6 is off inside pods.
+        return Ok(TC_ACT_OK);
+    }
+    let ip = Ipv4::parse(ctx)?;
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match local_pod(ip.daddr) {
+        Some(ep) if ep.ifindex == ifindex => {}
+        _ => return Err(DropReason::NoRoute),
+    }
+    policy::ingress_from_stack(ctx)?;
+    flow::observe(ctx, &ip, OBS_TO_POD);
+    drop::count(counters::FROM_STACK);
+    Ok(TC_ACT_OK)
 }
 
 #[cfg(not(test))]

@@ -32,6 +32,24 @@ pub struct Ipv4 {
     pub l4_off: usize,
     /// True for any fragment (first or later).
     pub fragment: bool,
+    /// Fragment offset in 8-byte units (0 for the first fragment and unfragmented packets).
+    pub frag_off: u16,
+    /// The IP identification field, as in the packet (names a datagram's fragments).
+    pub id_be: u16,
+}
+
+impl Ipv4 {
+    /// A fragment after the first: it carries no transport header.
+    #[inline(always)]
+    pub fn later_fragment(&self) -> bool {
+        self.frag_off != 0
+    }
+
+    /// The first fragment of a fragmented datagram: the transport header, more to come.
+    #[inline(always)]
+    pub fn first_fragment(&self) -> bool {
+        self.fragment && self.frag_off == 0
+    }
 }
 
 impl Ipv4 {
@@ -50,6 +68,8 @@ impl Ipv4 {
             l4_off: L3_OFF + (ihl & 0x3c),
             // MF flag or a non-zero offset.
             fragment: frags & 0x3fff != 0,
+            frag_off: frags & 0x1fff,
+            id_be: u16::from_ne_bytes(hdr.id),
         })
     }
 }

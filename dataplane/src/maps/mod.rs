@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 
 pub mod endpoints;
+pub mod nodes;
 pub mod policy;
 pub mod services;
 pub mod tunnel;
 
 pub use endpoints::{Endpoints, FakeEndpoints};
+pub use nodes::Nodes;
 pub use policy::{Ipcache, PolicyEndpoints, PolicyEntries, PolicyEntry};
 pub use services::{Backends, Maglev, Services};
 pub use tunnel::{Cidr, FakeTunnel, Tunnel};

@@ -138,6 +138,14 @@ impl PolicyEndpoints {
         let name = maps::POLICY_EP;
         Ok(Self(HashMap::try_from(dp.take_map(name)?).map_err(map_err(name))?))
     }
+
+    /// Another handle on the pinned map (tools and tests that set up endpoints beside the
+    /// agent's own writer).
+    pub fn open_pinned(dp: &Datapath) -> Result<Self> {
+        let name = maps::POLICY_EP;
+        let data = aya::maps::MapData::from_pin(dp.map_pin(name)).map_err(map_err(name))?;
+        Ok(Self(HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err(name))?))
+    }
 }
 
 impl KeyValueMap for PolicyEndpoints {

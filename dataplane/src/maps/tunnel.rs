@@ -1,4 +1,5 @@
-//! `WEIR_TUNNEL`: remote pod CIDR (LPM) → the node that owns it (VXLAN mode).
+//! `WEIR_TUNNEL`: remote pod CIDR (LPM) → the node that owns it (both routing modes: VXLAN sends
+//! by it; both verify pod sources arriving from other nodes by it).
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::maps::{

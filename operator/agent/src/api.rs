@@ -1,26 +1,44 @@
 //! The agent's unix-socket API: one JSON request line in, one JSON response line out (a flow
 //! follow request gets a line per batch until the client hangs up).
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::Mutex,
+    sync::{watch, Mutex, Notify},
 };
-use weir_operator_api::{code, flow::FlowQuery, ApiError, Drops, Request, Response};
+use weir_operator_api::{code, flow::FlowQuery, ApiError, Attachment, Drops, Request, Response};
 
-use crate::{events::SharedDropLog, flows::SharedFlowStore, node::Node};
+use crate::{events::SharedDropLog, flows::SharedFlowStore, node::Node, source::ClusterSnapshot};
+
+/// What an ADD waits for before it wires a pod: the pod's own object in the cluster state, so
+/// its first packet is already judged by its real policy.
+#[derive(Clone)]
+pub struct AddGate {
+    /// The source's latest cluster state.
+    pub cluster: watch::Receiver<Option<ClusterSnapshot>>,
+    /// Asks the source to look again now (the manifest source polls; the API source is pushed).
+    pub kick: Arc<Notify>,
+    /// How long an ADD waits for its pod before failing with "try again later".
+    pub wait: Duration,
+}
 
 /// Longest request line accepted (a GC with thousands of attachments fits easily).
 const MAX_REQUEST: usize = 4 << 20;
 
-pub async fn serve(listener: UnixListener, node: Arc<Mutex<Node>>, drops: SharedDropLog, flows: SharedFlowStore) {
+pub async fn serve(
+    listener: UnixListener,
+    node: Arc<Mutex<Node>>,
+    drops: SharedDropLog,
+    flows: SharedFlowStore,
+    gate: AddGate,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let (node, drops, flows) = (node.clone(), drops.clone(), flows.clone());
+                let (node, drops, flows, gate) = (node.clone(), drops.clone(), flows.clone(), gate.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(stream, node, drops, flows).await {
+                    if let Err(e) = handle_conn(stream, node, drops, flows, gate).await {
                         tracing::warn!(error = %e, "API connection");
                     }
                 });
@@ -38,6 +56,7 @@ async fn handle_conn(
     node: Arc<Mutex<Node>>,
     drops: SharedDropLog,
     flows: SharedFlowStore,
+    gate: AddGate,
 ) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
@@ -48,6 +67,7 @@ async fn handle_conn(
     let resp = match serde_json::from_str::<Request>(&line) {
         // Flows never wait for the node's writer.
         Ok(Request::Flows(q)) => return serve_flows(q, &flows, &node, &mut wr).await,
+        Ok(Request::Add(a)) => add_when_known(&a, &node, gate).await.map_or_else(Response::Error, Response::Added),
         Ok(req) => dispatch(req, &node, &drops).await,
         Err(e) => Response::Error(ApiError::new(code::DECODE_FAILURE, format!("bad request: {e}"), "")),
     };
@@ -130,6 +150,44 @@ async fn serve_flows(
         if !out.is_empty() || skipped > 0 {
             let seen = store.lock().unwrap_or_else(|p| p.into_inner()).seen();
             write_line(wr, &batch(out, seen, skipped)).await?;
+        }
+    }
+}
+
+/// ADD once the cluster state shows the attachment's pod (its UID, when both sides have one),
+/// so the endpoint's policy is compiled from the pod's real labels before its first packet; an
+/// attachment without Kubernetes pod arguments has no pod to wait for. The node's lock is not
+/// held while waiting. On timeout nothing was created: the runtime retries.
+async fn add_when_known(
+    a: &Attachment,
+    node: &Mutex<Node>,
+    mut gate: AddGate,
+) -> Result<weir_operator_api::Endpoint, ApiError> {
+    let deadline = tokio::time::Instant::now() + gate.wait;
+    loop {
+        let snap = gate.cluster.borrow_and_update().clone();
+        let known = snap.as_ref().is_some_and(|s| Node::pod_in(s, &a.pod_namespace, &a.pod_name, &a.pod_uid));
+        if known || !Node::is_kubernetes_pod(a) {
+            let mut n = node.lock().await;
+            if let Some(s) = &snap {
+                n.learn_policy_inputs(s);
+            }
+            return n.add(a).await;
+        }
+        gate.kick.notify_one();
+        match tokio::time::timeout_at(deadline, gate.cluster.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => {
+                return Err(ApiError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "pod {}/{} (uid {:?}) is not in the cluster state weir-agent has after {:?}: its labels decide \
+                         its policy, so it is not wired before then",
+                        a.pod_namespace, a.pod_name, a.pod_uid, gate.wait
+                    ),
+                    "",
+                ))
+            }
         }
     }
 }

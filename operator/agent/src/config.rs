@@ -68,6 +68,14 @@ pub struct Config {
     /// How often the agent re-reads the manifest directory, in milliseconds.
     #[arg(long, env = "WEIR_POLL_MS", default_value_t = 250)]
     pub poll_ms: u64,
+    /// How long a released pod address rests before it is handed out again (seconds; 0 turns
+    /// the quarantine off). Reused earlier only when the pod CIDR has nothing else left.
+    #[arg(long = "ip-quarantine-secs", env = "WEIR_IP_QUARANTINE_SECS", default_value = "60", value_parser = parse_secs)]
+    pub ip_quarantine: std::time::Duration,
+    /// How long an ADD waits for its pod to appear in the cluster state (its labels decide its
+    /// policy) before it fails with "try again later", in seconds.
+    #[arg(long = "pod-wait-secs", env = "WEIR_POD_WAIT_SECS", default_value = "10", value_parser = parse_secs)]
+    pub pod_wait: std::time::Duration,
     /// Full resync of kernel state against desired state, in seconds.
     #[arg(long, env = "WEIR_RESYNC_SECS", default_value_t = 30)]
     pub resync_secs: u64,
@@ -92,6 +100,13 @@ pub struct Config {
 
 /// The pod's default gateway: a link-local address answered by a static neighbour entry.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+pub fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(std::time::Duration::from_secs)
+        .map_err(|e| format!("{s:?}: expected whole seconds ({e})"))
+}
 
 pub fn parse_ports(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected FIRST-LAST"))?;

@@ -179,8 +179,14 @@ impl Ingest {
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
         let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let ((source, src_text), (destination, dst_text)) =
+        let ((mut source, src_text), (destination, dst_text)) =
             (self.cached_endpoint(&enrichment, src), self.cached_endpoint(&enrichment, dst));
+        // A packet dropped because its source could not be verified never names the pod it
+        // claimed to come from: the record keeps the address only.
+        let reason = if e.kind == EVENT_DROP { DropReason::from_u8(e.reason) } else { None };
+        if reason.is_some_and(source_unverified) {
+            source = Endpoint::default();
+        }
         let mut f = Flow {
             // Formatted when the flow is read (`for_reader`), not for every flow stored.
             time: String::new(),
@@ -218,7 +224,6 @@ impl Ingest {
             weir: WeirInfo { event: event.into(), packets: e.packets, bytes: e.bytes, unix_ns, ..Default::default() },
             ..Default::default()
         };
-        let reason = if e.kind == EVENT_DROP { DropReason::from_u8(e.reason) } else { None };
         if e.kind == EVENT_DROP {
             f.weir.drop_reason = reason.map_or_else(|| format!("unknown_{}", e.reason), |r| r.label().to_owned());
             f.drop_reason_desc = Some(match reason {
@@ -462,6 +467,18 @@ impl FlowStore {
         out.reverse();
         (out, self.tx.subscribe())
     }
+}
+
+/// Drops whose whole point is that the packet's source address is not who it claims to be.
+pub fn source_unverified(r: DropReason) -> bool {
+    matches!(
+        r,
+        DropReason::SpoofedSource
+            | DropReason::SpoofedSourceFromWire
+            | DropReason::TunnelSourceInvalid
+            | DropReason::TunnelVniInvalid
+            | DropReason::TunnelInnerSourceInvalid
+    )
 }
 
 #[cfg(test)]

@@ -103,9 +103,11 @@ impl Agent {
     /// Serves until SIGTERM/SIGINT. The pinned datapath keeps forwarding after exit.
     pub async fn run(self) -> anyhow::Result<()> {
         let (tx, rx) = watch::channel::<Option<ClusterSnapshot>>(None);
+        let kick = std::sync::Arc::new(tokio::sync::Notify::new());
         match &self.config.manifests {
             Some(dir) => {
-                tokio::spawn(source::manifest::watch_dir(dir.clone(), Duration::from_millis(self.config.poll_ms), tx));
+                let every = Duration::from_millis(self.config.poll_ms);
+                tokio::spawn(source::manifest::watch_dir(dir.clone(), every, tx, kick.clone()));
             }
             None => {
                 let client = source::k8s::client(self.config.kubeconfig.as_deref()).await?;
@@ -113,6 +115,7 @@ impl Agent {
                 tokio::spawn(source::k8s::watch_api(client, tx));
             }
         }
+        let gate = api::AddGate { cluster: rx.clone(), kick, wait: self.config.pod_wait };
         let cni_conf = self
             .config
             .cni_conf_dir
@@ -159,7 +162,8 @@ impl Agent {
                 tracing::error!(error = %format!("{e:#}"), "observer API stopped");
             }
         });
-        let server = tokio::spawn(api::serve(self.listener, self.node.clone(), self.drops.clone(), self.flows.clone()));
+        let server =
+            tokio::spawn(api::serve(self.listener, self.node.clone(), self.drops.clone(), self.flows.clone(), gate));
         tracing::info!(node = %self.config.node_name, socket = %self.config.socket.display(), "weir-agent serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

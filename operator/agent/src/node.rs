@@ -15,7 +15,10 @@ use weir_bpf_common::{programs, BackendKey, EndpointInfo, ServiceKey};
 use weir_dataplane::{
     counters::Counters,
     events::Events,
-    maps::{self, Backends, Endpoints, Ipcache, KeyValueMap, Maglev, PolicyEndpoints, PolicyEntries, Services, Tunnel},
+    maps::{
+        self, Backends, Endpoints, Ipcache, KeyValueMap, Maglev, Nodes, PolicyEndpoints, PolicyEntries, Services,
+        Tunnel,
+    },
     tcx::Attachment,
     Datapath, LoadConfig,
 };
@@ -45,6 +48,7 @@ struct Loaded {
     dp: Datapath,
     endpoints: Endpoints,
     tunnel: Tunnel,
+    nodes: Nodes,
     services: KernelServiceMaps,
     policy: KernelPolicyMaps,
     counters: Counters,
@@ -74,6 +78,12 @@ pub struct Node {
     enrichment: SharedEnrichment,
     /// The frontend → Service map last handed to enrichment (copied only when it changes).
     services_published: Arc<BTreeMap<ServiceKey, String>>,
+    /// ADDs that had to reuse an address still in quarantine (the pool was otherwise full).
+    quarantine_bypassed: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
@@ -147,6 +157,7 @@ impl Node {
             policy_seen: ClusterSnapshot::default(),
             enrichment: SharedEnrichment::default(),
             services_published: Arc::default(),
+            quarantine_bypassed: 0,
         })
     }
 
@@ -186,26 +197,61 @@ impl Node {
             self.bring_up(own.pod_cidr, own.address).await?;
         }
         self.sync_remote_nodes().await?;
+        self.learn_policy_inputs(&snap);
+        self.sync_policy(&self.local_endpoints(), &self.unmanaged_endpoints())?;
+        self.sync_services(snap)?;
+        Ok(())
+    }
+
+    /// An attachment the runtime made for a Kubernetes pod (containerd passes the pod's
+    /// namespace and name). Others (a plain CNI user) have no Pod: no NetworkPolicy can select
+    /// them, so they are not isolated.
+    pub fn is_kubernetes_pod(a: &AddRequest) -> bool {
+        !a.pod_namespace.is_empty() && !a.pod_name.is_empty()
+    }
+
+    /// `snap` holds the pod `ns/name`, the incarnation with `uid` when both sides know one (a
+    /// pod re-created under the same name must not inherit the old one's labels).
+    pub fn pod_in(snap: &ClusterSnapshot, ns: &str, name: &str, uid: &str) -> bool {
+        snap.pods
+            .get(&(ns.to_owned(), name.to_owned()))
+            .is_some_and(|p| uid.is_empty() || p.uid.is_empty() || *p.uid == *uid)
+    }
+
+    /// Takes the pods, namespaces and policies of a newer cluster state than the last
+    /// reconcile's (an ADD that waited for its pod compiles with what it waited for).
+    pub fn learn_policy_inputs(&mut self, snap: &ClusterSnapshot) {
         self.policy_seen = ClusterSnapshot {
             pods: snap.pods.clone(),
             namespaces: snap.namespaces.clone(),
             network_policies: snap.network_policies.clone(),
             ..Default::default()
         };
-        self.sync_policy(&self.local_endpoints())?;
-        self.sync_services(snap)?;
-        Ok(())
     }
 
-    /// This node's endpoints: pod namespace/name → address.
+    /// This node's endpoints whose pod the cluster state shows: pod namespace/name → address.
+    /// The others get no policy entry, and so stay closed in the datapath.
     fn local_endpoints(&self) -> BTreeMap<(String, String), Ipv4Addr> {
-        self.store.all().map(|r| ((r.pod_namespace.clone(), r.pod_name.clone()), r.ip)).collect()
+        self.store
+            .all()
+            .filter(|r| Self::pod_in(&self.policy_seen, &r.pod_namespace, &r.pod_name, &r.pod_uid))
+            .map(|r| ((r.pod_namespace.clone(), r.pod_name.clone()), r.ip))
+            .collect()
+    }
+
+    /// Endpoints of attachments that belong to no Kubernetes pod (open: nothing selects them).
+    fn unmanaged_endpoints(&self) -> BTreeSet<Ipv4Addr> {
+        self.store.all().filter(|r| r.pod_namespace.is_empty() || r.pod_name.is_empty()).map(|r| r.ip).collect()
     }
 
     /// NetworkPolicy for `local` endpoints into the policy maps (only the differences).
-    fn sync_policy(&mut self, local: &BTreeMap<(String, String), Ipv4Addr>) -> anyhow::Result<()> {
+    fn sync_policy(
+        &mut self,
+        local: &BTreeMap<(String, String), Ipv4Addr>,
+        unmanaged: &BTreeSet<Ipv4Addr>,
+    ) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
-        let r = self.policy.apply(&self.policy_seen, local, &mut l.policy)?;
+        let r = self.policy.apply_with(&self.policy_seen, local, unmanaged, &mut l.policy)?;
         self.publish_enrichment();
         if r.rejected_changed {
             for e in &self.policy.cluster.rejected {
@@ -250,6 +296,7 @@ impl Node {
                 ("to_stack", c.to_stack),
                 ("lb_translated", c.lb_translated),
                 ("lb_no_backend", c.lb_no_backend),
+                ("from_stack", c.from_stack),
             ] {
                 m.datapath.with_label_values(&[outcome]).set(n as i64);
             }
@@ -263,6 +310,8 @@ impl Node {
         m.state.with_label_values(&["services_rejected"]).set(self.services.rejected.len() as i64);
         m.state.with_label_values(&["policies_rejected"]).set(self.policy.cluster.rejected.len() as i64);
         m.state.with_label_values(&["endpoints_fail_closed_total"]).set(self.policy.fail_closed_total as i64);
+        m.state.with_label_values(&["ipam_quarantine_bypassed_total"]).set(self.quarantine_bypassed as i64);
+        m.state.with_label_values(&["ipam_quarantined"]).set(self.store.released().len() as i64);
     }
 
     /// The compiled policy and the cluster it came from (explain, the CLI).
@@ -326,6 +375,7 @@ impl Node {
             cluster_cidr_v4: (cfg.cluster_cidr.network(), cfg.cluster_cidr.prefix()),
             vxlan_ifindex: vxlan.as_ref().map_or(0, |v| v.index),
             vxlan_vni: cfg.vxlan_vni,
+            vxlan_port: cfg.vxlan_port,
             nat_ports: cfg.nat_ports,
             observe: cfg.observe,
         };
@@ -337,6 +387,7 @@ impl Node {
         }
         let endpoints = Endpoints::open(&mut dp)?;
         let tunnel = Tunnel::open(&mut dp)?;
+        let nodes = Nodes::open(&mut dp)?;
         let services = ServiceMaps {
             services: Services::open(&mut dp)?,
             backends: Backends::open(&mut dp)?,
@@ -353,7 +404,7 @@ impl Node {
             tracing::info!(cgroup = %cg.display(), ?how, "socket-level Service translation");
         }
         self.events = Some(Events::open(&mut dp)?);
-        self.loaded = Some(Loaded { dp, endpoints, tunnel, services, policy, counters, uplink, pod_cidr, mtu });
+        self.loaded = Some(Loaded { dp, endpoints, tunnel, nodes, services, policy, counters, uplink, pod_cidr, mtu });
         self.sync_endpoints().await?;
         self.drain_delete_queue().await;
         tracing::info!(%pod_cidr, %node_ip, routing = ?self.cfg.routing, mtu, "datapath ready");
@@ -369,6 +420,7 @@ impl Node {
             match links.get(&r.host_ifname) {
                 Some(index) if *index == r.host_ifindex => {
                     l.dp.attach_ingress(&r.host_ifname, programs::FROM_POD)?;
+                    l.dp.attach_egress(&r.host_ifname, programs::TO_POD)?;
                     want.insert(r.ip, endpoint_info(r));
                 }
                 _ => tracing::warn!(pod = %format!("{}/{}", r.pod_namespace, r.pod_name), ip = %r.ip,
@@ -384,16 +436,32 @@ impl Node {
         for name in links.keys().filter(|n| !owned.contains(n.as_str())) {
             tracing::warn!(iface = %name, "removing a host interface no endpoint owns");
             self.nl.delete_link(name).await?;
-            l.dp.detach_ingress(name, programs::FROM_POD)?;
+            l.dp.detach(name, programs::FROM_POD)?;
+            l.dp.detach(name, programs::TO_POD)?;
         }
         Ok(())
     }
 
-    /// Routes (direct) or tunnel entries (VXLAN) for every other node's pod CIDR.
+    /// Routes (direct) or tunnel entries (VXLAN) for every other node's pod CIDR; the tunnel
+    /// map (which node owns which pod CIDR) and the node addresses in both modes, for the
+    /// datapath's source checks.
     async fn sync_remote_nodes(&mut self) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
         let want: BTreeMap<(Ipv4Addr, u8), Ipv4Addr> =
             self.desired.remotes.values().map(|r| ((r.pod_cidr.network(), r.pod_cidr.prefix()), r.address)).collect();
+        let mut nodes: BTreeMap<Ipv4Addr, u32> = self.desired.remotes.values().map(|r| (r.address, 0)).collect();
+        if let Some(own) = self.desired.own {
+            nodes.insert(own.address, weir_bpf_common::NODE_F_SELF);
+        }
+        // Addresses first: a node's pods are never tunnelled from before the node is known.
+        let c = maps::sync(&mut l.nodes, &nodes)?;
+        if c != maps::Changes::default() {
+            tracing::info!(upserted = c.upserted, removed = c.removed, "node address map reconciled");
+        }
+        let c = maps::sync(&mut l.tunnel, &want)?;
+        if c != maps::Changes::default() {
+            tracing::info!(upserted = c.upserted, removed = c.removed, "tunnel map reconciled");
+        }
         let routes = self.nl.weir_routes().await?;
         let vxlan = self.cfg.routing == Routing::Vxlan;
         // Node routes are weir's routes with a gateway (pod routes have none).
@@ -406,18 +474,12 @@ impl Node {
                 have_routes.insert((dst, len));
             }
         }
-        if vxlan {
-            let c = maps::sync(&mut l.tunnel, &want)?;
-            if c != maps::Changes::default() {
-                tracing::info!(upserted = c.upserted, removed = c.removed, "tunnel map reconciled");
-            }
-        } else {
+        if !vxlan {
             for ((dst, len), gw) in &want {
                 if !have_routes.contains(&(*dst, *len)) {
                     self.nl.replace_route(*dst, *len, l.uplink.index, Some(*gw)).await?;
                 }
             }
-            maps::sync(&mut l.tunnel, &BTreeMap::new())?;
         }
         Ok(())
     }
@@ -447,16 +509,42 @@ impl Node {
             ));
         }
         let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
-        let ip = ipam::allocate(l.pod_cidr, &self.store.used_ips()).ok_or_else(|| {
-            ApiError::new(code::ADDRESSES_EXHAUSTED, format!("no free address left in pod CIDR {}", l.pod_cidr), "")
-        })?;
+        let kubernetes = Self::is_kubernetes_pod(req);
+        if kubernetes && !Self::pod_in(&self.policy_seen, &req.pod_namespace, &req.pod_name, &req.pod_uid) {
+            return Err(ApiError::new(
+                code::TRY_AGAIN_LATER,
+                format!("pod {}/{} is not in weir-agent's cluster state yet", req.pod_namespace, req.pod_name),
+                "",
+            ));
+        }
+        let now = unix_now();
+        let (ip, how) =
+            ipam::allocate(l.pod_cidr, &self.store.used_ips(), self.store.released(), now, self.cfg.ip_quarantine)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        code::ADDRESSES_EXHAUSTED,
+                        format!("no free address left in pod CIDR {}", l.pod_cidr),
+                        "",
+                    )
+                })?;
+        if how == ipam::Allocation::Quarantined {
+            self.quarantine_bypassed += 1;
+            tracing::warn!(%ip, pod_cidr = %l.pod_cidr, quarantine = ?self.cfg.ip_quarantine,
+                "every free address is in quarantine: reusing the one released longest ago");
+        }
         let mtu = req.mtu.unwrap_or(l.mtu);
         let host = host_ifname(&id.container_id, &id.ifname);
         // The pod's policy is in the maps before the pod can send or be reached (the endpoint
-        // map entry, written last by `plumb`, is what lets its traffic through).
+        // map entry, written last by `plumb`, is what lets its traffic through; without a policy
+        // entry the datapath keeps the endpoint closed anyway).
         let mut local = self.local_endpoints();
-        local.insert((req.pod_namespace.clone(), req.pod_name.clone()), ip);
-        self.sync_policy(&local)
+        let mut unmanaged = self.unmanaged_endpoints();
+        if kubernetes {
+            local.insert((req.pod_namespace.clone(), req.pod_name.clone()), ip);
+        } else {
+            unmanaged.insert(ip);
+        }
+        self.sync_policy(&local, &unmanaged)
             .map_err(|e| api_err(code::DATAPATH, "writing the pod's network policy", format!("{e:#}")))?;
         match self.plumb(req, &netns, &host, ip, mtu).await {
             Ok(rec) => {
@@ -536,6 +624,7 @@ impl Node {
         if l.dp.attach_ingress(host, programs::FROM_POD)? == Attachment::Adopted {
             tracing::warn!(iface = %host, "adopted an existing pinned link for a new interface");
         }
+        l.dp.attach_egress(host, programs::TO_POD)?;
         let info = EndpointInfo { ifindex: host_link.index, flags: 0, pod_mac, host_mac: host_link.mac, _pad: [0; 4] };
         l.endpoints.upsert(ip, info)?;
         Ok(())
@@ -558,8 +647,10 @@ impl Node {
             }
         }
         if let Some(l) = self.loaded.as_mut() {
-            if let Err(e) = l.dp.detach_ingress(host, programs::FROM_POD) {
-                errors.push(e.to_string());
+            for program in [programs::FROM_POD, programs::TO_POD] {
+                if let Err(e) = l.dp.detach(host, program) {
+                    errors.push(e.to_string());
+                }
             }
         }
         errors
@@ -576,6 +667,11 @@ impl Node {
         self.store
             .remove(&id.container_id, &id.ifname)
             .map_err(|e| api_err(code::IO_FAILURE, "persisting the endpoint store", e))?;
+        // The address rests before it is handed out again: other nodes, EndpointSlices and
+        // conntrack may still tie it to this pod for a while.
+        if let Err(e) = self.store.release(rec.ip, unix_now(), self.cfg.ip_quarantine) {
+            tracing::warn!(ip = %rec.ip, error = %e, "could not persist the address quarantine; a restart may reuse it early");
+        }
         tracing::info!(pod = %format!("{}/{}", rec.pod_namespace, rec.pod_name), ip = %rec.ip, "endpoint deleted");
         Ok(())
     }
@@ -736,9 +832,10 @@ impl Node {
         ifaces.extend(self.store.all().map(|r| r.host_ifname.clone()));
         let mut attachments = Vec::new();
         for iface in ifaces {
-            let programs = weir_dataplane::tcx::ingress_program_names(&iface)
-                .map_err(|e| api_err(code::DATAPATH, format!("querying {iface}"), e))?;
-            attachments.push(IfacePrograms { iface, programs });
+            let query = |e| api_err(code::DATAPATH, format!("querying {iface}"), e);
+            let programs = weir_dataplane::tcx::ingress_program_names(&iface).map_err(query)?;
+            let egress = weir_dataplane::tcx::egress_program_names(&iface).map_err(query)?;
+            attachments.push(IfacePrograms { iface, programs, egress });
         }
         let snap = l.counters.snapshot().map_err(|e| api_err(code::DATAPATH, "reading counters", e))?;
         let mut counters: BTreeMap<String, u64> =
@@ -750,6 +847,7 @@ impl Node {
         counters.insert("to_stack".into(), snap.to_stack);
         counters.insert("lb_translated".into(), snap.lb_translated);
         counters.insert("lb_no_backend".into(), snap.lb_no_backend);
+        counters.insert("from_stack".into(), snap.from_stack);
         Ok(DatapathInfo { attachments, counters })
     }
 }

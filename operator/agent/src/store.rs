@@ -31,6 +31,14 @@ pub type Key = (String, String);
 pub struct EndpointStore {
     path: PathBuf,
     records: BTreeMap<Key, EndpointRecord>,
+    /// Released addresses in quarantine → when (Unix seconds), persisted in `released.json`.
+    released: BTreeMap<Ipv4Addr, u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Released {
+    ip: Ipv4Addr,
+    released_unix: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +64,39 @@ impl EndpointStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
-        Ok(Self { path, records })
+        // The quarantine is a safety margin, not a record: an unreadable one is started afresh.
+        let released = match std::fs::read(dir.join("released.json")) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<Released>>(&bytes) {
+                Ok(list) => list.into_iter().map(|r| (r.ip, r.released_unix)).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "released.json is unreadable; the address quarantine starts empty");
+                    BTreeMap::new()
+                }
+            },
+            Err(_) => BTreeMap::new(),
+        };
+        Ok(Self { path, records, released })
+    }
+
+    /// Addresses in quarantine and when they were released (Unix seconds).
+    pub fn released(&self) -> &BTreeMap<Ipv4Addr, u64> {
+        &self.released
+    }
+
+    /// Puts `ip` in quarantine from `now` (dropping entries older than `quarantine`), persisted.
+    pub fn release(&mut self, ip: Ipv4Addr, now: u64, quarantine: std::time::Duration) -> Result<(), StoreError> {
+        self.released.retain(|_, t| now.saturating_sub(*t) < quarantine.as_secs());
+        if quarantine.is_zero() {
+            return Ok(());
+        }
+        self.released.insert(ip, now);
+        let list: Vec<Released> = self.released.iter().map(|(ip, t)| Released { ip: *ip, released_unix: *t }).collect();
+        let path = self.path.with_file_name("released.json");
+        write_atomic(
+            &path,
+            &serde_json::to_vec(&list)
+                .map_err(|e| StoreError::Write { path: path.clone(), source: std::io::Error::other(e) })?,
+        )
     }
 
     pub fn get(&self, container_id: &str, ifname: &str) -> Option<&EndpointRecord> {
@@ -96,15 +136,21 @@ impl EndpointStore {
     }
 
     fn save(&self) -> Result<(), StoreError> {
-        let err = |source| StoreError::Write { path: self.path.clone(), source };
         let list: Vec<&EndpointRecord> = self.records.values().collect();
-        let bytes = serde_json::to_vec_pretty(&list).map_err(|e| err(std::io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        let bytes = serde_json::to_vec_pretty(&list)
+            .map_err(|e| StoreError::Write { path: self.path.clone(), source: std::io::Error::other(e) })?;
+        write_atomic(&self.path, &bytes)
     }
+}
+
+/// Write to a temporary file, fsync, rename over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let err = |source| StoreError::Write { path: path.to_owned(), source };
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }
 
 #[cfg(test)]
@@ -137,8 +183,12 @@ mod tests {
         s.insert(rec("b", [10, 0, 0, 3])).expect("insert");
         assert_eq!(s.remove("a", "eth0").expect("remove").map(|r| r.ip), Some(Ipv4Addr::new(10, 0, 0, 2)));
         assert_eq!(s.remove("a", "eth0").expect("remove twice"), None);
-        let s = EndpointStore::open(&dir).expect("reopen");
+        s.release(Ipv4Addr::new(10, 0, 0, 2), 1000, std::time::Duration::from_secs(60)).expect("release");
+        let mut s = EndpointStore::open(&dir).expect("reopen");
         assert_eq!(s.used_ips().into_iter().collect::<Vec<_>>(), [Ipv4Addr::new(10, 0, 0, 3)]);
+        assert_eq!(s.released().get(&Ipv4Addr::new(10, 0, 0, 2)), Some(&1000), "the quarantine survives a restart");
+        s.release(Ipv4Addr::new(10, 0, 0, 9), 1061, std::time::Duration::from_secs(60)).expect("release");
+        assert_eq!(s.released().keys().copied().collect::<Vec<_>>(), [Ipv4Addr::new(10, 0, 0, 9)], "expired ones go");
         std::fs::write(dir.join("endpoints.json"), "{oops").expect("corrupt");
         assert!(matches!(EndpointStore::open(&dir), Err(StoreError::Corrupt { .. })));
         std::fs::remove_dir_all(&dir).ok();

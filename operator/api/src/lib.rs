@@ -251,7 +251,11 @@ pub struct PolicyReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IfacePrograms {
     pub iface: String,
+    /// tcx ingress.
     pub programs: Vec<String>,
+    /// tcx egress (pods' host veths: what the node's stack delivers into the pod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -165,9 +165,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Response::Datapath(d) => {
-            println!("{:<18} PROGRAMS (tcx ingress)", "INTERFACE");
+            println!("{:<18} {:<24} TCX EGRESS", "INTERFACE", "TCX INGRESS");
             for a in d.attachments {
-                println!("{:<18} {}", a.iface, a.programs.join(", "));
+                println!("{:<18} {:<24} {}", a.iface, a.programs.join(", "), a.egress.join(", "));
             }
             println!("\n{:<34} COUNT", "COUNTER");
             for (k, v) in d.counters {

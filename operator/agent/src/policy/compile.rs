@@ -119,7 +119,7 @@ impl Cluster {
     ) -> Self {
         let mut pods = Vec::new();
         for ((ns, name), info) in &s.pods {
-            if info.host_network || matches!(info.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            if info.host_network || info.finished {
                 continue;
             }
             let reported = info.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok());
@@ -235,6 +235,12 @@ pub struct Identities {
 }
 
 impl Identities {
+    /// New numbers start above `n` (what an earlier agent's maps hold), so a number written by
+    /// it never names a different group of peers while its entries are live.
+    pub fn start_above(&mut self, n: u32) {
+        self.next = self.next.max(n.saturating_add(1)).max(FIRST_ALLOCATED);
+    }
+
     fn assign(&mut self, keys: BTreeSet<IdentityKey>) -> BTreeMap<IdentityKey, u32> {
         if self.next < FIRST_ALLOCATED {
             self.next = FIRST_ALLOCATED;

@@ -23,7 +23,6 @@ fn pod(ns: &str, name: &str, ip: [u8; 4], labels: &[(&str, &str)], ports: &[(&st
             .iter()
             .map(|(n, p, proto)| NamedPort { name: (*n).into(), port: *p, protocol: (*proto).into() })
             .collect(),
-        phase: Some("Running".into()),
         ..Default::default()
     };
     PodView { namespace: ns.into(), name: name.into(), ip: Ipv4Addr::from(ip), info: Arc::new(info) }

@@ -1,12 +1,24 @@
 //! `PolicySync`: the one writer of `WEIR_IPCACHE`, `WEIR_POLICY` and `WEIR_POLICY_EP`.
 //!
 //! Each pass compiles the cluster for this node's endpoints and writes only the differences
-//! against what it last wrote, in an order that never opens a gap: new identities and entries
-//! first, then endpoint flags, then removals (so a pod becoming isolated already has its allow
-//! entries, and a pod losing isolation is open before its entries go).
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+//! against what it last wrote, in an order that never opens a gap: new allow entries first,
+//! then the addresses' identities, then endpoint flags, then removals — endpoints, addresses,
+//! entries. So a pod becoming isolated already has its allow entries; a peer whose labels
+//! change is allowed under its new identity before it carries it, and under its old one until
+//! it no longer does (at every moment either the old or the new policy holds); a pod losing
+//! isolation is open before its entries go.
+//!
+//! Every endpoint of this node gets a `WEIR_POLICY_EP` entry once its pod is known (open ones
+//! with no isolation flags); the datapath keeps an endpoint without one closed. Identity numbers
+//! are never reused within a run, and a restarted agent numbers above what the maps hold, so a
+//! number never changes meaning while entries that use it are live.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
-use weir_bpf_common::{sizes, PolicyEndpoint, POLICY_F_EGRESS, POLICY_F_FAIL_CLOSED, POLICY_F_INGRESS};
+use weir_bpf_common::{sizes, PolicyEndpoint, IDENTITY_WORLD, POLICY_F_EGRESS, POLICY_F_FAIL_CLOSED, POLICY_F_INGRESS};
 use weir_dataplane::maps::{KeyValueMap, PolicyEntry};
 
 use super::{
@@ -76,6 +88,44 @@ impl PolicySync {
         P: KeyValueMap<Key = PolicyEntry, Value = u32>,
         E: KeyValueMap<Key = Ipv4Addr, Value = PolicyEndpoint>,
     {
+        self.apply_with(snap, local, &BTreeSet::new(), maps)
+    }
+
+    /// [`Self::apply`], and `unmanaged` endpoints (attachments of no Kubernetes pod: nothing
+    /// selects them) open.
+    pub fn apply_with<I, P, E>(
+        &mut self,
+        snap: &ClusterSnapshot,
+        local: &BTreeMap<(String, String), Ipv4Addr>,
+        unmanaged: &BTreeSet<Ipv4Addr>,
+        maps: &mut PolicyMaps<I, P, E>,
+    ) -> weir_dataplane::Result<PassReport>
+    where
+        I: KeyValueMap<Key = (Ipv4Addr, u8), Value = u32>,
+        P: KeyValueMap<Key = PolicyEntry, Value = u32>,
+        E: KeyValueMap<Key = Ipv4Addr, Value = PolicyEndpoint>,
+    {
+        let have = match self.written.take() {
+            Some(w) => w,
+            None => {
+                let w = Written {
+                    ipcache: maps.ipcache.list()?,
+                    entries: maps.entries.list()?,
+                    endpoints: maps.endpoints.list()?,
+                };
+                // Number above whatever an earlier agent left in the maps.
+                let highest = w
+                    .ipcache
+                    .values()
+                    .chain(w.endpoints.values().map(|e| &e.identity))
+                    .chain(w.entries.keys().map(|e| &e.identity))
+                    .copied()
+                    .max()
+                    .unwrap_or(0);
+                self.ids.start_above(highest);
+                w
+            }
+        };
         let cluster = Cluster::from_snapshot_with(snap, Some(&self.cluster), local, &mut self.parsed);
         let compiled = compile(
             &cluster,
@@ -106,22 +156,17 @@ impl PolicySync {
             }
             want.endpoints.insert(*ip, PolicyEndpoint { identity: ep.identity, flags });
         }
-        let have = match self.written.take() {
-            Some(w) => w,
-            None => Written {
-                ipcache: maps.ipcache.list()?,
-                entries: maps.entries.list()?,
-                endpoints: maps.endpoints.list()?,
-            },
-        };
+        for ip in unmanaged {
+            want.endpoints.entry(*ip).or_insert(PolicyEndpoint { identity: IDENTITY_WORLD, flags: 0 });
+        }
         let mut report = PassReport::default();
         // Until this pass succeeds what the maps hold is unknown again (`written` stays None).
-        upsert(&mut maps.ipcache, &have.ipcache, &want.ipcache, &mut report)?;
         upsert(&mut maps.entries, &have.entries, &want.entries, &mut report)?;
+        upsert(&mut maps.ipcache, &have.ipcache, &want.ipcache, &mut report)?;
         upsert(&mut maps.endpoints, &have.endpoints, &want.endpoints, &mut report)?;
         remove(&mut maps.endpoints, &have.endpoints, &want.endpoints, &mut report)?;
-        remove(&mut maps.entries, &have.entries, &want.entries, &mut report)?;
         remove(&mut maps.ipcache, &have.ipcache, &want.ipcache, &mut report)?;
+        remove(&mut maps.entries, &have.entries, &want.entries, &mut report)?;
         self.written = Some(want);
         report.rejected_changed = cluster.rejected != self.cluster.rejected;
         for (ip, ep) in &compiled.endpoints {
@@ -270,5 +315,150 @@ spec:
         sync.apply(&snapshot(&format!("{PODS}{DENY}")), &local(), &mut maps).expect("retry");
         assert_eq!(maps.entries.entries.len(), 1);
         assert_eq!(maps.endpoints.entries[&Ipv4Addr::new(10, 244, 0, 3)].flags, POLICY_F_INGRESS);
+    }
+
+    /// The three maps behind one cell, so a check can run after every single write of a pass.
+    #[derive(Default)]
+    struct Shared {
+        ipcache: BTreeMap<(Ipv4Addr, u8), u32>,
+        entries: BTreeMap<PolicyEntry, u32>,
+        endpoints: BTreeMap<Ipv4Addr, PolicyEndpoint>,
+        /// What the check saw after each write.
+        seen: Vec<bool>,
+    }
+
+    type Cell = std::rc::Rc<std::cell::RefCell<Shared>>;
+    type Check = std::rc::Rc<dyn Fn(&Shared) -> bool>;
+
+    /// The datapath's ingress decision for `ep` and peer `peer` on TCP `port`, over the maps.
+    fn allowed(m: &Shared, ep: Ipv4Addr, peer: Ipv4Addr, port: u16) -> bool {
+        let Some(e) = m.endpoints.get(&ep) else { return false };
+        if e.flags & POLICY_F_INGRESS == 0 {
+            return true;
+        }
+        let p = u32::from(peer);
+        let id = m
+            .ipcache
+            .iter()
+            .filter(|((net, len), _)| {
+                *len == 0 || (u32::from(*net) >> (32 - u32::from(*len))) == p >> (32 - u32::from(*len))
+            })
+            .max_by_key(|((_, len), _)| *len)
+            .map_or(weir_bpf_common::IDENTITY_WORLD, |(_, id)| *id);
+        m.entries.keys().any(|k| {
+            k.endpoint == ep
+                && k.direction == 0
+                && (k.identity == id || k.identity == weir_bpf_common::IDENTITY_ANY)
+                && (k.proto == 0 || (k.proto == 6 && (k.port_bits == 0 || (k.port ^ port) >> (16 - k.port_bits) == 0)))
+        })
+    }
+
+    struct Stepping<K, V> {
+        cell: Cell,
+        check: Check,
+        field: fn(&mut Shared) -> &mut BTreeMap<K, V>,
+    }
+
+    impl<K: Ord + Copy + std::fmt::Debug, V: PartialEq + Copy + std::fmt::Debug> KeyValueMap for Stepping<K, V> {
+        type Key = K;
+        type Value = V;
+        fn list(&self) -> weir_dataplane::Result<BTreeMap<K, V>> {
+            Ok((self.field)(&mut self.cell.borrow_mut()).clone())
+        }
+        fn upsert(&mut self, k: K, v: V) -> weir_dataplane::Result<()> {
+            (self.field)(&mut self.cell.borrow_mut()).insert(k, v);
+            let ok = (self.check)(&self.cell.borrow());
+            self.cell.borrow_mut().seen.push(ok);
+            Ok(())
+        }
+        fn remove(&mut self, k: K) -> weir_dataplane::Result<()> {
+            (self.field)(&mut self.cell.borrow_mut()).remove(&k);
+            let ok = (self.check)(&self.cell.borrow());
+            self.cell.borrow_mut().seen.push(ok);
+            Ok(())
+        }
+    }
+
+    type SteppingMaps =
+        PolicyMaps<Stepping<(Ipv4Addr, u8), u32>, Stepping<PolicyEntry, u32>, Stepping<Ipv4Addr, PolicyEndpoint>>;
+
+    fn stepping(cell: &Cell, check: Check) -> SteppingMaps {
+        PolicyMaps {
+            ipcache: Stepping { cell: cell.clone(), check: check.clone(), field: |s| &mut s.ipcache },
+            entries: Stepping { cell: cell.clone(), check: check.clone(), field: |s| &mut s.entries },
+            endpoints: Stepping { cell: cell.clone(), check, field: |s| &mut s.endpoints },
+        }
+    }
+
+    const TWO_RULES: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: t, namespace: x, labels: {app: t}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: LABEL}}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+status: {podIP: 10.244.1.9, phase: Running}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: t}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: t}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: 80}]}]
+";
+
+    /// A peer's label change is written so that after every single map write either the old
+    /// or the new policy holds: allowed before and after (a → b) stays allowed throughout; a
+    /// change that removes access (a → z) goes from allowed to denied once, never back.
+    #[test]
+    fn a_label_change_never_opens_a_window_between_old_and_new_policy() {
+        let (t, c) = (Ipv4Addr::new(10, 244, 0, 5), Ipv4Addr::new(10, 244, 1, 9));
+        let local: BTreeMap<(String, String), Ipv4Addr> = [(("x".to_owned(), "t".to_owned()), t)].into();
+        for (to, want_after) in [("b", true), ("z", false)] {
+            let cell: Cell = Default::default();
+            let check: Check = std::rc::Rc::new(move |m: &Shared| allowed(m, t, c, 80));
+            let mut maps = stepping(&cell, check);
+            let mut sync = PolicySync::default();
+            sync.apply(&snapshot(&TWO_RULES.replace("LABEL", "a")), &local, &mut maps).expect("pass");
+            assert!(allowed(&cell.borrow(), t, c, 80), "c (app=a) is allowed to start with");
+            cell.borrow_mut().seen.clear();
+            sync.apply(&snapshot(&TWO_RULES.replace("LABEL", to)), &local, &mut maps).expect("change");
+            let seen = cell.borrow().seen.clone();
+            assert!(!seen.is_empty(), "the change wrote something");
+            assert_eq!(*seen.last().expect("writes"), want_after, "a -> {to}: {seen:?}");
+            if want_after {
+                assert!(seen.iter().all(|ok| *ok), "a -> {to}: denied in between: {seen:?}");
+            } else {
+                let first_denied = seen.iter().position(|ok| !ok).expect("denied at the end");
+                assert!(seen[first_denied..].iter().all(|ok| !ok), "a -> {to}: allowed again after a denial: {seen:?}");
+            }
+        }
+    }
+
+    /// Endpoints of no Kubernetes pod are open; a restarted writer numbers identities above
+    /// what the maps hold, so no number changes meaning under live entries.
+    #[test]
+    fn unmanaged_endpoints_are_open_and_a_restart_numbers_above_the_maps() {
+        let mut maps = fakes();
+        let plain = Ipv4Addr::new(10, 244, 0, 9);
+        maps.ipcache.entries.insert((Ipv4Addr::new(10, 244, 7, 7), 32), 9000);
+        let mut sync = PolicySync::default();
+        sync.apply_with(&snapshot(&format!("{PODS}{DENY}")), &local(), &[plain].into(), &mut maps).expect("pass");
+        assert_eq!(maps.endpoints.entries[&plain].flags, 0, "open");
+        assert!(
+            maps.ipcache.entries.values().filter(|id| **id != 9000).all(|id| *id > 9000),
+            "{:?}",
+            maps.ipcache.entries
+        );
     }
 }

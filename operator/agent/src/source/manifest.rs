@@ -210,7 +210,13 @@ fn signature(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
 }
 
 /// Polls `dir` and publishes each changed snapshot. Runs until the receiver is gone.
-pub async fn watch_dir(dir: PathBuf, every: Duration, tx: watch::Sender<Option<ClusterSnapshot>>) {
+/// Re-reads `dir` every `every`, or at once when `kick` is notified (an ADD waiting for its pod).
+pub async fn watch_dir(
+    dir: PathBuf,
+    every: Duration,
+    tx: watch::Sender<Option<ClusterSnapshot>>,
+    kick: std::sync::Arc<tokio::sync::Notify>,
+) {
     let mut state = DirState::default();
     let mut first = true;
     loop {
@@ -228,7 +234,10 @@ pub async fn watch_dir(dir: PathBuf, every: Duration, tx: watch::Sender<Option<C
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = kick.notified() => {}
+        }
     }
 }
 
@@ -304,7 +313,7 @@ spec: {ports: [{port: 80}]}
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         rt.block_on(async {
             let (tx, mut rx) = watch::channel(None);
-            let task = tokio::spawn(watch_dir(dir.clone(), Duration::from_millis(10), tx));
+            let task = tokio::spawn(watch_dir(dir.clone(), Duration::from_millis(10), tx, Default::default()));
             rx.changed().await.expect("first snapshot");
             assert_eq!(rx.borrow().as_ref().map(|s| s.pods.len()), Some(1));
             std::fs::write(

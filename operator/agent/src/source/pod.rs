@@ -23,11 +23,14 @@ use serde::Deserialize;
 pub struct PodInfo {
     pub name: Box<str>,
     pub namespace: Box<str>,
+    /// `metadata.uid`: tells a pod from an earlier one of the same name (empty when unknown).
+    pub uid: Box<str>,
     /// Sorted by key.
     pub labels: Box<[(Box<str>, Box<str>)]>,
     pub node_name: Option<Box<str>>,
     pub host_network: bool,
-    pub phase: Option<Box<str>>,
+    /// `status.phase` is Succeeded or Failed: its containers are done, its address is free.
+    pub finished: bool,
     /// `status.podIPs` (or `status.podIP` when that is all there is).
     pub ips: Box<[Box<str>]>,
     /// Container ports that have a name.
@@ -91,11 +94,12 @@ impl PodInfo {
             workload,
             name: meta.name.unwrap_or_default().into(),
             namespace: meta.namespace.unwrap_or_else(|| "default".into()).into(),
+            uid: meta.uid.unwrap_or_default().into(),
             // A BTreeMap iterates in key order: the slice is sorted.
             labels: meta.labels.unwrap_or_default().into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             node_name: node_name.map(Into::into),
             host_network: host_network.unwrap_or(false),
-            phase: phase.map(Into::into),
+            finished: matches!(phase.as_deref(), Some("Succeeded" | "Failed")),
             ips: ips.into(),
             named_ports: ports
                 .filter_map(|p| {
@@ -208,7 +212,7 @@ mod tests {
     use super::*;
 
     const POD: &str = r#"{"apiVersion":"v1","kind":"Pod",
-        "metadata":{"name":"web","namespace":"shop","labels":{"tier":"front","app":"web"},"managedFields":[{"manager":"kubelet"}]},
+        "metadata":{"name":"web","namespace":"shop","uid":"7d1c","labels":{"tier":"front","app":"web"},"managedFields":[{"manager":"kubelet"}]},
         "spec":{"nodeName":"n1","containers":[{"name":"c","image":"srv","ports":[{"name":"http","containerPort":8080},{"containerPort":9}],
                 "env":[{"name":"A","value":"b"}]}],"volumes":[{"name":"v","emptyDir":{}}]},
         "status":{"phase":"Running","podIP":"10.244.1.2","podIPs":[{"ip":"10.244.1.2"}],"conditions":[{"type":"Ready","status":"True"}]}}"#;
@@ -219,7 +223,7 @@ mod tests {
         let full: Pod = serde_json::from_str(POD).expect("Pod");
         let info = PodInfo::from(wire);
         assert_eq!(info, PodInfo::from(full));
-        assert_eq!((&*info.namespace, &*info.name), ("shop", "web"));
+        assert_eq!((&*info.namespace, &*info.name, &*info.uid), ("shop", "web", "7d1c"));
         assert_eq!(info.label("app"), Some("web"));
         assert_eq!(info.label("tier"), Some("front"));
         assert_eq!(info.label("none"), None);
