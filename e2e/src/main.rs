@@ -106,6 +106,12 @@ enum Cmd {
     /// Fetch http://ADDR/metrics and print the body (internal; run inside a node's namespace).
     #[command(hide = true)]
     FetchInner { addr: String },
+    /// Run a command in a node's network namespace (its stack, iptables, interfaces).
+    NodeExec {
+        node: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// Run a command in the external namespace (the world outside the cluster).
     External {
         #[arg(last = true, required = true)]
@@ -277,6 +283,14 @@ fn main() -> anyhow::Result<()> {
             let lab = Lab::open(&cli.lab)?;
             let p = lab.pod(&pod)?;
             let mut c = command_in(&cmd[0], &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
+            c.args(&cmd[1..]);
+            let status = c.status().with_context(|| format!("running {:?}", cmd[0]))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::NodeExec { node, cmd } => {
+            let lab = Lab::open(&cli.lab)?;
+            let n = lab.state.nodes.iter().find(|n| n.name == node).with_context(|| format!("no node {node}"))?;
+            let mut c = command_in(&cmd[0], &nsexec::netns_path(&n.netns), None)?;
             c.args(&cmd[1..]);
             let status = c.status().with_context(|| format!("running {:?}", cmd[0]))?;
             std::process::exit(status.code().unwrap_or(1));

@@ -248,7 +248,7 @@ fn full_lab_story(routing: &str) {
     assert!(!out.status.success() && err.contains("containerPort") && err.contains("-: document 1"), "{err}");
     assert_eq!(lab.pods().len(), 5);
 
-    // Deleting a pod releases its address.
+    // Deleting a pod releases its address into quarantine: the next pod gets another one.
     let late_ip = lab
         .pods()
         .iter()
@@ -261,7 +261,7 @@ fn full_lab_story(routing: &str) {
     let out = lab.apply(&pod_yaml("shop", "again", "n1", "web"));
     assert!(out.status.success());
     let again_ip = lab.pods().iter().find(|p| p["name"] == "again").and_then(|p| p["ip"].as_str()).map(str::to_owned);
-    assert_eq!(again_ip.as_deref(), Some(late_ip.as_str()), "the released address is handed out again");
+    assert!(again_ip.is_some() && again_ip.as_deref() != Some(late_ip.as_str()), "a released address rests first");
 
     services_beyond_pods(&lab);
 

@@ -528,6 +528,26 @@ mod tests {
         assert!(i.flow(&Event::Flow(ev(99, 1, 2))).is_none());
     }
 
+    /// A drop because the source could not be verified keeps the address and never names the
+    /// pod that owns it; other drops do name it.
+    #[test]
+    fn drops_of_unverified_sources_never_name_the_claimed_pod() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n\
+                    spec: {nodeName: n1, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.1.2}\n";
+        let snap = crate::source::manifest::snapshot_of(yaml, "test").expect("pod");
+        let cluster = Cluster::from_snapshot_with(&snap, None, &BTreeMap::new(), &mut Default::default());
+        let en = Enrichment { cluster: Arc::new(cluster), ..Default::default() };
+        let mut i = Ingest::new("n1".into(), Arc::new(RwLock::new(Arc::new(en))), Arc::new(Metrics::default()));
+        let drop = |i: &mut Ingest, reason: DropReason| {
+            i.flow(&Event::Flow(DatapathEvent { reason: reason as u8, ..ev(EVENT_DROP, 1, 2) })).expect("drop")
+        };
+        assert_eq!(drop(&mut i, DropReason::PolicyDeniedIngress).source.pod(), "x/a");
+        for r in [DropReason::SpoofedSource, DropReason::SpoofedSourceFromWire, DropReason::TunnelInnerSourceInvalid] {
+            let f = drop(&mut i, r);
+            assert_eq!((f.source.pod(), f.ip.source.as_str()), (String::new(), "10.244.1.2"), "{r:?}");
+        }
+    }
+
     #[test]
     fn translated_connections_name_their_service() {
         let front = ServiceKey {
