@@ -30,14 +30,39 @@ fn main() -> anyhow::Result<()> {
     let root = root.to_str().context("non-UTF-8 path")?;
     let common = manifest.join("../bpf/common");
     println!("cargo:rerun-if-changed={}", common.display());
-    aya_build::build_ebpf(
+    // aya-build keeps its cargo target under OUT_DIR, which differs for every profile and feature
+    // set this crate is built with (check, build, test): each would build `core` and the programs
+    // from scratch (about a minute each). One directory shared by all of them under the
+    // workspace's target dir makes the later builds incremental; a lock serialises them, and the
+    // object is copied out under it.
+    let shared = shared_dir(&out).unwrap_or_else(|| out.clone());
+    fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    let lock = fs::File::create(shared.join(".lock")).context("creating the eBPF build lock")?;
+    lock.lock().context("locking the shared eBPF build")?;
+    // aya-build reads OUT_DIR to place its target and the object (a build script is
+    // single-threaded, so changing the variable for the call is safe).
+    env::set_var("OUT_DIR", &shared);
+    let built = aya_build::build_ebpf(
         [aya_build::Package { name: "weir-bpf-programs", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(&toolchain),
-    )?;
-    if !object.exists() {
-        bail!("aya-build produced no {}", object.display());
+    );
+    env::set_var("OUT_DIR", &out);
+    built?;
+    let from = shared.join("weir-tc");
+    if !from.exists() {
+        bail!("aya-build produced no {}", from.display());
     }
+    if from != object {
+        fs::copy(&from, &object).with_context(|| format!("copying {} to {}", from.display(), object.display()))?;
+    }
+    drop(lock);
     Ok(())
+}
+
+/// `<target dir>/bpf`, from `OUT_DIR` = `<target dir>/<profile>/build/<pkg>-<hash>/out`.
+fn shared_dir(out: &std::path::Path) -> Option<PathBuf> {
+    let target = out.ancestors().nth(4)?;
+    (out.ancestors().nth(2)?.file_name()? == "build").then(|| target.join("bpf"))
 }
 
 fn which_on_path(name: &str) -> Option<PathBuf> {

@@ -17,11 +17,13 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo +"$WEIR_BPF_TOOLCHAIN" clippy -p weir-bpf-programs --target bpfel-unknown-none -Z build-std=core --release --locked -- -D warnings
 
 # default-members: everything but the eBPF crate, which build.rs compiles for the BPF target.
-cargo build --bins --locked
+# `cargo test` builds every binary the tests run (each binary's package has integration tests),
+# with the same features as the tests: a separate `cargo build --bins` would compile most of the
+# dependency tree a second time (dev-dependencies change tokio's features).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked 2>&1 | tee "$log"
+cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary.

@@ -113,6 +113,28 @@ pub enum Command {
     Gc,
 }
 
+/// The process environment as the plugin reads it: the UTF-8 variables, and the name of the
+/// first `CNI_*` variable that is not UTF-8 (the others are none of the plugin's business).
+pub fn environment(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> (Vec<(String, String)>, Option<String>) {
+    let mut env = Vec::new();
+    let mut bad = None;
+    for (k, v) in vars {
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => env.push((k, v)),
+            (Ok(k), Err(_)) if k.starts_with("CNI_") => {
+                bad.get_or_insert(k);
+            }
+            (Err(k), _) if k.to_string_lossy().starts_with("CNI_") => {
+                bad.get_or_insert(k.to_string_lossy().into_owned());
+            }
+            _ => {}
+        }
+    }
+    (env, bad)
+}
+
 fn var<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }

@@ -94,13 +94,13 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 /// Path of a workspace binary built next to the running test (scripts/test.sh builds them
-/// first with `cargo build --bins`).
+/// by `cargo test`, which builds the binaries of every package with integration tests).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --bins` first (scripts/test.sh does)", p.display());
+    assert!(p.exists(), "{} not built: `cargo test` builds it (its package has integration tests)", p.display());
     p
 }
 

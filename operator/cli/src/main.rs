@@ -48,12 +48,9 @@ enum Cmd {
     /// NetworkPolicy: explain a verdict, or show endpoints' effective policy.
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Flows, drops and DNS seen by this node's datapath. Filters: --namespace/-n NS,
-    /// --pod [NS/]POD, --from-pod, --to-pod, --label/-l KEY[=VALUE], --from-label, --to-label,
-    /// --ip ADDR[/LEN], --from-ip, --to-ip, --port N, --protocol tcp|udp|icmp|dns,
-    /// --verdict forwarded|dropped, --type/-t trace|drop|dns|policy-verdict, --node NAME,
-    /// --dns-name NAME; --not before a filter negates it. Filters of one kind OR, kinds AND.
-    /// Also --since DURATION (30s, 5m, 2h), --last N, --follow/-f, -o compact|json|table.
+    /// Flows, drops and DNS seen by this node's datapath (or several agents', merged); filtered
+    /// like `hubble observe`. `weir observe --help` lists the filters.
+    #[command(disable_help_flag = true)]
     Observe {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
