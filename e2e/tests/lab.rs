@@ -36,7 +36,9 @@ fn programs_per_iface(dp: &Value) -> Vec<(String, usize)> {
         .map(|a| {
             a.iter()
                 .map(|x| {
-                    (x["iface"].as_str().unwrap_or_default().to_owned(), x["programs"].as_array().map_or(0, Vec::len))
+                    let n = |k: &str| x[k].as_array().map_or(0, Vec::len);
+                    // Every interface has one program: ingress, or (weir_host) egress.
+                    (x["iface"].as_str().unwrap_or_default().to_owned(), n("programs") + n("egress"))
                 })
                 .collect()
         })

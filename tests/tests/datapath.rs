@@ -568,9 +568,10 @@ fn icmp_errors_follow_their_connection_and_are_reverse_translated() {
     });
 }
 
-/// What the node's stack delivers into a pod (`weir_to_pod`: hostPort DNAT, other interfaces) is
-/// judged by the pod's ingress policy; the node itself may always reach its pods (the kubelet's
-/// probes), and the pod's replies to stack-delivered connections go back to the stack.
+/// What the node's stack sends to a pod (`weir_to_pod` on `weir_host`: hostPort DNAT, other
+/// interfaces) is judged by the pod's ingress policy; the node itself may always reach its pods
+/// (the kubelet's probes), and the pod's replies to stack-delivered connections go back to the
+/// stack. An address of the pod CIDR no pod holds goes nowhere.
 #[test]
 fn stack_delivered_traffic_is_judged_and_replies_return_to_the_stack() {
     use weir_bpf_common::{PolicyEndpoint, POLICY_F_INGRESS};
@@ -584,9 +585,12 @@ fn stack_delivered_traffic_is_judged_and_replies_return_to_the_stack() {
         let dnat = pkt::ipv4(EXTERNAL, POD_A, pkt::TCP, 50000, 8080, b"");
         assert_eq!(action(dp, programs::TO_POD, &dnat), TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::PolicyDeniedIngress), 1);
-        // The node (kubelet) may; the pod's reply is handed back to the stack, untranslated.
+        // The node (kubelet) may, into the pod's veth with its MACs; the pod's reply is handed
+        // back to the stack, untranslated.
         let probe = pkt::ipv4(NODE, POD_A, pkt::TCP, 51000, 8080, b"");
-        assert_eq!(action(dp, programs::TO_POD, &probe), TC_ACT_OK);
+        let res = dp.test_run(programs::TO_POD, &probe).expect("run");
+        assert_eq!(res.action, TC_ACT_REDIRECT);
+        assert_eq!((pkt::view(&res.frame).dst_mac, pkt::view(&res.frame).src_mac), (POD_MAC, HOST_MAC));
         let reply = pkt::ipv4(POD_A, NODE, pkt::TCP, 8080, 51000, b"");
         let res = dp.test_run(programs::FROM_POD, &reply).expect("run");
         assert_eq!(res.action, TC_ACT_OK);
@@ -597,7 +601,7 @@ fn stack_delivered_traffic_is_judged_and_replies_return_to_the_stack() {
         // reply returns to the stack (whose conntrack undoes the DNAT) instead of being
         // masqueraded.
         peps.upsert(POD_A, PolicyEndpoint { identity: 1, flags: 0 }).expect("open A");
-        assert_eq!(action(dp, programs::TO_POD, &dnat), TC_ACT_OK);
+        assert_eq!(action(dp, programs::TO_POD, &dnat), TC_ACT_REDIRECT);
         let back = pkt::ipv4(POD_A, EXTERNAL, pkt::TCP, 8080, 50000, b"");
         let res = dp.test_run(programs::FROM_POD, &back).expect("run");
         assert_eq!((res.action, pkt::view(&res.frame).src), (TC_ACT_OK, POD_A));

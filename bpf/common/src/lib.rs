@@ -79,9 +79,9 @@ pub mod programs {
     pub const FROM_WIRE: &str = "weir_from_wire";
     /// tcx ingress of the VXLAN device: decapsulated traffic from other nodes.
     pub const FROM_VXLAN: &str = "weir_from_vxlan";
-    /// tcx egress of a pod's host-side veth: what the node's stack delivers into the pod (its
-    /// own traffic, hostPort DNAT, other interfaces). Traffic weir redirects into a pod never
-    /// passes here (`bpf_redirect_peer` skips the host veth).
+    /// tcx egress of `weir_host`, where the agent routes the node's pod CIDR: what the node's
+    /// stack sends to a pod (its own traffic, hostPort DNAT, other interfaces), judged and then
+    /// handed into the pod's veth. Traffic weir redirects itself never passes here.
     pub const TO_POD: &str = "weir_to_pod";
     /// Tail call from `weir_from_wire`: a load-balanced packet whose backend is on another node
     /// (masquerade, then tunnel or FIB). A fresh stack frame: the verifier caps the combined

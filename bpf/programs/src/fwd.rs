@@ -1,4 +1,5 @@
-//! Forwarding: to a local pod (`bpf_redirect_peer`), into the VXLAN tunnel, or by FIB lookup.
+//! Forwarding: to a local pod (`bpf_redirect_peer`, or into its veth from an egress hook), into
+//! the VXLAN tunnel, or by FIB lookup.
 use core::mem;
 
 use aya_ebpf::{
@@ -47,6 +48,15 @@ pub fn to_local_pod(ctx: &TcContext, ep: &EndpointInfo) -> Result<i32, DropReaso
     set_macs(ctx, &ep.pod_mac, &ep.host_mac)?;
     // SAFETY: plain helper call with scalar arguments.
     redirect_result(unsafe { bpf_redirect_peer(ep.ifindex, 0) })
+}
+
+/// Deliver to a pod on this node through the host side of its veth (from a tc egress hook, where
+/// `bpf_redirect_peer` is not allowed): the veth hands it to the pod's side.
+#[inline(always)]
+pub fn into_pod_veth(ctx: &TcContext, ep: &EndpointInfo) -> Result<i32, DropReason> {
+    set_macs(ctx, &ep.pod_mac, &ep.host_mac)?;
+    // SAFETY: plain helper call with scalar arguments.
+    redirect_result(unsafe { bpf_redirect(ep.ifindex, 0) })
 }
 
 /// Encapsulate towards `node_be` (network order) through the collect_metadata VXLAN device.

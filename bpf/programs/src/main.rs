@@ -8,8 +8,9 @@
 //!   per-packet Service load balancing (NodePort, external and LoadBalancer IPs).
 //! * `weir_from_vxlan` tcx ingress, VXLAN device (collect_metadata): delivery to local pods of
 //!   what another node weir knows encapsulated (outer source, VNI and inner source verified).
-//! * `weir_to_pod`     tcx egress, host-side veth of each pod: what the node's stack delivers into
-//!   the pod (its own traffic, hostPort DNAT, other interfaces) passes ingress policy too.
+//! * `weir_to_pod`     tcx egress of `weir_host`, where the node routes its pod CIDR: what the
+//!   node's stack sends to a pod (its own traffic, hostPort DNAT, other interfaces) passes the
+//!   pod's ingress policy too, then goes into the pod's veth.
 //! * `weir_lb_remote`  tail call from `weir_from_wire` (slot `tails::LB_REMOTE` of `WEIR_TAILS`):
 //!   a load-balanced packet, already DNATed, whose backend is on another node.
 //!
@@ -437,25 +438,22 @@ fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
     }
 }
 
-/// What the node's stack hands to a pod through its host veth: judged by the pod's ingress
-/// policy like everything weir delivers itself, observed, and its replies sent back through
-/// the stack (`policy::ingress_from_stack`).
+/// What the node's stack sends to a pod of this node (its own traffic — the kubelet's probes —,
+/// hostPort DNAT, what it routes from other interfaces): the agent routes the node's whole pod
+/// CIDR to the `weir_host` device, whose tcx egress runs this. Judged by the pod's ingress policy
+/// like everything weir delivers itself, observed, then handed into the pod's veth; the
+/// connection's replies go back through the stack (`policy::ingress_from_stack`). An address of
+/// the pod CIDR that no pod holds goes nowhere.
 fn try_to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     if parse::eth_proto(ctx)? != ETH_P_IP {
-        // ARP for the pod's address; IPv6 is off inside pods.
-        return Ok(TC_ACT_OK);
+        // The device resolves no neighbours and IPv6 is off on it: nothing else belongs here.
+        return Err(DropReason::UnsupportedL3);
     }
     let ip = Ipv4::parse(ctx)?;
-    // SAFETY: the context pointer is valid for the whole program run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match local_pod(ip.daddr) {
-        Some(ep) if ep.ifindex == ifindex => {}
-        _ => return Err(DropReason::NoRoute),
-    }
+    let ep = local_pod(ip.daddr).ok_or(DropReason::NoRoute)?;
     policy::ingress_from_stack(ctx)?;
     flow::observe(ctx, &ip, OBS_TO_POD);
-    drop::count(counters::FROM_STACK);
-    Ok(TC_ACT_OK)
+    counted(fwd::into_pod_veth(ctx, &ep), counters::FROM_STACK)
 }
 
 #[cfg(not(test))]

@@ -176,6 +176,26 @@ impl Netlink {
         }
     }
 
+    /// Creates (or finds) the veth pair `name`/`peer` that the node's stack sends pod traffic to
+    /// (`name` without ARP: the datapath on its egress addresses each packet to its pod), both
+    /// ends up.
+    pub async fn ensure_host_device(&self, name: &str, peer: &str, mtu: u32) -> Result<LinkInfo> {
+        if self.link(name).await?.is_none() {
+            let add = self.handle.link().add().veth(name.to_owned(), peer.to_owned());
+            match add.execute().await {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => return Err(req(format!("add veth {name}"))(e)),
+            }
+        }
+        let p = self.require_link(peer).await?;
+        self.handle.link().set(p.index).mtu(mtu).up().execute().await.map_err(req(format!("set {peer} up")))?;
+        let info = self.require_link(name).await?;
+        let set = self.handle.link().set(info.index).mtu(mtu).arp(false).up();
+        set.execute().await.map_err(req(format!("set {name} noarp/up")))?;
+        self.require_link(name).await
+    }
+
     /// Creates (or finds) the collect_metadata VXLAN device `name`. The device itself has VNI 0:
     /// in metadata mode the kernel looks received packets up under VNI 0 and the VNI travels in
     /// the tunnel key, set per packet by the datapath.

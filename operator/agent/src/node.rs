@@ -41,6 +41,11 @@ use crate::{
 };
 
 pub const VXLAN_DEVICE: &str = "weir_vxlan";
+/// Where the node's stack sends everything for its pod CIDR (one route): `weir_to_pod` on its
+/// egress judges each packet by the pod's ingress policy and hands it into the pod's veth. Its
+/// veth peer only exists because a veth needs one.
+pub const HOST_DEVICE: &str = "weir_host";
+const HOST_DEVICE_PEER: &str = "weir_host_p";
 const VXLAN_OVERHEAD: u32 = 50;
 
 /// The loaded datapath and what was learnt bringing it up.
@@ -80,6 +85,21 @@ pub struct Node {
     services_published: Arc<BTreeMap<ServiceKey, String>>,
     /// ADDs that had to reuse an address still in quarantine (the pool was otherwise full).
     quarantine_bypassed: u64,
+}
+
+/// A strict reverse-path check (`rp_filter` 1) on `all` would win over the per-interface 0 the
+/// pod veths get (pods' replies arrive on their veth, the route to them is through
+/// `weir_host`): loosen it to 2, which still refuses sources with no route back at all.
+fn relax_strict_rp_filter() {
+    let all = "/proc/sys/net/ipv4/conf/all/rp_filter";
+    if std::fs::read_to_string(all).is_ok_and(|v| v.trim() == "1") {
+        match std::fs::write(all, "2") {
+            Ok(()) => tracing::warn!("net.ipv4.conf.all.rp_filter was 1 (strict); set to 2 (loose) for pods' replies"),
+            Err(e) => {
+                tracing::error!(error = %e, "net.ipv4.conf.all.rp_filter is 1 (strict): pods' replies to the node will be dropped")
+            }
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -382,6 +402,15 @@ impl Node {
         let mut dp = Datapath::load(&load).context("loading the eBPF datapath")?;
         let how = dp.attach_ingress(&cfg.uplink, programs::FROM_WIRE)?;
         tracing::info!(iface = %cfg.uplink, ?how, "uplink program");
+        // The stack's way into pods: the whole pod CIDR through `weir_host` and its program, so
+        // nothing the stack sends a pod escapes its ingress policy.
+        let host = self.nl.ensure_host_device(HOST_DEVICE, HOST_DEVICE_PEER, mtu).await?;
+        for dev in [HOST_DEVICE, HOST_DEVICE_PEER] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
+        }
+        dp.attach_egress(HOST_DEVICE, programs::TO_POD)?;
+        relax_strict_rp_filter();
+        self.nl.replace_route(pod_cidr.network(), pod_cidr.prefix(), host.index, None).await?;
         if vxlan.is_some() {
             dp.attach_ingress(VXLAN_DEVICE, programs::FROM_VXLAN)?;
         }
@@ -420,7 +449,6 @@ impl Node {
             match links.get(&r.host_ifname) {
                 Some(index) if *index == r.host_ifindex => {
                     l.dp.attach_ingress(&r.host_ifname, programs::FROM_POD)?;
-                    l.dp.attach_egress(&r.host_ifname, programs::TO_POD)?;
                     want.insert(r.ip, endpoint_info(r));
                 }
                 _ => tracing::warn!(pod = %format!("{}/{}", r.pod_namespace, r.pod_name), ip = %r.ip,
@@ -437,7 +465,6 @@ impl Node {
             tracing::warn!(iface = %name, "removing a host interface no endpoint owns");
             self.nl.delete_link(name).await?;
             l.dp.detach(name, programs::FROM_POD)?;
-            l.dp.detach(name, programs::TO_POD)?;
         }
         Ok(())
     }
@@ -464,10 +491,17 @@ impl Node {
         }
         let routes = self.nl.weir_routes().await?;
         let vxlan = self.cfg.routing == Routing::Vxlan;
-        // Node routes are weir's routes with a gateway (pod routes have none).
+        // Node routes are weir's routes with a gateway. Without one: the route of this node's
+        // pod CIDR through `weir_host`, and per-pod /32 routes an earlier agent made, which would
+        // let the stack reach a pod around `weir_to_pod`: they go.
         let mut have_routes = BTreeSet::new();
         for (dst, len, gw, msg) in routes {
-            let Some(gw) = gw else { continue };
+            let Some(gw) = gw else {
+                if len == 32 {
+                    self.nl.delete_route(msg).await?;
+                }
+                continue;
+            };
             if vxlan || want.get(&(dst, len)) != Some(&gw) {
                 self.nl.delete_route(msg).await?;
             } else {
@@ -618,13 +652,14 @@ impl Node {
         pod_mac: [u8; 6],
     ) -> anyhow::Result<()> {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6"), "1");
+        // The pod's replies to what the stack sent it arrive here, while the route to the pod
+        // is through `weir_host`: no strict reverse-path check on this interface.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{host}/rp_filter"), "0");
         self.nl.set_up(host_link.index).await?;
-        self.nl.replace_route(ip, 32, host_link.index, None).await?;
         let l = self.loaded.as_mut().context("datapath not loaded")?;
         if l.dp.attach_ingress(host, programs::FROM_POD)? == Attachment::Adopted {
             tracing::warn!(iface = %host, "adopted an existing pinned link for a new interface");
         }
-        l.dp.attach_egress(host, programs::TO_POD)?;
         let info = EndpointInfo { ifindex: host_link.index, flags: 0, pod_mac, host_mac: host_link.mac, _pad: [0; 4] };
         l.endpoints.upsert(ip, info)?;
         Ok(())
@@ -647,10 +682,8 @@ impl Node {
             }
         }
         if let Some(l) = self.loaded.as_mut() {
-            for program in [programs::FROM_POD, programs::TO_POD] {
-                if let Err(e) = l.dp.detach(host, program) {
-                    errors.push(e.to_string());
-                }
+            if let Err(e) = l.dp.detach(host, programs::FROM_POD) {
+                errors.push(e.to_string());
             }
         }
         errors
@@ -825,7 +858,7 @@ impl Node {
     /// Attached programs per interface and the counters, read back from the kernel.
     pub fn datapath_info(&self) -> Result<DatapathInfo, ApiError> {
         let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
-        let mut ifaces = vec![self.cfg.uplink.clone()];
+        let mut ifaces = vec![self.cfg.uplink.clone(), HOST_DEVICE.to_owned()];
         if self.cfg.routing == Routing::Vxlan {
             ifaces.push(VXLAN_DEVICE.to_owned());
         }
