@@ -72,19 +72,12 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, sport: u16, dport: u16, pay
         }
         _ => {}
     }
-    let mut ip = vec![0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let c = csum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&l4);
+    let mut f = ipv4_raw(src, dst, proto, &l4);
+    // Don't fragment, as a TCP stack sends.
+    f[14 + 6] = 0x40;
+    f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = csum(&f[14..34]);
+    f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
     f
 }
 

@@ -245,9 +245,10 @@ fn load_balanced_flows_carry_their_service_frontend() {
     });
 }
 
-#[test]
-fn remote_pod_in_vxlan_mode_needs_a_tunnel_entry() {
-    if !require_root("remote_pod_in_vxlan_mode_needs_a_tunnel_entry") {
+/// Runs `f` (as root) in a fresh node namespace with a VXLAN device and the datapath loaded in
+/// VXLAN mode.
+fn on_vxlan_node(test: &str, f: impl FnOnce(&mut Datapath) + Send + 'static) {
+    if !require_root(test) {
         return;
     }
     let bpffs = Bpffs::mount();
@@ -256,12 +257,18 @@ fn remote_pod_in_vxlan_mode_needs_a_tunnel_entry() {
         run(Command::new("ip").args(["link", "add", "vx0", "type", "vxlan", "external", "dstport", "4789"]));
         run(Command::new("ip").args(["link", "set", "vx0", "up"]));
         let ifindex = nix::net::if_::if_nametoindex("vx0").expect("vx0 ifindex");
-        let cfg = config(&bpffs, ifindex);
-        let mut dp = Datapath::load(&cfg).expect("load datapath");
-        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
-        let mut tunnel = Tunnel::open(&mut dp).expect("tunnel");
-        let counters = Counters::open(&mut dp).expect("counters");
-        add_endpoint(&dp, &mut eps, POD_A);
+        let mut dp = Datapath::load(&config(&bpffs, ifindex)).expect("load datapath");
+        f(&mut dp);
+    });
+}
+
+#[test]
+fn remote_pod_in_vxlan_mode_needs_a_tunnel_entry() {
+    on_vxlan_node("remote_pod_in_vxlan_mode_needs_a_tunnel_entry", |dp| {
+        let mut eps = Endpoints::open(dp).expect("endpoints");
+        let mut tunnel = Tunnel::open(dp).expect("tunnel");
+        let counters = Counters::open(dp).expect("counters");
+        add_endpoint(dp, &mut eps, POD_A);
         let frame = pkt::ipv4(POD_A, REMOTE_POD, pkt::TCP, 40000, 80, b"");
         assert_eq!(dp.test_run(programs::FROM_POD, &frame).expect("run").action, TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::UnknownClusterDest), 1);
@@ -441,21 +448,12 @@ fn wire_sources_claiming_pods_are_verified() {
 #[test]
 fn vxlan_mode_refuses_unencapsulated_pod_sources_and_pods_at_the_tunnel_port() {
     use weir_dataplane::maps::Nodes;
-    if !require_root("vxlan_mode_refuses_unencapsulated_pod_sources_and_pods_at_the_tunnel_port") {
-        return;
-    }
-    let bpffs = Bpffs::mount();
-    in_fresh_netns(move || {
-        node_netns_setup();
-        run(Command::new("ip").args(["link", "add", "vx0", "type", "vxlan", "external", "dstport", "4789"]));
-        run(Command::new("ip").args(["link", "set", "vx0", "up"]));
-        let ifindex = nix::net::if_::if_nametoindex("vx0").expect("vx0 ifindex");
-        let mut dp = Datapath::load(&config(&bpffs, ifindex)).expect("load datapath");
-        let mut eps = Endpoints::open(&mut dp).expect("endpoints");
-        let mut tunnel = Tunnel::open(&mut dp).expect("tunnel");
-        let mut nodes = Nodes::open(&mut dp).expect("nodes");
-        let counters = Counters::open(&mut dp).expect("counters");
-        add_endpoint(&dp, &mut eps, POD_A);
+    on_vxlan_node("vxlan_mode_refuses_unencapsulated_pod_sources_and_pods_at_the_tunnel_port", |dp| {
+        let mut eps = Endpoints::open(dp).expect("endpoints");
+        let mut tunnel = Tunnel::open(dp).expect("tunnel");
+        let mut nodes = Nodes::open(dp).expect("nodes");
+        let counters = Counters::open(dp).expect("counters");
+        add_endpoint(dp, &mut eps, POD_A);
         let other_node = Ipv4Addr::new(172, 31, 0, 2);
         tunnel.upsert((Ipv4Addr::new(10, 250, 2, 0), 24), other_node).expect("tunnel");
         nodes.upsert(NODE, weir_bpf_common::NODE_F_SELF).expect("node");
@@ -463,21 +461,18 @@ fn vxlan_mode_refuses_unencapsulated_pod_sources_and_pods_at_the_tunnel_port() {
         let action = |dp: &mut Datapath, prog, f: &[u8]| dp.test_run(prog, f).expect("run").action;
         // Even a pod of a known node's CIDR, unencapsulated.
         let f = pkt::ipv4(REMOTE_POD, POD_A, pkt::TCP, 1, 80, b"");
-        assert_eq!(action(&mut dp, programs::FROM_WIRE, &f), TC_ACT_SHOT);
+        assert_eq!(action(dp, programs::FROM_WIRE, &f), TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::SpoofedSourceFromWire), 1);
         // A pod hand-building VXLAN to this node or another: refused (any other UDP passes).
         for to in [NODE, other_node] {
             let f = pkt::ipv4(POD_A, to, pkt::UDP, 40000, 4789, b"vxlan");
-            assert_eq!(action(&mut dp, programs::FROM_POD, &f), TC_ACT_SHOT, "to {to}");
+            assert_eq!(action(dp, programs::FROM_POD, &f), TC_ACT_SHOT, "to {to}");
         }
         assert_eq!(drops(&counters, DropReason::TunnelPortFromPod), 2);
-        assert_ne!(
-            action(&mut dp, programs::FROM_POD, &pkt::ipv4(POD_A, other_node, pkt::UDP, 1, 4790, b"x")),
-            TC_ACT_SHOT
-        );
+        assert_ne!(action(dp, programs::FROM_POD, &pkt::ipv4(POD_A, other_node, pkt::UDP, 1, 4790, b"x")), TC_ACT_SHOT);
         // Decapsulated without tunnel metadata.
         let f = pkt::ipv4(REMOTE_POD, POD_A, pkt::TCP, 1, 80, b"");
-        assert_eq!(action(&mut dp, programs::FROM_VXLAN, &f), TC_ACT_SHOT);
+        assert_eq!(action(dp, programs::FROM_VXLAN, &f), TC_ACT_SHOT);
         assert_eq!(drops(&counters, DropReason::TunnelSourceInvalid), 1);
     });
 }
