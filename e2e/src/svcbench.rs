@@ -6,9 +6,11 @@
 //! * first-packet cost: p50/p99 of `connect()` to the *last* Service (socket created, SYN out,
 //!   SYN-ACK back), one fresh socket per sample, closed with RST so no TIME_WAIT piles up;
 //! * time to program the N Services from empty, and one incremental update (one Service gains
-//!   an endpoint). For weir the update is `ServiceSync::apply_changes` given the changed
-//!   EndpointSlice (what a watch event says); the cost of finding that change by comparing two
-//!   snapshots, as the manifest-directory source makes the agent do, is reported beside it.
+//!   an endpoint). For weir the update is timed end to end as a watch event travels: the
+//!   source puts the slice in its snapshot and logs it, the reconcile loop reads the log, and
+//!   `ServiceSync::apply_changes` recompiles and writes that Service. What the manifest-directory
+//!   source pays instead to find the change (rebuilding and comparing snapshots) is reported
+//!   beside it.
 //!
 //! Variants: `baseline` (connect straight to the backend, no rules), `weir` (the agent's own
 //! compile → plan → map-write code, `ServiceSync`, into the real `WEIR_SERVICES` map; socket
@@ -49,7 +51,7 @@ use weir_dataplane::{
 use weir_operator_agent::{
     service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     services::LABEL_SERVICE_NAME,
-    source::Named,
+    source::{self, Changed, ClusterSnapshot, Named},
 };
 
 #[allow(dead_code)]
@@ -420,9 +422,9 @@ fn row(n: usize, variant: &'static str, sorted: &[u64], program: Option<Duration
 struct WeirTimes {
     /// All N Services from empty (full compile).
     program: Duration,
-    /// One Service gaining an endpoint, given the changed object (incremental path).
+    /// One Service gaining an endpoint, from the watch event to the map write.
     update: Duration,
-    /// Finding that change by comparing snapshots.
+    /// Finding that change by comparing a rebuilt snapshot with the old one (manifest source).
     diff: Duration,
     /// The kernel map write of the update alone.
     write: Duration,
@@ -437,21 +439,37 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     if a.changes.upserted != c.services.len() || !sync.rejected.is_empty() {
         bail!("weir programmed {} of {} Services ({:?})", a.changes.upserted, c.services.len(), sync.rejected);
     }
-    let mut slices = c.slices.clone();
+    // The update end to end as the agent does it from a watch event: the source puts the object
+    // in its snapshot and logs it; the reconcile loop asks the log what changed since its last
+    // pass and hands the Service writer those objects.
+    let mut snap = ClusterSnapshot { services: c.services.clone(), endpoint_slices: c.slices.clone(), ..Default::default() };
+    let seen = snap.log.head();
+    let before = snap.clone();
     let (key, extra) = c.updated_slice();
-    slices.insert(key.clone(), extra.into());
-    let changed = ObjectChanges { slices: [key].into(), ..Default::default() };
     let t = Instant::now();
-    let a = sync.apply_changes(&c.services, &slices, &changed, &[], "bench", maps)?;
+    source::put(&mut snap.endpoint_slices, &mut snap.log, key.clone(), Some(extra.into()), Changed::EndpointSlice);
+    let changes = snap.log.since(seen);
+    let changed = ObjectChanges::from(&changes);
+    let a = sync.apply_changes(&snap.services, &snap.endpoint_slices, &changed, &[], "bench", maps)?;
     let update = t.elapsed();
     if a.changes.upserted != 1 || a.changes.removed != 0 || a.recompiled != 1 {
         bail!("the update wrote {:?} recompiling {} Services, expected one entry of one", a.changes, a.recompiled);
     }
+    if changed != (ObjectChanges { slices: [key].into(), ..Default::default() }) {
+        bail!("the log gave {changed:?}, expected the one slice");
+    }
+    // The manifest-directory source cannot be told: it rebuilds the state and compares it with
+    // the previous one (`ClusterSnapshot::succeed`) to log the changes.
+    let mut rebuilt = ClusterSnapshot {
+        services: c.services.iter().map(|(k, v)| (k.clone(), std::sync::Arc::new((**v).clone()))).collect(),
+        endpoint_slices: snap.endpoint_slices.iter().map(|(k, v)| (k.clone(), std::sync::Arc::new((**v).clone()))).collect(),
+        ..Default::default()
+    };
     let t = Instant::now();
-    let found = ObjectChanges::between(&c.services, &c.services, &c.slices, &slices);
+    rebuilt.succeed(&before);
     let diff = t.elapsed();
-    if found != changed {
-        bail!("comparing snapshots found {found:?}, expected {changed:?}");
+    if rebuilt.log.since(before.log.head()) != changes {
+        bail!("comparing snapshots found {:?}, expected {changes:?}", rebuilt.log.since(before.log.head()));
     }
     // The map write alone: the updated entry, as the agent wrote it, written again.
     let vip = Addr16::from_v4_octets(c.vip(c.updated()).octets());

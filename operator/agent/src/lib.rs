@@ -188,7 +188,8 @@ async fn reconcile_loop(
     cni_conf: Option<(std::path::PathBuf, serde_json::Value)>,
 ) {
     let mut failed = false;
-    let mut last: Option<ClusterSnapshot> = None;
+    // Where in the source's change log the last successful pass was.
+    let mut seen: Option<u64> = None;
     loop {
         // A failed pass is retried quickly; otherwise wait for a change or the periodic resync.
         let wait = if failed { Duration::from_secs(1) } else { resync };
@@ -203,21 +204,28 @@ async fn reconcile_loop(
             }
             _ = tokio::time::sleep(wait) => true,
         };
-        // Take the snapshot (its maps hold shared objects: a copy is one pointer per object),
-        // and skip a pass that would see the same objects as the last one, unless it is the
-        // periodic resync or a retry.
+        // The snapshot is persistent: this copy costs nothing, and the source goes on. What
+        // changed since the last pass comes from its log; a retry or the periodic resync looks
+        // at everything.
         let snap = rx.borrow_and_update().clone();
-        let same = matches!((&snap, &last), (Some(a), Some(b)) if a.same_objects(b));
-        if same && !failed && !resync_due {
+        let Some(snap) = snap else { continue };
+        let changes = match seen {
+            Some(s) if !failed && !resync_due => snap.log.since(s),
+            _ => source::Changes::everything(),
+        };
+        if changes.is_empty() {
             continue;
         }
+        let head = snap.log.head();
         failed = false;
-        last.clone_from(&snap);
-        if let Some(snap) = snap {
+        {
             let mut n = node.lock().await;
-            if let Err(e) = n.reconcile(snap).await {
-                failed = true;
-                tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying");
+            match n.reconcile(snap, &changes).await {
+                Ok(()) => seen = Some(head),
+                Err(e) => {
+                    failed = true;
+                    tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying");
+                }
             }
             // The conflist goes in (and is put back if removed) only while the node is ready.
             if let Some((dir, conf)) = cni_conf.as_ref().filter(|_| n.status().ready) {

@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::Context as _;
 use ipnetwork::Ipv4Network;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use weir_bpf_common::{programs, BackendKey, EndpointInfo, ServiceKey};
 use weir_dataplane::{
     counters::Counters,
@@ -35,7 +34,7 @@ use crate::{
     netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
     policy::sync::{KernelPolicyMaps, PolicyMaps, PolicySync},
     service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
-    source::{ClusterSnapshot, Named},
+    source::{Changes, ClusterSnapshot},
     state::{self, Desired},
     store::{EndpointRecord, EndpointStore},
 };
@@ -72,13 +71,14 @@ pub struct Node {
     events: Option<Events>,
     /// The one writer of `WEIR_SERVICES`.
     services: ServiceSync,
-    /// The Services and EndpointSlices of the snapshot last given to `services`: the next
-    /// snapshot is compared with them, and only the Services that changed are recompiled.
-    services_seen: (Named<Service>, Named<EndpointSlice>),
     /// The one writer of the policy maps, and the pods, namespaces and NetworkPolicies it was
     /// last given (an ADD compiles the new pod's policy from them before the pod can send).
     policy: PolicySync,
     policy_seen: ClusterSnapshot,
+    /// Whether `policy_seen` came from a source yet, and what changed in it since the last
+    /// policy pass.
+    policy_learned: bool,
+    policy_pending: Changes,
     /// Published after every policy pass for the events stage's flow enrichment.
     enrichment: SharedEnrichment,
     /// The frontend → Service map last handed to enrichment (copied only when it changes).
@@ -172,9 +172,10 @@ impl Node {
             desired: Desired::default(),
             events: None,
             services: ServiceSync::default(),
-            services_seen: Default::default(),
             policy: PolicySync::default(),
             policy_seen: ClusterSnapshot::default(),
+            policy_learned: false,
+            policy_pending: Changes::everything(),
             enrichment: SharedEnrichment::default(),
             services_published: Arc::default(),
             quarantine_bypassed: 0,
@@ -202,24 +203,35 @@ impl Node {
         }
     }
 
-    /// Brings kernel state in line with the snapshot. Idempotent; safe to call repeatedly. The
-    /// snapshot's Services and EndpointSlices are kept (moved, not copied) for the next call.
-    pub async fn reconcile(&mut self, snap: ClusterSnapshot) -> anyhow::Result<()> {
+    /// Brings kernel state in line with the snapshot, looking only at what `changes` touch:
+    /// remote nodes when Nodes changed, policy when pods, namespaces or NetworkPolicies did,
+    /// Services when Services or EndpointSlices did (only those Services). `changes.all` (start,
+    /// relist, resync, retry) looks at everything. Idempotent; safe to call repeatedly.
+    pub async fn reconcile(&mut self, snap: ClusterSnapshot, changes: &Changes) -> anyhow::Result<()> {
         let desired = state::desired(&snap, &self.cfg.node_name);
         if desired.skipped != self.desired.skipped {
             for (node, why) in &desired.skipped {
                 tracing::warn!(%node, reason = %why, "Node skipped");
             }
         }
+        let nodes_changed = changes.all || desired != self.desired;
         self.desired = desired;
         if self.loaded.is_none() {
             let Some(own) = self.desired.own else { return Ok(()) };
             self.bring_up(own.pod_cidr, own.address).await?;
         }
-        self.sync_remote_nodes().await?;
-        self.learn_policy_inputs(&snap);
-        self.sync_policy(&self.local_endpoints(), &self.unmanaged_endpoints())?;
-        self.sync_services(snap)?;
+        if nodes_changed {
+            self.sync_remote_nodes().await?;
+        }
+        if changes.policy() {
+            self.learn_policy_inputs(&snap);
+            // Start, relist, resync and retries recompile everything.
+            self.policy_pending.all |= changes.all;
+            self.sync_policy(&self.local_endpoints(), &self.unmanaged_endpoints())?;
+        }
+        if changes.services() || nodes_changed {
+            self.sync_services(&snap, changes, nodes_changed)?;
+        }
         Ok(())
     }
 
@@ -240,11 +252,22 @@ impl Node {
 
     /// Takes the pods, namespaces and policies of a newer cluster state than the last
     /// reconcile's (an ADD that waited for its pod compiles with what it waited for).
+    /// What changed since the state last learned is kept for the next policy pass; an older
+    /// state than the one learned (a pass that took its snapshot before an ADD learned a newer
+    /// one) is ignored.
     pub fn learn_policy_inputs(&mut self, snap: &ClusterSnapshot) {
+        let seen = self.policy_seen.log.head();
+        if self.policy_learned && snap.log.head() < seen {
+            return;
+        }
+        let changes = if self.policy_learned { snap.log.since(seen) } else { Changes::everything() };
+        self.policy_pending.extend(changes);
+        self.policy_learned = true;
         self.policy_seen = ClusterSnapshot {
             pods: snap.pods.clone(),
             namespaces: snap.namespaces.clone(),
             network_policies: snap.network_policies.clone(),
+            log: snap.log.clone(),
             ..Default::default()
         };
     }
@@ -271,7 +294,15 @@ impl Node {
         unmanaged: &BTreeSet<Ipv4Addr>,
     ) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
-        let r = self.policy.apply_with(&self.policy_seen, local, unmanaged, &mut l.policy)?;
+        // Only pods changed: go on from the last compilation. Namespaces or policies changed,
+        // or start, relist, resync: compile everything. (A failed pass leaves the writer
+        // without its incremental state, so the next one is full.)
+        let pending = std::mem::take(&mut self.policy_pending);
+        let r = if pending.all || !pending.namespaces.is_empty() || !pending.network_policies.is_empty() {
+            self.policy.apply_with(&self.policy_seen, local, unmanaged, &mut l.policy)?
+        } else {
+            self.policy.apply_pods(&self.policy_seen, &pending.pods, local, unmanaged, &mut l.policy)?
+        };
         self.publish_enrichment();
         if r.rejected_changed {
             for e in &self.policy.cluster.rejected {
@@ -340,24 +371,27 @@ impl Node {
     }
 
     /// Service frontends and their backends into `WEIR_SERVICES` (whole-frontend writes), only
-    /// for the Services that changed since the last snapshot. A rejected Service keeps what it
-    /// had in the datapath ("bad input loses no state").
-    fn sync_services(&mut self, snap: ClusterSnapshot) -> anyhow::Result<()> {
+    /// for the Services the changed objects touch (all of them when `changes.all` or the nodes'
+    /// addresses changed). A rejected Service keeps what it had in the datapath ("bad input
+    /// loses no state").
+    fn sync_services(&mut self, snap: &ClusterSnapshot, changes: &Changes, nodes_changed: bool) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
-        let (seen_services, seen_slices) = &self.services_seen;
-        let changed = ObjectChanges::between(seen_services, &snap.services, seen_slices, &snap.endpoint_slices);
-        let a = self.services.apply_changes(
-            &snap.services,
-            &snap.endpoint_slices,
-            &changed,
-            &node_ips,
-            &self.cfg.node_name,
-            &mut l.services,
-        )?;
-        self.services_seen = (snap.services, snap.endpoint_slices);
-        if *self.services_published != self.services.owners {
+        let a = if changes.all || nodes_changed {
+            self.services.apply(&snap.services, &snap.endpoint_slices, &node_ips, &self.cfg.node_name, &mut l.services)?
+        } else {
+            let changed = ObjectChanges::from(changes);
+            self.services.apply_changes(
+                &snap.services,
+                &snap.endpoint_slices,
+                &changed,
+                &node_ips,
+                &self.cfg.node_name,
+                &mut l.services,
+            )?
+        };
+        if a.owners_changed {
             self.services_published = Arc::new(self.services.owners.clone());
             self.publish_enrichment();
         }

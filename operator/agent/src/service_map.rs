@@ -323,6 +323,13 @@ pub struct ObjectChanges {
     pub slices: BTreeSet<(String, String)>,
 }
 
+impl From<&crate::source::Changes> for ObjectChanges {
+    /// The Service-related part of what a source logged.
+    fn from(c: &crate::source::Changes) -> Self {
+        Self { services: c.services.clone(), slices: c.endpoint_slices.clone() }
+    }
+}
+
 impl ObjectChanges {
     /// What differs between two states. A watch-based source knows this from its events; for
     /// a snapshot source it is one ordered walk of both maps.
@@ -483,6 +490,8 @@ pub struct Applied {
     pub rejected_changed: bool,
     /// Services recompiled (all of them on a full pass).
     pub recompiled: usize,
+    /// Some frontend changed owner, appeared or went (flow enrichment names Services by it).
+    pub owners_changed: bool,
 }
 
 impl ServiceSync {
@@ -569,10 +578,11 @@ impl ServiceSync {
         ix.conflicted = table.conflicted;
         self.index = Some(ix);
         self.written = Some(written);
+        let owners_changed = plan.owners != self.owners;
         self.owners = plan.owners;
         let rejected_changed = plan.rejected != self.rejected;
         self.rejected = plan.rejected;
-        Ok(Applied { changes, rejected_changed, recompiled: svcs.len() })
+        Ok(Applied { changes, rejected_changed, recompiled: svcs.len(), owners_changed })
     }
 
     /// Like [`ServiceSync::apply`], given which objects changed since the previous call: only
@@ -648,6 +658,7 @@ impl ServiceSync {
         let mut written = self.begin(maps)?;
         let mut room = Room::of(maps, &written);
         let mut changes = maps::Changes::default();
+        let mut owners_changed = false;
         for (id, keys) in staged {
             if let Err(why) = room.take(&written, &keys) {
                 rejected.insert(id, why);
@@ -659,11 +670,12 @@ impl ServiceSync {
                 let (u, r) = written.write(k, keys.get(&k), maps)?;
                 changes.upserted += u;
                 changes.removed += r;
-                if keys.contains_key(&k) {
-                    self.owners.insert(k, id.clone());
+                let before = if keys.contains_key(&k) {
+                    self.owners.insert(k, id.clone())
                 } else {
-                    self.owners.remove(&k);
-                }
+                    self.owners.remove(&k)
+                };
+                owners_changed |= before.as_ref() != keys.get(&k).map(|_| &id);
             }
             if !keys.is_empty() {
                 ix.keys_of.insert(id, keys.into_keys().collect());
@@ -673,7 +685,7 @@ impl ServiceSync {
         self.index = Some(ix);
         let rejected_changed = rejected != self.rejected;
         self.rejected = rejected;
-        Ok(Applied { changes, rejected_changed, recompiled })
+        Ok(Applied { changes, rejected_changed, recompiled, owners_changed })
     }
 }
 

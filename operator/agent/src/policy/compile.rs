@@ -72,14 +72,20 @@ impl PodView {
 pub type ParseCache =
     HashMap<(String, String), (Arc<k8s_openapi::api::networking::v1::NetworkPolicy>, Result<Policy, PolicyError>)>;
 
+/// A pod's namespace and name.
+pub type PodKey = (String, String);
+
 /// The cluster as policies see it: pods with an address, namespace labels, valid policies.
+/// Persistent maps: a copy costs nothing, so a pass that changes a few pods starts from the
+/// last one instead of rebuilding 10k views.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
-    pub pods: Vec<PodView>,
-    by_ip: HashMap<Ipv4Addr, usize>,
-    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub pods: imbl::OrdMap<PodKey, PodView>,
+    /// Address → the pods claiming it, in key order (one, unless a stale object lingers).
+    claims: imbl::OrdMap<Ipv4Addr, Vec<PodKey>>,
+    namespaces: Arc<BTreeMap<String, BTreeMap<String, String>>>,
     /// Valid policies, sorted by namespace/name ([`RuleRef::policy`] indexes this).
-    pub policies: Vec<Policy>,
+    pub policies: Arc<Vec<Policy>>,
     /// Policies that failed validation; where an earlier version was valid it is still enforced.
     pub rejected: Vec<PolicyError>,
 }
@@ -91,16 +97,44 @@ impl Cluster {
         mut policies: Vec<Policy>,
     ) -> Self {
         policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let mut c = Cluster { pods, by_ip: HashMap::new(), namespaces, policies, rejected: Vec::new() };
-        c.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        for (i, p) in c.pods.iter().enumerate() {
-            // A terminating pod may still hold the address a new pod was given: the live one wins.
-            let replace = c.by_ip.get(&p.ip).is_none_or(|&j| c.pods[j].info.deleting && !p.info.deleting);
-            if replace {
-                c.by_ip.insert(p.ip, i);
-            }
+        let mut c = Cluster { namespaces: Arc::new(namespaces), policies: Arc::new(policies), ..Default::default() };
+        for p in pods {
+            c.insert_pod(p);
         }
         c
+    }
+
+    fn insert_pod(&mut self, p: PodView) {
+        let key = (p.namespace.clone(), p.name.clone());
+        self.remove_pod(&key);
+        let claims = self.claims.entry(p.ip).or_default();
+        if let Err(at) = claims.binary_search(&key) {
+            claims.insert(at, key.clone());
+        }
+        self.pods.insert(key, p);
+    }
+
+    fn remove_pod(&mut self, key: &PodKey) -> Option<PodView> {
+        let p = self.pods.remove(key)?;
+        if let Some(claims) = self.claims.get_mut(&p.ip) {
+            claims.retain(|k| k != key);
+            if claims.is_empty() {
+                self.claims.remove(&p.ip);
+            }
+        }
+        Some(p)
+    }
+
+    /// The pod a policy sees for one snapshot entry: one with an IPv4 address (this node's
+    /// endpoints' from `local`: the agent knows them before the API reports them) that is not
+    /// host-network and not finished.
+    fn view(key: &PodKey, info: &Arc<PodInfo>, local: &BTreeMap<PodKey, Ipv4Addr>) -> Option<PodView> {
+        if info.host_network || info.finished {
+            return None;
+        }
+        let reported = info.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok());
+        let ip = local.get(key).copied().or(reported)?;
+        Some(PodView { namespace: key.0.clone(), name: key.1.clone(), ip, info: info.clone() })
     }
 
     /// Pods with an IPv4 address that are not host-network and not finished, the namespaces'
@@ -114,18 +148,10 @@ impl Cluster {
     pub fn from_snapshot_with(
         s: &ClusterSnapshot,
         previous: Option<&Cluster>,
-        local: &BTreeMap<(String, String), Ipv4Addr>,
+        local: &BTreeMap<PodKey, Ipv4Addr>,
         cache: &mut ParseCache,
     ) -> Self {
-        let mut pods = Vec::new();
-        for ((ns, name), info) in &s.pods {
-            if info.host_network || info.finished {
-                continue;
-            }
-            let reported = info.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok());
-            let Some(ip) = local.get(&(ns.clone(), name.clone())).copied().or(reported) else { continue };
-            pods.push(PodView { namespace: ns.clone(), name: name.clone(), ip, info: info.clone() });
-        }
+        let pods = s.pods.iter().filter_map(|(key, info)| Self::view(key, info, local)).collect();
         let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for (name, n) in &s.namespaces {
             namespaces.insert(name.clone(), n.metadata.labels.clone().unwrap_or_default());
@@ -157,16 +183,38 @@ impl Cluster {
         c
     }
 
+    /// This cluster with the pods at `changed` keys taken again from `s` (namespaces and
+    /// policies as they are): what a pass that only saw pods change compiles.
+    pub fn with_pods(&self, s: &ClusterSnapshot, changed: &BTreeSet<PodKey>, local: &BTreeMap<PodKey, Ipv4Addr>) -> Self {
+        let mut c = self.clone();
+        for key in changed {
+            c.remove_pod(key);
+            if let Some(v) = s.pods.get(key).and_then(|info| Self::view(key, info, local)) {
+                c.insert_pod(v);
+            }
+        }
+        c
+    }
+
     pub fn policy(&self, ns: &str, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.namespace == ns && p.name == name)
     }
 
+    /// The pod owning an address: a terminating pod may still hold the address a new pod was
+    /// given, and the live one wins; otherwise the first by namespace/name.
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&PodView> {
-        self.by_ip.get(&ip).map(|&i| &self.pods[i])
+        let claims = self.claims.get(&ip)?;
+        let owner = claims.iter().find(|k| self.pods.get(*k).is_some_and(|p| !p.info.deleting)).or(claims.first())?;
+        self.pods.get(owner)
+    }
+
+    /// Whether `p` owns its address (see [`Cluster::pod_by_ip`]).
+    pub fn owns(&self, p: &PodView) -> bool {
+        self.pod_by_ip(p.ip).is_some_and(|q| q.namespace == p.namespace && q.name == p.name)
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> Option<&PodView> {
-        self.pods.iter().find(|p| p.namespace == ns && p.name == name)
+        self.pods.get(&(ns.to_owned(), name.to_owned()))
     }
 
     /// A namespace's label; every namespace has [`NAMESPACE_NAME_LABEL`] = its name.
@@ -239,6 +287,31 @@ impl Identities {
     /// it never names a different group of peers while its entries are live.
     pub fn start_above(&mut self, n: u32) {
         self.next = self.next.max(n.saturating_add(1)).max(FIRST_ALLOCATED);
+    }
+
+    /// The number of a live key.
+    pub fn get(&self, k: &IdentityKey) -> Option<u32> {
+        if matches!(k, IdentityKey::Cidr { blocks } if blocks.is_empty()) {
+            return Some(WORLD);
+        }
+        self.ids.get(k).copied()
+    }
+
+    /// The number of `k`, a new one if it has none (and whether it is new).
+    pub fn acquire(&mut self, k: &IdentityKey) -> (u32, bool) {
+        if let Some(id) = self.get(k) {
+            return (id, false);
+        }
+        self.next = self.next.max(FIRST_ALLOCATED);
+        let id = self.next;
+        self.next += 1;
+        self.ids.insert(k.clone(), id);
+        (id, true)
+    }
+
+    /// `k` is no longer live; its number is never given out again.
+    pub fn release(&mut self, k: &IdentityKey) {
+        self.ids.remove(k);
     }
 
     fn assign(&mut self, keys: BTreeSet<IdentityKey>) -> BTreeMap<IdentityKey, u32> {
@@ -332,12 +405,12 @@ impl EndpointPolicy {
 #[derive(Clone, Debug, Default)]
 pub struct Compiled {
     /// (prefix, length) → identity.
-    pub ipcache: BTreeMap<(Ipv4Addr, u8), u32>,
+    pub ipcache: imbl::OrdMap<(Ipv4Addr, u8), u32>,
     /// Local endpoints by address.
     pub endpoints: BTreeMap<Ipv4Addr, EndpointPolicy>,
     /// Attribution id `i + 1` → the rules behind an entry.
-    pub attributions: Vec<Vec<RuleRef>>,
-    pub identities: BTreeMap<u32, IdentityKey>,
+    pub attributions: imbl::Vector<Vec<RuleRef>>,
+    pub identities: imbl::OrdMap<u32, IdentityKey>,
 }
 
 impl Compiled {
@@ -353,7 +426,7 @@ impl Compiled {
     }
 
     pub fn attribution(&self, id: u32) -> &[RuleRef] {
-        self.attributions.get(id as usize - 1).map_or(&[], Vec::as_slice)
+        self.attributions.get((id as usize).wrapping_sub(1)).map_or(&[], Vec::as_slice)
     }
 
     pub fn total_entries(&self) -> usize {
@@ -391,17 +464,193 @@ pub fn range_prefixes(a: u16, b: u16) -> Vec<(u16, u8)> {
     out
 }
 
+#[derive(Clone, Debug)]
 enum PeerSet {
     Any,
     Ids(BTreeSet<u32>),
 }
 
+/// What a full compile leaves for the next pass that only sees pods change
+/// ([`compile_pods`]): the blocks index, how many pods hold each pod identity, the peer sets of
+/// the rules local endpoints use, the interned rule sets, and the entries used.
+#[derive(Debug, Default)]
+pub struct Incremental {
+    blocks: HashMap<(Ipv4Addr, u8), Vec<IpBlock>>,
+    /// Identity of each block CIDR and except (a pod's /32 hides one of the same prefix).
+    prefixes: HashMap<(Ipv4Addr, u8), u32>,
+    refs: HashMap<u32, u32>,
+    peer_sets: HashMap<RuleRef, PeerSet>,
+    interned: BTreeMap<Vec<RuleRef>, u32>,
+    used: usize,
+    fail_closed: bool,
+}
+
+/// The blocks containing every address whose longest prefix is `net/len`: CIDR covers it and no
+/// except does (an except inside it is a longer prefix of its own). Found among the ≤ 33
+/// shorter-or-equal prefixes of it, not by scanning every block (10k rules would make that
+/// quadratic).
+fn blocks_of(by_cidr: &HashMap<(Ipv4Addr, u8), Vec<IpBlock>>, net: Ipv4Addr, len: u8) -> Vec<IpBlock> {
+    let mut out = Vec::new();
+    for l in 0..=len {
+        let outer = Ipv4Network::new(net, l).map(|n| n.network()).unwrap_or(net);
+        for b in by_cidr.get(&(outer, l)).into_iter().flatten() {
+            let excepted = b.except.iter().any(|e| e.prefix() <= len && e.contains(net));
+            if !excepted {
+                out.push(b.clone());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pod_key(p: &PodView, by_cidr: &HashMap<(Ipv4Addr, u8), Vec<IpBlock>>) -> IdentityKey {
+    IdentityKey::Pod {
+        namespace: p.namespace.clone(),
+        labels: p.info.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        named_ports: p.named_ports(),
+        blocks: blocks_of(by_cidr, p.ip, 32),
+    }
+}
+
+/// Whether rule `rr`'s peers take in the addresses of identity `key`.
+fn admits(c: &Cluster, rr: RuleRef, key: &IdentityKey) -> bool {
+    let p = &c.policies[rr.policy];
+    let Some(r) = p.rules(rr.direction).and_then(|r| r.get(rr.rule)) else { return false };
+    let Some(peers) = &r.peers else { return true };
+    let (IdentityKey::Pod { blocks, .. } | IdentityKey::Cidr { blocks }) = key;
+    peers.iter().any(|peer| match (peer, key) {
+        (Peer::Block(b), _) => blocks.contains(b),
+        (Peer::Pods { pods, namespaces }, IdentityKey::Pod { namespace, labels, .. }) => {
+            let ns_ok = match namespaces {
+                None => *namespace == p.namespace,
+                Some(sel) => sel.matches(&|k| c.namespace_label(namespace, k)),
+            };
+            let get = |k: &str| labels.iter().find(|(lk, _)| lk == k).map(|(_, v)| v.as_str());
+            ns_ok && pods.matches(&get)
+        }
+        (Peer::Pods { .. }, IdentityKey::Cidr { .. }) => false,
+    })
+}
+
+/// Whether rule `rr` has an egress named port (its entries follow every pod identity's ports).
+fn names_egress_ports(c: &Cluster, rr: RuleRef) -> bool {
+    rr.direction == Direction::Egress
+        && c.policies[rr.policy]
+            .rules(rr.direction)
+            .and_then(|r| r.get(rr.rule))
+            .and_then(|r| r.ports.as_ref())
+            .is_some_and(|ports| ports.iter().any(|m| matches!(m.port, PortSpec::Named(_))))
+}
+
+/// The allow entries of local pod `p` (identity `identity`), each direction a policy isolates.
+/// Peer sets are taken from (or computed into) `peer_sets`; `named` gives a pod identity's
+/// named ports.
+#[allow(clippy::too_many_arguments)]
+fn endpoint_policy(
+    c: &Cluster,
+    p: &PodView,
+    identity: u32,
+    peer_sets: &mut HashMap<RuleRef, PeerSet>,
+    peer_set: &dyn Fn(RuleRef) -> PeerSet,
+    named: &dyn Fn(u32) -> Option<Vec<(String, u8, u16)>>,
+    pod_identities: &dyn Fn() -> Vec<u32>,
+    interned: &mut BTreeMap<Vec<RuleRef>, u32>,
+) -> EndpointPolicy {
+    let mut ep = EndpointPolicy { namespace: p.namespace.clone(), name: p.name.clone(), identity, ..Default::default() };
+    for d in Direction::BOTH {
+        let selecting = c.selecting(p, d);
+        if selecting.is_empty() {
+            continue;
+        }
+        let mut raw: BTreeMap<EntryKey, BTreeSet<RuleRef>> = BTreeMap::new();
+        for &pol in &selecting {
+            for (ri, r) in c.policies[pol].rules(d).unwrap_or(&[]).iter().enumerate() {
+                let rr = RuleRef { policy: pol, direction: d, rule: ri };
+                let peers = peer_sets.entry(rr).or_insert_with(|| peer_set(rr));
+                let peer_ids: Vec<u32> = match peers {
+                    PeerSet::Any => vec![ANY_PEER],
+                    PeerSet::Ids(s) => s.iter().copied().collect(),
+                };
+                let mut add = |k: EntryKey| {
+                    raw.entry(k).or_default().insert(rr);
+                };
+                let Some(ports) = &r.ports else {
+                    for &id in &peer_ids {
+                        add(EntryKey::all_protocols(id));
+                    }
+                    continue;
+                };
+                for m in ports {
+                    match &m.port {
+                        PortSpec::Any => peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, 0, 0))),
+                        PortSpec::Range(a, b) => {
+                            for (start, bits) in range_prefixes(*a, *b) {
+                                peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, start, bits)));
+                            }
+                        }
+                        PortSpec::Named(n) if d == Direction::Ingress => {
+                            if let Some(port) = p.named_port(n, m.proto) {
+                                peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, port, 16)));
+                            }
+                        }
+                        PortSpec::Named(n) => {
+                            // Egress: the destination's own number for the name; only pods
+                            // have named ports, so a peer set of "anyone" means every pod.
+                            let candidates: Vec<u32> = match peers {
+                                PeerSet::Any => pod_identities(),
+                                PeerSet::Ids(s) => s.iter().copied().collect(),
+                            };
+                            for id in candidates {
+                                let found = named(id)
+                                    .and_then(|ps| ps.into_iter().find(|(pn, pr, _)| pn == n && *pr == m.proto));
+                                if let Some((_, _, port)) = found {
+                                    add(EntryKey::port(id, m.proto, port, 16));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let entries = close_and_intern(raw, interned);
+        match d {
+            Direction::Ingress => ep.ingress = Some(entries),
+            Direction::Egress => ep.egress = Some(entries),
+        }
+        ep.selected_by[d as usize] = selecting;
+    }
+    ep
+}
+
+fn named_ports_of(identities: &imbl::OrdMap<u32, IdentityKey>, id: u32) -> Option<Vec<(String, u8, u16)>> {
+    match identities.get(&id)? {
+        IdentityKey::Pod { named_ports, .. } => Some(named_ports.clone()),
+        IdentityKey::Cidr { .. } => None,
+    }
+}
+
+fn pod_identity_ids(identities: &imbl::OrdMap<u32, IdentityKey>) -> Vec<u32> {
+    identities.iter().filter(|(_, k)| matches!(k, IdentityKey::Pod { .. })).map(|(id, _)| *id).collect()
+}
+
 /// Compiles for the pods `local` selects (this node's endpoints). `capacity` bounds the entries
 /// over all endpoints; an endpoint that does not fit is marked fail-closed with no entries.
 pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bool, capacity: usize) -> Compiled {
-    // Every ipBlock any policy names.
+    compile_full(c, ids, local, capacity).0
+}
+
+/// [`compile`], and what [`compile_pods`] needs to go on from it.
+pub fn compile_full(
+    c: &Cluster,
+    ids: &mut Identities,
+    local: &dyn Fn(&PodView) -> bool,
+    capacity: usize,
+) -> (Compiled, Incremental) {
+    let mut inc = Incremental::default();
+    // Every ipBlock any policy names, by CIDR.
     let mut blocks: BTreeSet<IpBlock> = BTreeSet::new();
-    for p in &c.policies {
+    for p in c.policies.iter() {
         for d in Direction::BOTH {
             for r in p.rules(d).into_iter().flatten() {
                 for peer in r.peers.iter().flatten() {
@@ -412,44 +661,19 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
             }
         }
     }
-    // Blocks by CIDR: the blocks containing a prefix are found among the ≤ 33 shorter-or-equal
-    // prefixes of it, not by scanning every block (10k rules would make that quadratic).
-    let mut by_cidr: HashMap<(Ipv4Addr, u8), Vec<&IpBlock>> = HashMap::new();
     for b in &blocks {
-        by_cidr.entry((b.cidr.network(), b.cidr.prefix())).or_default().push(b);
+        inc.blocks.entry((b.cidr.network(), b.cidr.prefix())).or_default().push(b.clone());
     }
-    // The blocks containing every address whose longest prefix is `net/len`: CIDR covers it and
-    // no except does (an except inside it is a longer prefix of its own).
-    let blocks_of = |net: Ipv4Addr, len: u8| -> Vec<IpBlock> {
-        let mut out = Vec::new();
-        for l in 0..=len {
-            let outer = Ipv4Network::new(net, l).map(|n| n.network()).unwrap_or(net);
-            for b in by_cidr.get(&(outer, l)).into_iter().flatten() {
-                let excepted = b.except.iter().any(|e| e.prefix() <= len && e.contains(net));
-                if !excepted {
-                    out.push((*b).clone());
-                }
-            }
-        }
-        out.sort();
-        out
-    };
 
     // Identity keys of pods and of block prefixes.
-    let mut pod_keys: Vec<IdentityKey> = Vec::with_capacity(c.pods.len());
-    for p in &c.pods {
-        pod_keys.push(IdentityKey::Pod {
-            namespace: p.namespace.clone(),
-            labels: p.info.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            named_ports: p.named_ports(),
-            blocks: blocks_of(p.ip, 32),
-        });
-    }
+    let pod_keys: Vec<IdentityKey> = c.pods.values().map(|p| pod_key(p, &inc.blocks)).collect();
     let mut prefixes: BTreeMap<(Ipv4Addr, u8), IdentityKey> = BTreeMap::new();
     for b in &blocks {
         for n in std::iter::once(&b.cidr).chain(&b.except) {
-            prefixes
-                .insert((n.network(), n.prefix()), IdentityKey::Cidr { blocks: blocks_of(n.network(), n.prefix()) });
+            prefixes.insert(
+                (n.network(), n.prefix()),
+                IdentityKey::Cidr { blocks: blocks_of(&inc.blocks, n.network(), n.prefix()) },
+            );
         }
     }
     let all: BTreeSet<IdentityKey> = pod_keys.iter().chain(prefixes.values()).cloned().collect();
@@ -460,18 +684,16 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
     }
     for (prefix, k) in &prefixes {
         out.ipcache.insert(*prefix, numbers[k]);
+        inc.prefixes.insert(*prefix, numbers[k]);
     }
     // A pod whose address another pod also claims (a stale object) owns it only if the index
     // says so: computed once, used for the IP → identity entries and the local endpoints.
-    let owns: Vec<bool> = c
-        .pods
-        .iter()
-        .map(|p| c.pod_by_ip(p.ip).is_some_and(|q| q.namespace == p.namespace && q.name == p.name))
-        .collect();
+    let owns: Vec<bool> = c.pods.values().map(|p| c.owns(p)).collect();
     let mut pod_ids = Vec::with_capacity(c.pods.len());
-    for ((p, k), &owns_ip) in c.pods.iter().zip(&pod_keys).zip(&owns) {
+    for ((p, k), &owns_ip) in c.pods.values().zip(&pod_keys).zip(&owns) {
         let id = numbers[k];
         pod_ids.push(id);
+        *inc.refs.entry(id).or_default() += 1;
         if owns_ip {
             out.ipcache.insert((p.ip, 32), id);
         }
@@ -488,24 +710,17 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
     let pod_identities: Vec<(&IdentityKey, u32)> =
         numbers.iter().filter(|(k, _)| matches!(k, IdentityKey::Pod { .. })).map(|(k, id)| (k, *id)).collect();
     // Peer sets per rule, computed once over identities (not pods).
-    let mut peer_sets: HashMap<RuleRef, PeerSet> = HashMap::new();
-    let peer_set = |pi: usize, d: Direction, ri: usize| -> PeerSet {
-        let p = &c.policies[pi];
-        let r = &p.rules(d).expect("rule of a selected direction")[ri];
+    let peer_set = |rr: RuleRef| -> PeerSet {
+        let p = &c.policies[rr.policy];
+        let r = &p.rules(rr.direction).expect("rule of a selected direction")[rr.rule];
         let Some(peers) = &r.peers else { return PeerSet::Any };
         let mut set = BTreeSet::new();
         for peer in peers {
             match peer {
                 Peer::Block(b) => set.extend(in_block.get(b).into_iter().flatten().copied()),
-                Peer::Pods { pods, namespaces } => {
+                Peer::Pods { .. } => {
                     for (k, id) in &pod_identities {
-                        let IdentityKey::Pod { namespace, labels, .. } = k else { continue };
-                        let ns_ok = match namespaces {
-                            None => *namespace == p.namespace,
-                            Some(sel) => sel.matches(&|key| c.namespace_label(namespace, key)),
-                        };
-                        let get = |key: &str| labels.iter().find(|(lk, _)| lk == key).map(|(_, v)| v.as_str());
-                        if ns_ok && pods.matches(&get) {
+                        if admits(c, rr, k) {
                             set.insert(*id);
                         }
                     }
@@ -514,108 +729,196 @@ pub fn compile(c: &Cluster, ids: &mut Identities, local: &dyn Fn(&PodView) -> bo
         }
         PeerSet::Ids(set)
     };
-    // Named ports of pod identities, for egress named ports.
-    let named: BTreeMap<u32, &Vec<(String, u8, u16)>> = numbers
-        .iter()
-        .filter_map(|(k, id)| match k {
-            IdentityKey::Pod { named_ports, .. } => Some((*id, named_ports)),
-            IdentityKey::Cidr { .. } => None,
-        })
-        .collect();
+    let identities = &out.identities;
+    let named = |id: u32| named_ports_of(identities, id);
+    let all_pods = || pod_identity_ids(identities);
 
-    let mut interned: BTreeMap<Vec<RuleRef>, u32> = BTreeMap::new();
-    let mut used = 0usize;
-    for (pi, p) in c.pods.iter().enumerate() {
+    let mut endpoints = BTreeMap::new();
+    for (pi, p) in c.pods.values().enumerate() {
         if !local(p) || !owns[pi] {
             continue;
         }
-        let mut ep = EndpointPolicy {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            identity: pod_ids[pi],
-            ..Default::default()
-        };
-        for d in Direction::BOTH {
-            let selecting = c.selecting(p, d);
-            if selecting.is_empty() {
-                continue;
-            }
-            let mut raw: BTreeMap<EntryKey, BTreeSet<RuleRef>> = BTreeMap::new();
-            for &pol in &selecting {
-                for (ri, r) in c.policies[pol].rules(d).unwrap_or(&[]).iter().enumerate() {
-                    let rr = RuleRef { policy: pol, direction: d, rule: ri };
-                    let peers = peer_sets.entry(rr).or_insert_with(|| peer_set(pol, d, ri));
-                    let peer_ids: Vec<u32> = match peers {
-                        PeerSet::Any => vec![ANY_PEER],
-                        PeerSet::Ids(s) => s.iter().copied().collect(),
-                    };
-                    let mut add = |k: EntryKey| {
-                        raw.entry(k).or_default().insert(rr);
-                    };
-                    let Some(ports) = &r.ports else {
-                        for &id in &peer_ids {
-                            add(EntryKey::all_protocols(id));
-                        }
-                        continue;
-                    };
-                    for m in ports {
-                        match &m.port {
-                            PortSpec::Any => peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, 0, 0))),
-                            PortSpec::Range(a, b) => {
-                                for (start, bits) in range_prefixes(*a, *b) {
-                                    peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, start, bits)));
-                                }
-                            }
-                            PortSpec::Named(n) if d == Direction::Ingress => {
-                                if let Some(port) = p.named_port(n, m.proto) {
-                                    peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, port, 16)));
-                                }
-                            }
-                            PortSpec::Named(n) => {
-                                // Egress: the destination's own number for the name; only pods
-                                // have named ports, so a peer set of "anyone" means every pod.
-                                let candidates: Vec<u32> = match peers {
-                                    PeerSet::Any => named.keys().copied().collect(),
-                                    PeerSet::Ids(s) => s.iter().copied().collect(),
-                                };
-                                for id in candidates {
-                                    let found = named
-                                        .get(&id)
-                                        .and_then(|ps| ps.iter().find(|(pn, pr, _)| pn == n && *pr == m.proto));
-                                    if let Some((_, _, port)) = found {
-                                        add(EntryKey::port(id, m.proto, *port, 16));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            let entries = close_and_intern(raw, &mut interned);
-            match d {
-                Direction::Ingress => ep.ingress = Some(entries),
-                Direction::Egress => ep.egress = Some(entries),
-            }
-            ep.selected_by[d as usize] = selecting;
-        }
+        let mut ep =
+            endpoint_policy(c, p, pod_ids[pi], &mut inc.peer_sets, &peer_set, &named, &all_pods, &mut inc.interned);
         let n = ep.entry_count();
-        if used + n > capacity {
+        if inc.used + n > capacity {
             ep.fail_closed = Some(format!(
-                "{n} policy entries do not fit (map capacity {capacity}, {used} used by other endpoints)"
+                "{n} policy entries do not fit (map capacity {capacity}, {} used by other endpoints)",
+                inc.used
             ));
             ep.ingress = Some(Entries::new());
             ep.egress = Some(Entries::new());
+            inc.fail_closed = true;
         } else {
-            used += n;
+            inc.used += n;
         }
+        endpoints.insert(p.ip, ep);
+    }
+    out.endpoints = endpoints;
+    out.attributions = attributions(&inc.interned);
+    (out, inc)
+}
+
+fn attributions(interned: &BTreeMap<Vec<RuleRef>, u32>) -> imbl::Vector<Vec<RuleRef>> {
+    let mut v = vec![Vec::new(); interned.len()];
+    for (rules, id) in interned {
+        v[*id as usize - 1] = rules.clone();
+    }
+    v.into_iter().collect()
+}
+
+/// What a [`compile_pods`] pass changed: the /32s whose identity may differ and the local
+/// endpoints (by address) recompiled or gone.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub addresses: BTreeSet<Ipv4Addr>,
+    pub endpoints: BTreeSet<Ipv4Addr>,
+}
+
+/// Goes on from `prev` (compiled from `old`) to `c`, which differs from `old` only in the pods
+/// at `changed` keys: their identities, the peer sets those identities join or leave, the /32s
+/// of their old and new addresses, and the local endpoints that are those pods or whose policies'
+/// peer sets changed. `None` when this cannot be done exactly (an endpoint over capacity, state
+/// that disagrees): the caller makes a full pass. Tests hold it to the full compile.
+#[allow(clippy::too_many_arguments)]
+pub fn compile_pods(
+    old: &Cluster,
+    c: &Cluster,
+    prev: &Compiled,
+    inc: &mut Incremental,
+    ids: &mut Identities,
+    changed: &BTreeSet<PodKey>,
+    local: &dyn Fn(&PodView) -> bool,
+    capacity: usize,
+) -> Option<(Compiled, Touched)> {
+    if inc.fail_closed {
+        return None;
+    }
+    let mut out = prev.clone();
+    let mut touched = Touched::default();
+    let mut rules_changed: BTreeSet<RuleRef> = BTreeSet::new();
+    let mut identities_changed = false;
+    let mut redo: BTreeSet<PodKey> = BTreeSet::new();
+    // New identities first, then the old ones released: a pod whose key did not change keeps
+    // its number.
+    for key in changed {
+        let Some(p) = c.pods.get(key) else { continue };
+        let k = pod_key(p, &inc.blocks);
+        let (id, new) = ids.acquire(&k);
+        *inc.refs.entry(id).or_default() += 1;
+        if new {
+            identities_changed = true;
+            for (rr, set) in &mut inc.peer_sets {
+                if let PeerSet::Ids(s) = set {
+                    if admits(c, *rr, &k) {
+                        s.insert(id);
+                        rules_changed.insert(*rr);
+                    }
+                }
+            }
+            out.identities.insert(id, k);
+        }
+    }
+    for key in changed {
+        let Some(p) = old.pods.get(key) else { continue };
+        let k = pod_key(p, &inc.blocks);
+        let id = ids.get(&k)?;
+        let refs = inc.refs.get_mut(&id)?;
+        *refs -= 1;
+        if *refs == 0 {
+            inc.refs.remove(&id);
+            ids.release(&k);
+            out.identities.remove(&id);
+            identities_changed = true;
+            for (rr, set) in &mut inc.peer_sets {
+                if let PeerSet::Ids(s) = set {
+                    if s.remove(&id) {
+                        rules_changed.insert(*rr);
+                    }
+                }
+            }
+        }
+        touched.addresses.insert(p.ip);
+    }
+    for key in changed {
+        if let Some(p) = c.pods.get(key) {
+            touched.addresses.insert(p.ip);
+        }
+        redo.insert(key.clone());
+    }
+    if identities_changed {
+        // Egress named ports of "anyone" follow every pod identity's ports.
+        rules_changed.extend(
+            inc.peer_sets
+                .iter()
+                .filter(|(rr, set)| matches!(set, PeerSet::Any) && names_egress_ports(c, **rr))
+                .map(|(rr, _)| *rr),
+        );
+    }
+    // The /32s: the owner's identity, else the block prefix of that length, else nothing.
+    for ip in &touched.addresses {
+        out.ipcache.remove(&(*ip, 32));
+        if let Some(owner) = c.pod_by_ip(*ip) {
+            out.ipcache.insert((*ip, 32), ids.get(&pod_key(owner, &inc.blocks))?);
+            redo.insert((owner.namespace.clone(), owner.name.clone()));
+        } else if let Some(id) = inc.prefixes.get(&(*ip, 32)) {
+            out.ipcache.insert((*ip, 32), *id);
+        }
+        // The endpoint at a touched address is recompiled (or goes).
+        if let Some(ep) = out.endpoints.remove(ip) {
+            inc.used = inc.used.checked_sub(ep.entry_count())?;
+            redo.insert((ep.namespace.clone(), ep.name.clone()));
+            touched.endpoints.insert(*ip);
+        }
+    }
+    // Endpoints selected by a policy with a rule whose peers changed.
+    let stale: Vec<Ipv4Addr> = out
+        .endpoints
+        .iter()
+        .filter(|(_, ep)| {
+            rules_changed.iter().any(|rr| ep.selected_by[rr.direction as usize].contains(&rr.policy))
+        })
+        .map(|(ip, _)| *ip)
+        .collect();
+    for ip in stale {
+        if let Some(ep) = out.endpoints.remove(&ip) {
+            inc.used = inc.used.checked_sub(ep.entry_count())?;
+            redo.insert((ep.namespace, ep.name));
+            touched.endpoints.insert(ip);
+        }
+    }
+    let identities = out.identities.clone();
+    let peer_set = |rr: RuleRef| -> PeerSet {
+        let r = &c.policies[rr.policy].rules(rr.direction).expect("rule of a selected direction")[rr.rule];
+        if r.peers.is_none() {
+            return PeerSet::Any;
+        }
+        // Every identity, block prefixes' too (a rule's block takes them in).
+        PeerSet::Ids(identities.iter().filter(|(_, k)| admits(c, rr, k)).map(|(id, _)| *id).collect())
+    };
+    let named = |id: u32| named_ports_of(&identities, id);
+    let all_pods = || pod_identity_ids(&identities);
+    for key in &redo {
+        let Some(p) = c.pods.get(key) else { continue };
+        if !local(p) || !c.owns(p) {
+            continue;
+        }
+        let id = ids.get(&pod_key(p, &inc.blocks))?;
+        if let Some(ep) = out.endpoints.remove(&p.ip) {
+            inc.used = inc.used.checked_sub(ep.entry_count())?;
+        }
+        let ep = endpoint_policy(c, p, id, &mut inc.peer_sets, &peer_set, &named, &all_pods, &mut inc.interned);
+        inc.used += ep.entry_count();
+        if inc.used > capacity {
+            return None;
+        }
+        touched.endpoints.insert(p.ip);
         out.endpoints.insert(p.ip, ep);
     }
-    let mut attributions = vec![Vec::new(); interned.len()];
-    for (rules, id) in interned {
-        attributions[id as usize - 1] = rules;
+    if out.attributions.len() != inc.interned.len() {
+        out.attributions = attributions(&inc.interned);
     }
-    out.attributions = attributions;
-    out
+    Some((out, touched))
 }
 
 /// Copies the any-peer entries under every peer that has entries, gives each entry every rule

@@ -328,7 +328,7 @@ fn compiled_lookup_matches_the_spec_on_random_policies() {
     for seed in 1..=500u64 {
         let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let c = random_cluster(&mut r);
-        let ips: Vec<Ipv4Addr> = c.pods.iter().map(|p| p.ip).chain(externals).collect();
+        let ips: Vec<Ipv4Addr> = c.pods.values().map(|p| p.ip).chain(externals).collect();
         let compiled = compile(&c, &mut Identities::default(), &|_| true, usize::MAX);
         for &src in &ips {
             for &dst in &ips {
@@ -347,4 +347,176 @@ fn compiled_lookup_matches_the_spec_on_random_policies() {
     }
     // The walk must exercise both outcomes substantially, or it proves little.
     assert!(allowed > 10_000 && denied > 10_000, "allowed {allowed}, denied {denied}");
+}
+
+mod incremental {
+    //! Pods-only passes ([`PolicySync::apply_pods`]) against full ones: random clusters, then
+    //! random pod changes (labels, ports, addresses shared with another pod, terminating,
+    //! finished, created, deleted, local or not); after every step the maps the incremental
+    //! writer holds mean the same as a fresh full compile's (identities compared by what they
+    //! stand for, entries with the rules they carry).
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use weir_bpf_common::PolicyEndpoint;
+    use weir_dataplane::maps::{FakeMap, PolicyEntry};
+
+    use super::*;
+    use crate::{
+        policy::{
+            compile::{IdentityKey, ANY_PEER},
+            sync::{PolicyMaps, PolicySync},
+            RuleRef,
+        },
+        source::ClusterSnapshot,
+    };
+
+    type Fakes = PolicyMaps<FakeMap<(Ipv4Addr, u8), u32>, FakeMap<PolicyEntry, u32>, FakeMap<Ipv4Addr, PolicyEndpoint>>;
+
+    fn fakes() -> Fakes {
+        PolicyMaps { ipcache: FakeMap::default(), entries: FakeMap::default(), endpoints: FakeMap::default() }
+    }
+
+    /// An identity by what it stands for.
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+    enum Who {
+        Any,
+        World,
+        Key(IdentityKey),
+        Unknown(u32),
+    }
+
+    type Meaning = (
+        BTreeMap<(Ipv4Addr, u8), Who>,
+        BTreeMap<Ipv4Addr, (Who, u32)>,
+        BTreeMap<(Ipv4Addr, u8, Who, u8, u16, u8), Vec<RuleRef>>,
+    );
+
+    fn meaning(sync: &PolicySync, m: &Fakes) -> Meaning {
+        let c = &sync.compiled;
+        let who = |id: u32| match id {
+            ANY_PEER => Who::Any,
+            1 => Who::World,
+            id => c.identities.get(&id).cloned().map_or(Who::Unknown(id), Who::Key),
+        };
+        let ipcache = m.ipcache.entries.iter().map(|(k, id)| (*k, who(*id))).collect();
+        let endpoints = m.endpoints.entries.iter().map(|(ip, e)| (*ip, (who(e.identity), e.flags))).collect();
+        let entries = m
+            .entries
+            .entries
+            .iter()
+            .map(|(e, a)| {
+                ((e.endpoint, e.direction, who(e.identity), e.proto, e.port, e.port_bits), c.attribution(*a).to_vec())
+            })
+            .collect();
+        (ipcache, endpoints, entries)
+    }
+
+    fn namespace(name: &str, team: &str) -> Arc<k8s_openapi::api::core::v1::Namespace> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"team": team}}}))
+                .expect("namespace"),
+        )
+    }
+
+    /// A random pod; its address is picked among few so that pods share one now and then, and
+    /// among prefixes the random ipBlocks name.
+    fn random_pod(r: &mut Rng, ns: &str, name: &str) -> Arc<PodInfo> {
+        let mut labels = vec![("app", *r.pick(&["web", "db", "api"]))];
+        if r.chance(50) {
+            labels.push(("tier", *r.pick(&["fe", "be"])));
+        }
+        let mut ports = Vec::new();
+        if r.chance(60) {
+            ports.push(("http", *r.pick(&[80, 8080]), "TCP"));
+        }
+        if r.chance(30) {
+            ports.push(("dns", 53, "UDP"));
+        }
+        let ip = *r.pick(&[
+            [10, 244, 0, 1],
+            [10, 244, 0, 2],
+            [10, 244, 0, 5],
+            [10, 244, 1, 2],
+            [10, 244, 1, 3],
+            [10, 244, 2, 3],
+            [10, 244, 2, 4],
+            [10, 244, 3, 9],
+        ]);
+        let mut info = (*pod(ns, name, ip, &labels, &ports).info).clone();
+        info.deleting = r.chance(10);
+        info.finished = r.chance(5);
+        Arc::new(info)
+    }
+
+    #[test]
+    fn pods_only_passes_end_where_full_passes_do() {
+        let mut incremental_passes = 0;
+        for seed in 1..=300u64 {
+            let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut snap = ClusterSnapshot::default();
+            for ns in ["a", "b"] {
+                let team: &&str = r.pick(&["red", "blue"]);
+                snap.namespaces.insert(ns.into(), namespace(ns, team));
+            }
+            let names: Vec<(String, String)> =
+                ["a", "b"].iter().flat_map(|ns| (0..5).map(move |i| (ns.to_string(), format!("p{i}")))).collect();
+            for key in &names {
+                if r.chance(70) {
+                    let info = random_pod(&mut r, &key.0, &key.1);
+                    snap.pods.insert(key.clone(), info);
+                }
+            }
+            for i in 0..(1 + r.next() % 4) as usize {
+                let p = np(&random_policy(&mut r, i, r_ns(i)));
+                snap.network_policies.insert(
+                    (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default()),
+                    Arc::new(p),
+                );
+            }
+            let local_of = |snap: &ClusterSnapshot, chosen: &BTreeSet<(String, String)>| {
+                chosen
+                    .iter()
+                    .filter_map(|k| {
+                        let ip = snap.pods.get(k)?.ips.first()?.parse::<Ipv4Addr>().ok()?;
+                        Some((k.clone(), ip))
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            };
+            let mut chosen: BTreeSet<(String, String)> = names.iter().filter(|_| r.chance(50)).cloned().collect();
+            let (mut inc, mut maps) = (PolicySync::default(), fakes());
+            inc.apply(&snap, &local_of(&snap, &chosen), &mut maps).expect("first pass");
+            for step in 0..12 {
+                let mut changed = BTreeSet::new();
+                for _ in 0..(1 + r.next() % 3) {
+                    let key = r.pick(&names).clone();
+                    match r.next() % 4 {
+                        0 => {
+                            snap.pods.remove(&key);
+                        }
+                        1 => {
+                            if !chosen.remove(&key) {
+                                chosen.insert(key.clone());
+                            }
+                        }
+                        _ => {
+                            let info = random_pod(&mut r, &key.0, &key.1);
+                            snap.pods.insert(key.clone(), info);
+                        }
+                    }
+                    changed.insert(key);
+                }
+                let local = local_of(&snap, &chosen);
+                let before = inc.passes.1;
+                inc.apply_pods(&snap, &changed, &local, &BTreeSet::new(), &mut maps).expect("pods pass");
+                incremental_passes += inc.passes.1 - before;
+                let (mut full, mut full_maps) = (PolicySync::default(), fakes());
+                full.apply(&snap, &local, &mut full_maps).expect("full pass");
+                let (a, b) = (meaning(&inc, &maps), meaning(&full, &full_maps));
+                assert_eq!(a.0, b.0, "seed {seed} step {step}: IP → identity");
+                assert_eq!(a.1, b.1, "seed {seed} step {step}: endpoints");
+                assert_eq!(a.2, b.2, "seed {seed} step {step}: allow entries");
+            }
+        }
+        assert!(incremental_passes > 3000, "pods-only passes were made ({incremental_passes}), not full ones");
+    }
 }

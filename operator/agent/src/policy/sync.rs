@@ -22,7 +22,7 @@ use weir_bpf_common::{sizes, PolicyEndpoint, IDENTITY_WORLD, POLICY_F_EGRESS, PO
 use weir_dataplane::maps::{KeyValueMap, PolicyEntry};
 
 use super::{
-    compile::{compile, Cluster, Compiled, Identities, ParseCache},
+    compile::{compile_full, compile_pods, Cluster, Compiled, Identities, Incremental, ParseCache, PodKey, Touched},
     Direction,
 };
 use crate::source::ClusterSnapshot;
@@ -67,12 +67,26 @@ pub struct PolicySync {
     pub compiled: Arc<Compiled>,
     /// What the maps hold (`None`: unknown, read them back first).
     written: Option<Written>,
+    /// What the last full compile left for pods-only passes (`None`: the next pass is full).
+    incremental: Option<Incremental>,
+    /// The local and unmanaged endpoints of the last pass.
+    local: BTreeMap<PodKey, Ipv4Addr>,
+    unmanaged: BTreeSet<Ipv4Addr>,
     /// Endpoints denied everything because their entries did not fit, counted per pass.
     pub fail_closed_total: u64,
+    /// Passes made, full and pods-only (for tests and metrics).
+    pub passes: (u64, u64),
 }
 
 /// Entry capacity left for endpoints: the map minus headroom for a pass's adds before removals.
 pub const ENTRY_CAPACITY: usize = sizes::POLICY as usize * 3 / 4;
+
+/// Which keys a pass looks at: every one (a full pass), or those of some addresses and
+/// endpoints (a pods-only pass; everything else is as written).
+enum Scope<'a> {
+    All,
+    Some(&'a Touched),
+}
 
 impl PolicySync {
     /// Compiles `snap` for the local endpoints (pod namespace/name → address, from the endpoint
@@ -80,7 +94,7 @@ impl PolicySync {
     pub fn apply<I, P, E>(
         &mut self,
         snap: &ClusterSnapshot,
-        local: &BTreeMap<(String, String), Ipv4Addr>,
+        local: &BTreeMap<PodKey, Ipv4Addr>,
         maps: &mut PolicyMaps<I, P, E>,
     ) -> weir_dataplane::Result<PassReport>
     where
@@ -91,12 +105,36 @@ impl PolicySync {
         self.apply_with(snap, local, &BTreeSet::new(), maps)
     }
 
+    /// What was written, or the kernel maps read back (numbering above what they hold).
+    fn begin<I, P, E>(&mut self, maps: &PolicyMaps<I, P, E>) -> weir_dataplane::Result<Written>
+    where
+        I: KeyValueMap<Key = (Ipv4Addr, u8), Value = u32>,
+        P: KeyValueMap<Key = PolicyEntry, Value = u32>,
+        E: KeyValueMap<Key = Ipv4Addr, Value = PolicyEndpoint>,
+    {
+        if let Some(w) = self.written.take() {
+            return Ok(w);
+        }
+        let w = Written { ipcache: maps.ipcache.list()?, entries: maps.entries.list()?, endpoints: maps.endpoints.list()? };
+        // Number above whatever an earlier agent left in the maps.
+        let highest = w
+            .ipcache
+            .values()
+            .chain(w.endpoints.values().map(|e| &e.identity))
+            .chain(w.entries.keys().map(|e| &e.identity))
+            .copied()
+            .max()
+            .unwrap_or(0);
+        self.ids.start_above(highest);
+        Ok(w)
+    }
+
     /// [`Self::apply`], and `unmanaged` endpoints (attachments of no Kubernetes pod: nothing
-    /// selects them) open.
+    /// selects them) open. A full pass: every pod, namespace and policy compiled.
     pub fn apply_with<I, P, E>(
         &mut self,
         snap: &ClusterSnapshot,
-        local: &BTreeMap<(String, String), Ipv4Addr>,
+        local: &BTreeMap<PodKey, Ipv4Addr>,
         unmanaged: &BTreeSet<Ipv4Addr>,
         maps: &mut PolicyMaps<I, P, E>,
     ) -> weir_dataplane::Result<PassReport>
@@ -105,69 +143,76 @@ impl PolicySync {
         P: KeyValueMap<Key = PolicyEntry, Value = u32>,
         E: KeyValueMap<Key = Ipv4Addr, Value = PolicyEndpoint>,
     {
-        let have = match self.written.take() {
-            Some(w) => w,
-            None => {
-                let w = Written {
-                    ipcache: maps.ipcache.list()?,
-                    entries: maps.entries.list()?,
-                    endpoints: maps.endpoints.list()?,
-                };
-                // Number above whatever an earlier agent left in the maps.
-                let highest = w
-                    .ipcache
-                    .values()
-                    .chain(w.endpoints.values().map(|e| &e.identity))
-                    .chain(w.entries.keys().map(|e| &e.identity))
-                    .copied()
-                    .max()
-                    .unwrap_or(0);
-                self.ids.start_above(highest);
-                w
-            }
-        };
+        self.incremental = None;
+        let have = self.begin(maps)?;
         let cluster = Cluster::from_snapshot_with(snap, Some(&self.cluster), local, &mut self.parsed);
-        let compiled = compile(
+        let (compiled, inc) = compile_full(
             &cluster,
             &mut self.ids,
             &|p| local.get(&(p.namespace.clone(), p.name.clone())) == Some(&p.ip),
             ENTRY_CAPACITY,
         );
-        let mut want = Written { ipcache: compiled.ipcache.clone(), ..Default::default() };
-        for (ip, ep) in &compiled.endpoints {
-            let mut flags = 0;
-            for (d, bit) in [(Direction::Ingress, POLICY_F_INGRESS), (Direction::Egress, POLICY_F_EGRESS)] {
-                let Some(entries) = ep.entries(d) else { continue };
-                flags |= bit;
-                for (k, attr) in entries {
-                    let e = PolicyEntry {
-                        endpoint: *ip,
-                        direction: d as u8,
-                        identity: k.peer,
-                        proto: k.proto,
-                        port: k.port,
-                        port_bits: k.port_bits,
-                    };
-                    want.entries.insert(e, *attr);
-                }
+        let report = self.write(have, &compiled, unmanaged, &Scope::All, maps)?;
+        self.passes.0 += 1;
+        self.finish(cluster, compiled, report, Some(inc), local, unmanaged)
+    }
+
+    /// A pass after only pods changed (`changed`, by namespace/name): goes on from the last
+    /// compilation, recompiling the identities, peer sets and endpoints those pods touch and
+    /// writing only their keys. Falls back to a full pass where that cannot be exact.
+    pub fn apply_pods<I, P, E>(
+        &mut self,
+        snap: &ClusterSnapshot,
+        changed: &BTreeSet<PodKey>,
+        local: &BTreeMap<PodKey, Ipv4Addr>,
+        unmanaged: &BTreeSet<Ipv4Addr>,
+        maps: &mut PolicyMaps<I, P, E>,
+    ) -> weir_dataplane::Result<PassReport>
+    where
+        I: KeyValueMap<Key = (Ipv4Addr, u8), Value = u32>,
+        P: KeyValueMap<Key = PolicyEntry, Value = u32>,
+        E: KeyValueMap<Key = Ipv4Addr, Value = PolicyEndpoint>,
+    {
+        let usable = self.written.is_some() && self.incremental.is_some() && *unmanaged == self.unmanaged;
+        let Some(mut inc) = self.incremental.take().filter(|_| usable) else {
+            return self.apply_with(snap, local, unmanaged, maps);
+        };
+        // Endpoints that came, went or moved count as changed pods.
+        let mut changed = changed.clone();
+        for (k, ip) in local.iter().chain(&self.local) {
+            if local.get(k) != Some(ip) || self.local.get(k) != Some(ip) {
+                changed.insert(k.clone());
             }
-            if ep.fail_closed.is_some() {
-                flags |= POLICY_F_FAIL_CLOSED;
-            }
-            want.endpoints.insert(*ip, PolicyEndpoint { identity: ep.identity, flags });
         }
-        for ip in unmanaged {
-            want.endpoints.entry(*ip).or_insert(PolicyEndpoint { identity: IDENTITY_WORLD, flags: 0 });
-        }
-        let mut report = PassReport::default();
-        // Until this pass succeeds what the maps hold is unknown again (`written` stays None).
-        upsert(&mut maps.entries, &have.entries, &want.entries, &mut report)?;
-        upsert(&mut maps.ipcache, &have.ipcache, &want.ipcache, &mut report)?;
-        upsert(&mut maps.endpoints, &have.endpoints, &want.endpoints, &mut report)?;
-        remove(&mut maps.endpoints, &have.endpoints, &want.endpoints, &mut report)?;
-        remove(&mut maps.ipcache, &have.ipcache, &want.ipcache, &mut report)?;
-        remove(&mut maps.entries, &have.entries, &want.entries, &mut report)?;
-        self.written = Some(want);
+        let cluster = self.cluster.with_pods(snap, &changed, local);
+        let next = compile_pods(
+            &self.cluster,
+            &cluster,
+            &self.compiled,
+            &mut inc,
+            &mut self.ids,
+            &changed,
+            &|p| local.get(&(p.namespace.clone(), p.name.clone())) == Some(&p.ip),
+            ENTRY_CAPACITY,
+        );
+        let Some((compiled, touched)) = next else {
+            return self.apply_with(snap, local, unmanaged, maps);
+        };
+        let have = self.begin(maps)?;
+        let report = self.write(have, &compiled, unmanaged, &Scope::Some(&touched), maps)?;
+        self.passes.1 += 1;
+        self.finish(cluster, compiled, report, Some(inc), local, unmanaged)
+    }
+
+    fn finish(
+        &mut self,
+        cluster: Cluster,
+        compiled: Compiled,
+        mut report: PassReport,
+        inc: Option<Incremental>,
+        local: &BTreeMap<PodKey, Ipv4Addr>,
+        unmanaged: &BTreeSet<Ipv4Addr>,
+    ) -> weir_dataplane::Result<PassReport> {
         report.rejected_changed = cluster.rejected != self.cluster.rejected;
         for (ip, ep) in &compiled.endpoints {
             let before = self.compiled.endpoints.get(ip).is_some_and(|e| e.fail_closed.is_some());
@@ -180,19 +225,122 @@ impl PolicySync {
         }
         self.cluster = Arc::new(cluster);
         self.compiled = Arc::new(compiled);
+        self.incremental = inc;
+        self.local.clone_from(local);
+        self.unmanaged.clone_from(unmanaged);
+        Ok(report)
+    }
+
+    /// Makes the maps hold `compiled` within `scope`, in the order that never opens a gap (see
+    /// the module docs). Until it succeeds what the maps hold is unknown (`written` stays None).
+    fn write<I, P, E>(
+        &mut self,
+        mut have: Written,
+        compiled: &Compiled,
+        unmanaged: &BTreeSet<Ipv4Addr>,
+        scope: &Scope<'_>,
+        maps: &mut PolicyMaps<I, P, E>,
+    ) -> weir_dataplane::Result<PassReport>
+    where
+        I: KeyValueMap<Key = (Ipv4Addr, u8), Value = u32>,
+        P: KeyValueMap<Key = PolicyEntry, Value = u32>,
+        E: KeyValueMap<Key = Ipv4Addr, Value = PolicyEndpoint>,
+    {
+        // What the scope should hold, and the keys it covers now.
+        let mut want = Written::default();
+        let endpoint_ips: Vec<Ipv4Addr> = match scope {
+            Scope::All => {
+                want.ipcache = compiled.ipcache.iter().map(|(k, v)| (*k, *v)).collect();
+                compiled.endpoints.keys().chain(unmanaged).copied().collect()
+            }
+            Scope::Some(t) => {
+                for ip in &t.addresses {
+                    if let Some(id) = compiled.ipcache.get(&(*ip, 32)) {
+                        want.ipcache.insert((*ip, 32), *id);
+                    }
+                }
+                t.endpoints.iter().copied().collect()
+            }
+        };
+        for ip in endpoint_ips {
+            let Some(ep) = compiled.endpoints.get(&ip) else {
+                if unmanaged.contains(&ip) {
+                    want.endpoints.insert(ip, PolicyEndpoint { identity: IDENTITY_WORLD, flags: 0 });
+                }
+                continue;
+            };
+            let mut flags = 0;
+            for (d, bit) in [(Direction::Ingress, POLICY_F_INGRESS), (Direction::Egress, POLICY_F_EGRESS)] {
+                let Some(entries) = ep.entries(d) else { continue };
+                flags |= bit;
+                for (k, attr) in entries {
+                    let e = PolicyEntry {
+                        endpoint: ip,
+                        direction: d as u8,
+                        identity: k.peer,
+                        proto: k.proto,
+                        port: k.port,
+                        port_bits: k.port_bits,
+                    };
+                    want.entries.insert(e, *attr);
+                }
+            }
+            if ep.fail_closed.is_some() {
+                flags |= POLICY_F_FAIL_CLOSED;
+            }
+            want.endpoints.insert(ip, PolicyEndpoint { identity: ep.identity, flags });
+        }
+        let stale = match scope {
+            Scope::All => Written {
+                ipcache: stale_of(&have.ipcache, &want.ipcache, have.ipcache.keys()),
+                entries: stale_of(&have.entries, &want.entries, have.entries.keys()),
+                endpoints: stale_of(&have.endpoints, &want.endpoints, have.endpoints.keys()),
+            },
+            Scope::Some(t) => {
+                let entries = t.endpoints.iter().flat_map(|ip| {
+                    let lo = PolicyEntry { endpoint: *ip, direction: 0, identity: 0, proto: 0, port: 0, port_bits: 0 };
+                    let hi = PolicyEntry { endpoint: *ip, direction: u8::MAX, identity: u32::MAX, proto: u8::MAX, port: u16::MAX, port_bits: u8::MAX };
+                    have.entries.range(lo..=hi).map(|(k, _)| k)
+                });
+                let ipcache: Vec<(Ipv4Addr, u8)> = t.addresses.iter().map(|ip| (*ip, 32)).collect();
+                Written {
+                    ipcache: stale_of(&have.ipcache, &want.ipcache, ipcache.iter()),
+                    entries: stale_of(&have.entries, &want.entries, entries),
+                    endpoints: stale_of(&have.endpoints, &want.endpoints, t.endpoints.iter()),
+                }
+            }
+        };
+        let mut report = PassReport::default();
+        upsert(&mut maps.entries, &mut have.entries, &want.entries, &mut report)?;
+        upsert(&mut maps.ipcache, &mut have.ipcache, &want.ipcache, &mut report)?;
+        upsert(&mut maps.endpoints, &mut have.endpoints, &want.endpoints, &mut report)?;
+        remove(&mut maps.endpoints, &mut have.endpoints, &stale.endpoints, &mut report)?;
+        remove(&mut maps.ipcache, &mut have.ipcache, &stale.ipcache, &mut report)?;
+        remove(&mut maps.entries, &mut have.entries, &stale.entries, &mut report)?;
+        self.written = Some(have);
         Ok(report)
     }
 }
 
+/// Of `keys` (which `have` holds), those `want` does not, with their current values.
+fn stale_of<'k, K: Ord + Copy + 'k, V: Copy>(
+    have: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    keys: impl Iterator<Item = &'k K>,
+) -> BTreeMap<K, V> {
+    keys.filter(|k| !want.contains_key(k)).filter_map(|k| Some((*k, *have.get(k)?))).collect()
+}
+
 fn upsert<M: KeyValueMap>(
     map: &mut M,
-    have: &BTreeMap<M::Key, M::Value>,
+    have: &mut BTreeMap<M::Key, M::Value>,
     want: &BTreeMap<M::Key, M::Value>,
     r: &mut PassReport,
 ) -> weir_dataplane::Result<()> {
     for (k, v) in want {
         if have.get(k) != Some(v) {
             map.upsert(*k, *v)?;
+            have.insert(*k, *v);
             r.upserted += 1;
         }
     }
@@ -201,12 +349,13 @@ fn upsert<M: KeyValueMap>(
 
 fn remove<M: KeyValueMap>(
     map: &mut M,
-    have: &BTreeMap<M::Key, M::Value>,
-    want: &BTreeMap<M::Key, M::Value>,
+    have: &mut BTreeMap<M::Key, M::Value>,
+    stale: &BTreeMap<M::Key, M::Value>,
     r: &mut PassReport,
 ) -> weir_dataplane::Result<()> {
-    for k in have.keys().filter(|k| !want.contains_key(k)) {
+    for k in stale.keys() {
         map.remove(*k)?;
+        have.remove(k);
         r.removed += 1;
     }
     Ok(())

@@ -11,8 +11,10 @@
 //! * Watches that fail are retried with kube-runtime's default backoff; a 410 Gone (expired
 //!   resourceVersion) makes the watcher list again. Meanwhile the last snapshot stays in force,
 //!   so the datapath keeps its state while the API server is unreachable.
-//! * Changes are applied to the published snapshot in place, not by rebuilding it: a pod update
-//!   costs the same in a cluster of 100 pods as in one of 10k. (The reconcile loop coalesces
+//! * Changes are applied to the published snapshot in place, not by rebuilding it, and recorded
+//!   in its change log: a pod update costs the same in a cluster of 100 pods as in one of 10k,
+//!   and the reader recomputes only what it touches. An update that leaves what the agent keeps
+//!   unchanged (status heartbeats, annotations) is dropped here. (The reconcile loop coalesces
 //!   bursts.)
 use std::{fmt::Debug, sync::Arc};
 
@@ -32,7 +34,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use super::{namespaced, pod::PodWire, ClusterSnapshot, PodInfo};
+use super::{namespaced, pod::PodWire, put, Changed, ClusterSnapshot, PodInfo};
 
 /// (API group, resource) of every kind the source reads: what the agent's RBAC must grant
 /// (get/list/watch) and nothing more; deploy/kubernetes/rbac.yaml is tested against it.
@@ -104,16 +106,19 @@ pub fn trim_slice(s: &mut EndpointSlice) {
 /// (`Stored`: the trimmed object itself, or for Pods the compact [`PodInfo`]), where and under
 /// which key.
 trait Kind: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
-    type Key: Ord + Send + 'static;
-    type Stored: Send + Sync + 'static;
+    type Key: Ord + Clone + Send + Sync + 'static;
+    type Stored: PartialEq + Send + Sync + 'static;
     fn key(&self) -> Self::Key;
-    fn map(s: &mut ClusterSnapshot) -> &mut std::collections::BTreeMap<Self::Key, Arc<Self::Stored>>;
+    fn map(s: &mut ClusterSnapshot) -> &mut imbl::OrdMap<Self::Key, Arc<Self::Stored>>;
+    fn map_and_log(s: &mut ClusterSnapshot) -> (&mut imbl::OrdMap<Self::Key, Arc<Self::Stored>>, &mut super::ChangeLog);
+    /// The log entry for a change of the object at `key`.
+    fn changed(key: Self::Key) -> Changed;
     fn trim(&mut self);
     fn stored(self) -> Self::Stored;
 }
 
 macro_rules! kind {
-    ($t:ty => $stored:ty, $key:ty, $field:ident, $trim:expr, $into:expr, |$o:ident| $k:expr) => {
+    ($t:ty => $stored:ty, $key:ty, $field:ident, $change:ident, $trim:expr, $into:expr, |$o:ident| $k:expr) => {
         impl Kind for $t {
             type Key = $key;
             type Stored = $stored;
@@ -121,8 +126,14 @@ macro_rules! kind {
                 let $o = self;
                 $k
             }
-            fn map(s: &mut ClusterSnapshot) -> &mut std::collections::BTreeMap<$key, Arc<$stored>> {
+            fn map(s: &mut ClusterSnapshot) -> &mut imbl::OrdMap<$key, Arc<$stored>> {
                 &mut s.$field
+            }
+            fn map_and_log(s: &mut ClusterSnapshot) -> (&mut imbl::OrdMap<$key, Arc<$stored>>, &mut super::ChangeLog) {
+                (&mut s.$field, &mut s.log)
+            }
+            fn changed(key: $key) -> Changed {
+                Changed::$change(key)
             }
             fn trim(&mut self) {
                 $trim(self)
@@ -132,17 +143,17 @@ macro_rules! kind {
             }
         }
     };
-    ($t:ty, $key:ty, $field:ident, $trim:ident, |$o:ident| $k:expr) => {
-        kind!($t => $t, $key, $field, $trim, std::convert::identity, |$o| $k);
+    ($t:ty, $key:ty, $field:ident, $change:ident, $trim:ident, |$o:ident| $k:expr) => {
+        kind!($t => $t, $key, $field, $change, $trim, std::convert::identity, |$o| $k);
     };
 }
-kind!(Node, String, nodes, trim_node, |o| o.metadata.name.clone().unwrap_or_default());
-kind!(Namespace, String, namespaces, trim_namespace, |o| o.metadata.name.clone().unwrap_or_default());
+kind!(Node, String, nodes, Node, trim_node, |o| o.metadata.name.clone().unwrap_or_default());
+kind!(Namespace, String, namespaces, Namespace, trim_namespace, |o| o.metadata.name.clone().unwrap_or_default());
 // A Pod is converted, not trimmed: PodInfo keeps nothing else.
-kind!(PodWire => PodInfo, (String, String), pods, |_: &mut PodWire| {}, PodInfo::from, |o| namespaced(&o.metadata));
-kind!(Service, (String, String), services, trim_service, |o| namespaced(&o.metadata));
-kind!(EndpointSlice, (String, String), endpoint_slices, trim_slice, |o| namespaced(&o.metadata));
-kind!(NetworkPolicy, (String, String), network_policies, trim_network_policy, |o| namespaced(&o.metadata));
+kind!(PodWire => PodInfo, (String, String), pods, Pod, |_: &mut PodWire| {}, PodInfo::from, |o| namespaced(&o.metadata));
+kind!(Service, (String, String), services, Service, trim_service, |o| namespaced(&o.metadata));
+kind!(EndpointSlice, (String, String), endpoint_slices, EndpointSlice, trim_slice, |o| namespaced(&o.metadata));
+kind!(NetworkPolicy, (String, String), network_policies, NetworkPolicy, trim_network_policy, |o| namespaced(&o.metadata));
 
 /// One change to the snapshot, from one kind's watcher.
 struct Update {
@@ -162,16 +173,21 @@ where
     let stream = watcher(api, watcher::Config::default()).default_backoff().modify(K::trim);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut relist: Option<std::collections::BTreeMap<K::Key, Arc<K::Stored>>> = None;
+        let mut relist: Option<imbl::OrdMap<K::Key, Arc<K::Stored>>> = None;
         let mut listed = false;
         while let Some(event) = stream.next().await {
             let mut first_list = false;
             let apply: Box<dyn FnOnce(&mut ClusterSnapshot) + Send> = match event {
+                // An update that changes nothing the agent keeps (a status heartbeat, an
+                // annotation) is no change at all.
                 Ok(watcher::Event::Apply(o)) => Box::new(move |s| {
-                    K::map(s).insert(o.key(), Arc::new(o.stored()));
+                    let (key, new) = (o.key(), Arc::new(o.stored()));
+                    let (map, log) = K::map_and_log(s);
+                    put(map, log, key, Some(new), K::changed)
                 }),
                 Ok(watcher::Event::Delete(o)) => Box::new(move |s| {
-                    K::map(s).remove(&o.key());
+                    let (map, log) = K::map_and_log(s);
+                    put(map, log, o.key(), None, K::changed)
                 }),
                 Ok(watcher::Event::Init) => {
                     relist = Some(Default::default());
@@ -185,7 +201,10 @@ where
                     first_list = !listed;
                     listed = true;
                     let all = relist.take().unwrap_or_default();
-                    Box::new(move |s| *K::map(s) = all)
+                    Box::new(move |s| {
+                        *K::map(s) = all;
+                        s.log.record(Changed::All);
+                    })
                 }
                 // The watcher retries (with backoff) by itself; the last snapshot stays in force.
                 Err(e) => {

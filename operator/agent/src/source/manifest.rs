@@ -1,6 +1,7 @@
 //! The manifest-directory source: a directory of YAML/JSON Kubernetes manifests (multi-document)
 //! is the cluster state. Used on standalone hosts and by the lab. The directory is polled; a
-//! change is published as a full snapshot. A file that does not parse is reported with its
+//! change is published as a snapshot whose log names the objects that changed (found by
+//! comparing with the previous snapshot: this source cannot know them otherwise). A file that does not parse is reported with its
 //! path, document and field, and the previous snapshot stays in force.
 use std::{
     collections::BTreeMap,
@@ -223,11 +224,15 @@ pub async fn watch_dir(
         for e in state.refresh(&dir) {
             tracing::error!(error = %e, "manifest rejected; its previous version stays in force");
         }
-        // Rebuild the snapshot only when a file changed, not on every poll.
+        // Rebuild the snapshot only when a file changed, not on every poll; publish it with
+        // what changed (unchanged objects keep their shared copies).
         if state.take_changed() || first {
             first = false;
-            let snap = state.snapshot();
-            if tx.borrow().as_ref() != Some(&snap) && tx.send(Some(snap)).is_err() {
+            let mut snap = state.snapshot();
+            let old = tx.borrow().clone().unwrap_or_default();
+            snap.succeed(&old);
+            let changed = snap.log.head() != old.log.head();
+            if (changed || tx.borrow().is_none()) && tx.send(Some(snap)).is_err() {
                 return;
             }
         }

@@ -1,14 +1,16 @@
-//! Cluster state sources. Every source (the manifest directory, the Kubernetes API) delivers
-//! complete [`ClusterSnapshot`]s over one channel; the agent does not care where they came from.
-//! A source that reads something unusable logs it, naming the object, and keeps delivering the
-//! last good state.
+//! Cluster state sources. Every source (the manifest directory, the Kubernetes API) publishes
+//! a [`ClusterSnapshot`] over one channel: the state (persistent maps, so a reader's copy costs
+//! nothing and an update costs O(log n)) and a [`ChangeLog`] of the objects that changed, so the
+//! reader recomputes only what they touch instead of comparing snapshots. The agent does not care
+//! where they came from. A source that reads something unusable logs it, naming the object, and
+//! keeps delivering the last good state.
 pub mod k8s;
 pub mod manifest;
 pub mod pod;
 
 pub use pod::{NamedPort, PodInfo};
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeSet, sync::Arc};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
@@ -16,22 +18,136 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 
-/// Namespaced objects keyed by (namespace, name). Objects are shared (`Arc`): a snapshot is
-/// cheap to build from the API source's stores and to keep beside the previous one, and two
-/// snapshots holding the same object compare by pointer first.
-pub type Named<T> = BTreeMap<(String, String), Arc<T>>;
+/// Namespaced objects keyed by (namespace, name), in a persistent ordered map: a snapshot is
+/// cloned in O(1) (readers keep their copy while the source goes on), and objects are shared
+/// (`Arc`), so two versions holding the same object compare by pointer first.
+pub type Named<T> = imbl::OrdMap<(String, String), Arc<T>>;
+/// Cluster-scoped objects keyed by name.
+pub type ByName<T> = imbl::OrdMap<String, Arc<T>>;
 
-/// Everything the agent knows about the cluster, keyed by name (namespace/name for pods).
+/// Everything the agent knows about the cluster, keyed by name (namespace/name for pods), and
+/// the log of what changed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterSnapshot {
-    pub nodes: BTreeMap<String, Arc<Node>>,
-    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub nodes: ByName<Node>,
+    pub namespaces: ByName<Namespace>,
     /// Pods, slimmed to what the agent reads ([`PodInfo`]).
     pub pods: Named<PodInfo>,
     pub services: Named<Service>,
     pub endpoint_slices: Named<EndpointSlice>,
-    /// Read and kept for NetworkPolicy enforcement; nothing consumes them yet.
+    /// What NetworkPolicy enforcement compiles.
     pub network_policies: Named<NetworkPolicy>,
+    /// The objects that changed, in order: a reader asks for what changed since it last looked.
+    pub log: ChangeLog,
+}
+
+/// One object a source saw added, updated or removed; or [`Changed::All`] (a relist, a source
+/// that cannot tell): every object may have changed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Changed {
+    All,
+    Node(String),
+    Namespace(String),
+    Pod((String, String)),
+    Service((String, String)),
+    EndpointSlice((String, String)),
+    NetworkPolicy((String, String)),
+}
+
+/// How many changes the log keeps: a reader further behind than this gets a full pass.
+pub const CHANGE_LOG_LEN: usize = 1 << 16;
+
+/// The sequence of changes a source made, numbered. Persistent (cloned with the snapshot in
+/// O(1)); the oldest entries go once there are [`CHANGE_LOG_LEN`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChangeLog {
+    next: u64,
+    entries: imbl::Vector<(u64, Changed)>,
+}
+
+impl ChangeLog {
+    pub fn record(&mut self, c: Changed) {
+        self.entries.push_back((self.next, c));
+        self.next += 1;
+        while self.entries.len() > CHANGE_LOG_LEN {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Where the log is now: hand it back to [`ChangeLog::since`] to get what came after.
+    pub fn head(&self) -> u64 {
+        self.next
+    }
+
+    /// What changed after `seen` (an earlier [`ChangeLog::head`]); everything when the log no
+    /// longer reaches back that far.
+    pub fn since(&self, seen: u64) -> Changes {
+        let first = self.entries.front().map_or(self.next, |(n, _)| *n);
+        if seen < first && seen != self.next {
+            return Changes::everything();
+        }
+        let mut out = Changes::default();
+        for (_, c) in self.entries.iter().rev().take_while(|(n, _)| *n >= seen) {
+            out.add(c.clone());
+        }
+        out
+    }
+}
+
+/// The keys of the objects that changed, per kind; `all` when every object may have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub all: bool,
+    pub nodes: BTreeSet<String>,
+    pub namespaces: BTreeSet<String>,
+    pub pods: BTreeSet<(String, String)>,
+    pub services: BTreeSet<(String, String)>,
+    pub endpoint_slices: BTreeSet<(String, String)>,
+    pub network_policies: BTreeSet<(String, String)>,
+}
+
+impl Changes {
+    pub fn everything() -> Self {
+        Changes { all: true, ..Default::default() }
+    }
+
+    pub fn add(&mut self, c: Changed) {
+        match c {
+            Changed::All => self.all = true,
+            Changed::Node(k) => drop(self.nodes.insert(k)),
+            Changed::Namespace(k) => drop(self.namespaces.insert(k)),
+            Changed::Pod(k) => drop(self.pods.insert(k)),
+            Changed::Service(k) => drop(self.services.insert(k)),
+            Changed::EndpointSlice(k) => drop(self.endpoint_slices.insert(k)),
+            Changed::NetworkPolicy(k) => drop(self.network_policies.insert(k)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+
+    /// These changes and `other`'s.
+    pub fn extend(&mut self, other: Changes) {
+        self.all |= other.all;
+        self.nodes.extend(other.nodes);
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
+        self.network_policies.extend(other.network_policies);
+    }
+
+    /// Something NetworkPolicy reads changed: pods, namespaces or policies.
+    pub fn policy(&self) -> bool {
+        self.all || !(self.pods.is_empty() && self.namespaces.is_empty() && self.network_policies.is_empty())
+    }
+
+    /// Something Services read changed: Services or EndpointSlices (node addresses are the
+    /// caller's to compare).
+    pub fn services(&self) -> bool {
+        self.all || !(self.services.is_empty() && self.endpoint_slices.is_empty())
+    }
 }
 
 /// One parsed Kubernetes object that the agent understands.
@@ -56,8 +172,8 @@ impl ClusterSnapshot {
     /// source uses to tell a real change from a no-op (a relist returning what it had), without
     /// comparing objects field by field.
     pub fn same_objects(&self, other: &Self) -> bool {
-        fn same<K: PartialEq, T>(a: &BTreeMap<K, Arc<T>>, b: &BTreeMap<K, Arc<T>>) -> bool {
-            a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+        fn same<K: Ord + Clone + PartialEq, T>(a: &imbl::OrdMap<K, Arc<T>>, b: &imbl::OrdMap<K, Arc<T>>) -> bool {
+            a.ptr_eq(b) || (a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb)))
         }
         same(&self.nodes, &other.nodes)
             && same(&self.namespaces, &other.namespaces)
@@ -98,7 +214,132 @@ impl ClusterSnapshot {
     }
 }
 
+impl ClusterSnapshot {
+    /// Makes this (freshly built) snapshot the successor of `old`: objects equal to `old`'s are
+    /// replaced by `old`'s shared copies, and every object added, changed or removed is
+    /// recorded in the log, continued from `old`'s. For sources that rebuild the whole state
+    /// (the manifest directory) instead of knowing their changes.
+    pub fn succeed(&mut self, old: &ClusterSnapshot) {
+        fn kind<K: Ord + Clone, T: PartialEq>(
+            new: &mut imbl::OrdMap<K, Arc<T>>,
+            old: &imbl::OrdMap<K, Arc<T>>,
+            log: &mut ChangeLog,
+            change: impl Fn(K) -> Changed,
+        ) {
+            for (k, v) in old.iter() {
+                match new.get(k) {
+                    Some(n) if Arc::ptr_eq(n, v) => {}
+                    Some(n) if **n == **v => {
+                        new.insert(k.clone(), v.clone());
+                    }
+                    _ => log.record(change(k.clone())),
+                }
+            }
+            for k in new.keys() {
+                if !old.contains_key(k) {
+                    log.record(change(k.clone()));
+                }
+            }
+        }
+        let mut log = old.log.clone();
+        kind(&mut self.nodes, &old.nodes, &mut log, Changed::Node);
+        kind(&mut self.namespaces, &old.namespaces, &mut log, Changed::Namespace);
+        kind(&mut self.pods, &old.pods, &mut log, Changed::Pod);
+        kind(&mut self.services, &old.services, &mut log, Changed::Service);
+        kind(&mut self.endpoint_slices, &old.endpoint_slices, &mut log, Changed::EndpointSlice);
+        kind(&mut self.network_policies, &old.network_policies, &mut log, Changed::NetworkPolicy);
+        self.log = log;
+    }
+
+    /// The same objects (the log aside).
+    pub fn same_state(&self, other: &Self) -> bool {
+        self.same_objects(other)
+    }
+}
+
+/// Puts one object in (or with `None` takes it out of) a snapshot's map and logs the change, as
+/// a watch event does; an object equal to the one there (a status heartbeat the agent trimmed
+/// away) is no change and is not logged.
+pub fn put<K: Ord + Clone, T: PartialEq>(
+    map: &mut imbl::OrdMap<K, Arc<T>>,
+    log: &mut ChangeLog,
+    key: K,
+    new: Option<Arc<T>>,
+    change: fn(K) -> Changed,
+) {
+    match new {
+        Some(new) => {
+            if map.get(&key).is_some_and(|old| **old == *new) {
+                return;
+            }
+            map.insert(key.clone(), new);
+        }
+        None => {
+            if map.remove(&key).is_none() {
+                return;
+            }
+        }
+    }
+    log.record(change(key));
+}
+
 /// (namespace, name), the namespace defaulting to `default` as the API server does.
 pub fn namespaced(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
     (m.namespace.clone().unwrap_or_else(|| "default".into()), m.name.clone().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: &str) -> (String, String) {
+        ("x".to_owned(), n.to_owned())
+    }
+
+    #[test]
+    fn the_log_gives_what_changed_since_a_head_and_everything_when_it_no_longer_reaches_back() {
+        let mut log = ChangeLog::default();
+        let start = log.head();
+        assert!(log.since(start).is_empty());
+        log.record(Changed::Pod(key("a")));
+        log.record(Changed::Service(key("s")));
+        let mid = log.head();
+        log.record(Changed::Pod(key("b")));
+        let c = log.since(start);
+        assert_eq!(c.pods, [key("a"), key("b")].into());
+        assert_eq!(c.services, [key("s")].into());
+        assert!(!c.all && c.policy() && c.services());
+        let c = log.since(mid);
+        assert_eq!((c.pods.len(), c.services.len()), (1, 0));
+        assert!(log.since(log.head()).is_empty());
+        for i in 0..CHANGE_LOG_LEN {
+            log.record(Changed::Namespace(i.to_string()));
+        }
+        assert!(log.since(mid).all, "trimmed past the reader: a full pass");
+    }
+
+    #[test]
+    fn a_rebuilt_snapshot_keeps_shared_copies_of_unchanged_objects_and_logs_the_rest() {
+        let pod = |name: &str, app: &str| {
+            let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!(
+                {"metadata": {"name": name, "namespace": "x", "labels": {"app": app}}}
+            ))
+            .expect("pod");
+            ClusterObject::Pod(Box::new(p))
+        };
+        let mut old = ClusterSnapshot::default();
+        old.insert(pod("a", "1"));
+        old.insert(pod("b", "1"));
+        let seen = old.log.head();
+        let mut new = ClusterSnapshot::default();
+        new.insert(pod("a", "1"));
+        new.insert(pod("b", "2"));
+        new.insert(pod("c", "1"));
+        new.succeed(&old);
+        assert!(Arc::ptr_eq(&new.pods[&key("a")], &old.pods[&key("a")]), "unchanged: the old shared copy");
+        assert_eq!(new.log.since(seen).pods, [key("b"), key("c")].into());
+        let mut gone = ClusterSnapshot::default();
+        gone.succeed(&new);
+        assert_eq!(gone.log.since(new.log.head()).pods.len(), 3, "removals are changes too");
+    }
 }
