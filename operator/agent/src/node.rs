@@ -298,11 +298,7 @@ impl Node {
         // or start, relist, resync: compile everything. (A failed pass leaves the writer
         // without its incremental state, so the next one is full.)
         let pending = std::mem::take(&mut self.policy_pending);
-        let r = if pending.all || !pending.namespaces.is_empty() || !pending.network_policies.is_empty() {
-            self.policy.apply_with(&self.policy_seen, local, unmanaged, &mut l.policy)?
-        } else {
-            self.policy.apply_pods(&self.policy_seen, &pending.pods, local, unmanaged, &mut l.policy)?
-        };
+        let r = self.policy.apply_changes(&self.policy_seen, &pending, local, unmanaged, &mut l.policy)?;
         self.publish_enrichment();
         if r.rejected_changed {
             for e in &self.policy.cluster.rejected {

@@ -156,28 +156,7 @@ impl Cluster {
         for (name, n) in &s.namespaces {
             namespaces.insert(name.clone(), n.metadata.labels.clone().unwrap_or_default());
         }
-        let mut policies = Vec::new();
-        let mut rejected = Vec::new();
-        cache.retain(|k, _| s.network_policies.contains_key(k));
-        for (key @ (ns, name), p) in &s.network_policies {
-            let parsed = match cache.get(key) {
-                Some((seen, r)) if Arc::ptr_eq(seen, p) => r.clone(),
-                _ => {
-                    let r = parse(p);
-                    cache.insert(key.clone(), (p.clone(), r.clone()));
-                    r
-                }
-            };
-            match parsed {
-                Ok(p) => policies.push(p),
-                Err(e) => {
-                    if let Some(old) = previous.and_then(|c| c.policy(ns, name)) {
-                        policies.push(old.clone());
-                    }
-                    rejected.push(e);
-                }
-            }
-        }
+        let (policies, rejected) = policies_of(s, previous, cache);
         let mut c = Cluster::new(pods, namespaces, policies);
         c.rejected = rejected;
         c
@@ -232,14 +211,74 @@ impl Cluster {
     }
 
     /// Policies of `ep`'s namespace that select it for `dir`.
+    /// Policies are sorted by namespace, so only that namespace's range is looked at.
     pub fn selecting(&self, ep: &PodView, dir: Direction) -> Vec<usize> {
-        self.policies
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.namespace == ep.namespace && p.rules(dir).is_some() && p.pods.matches(&|k| ep.label(k)))
-            .map(|(i, _)| i)
+        let first = self.policies.partition_point(|p| p.namespace < ep.namespace);
+        let end = first + self.policies[first..].partition_point(|p| p.namespace == ep.namespace);
+        (first..end)
+            .filter(|&i| {
+                let p = &self.policies[i];
+                p.rules(dir).is_some() && p.pods.matches(&|k| ep.label(k))
+            })
             .collect()
     }
+
+    /// This cluster (its pods and namespaces) with the policies of `s`: what a pass that only
+    /// saw policies change compiles.
+    pub fn with_policies(&self, s: &ClusterSnapshot, cache: &mut ParseCache) -> Self {
+        let (mut policies, rejected) = policies_of(s, Some(self), cache);
+        policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Cluster { policies: Arc::new(policies), rejected, ..self.clone() }
+    }
+}
+
+/// The valid policies of `s` (parsed once per object version), and the rejected ones; a rejected
+/// policy keeps its version in `previous`, if any.
+fn policies_of(
+    s: &ClusterSnapshot,
+    previous: Option<&Cluster>,
+    cache: &mut ParseCache,
+) -> (Vec<Policy>, Vec<PolicyError>) {
+    let mut policies = Vec::new();
+    let mut rejected = Vec::new();
+    cache.retain(|k, _| s.network_policies.contains_key(k));
+    for (key @ (ns, name), p) in &s.network_policies {
+        let parsed = match cache.get(key) {
+            Some((seen, r)) if Arc::ptr_eq(seen, p) => r.clone(),
+            _ => {
+                let r = parse(p);
+                cache.insert(key.clone(), (p.clone(), r.clone()));
+                r
+            }
+        };
+        match parsed {
+            Ok(p) => policies.push(p),
+            Err(e) => {
+                if let Some(old) = previous.and_then(|c| c.policy(ns, name)) {
+                    policies.push(old.clone());
+                }
+                rejected.push(e);
+            }
+        }
+    }
+    (policies, rejected)
+}
+
+/// Every ipBlock the policies name.
+fn blocks_in(policies: &[Policy]) -> BTreeSet<IpBlock> {
+    let mut blocks = BTreeSet::new();
+    for p in policies {
+        for d in Direction::BOTH {
+            for r in p.rules(d).into_iter().flatten() {
+                for peer in r.peers.iter().flatten() {
+                    if let Peer::Block(b) = peer {
+                        blocks.insert(b.clone());
+                    }
+                }
+            }
+        }
+    }
+    blocks
 }
 
 /// What identifies a set of equivalent addresses (see the module docs).
@@ -476,6 +515,7 @@ enum PeerSet {
 #[derive(Debug, Default)]
 pub struct Incremental {
     blocks: HashMap<(Ipv4Addr, u8), Vec<IpBlock>>,
+    block_set: BTreeSet<IpBlock>,
     /// Identity of each block CIDR and except (a pod's /32 hides one of the same prefix).
     prefixes: HashMap<(Ipv4Addr, u8), u32>,
     refs: HashMap<u32, u32>,
@@ -649,18 +689,7 @@ pub fn compile_full(
 ) -> (Compiled, Incremental) {
     let mut inc = Incremental::default();
     // Every ipBlock any policy names, by CIDR.
-    let mut blocks: BTreeSet<IpBlock> = BTreeSet::new();
-    for p in c.policies.iter() {
-        for d in Direction::BOTH {
-            for r in p.rules(d).into_iter().flatten() {
-                for peer in r.peers.iter().flatten() {
-                    if let Peer::Block(b) = peer {
-                        blocks.insert(b.clone());
-                    }
-                }
-            }
-        }
-    }
+    let blocks = blocks_in(&c.policies);
     for b in &blocks {
         inc.blocks.entry((b.cidr.network(), b.cidr.prefix())).or_default().push(b.clone());
     }
@@ -756,7 +785,71 @@ pub fn compile_full(
     }
     out.endpoints = endpoints;
     out.attributions = attributions(&inc.interned);
+    inc.block_set = blocks;
     (out, inc)
+}
+
+/// Goes on from `prev` (compiled from `old`) to `c`, which differs from `old` only in its
+/// policies: when they name the same ipBlocks, identities and the IP → identity table stay as
+/// they are, the peer sets of unchanged policies' rules are kept (under their new positions),
+/// and every local endpoint's entries are compiled again. `None` when that cannot be exact
+/// (other blocks, an endpoint over capacity): the caller makes a full pass.
+pub fn compile_policies(
+    old: &Cluster,
+    c: &Cluster,
+    prev: &Compiled,
+    inc: &mut Incremental,
+    ids: &Identities,
+    local: &dyn Fn(&PodView) -> bool,
+    capacity: usize,
+) -> Option<Compiled> {
+    if inc.fail_closed || blocks_in(&c.policies) != inc.block_set {
+        return None;
+    }
+    let old_index: HashMap<(&str, &str), usize> =
+        old.policies.iter().enumerate().map(|(i, p)| ((p.namespace.as_str(), p.name.as_str()), i)).collect();
+    let mut peer_sets = HashMap::new();
+    for (j, p) in c.policies.iter().enumerate() {
+        let Some(&i) = old_index.get(&(p.namespace.as_str(), p.name.as_str())) else { continue };
+        if old.policies[i] != *p {
+            continue;
+        }
+        for d in Direction::BOTH {
+            for rule in 0..p.rules(d).map_or(0, <[_]>::len) {
+                if let Some(set) = inc.peer_sets.remove(&RuleRef { policy: i, direction: d, rule }) {
+                    peer_sets.insert(RuleRef { policy: j, direction: d, rule }, set);
+                }
+            }
+        }
+    }
+    inc.peer_sets = peer_sets;
+    inc.interned.clear();
+    inc.used = 0;
+    let mut out = Compiled { ipcache: prev.ipcache.clone(), identities: prev.identities.clone(), ..Default::default() };
+    let identities = prev.identities.clone();
+    let peer_set = |rr: RuleRef| -> PeerSet {
+        let r = &c.policies[rr.policy].rules(rr.direction).expect("rule of a selected direction")[rr.rule];
+        if r.peers.is_none() {
+            return PeerSet::Any;
+        }
+        PeerSet::Ids(identities.iter().filter(|(_, k)| admits(c, rr, k)).map(|(id, _)| *id).collect())
+    };
+    let named = |id: u32| named_ports_of(&identities, id);
+    let all_pods = || pod_identity_ids(&identities);
+    for p in c.pods.values() {
+        if !local(p) || !c.owns(p) {
+            continue;
+        }
+        let id = ids.get(&pod_key(p, &inc.blocks))?;
+        let ep = endpoint_policy(c, p, id, &mut inc.peer_sets, &peer_set, &named, &all_pods, &mut inc.interned);
+        inc.used += ep.entry_count();
+        if inc.used > capacity {
+            return None;
+        }
+        out.endpoints.insert(p.ip, ep);
+    }
+    out.attributions = attributions(&inc.interned);
+    Some(out)
 }
 
 fn attributions(interned: &BTreeMap<Vec<RuleRef>, u32>) -> imbl::Vector<Vec<RuleRef>> {

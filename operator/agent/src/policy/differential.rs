@@ -350,9 +350,10 @@ fn compiled_lookup_matches_the_spec_on_random_policies() {
 }
 
 mod incremental {
-    //! Pods-only passes ([`PolicySync::apply_pods`]) against full ones: random clusters, then
-    //! random pod changes (labels, ports, addresses shared with another pod, terminating,
-    //! finished, created, deleted, local or not); after every step the maps the incremental
+    //! Passes that go on from the last ([`PolicySync::apply_changes`]) against full ones:
+    //! random clusters, then random changes — pods (labels, ports, addresses shared with another
+    //! pod, terminating, finished, created, deleted, local or not), policies (created, replaced,
+    //! deleted), now and then a namespace's labels; after every step the maps the incremental
     //! writer holds mean the same as a fresh full compile's (identities compared by what they
     //! stand for, entries with the rules they carry).
     use std::collections::{BTreeMap, BTreeSet};
@@ -367,7 +368,7 @@ mod incremental {
             sync::{PolicyMaps, PolicySync},
             RuleRef,
         },
-        source::ClusterSnapshot,
+        source::{Changes, ClusterSnapshot},
     };
 
     type Fakes = PolicyMaps<FakeMap<(Ipv4Addr, u8), u32>, FakeMap<PolicyEntry, u32>, FakeMap<Ipv4Addr, PolicyEndpoint>>;
@@ -449,7 +450,7 @@ mod incremental {
     }
 
     #[test]
-    fn pods_only_passes_end_where_full_passes_do() {
+    fn passes_from_changes_end_where_full_passes_do() {
         let mut incremental_passes = 0;
         for seed in 1..=300u64 {
             let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -487,7 +488,25 @@ mod incremental {
             inc.apply(&snap, &local_of(&snap, &chosen), &mut maps).expect("first pass");
             for step in 0..12 {
                 let mut changed = BTreeSet::new();
-                for _ in 0..(1 + r.next() % 3) {
+                let mut changes = Changes::default();
+                if r.chance(25) {
+                    // A policy created, replaced or deleted.
+                    let i = (r.next() % 5) as usize;
+                    let p = np(&random_policy(&mut r, i, r_ns(i)));
+                    let key = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+                    if r.chance(30) {
+                        snap.network_policies.remove(&key);
+                    } else {
+                        snap.network_policies.insert(key.clone(), Arc::new(p));
+                    }
+                    changes.network_policies.insert(key);
+                }
+                if r.chance(5) {
+                    let team: &&str = r.pick(&["red", "blue"]);
+                    snap.namespaces.insert("b".into(), namespace("b", team));
+                    changes.namespaces.insert("b".into());
+                }
+                for _ in 0..(r.next() % 4) {
                     let key = r.pick(&names).clone();
                     match r.next() % 4 {
                         0 => {
@@ -506,8 +525,9 @@ mod incremental {
                     changed.insert(key);
                 }
                 let local = local_of(&snap, &chosen);
+                changes.pods = changed;
                 let before = inc.passes.1;
-                inc.apply_pods(&snap, &changed, &local, &BTreeSet::new(), &mut maps).expect("pods pass");
+                inc.apply_changes(&snap, &changes, &local, &BTreeSet::new(), &mut maps).expect("pass");
                 incremental_passes += inc.passes.1 - before;
                 let (mut full, mut full_maps) = (PolicySync::default(), fakes());
                 full.apply(&snap, &local, &mut full_maps).expect("full pass");
@@ -517,6 +537,6 @@ mod incremental {
                 assert_eq!(a.2, b.2, "seed {seed} step {step}: allow entries");
             }
         }
-        assert!(incremental_passes > 3000, "pods-only passes were made ({incremental_passes}), not full ones");
+        assert!(incremental_passes > 3000, "passes from changes were made ({incremental_passes}), not full ones");
     }
 }

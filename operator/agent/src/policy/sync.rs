@@ -22,10 +22,10 @@ use weir_bpf_common::{sizes, PolicyEndpoint, IDENTITY_WORLD, POLICY_F_EGRESS, PO
 use weir_dataplane::maps::{KeyValueMap, PolicyEntry};
 
 use super::{
-    compile::{compile_full, compile_pods, Cluster, Compiled, Identities, Incremental, ParseCache, PodKey, Touched},
+    compile::{compile_full, compile_policies, compile_pods, Cluster, Compiled, Identities, Incremental, ParseCache, PodKey, Touched},
     Direction,
 };
-use crate::source::ClusterSnapshot;
+use crate::source::{Changes, ClusterSnapshot};
 
 /// The three maps, generic so the writer is tested against in-memory maps.
 pub struct PolicyMaps<I, P, E> {
@@ -74,7 +74,7 @@ pub struct PolicySync {
     unmanaged: BTreeSet<Ipv4Addr>,
     /// Endpoints denied everything because their entries did not fit, counted per pass.
     pub fail_closed_total: u64,
-    /// Passes made, full and pods-only (for tests and metrics).
+    /// Passes made: full, and going on from the last (pods-only or policies-only).
     pub passes: (u64, u64),
 }
 
@@ -155,6 +155,63 @@ impl PolicySync {
         let report = self.write(have, &compiled, unmanaged, &Scope::All, maps)?;
         self.passes.0 += 1;
         self.finish(cluster, compiled, report, Some(inc), local, unmanaged)
+    }
+
+    /// The pass `changes` call for: pods-only when only pods changed, else full (a namespace's
+    /// labels or a policy can change any endpoint's entries).
+    pub fn apply_changes<I, P, E>(
+        &mut self,
+        snap: &ClusterSnapshot,
+        changes: &Changes,
+        local: &BTreeMap<PodKey, Ipv4Addr>,
+        unmanaged: &BTreeSet<Ipv4Addr>,
+        maps: &mut PolicyMaps<I, P, E>,
+    ) -> weir_dataplane::Result<PassReport>
+    where
+        I: KeyValueMap<Key = (Ipv4Addr, u8), Value = u32>,
+        P: KeyValueMap<Key = PolicyEntry, Value = u32>,
+        E: KeyValueMap<Key = Ipv4Addr, Value = PolicyEndpoint>,
+    {
+        if changes.all || !changes.namespaces.is_empty() {
+            return self.apply_with(snap, local, unmanaged, maps);
+        }
+        if changes.network_policies.is_empty() {
+            return self.apply_pods(snap, &changes.pods, local, unmanaged, maps);
+        }
+        // Policies first, over the pods as they were; then the pods that changed with them.
+        let usable = self.written.is_some() && self.incremental.is_some() && *unmanaged == self.unmanaged;
+        let Some(mut inc) = self.incremental.take().filter(|_| usable) else {
+            return self.apply_with(snap, local, unmanaged, maps);
+        };
+        let was_local = self.local.clone();
+        let cluster = self.cluster.with_policies(snap, &mut self.parsed);
+        let next = compile_policies(
+            &self.cluster,
+            &cluster,
+            &self.compiled,
+            &mut inc,
+            &self.ids,
+            &|p| was_local.get(&(p.namespace.clone(), p.name.clone())) == Some(&p.ip),
+            ENTRY_CAPACITY,
+        );
+        let Some(compiled) = next else {
+            return self.apply_with(snap, local, unmanaged, maps);
+        };
+        let endpoints = self.compiled.endpoints.keys().chain(compiled.endpoints.keys()).copied().collect();
+        let touched = Touched { addresses: BTreeSet::new(), endpoints };
+        let have = self.begin(maps)?;
+        let mut report = self.write(have, &compiled, unmanaged, &Scope::Some(&touched), maps)?;
+        self.passes.1 += 1;
+        report = self.finish(cluster, compiled, report, Some(inc), &was_local, unmanaged)?;
+        if changes.pods.is_empty() && *local == was_local {
+            return Ok(report);
+        }
+        let more = self.apply_pods(snap, &changes.pods, local, unmanaged, maps)?;
+        report.upserted += more.upserted;
+        report.removed += more.removed;
+        report.rejected_changed |= more.rejected_changed;
+        report.newly_fail_closed.extend(more.newly_fail_closed);
+        Ok(report)
     }
 
     /// A pass after only pods changed (`changed`, by namespace/name): goes on from the last
