@@ -43,7 +43,7 @@ mod nsexec;
 const CILIUM_MIB_AT_50K: f64 = 438.0;
 const CILIUM_KIB_PER_POD: f64 = 10.5;
 /// This targets.
-const TARGET_MIB: f64 = 64.0;
+const TARGET_MIB: f64 = 48.0;
 const TARGET_KIB_PER_POD: f64 = 2.0;
 
 /// Nodes in the synthetic cluster (the agent is the first).

@@ -13,7 +13,12 @@
 //!   the manifest poll adds its own delivery time (not measured here).
 //!
 //! Runs in its own network namespace with a private bpffs; removes both at exit.
-use std::{collections::{BTreeMap, BTreeSet}, net::Ipv4Addr, path::PathBuf, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::Instant,
+};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;

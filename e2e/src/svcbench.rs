@@ -442,7 +442,8 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     // The update end to end as the agent does it from a watch event: the source puts the object
     // in its snapshot and logs it; the reconcile loop asks the log what changed since its last
     // pass and hands the Service writer those objects.
-    let mut snap = ClusterSnapshot { services: c.services.clone(), endpoint_slices: c.slices.clone(), ..Default::default() };
+    let mut snap =
+        ClusterSnapshot { services: c.services.clone(), endpoint_slices: c.slices.clone(), ..Default::default() };
     let seen = snap.log.head();
     let before = snap.clone();
     let (key, extra) = c.updated_slice();
@@ -462,7 +463,11 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     // the previous one (`ClusterSnapshot::succeed`) to log the changes.
     let mut rebuilt = ClusterSnapshot {
         services: c.services.iter().map(|(k, v)| (k.clone(), std::sync::Arc::new((**v).clone()))).collect(),
-        endpoint_slices: snap.endpoint_slices.iter().map(|(k, v)| (k.clone(), std::sync::Arc::new((**v).clone()))).collect(),
+        endpoint_slices: snap
+            .endpoint_slices
+            .iter()
+            .map(|(k, v)| (k.clone(), std::sync::Arc::new((**v).clone())))
+            .collect(),
         ..Default::default()
     };
     let t = Instant::now();

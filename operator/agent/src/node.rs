@@ -375,7 +375,13 @@ impl Node {
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
         let a = if changes.all || nodes_changed {
-            self.services.apply(&snap.services, &snap.endpoint_slices, &node_ips, &self.cfg.node_name, &mut l.services)?
+            self.services.apply(
+                &snap.services,
+                &snap.endpoint_slices,
+                &node_ips,
+                &self.cfg.node_name,
+                &mut l.services,
+            )?
         } else {
             let changed = ObjectChanges::from(changes);
             self.services.apply_changes(

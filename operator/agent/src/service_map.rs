@@ -670,11 +670,8 @@ impl ServiceSync {
                 let (u, r) = written.write(k, keys.get(&k), maps)?;
                 changes.upserted += u;
                 changes.removed += r;
-                let before = if keys.contains_key(&k) {
-                    self.owners.insert(k, id.clone())
-                } else {
-                    self.owners.remove(&k)
-                };
+                let before =
+                    if keys.contains_key(&k) { self.owners.insert(k, id.clone()) } else { self.owners.remove(&k) };
                 owners_changed |= before.as_ref() != keys.get(&k).map(|_| &id);
             }
             if !keys.is_empty() {

@@ -164,7 +164,12 @@ impl Cluster {
 
     /// This cluster with the pods at `changed` keys taken again from `s` (namespaces and
     /// policies as they are): what a pass that only saw pods change compiles.
-    pub fn with_pods(&self, s: &ClusterSnapshot, changed: &BTreeSet<PodKey>, local: &BTreeMap<PodKey, Ipv4Addr>) -> Self {
+    pub fn with_pods(
+        &self,
+        s: &ClusterSnapshot,
+        changed: &BTreeSet<PodKey>,
+        local: &BTreeMap<PodKey, Ipv4Addr>,
+    ) -> Self {
         let mut c = self.clone();
         for key in changed {
             c.remove_pod(key);
@@ -597,7 +602,8 @@ fn endpoint_policy(
     pod_identities: &dyn Fn() -> Vec<u32>,
     interned: &mut BTreeMap<Vec<RuleRef>, u32>,
 ) -> EndpointPolicy {
-    let mut ep = EndpointPolicy { namespace: p.namespace.clone(), name: p.name.clone(), identity, ..Default::default() };
+    let mut ep =
+        EndpointPolicy { namespace: p.namespace.clone(), name: p.name.clone(), identity, ..Default::default() };
     for d in Direction::BOTH {
         let selecting = c.selecting(p, d);
         if selecting.is_empty() {
@@ -968,9 +974,7 @@ pub fn compile_pods(
     let stale: Vec<Ipv4Addr> = out
         .endpoints
         .iter()
-        .filter(|(_, ep)| {
-            rules_changed.iter().any(|rr| ep.selected_by[rr.direction as usize].contains(&rr.policy))
-        })
+        .filter(|(_, ep)| rules_changed.iter().any(|rr| ep.selected_by[rr.direction as usize].contains(&rr.policy)))
         .map(|(ip, _)| *ip)
         .collect();
     for ip in stale {

@@ -493,7 +493,8 @@ mod incremental {
                     // A policy created, replaced or deleted.
                     let i = (r.next() % 5) as usize;
                     let p = np(&random_policy(&mut r, i, r_ns(i)));
-                    let key = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+                    let key =
+                        (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
                     if r.chance(30) {
                         snap.network_policies.remove(&key);
                     } else {

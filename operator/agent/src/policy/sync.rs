@@ -22,7 +22,10 @@ use weir_bpf_common::{sizes, PolicyEndpoint, IDENTITY_WORLD, POLICY_F_EGRESS, PO
 use weir_dataplane::maps::{KeyValueMap, PolicyEntry};
 
 use super::{
-    compile::{compile_full, compile_policies, compile_pods, Cluster, Compiled, Identities, Incremental, ParseCache, PodKey, Touched},
+    compile::{
+        compile_full, compile_pods, compile_policies, Cluster, Compiled, Identities, Incremental, ParseCache, PodKey,
+        Touched,
+    },
     Direction,
 };
 use crate::source::{Changes, ClusterSnapshot};
@@ -115,7 +118,8 @@ impl PolicySync {
         if let Some(w) = self.written.take() {
             return Ok(w);
         }
-        let w = Written { ipcache: maps.ipcache.list()?, entries: maps.entries.list()?, endpoints: maps.endpoints.list()? };
+        let w =
+            Written { ipcache: maps.ipcache.list()?, entries: maps.entries.list()?, endpoints: maps.endpoints.list()? };
         // Number above whatever an earlier agent left in the maps.
         let highest = w
             .ipcache
@@ -356,7 +360,14 @@ impl PolicySync {
             Scope::Some(t) => {
                 let entries = t.endpoints.iter().flat_map(|ip| {
                     let lo = PolicyEntry { endpoint: *ip, direction: 0, identity: 0, proto: 0, port: 0, port_bits: 0 };
-                    let hi = PolicyEntry { endpoint: *ip, direction: u8::MAX, identity: u32::MAX, proto: u8::MAX, port: u16::MAX, port_bits: u8::MAX };
+                    let hi = PolicyEntry {
+                        endpoint: *ip,
+                        direction: u8::MAX,
+                        identity: u32::MAX,
+                        proto: u8::MAX,
+                        port: u16::MAX,
+                        port_bits: u8::MAX,
+                    };
                     have.entries.range(lo..=hi).map(|(k, _)| k)
                 });
                 let ipcache: Vec<(Ipv4Addr, u8)> = t.addresses.iter().map(|ip| (*ip, 32)).collect();

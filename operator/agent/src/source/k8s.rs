@@ -110,7 +110,8 @@ trait Kind: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static 
     type Stored: PartialEq + Send + Sync + 'static;
     fn key(&self) -> Self::Key;
     fn map(s: &mut ClusterSnapshot) -> &mut imbl::OrdMap<Self::Key, Arc<Self::Stored>>;
-    fn map_and_log(s: &mut ClusterSnapshot) -> (&mut imbl::OrdMap<Self::Key, Arc<Self::Stored>>, &mut super::ChangeLog);
+    fn map_and_log(s: &mut ClusterSnapshot)
+        -> (&mut imbl::OrdMap<Self::Key, Arc<Self::Stored>>, &mut super::ChangeLog);
     /// The log entry for a change of the object at `key`.
     fn changed(key: Self::Key) -> Changed;
     fn trim(&mut self);
@@ -153,7 +154,9 @@ kind!(Namespace, String, namespaces, Namespace, trim_namespace, |o| o.metadata.n
 kind!(PodWire => PodInfo, (String, String), pods, Pod, |_: &mut PodWire| {}, PodInfo::from, |o| namespaced(&o.metadata));
 kind!(Service, (String, String), services, Service, trim_service, |o| namespaced(&o.metadata));
 kind!(EndpointSlice, (String, String), endpoint_slices, EndpointSlice, trim_slice, |o| namespaced(&o.metadata));
-kind!(NetworkPolicy, (String, String), network_policies, NetworkPolicy, trim_network_policy, |o| namespaced(&o.metadata));
+kind!(NetworkPolicy, (String, String), network_policies, NetworkPolicy, trim_network_policy, |o| namespaced(
+    &o.metadata
+));
 
 /// One change to the snapshot, from one kind's watcher.
 struct Update {

@@ -173,7 +173,8 @@ impl ClusterSnapshot {
     /// comparing objects field by field.
     pub fn same_objects(&self, other: &Self) -> bool {
         fn same<K: Ord + Clone + PartialEq, T>(a: &imbl::OrdMap<K, Arc<T>>, b: &imbl::OrdMap<K, Arc<T>>) -> bool {
-            a.ptr_eq(b) || (a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb)))
+            a.ptr_eq(b)
+                || (a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb)))
         }
         same(&self.nodes, &other.nodes)
             && same(&self.namespaces, &other.namespaces)
