@@ -253,8 +253,22 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Result<Value> {
     }
 }
 
+/// The CNI specification's container ID: a letter or digit, then letters, digits, `_`, `.`
+/// and `-` (it names files and interfaces; nothing else may reach them). At most 1024 bytes.
+pub fn valid_container_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    id.len() <= 1024
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 fn attachment(env: &[(String, String)], conf: &NetConf, need_netns: bool) -> Result<Attachment> {
     let container_id = required(env, "CNI_CONTAINERID")?.to_owned();
+    if !valid_container_id(&container_id) {
+        return Err(CniError::InvalidEnv(format!(
+            "CNI_CONTAINERID ({container_id:?}: must start with a letter or digit and hold only letters, digits, '_', '.' and '-')"
+        )));
+    }
     let ifname = required(env, "CNI_IFNAME")?.to_owned();
     if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
         return Err(CniError::InvalidEnv(format!("CNI_IFNAME ({ifname:?} is not a valid interface name)")));
@@ -460,6 +474,12 @@ mod tests {
         let base =
             [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/opt/cni/bin")];
         assert_eq!(code_of(&base, CONF), 4, "no CNI_NETNS");
+        for bad_id in ["../../etc", "-rf", "a b", "a/b", "a\nb", ""] {
+            let mut bad = base.to_vec();
+            bad[1] = ("CNI_CONTAINERID", bad_id);
+            bad.push(("CNI_NETNS", "/proc/self/ns/net"));
+            assert_eq!(code_of(&bad, CONF), 4, "container ID {bad_id:?}");
+        }
         let mut gone = base.to_vec();
         gone.push(("CNI_NETNS", "/nonexistent/netns"));
         assert_eq!(code_of(&gone, CONF), 3, "netns does not exist");

@@ -476,7 +476,20 @@ impl Lab {
                 ClusterObject::NetworkPolicy(np) => {
                     done.push(self.write_as_is("netpol", "networkpolicy", &np.metadata, &np)?);
                 }
-                ClusterObject::Node(_) => bail!("{origin}: Nodes belong to the lab (weir-lab up --nodes N)"),
+                // The lab's own Nodes are its nodes (weir-lab up --nodes N); any other Node is
+                // written as is: a stand-in for a broken or hostile Node object that no node
+                // runs behind.
+                ClusterObject::Node(n) => {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    if self.state.nodes.iter().any(|own| own.name == name) {
+                        bail!("{origin}: Node {name} belongs to the lab (weir-lab up --nodes N)");
+                    }
+                    write_atomic(
+                        &self.cluster_dir().join(format!("node-extra-{name}.yaml")),
+                        &serde_yaml::to_string(&n)?,
+                    )?;
+                    done.push(format!("node/{name} configured"));
+                }
                 ClusterObject::Other { kind, name } => {
                     done.push(format!("{}/{name} skipped: the lab does not handle {kind} yet", kind.to_lowercase()));
                 }
@@ -820,7 +833,14 @@ impl Lab {
                     let _ = std::fs::remove_file(self.cluster_dir().join(format!("ns-{name}.yaml")));
                     done.push(format!("namespace/{name} deleted"));
                 }
-                ClusterObject::Node(_) => bail!("{origin}: Nodes belong to the lab"),
+                ClusterObject::Node(n) => {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    if self.state.nodes.iter().any(|own| own.name == name) {
+                        bail!("{origin}: Node {name} belongs to the lab");
+                    }
+                    let _ = std::fs::remove_file(self.cluster_dir().join(format!("node-extra-{name}.yaml")));
+                    done.push(format!("node/{name} deleted"));
+                }
                 ClusterObject::Service(svc) => {
                     let (ns, name) = namespaced(&svc.metadata);
                     let _ = std::fs::remove_file(self.cluster_dir().join(format!("svc-{ns}-{name}.yaml")));

@@ -413,6 +413,7 @@ fn adversary_direct_routing_and_pod_lifecycle() {
     new_pods_are_closed_from_their_first_packet(&adv);
     label_changes(&adv);
     reused_address(&adv);
+    hostile_objects(&adv);
 }
 
 /// Pods created under a namespace-wide default-deny, probed from both nodes in a tight loop
@@ -552,4 +553,68 @@ fn reused_address(adv: &Adv) {
         adv.lab.pods().iter().find(|p| p["name"] == "newcomer").and_then(|p| p["ip"].as_str().map(str::to_owned));
     assert_ne!(new_ip.as_deref(), Some(gone_ip.as_str()), "a released address is not handed out at once");
     assert_eq!(adv.probe("newcomer", &format!("{}:8080", adv.ip("target")), "tcp"), "timeout");
+}
+
+/// Objects a hostile tenant or a broken controller can write: a NetworkPolicy that selects no
+/// pod and names 70,000 ipBlock prefixes (more than the node's IP → identity map holds), a Node
+/// whose pod CIDR is the default route and a Node whose address is off-link. Each is refused by
+/// name in `weir status` and a metric; meanwhile another namespace's deny-all is enforced, a pod
+/// created afterwards gets its network and is judged by its policy, and no route changed.
+fn hostile_objects(adv: &Adv) {
+    let routes = || adv.lab.ok(&["node-exec", "n1", "--", "ip", "route", "show"]);
+    let routes_before = routes();
+    let except: Vec<String> =
+        (0..70_000u32).map(|i| format!("10.{}.{}.{}/28", (i >> 12) & 0xff, (i >> 4) & 0xff, (i & 0xf) << 4)).collect();
+    let huge = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: evil}}\n---\napiVersion: networking.k8s.io/v1\n\
+         kind: NetworkPolicy\nmetadata: {{name: huge, namespace: evil}}\n\
+         spec: {{podSelector: {{matchLabels: {{app: nothing}}}}, policyTypes: [Egress], \
+         egress: [{{to: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [{}]}}}}]}}]}}\n\
+         ---\napiVersion: v1\nkind: Node\nmetadata: {{name: evil-default}}\nspec: {{podCIDR: 0.0.0.0/0}}\n\
+         status: {{addresses: [{{type: InternalIP, address: 172.30.0.99}}]}}\n\
+         ---\napiVersion: v1\nkind: Node\nmetadata: {{name: evil-offlink}}\nspec: {{podCIDR: 10.250.0.0/24}}\n\
+         status: {{addresses: [{{type: InternalIP, address: 192.0.2.7}}]}}\n",
+        except.join(", ")
+    );
+    let out = adv.lab.apply(&huge);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let victim = "apiVersion: v1\nkind: Namespace\nmetadata: {name: victim}\n---\napiVersion: v1\nkind: Pod\n\
+                  metadata: {name: v, namespace: victim, labels: {app: v}}\n\
+                  spec: {nodeName: n1, containers: [{name: c, image: lab/server, ports: [{containerPort: 8080}]}]}\n";
+    let out = adv.lab.apply(victim);
+    assert!(
+        out.status.success(),
+        "a pod is created next to the oversized policy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v_ip = adv.lab.pods().iter().find(|p| p["name"] == "v").and_then(|p| p["ip"].as_str().map(str::to_owned));
+    let target = format!("{}:8080", v_ip.expect("v's address"));
+    assert_eq!(adv.probe("attacker-local", &target, "tcp"), "connected", "open before its namespace's deny-all");
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: victim}\n\
+                spec: {podSelector: {}, policyTypes: [Ingress]}\n";
+    assert!(adv.lab.apply(deny).status.success());
+    let denied = (0..40).any(|_| {
+        adv.probe("attacker-local", &target, "tcp") == "timeout" || {
+            std::thread::sleep(Duration::from_millis(250));
+            false
+        }
+    });
+    assert!(denied, "another namespace's deny-all is enforced while the oversized policy exists");
+    let status: Value =
+        serde_json::from_str(&adv.lab.ok(&["weir", "n1", "--", "status", "-o", "json"])).expect("status json");
+    let refused: Vec<String> =
+        status["rejected"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_owned)).collect();
+    for who in ["networkpolicy evil/huge", "node evil-default", "node evil-offlink"] {
+        assert!(refused.iter().any(|r| r.starts_with(who)), "{who} refused by name: {refused:?}");
+    }
+    let metrics = adv.lab.ok(&["metrics", "n1"]);
+    for what in ["policies_rejected", "nodes_rejected"] {
+        let line =
+            metrics.lines().find(|l| l.starts_with("weir_agent_state") && l.contains(&format!("what=\"{what}\"")));
+        let n: f64 = line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        assert!(n >= 1.0, "{what} counted: {line:?}");
+    }
+    assert_eq!(routes(), routes_before, "no route changed");
+    let cleanup = huge.clone() + "---\n" + deny + "---\n" + victim;
+    assert!(adv.lab.run_with_stdin(&["delete", "-f", "-"], &cleanup).status.success());
 }

@@ -304,6 +304,21 @@ fn malformed_input_gets_spec_errors_and_leaks_nothing() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
     assert_eq!((out.status.code(), v["code"].clone()), (Some(1), json!(6)));
     assert_eq!(node.ns.ip(&["link", "show"]), links_before, "a failed ADD leaked interfaces");
+    // The agent socket is root's alone: whoever can connect can delete every pod's network. A
+    // path socket is reached from any network namespace, so another user is tried from here.
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    let mode = std::fs::metadata(node.socket()).expect("socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "agent socket mode {mode:o}");
+    let connect = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n\
+                   except PermissionError:\n    sys.exit(13)\n";
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", connect])
+        .arg(node.socket())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("python3 as nobody");
+    assert_eq!(out.status.code(), Some(13), "nobody connected to the agent socket: {out:?}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use tokio::{
 };
 use weir_operator_api::{code, flow::FlowQuery, ApiError, Attachment, Drops, Request, Response};
 
-use crate::{events::SharedDropLog, flows::SharedFlowStore, node::Node, source::ClusterSnapshot};
+use crate::{events::SharedDropLog, flows::SharedFlowStore, local, node::Node, source::ClusterSnapshot};
 
 /// What an ADD waits for before it wires a pod: the pod's own object in the cluster state, so
 /// its first packet is already judged by its real policy.
@@ -26,21 +26,37 @@ pub struct AddGate {
 /// Longest request line accepted (a GC with thousands of attachments fits easily).
 const MAX_REQUEST: usize = 4 << 20;
 
+/// Serves the API: at most [`local::API_CONNECTIONS`] connections at once, each from a peer
+/// [`local::peer_allowed`] admits, each sending its request within [`local::REQUEST_TIMEOUT`].
 pub async fn serve(
     listener: UnixListener,
+    gid: Option<u32>,
     node: Arc<Mutex<Node>>,
     drops: SharedDropLog,
     flows: SharedFlowStore,
     gate: AddGate,
 ) {
+    let cap = local::ConnectionCap::new(local::API_CONNECTIONS);
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
+                if let Err(why) = local::peer_allowed(&stream, gid) {
+                    tracing::warn!(reason = %why, "API connection refused");
+                    let _ = write_line(&mut stream, &refusal(code::PERMISSION_DENIED, &why)).await;
+                    continue;
+                }
+                let Some(permit) = cap.try_enter() else {
+                    let why = format!("more than {} connections at once", local::API_CONNECTIONS);
+                    tracing::warn!(reason = %why, "API connection refused");
+                    let _ = write_line(&mut stream, &refusal(code::TRY_AGAIN_LATER, &why)).await;
+                    continue;
+                };
                 let (node, drops, flows, gate) = (node.clone(), drops.clone(), flows.clone(), gate.clone());
                 tokio::spawn(async move {
                     if let Err(e) = handle_conn(stream, node, drops, flows, gate).await {
                         tracing::warn!(error = %e, "API connection");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
@@ -49,6 +65,10 @@ pub async fn serve(
             }
         }
     }
+}
+
+fn refusal(code: u32, why: &str) -> Response {
+    Response::Error(ApiError::new(code, format!("weir-agent refused the connection: {why}"), ""))
 }
 
 async fn handle_conn(
@@ -60,7 +80,15 @@ async fn handle_conn(
 ) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    let n = BufReader::new(rd).take(MAX_REQUEST as u64).read_line(&mut line).await?;
+    let mut reader = BufReader::new(rd).take(MAX_REQUEST as u64);
+    let read = reader.read_line(&mut line);
+    let n = match tokio::time::timeout(local::REQUEST_TIMEOUT, read).await {
+        Ok(n) => n?,
+        Err(_) => {
+            let why = format!("no request within {:?}", local::REQUEST_TIMEOUT);
+            return write_line(&mut wr, &refusal(code::DECODE_FAILURE, &why)).await;
+        }
+    };
     if n == 0 {
         return Ok(());
     }

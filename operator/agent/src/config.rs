@@ -36,6 +36,10 @@ pub struct Config {
     /// Unix socket for weir-cni and the CLI.
     #[arg(long, env = "WEIR_SOCKET", default_value = weir_operator_api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Group (numeric gid) that may use the agent and observer sockets besides root (mode 0660);
+    /// without it they are 0600, root only.
+    #[arg(long, env = "WEIR_SOCKET_GID")]
+    pub socket_gid: Option<u32>,
     /// Directory where weir-cni queues DELs while the agent is down.
     #[arg(long, env = "WEIR_DELETE_QUEUE", default_value = "/run/weir/delete-queue")]
     pub delete_queue: PathBuf,
@@ -93,7 +97,9 @@ pub struct Config {
     /// Also serve the observer API on this TCP address; loopback addresses only (127.0.0.1:4245).
     #[arg(long, env = "WEIR_OBSERVER_ADDR")]
     pub observer_addr: Option<std::net::SocketAddr>,
-    /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9962. Off without it.
+    /// Serve Prometheus metrics on this address (`/metrics`); the install uses the node's address
+    /// and port 9962. Off without it. At most 8 scrapes at once, 5 s to send the request headers,
+    /// 30 s per connection.
     #[arg(long, env = "WEIR_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }

@@ -446,20 +446,29 @@ impl Observer for ObserverService {
 pub async fn serve(
     svc: ObserverService,
     socket: std::path::PathBuf,
+    gid: Option<u32>,
     tcp: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let uds = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    use futures::StreamExt as _;
+    // Flows name every pod's peers: the socket is as private as the agent's own.
+    let uds = crate::local::bind_private(&socket, gid)?;
     let svc = Arc::new(svc);
     let mut tasks = tokio::task::JoinSet::new();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds).filter(move |conn| {
+        let allowed = match conn {
+            Ok(stream) => crate::local::peer_allowed(stream, gid).map_err(|why| {
+                tracing::warn!(reason = %why, "observer API connection refused");
+            }),
+            Err(_) => Ok(()),
+        };
+        std::future::ready(allowed.is_ok())
+    });
     let unix = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(64))
         .add_service(ObserverServer::from_arc(svc.clone()))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds));
+        .serve_with_incoming(incoming);
     tracing::info!(socket = %socket.display(), "Hubble-compatible observer API served");
     tasks.spawn(async move { unix.await.context("observer API on the unix socket") });
     if let Some(addr) = tcp {

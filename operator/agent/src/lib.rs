@@ -16,6 +16,7 @@ pub mod events;
 pub mod flows;
 pub mod grpc;
 pub mod ipam;
+pub mod local;
 pub mod maglev;
 pub mod metrics;
 pub mod netlink;
@@ -67,18 +68,7 @@ impl Agent {
         if let Some(dir) = config.manifests.as_ref().filter(|d| !d.is_dir()) {
             anyhow::bail!("--manifests {}: not a directory", dir.display());
         }
-        if let Some(dir) = config.socket.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        // A socket file left by a previous agent would make bind fail; nobody serves it.
-        match std::fs::remove_file(&config.socket) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing stale {}", config.socket.display()))
-            }
-            _ => {}
-        }
-        let listener =
-            UnixListener::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
+        let listener = local::bind_private(&config.socket, config.socket_gid)?;
         // The node forwards between pods, the uplink and the tunnel.
         sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         let node = Node::open(config.clone()).context("opening node state")?;
@@ -137,7 +127,10 @@ impl Agent {
             let refresh = move || -> futures::future::BoxFuture<'static, ()> {
                 let (node, store, m) = (node.clone(), store.clone(), m.clone());
                 Box::pin(async move {
-                    node.lock().await.refresh_metrics(&m);
+                    // Never wait long for the writer: a busy node is scraped with its last values.
+                    if let Ok(n) = tokio::time::timeout(local::SCRAPE_LOCK_WAIT, node.lock()).await {
+                        n.refresh_metrics(&m);
+                    }
                     let s = store.lock().unwrap_or_else(|p| p.into_inner());
                     m.state.with_label_values(&["flows_stored"]).set(s.len() as i64);
                     m.state.with_label_values(&["flow_store_capacity"]).set(s.capacity() as i64);
@@ -157,13 +150,20 @@ impl Agent {
             started: std::time::Instant::now(),
         };
         let (obs_socket, obs_addr) = (self.config.observer_socket.clone(), self.config.observer_addr);
+        let socket_gid = self.config.socket_gid;
         tokio::spawn(async move {
-            if let Err(e) = grpc::serve(observer, obs_socket, obs_addr).await {
+            if let Err(e) = grpc::serve(observer, obs_socket, socket_gid, obs_addr).await {
                 tracing::error!(error = %format!("{e:#}"), "observer API stopped");
             }
         });
-        let server =
-            tokio::spawn(api::serve(self.listener, self.node.clone(), self.drops.clone(), self.flows.clone(), gate));
+        let server = tokio::spawn(api::serve(
+            self.listener,
+            self.config.socket_gid,
+            self.node.clone(),
+            self.drops.clone(),
+            self.flows.clone(),
+            gate,
+        ));
         tracing::info!(node = %self.config.node_name, socket = %self.config.socket.display(), "weir-agent serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -210,6 +210,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
     tracing::info!(%addr, "metrics served at /metrics");
     let refresh = Arc::new(refresh);
+    let cap = crate::local::ConnectionCap::new(crate::local::METRICS_CONNECTIONS);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -219,8 +220,11 @@ pub async fn serve(
                 continue;
             }
         };
+        // Over the cap the connection is closed at once: a scraper retries at its next interval.
+        let Some(permit) = cap.try_enter() else { continue };
         let (metrics, refresh) = (metrics.clone(), refresh.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (metrics, refresh) = (metrics.clone(), refresh.clone());
                 async move {
@@ -236,8 +240,15 @@ pub async fn serve(
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
-                tracing::debug!(error = %e, "metrics connection");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(crate::local::METRICS_HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(io, svc);
+            match tokio::time::timeout(crate::local::METRICS_CONNECTION_TIMEOUT, conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection"),
+                Err(_) => tracing::debug!("metrics connection closed after the time limit"),
+                Ok(Ok(())) => {}
             }
         });
     }

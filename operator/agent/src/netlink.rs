@@ -246,6 +246,22 @@ impl Netlink {
         }
     }
 
+    /// The IPv4 networks of a link's addresses (what is on-link there).
+    pub async fn ipv4_networks(&self, index: u32) -> Result<Vec<ipnetwork::Ipv4Network>> {
+        let mut out = Vec::new();
+        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = stream.try_next().await.map_err(req("list addresses"))? {
+            for a in &msg.attributes {
+                if let netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    if let Ok(n) = ipnetwork::Ipv4Network::new(*ip, msg.header.prefix_len) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// IPv4 routes in the main table that weir installed: (dst, prefix, gateway, message).
     pub async fn weir_routes(&self) -> Result<Vec<(Ipv4Addr, u8, Option<Ipv4Addr>, RouteMessage)>> {
         let mut out = Vec::new();

@@ -85,6 +85,10 @@ pub struct Node {
     services_published: Arc<BTreeMap<ServiceKey, String>>,
     /// ADDs that had to reuse an address still in quarantine (the pool was otherwise full).
     quarantine_bypassed: u64,
+    /// Nodes with no routes or tunnel entries, and why (malformed, conflicting, off-link).
+    rejected_nodes: Vec<(String, String)>,
+    /// Reconcile stages (remote nodes, NetworkPolicy, Services) that failed, since start.
+    stage_failures: u64,
 }
 
 /// A strict reverse-path check (`rp_filter` 1) on `all` would win over the per-interface 0 the
@@ -179,6 +183,8 @@ impl Node {
             enrichment: SharedEnrichment::default(),
             services_published: Arc::default(),
             quarantine_bypassed: 0,
+            rejected_nodes: Vec::new(),
+            stage_failures: 0,
         })
     }
 
@@ -188,18 +194,24 @@ impl Node {
     }
 
     pub fn status(&self) -> Status {
-        let (ready, reason) = match (&self.loaded, &self.desired.own) {
-            (Some(_), _) => (true, "datapath loaded".to_owned()),
-            (None, None) => {
+        let own_refused = self.desired.skipped.iter().find(|(n, _)| *n == self.cfg.node_name);
+        let (ready, reason) = match (&self.loaded, &self.desired.own, own_refused) {
+            (Some(_), _, _) => (true, "datapath loaded".to_owned()),
+            (None, None, Some((_, why))) => (false, format!("Node {} is refused: {why}", self.cfg.node_name)),
+            (None, None, None) => {
                 (false, format!("waiting for Node {} with spec.podCIDR and an InternalIP", self.cfg.node_name))
             }
-            (None, Some(_)) => (false, "loading the datapath".to_owned()),
+            (None, Some(_), _) => (false, "loading the datapath".to_owned()),
         };
+        let nodes = self.rejected_nodes.iter().map(|(n, why)| format!("node {n}: {why}"));
+        let policies = self.policy.cluster.rejected.iter().map(ToString::to_string);
+        let services = self.services.rejected.iter().map(|(s, why)| format!("service {s}: {why}"));
         Status {
             ready,
             reason,
             node: self.cfg.node_name.clone(),
             pod_cidr: self.loaded.as_ref().map(|l| l.pod_cidr.to_string()),
+            rejected: nodes.chain(policies).chain(services).collect(),
         }
     }
 
@@ -220,19 +232,36 @@ impl Node {
             let Some(own) = self.desired.own else { return Ok(()) };
             self.bring_up(own.pod_cidr, own.address).await?;
         }
+        // The stages are independent: one that fails (a map write refused, a route the kernel
+        // will not take) is reported and retried, and never keeps the others from converging.
+        let mut failed: Vec<String> = Vec::new();
         if nodes_changed {
-            self.sync_remote_nodes().await?;
+            if let Err(e) = self.sync_remote_nodes().await {
+                tracing::error!(error = %format!("{e:#}"), "remote nodes did not converge; retrying");
+                failed.push(format!("remote nodes: {e:#}"));
+            }
         }
         if changes.policy() {
             self.learn_policy_inputs(&snap);
             // Start, relist, resync and retries recompile everything.
             self.policy_pending.all |= changes.all;
-            self.sync_policy(&self.local_endpoints(), &self.unmanaged_endpoints())?;
+            if let Err(e) = self.sync_policy(&self.local_endpoints(), &self.unmanaged_endpoints()) {
+                tracing::error!(error = %format!("{e:#}"), "NetworkPolicy did not converge; retrying");
+                failed.push(format!("NetworkPolicy: {e:#}"));
+            }
         }
         if changes.services() || nodes_changed {
-            self.sync_services(&snap, changes, nodes_changed)?;
+            if let Err(e) = self.sync_services(&snap, changes, nodes_changed) {
+                tracing::error!(error = %format!("{e:#}"), "Services did not converge; retrying");
+                failed.push(format!("Services: {e:#}"));
+            }
         }
-        Ok(())
+        self.stage_failures += failed.len() as u64;
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("{}", failed.join("; "))
+        }
     }
 
     /// An attachment the runtime made for a Kubernetes pod (containerd passes the pod's
@@ -356,6 +385,8 @@ impl Node {
         m.maps.with_label_values(&["WEIR_ENDPOINTS", "capacity"]).set(i64::from(weir_bpf_common::sizes::ENDPOINTS));
         m.state.with_label_values(&["services_rejected"]).set(self.services.rejected.len() as i64);
         m.state.with_label_values(&["policies_rejected"]).set(self.policy.cluster.rejected.len() as i64);
+        m.state.with_label_values(&["nodes_rejected"]).set(self.rejected_nodes.len() as i64);
+        m.state.with_label_values(&["reconcile_stage_failures_total"]).set(self.stage_failures as i64);
         m.state.with_label_values(&["endpoints_fail_closed_total"]).set(self.policy.fail_closed_total as i64);
         m.state.with_label_values(&["ipam_quarantine_bypassed_total"]).set(self.quarantine_bypassed as i64);
         m.state.with_label_values(&["ipam_quarantined"]).set(self.store.released().len() as i64);
@@ -510,9 +541,38 @@ impl Node {
     /// datapath's source checks.
     async fn sync_remote_nodes(&mut self) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
+        let vxlan = self.cfg.routing == Routing::Vxlan;
+        // Direct routing reaches a node's pods through the node as a gateway on the uplink: a
+        // node whose address is not on the uplink's networks cannot be a gateway (the kernel
+        // would refuse the route, and the pass with it). Refused by name.
+        let on_link = if vxlan { Vec::new() } else { self.nl.ipv4_networks(l.uplink.index).await? };
+        let mut off_link = Vec::new();
+        let remotes: Vec<&crate::state::NodeRoute> = self
+            .desired
+            .remotes
+            .iter()
+            .filter(|(name, r)| {
+                let ok = vxlan || on_link.iter().any(|n| n.contains(r.address));
+                if !ok {
+                    off_link.push((
+                        (*name).clone(),
+                        format!(
+                            "InternalIP {} is not on {}'s networks (direct routing needs it on-link)",
+                            r.address, self.cfg.uplink
+                        ),
+                    ));
+                }
+                ok
+            })
+            .map(|(_, r)| r)
+            .collect();
+        for (node, why) in off_link.iter().filter(|o| !self.rejected_nodes.contains(o)) {
+            tracing::warn!(%node, reason = %why, "Node skipped");
+        }
+        self.rejected_nodes = self.desired.skipped.iter().cloned().chain(off_link).collect();
         let want: BTreeMap<(Ipv4Addr, u8), Ipv4Addr> =
-            self.desired.remotes.values().map(|r| ((r.pod_cidr.network(), r.pod_cidr.prefix()), r.address)).collect();
-        let mut nodes: BTreeMap<Ipv4Addr, u32> = self.desired.remotes.values().map(|r| (r.address, 0)).collect();
+            remotes.iter().map(|r| ((r.pod_cidr.network(), r.pod_cidr.prefix()), r.address)).collect();
+        let mut nodes: BTreeMap<Ipv4Addr, u32> = remotes.iter().map(|r| (r.address, 0)).collect();
         if let Some(own) = self.desired.own {
             nodes.insert(own.address, weir_bpf_common::NODE_F_SELF);
         }
@@ -526,7 +586,6 @@ impl Node {
             tracing::info!(upserted = c.upserted, removed = c.removed, "tunnel map reconciled");
         }
         let routes = self.nl.weir_routes().await?;
-        let vxlan = self.cfg.routing == Routing::Vxlan;
         // Node routes are weir's routes with a gateway. Without one: the route of this node's
         // pod CIDR through `weir_host`, and per-pod /32 routes an earlier agent made, which would
         // let the stack reach a pod around `weir_to_pod`: they go.

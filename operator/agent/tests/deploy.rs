@@ -107,9 +107,15 @@ fn every_setting_is_an_agent_flag_and_the_required_ones_are_set() {
         .map(|e| e["name"].as_str().expect("env name").to_owned())
         .filter(|n| n != "RUST_LOG")
         .collect();
+    // A variable that is no setting must exist only to be expanded into one (`$(NAME)`).
+    let values: Vec<&str> = agent["env"].as_array().expect("env").iter().filter_map(|e| e["value"].as_str()).collect();
     for name in cm.iter().chain(&env) {
-        assert!(known.contains(name), "{name} is not a weir-agent setting (known: {known:?})");
+        let expanded = values.iter().any(|v| v.contains(&format!("$({name})")));
+        assert!(known.contains(name) || expanded, "{name} is not a weir-agent setting (known: {known:?})");
     }
+    // Metrics on the node's address, on Cilium's port.
+    let metrics = agent["env"].as_array().expect("env").iter().find(|e| e["name"] == "WEIR_METRICS_ADDR");
+    assert_eq!(metrics.and_then(|e| e["value"].as_str()), Some("$(WEIR_HOST_IP):9962"));
     assert!(agent["envFrom"][0]["configMapRef"]["name"] == find(&objs, "ConfigMap")["metadata"]["name"]);
     for required in cmd.get_arguments().filter(|a| a.is_required_set()) {
         let e = required.get_env().expect("required flags have an env name").to_string_lossy().into_owned();

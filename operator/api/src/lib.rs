@@ -30,6 +30,8 @@ pub mod code {
     pub const DATAPATH: u32 = 102;
     /// CHECK found the attachment differs from what ADD set up.
     pub const CHECK_FAILED: u32 = 103;
+    /// The agent refused the caller (neither root nor the agent's user).
+    pub const PERMISSION_DENIED: u32 = 104;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +126,10 @@ pub struct Status {
     pub reason: String,
     pub node: String,
     pub pod_cidr: Option<String>,
+    /// Cluster objects this node refuses to apply, each with its kind, name and reason (a
+    /// refused object keeps its last good version, or is enforced closed: see the docs).
+    #[serde(default)]
+    pub rejected: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

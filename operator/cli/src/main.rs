@@ -143,6 +143,10 @@ fn main() -> anyhow::Result<()> {
             if let Some(c) = s.pod_cidr {
                 println!("pod CIDR {c}");
             }
+            if !s.rejected.is_empty() {
+                println!("refused objects ({}):", s.rejected.len());
+                s.rejected.iter().for_each(|r| println!("  {r}"));
+            }
             if !s.ready {
                 std::process::exit(1);
             }

@@ -23,8 +23,9 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
+use weir_bpf_common::sizes;
 
-use super::{parse, Direction, IpBlock, Peer, Policy, PolicyError, PortSpec, RuleRef, NAMESPACE_NAME_LABEL};
+use super::{closed, parse, Direction, IpBlock, Peer, Policy, PolicyError, PortSpec, RuleRef, NAMESPACE_NAME_LABEL};
 use crate::source::{ClusterSnapshot, PodInfo};
 
 /// The peer wildcard in entry keys (never an identity).
@@ -237,8 +238,14 @@ impl Cluster {
     }
 }
 
-/// The valid policies of `s` (parsed once per object version), and the rejected ones; a rejected
-/// policy keeps its version in `previous`, if any.
+/// ipBlock prefixes all policies together may name: half of the node's IP → identity map, the
+/// other half is for pods' addresses.
+pub const BLOCK_PREFIX_BUDGET: usize = sizes::IPCACHE as usize / 2;
+
+/// The policies of `s` (parsed once per object version), and the rejected ones. A rejected
+/// policy keeps its version in `previous`, if any; one that never had a valid version is
+/// enforced closed (its pods isolated, nothing allowed: [`closed`]). Then the node-wide
+/// ipBlock budget ([`within_budget`]).
 fn policies_of(
     s: &ClusterSnapshot,
     previous: Option<&Cluster>,
@@ -259,14 +266,76 @@ fn policies_of(
         match parsed {
             Ok(p) => policies.push(p),
             Err(e) => {
-                if let Some(old) = previous.and_then(|c| c.policy(ns, name)) {
-                    policies.push(old.clone());
+                match previous.and_then(|c| c.policy(ns, name)) {
+                    Some(old) => policies.push(old.clone()),
+                    None => policies.extend(closed(p)),
                 }
                 rejected.push(e);
             }
         }
     }
+    let over = within_budget(&mut policies, previous, BLOCK_PREFIX_BUDGET);
+    rejected.extend(over);
+    rejected.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     (policies, rejected)
+}
+
+/// Holds the policies' ipBlock prefixes to `budget`, so that one tenant cannot fill the map
+/// every tenant's policies and pods share. Namespaces are admitted in order of what they ask
+/// for (least first, then by name), each namespace's policies smallest first: whoever asks for
+/// the most is the first refused, and a namespace that stays within its share is never refused
+/// because of another. A policy that does not fit falls back to its previous version when that
+/// fits, else it is enforced closed; either way it is reported.
+pub fn within_budget(policies: &mut [Policy], previous: Option<&Cluster>, budget: usize) -> Vec<PolicyError> {
+    let mut by_ns: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in policies.iter() {
+        *by_ns.entry(&p.namespace).or_default() += p.prefixes();
+    }
+    if by_ns.values().sum::<usize>() <= budget {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..policies.len()).collect();
+    order.sort_by_cached_key(|&i| {
+        let p = &policies[i];
+        (by_ns[p.namespace.as_str()], p.namespace.clone(), p.prefixes(), p.name.clone())
+    });
+    let asked: BTreeMap<String, usize> = by_ns.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let mut used = 0;
+    let mut errors = Vec::new();
+    for i in order {
+        let p = &policies[i];
+        let n = p.prefixes();
+        if used + n <= budget {
+            used += n;
+            continue;
+        }
+        let message = format!(
+            "names {n} ipBlock prefixes; the node's budget of {budget} for all policies has {} left \
+             (namespace {} asks for {} in all)",
+            budget - used,
+            p.namespace,
+            asked[&p.namespace]
+        );
+        let fallback = previous
+            .and_then(|c| c.policy(&p.namespace, &p.name))
+            .filter(|old| used + old.prefixes() <= budget && *old != p)
+            .cloned();
+        let replacement = match fallback {
+            Some(old) => {
+                used += old.prefixes();
+                old
+            }
+            None => p.closed(),
+        };
+        errors.push(PolicyError {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            field: "spec".into(),
+            message,
+        });
+        policies[i] = replacement;
+    }
+    errors
 }
 
 /// Every ipBlock the policies name.

@@ -72,6 +72,22 @@ impl Policy {
             Direction::Egress => self.egress.as_deref(),
         }
     }
+
+    /// ipBlock prefixes the policy names (each `cidr` and each `except`, counted per peer).
+    pub fn prefixes(&self) -> usize {
+        let rules = self.ingress.iter().chain(&self.egress).flatten();
+        let peers = rules.flat_map(|r| r.peers.iter().flatten());
+        peers.map(|p| if let Peer::Block(b) = p { 1 + b.except.len() } else { 0 }).sum()
+    }
+
+    /// The same policy with every rule gone: the pods it selects isolated in its directions.
+    pub fn closed(&self) -> Policy {
+        Policy {
+            ingress: self.ingress.as_ref().map(|_| Vec::new()),
+            egress: self.egress.as_ref().map(|_| Vec::new()),
+            ..self.clone()
+        }
+    }
 }
 
 /// One ingress or egress rule: traffic to/from any of `peers` on any of `ports`.
@@ -201,19 +217,32 @@ impl Ctx<'_> {
     }
 }
 
-/// Validates a NetworkPolicy the way the API server would, and a little more (what the datapath
-/// cannot enforce is an error, never silently widened).
-pub fn parse(p: &NetworkPolicy) -> Result<Policy, PolicyError> {
+/// ipBlock prefixes (each `cidr` and `except`) one policy may name. Each distinct prefix is an
+/// entry of the node's IP → identity map, which every tenant shares: a policy over the limit is
+/// rejected by name instead of crowding out everyone else's (see [`compile::BLOCK_PREFIX_BUDGET`]
+/// for the node-wide budget).
+pub const MAX_POLICY_PREFIXES: usize = 4096;
+
+/// What every valid policy has before its rules: name, pod selector and policy types.
+struct Header {
+    namespace: String,
+    name: String,
+    pods: Selector,
+    ingress: bool,
+    egress: bool,
+}
+
+fn header(p: &NetworkPolicy) -> Result<Header, PolicyError> {
     let namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
     let name = p.metadata.name.clone().unwrap_or_default();
     let cx = Ctx { namespace: &namespace, name: &name };
     if name.is_empty() {
         return Err(cx.err("metadata.name", "missing"));
     }
-    let spec = p.spec.clone().unwrap_or_default();
-    let pods = selector(&cx, "spec.podSelector", spec.pod_selector.as_ref())?;
-    let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
-    let types: Vec<String> = match &spec.policy_types {
+    let spec = p.spec.as_ref();
+    let pods = selector(&cx, "spec.podSelector", spec.and_then(|s| s.pod_selector.as_ref()))?;
+    let has_egress_rules = spec.and_then(|s| s.egress.as_ref()).is_some_and(|e| !e.is_empty());
+    let types: Vec<String> = match spec.and_then(|s| s.policy_types.as_ref()) {
         Some(t) if !t.is_empty() => t.clone(),
         _ => {
             let mut t = vec!["Ingress".to_owned()];
@@ -228,7 +257,19 @@ pub fn parse(p: &NetworkPolicy) -> Result<Policy, PolicyError> {
             return Err(cx.err(format!("spec.policyTypes[{i}]"), format!("{t:?} is not Ingress or Egress")));
         }
     }
-    let ingress = if types.iter().any(|t| t == "Ingress") {
+    let ingress = types.iter().any(|t| t == "Ingress");
+    let egress = types.iter().any(|t| t == "Egress");
+    Ok(Header { namespace, name, pods, ingress, egress })
+}
+
+/// Validates a NetworkPolicy the way the API server would, and a little more (what the datapath
+/// cannot enforce is an error, never silently widened; more than [`MAX_POLICY_PREFIXES`]
+/// ipBlock prefixes is an error).
+pub fn parse(p: &NetworkPolicy) -> Result<Policy, PolicyError> {
+    let Header { namespace, name, pods, ingress, egress } = header(p)?;
+    let cx = Ctx { namespace: &namespace, name: &name };
+    let spec = p.spec.clone().unwrap_or_default();
+    let ingress = if ingress {
         let mut rules = Vec::new();
         for (i, r) in spec.ingress.iter().flatten().enumerate() {
             let f = format!("spec.ingress[{i}]");
@@ -238,7 +279,7 @@ pub fn parse(p: &NetworkPolicy) -> Result<Policy, PolicyError> {
     } else {
         None
     };
-    let egress = if types.iter().any(|t| t == "Egress") {
+    let egress = if egress {
         let mut rules = Vec::new();
         for (i, r) in spec.egress.iter().flatten().enumerate() {
             let f = format!("spec.egress[{i}]");
@@ -248,7 +289,31 @@ pub fn parse(p: &NetworkPolicy) -> Result<Policy, PolicyError> {
     } else {
         None
     };
-    Ok(Policy { namespace, name, pods, ingress, egress })
+    let policy = Policy { namespace: namespace.clone(), name: name.clone(), pods, ingress, egress };
+    let n = policy.prefixes();
+    if n > MAX_POLICY_PREFIXES {
+        return Err(cx.err(
+            "spec",
+            format!("names {n} ipBlock prefixes (cidr and except); at most {MAX_POLICY_PREFIXES} per policy"),
+        ));
+    }
+    Ok(policy)
+}
+
+/// The closed form of a policy that was rejected and has no valid earlier version: the pods it
+/// selects are isolated in the directions it names, with nothing allowed. A policy the API
+/// server accepted was meant to isolate them; leaving them open would let a malformed or
+/// oversized policy switch enforcement off. `None` when even the selector or the policy types
+/// are invalid (then nothing is known to select).
+pub fn closed(p: &NetworkPolicy) -> Option<Policy> {
+    let h = header(p).ok()?;
+    Some(Policy {
+        namespace: h.namespace,
+        name: h.name,
+        pods: h.pods,
+        ingress: h.ingress.then(Vec::new),
+        egress: h.egress.then(Vec::new),
+    })
 }
 
 fn rule(

@@ -523,6 +523,86 @@ spec:
     }
 
     #[test]
+    fn a_new_invalid_policy_isolates_what_it_selects() {
+        let mut maps = fakes();
+        let mut sync = PolicySync::default();
+        let bad = DENY.replace("port: 5432", "port: 99999");
+        let r = sync.apply(&snapshot(&format!("{PODS}{bad}")), &local(), &mut maps).expect("pass");
+        assert!(r.rejected_changed);
+        let b = maps.endpoints.entries[&Ipv4Addr::new(10, 244, 0, 3)];
+        assert_eq!(b.flags, POLICY_F_INGRESS, "b is isolated, not left open, by a policy that cannot be enforced");
+        assert!(maps.entries.entries.is_empty(), "and nothing is allowed");
+    }
+
+    /// One namespace's oversized ipBlock lists are refused by name; another namespace's policy
+    /// is enforced and its pods keep working.
+    #[test]
+    fn an_oversized_ipblock_policy_is_refused_alone() {
+        let mut maps = fakes();
+        let mut sync = PolicySync::default();
+        let except: Vec<String> = (0..5000u32).map(|i| format!("10.{}.{}.0/24", 1 + i / 256, i % 256)).collect();
+        let huge = format!(
+            "
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: huge, namespace: evil}}
+spec:
+  podSelector: {{matchLabels: {{app: none}}}}
+  policyTypes: [Egress]
+  egress: [{{to: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [{}]}}}}]}}]
+",
+            except.join(", ")
+        );
+        let r = sync.apply(&snapshot(&format!("{PODS}{DENY}{huge}")), &local(), &mut maps).expect("pass");
+        assert!(r.rejected_changed);
+        let names: Vec<String> = sync.cluster.rejected.iter().map(|e| format!("{}/{}", e.namespace, e.name)).collect();
+        assert_eq!(names, ["evil/huge"]);
+        assert!(sync.cluster.rejected[0].message.contains("5001 ipBlock prefixes"), "{}", sync.cluster.rejected[0]);
+        assert!(maps.ipcache.entries.len() < 10, "none of its prefixes were written: {}", maps.ipcache.entries.len());
+        assert_eq!(maps.endpoints.entries[&Ipv4Addr::new(10, 244, 0, 3)].flags, POLICY_F_INGRESS);
+        assert_eq!(maps.entries.entries.len(), 1, "the other namespace's policy is enforced");
+    }
+
+    /// A policy of `ns` naming `n` prefixes (one block with `n - 1` excepts).
+    fn blocky(ns: &str, name: &str, n: u32) -> crate::policy::Policy {
+        use crate::policy::{IpBlock, Peer, Rule, Selector};
+        let except = (1..n).map(|i| ipnetwork::Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap());
+        let block = IpBlock { cidr: "10.0.0.0/8".parse().unwrap(), except: except.collect() };
+        crate::policy::Policy {
+            namespace: ns.into(),
+            name: name.into(),
+            pods: Selector::default(),
+            ingress: None,
+            egress: Some(vec![Rule { peers: Some(vec![Peer::Block(block)]), ports: None }]),
+        }
+    }
+
+    #[test]
+    fn the_prefix_budget_refuses_the_biggest_asker_first() {
+        use crate::policy::compile::within_budget;
+        // Budget 100: a (10 + 20) and c (30) fit; b asks for 35 + 40 = 75 and gets 40 of the
+        // 40 left: its smaller policy is admitted, its larger refused.
+        let mut ps = vec![
+            blocky("a", "p", 10),
+            blocky("a", "q", 20),
+            blocky("b", "big", 40),
+            blocky("b", "small", 35),
+            blocky("c", "p", 30),
+        ];
+        let errors = within_budget(&mut ps, None, 100);
+        let refused: Vec<String> = errors.iter().map(|e| format!("{}/{}", e.namespace, e.name)).collect();
+        assert_eq!(refused, ["b/big"]);
+        assert!(errors[0].message.contains("namespace b asks for 75"), "{}", errors[0]);
+        let big = ps.iter().find(|p| p.name == "big").unwrap();
+        assert_eq!(big.egress.as_deref(), Some(&[][..]), "refused and enforced closed");
+        assert!(ps.iter().filter(|p| p.name != "big").all(|p| p.prefixes() > 0), "the rest as written");
+        // Within the budget nothing changes.
+        let mut fits = vec![blocky("a", "p", 10), blocky("b", "q", 90)];
+        assert!(within_budget(&mut fits, None, 100).is_empty());
+    }
+
+    #[test]
     fn a_failed_write_is_retried_from_the_kernel_state() {
         let mut maps = fakes();
         let mut sync = PolicySync::default();
