@@ -70,6 +70,9 @@ pub struct LabState {
     /// The test server standing for the outside world (TCP and UDP EXTERNAL_PORT).
     #[serde(default)]
     pub external_pid: Option<u32>,
+    /// The agents' masquerade port range (`--nat-ports`), when not their default.
+    #[serde(default)]
+    pub nat_ports: Option<String>,
 }
 
 pub struct Lab {
@@ -173,7 +176,7 @@ impl Lab {
     }
 
     /// `weir-lab up`: builds the lab and waits for every agent to be ready.
-    pub fn up(name: &str, nodes: usize, routing: Routing) -> anyhow::Result<Self> {
+    pub fn up(name: &str, nodes: usize, routing: Routing, nat_ports: Option<String>) -> anyhow::Result<Self> {
         validate_lab_name(name)?;
         if !(1..=50).contains(&nodes) {
             bail!("--nodes {nodes}: choose 1 to 50");
@@ -194,6 +197,7 @@ impl Lab {
                 bpffs_mounted: false,
                 pods_created: 0,
                 external_pid: None,
+                nat_ports,
             },
         };
         lab.save()?;
@@ -326,6 +330,7 @@ impl Lab {
             .arg(self.cgroup_parent().join(node))
             // Inside the node's namespace: reachable only from there (`weir-lab metrics NODE`).
             .args(["--metrics-addr", METRICS_ADDR])
+            .args(self.state.nat_ports.iter().flat_map(|p| ["--nat-ports", p.as_str()]))
             .arg("--observer-socket")
             .arg(self.observer_socket(node))
             .args([

@@ -37,6 +37,9 @@ enum Cmd {
         nodes: usize,
         #[arg(long, value_enum, default_value = "direct")]
         routing: Routing,
+        /// The agents' masquerade source ports, FIRST-LAST (default: the agent's).
+        #[arg(long)]
+        nat_ports: Option<String>,
     },
     /// Remove everything the lab made (safe to run twice).
     Down,
@@ -219,8 +222,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
-        Cmd::Up { nodes, routing } => {
-            let lab = Lab::up(&cli.lab, nodes, routing)?;
+        Cmd::Up { nodes, routing, nat_ports } => {
+            let lab = Lab::up(&cli.lab, nodes, routing, nat_ports)?;
             for n in &lab.state.nodes {
                 println!("node {} ready: {} pod CIDR {} (netns {})", n.name, n.ip, n.pod_cidr, n.netns);
             }

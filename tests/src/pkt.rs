@@ -81,6 +81,17 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, sport: u16, dport: u16, pay
     f
 }
 
+/// A TCP segment with `flags` (byte 13 of the header: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = ipv4(src, dst, TCP, sport, dport, b"");
+    let l4 = 14 + 20;
+    f[l4 + 13] = flags;
+    f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let c = l4_csum(src, dst, TCP, &f[l4..]);
+    f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 /// Parsed view of a frame produced by [`ipv4`] (after a program rewrote it).
 #[derive(Debug)]
 pub struct View {

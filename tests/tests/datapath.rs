@@ -1,7 +1,7 @@
 //! Datapath tier: the real eBPF programs, loaded into the kernel, run on crafted frames with
 //! BPF_PROG_TEST_RUN. Root, no lab. Each test runs in a fresh network namespace so that FIB
 //! lookups see only the routes the test made.
-use std::{net::Ipv4Addr, process::Command};
+use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
 
 use weir_bpf_common::{
     programs, Addr16, BackendAddr, BackendKey, DropReason, EndpointInfo, ServiceKey, ServiceValue, EVENT_DNS,
@@ -275,6 +275,61 @@ fn remote_pod_in_vxlan_mode_needs_a_tunnel_entry() {
         tunnel.upsert((Ipv4Addr::new(10, 250, 2, 0), 24), Ipv4Addr::new(172, 31, 0, 2)).expect("tunnel upsert");
         assert_eq!(tunnel.list().expect("list").len(), 1);
         assert_eq!(dp.test_run(programs::FROM_POD, &frame).expect("run").action, TC_ACT_REDIRECT);
+    });
+}
+
+/// Masquerade ports have lifetimes: with 11 ports, 40 sequential connections to one outside
+/// address and port all get one, because a closed connection's port goes to the next SYN; a
+/// live connection's port is never taken, and a taken port's old forward entry is gone, so the
+/// old connection can never send with it again (it gets a new port) and replies reach only the
+/// connection that owns the port.
+#[test]
+fn masquerade_ports_are_reused_after_close_and_never_taken_from_live_connections() {
+    on_node("masquerade_ports_are_reused_after_close_and_never_taken_from_live_connections", |dp, _| {
+        const SYN: u8 = 0x02;
+        const ACK: u8 = 0x10;
+        const FIN_ACK: u8 = 0x11;
+        fn send(dp: &mut Datapath, sport: u16, flags: u8) -> (u32, u16) {
+            let res = dp.test_run(programs::FROM_POD, &pkt::tcp(POD_A, EXTERNAL, sport, 443, flags)).expect("run");
+            (res.action, pkt::view(&res.frame).sport)
+        }
+        fn reply(dp: &mut Datapath, port: u16, flags: u8) -> (u32, pkt::View) {
+            let res = dp.test_run(programs::FROM_WIRE, &pkt::tcp(EXTERNAL, NODE, 443, port, flags)).expect("run");
+            (res.action, pkt::view(&res.frame))
+        }
+        // 11 live (answered, not closed) connections hold all 11 ports; a 12th finds none.
+        let mut live = Vec::new();
+        for i in 0..11u16 {
+            let (action, port) = send(dp, 30000 + i, SYN);
+            assert_eq!(action, TC_ACT_REDIRECT, "connection {i} gets a port");
+            assert_eq!(reply(dp, port, SYN | ACK).1.dport, 30000 + i);
+            live.push(port);
+        }
+        let ports: BTreeSet<u16> = live.iter().copied().collect();
+        assert_eq!(ports.len(), 11, "{live:?}");
+        assert_eq!(send(dp, 31000, SYN).0, TC_ACT_SHOT, "no live connection loses its port");
+        // Close them all (FIN both ways), then 40 sequential short connections: each gets a port.
+        for (i, port) in live.iter().enumerate() {
+            send(dp, 30000 + i as u16, FIN_ACK);
+            reply(dp, *port, FIN_ACK);
+        }
+        for i in 0..40u16 {
+            let sport = 32000 + i;
+            let (action, port) = send(dp, sport, SYN);
+            assert_eq!(action, TC_ACT_REDIRECT, "sequential connection {i} gets a port");
+            let (action, back) = reply(dp, port, SYN | ACK);
+            assert_eq!((action, back.dst, back.dport), (TC_ACT_REDIRECT, POD_A, sport), "its replies reach it");
+            send(dp, sport, FIN_ACK);
+            reply(dp, port, FIN_ACK);
+        }
+        // An old connection whose port was taken sends again: it gets another port (its forward
+        // entry went with the port), never the one that is now someone else's.
+        let (_, taken) = send(dp, 30000, ACK);
+        let owner = 32039u16;
+        let (_, owners_port) = send(dp, owner, ACK);
+        assert_ne!(taken, owners_port, "two connections never send with one port");
+        let (_, back) = reply(dp, owners_port, ACK);
+        assert_eq!(back.dport, owner, "the port's replies go to its owner");
     });
 }
 

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; pins live under `<bpffs>/weir/v{ABI_VERSION}/`.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Map names, as the eBPF object and the pins name them (kernel limit: 15 bytes).
 pub mod maps {
@@ -271,15 +271,84 @@ impl NatKey {
     }
 }
 
-/// NAT translation target: the address/port to write in place of the original.
+/// NAT translation target: the address/port to write in place of the original. In
+/// `WEIR_NAT_REV` (masquerade's reverse entries) `state` (`nat_state::*`) and `seen` (seconds
+/// since boot, `bpf_ktime_get_ns`) say when the claimed port may be taken by another connection
+/// (`nat_state::expired`); other maps leave them 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatEntry {
     pub addr: Addr16,
     pub port_be: u16,
-    pub _pad: [u8; 6],
+    pub state: u8,
+    pub _pad: u8,
+    pub seen: u32,
 }
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
+
+impl NatEntry {
+    #[inline(always)]
+    pub const fn new(addr: Addr16, port_be: u16) -> Self {
+        Self { addr, port_be, state: 0, _pad: 0, seen: 0 }
+    }
+}
+
+/// Lifetimes of masquerade connections: what a reverse entry has seen, and when its port may go
+/// to another connection. A port is never taken from a live connection; it is taken from one
+/// that closed (RST, or FIN both ways) by the next connection's SYN at once, and from any
+/// other after its idle timeout.
+pub mod nat_state {
+    /// The outside answered (TCP: the connection is established).
+    pub const REPLIED: u8 = 1;
+    pub const FIN_OUT: u8 = 2;
+    pub const FIN_IN: u8 = 4;
+    pub const RST: u8 = 8;
+    /// Idle seconds before a port may go to another connection.
+    pub const TCP_OPENING_SECS: u32 = 60;
+    pub const TCP_ESTABLISHED_SECS: u32 = 21600;
+    pub const TCP_CLOSED_SECS: u32 = 10;
+    pub const OTHER_SECS: u32 = 60;
+    /// TCP flag bits (byte 13 of the header).
+    pub const TCP_FIN: u8 = 0x01;
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_RST: u8 = 0x04;
+    pub const TCP_ACK: u8 = 0x10;
+    pub const IPPROTO_TCP: u8 = 6;
+
+    /// A TCP connection that closed: reset, or finished both ways.
+    #[inline(always)]
+    pub const fn closed(state: u8) -> bool {
+        state & RST != 0 || state & (FIN_OUT | FIN_IN) == FIN_OUT | FIN_IN
+    }
+
+    /// Whether the connection of a reverse entry last `seen` at second `seen` is over at `now`,
+    /// for a new connection that starts with a bare SYN (`syn`) or not.
+    #[inline(always)]
+    pub const fn expired(proto: u8, state: u8, seen: u32, now: u32, syn: bool) -> bool {
+        let idle = now.saturating_sub(seen);
+        if proto != IPPROTO_TCP {
+            return idle >= OTHER_SECS;
+        }
+        if closed(state) {
+            return syn || idle >= TCP_CLOSED_SECS;
+        }
+        let limit = if state & REPLIED != 0 { TCP_ESTABLISHED_SECS } else { TCP_OPENING_SECS };
+        idle >= limit
+    }
+
+    /// The state bits a TCP packet's `flags` add, seen leaving (`out`) or arriving.
+    #[inline(always)]
+    pub const fn from_flags(flags: u8, out: bool) -> u8 {
+        let mut s = 0;
+        if flags & TCP_RST != 0 {
+            s |= RST;
+        }
+        if flags & TCP_FIN != 0 {
+            s |= if out { FIN_OUT } else { FIN_IN };
+        }
+        s
+    }
+}
 
 /// Most backends one frontend holds (slots `0..count` of its set in `WEIR_BACKENDS`). A frontend
 /// with more is rejected by the agent, never half-written.
@@ -689,6 +758,34 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masquerade_ports_outlive_their_connections_exactly_as_long_as_they_should() {
+        use nat_state::*;
+        let (tcp, udp) = (IPPROTO_TCP, 17);
+        // Live connections keep their port, whatever asks.
+        assert!(!expired(tcp, REPLIED, 100, 100 + TCP_ESTABLISHED_SECS - 1, true));
+        assert!(!expired(tcp, 0, 100, 100 + TCP_OPENING_SECS - 1, true));
+        assert!(!expired(udp, 0, 100, 100 + OTHER_SECS - 1, false));
+        // Idle ones lose it.
+        assert!(expired(tcp, REPLIED, 100, 100 + TCP_ESTABLISHED_SECS, false));
+        assert!(expired(tcp, 0, 100, 100 + TCP_OPENING_SECS, false));
+        assert!(expired(udp, 0, 100, 100 + OTHER_SECS, false));
+        // A closed TCP connection gives its port to the next SYN at once, to anything else later.
+        for closed_state in [REPLIED | FIN_OUT | FIN_IN, RST, REPLIED | RST] {
+            assert!(expired(tcp, closed_state, 100, 100, true));
+            assert!(!expired(tcp, closed_state, 100, 100, false));
+            assert!(expired(tcp, closed_state, 100, 100 + TCP_CLOSED_SECS, false));
+        }
+        // Half-closed is still open.
+        assert!(!expired(tcp, REPLIED | FIN_OUT, 100, 101, true));
+        assert_eq!(from_flags(TCP_FIN | TCP_ACK, true), FIN_OUT);
+        assert_eq!(from_flags(TCP_FIN, false), FIN_IN);
+        assert_eq!(from_flags(TCP_RST, false), RST);
+        assert_eq!(from_flags(TCP_SYN, true), 0);
+        // A clock reading before `seen` (another CPU wrote later) is no age.
+        assert!(!expired(udp, 0, 100, 50, false));
+    }
 
     #[test]
     fn v4_mapping_round_trips() {

@@ -82,14 +82,12 @@ pub fn forward(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
             let b = pick(&key, h, set, count).ok_or(DropReason::NoRoute)?;
             // Without the entry the next packet picks again: the same backend while the table
             // is unchanged, so a failed insert costs stickiness only across an update.
-            let _ = WEIR_LB_CT.insert(tuple, NatEntry { addr: b.addr, port_be: b.port_be, _pad: [0; 6] }, 0);
+            let _ = WEIR_LB_CT.insert(tuple, NatEntry::new(b.addr, b.port_be), 0);
             b
         }
     };
     let rev = NatKey::new(b.addr, client, b.port_be, sport, ip.proto);
-    WEIR_LB_REV
-        .insert(rev, NatEntry { addr: front, port_be: dport, _pad: [0; 6] }, 0)
-        .map_err(|_| DropReason::NatPortsExhausted)?;
+    WEIR_LB_REV.insert(rev, NatEntry::new(front, dport), 0).map_err(|_| DropReason::NatPortsExhausted)?;
     let l4 = nat::l4_layout(ctx, ip, false)?;
     let backend = b.addr.v4_be();
     let r = Rewrite {

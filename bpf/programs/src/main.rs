@@ -109,6 +109,10 @@ static WEIR_POLICY_CT: LruHashMap<PolicyCtKey, u32> = LruHashMap::pinned(sizes::
 /// Flow counters per direction of a connection and observation point (see `flow.rs`).
 #[map]
 static WEIR_FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::pinned(sizes::FLOWS, 0);
+/// Per-CPU scratch for masquerade's keys (`nat::Scratch`): off the BPF stack, which the verifier
+/// caps at 512 bytes over all frames of a call chain. Not pinned: nothing outlives a packet.
+#[map]
+static WEIR_NAT_SCR: PerCpuArray<nat::Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Run-time settings (`weir_bpf_common::settings`), written by the agent at every start.
 #[map]
 static WEIR_SETTINGS: Array<u32> = Array::pinned(settings::LEN, 0);

@@ -48,7 +48,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         None => return ALLOW,
     };
     let rev = SockRevKey { cookie: cookie(ctx), addr: b.addr, port_be: b.port_be, _pad: [0; 6] };
-    let front = NatEntry { addr: key.addr, port_be, _pad: [0; 6] };
+    let front = NatEntry::new(key.addr, port_be);
     // Without the reverse entry getpeername/recvmsg would show the backend; still connect.
     let _ = WEIR_SOCK_RNAT.insert(rev, front, 0);
     // SAFETY: writes to the user address fields are what these hooks exist for.

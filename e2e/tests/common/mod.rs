@@ -20,9 +20,16 @@ pub struct TestLab {
 
 impl TestLab {
     pub fn up(routing: &str) -> Self {
+        Self::up_with(routing, &["--nodes", "2"])
+    }
+
+    /// A lab with more `weir-lab up` options (`--nodes N` among them).
+    pub fn up_with(routing: &str, options: &[&str]) -> Self {
         let name = format!("e{}{}{}", std::process::id() % 100_000, &routing[..1], SEQ.fetch_add(1, Ordering::Relaxed));
         let lab = TestLab { name };
-        lab.ok(&["up", "--nodes", "2", "--routing", routing]);
+        let mut args = vec!["up", "--routing", routing];
+        args.extend_from_slice(options);
+        lab.ok(&args);
         lab
     }
 
