@@ -247,6 +247,8 @@ fn add_check_del_gc_status_version() {
     assert_ok(&r3, "ADD 3");
     let ip3 = address(&r3.json);
     assert!(ip3 != ip1 && ip3 != ip2, "a released address is not reused at once: {ip3}");
+    let shown = node.ns.ip(&["link", "show", &host_iface(&r3.json)]);
+    assert!(shown.contains("alias weir:c3/eth0"), "weir marks the interfaces it makes: {shown}");
 
     // GC keeps what is valid and removes the rest.
     let pod4 = NetNs::new("wt-pod-");
@@ -265,12 +267,40 @@ fn add_check_del_gc_status_version() {
     let st = node.cni("STATUS", &conf, &[]);
     assert_eq!((st.code, st.json["code"].clone()), (1, json!(50)), "STATUS with the agent down");
     assert_ok(&node.cni("DEL", &conf, &pod_env("c3", &p3)), "DEL with the agent down is queued");
+    // Meanwhile: an interface weir made and no endpoint owns (an agent killed mid-ADD), and
+    // another plugin's lxc interface. The restarted agent removes only its own.
+    node.ns.ip(&["link", "add", "lxcweirorphan", "type", "veth", "peer", "name", "orphanpeer"]);
+    node.ns.ip(&["link", "set", "lxcweirorphan", "alias", "weir:gone/eth0"]);
+    node.ns.ip(&["link", "add", "lxcforeign", "type", "veth", "peer", "name", "foreignpeer"]);
     node.start_agent();
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.ns.ip(&["link", "show"]).contains(&host_iface(&r3.json)) {
         assert!(Instant::now() < deadline, "queued DEL not drained after restart");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let links = node.ns.ip(&["link", "show"]);
+    assert!(!links.contains("lxcweirorphan"), "weir's orphan interface was swept");
+    assert!(links.contains("lxcforeign"), "an lxc interface weir did not make is left alone");
+    // One agent per node: a second one on the same state refuses to start, and the first
+    // keeps serving.
+    let second = node
+        .ns
+        .command(workspace_bin("weir-agent"))
+        .args(["--node-name", "cnitest", "--uplink", "eth0", "--cluster-cidr", "10.245.0.0/16"])
+        .arg("--manifests")
+        .arg(node.dir.join("manifests"))
+        .arg("--state-dir")
+        .arg(node.dir.join("state"))
+        .arg("--bpffs")
+        .arg(&node.bpffs.path)
+        .arg("--socket")
+        .arg(node.socket())
+        .output()
+        .expect("second agent");
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another weir-agent"), "the refusal names the holder: {err}");
+    assert_ok(&node.cni("STATUS", &conf, &[]), "the first agent still serves its socket");
 }
 
 #[test]

@@ -55,6 +55,8 @@ pub struct Agent {
     drops: events::SharedDropLog,
     flows: flows::SharedFlowStore,
     metrics: std::sync::Arc<metrics::Metrics>,
+    /// The state directory's lock, held until the agent exits.
+    _lock: std::fs::File,
 }
 
 /// Writes a sysctl of the agent's own network namespace.
@@ -68,6 +70,9 @@ impl Agent {
         if let Some(dir) = config.manifests.as_ref().filter(|d| !d.is_dir()) {
             anyhow::bail!("--manifests {}: not a directory", dir.display());
         }
+        // One agent per node: taken before anything shared is touched (a second agent would
+        // otherwise replace the first one's socket).
+        let lock = store::lock_instance(&config.state_dir)?;
         let listener = local::bind_private(&config.socket, config.socket_gid)?;
         // The node forwards between pods, the uplink and the tunnel.
         sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
@@ -87,6 +92,7 @@ impl Agent {
             drops: Default::default(),
             flows: std::sync::Arc::new(std::sync::Mutex::new(flows::FlowStore::new(flow_capacity))),
             metrics: Default::default(),
+            _lock: lock,
         })
     }
 

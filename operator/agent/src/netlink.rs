@@ -108,18 +108,26 @@ impl Netlink {
         }
     }
 
-    /// Index of every link in this namespace whose name starts with `prefix` (one dump).
-    pub async fn links_with_prefix(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, u32>> {
+    /// Index and alias of every link in this namespace whose name starts with `prefix` (one dump).
+    pub async fn links_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, (u32, Option<String>)>> {
         let h = self.handle.clone();
         let mut stream = h.link().get().execute();
         let mut out = std::collections::BTreeMap::new();
         while let Some(msg) = stream.try_next().await.map_err(req("list links"))? {
+            let mut name = None;
+            let mut alias = None;
             for a in &msg.attributes {
-                if let LinkAttribute::IfName(n) = a {
-                    if n.starts_with(prefix) {
-                        out.insert(n.clone(), msg.header.index);
-                    }
+                match a {
+                    LinkAttribute::IfName(n) if n.starts_with(prefix) => name = Some(n.clone()),
+                    LinkAttribute::IfAlias(s) => alias = Some(s.clone()),
+                    _ => {}
                 }
+            }
+            if let Some(n) = name {
+                out.insert(n, (msg.header.index, alias));
             }
         }
         Ok(out)
@@ -154,6 +162,13 @@ impl Netlink {
             NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
         ]));
         add.execute().await.map_err(req(format!("add veth {host} with peer {peer} in the pod namespace")))
+    }
+
+    /// Sets a link up and gives it `alias` (the kernel takes no alias when a link is created).
+    pub async fn set_up_with_alias(&self, index: u32, alias: &str) -> Result<()> {
+        let mut set = self.handle.link().set(index).up();
+        set.message_mut().attributes.push(LinkAttribute::IfAlias(alias.to_owned()));
+        set.execute().await.map_err(req(format!("set link {index} up with alias {alias:?}")))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {

@@ -121,6 +121,21 @@ fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
 
 /// Prefix of every node-side pod interface the agent creates (and may therefore delete).
 pub const HOST_IF_PREFIX: &str = "lxc";
+/// Every host interface weir creates carries an alias starting with this (then the container
+/// ID and interface): the orphan sweep removes only interfaces so marked, never another
+/// plugin's `lxc*` devices.
+pub const OWNER_ALIAS_PREFIX: &str = "weir:";
+
+/// The alias that marks a host interface as weir's (at most 255 bytes, the kernel's limit).
+pub fn owner_alias(container_id: &str, ifname: &str) -> String {
+    let mut a = format!("{OWNER_ALIAS_PREFIX}{container_id}/{ifname}");
+    let mut end = a.len().min(255);
+    while !a.is_char_boundary(end) {
+        end -= 1;
+    }
+    a.truncate(end);
+    a
+}
 
 /// Node-side interface name for an attachment, stable across restarts: `lxc` + 11 hex digits
 /// of a hash of (container ID, ifname).
@@ -514,7 +529,7 @@ impl Node {
         let mut want = BTreeMap::new();
         for r in self.store.all() {
             match links.get(&r.host_ifname) {
-                Some(index) if *index == r.host_ifindex => {
+                Some((index, _)) if *index == r.host_ifindex => {
                     l.dp.attach_ingress(&r.host_ifname, programs::FROM_POD)?;
                     want.insert(r.ip, endpoint_info(r));
                 }
@@ -526,9 +541,14 @@ impl Node {
         if c != maps::Changes::default() {
             tracing::info!(upserted = c.upserted, removed = c.removed, "endpoint map reconciled");
         }
-        // Host interfaces no endpoint owns (an agent that died mid-ADD or mid-DEL) go.
+        // Host interfaces weir made that no endpoint owns (an agent that died mid-ADD or
+        // mid-DEL) go; `lxc*` interfaces without weir's mark are another's and stay.
         let owned: BTreeSet<&str> = self.store.all().map(|r| r.host_ifname.as_str()).collect();
-        for name in links.keys().filter(|n| !owned.contains(n.as_str())) {
+        for (name, (_, alias)) in links.iter().filter(|(n, _)| !owned.contains(n.as_str())) {
+            if !alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX)) {
+                tracing::info!(iface = %name, "leaving an lxc interface weir did not make (no weir: alias)");
+                continue;
+            }
             tracing::warn!(iface = %name, "removing a host interface no endpoint owns");
             self.nl.delete_link(name).await?;
             l.dp.detach(name, programs::FROM_POD)?;
@@ -714,6 +734,8 @@ impl Node {
         let pod_mac = pod_mac(&req.id.container_id, &req.id.ifname);
         self.nl.create_veth_into(host, &req.id.ifname, pod_mac, &ns_fd, mtu).await?;
         let host_link = self.nl.require_link(host).await?;
+        // Marked as weir's at once (the orphan sweep removes only marked interfaces).
+        self.nl.set_up_with_alias(host_link.index, &owner_alias(&req.id.container_id, &req.id.ifname)).await?;
         let side = PodSide {
             netns: netns.to_owned(),
             ifname: req.id.ifname.clone(),
@@ -750,7 +772,6 @@ impl Node {
         // The pod's replies to what the stack sent it arrive here, while the route to the pod
         // is through `weir_host`: no strict reverse-path check on this interface.
         let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{host}/rp_filter"), "0");
-        self.nl.set_up(host_link.index).await?;
         let l = self.loaded.as_mut().context("datapath not loaded")?;
         if l.dp.attach_ingress(host, programs::FROM_POD)? == Attachment::Adopted {
             tracing::warn!(iface = %host, "adopted an existing pinned link for a new interface");

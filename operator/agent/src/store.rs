@@ -49,6 +49,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("another weir-agent (pid {holder}) holds {path}: one agent per node")]
+    Locked { path: PathBuf, holder: String },
 }
 
 impl EndpointStore {
@@ -143,14 +145,41 @@ impl EndpointStore {
     }
 }
 
-/// Write to a temporary file, fsync, rename over `path`.
+/// Write to a temporary file, fsync, rename over `path`, fsync the directory (so the rename
+/// itself survives a power loss).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let err = |source| StoreError::Write { path: path.to_owned(), source };
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    std::fs::rename(&tmp, path).map_err(err)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+}
+
+/// The state directory's lock: one agent per node. Held (an exclusive `flock`) for as long as
+/// the returned file is open; a second agent fails at start naming the holder, before it
+/// touches the socket, the store or the datapath.
+pub fn lock_instance(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::fd::AsRawFd as _;
+    let path = dir.join("agent.lock");
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Write { path: dir.to_owned(), source })?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Write { path: path.clone(), source })?;
+    // SAFETY: flock on an fd this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        return Err(StoreError::Locked { path, holder: holder.trim().to_owned() });
+    }
+    let pid = std::process::id().to_string();
+    f.set_len(0).and_then(|()| f.write_all(pid.as_bytes())).map_err(|source| StoreError::Write { path, source })?;
+    Ok(f)
 }
 
 #[cfg(test)]
@@ -189,6 +218,11 @@ mod tests {
         assert_eq!(s.released().get(&Ipv4Addr::new(10, 0, 0, 2)), Some(&1000), "the quarantine survives a restart");
         s.release(Ipv4Addr::new(10, 0, 0, 9), 1061, std::time::Duration::from_secs(60)).expect("release");
         assert_eq!(s.released().keys().copied().collect::<Vec<_>>(), [Ipv4Addr::new(10, 0, 0, 9)], "expired ones go");
+        let lock = lock_instance(&dir).expect("first agent");
+        let second = lock_instance(&dir).expect_err("a second agent is refused");
+        assert!(second.to_string().contains(&std::process::id().to_string()), "{second}");
+        drop(lock);
+        lock_instance(&dir).expect("free again once the first is gone");
         std::fs::write(dir.join("endpoints.json"), "{oops").expect("corrupt");
         assert!(matches!(EndpointStore::open(&dir), Err(StoreError::Corrupt { .. })));
         std::fs::remove_dir_all(&dir).ok();
