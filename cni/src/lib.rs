@@ -218,9 +218,12 @@ pub fn run(env: &[(String, String)], stdin: &[u8]) -> Result<Value> {
                 Ok(Response::Deleted) => Ok(Value::Null),
                 Ok(Response::Error(e)) => Err(CniError::Agent(e)),
                 Ok(other) => Err(CniError::Io(format!("unexpected agent answer {other:?}"))),
-                Err(CniError::NotAvailable(why)) => {
+                // The agent is down, died while answering, or did not answer in time: the DEL is
+                // queued on disk and done when the agent drains the queue (at start and every
+                // resync). DEL is idempotent, so a DEL the agent did finish is harmless there.
+                Err(CniError::NotAvailable(why) | CniError::Io(why) | CniError::TryAgainLater(why)) => {
                     queue_delete(&conf, &att.id)
-                        .map_err(|e| CniError::Io(format!("agent down ({why}) and queueing DEL failed: {e}")))?;
+                        .map_err(|e| CniError::Io(format!("agent unavailable ({why}) and queueing DEL failed: {e}")))?;
                     Ok(Value::Null)
                 }
                 Err(e) => Err(e),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end on a kind cluster: build the image, create a 3-node cluster without a CNI or
-# kube-proxy, install weir from deploy/kubernetes, wait for the nodes to become Ready (they do
+# kube-proxy, install weir from deploy/kubernetes (through deploy/kind, which sets the API
+# server's address), wait for the nodes to become Ready (they do
 # only once weir's conflist is in place), then check pod-to-Service and NodePort traffic.
 #
 # Needs docker (or podman with KIND_EXPERIMENTAL_PROVIDER=podman), kind ≥ 0.27 and kubectl.
@@ -24,7 +25,9 @@ trap cleanup EXIT
 docker build -f deploy/Dockerfile -t "$IMAGE" .
 kind create cluster --config deploy/kind/cluster.yaml --wait 0s
 kind load docker-image "$IMAGE" --name "$CLUSTER"
-kubectl apply -k deploy/kubernetes
+# The base install plus the API server's real address (there is no kube-proxy to serve the
+# in-cluster one).
+kubectl apply -k deploy/kind
 kubectl -n kube-system rollout status daemonset/weir-agent --timeout=5m
 # Nodes turn Ready when the runtime finds weir's conflist, which the agent writes once synced.
 kubectl wait --for=condition=Ready nodes --all --timeout=5m

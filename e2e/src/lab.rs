@@ -358,6 +358,19 @@ impl Lab {
         self.save()
     }
 
+    /// SIGKILL to a node's agent, no grace (a crash); waits until it is gone.
+    pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let idx = self.node_index(node)?;
+        if let Some(pid) = self.state.nodes[idx].agent_pid.take() {
+            if nsexec::pid_is(pid, "weir-agent") {
+                let p = nix::unistd::Pid::from_raw(pid as i32);
+                nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL).context("SIGKILL")?;
+                stop_pid(pid, "weir-agent", Duration::from_secs(5));
+            }
+        }
+        self.save()
+    }
+
     fn node_index(&self, node: &str) -> anyhow::Result<usize> {
         self.state
             .nodes
@@ -792,7 +805,16 @@ impl Lab {
             stop_pid(*pid, "", Duration::from_secs(2));
         }
         let mut errors = Vec::new();
-        if let Err(e) = self.cni(&st, "DEL") {
+        // As the runtime does, DEL is retried until it succeeds (a few times here).
+        let mut del = self.cni(&st, "DEL");
+        for _ in 0..3 {
+            if del.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            del = self.cni(&st, "DEL");
+        }
+        if let Err(e) = del {
             errors.push(e.to_string());
         }
         if netns_path(&st.netns).exists() {

@@ -77,8 +77,9 @@ enum Cmd {
         output: Output,
     },
     /// Stop, start or restart a node's agent (the datapath stays pinned while it is down).
+    /// (`kill`: SIGKILL at once, as a crash or the OOM killer would; the fault tests use it.)
     Agent {
-        #[arg(value_parser = ["stop", "start", "restart"])]
+        #[arg(value_parser = ["stop", "start", "restart", "kill"])]
         action: String,
         node: String,
     },
@@ -387,6 +388,9 @@ fn main() -> anyhow::Result<()> {
             let mut lab = Lab::open(&cli.lab)?;
             if action == "stop" || action == "restart" {
                 lab.stop_agent(&node)?;
+            }
+            if action == "kill" {
+                lab.kill_agent(&node)?;
             }
             if action == "start" || action == "restart" {
                 lab.start_agent(&node)?;

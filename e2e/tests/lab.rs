@@ -230,11 +230,22 @@ fn full_lab_story(routing: &str) {
         .status()
         .expect("ip");
     assert!(stray.success());
+    // Marked as weir's, as the agent marks every host interface right after creating it.
+    let ip_n1 = |args: &[&str]| {
+        let mut all = vec!["-n".to_owned(), format!("wl-{}-n1", lab.name)];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        Command::new("ip").args(&all).output().expect("ip")
+    };
+    assert!(ip_n1(&["link", "set", "lxc00deadbeef0", "alias", "weir:dead/eth0"]).status.success());
+    // Another plugin's lxc interface, which weir must leave alone.
+    assert!(ip_n1(&["link", "add", "lxcforeign0", "type", "veth", "peer", "name", "foreignp"]).status.success());
 
     // Restarted, the agent adopts the pinned programs: exactly one program per interface.
     lab.ok(&["agent", "start", "n1"]);
-    let links = Command::new("ip").args(["-n", &format!("wl-{}-n1", lab.name), "link", "show"]).output().expect("ip");
-    assert!(!String::from_utf8_lossy(&links.stdout).contains("lxc00deadbeef0"), "stray interface not swept");
+    let links = String::from_utf8_lossy(&ip_n1(&["link", "show"]).stdout).into_owned();
+    assert!(!links.contains("lxc00deadbeef0"), "stray interface not swept");
+    assert!(links.contains("lxcforeign0"), "an interface weir did not make was swept");
+    assert!(ip_n1(&["link", "del", "lxcforeign0"]).status.success());
     let after = programs_per_iface(&lab.datapath("n1"));
     assert_eq!(before, after, "restart changed the attachments");
     assert!(after.iter().all(|(_, n)| *n == 1), "duplicate programs after restart: {after:?}");
@@ -592,4 +603,103 @@ print(json.dumps({"ok": ok, "attempted": i + 1, "errors": errors, "secs": time.t
     assert!(v["secs"].as_f64().unwrap_or(99.0) < 60.0, "within a minute: {v}");
     let exhausted = lab.datapath("n1")["counters"]["drop_nat_ports_exhausted"].as_u64().unwrap_or(0);
     assert_eq!(exhausted, 0, "no connection found the ports exhausted");
+}
+
+/// kill -9 of an agent in the middle of pod churn. A thread creates pods on n1 and deletes the
+/// ones three back while the agent on n1 is killed (SIGKILL, no grace) twice and restarted; ADDs
+/// that meet a dead agent fail and are retried, as kubelet retries sandbox creation, and DELs
+/// are queued by weir-cni. Afterwards nothing leaked on n1 — its host interfaces, the agent's
+/// endpoints (each in the datapath map), the interfaces with weir's program and the addresses
+/// are exactly the lab's pods on n1 — and every one of them answers a pod on n2.
+#[test]
+fn agent_killed_during_pod_churn_leaks_nothing() {
+    if !require_root("agent_killed_during_pod_churn_leaks_nothing") {
+        return;
+    }
+    let lab = TestLab::up("direct");
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: churn}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: lab/server, ports: [{{containerPort: 8080}}]}}]}}\n"
+        )
+    };
+    assert!(lab.apply(&pod("prober", "n2")).status.success());
+    let name = lab.name.clone();
+    let churn = std::thread::spawn(move || {
+        let lab = common::TestLab::attach(&name);
+        let retries = std::cell::Cell::new(0u32);
+        let retry = |what: &str, f: &dyn Fn() -> bool| {
+            for _ in 0..60 {
+                if f() {
+                    return;
+                }
+                retries.set(retries.get() + 1);
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            panic!("{what} never succeeded");
+        };
+        for i in 0..24 {
+            let y = pod(&format!("c{i}"), "n1");
+            retry(&format!("creating c{i}"), &|| lab.apply(&y).status.success());
+            if i >= 3 {
+                let old = pod(&format!("c{}", i - 3), "n1");
+                retry(&format!("deleting c{}", i - 3), &|| {
+                    lab.run_with_stdin(&["delete", "-f", "-"], &old).status.success()
+                });
+            }
+        }
+        eprintln!("churn: 24 creations, 21 deletions, {} retried while the agent was down", retries.get());
+    });
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        lab.ok(&["agent", "kill", "n1"]);
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        lab.ok(&["agent", "start", "n1"]);
+    }
+    let keep_link = lab.name.clone();
+    churn.join().unwrap_or_else(|_| panic!("churn thread failed (lab {keep_link})"));
+
+    // What the lab holds on n1: c21, c22, c23.
+    let pods: Vec<Value> = lab.pods().into_iter().filter(|p| p["node"] == "n1").collect();
+    let want_ips: std::collections::BTreeSet<String> =
+        pods.iter().map(|p| p["ip"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(want_ips.len(), 3, "{pods:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let state = loop {
+        let eps: Value =
+            serde_json::from_str(&lab.ok(&["weir", "n1", "--", "endpoints", "-o", "json"])).expect("endpoints");
+        let rows = eps.as_array().cloned().unwrap_or_default();
+        let ips: std::collections::BTreeSet<String> =
+            rows.iter().map(|r| r["endpoint"]["ip"].as_str().unwrap_or_default().to_owned()).collect();
+        let ifaces: std::collections::BTreeSet<String> =
+            rows.iter().map(|r| r["endpoint"]["host_ifname"].as_str().unwrap_or_default().to_owned()).collect();
+        let links: std::collections::BTreeSet<String> = lab
+            .ok(&["node-exec", "n1", "--", "ip", "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_owned()))
+            .filter(|n| n.starts_with("lxc"))
+            .collect();
+        let dp = lab.datapath("n1");
+        let attached: std::collections::BTreeSet<String> = dp["attachments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["programs"].as_array().is_some_and(|p| p.iter().any(|n| n == "weir_from_pod")))
+            .filter_map(|i| i["iface"].as_str().map(str::to_owned))
+            .filter(|n| n.starts_with("lxc"))
+            .collect();
+        let in_map = rows.iter().all(|r| r["in_datapath"] == true);
+        let state = format!(
+            "ips {ips:?} want {want_ips:?}; ifaces {ifaces:?}; links {links:?}; attached {attached:?}; in map {in_map}"
+        );
+        if ips == want_ips && ifaces == links && links == attached && in_map {
+            break state;
+        }
+        assert!(std::time::Instant::now() < deadline, "n1 leaked or lost state after kill -9: {state}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    for ip in &want_ips {
+        let (result, _) = lab.probe("default/prober", &format!("{ip}:8080"), "tcp");
+        assert_eq!(result, "connected", "pod {ip} reachable after the kills ({state})");
+    }
 }

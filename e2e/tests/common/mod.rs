@@ -23,6 +23,11 @@ impl TestLab {
         Self::up_with(routing, &["--nodes", "2"])
     }
 
+    /// A handle on a lab another handle brought up (it is brought down only by that one).
+    pub fn attach(name: &str) -> std::mem::ManuallyDrop<Self> {
+        std::mem::ManuallyDrop::new(TestLab { name: name.to_owned() })
+    }
+
     /// A lab with more `weir-lab up` options (`--nodes N` among them).
     pub fn up_with(routing: &str, options: &[&str]) -> Self {
         let name = format!("e{}{}{}", std::process::id() % 100_000, &routing[..1], SEQ.fetch_add(1, Ordering::Relaxed));

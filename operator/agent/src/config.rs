@@ -27,6 +27,15 @@ pub struct Config {
     /// `$KUBECONFIG`).
     #[arg(long, env = "WEIR_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// The API server's real address (host or IP), used instead of the in-cluster one: without
+    /// kube-proxy the in-cluster address is a ClusterIP only weir serves, and weir serves it only
+    /// after it has read the cluster (as Cilium's k8sServiceHost).
+    /// Empty: the in-cluster address. Not used with --manifests.
+    #[arg(long, env = "WEIR_K8S_SERVICE_HOST")]
+    pub k8s_service_host: Option<String>,
+    /// The API server's port, with --k8s-service-host.
+    #[arg(long, env = "WEIR_K8S_SERVICE_PORT", default_value_t = 6443)]
+    pub k8s_service_port: u16,
     /// Where the agent persists endpoints and IPAM.
     #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
     pub state_dir: PathBuf,

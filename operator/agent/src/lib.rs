@@ -106,7 +106,15 @@ impl Agent {
                 tokio::spawn(source::manifest::watch_dir(dir.clone(), every, tx, kick.clone()));
             }
             None => {
-                let client = source::k8s::client(self.config.kubeconfig.as_deref()).await?;
+                let host = self.config.k8s_service_host.as_deref().map(str::trim).filter(|h| !h.is_empty());
+                if host.is_none() {
+                    tracing::warn!(
+                        "no --k8s-service-host: using the in-cluster API address, which needs kube-proxy \
+                         (without it that ClusterIP is served only by weir, once it has read the cluster)"
+                    );
+                }
+                let api_server = host.map(|h| (h, self.config.k8s_service_port));
+                let client = source::k8s::client(self.config.kubeconfig.as_deref(), api_server).await?;
                 tracing::info!("cluster state from the Kubernetes API");
                 tokio::spawn(source::k8s::watch_api(client, tx));
             }

@@ -250,6 +250,11 @@ impl Node {
         // The stages are independent: one that fails (a map write refused, a route the kernel
         // will not take) is reported and retried, and never keeps the others from converging.
         let mut failed: Vec<String> = Vec::new();
+        if changes.all {
+            // A DEL weir-cni queued while this agent was starting (or between restarts) waits
+            // no longer than the next resync.
+            self.drain_delete_queue().await;
+        }
         if nodes_changed {
             if let Err(e) = self.sync_remote_nodes().await {
                 tracing::error!(error = %format!("{e:#}"), "remote nodes did not converge; retrying");
@@ -981,10 +986,18 @@ impl Node {
         ifaces.extend(self.store.all().map(|r| r.host_ifname.clone()));
         let mut attachments = Vec::new();
         for iface in ifaces {
+            // An endpoint whose interface went with its pod's namespace (its DEL not here yet)
+            // is reported missing, not an error: the rest of the node is still worth seeing.
+            let name = std::ffi::CString::new(iface.clone()).unwrap_or_default();
+            // SAFETY: a NUL-terminated name; returns 0 when no such interface exists here.
+            if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+                attachments.push(IfacePrograms { iface, missing: true, ..Default::default() });
+                continue;
+            }
             let query = |e| api_err(code::DATAPATH, format!("querying {iface}"), e);
             let programs = weir_dataplane::tcx::ingress_program_names(&iface).map_err(query)?;
             let egress = weir_dataplane::tcx::egress_program_names(&iface).map_err(query)?;
-            attachments.push(IfacePrograms { iface, programs, egress });
+            attachments.push(IfacePrograms { iface, programs, egress, missing: false });
         }
         let snap = l.counters.snapshot().map_err(|e| api_err(code::DATAPATH, "reading counters", e))?;
         let mut counters: BTreeMap<String, u64> =

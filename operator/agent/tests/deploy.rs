@@ -166,3 +166,28 @@ fn the_agent_socket_is_where_weir_cni_on_the_host_looks() {
     assert_eq!(volume["hostPath"]["path"].as_str().map(Path::new), Some(socket_dir), "same path on the host");
     assert_eq!(pod["hostNetwork"], true);
 }
+
+/// Without kube-proxy the agent must reach the API server by its real address: the install
+/// names the setting, and the kind install (no kube-proxy) sets it to the control plane.
+#[test]
+fn the_api_server_address_is_configured_where_kube_proxy_is_absent() {
+    let objs = all();
+    let data = &find(&objs, "ConfigMap")["data"];
+    assert!(data.get("WEIR_K8S_SERVICE_HOST").is_some(), "the base names the setting");
+    assert_eq!(data["WEIR_K8S_SERVICE_PORT"], "6443");
+    let kind_dir = deploy_dir().join("../kind");
+    let cluster: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kind_dir.join("cluster.yaml")).expect("cluster.yaml"))
+            .expect("yaml");
+    assert_eq!(cluster["networking"]["kubeProxyMode"], "none", "the kind cluster has no kube-proxy");
+    let k: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(kind_dir.join("kustomization.yaml")).expect("kind kustomization"),
+    )
+    .expect("yaml");
+    assert_eq!(k["resources"][0], "../kubernetes");
+    let patch: Value = serde_yaml::from_str(k["patches"][0]["patch"].as_str().expect("patch")).expect("patch yaml");
+    assert_eq!(patch[0]["path"], "/data/WEIR_K8S_SERVICE_HOST");
+    assert_eq!(patch[0]["value"], format!("{}-control-plane", cluster["name"].as_str().expect("cluster name")));
+    let run = std::fs::read_to_string(kind_dir.join("run.sh")).expect("run.sh");
+    assert!(run.contains("kubectl apply -k deploy/kind"), "run.sh installs through the kind overlay");
+}

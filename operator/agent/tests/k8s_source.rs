@@ -337,3 +337,102 @@ async fn objects_weir_cannot_use_are_skipped_by_name_and_the_rest_is_served() {
         table.rejected
     );
 }
+
+/// A plain HTTP stand-in for the API server on `listener`: lists from `objects`, watches held
+/// open and quiet. Serves until the process ends.
+fn serve_plain_api(listener: std::net::TcpListener, objects: std::collections::BTreeMap<&'static str, Vec<Value>>) {
+    use std::io::{BufRead as _, Write as _};
+    let objects = std::sync::Arc::new(objects);
+    for conn in listener.incoming().flatten() {
+        let objects = objects.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut reader = std::io::BufReader::new(conn.try_clone()?);
+            let mut out = conn;
+            loop {
+                let mut request = String::new();
+                if reader.read_line(&mut request)? == 0 {
+                    return Ok(());
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header)? > 2 {
+                    header.clear();
+                }
+                let target = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                if query.split('&').any(|p| p == "watch=true") {
+                    out.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    )?;
+                    // A quiet watch: hold it until the client goes.
+                    let mut sink = String::new();
+                    while reader.read_line(&mut sink)? > 0 {}
+                    return Ok(());
+                }
+                let known = [NODES, NAMESPACES, PODS, SERVICES, SLICES, POLICIES];
+                let body = match known.iter().find(|p| **p == path) {
+                    Some(p) => list(kind(p), api_version(p), "10", objects.get(p).cloned().unwrap_or_default()),
+                    None => json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}).to_string(),
+                };
+                let status = if known.contains(&path) { "200 OK" } else { "404 Not Found" };
+                write!(
+                    out,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
+            }
+        });
+    }
+}
+
+/// Bootstrap without kube-proxy. The configured address (as the in-cluster one would be) is the
+/// `kubernetes` Service's ClusterIP, which nothing serves until weir does; here a closed local
+/// port stands for it (a unit test sends nothing off the machine). With it alone the source
+/// never publishes a snapshot, so the agent could never become ready; with the API server's
+/// real address configured (`--k8s-service-host`/`--k8s-service-port`, a plain-HTTP stand-in
+/// here) it lists the cluster and publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_api_address_lets_the_agent_start_without_kube_proxy() {
+    let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let api_port = api.local_addr().expect("addr").port();
+    let objects = objects_by_path(&cluster_yaml());
+    std::thread::spawn(move || serve_plain_api(api, objects));
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let kubeconfig = std::env::temp_dir().join(format!("weir-bootstrap-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"http://127.0.0.1:{dead_port}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .expect("kubeconfig");
+
+    let (tx, mut rx) = watch::channel(None);
+    let client = k8s::client(Some(&kubeconfig), None).await.expect("client");
+    let source = tokio::spawn(k8s::watch_api(client, tx));
+    let waited = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(Option::is_some)).await;
+    assert!(waited.is_err(), "nothing serves the in-cluster address, so nothing can be published");
+    source.abort();
+
+    let (tx, mut rx) = watch::channel(None);
+    let client = k8s::client(Some(&kubeconfig), Some(("127.0.0.1", api_port))).await.expect("client");
+    let source = tokio::spawn(k8s::watch_api(client, tx));
+    until(&mut rx, "the first snapshot through the configured address", |s| s.nodes.len() == 2).await;
+    let snap = rx.borrow().clone().expect("snapshot");
+    assert!(state::desired(&snap, "n1").own.is_some(), "this node's pod CIDR and address are known: ready");
+    source.abort();
+    let _ = std::fs::remove_file(&kubeconfig);
+}
+
+#[test]
+fn the_api_address_replaces_host_and_port_only() {
+    let url: http::Uri = "https://10.96.0.1:443/".parse().expect("uri");
+    assert_eq!(k8s::api_server_url(&url, "172.18.0.2", 6443).expect("v4").to_string(), "https://172.18.0.2:6443/");
+    assert_eq!(k8s::api_server_url(&url, "fd00::2", 6443).expect("v6").to_string(), "https://[fd00::2]:6443/");
+    assert_eq!(
+        k8s::api_server_url(&url, "weir-control-plane", 6443).expect("name").to_string(),
+        "https://weir-control-plane:6443/"
+    );
+    assert!(k8s::api_server_url(&url, "  ", 6443).is_err(), "an empty host is an error, not a guess");
+    assert!(k8s::api_server_url(&url, "bad host", 6443).is_err());
+}

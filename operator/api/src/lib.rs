@@ -254,7 +254,7 @@ pub struct PolicyReport {
     pub entries: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IfacePrograms {
     pub iface: String,
     /// tcx ingress.
@@ -262,6 +262,9 @@ pub struct IfacePrograms {
     /// tcx egress (pods' host veths: what the node's stack delivers into the pod).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
+    /// The interface does not exist (an endpoint whose pod's namespace is gone, its DEL pending).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

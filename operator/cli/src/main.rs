@@ -168,6 +168,10 @@ fn main() -> anyhow::Result<()> {
         Response::Datapath(d) => {
             println!("{:<18} {:<24} TCX EGRESS", "INTERFACE", "TCX INGRESS");
             for a in d.attachments {
+                if a.missing {
+                    println!("{:<18} (interface gone: its pod's DEL is pending)", a.iface);
+                    continue;
+                }
                 println!("{:<18} {:<24} {}", a.iface, a.programs.join(", "), a.egress.join(", "));
             }
             println!("\n{:<34} COUNT", "COUNTER");

@@ -274,9 +274,15 @@ pub async fn watch_api(client: Client, tx: watch::Sender<Option<ClusterSnapshot>
 }
 
 /// A client from `--kubeconfig`, or else the in-cluster service account (or `$KUBECONFIG`).
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+/// A client for the API server: from `kubeconfig`, else the in-cluster service account (or
+/// `$KUBECONFIG`). With `api_server` (host, port: `--k8s-service-host`/`--k8s-service-port`)
+/// that address replaces the configured one, keeping its scheme and credentials: without
+/// kube-proxy the in-cluster address is the `kubernetes` Service's ClusterIP, which only weir's
+/// own socket programs serve — and they are loaded only after the first complete list, so the
+/// agent must reach the API server by its real address to start at all.
+pub async fn client(kubeconfig: Option<&std::path::Path>, api_server: Option<(&str, u16)>) -> anyhow::Result<Client> {
     use anyhow::Context as _;
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -286,7 +292,29 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
         }
         None => kube::Config::infer().await.context("no in-cluster service account and no kubeconfig")?,
     };
+    if let Some((host, port)) = api_server {
+        let url = api_server_url(&config.cluster_url, host, port)?;
+        tracing::info!(%url, "API server address from --k8s-service-host");
+        config.cluster_url = url;
+    }
     Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// `url` with its host and port replaced (an IPv6 host is bracketed); scheme and path kept.
+pub fn api_server_url(url: &http::Uri, host: &str, port: u16) -> anyhow::Result<http::Uri> {
+    use anyhow::Context as _;
+    let host = host.trim();
+    anyhow::ensure!(!host.is_empty(), "--k8s-service-host is empty");
+    let authority = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let scheme = url.scheme_str().unwrap_or("https");
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{authority}{path}")
+        .parse()
+        .with_context(|| format!("--k8s-service-host {host:?} --k8s-service-port {port}: not a valid address"))
 }
 
 #[cfg(test)]
