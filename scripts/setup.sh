@@ -3,6 +3,7 @@
 #   - Debian packages the tests and the lab use (iproute2, iperf3, iptables, nftables, CNI plugins, ...)
 #   - the pinned nightly toolchain (with rust-src) for the eBPF crate
 #   - bpf-linker 0.13.0 built against that nightly's own libLLVM
+#   - cargo-deny (supply-chain policy: bans, licenses, sources; see deny.toml)
 # Prints nothing but progress; writes the tool environment to $WEIR_TOOLS/env.sh for other scripts.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ set -euo pipefail
 BPF_NIGHTLY_DATE=2026-05-20
 BPF_NIGHTLY_COMMIT=e50aa6fba   # commit hash `rustc +nightly-$BPF_NIGHTLY_DATE --version` prints
 BPF_LINKER_VERSION=0.13.0
+CARGO_DENY_VERSION=0.20.2
 WEIR_TOOLS=${WEIR_TOOLS:-$HOME/.cache/weir/tools}
 mkdir -p "$WEIR_TOOLS"
 
@@ -78,11 +80,19 @@ if [ ! -x "$LINKER_ROOT/bin/bpf-linker" ]; then
   rm -rf "$LINKER_ROOT"; mv "$LINKER_ROOT.tmp" "$LINKER_ROOT"
 fi
 
+# --- cargo-deny, with the host toolchain --------------------------------------------------
+DENY_ROOT=$WEIR_TOOLS/cargo-deny-$CARGO_DENY_VERSION
+if [ ! -x "$DENY_ROOT/bin/cargo-deny" ]; then
+  log "building cargo-deny $CARGO_DENY_VERSION (a few minutes, once)"
+  cargo install --locked cargo-deny@"$CARGO_DENY_VERSION" --root "$DENY_ROOT.tmp"
+  rm -rf "$DENY_ROOT"; mv "$DENY_ROOT.tmp" "$DENY_ROOT"
+fi
+
 KV_ENV=
 [ -e "$KV_VENV/.installed" ] && KV_ENV="export WEIR_KUBERNETES_VALIDATE=\"$KV_VENV/bin/kubernetes-validate\""
 cat > "$WEIR_TOOLS/env.sh" <<ENV
 $KV_ENV
-export PATH="$LINKER_ROOT/bin:\$PATH"
+export PATH="$LINKER_ROOT/bin:$DENY_ROOT/bin:\$PATH"
 export WEIR_BPF_TOOLCHAIN="$BPF_TOOLCHAIN"
 ENV
 log "tools ready: bpf-linker $("$LINKER_ROOT/bin/bpf-linker" --version 2>/dev/null | head -n1), eBPF toolchain $BPF_TOOLCHAIN"

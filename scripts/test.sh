@@ -11,8 +11,10 @@ cd "$(dirname "$0")/.."
 . "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
 if [ "$(id -u)" = 0 ]; then export WEIR_REQUIRE_PRIVILEGED=1; fi
 
-# Lints first: formatting, clippy on the host crates and on the eBPF crate for its target.
+# Lints first: formatting, the supply-chain policy (deny.toml; advisories need a database this
+# machine cannot fetch), clippy on the host crates and on the eBPF crate for its target.
 cargo fmt --all -- --check
+cargo deny --log-level error check bans licenses sources
 cargo clippy --all-targets --locked -- -D warnings
 cargo +"$WEIR_BPF_TOOLCHAIN" clippy -p weir-bpf-programs --target bpfel-unknown-none -Z build-std=core --release --locked -- -D warnings
 
