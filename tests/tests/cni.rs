@@ -63,8 +63,8 @@ impl Node {
         self.dir.join("agent.sock")
     }
 
-    fn start_agent(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
+    /// The agent's command line in the node namespace, on this node's manifests, state and bpffs.
+    fn agent_command(&self) -> std::process::Command {
         let mut cmd = self.ns.command(workspace_bin("weir-agent"));
         cmd.args(["--node-name", "cnitest", "--uplink", "eth0", "--cluster-cidr", "10.245.0.0/16"])
             .arg("--manifests")
@@ -77,9 +77,14 @@ impl Node {
             .arg(self.socket())
             .arg("--delete-queue")
             .arg(self.dir.join("delq"))
-            .args(["--pod-wait-secs", "2", "--poll-ms", "100"])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+            .args(["--pod-wait-secs", "2", "--poll-ms", "100"]);
+        cmd
+    }
+
+    fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
+        let mut cmd = self.agent_command();
+        cmd.stdout(log.try_clone().expect("log")).stderr(log);
         self.agent = Some(Proc(cmd.spawn().expect("start weir-agent")));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -283,20 +288,7 @@ fn add_check_del_gc_status_version() {
     assert!(links.contains("lxcforeign"), "an lxc interface weir did not make is left alone");
     // One agent per node: a second one on the same state refuses to start, and the first
     // keeps serving.
-    let second = node
-        .ns
-        .command(workspace_bin("weir-agent"))
-        .args(["--node-name", "cnitest", "--uplink", "eth0", "--cluster-cidr", "10.245.0.0/16"])
-        .arg("--manifests")
-        .arg(node.dir.join("manifests"))
-        .arg("--state-dir")
-        .arg(node.dir.join("state"))
-        .arg("--bpffs")
-        .arg(&node.bpffs.path)
-        .arg("--socket")
-        .arg(node.socket())
-        .output()
-        .expect("second agent");
+    let second = node.agent_command().output().expect("second agent");
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("another weir-agent"), "the refusal names the holder: {err}");
