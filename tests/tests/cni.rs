@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use weir_tests::{require_root, run, unique, workspace_bin, Bpffs, NetNs, Proc};
 
 const DEBIAN_CNI: &str = "/usr/lib/cni";
+/// Concurrent ADDs on one node in `concurrent_adds_never_share_an_address`.
+const PARALLEL_ADDS: usize = 200;
 
 /// A node namespace with an uplink, a manifest directory naming it, and a running agent.
 struct Node {
@@ -50,7 +52,7 @@ impl Node {
         let ids = ["c1", "c2", "c3", "c4", "x", "chain1"]
             .map(str::to_owned)
             .into_iter()
-            .chain((0..16).map(|i| format!("par{i}")));
+            .chain((0..PARALLEL_ADDS).map(|i| format!("par{i}")));
         let pods: String = ids.map(|id| pod_manifest(&id)).collect();
         std::fs::write(dir.join("manifests/pods.yaml"), pods).expect("pod manifests");
         let cni_path = format!("{}:{DEBIAN_CNI}", dir.join("bin").display());
@@ -413,8 +415,10 @@ fn concurrent_adds_never_share_an_address() {
     if !require_root("concurrent_adds_never_share_an_address") {
         return;
     }
+    // 200 ADDs at once on one node (a node filling up after a restart), then every DEL
+    // delivered three times, concurrently, as a runtime retrying may deliver it.
     let node = std::sync::Arc::new(Node::new());
-    let pods: Vec<NetNs> = (0..16).map(|_| NetNs::new("wt-pod-")).collect();
+    let pods: Vec<NetNs> = (0..PARALLEL_ADDS).map(|_| NetNs::new("wt-pod-")).collect();
     let paths: Vec<String> = pods.iter().map(|p| p.path().display().to_string()).collect();
     let handles: Vec<_> = paths
         .iter()
@@ -433,9 +437,23 @@ fn concurrent_adds_never_share_an_address() {
     let n = ips.len();
     ips.dedup();
     assert_eq!(ips.len(), n, "two pods got one address: {ips:?}");
-    for (i, p) in paths.iter().enumerate() {
-        assert_ok(&node.cni("DEL", &node.conf(), &pod_env(&format!("par{i}"), p)), "DEL");
+    assert_eq!(n, PARALLEL_ADDS);
+    let handles: Vec<_> = paths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| std::iter::repeat_n((i, p.clone()), 3))
+        .map(|(i, p)| {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                assert_ok(&node.cni("DEL", &node.conf(), &pod_env(&format!("par{i}"), &p)), "DEL")
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("DEL thread");
     }
+    let links = node.ns.ip(&["link", "show"]);
+    assert!(!links.contains("lxc"), "every interface is gone after the DELs: {links}");
 }
 
 #[test]

@@ -17,8 +17,9 @@ use tokio::{
 /// How long a client may take to send its request (the CNI plugin sends it at once).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections the agent API serves at once (each waits for the node's writer at most once;
-/// `weir observe --follow` holds one for as long as it runs).
-pub const API_CONNECTIONS: usize = 128;
+/// `weir observe --follow` holds one for as long as it runs). Room for a node's worth of ADDs
+/// arriving together (a /24 holds 254 pods); beyond it a caller is told to try again later.
+pub const API_CONNECTIONS: usize = 512;
 /// Scrapes the metrics server serves at once, and how long one may take to send its headers.
 pub const METRICS_CONNECTIONS: usize = 8;
 pub const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
