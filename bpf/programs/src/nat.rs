@@ -259,9 +259,11 @@ fn try_port(s: &mut Scratch, port_be: u16) -> bool {
 fn claim(s: &mut Scratch) -> u16 {
     let min = WEIR_NAT_PORT_MIN.load();
     let span = WEIR_NAT_PORT_MAX.load().saturating_sub(min) + 1;
-    // Field by field: a whole key built first would be a temporary on the stack.
-    let p = ((s.conn.sport_be as u32) << 16) | s.conn.dport_be as u32;
-    let h = (s.conn.saddr ^ s.conn.daddr.rotate_left(7) ^ p ^ s.conn.proto as u32).wrapping_mul(2654435761);
+    // The forward key is written in place (a whole key built first would be a temporary on the
+    // stack) and hashed where it lies.
+    let Scratch { conn, fwd, .. } = s;
+    conn.write_fwd_key(fwd);
+    let h = hash(fwd, false);
     s.back.addr = Addr16::from_v4_be(s.conn.saddr);
     s.back.port_be = s.conn.sport_be;
     s.back.state = nat_state::from_flags(s.conn.flags, true);
@@ -280,9 +282,9 @@ fn claim(s: &mut Scratch) -> u16 {
         }
     }
     if claimed != 0 {
-        let conn = &s.conn;
-        let k = &mut s.fwd;
-        conn.write_fwd_key(k);
+        // `try_port` may have used the forward key for the connection it took the port from.
+        let Scratch { conn, fwd, .. } = s;
+        conn.write_fwd_key(fwd);
         s.back.addr = Addr16::from_v4_be(s.conn.node);
         s.back.port_be = claimed;
         s.back.state = 0;
