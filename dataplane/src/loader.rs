@@ -88,7 +88,7 @@ impl Datapath {
                 .ok_or(Error::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| Error::Program { name, source: Box::new(source) })?;
-            prog.load().map_err(|source| Error::Program { name, source: Box::new(source) })?;
+            retry_eagain(|| prog.load()).map_err(|source| Error::Program { name, source: Box::new(source) })?;
         }
         for name in programs::SOCK {
             let prog: &mut CgroupSockAddr = ebpf
@@ -96,7 +96,7 @@ impl Datapath {
                 .ok_or(Error::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| Error::Program { name, source: Box::new(source) })?;
-            prog.load().map_err(|source| Error::Program { name, source: Box::new(source) })?;
+            retry_eagain(|| prog.load()).map_err(|source| Error::Program { name, source: Box::new(source) })?;
         }
         fill_tails(&mut ebpf)?;
         write_settings(&mut ebpf, cfg)?;
@@ -150,4 +150,24 @@ fn fill_tails(ebpf: &mut Ebpf) -> Result<()> {
     let mut tails_map = ProgramArray::try_from(map).map_err(|source| Error::Map { name, source: Box::new(source) })?;
     tails_map.set(tails::LB_REMOTE, &fd, 0).map_err(|source| Error::Map { name, source: Box::new(source) })?;
     Ok(())
+}
+
+/// Runs a program load again when the kernel answers EAGAIN: the verifier gives up with it under
+/// transient pressure (seen with several large programs verified at once), and libbpf retries
+/// the same way. Any other error, or the fifth EAGAIN, is returned.
+fn retry_eagain(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
