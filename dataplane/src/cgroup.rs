@@ -1,6 +1,6 @@
 //! cgroup attachment of the socket-level Service programs, with pinned links
 //! (`<pin_dir>/links/<program>-cgroup`): they keep translating while the agent is down, and a
-//! restarted agent adopts them instead of attaching again.
+//! restarted or upgraded agent takes them over (link update) instead of attaching again.
 use std::path::Path;
 
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
@@ -10,11 +10,14 @@ use crate::{tcx::Attachment, Datapath, Error, Result};
 
 impl Datapath {
     /// Attaches every socket program to the cgroup v2 directory `cgroup` (all pods below it).
+    /// Returns what happened to the last program (all four are treated alike).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<Attachment> {
-        let mut outcome = Attachment::Adopted;
+        let mut outcome = Attachment::Attached;
         for name in programs::SOCK {
-            let pin = self.pin_dir.join("links").join(format!("{name}-cgroup"));
-            if pin.exists() {
+            let pin_name = format!("{name}-cgroup");
+            let pin = self.pin_dir.join("links").join(&pin_name);
+            if let Some(existing) = self.existing_pins(&pin_name).into_iter().next() {
+                outcome = self.take_over(existing, pin, name)?;
                 continue;
             }
             outcome = Attachment::Attached;

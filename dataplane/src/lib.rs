@@ -3,14 +3,15 @@
 //! programs with tcx, and offers typed map wrappers (each with an in-memory fake for tests of
 //! the layers above).
 //!
-//! Invariants: only this crate touches BPF objects; a restarted loader reuses the pinned maps
-//! and adopts pinned links instead of attaching a second copy.
+//! Invariants: only this crate touches BPF objects; a restarted loader reuses pinned maps that
+//! match the object and takes pinned links over (link update) instead of attaching a second copy.
 
 pub mod cgroup;
 pub mod counters;
 pub mod events;
 pub mod loader;
 pub mod maps;
+pub mod takeover;
 pub mod tcx;
 pub mod testrun;
 

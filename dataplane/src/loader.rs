@@ -45,6 +45,13 @@ pub fn pin_dir(bpffs_root: &Path) -> PathBuf {
 pub struct Datapath {
     pub(crate) ebpf: Ebpf,
     pub(crate) pin_dir: PathBuf,
+    pub(crate) bpffs_root: PathBuf,
+    /// Every pinned map of this version was found and matched the object: this load decides
+    /// with the same state as the programs it replaces, so takeovers need not wait.
+    pub(crate) maps_inherited: bool,
+    /// Attachments to take over once the agent has filled the maps.
+    pub(crate) pending: Vec<crate::takeover::Pending>,
+    pub(crate) retired: Vec<crate::takeover::RetiredMap>,
 }
 
 fn be_u32(a: Ipv4Addr) -> u32 {
@@ -62,6 +69,7 @@ impl Datapath {
         for dir in [&maps_dir, &pin_dir.join("links")] {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io { op: "creating", path: dir.clone(), source })?;
         }
+        let (retired, maps_inherited) = crate::takeover::check_pinned_maps(&maps_dir)?;
         let (net, prefix) = cfg.cluster_cidr_v4;
         let mask: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
         let mask_be = mask.to_be();
@@ -100,7 +108,7 @@ impl Datapath {
         }
         fill_tails(&mut ebpf)?;
         write_settings(&mut ebpf, cfg)?;
-        Ok(Self { ebpf, pin_dir })
+        Ok(Self { ebpf, pin_dir, bpffs_root: cfg.bpffs_root.clone(), maps_inherited, pending: Vec::new(), retired })
     }
 
     pub(crate) fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
@@ -121,8 +129,8 @@ impl Datapath {
     }
 }
 
-/// Writes the run-time settings; the map is pinned, so programs attached by an earlier agent
-/// (adopted, not replaced) follow them too.
+/// Writes the run-time settings (a pinned map: programs an earlier agent attached follow them
+/// too until they are replaced).
 fn write_settings(ebpf: &mut Ebpf, cfg: &LoadConfig) -> Result<()> {
     let name = maps::SETTINGS;
     let map = ebpf.map_mut(name).ok_or(Error::MissingMap { name })?;

@@ -82,6 +82,10 @@ enum Cmd {
         #[arg(value_parser = ["stop", "start", "restart", "kill"])]
         action: String,
         node: String,
+        /// From this start on, the agents' masquerade port range (a changed setting, as an
+        /// upgrade may bring).
+        #[arg(long)]
+        nat_ports: Option<String>,
     },
     /// Programs attached per interface and datapath counters of a node, from its agent (JSON).
     Datapath { node: String },
@@ -384,8 +388,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Agent { action, node } => {
+        Cmd::Agent { action, node, nat_ports } => {
             let mut lab = Lab::open(&cli.lab)?;
+            if nat_ports.is_some() {
+                lab.state.nat_ports = nat_ports;
+            }
             if action == "stop" || action == "restart" {
                 lab.stop_agent(&node)?;
             }

@@ -657,3 +657,83 @@ fn stack_delivered_traffic_is_judged_and_replies_return_to_the_stack() {
         assert_eq!((res.action, pkt::view(&res.frame).src), (TC_ACT_OK, POD_A));
     });
 }
+
+/// Restarts and upgrades never leave two programs deciding on a hook: a restart of the same
+/// version replaces the program behind the pinned link at once (carrying new settings); over an
+/// older version's pins (simulated by renaming the pin directory, as a release with a new ABI
+/// finds it) or a pinned map that does not match the object, the old program keeps deciding
+/// until `finish_takeover` (called once the maps are filled) swaps it, and the older
+/// version's pins go.
+#[test]
+fn restarts_and_upgrades_take_pinned_links_over_with_one_program_per_hook() {
+    if !require_root("restarts_and_upgrades_take_pinned_links_over_with_one_program_per_hook") {
+        return;
+    }
+    use weir_dataplane::tcx::{ingress_program_ids, Attachment};
+    let bpffs = Bpffs::mount();
+    let root = bpffs.path.clone();
+    let cfg = config(&bpffs, 0);
+    in_fresh_netns(move || {
+        node_netns_setup();
+        run(Command::new("ip").args(["link", "add", "lxcup0", "type", "veth", "peer", "name", "lxcup0p"]));
+        let attach = |cfg: &LoadConfig| {
+            let mut dp = Datapath::load(cfg).expect("load datapath");
+            let how = dp.attach_ingress("lxcup0", programs::FROM_POD).expect("attach");
+            (dp, how)
+        };
+        let one_program = || {
+            let ids = ingress_program_ids("lxcup0").expect("query");
+            assert_eq!(ids.len(), 1, "exactly one program on the hook: {ids:?}");
+            ids[0]
+        };
+        let (first, how) = attach(&cfg);
+        assert_eq!(how, Attachment::Attached);
+        let id1 = one_program();
+        drop(first);
+
+        // Same version, changed settings: replaced at once.
+        let mut changed = cfg.clone();
+        changed.nat_ports = (62000, 62063);
+        let (second, how) = attach(&changed);
+        assert_eq!(how, Attachment::Replaced);
+        let id2 = one_program();
+        assert_ne!(id1, id2, "the restarted agent's program (new settings) runs");
+        drop(second);
+
+        // An older ABI's pins: the old program decides until the takeover, then the new one.
+        let current = weir_dataplane::loader::pin_dir(&root);
+        let older = root.join("weir").join("v0");
+        std::fs::rename(&current, &older).expect("rename the pin directory (bpffs supports rename)");
+        let (mut third, how) = attach(&cfg);
+        assert_eq!(how, Attachment::Deferred, "new maps are empty: the old program keeps deciding");
+        assert_eq!(one_program(), id2);
+        assert!(third.takeover_pending());
+        let report = third.finish_takeover().expect("finish takeover");
+        assert_eq!((report.replaced, report.versions_removed.clone()), (1, vec!["v0".to_owned()]), "{report:?}");
+        let id3 = one_program();
+        assert_ne!(id3, id2);
+        assert!(!older.exists(), "the older version's pins are gone");
+        assert!(current.join("links").join(format!("{}-lxcup0", programs::FROM_POD)).exists());
+        assert!(!third.takeover_pending());
+        drop(third);
+
+        // A pinned map that does not match the object (another map pinned under its name) is
+        // retired and recreated; the takeover waits for the refill.
+        let maps = current.join("maps");
+        std::fs::rename(maps.join(weir_bpf_common::maps::TAILS), maps.join(weir_bpf_common::maps::SETTINGS))
+            .expect("pin one map under another's name");
+        let (mut fourth, how) = attach(&cfg);
+        let retired: Vec<&str> = fourth.retired_maps().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(retired, [weir_bpf_common::maps::SETTINGS], "{:?}", fourth.retired_maps());
+        assert!(fourth.retired_maps()[0].reason.contains("type"), "{:?}", fourth.retired_maps());
+        assert_eq!(how, Attachment::Deferred);
+        assert_eq!(one_program(), id3);
+        assert_eq!(fourth.finish_takeover().expect("finish").replaced, 1);
+        assert_ne!(one_program(), id3);
+        // The next restart finds every map matching and replaces at once.
+        drop(fourth);
+        let (_fifth, how) = attach(&cfg);
+        assert_eq!(how, Attachment::Replaced);
+        one_program();
+    });
+}

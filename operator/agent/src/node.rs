@@ -278,9 +278,33 @@ impl Node {
         }
         self.stage_failures += failed.len() as u64;
         if failed.is_empty() {
+            self.finish_takeover();
+        }
+        if failed.is_empty() {
             Ok(())
         } else {
             anyhow::bail!("{}", failed.join("; "))
+        }
+    }
+
+    /// After a pass in which every stage converged, the maps hold what the cluster asks for:
+    /// attachments an earlier agent (an older version, or maps recreated) left deciding with
+    /// its own maps are handed to this load's programs, and older versions' pins go.
+    fn finish_takeover(&mut self) {
+        let Some(l) = self.loaded.as_mut() else { return };
+        if !l.dp.takeover_pending() {
+            return;
+        }
+        match l.dp.finish_takeover() {
+            Ok(r) => tracing::info!(
+                replaced = r.replaced,
+                detached = r.detached,
+                versions_removed = ?r.versions_removed,
+                "earlier agent's attachments taken over"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "taking over earlier attachments failed; retrying after the next pass")
+            }
         }
     }
 
@@ -487,6 +511,9 @@ impl Node {
             observe: cfg.observe,
         };
         let mut dp = Datapath::load(&load).context("loading the eBPF datapath")?;
+        for m in dp.retired_maps() {
+            tracing::warn!(map = %m.name, reason = %m.reason, "pinned map does not match this build; recreated (refilled by the first pass)");
+        }
         let how = dp.attach_ingress(&cfg.uplink, programs::FROM_WIRE)?;
         tracing::info!(iface = %cfg.uplink, ?how, "uplink program");
         // The stack's way into pods: the whole pod CIDR through `weir_host` and its program, so
@@ -778,8 +805,8 @@ impl Node {
         // is through `weir_host`: no strict reverse-path check on this interface.
         let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{host}/rp_filter"), "0");
         let l = self.loaded.as_mut().context("datapath not loaded")?;
-        if l.dp.attach_ingress(host, programs::FROM_POD)? == Attachment::Adopted {
-            tracing::warn!(iface = %host, "adopted an existing pinned link for a new interface");
+        if l.dp.attach_ingress(host, programs::FROM_POD)? != Attachment::Attached {
+            tracing::warn!(iface = %host, "took over an existing pinned link for a new interface");
         }
         let info = EndpointInfo { ifindex: host_link.index, flags: 0, pod_mac, host_mac: host_link.mac, _pad: [0; 4] };
         l.endpoints.upsert(ip, info)?;
