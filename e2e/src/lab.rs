@@ -324,6 +324,8 @@ impl Lab {
             .arg(nd.join("delete-queue"))
             .arg("--cni-conf-dir")
             .arg(self.cni_conf_dir(node))
+            .arg("--cni-cache-dir")
+            .arg(self.cni_cache_dir(node))
             .arg("--cluster-cidr")
             .arg(CLUSTER_CIDR)
             .arg("--cgroup-root")
@@ -749,10 +751,39 @@ impl Lab {
         if !out.status.success() {
             bail!("weir-cni {command} failed: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim());
         }
-        if text.trim().is_empty() {
-            return Ok(serde_json::Value::Null);
+        // libcni's result cache, as containerd keeps it: written after ADD, removed after DEL.
+        let args: Vec<[String; 2]> = [
+            ("K8S_POD_NAMESPACE", st.namespace.as_str()),
+            ("K8S_POD_NAME", st.name.as_str()),
+            ("K8S_POD_UID", if st.uid.is_empty() { st.container_id.as_str() } else { st.uid.as_str() }),
+        ]
+        .iter()
+        .map(|(k, v)| [(*k).to_owned(), (*v).to_owned()])
+        .collect();
+        let net = conflist["name"].as_str().unwrap_or("weir");
+        let cache = self.cni_cache_dir(&st.node).join(format!("{net}-{}-eth0", st.container_id));
+        let result: serde_json::Value =
+            if text.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text)? };
+        match command {
+            "ADD" => {
+                std::fs::create_dir_all(self.cni_cache_dir(&st.node))?;
+                let entry = serde_json::json!({
+                    "kind": "cniCacheV1", "containerId": st.container_id, "ifName": "eth0",
+                    "networkName": net, "cniArgs": args, "result": result,
+                });
+                write_atomic(&cache, &serde_json::to_string(&entry)?)?;
+            }
+            "DEL" => {
+                let _ = std::fs::remove_file(&cache);
+            }
+            _ => {}
         }
-        Ok(serde_json::from_str(&text)?)
+        Ok(result)
+    }
+
+    /// The node's libcni result cache (the agent reads it to rebuild a lost endpoint store).
+    pub fn cni_cache_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("cni-cache")
     }
 
     fn start_containers(&self, pod: &k8s_openapi::api::core::v1::Pod, st: &PodState) -> anyhow::Result<Vec<u32>> {

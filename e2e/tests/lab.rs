@@ -828,3 +828,87 @@ c, peer = s.accept(); print(peer[1]); c.close()
     }
     assert_ne!(last, "connected", "egress deny applied after the upgrade is enforced");
 }
+
+/// A lost or corrupt endpoint store is rebuilt from the kernel (weir's marked interfaces and the
+/// pinned endpoint map) without disturbing a pod: first corrupt, with the runtime's CNI cache
+/// naming each attachment's pod; then lost together with the cache, the pods found by their
+/// addresses in the cluster state. Each time the pods keep their interfaces, the agent lists
+/// them by name, a NetworkPolicy isolating one of them is still enforced, and a new pod gets an
+/// address no other pod holds.
+#[test]
+fn lost_or_corrupt_store_is_rebuilt_without_disturbing_pods() {
+    if !require_root("lost_or_corrupt_store_is_rebuilt_without_disturbing_pods") {
+        return;
+    }
+    let lab = TestLab::up("direct");
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: lab/server, ports: [{{containerPort: 8080}}]}}]}}\n"
+        )
+    };
+    for (p, n) in [("x", "n1"), ("y", "n1"), ("z", "n2")] {
+        assert!(lab.apply(&pod(p, n)).status.success());
+    }
+    let only_z = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x-from-z, namespace: default}\n\
+                  spec: {podSelector: {matchLabels: {app: x}}, ingress: [{from: [{podSelector: {matchLabels: {app: z}}}]}]}\n";
+    assert!(lab.apply(only_z).status.success());
+    let ip = |name: &str| {
+        lab.pods().iter().find(|p| p["name"] == name).and_then(|p| p["ip"].as_str().map(str::to_owned)).expect("pod ip")
+    };
+    let (ip_x, ip_y) = (ip("x"), ip("y"));
+    let ifaces = || lab.ok(&["node-exec", "n1", "--", "ip", "-o", "link", "show"]);
+    let links_before: Vec<String> = ifaces().lines().filter(|l| l.contains("lxc")).map(str::to_owned).collect();
+    let check = |when: &str| {
+        let eps: Value =
+            serde_json::from_str(&lab.ok(&["weir", "n1", "--", "endpoints", "-o", "json"])).expect("endpoints");
+        let mut names: Vec<String> = eps
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["endpoint"]["pod_namespace"].as_str().unwrap_or("?"),
+                    r["endpoint"]["pod_name"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["default/x", "default/y"], "{when}: {eps}");
+        let links: Vec<String> = ifaces().lines().filter(|l| l.contains("lxc")).map(str::to_owned).collect();
+        assert_eq!(links, links_before, "{when}: the pods' interfaces were not touched");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let probe = |from: &str, to: &str| lab.probe(from, &format!("{to}:8080"), "tcp").0;
+        loop {
+            let got = [probe("default/z", &ip_x), probe("default/y", &ip_x), probe("default/x", &ip_y)];
+            if got == ["connected", "timeout", "connected"] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{when}: z->x, y->x (denied), x->y: {got:?}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    check("before");
+    let state = std::path::PathBuf::from("/run/weir-lab").join(&lab.name).join("nodes").join("n1");
+
+    lab.ok(&["agent", "stop", "n1"]);
+    std::fs::write(state.join("state").join("endpoints.json"), "[{\"container_id\": ").expect("corrupt the store");
+    lab.ok(&["agent", "start", "n1"]);
+    check("after a corrupt store (CNI cache)");
+    let kept = std::fs::read_dir(state.join("state"))
+        .expect("state dir")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("endpoints.json.corrupt-"));
+    assert!(kept, "the corrupt store is kept aside");
+
+    lab.ok(&["agent", "stop", "n1"]);
+    std::fs::remove_file(state.join("state").join("endpoints.json")).expect("lose the store");
+    std::fs::remove_dir_all(state.join("cni-cache")).expect("lose the CNI cache");
+    lab.ok(&["agent", "start", "n1"]);
+    check("after a lost store and CNI cache (cluster state)");
+
+    assert!(lab.apply(&pod("w", "n1")).status.success());
+    let ip_w = ip("w");
+    assert!(ip_w != ip_x && ip_w != ip_y, "a new pod gets a free address: {ip_w}");
+}

@@ -52,6 +52,10 @@ pub struct Config {
     /// Directory where weir-cni queues DELs while the agent is down.
     #[arg(long, env = "WEIR_DELETE_QUEUE", default_value = "/run/weir/delete-queue")]
     pub delete_queue: PathBuf,
+    /// The runtime's CNI result cache (libcni's), read only to rebuild a lost or corrupt endpoint
+    /// store: it names each attachment's pod and network namespace.
+    #[arg(long, env = "WEIR_CNI_CACHE_DIR", default_value = "/var/lib/cni/results")]
+    pub cni_cache_dir: PathBuf,
     /// Where to install the CNI configuration (`05-weir.conflist`) once the agent is ready, e.g.
     /// /etc/cni/net.d. Without it the agent installs none (the lab and tests write their own).
     #[arg(long, env = "WEIR_CNI_CONF_DIR")]

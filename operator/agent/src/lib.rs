@@ -9,6 +9,7 @@
 //! netlink; [`Agent::run`] serves. The datapath is loaded once this node's Node object (pod
 //! CIDR, InternalIP) is known; until then STATUS says "not ready" and ADD says "try again later".
 pub mod api;
+pub mod cni_cache;
 pub mod config;
 pub mod conflist;
 pub mod dns;

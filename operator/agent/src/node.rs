@@ -36,7 +36,7 @@ use crate::{
     service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     source::{Changes, ClusterSnapshot},
     state::{self, Desired},
-    store::{EndpointRecord, EndpointStore},
+    store::{EndpointRecord, EndpointStore, Opened},
 };
 
 pub const VXLAN_DEVICE: &str = "weir_vxlan";
@@ -247,6 +247,11 @@ impl Node {
             let Some(own) = self.desired.own else { return Ok(()) };
             self.bring_up(own.pod_cidr, own.address).await?;
         }
+        // A rebuilt endpoint that found its pod enters the policy pass like a new one.
+        let resolved = self.store.all().any(|r| r.identity_unknown) && self.resolve_identities(&snap);
+        if resolved {
+            self.policy_pending.all = true;
+        }
         // The stages are independent: one that fails (a map write refused, a route the kernel
         // will not take) is reported and retried, and never keeps the others from converging.
         let mut failed: Vec<String> = Vec::new();
@@ -261,7 +266,7 @@ impl Node {
                 failed.push(format!("remote nodes: {e:#}"));
             }
         }
-        if changes.policy() {
+        if changes.policy() || resolved {
             self.learn_policy_inputs(&snap);
             // Start, relist, resync and retries recompile everything.
             self.policy_pending.all |= changes.all;
@@ -357,7 +362,12 @@ impl Node {
 
     /// Endpoints of attachments that belong to no Kubernetes pod (open: nothing selects them).
     fn unmanaged_endpoints(&self) -> BTreeSet<Ipv4Addr> {
-        self.store.all().filter(|r| r.pod_namespace.is_empty() || r.pod_name.is_empty()).map(|r| r.ip).collect()
+        // A rebuilt endpoint whose pod is not known yet is not one of them: it stays closed.
+        self.store
+            .all()
+            .filter(|r| !r.identity_unknown && (r.pod_namespace.is_empty() || r.pod_name.is_empty()))
+            .map(|r| r.ip)
+            .collect()
     }
 
     /// NetworkPolicy for `local` endpoints into the policy maps (only the differences).
@@ -548,10 +558,99 @@ impl Node {
         }
         self.events = Some(Events::open(&mut dp)?);
         self.loaded = Some(Loaded { dp, endpoints, tunnel, nodes, services, policy, counters, uplink, pod_cidr, mtu });
+        if *self.store.opened() != Opened::Read {
+            // Before the orphan sweep, which would take the pods' interfaces for orphans.
+            self.rebuild_store().await?;
+        }
         self.sync_endpoints().await?;
         self.drain_delete_queue().await;
         tracing::info!(%pod_cidr, %node_ip, routing = ?self.cfg.routing, mtu, "datapath ready");
         Ok(())
+    }
+
+    /// A lost or corrupt store is rebuilt from what the kernel holds, without touching a pod: each
+    /// host interface weir marked (`weir:<container>/<ifname>`, whose name must be the one weir
+    /// derives from them) whose ifindex the pinned endpoint map holds is an endpoint, with the
+    /// map's address and MACs and the link's MTU. Its pod (and network namespace) come from the
+    /// runtime's CNI cache; without an entry the endpoint is marked identity-unknown and stays
+    /// closed to policy until the cluster state shows its pod (`resolve_identities`).
+    async fn rebuild_store(&mut self) -> anyhow::Result<()> {
+        let Some(l) = self.loaded.as_mut() else { return Ok(()) };
+        let in_map = l.endpoints.list()?;
+        let by_ifindex: BTreeMap<u32, (Ipv4Addr, EndpointInfo)> =
+            in_map.iter().map(|(ip, info)| (info.ifindex, (*ip, *info))).collect();
+        let mut records = Vec::new();
+        for (name, (index, alias)) in self.nl.links_with_prefix(HOST_IF_PREFIX).await? {
+            let Some((container_id, ifname)) =
+                alias.as_deref().and_then(|a| a.strip_prefix(OWNER_ALIAS_PREFIX)).and_then(|a| a.rsplit_once('/'))
+            else {
+                continue;
+            };
+            if host_ifname(container_id, ifname) != name {
+                tracing::warn!(iface = %name, ?alias, "weir alias does not name this interface; not rebuilt");
+                continue;
+            }
+            let Some((ip, info)) = by_ifindex.get(&index) else {
+                tracing::warn!(iface = %name, "weir interface not in the endpoint map (an ADD that never finished); left to the orphan sweep");
+                continue;
+            };
+            let mtu = self.nl.link(&name).await?.map_or(0, |l| l.mtu);
+            let cached = crate::cni_cache::find(&self.cfg.cni_cache_dir, container_id, ifname);
+            records.push(EndpointRecord {
+                container_id: container_id.to_owned(),
+                ifname: ifname.to_owned(),
+                netns: cached.as_ref().map(|c| c.netns.clone()).unwrap_or_default(),
+                pod_namespace: cached.as_ref().map(|c| c.pod_namespace.clone()).unwrap_or_default(),
+                pod_name: cached.as_ref().map(|c| c.pod_name.clone()).unwrap_or_default(),
+                pod_uid: cached.as_ref().map(|c| c.pod_uid.clone()).unwrap_or_default(),
+                host_ifname: name,
+                host_ifindex: index,
+                host_mac: info.host_mac,
+                pod_mac: info.pod_mac,
+                ip: *ip,
+                mtu,
+                identity_unknown: cached.is_none(),
+            });
+        }
+        let from_cache = records.iter().filter(|r| !r.identity_unknown).count();
+        match self.store.opened() {
+            Opened::Corrupt { kept, error } => tracing::error!(%error, kept = %kept.display(),
+                endpoints = records.len(), from_cache, "endpoint store was corrupt; rebuilt from the kernel"),
+            _ if !records.is_empty() => tracing::warn!(
+                endpoints = records.len(),
+                from_cache,
+                "endpoint store was missing; rebuilt from the kernel"
+            ),
+            _ => {}
+        }
+        self.store.rebuilt(records)?;
+        Ok(())
+    }
+
+    /// Endpoints rebuilt without their pod take it from the cluster state: the one pod on this
+    /// node (not finished) whose addresses include the endpoint's.
+    fn resolve_identities(&mut self, snap: &ClusterSnapshot) -> bool {
+        let mut resolved = false;
+        let unknown: Vec<EndpointRecord> = self.store.all().filter(|r| r.identity_unknown).cloned().collect();
+        for mut r in unknown {
+            let ip = r.ip.to_string();
+            let mut owners = snap.pods.values().filter(|p| {
+                !p.finished
+                    && p.node_name.as_deref() == Some(self.cfg.node_name.as_str())
+                    && p.ips.iter().any(|i| **i == *ip)
+            });
+            let (Some(p), None) = (owners.next(), owners.next()) else { continue };
+            r.pod_namespace = p.namespace.to_string();
+            r.pod_name = p.name.to_string();
+            r.pod_uid = p.uid.to_string();
+            r.identity_unknown = false;
+            tracing::info!(pod = %format!("{}/{}", r.pod_namespace, r.pod_name), ip = %r.ip, "rebuilt endpoint's pod found by its address");
+            match self.store.insert(r) {
+                Ok(()) => resolved = true,
+                Err(e) => tracing::error!(error = %e, "recording a rebuilt endpoint's pod failed; retrying next pass"),
+            }
+        }
+        resolved
     }
 
     /// Makes the endpoint map and tcx links match the store (after a restart, adopting pins).
@@ -790,6 +889,7 @@ impl Node {
             pod_mac,
             ip,
             mtu,
+            identity_unknown: false,
         })
     }
 
@@ -879,7 +979,8 @@ impl Node {
         if l.dp.ingress_program_count(&rec.host_ifname).unwrap_or(0) == 0 {
             return Err(fail(format!("no program attached to {}", rec.host_ifname)));
         }
-        let netns = PathBuf::from(&rec.netns);
+        // A record rebuilt without the CNI cache does not know the namespace: the runtime's is used.
+        let netns = PathBuf::from(if rec.netns.is_empty() { &id.netns } else { &rec.netns });
         let (ifname, ip) = (rec.ifname.clone(), rec.ip);
         let ok = tokio::task::block_in_place(|| netlink::pod_side_has_address(&netns, &ifname, ip))
             .map_err(|e| fail(format!("inspecting the pod namespace: {e}")))?;

@@ -23,6 +23,10 @@ pub struct EndpointRecord {
     pub pod_mac: [u8; 6],
     pub ip: Ipv4Addr,
     pub mtu: u32,
+    /// Rebuilt from the kernel without the pod it belongs to (no CNI cache entry): no policy
+    /// entry (closed) until the cluster state shows a pod on this node with its address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity_unknown: bool,
 }
 
 pub type Key = (String, String);
@@ -33,6 +37,22 @@ pub struct EndpointStore {
     records: BTreeMap<Key, EndpointRecord>,
     /// Released addresses in quarantine → when (Unix seconds), persisted in `released.json`.
     released: BTreeMap<Ipv4Addr, u64>,
+    /// How the record was found at open.
+    opened: Opened,
+}
+
+/// What `EndpointStore::open` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    Read,
+    /// No `endpoints.json`: a new node, or a lost file. Rebuilt from the kernel (nothing there
+    /// on a new node).
+    Missing,
+    /// Unreadable; moved aside to `kept` and rebuilt from the kernel.
+    Corrupt {
+        kept: PathBuf,
+        error: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -45,8 +65,6 @@ struct Released {
 pub enum StoreError {
     #[error("reading {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is corrupt: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("another weir-agent (pid {holder}) holds {path}: one agent per node")]
@@ -57,13 +75,19 @@ impl EndpointStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("endpoints.json");
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Write { path: dir.to_owned(), source })?;
-        let records = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let list: Vec<EndpointRecord> = serde_json::from_slice(&bytes)
-                    .map_err(|source| StoreError::Corrupt { path: path.clone(), source })?;
-                list.into_iter().map(|r| ((r.container_id.clone(), r.ifname.clone()), r)).collect()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        let (records, opened) = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<EndpointRecord>>(&bytes) {
+                Ok(list) => {
+                    (list.into_iter().map(|r| ((r.container_id.clone(), r.ifname.clone()), r)).collect(), Opened::Read)
+                }
+                Err(e) => {
+                    // Kept for a post-mortem; the record is rebuilt from what the kernel holds.
+                    let kept = path.with_extension(format!("json.corrupt-{}", std::process::id()));
+                    std::fs::rename(&path, &kept).map_err(|source| StoreError::Write { path: kept.clone(), source })?;
+                    (BTreeMap::new(), Opened::Corrupt { kept, error: e.to_string() })
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), Opened::Missing),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
         // The quarantine is a safety margin, not a record: an unreadable one is started afresh.
@@ -77,7 +101,21 @@ impl EndpointStore {
             },
             Err(_) => BTreeMap::new(),
         };
-        Ok(Self { path, records, released })
+        Ok(Self { path, records, released, opened })
+    }
+
+    /// What the open found; anything but `Read` asks for a rebuild from the kernel.
+    pub fn opened(&self) -> &Opened {
+        &self.opened
+    }
+
+    /// Replaces the records with ones rebuilt from the kernel, persisted; the store reads as
+    /// found from then on.
+    pub fn rebuilt(&mut self, records: Vec<EndpointRecord>) -> Result<(), StoreError> {
+        self.records = records.into_iter().map(|r| ((r.container_id.clone(), r.ifname.clone()), r)).collect();
+        self.save()?;
+        self.opened = Opened::Read;
+        Ok(())
     }
 
     /// Addresses in quarantine and when they were released (Unix seconds).
@@ -198,6 +236,7 @@ mod tests {
             host_ifindex: 9,
             host_mac: [2, 0, 0, 0, 0, 1],
             pod_mac: [2, 0, 0, 0, 0, 2],
+            identity_unknown: false,
             ip: Ipv4Addr::from(ip),
             mtu: 1500,
         }
@@ -223,8 +262,16 @@ mod tests {
         assert!(second.to_string().contains(&std::process::id().to_string()), "{second}");
         drop(lock);
         lock_instance(&dir).expect("free again once the first is gone");
+        assert_eq!(s.opened(), &Opened::Read);
         std::fs::write(dir.join("endpoints.json"), "{oops").expect("corrupt");
-        assert!(matches!(EndpointStore::open(&dir), Err(StoreError::Corrupt { .. })));
+        let mut s = EndpointStore::open(&dir).expect("a corrupt store opens empty, to be rebuilt");
+        let Opened::Corrupt { kept, .. } = s.opened().clone() else { panic!("{:?}", s.opened()) };
+        assert_eq!(std::fs::read_to_string(&kept).expect("kept aside"), "{oops");
+        assert_eq!(s.all().count(), 0);
+        s.rebuilt(vec![rec("c", [10, 0, 0, 4])]).expect("rebuilt");
+        assert_eq!(EndpointStore::open(&dir).expect("reopen").used_ips().len(), 1);
+        std::fs::remove_file(dir.join("endpoints.json")).expect("lose it");
+        assert_eq!(EndpointStore::open(&dir).expect("open").opened(), &Opened::Missing);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

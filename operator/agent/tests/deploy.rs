@@ -123,6 +123,10 @@ fn every_setting_is_an_agent_flag_and_the_required_ones_are_set() {
     }
     // The conflist is installed by the agent, into the host's net.d.
     assert!(env.contains("WEIR_CNI_CONF_DIR"));
+    // The runtime's CNI cache, read only, for rebuilding a lost store.
+    assert!(env.contains("WEIR_CNI_CACHE_DIR"));
+    let cache = agent["volumeMounts"].as_array().expect("mounts").iter().find(|m| m["name"] == "cni-cache");
+    assert_eq!(cache.map(|m| m["readOnly"].clone()), Some(serde_json::Value::Bool(true)));
 }
 
 #[test]
