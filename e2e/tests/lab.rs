@@ -912,3 +912,76 @@ fn lost_or_corrupt_store_is_rebuilt_without_disturbing_pods() {
     let ip_w = ip("w");
     assert!(ip_w != ip_x && ip_w != ip_y, "a new pod gets a free address: {ip_w}");
 }
+
+/// Unmounts a tmpfs the test mounted (lazily: the agent may still hold files in it), also when
+/// the test fails; declared after the lab, so it goes first.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The agent's state directory full (a 1 MiB tmpfs, filled): an ADD fails with a CNI error that
+/// says so and leaves nothing behind (no interface, no endpoint); a DEL still succeeds, because
+/// a removal may spend the reserve the store keeps; with space again, ADD works.
+#[test]
+fn full_state_directory_fails_add_cleanly_and_del_still_succeeds() {
+    if !require_root("full_state_directory_fails_add_cleanly_and_del_still_succeeds") {
+        return;
+    }
+    let lab = TestLab::up_with("direct", &["--nodes", "1"]);
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{nodeName: n1, containers: [{{name: c, image: lab/server}}]}}\n"
+        )
+    };
+    assert!(lab.apply(&pod("a")).status.success());
+    let state = std::path::PathBuf::from("/run/weir-lab").join(&lab.name).join("nodes").join("n1").join("state");
+    lab.ok(&["agent", "stop", "n1"]);
+    let files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .flatten()
+        .map(|e| (e.file_name(), std::fs::read(e.path()).expect("read state file")))
+        .collect();
+    nix::mount::mount(Some("tmpfs"), &state, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
+        .expect("mount a tmpfs on the state directory");
+    let _unmount = Unmount(state.clone());
+    for (name, bytes) in &files {
+        std::fs::write(state.join(name), bytes).expect("restore state file");
+    }
+    lab.ok(&["agent", "start", "n1"]);
+    assert!(state.join("reserve").exists(), "the store keeps a reserve");
+    // Fill the filesystem.
+    let filler = state.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let lxc = || {
+        lab.ok(&["node-exec", "n1", "--", "ip", "-o", "link", "show"]).lines().filter(|l| l.contains(": lxc")).count()
+    };
+    assert_eq!(lxc(), 1);
+
+    let out = lab.apply(&pod("b"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "ADD on a full state directory fails: {text}");
+    assert!(text.contains("full"), "the CNI error says the state directory is full: {text}");
+    assert_eq!(lxc(), 1, "the failed ADD left no interface");
+
+    let out = lab.run_with_stdin(&["delete", "-f", "-"], &pod("a"));
+    assert!(out.status.success(), "DEL succeeds on a full state directory: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lxc(), 0, "a's interface is gone");
+    let eps = lab.ok(&["weir", "n1", "--", "endpoints", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<Value>(&eps).expect("json"), serde_json::json!([]), "{eps}");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(state.join("endpoints.json")).expect("store")).expect("store json");
+    assert_eq!(on_disk, serde_json::json!([]), "the removal is on disk");
+
+    std::fs::remove_file(&filler).expect("free space");
+    assert!(lab.apply(&pod("b")).status.success(), "ADD works again");
+    assert_eq!(lxc(), 1);
+}

@@ -67,6 +67,8 @@ pub enum StoreError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("writing {path}: the state directory's filesystem is full (no space left on device)")]
+    Full { path: PathBuf },
     #[error("another weir-agent (pid {holder}) holds {path}: one agent per node")]
     Locked { path: PathBuf, holder: String },
 }
@@ -101,6 +103,7 @@ impl EndpointStore {
             },
             Err(_) => BTreeMap::new(),
         };
+        ensure_reserve(&dir.join(RESERVE));
         Ok(Self { path, records, released, opened })
     }
 
@@ -166,7 +169,7 @@ impl EndpointStore {
     pub fn remove(&mut self, container_id: &str, ifname: &str) -> Result<Option<EndpointRecord>, StoreError> {
         let key = (container_id.to_owned(), ifname.to_owned());
         let Some(old) = self.records.remove(&key) else { return Ok(None) };
-        match self.save() {
+        match self.save_with(true) {
             Ok(()) => Ok(Some(old)),
             Err(e) => {
                 self.records.insert(key, old);
@@ -176,21 +179,67 @@ impl EndpointStore {
     }
 
     fn save(&self) -> Result<(), StoreError> {
+        self.save_with(false)
+    }
+
+    /// Writes the records. A write that only shrinks the store (`shrinking`: a DEL) may free
+    /// the reserve when the filesystem is full, so that removing a pod never fails for want of
+    /// space; an ADD never uses it and fails with `StoreError::Full`.
+    fn save_with(&self, shrinking: bool) -> Result<(), StoreError> {
         let list: Vec<&EndpointRecord> = self.records.values().collect();
         let bytes = serde_json::to_vec_pretty(&list)
             .map_err(|e| StoreError::Write { path: self.path.clone(), source: std::io::Error::other(e) })?;
-        write_atomic(&self.path, &bytes)
+        let reserve = self.path.with_file_name(RESERVE);
+        match write_atomic(&self.path, &bytes) {
+            Err(StoreError::Full { .. }) if shrinking && reserve.exists() => {
+                tracing::warn!(reserve = %reserve.display(), "state directory full: freeing the reserve to record a removal");
+                std::fs::remove_file(&reserve).map_err(|source| StoreError::Write { path: reserve.clone(), source })?;
+                write_atomic(&self.path, &bytes)
+            }
+            Ok(()) => {
+                ensure_reserve(&reserve);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
+/// A file of zeros kept beside the store: freed when a removal meets a full filesystem.
+const RESERVE: &str = "reserve";
+/// Room for the record of ~500 endpoints, more than a node runs.
+const RESERVE_BYTES: usize = 256 * 1024;
+
+/// Creates the reserve if it is missing (best effort: a full filesystem gets it back later).
+fn ensure_reserve(path: &Path) {
+    if path.exists() {
+        return;
+    }
+    let tmp = path.with_extension("tmp");
+    let made = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(&vec![0u8; RESERVE_BYTES]).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
 /// Write to a temporary file, fsync, rename over `path`, fsync the directory (so the rename
 /// itself survives a power loss).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let err = |source| StoreError::Write { path: path.to_owned(), source };
+    let err = |source: std::io::Error| {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            StoreError::Full { path: path.to_owned() }
+        } else {
+            StoreError::Write { path: path.to_owned(), source }
+        }
+    };
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
     std::fs::rename(&tmp, path).map_err(err)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)

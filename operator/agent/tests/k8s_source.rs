@@ -436,3 +436,59 @@ fn the_api_address_replaces_host_and_port_only() {
     assert!(k8s::api_server_url(&url, "  ", 6443).is_err(), "an empty host is an error, not a guess");
     assert!(k8s::api_server_url(&url, "bad host", 6443).is_err());
 }
+
+/// The API server unreachable for 30 s (every request fails as a refused connection; virtual
+/// time): the source keeps publishing nothing new — the last snapshot, and so the datapath built
+/// from it, stays in force — retries with backoff rather than in a loop, and once the API
+/// answers again it catches up with what changed meanwhile.
+#[tokio::test(start_paused = true)]
+async fn an_api_outage_of_30_seconds_keeps_the_last_snapshot_and_the_source_catches_up() {
+    let (mut mock, mut rx) = start(&cluster_yaml()).await;
+    until(&mut rx, "the initial snapshot", |s| s.nodes.len() == 2 && has(s, "web")).await;
+    let before = rx.borrow().as_ref().map(|s| s.log.head());
+    let refuse =
+        |reply: Reply| reply.send_error(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "API down"));
+    // The open watches break, and every request for 30 s is refused.
+    let mut refused = 0u32;
+    for call in std::mem::take(&mut mock.parked) {
+        refuse(call.reply);
+        refused += 1;
+    }
+    let outage_end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(next) = tokio::time::timeout_at(outage_end, mock.handle.next_request()).await {
+        let (_, reply) = next.expect("the client is gone");
+        refuse(reply);
+        refused += 1;
+    }
+    {
+        let snap = rx.borrow();
+        let snap = snap.as_ref().expect("the snapshot is still there");
+        assert!(snap.nodes.len() == 2 && has(snap, "web"), "the last snapshot stays in force");
+        assert_eq!(Some(snap.log.head()), before, "nothing was published during the outage");
+    }
+    // Six watchers for 30 s: backoff, not a busy loop (at least one retry each).
+    eprintln!("{refused} requests refused during the outage");
+    assert!((6..=6 * 30).contains(&refused), "{refused} requests during the outage");
+
+    // Back: the Services watcher (re-watch or relist) learns of a Service created meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let (req, reply) = tokio::time::timeout_at(deadline, mock.handle.next_request())
+            .await
+            .expect("the source came back to the API")
+            .expect("the client is gone");
+        let call =
+            Call { path: req.uri().path().to_owned(), query: req.uri().query().unwrap_or_default().to_owned(), reply };
+        if call.path != SERVICES {
+            mock.parked.push(call);
+            continue;
+        }
+        if call.watch() {
+            call.answer(event("ADDED", svc("api", "10.96.0.11", 81)));
+        } else {
+            call.answer(list("Service", "v1", "70", vec![svc("web", "10.96.0.10", 80), svc("api", "10.96.0.11", 81)]));
+        }
+        break;
+    }
+    until(&mut rx, "the Service created during the outage", |s| has(s, "api") && has(s, "web")).await;
+}
