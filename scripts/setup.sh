@@ -4,6 +4,7 @@
 #   - the pinned nightly toolchain (with rust-src) for the eBPF crate
 #   - bpf-linker 0.13.0 built against that nightly's own libLLVM
 #   - cargo-deny (supply-chain policy: bans, licenses, sources; see deny.toml)
+#   - cargo-fuzz (the fuzz targets under fuzz/, run on the pinned nightly by scripts/fuzz.sh)
 # Prints nothing but progress; writes the tool environment to $WEIR_TOOLS/env.sh for other scripts.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ BPF_NIGHTLY_DATE=2026-05-20
 BPF_NIGHTLY_COMMIT=e50aa6fba   # commit hash `rustc +nightly-$BPF_NIGHTLY_DATE --version` prints
 BPF_LINKER_VERSION=0.13.0
 CARGO_DENY_VERSION=0.20.2
+CARGO_FUZZ_VERSION=0.13.2
 WEIR_TOOLS=${WEIR_TOOLS:-$HOME/.cache/weir/tools}
 mkdir -p "$WEIR_TOOLS"
 
@@ -88,11 +90,19 @@ if [ ! -x "$DENY_ROOT/bin/cargo-deny" ]; then
   rm -rf "$DENY_ROOT"; mv "$DENY_ROOT.tmp" "$DENY_ROOT"
 fi
 
+# --- cargo-fuzz, with the host toolchain (it drives the pinned nightly) --------------------
+FUZZ_ROOT=$WEIR_TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION
+if [ ! -x "$FUZZ_ROOT/bin/cargo-fuzz" ]; then
+  log "building cargo-fuzz $CARGO_FUZZ_VERSION (a minute, once)"
+  cargo install --locked cargo-fuzz@"$CARGO_FUZZ_VERSION" --root "$FUZZ_ROOT.tmp"
+  rm -rf "$FUZZ_ROOT"; mv "$FUZZ_ROOT.tmp" "$FUZZ_ROOT"
+fi
+
 KV_ENV=
 [ -e "$KV_VENV/.installed" ] && KV_ENV="export WEIR_KUBERNETES_VALIDATE=\"$KV_VENV/bin/kubernetes-validate\""
 cat > "$WEIR_TOOLS/env.sh" <<ENV
 $KV_ENV
-export PATH="$LINKER_ROOT/bin:$DENY_ROOT/bin:\$PATH"
+export PATH="$LINKER_ROOT/bin:$DENY_ROOT/bin:$FUZZ_ROOT/bin:\$PATH"
 export WEIR_BPF_TOOLCHAIN="$BPF_TOOLCHAIN"
 ENV
 log "tools ready: bpf-linker $("$LINKER_ROOT/bin/bpf-linker" --version 2>/dev/null | head -n1), eBPF toolchain $BPF_TOOLCHAIN"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command 2 (and what CI runs): installs what is missing, builds, runs every tier —
-# unit (no root), datapath (BPF_PROG_TEST_RUN), CNI conformance in netns, lab e2e.
+# unit (no root), datapath (BPF_PROG_TEST_RUN), CNI conformance in netns, lab e2e — and the
+# fuzz smoke run (every cargo-fuzz target for 10 s).
 # As root, privileged tests may not skip (WEIR_REQUIRE_PRIVILEGED=1); without root they skip
 # with a printed reason.
 set -euo pipefail
@@ -28,6 +29,11 @@ set +e
 cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The fuzz smoke run: every cargo-fuzz target for 10 s from its corpus (scripts/fuzz.sh).
+if ! ./scripts/fuzz.sh 10; then
+  echo "fuzz smoke run failed"
+  status=1
+fi
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      /^SKIPPED / { s++ }

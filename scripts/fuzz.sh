@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Fuzz smoke run (the README test command runs it): every cargo-fuzz target under fuzz/ for a
+# bounded time on the pinned nightly, starting from its corpus in fuzz/corpus/<target>/ (seeds
+# kept in the repository; what libFuzzer finds goes to a scratch copy, not into the tree).
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 10 s, every target)
+# A crash leaves its input in fuzz/artifacts/<target>/ and fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+. "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
+secs=${1:-10}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list --fuzz-dir fuzz)
+# The targets never load the datapath: no eBPF object is built for them.
+export WEIR_BPF_STUB=1
+# Panics and arithmetic overflow are what these targets look for in safe Rust: no sanitizer,
+# debug assertions on.
+cargo +"$WEIR_BPF_TOOLCHAIN" fuzz build --fuzz-dir fuzz -s none --debug-assertions
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+for t in "${targets[@]}"; do
+  mkdir -p "$scratch/$t"
+  [ -d "fuzz/corpus/$t" ] && cp -r "fuzz/corpus/$t/." "$scratch/$t/"
+  echo "fuzz: $t for ${secs}s"
+  cargo +"$WEIR_BPF_TOOLCHAIN" fuzz run --fuzz-dir fuzz -s none --debug-assertions "$t" "$scratch/$t" -- \
+    -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 2>&1 |
+    grep -E '^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY|Failing input|thread .* panicked)' || true
+  status=${PIPESTATUS[0]}
+  [ "$status" = 0 ] || { echo "fuzz: $t failed (input in fuzz/artifacts/$t/)"; exit 1; }
+done
+echo "fuzz: ${#targets[@]} targets, ${secs}s each, no failure"
