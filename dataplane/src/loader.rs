@@ -45,7 +45,9 @@ pub fn pin_dir(bpffs_root: &Path) -> PathBuf {
 pub struct Datapath {
     pub(crate) ebpf: Ebpf,
     pub(crate) pin_dir: PathBuf,
-    pub(crate) bpffs_root: PathBuf,
+    /// Older versions' pin directories found at load (`weir/v<N>`, N not this ABI version);
+    /// emptied by [`Datapath::finish_takeover`], which removes them.
+    pub(crate) older: Vec<PathBuf>,
     /// Every pinned map of this version was found and matched the object: this load decides
     /// with the same state as the programs it replaces, so takeovers need not wait.
     pub(crate) maps_inherited: bool,
@@ -108,7 +110,8 @@ impl Datapath {
         }
         fill_tails(&mut ebpf)?;
         write_settings(&mut ebpf, cfg)?;
-        Ok(Self { ebpf, pin_dir, bpffs_root: cfg.bpffs_root.clone(), maps_inherited, pending: Vec::new(), retired })
+        let older = crate::takeover::older_versions(&cfg.bpffs_root);
+        Ok(Self { ebpf, pin_dir, older, maps_inherited, pending: Vec::new(), retired })
     }
 
     pub(crate) fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {

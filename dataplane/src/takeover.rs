@@ -139,7 +139,7 @@ impl Datapath {
     /// `links/` or an older version's (this version's first).
     pub(crate) fn existing_pins(&self, pin_name: &str) -> Vec<PathBuf> {
         std::iter::once(self.pin_dir.clone())
-            .chain(older_versions(&self.bpffs_root))
+            .chain(self.older.iter().cloned())
             .map(|d| d.join("links").join(pin_name))
             .filter(|p| p.exists())
             .collect()
@@ -153,7 +153,7 @@ impl Datapath {
     /// Whether attachments still wait for [`Datapath::finish_takeover`], or older versions'
     /// pins remain.
     pub fn takeover_pending(&self) -> bool {
-        !self.pending.is_empty() || !older_versions(&self.bpffs_root).is_empty()
+        !self.pending.is_empty() || !self.older.is_empty()
     }
 
     /// Maps this load found pinned but not matching the object, and recreated.
@@ -174,7 +174,8 @@ impl Datapath {
             report.replaced += 1;
         }
         self.maps_inherited = true;
-        for dir in older_versions(&self.bpffs_root) {
+        // A directory leaves `older` only once removed: a failure is retried by the next call.
+        while let Some(dir) = self.older.first().cloned() {
             if let Ok(rd) = std::fs::read_dir(dir.join("links")) {
                 for e in rd.flatten() {
                     remove_file(&e.path())?;
@@ -183,6 +184,7 @@ impl Datapath {
             }
             std::fs::remove_dir_all(&dir).map_err(|source| Error::Io { op: "removing", path: dir.clone(), source })?;
             report.versions_removed.push(dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            self.older.remove(0);
         }
         Ok(report)
     }

@@ -75,6 +75,15 @@ pub struct LinkInfo {
     pub mtu: u32,
 }
 
+/// One interface of a [`Netlink::links_with_prefix`] dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixedLink {
+    pub index: u32,
+    /// `IFLA_IFALIAS` (weir marks its own interfaces there).
+    pub alias: Option<String>,
+    pub mtu: u32,
+}
+
 fn link_info(name: &str, msg: &LinkMessage) -> Result<LinkInfo> {
     let mut mac = None;
     let mut mtu = 0;
@@ -109,25 +118,23 @@ impl Netlink {
     }
 
     /// Index and alias of every link in this namespace whose name starts with `prefix` (one dump).
-    pub async fn links_with_prefix(
-        &self,
-        prefix: &str,
-    ) -> Result<std::collections::BTreeMap<String, (u32, Option<String>)>> {
+    /// Every interface whose name starts with `prefix`, by name, from one dump.
+    pub async fn links_with_prefix(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, PrefixedLink>> {
         let h = self.handle.clone();
         let mut stream = h.link().get().execute();
         let mut out = std::collections::BTreeMap::new();
         while let Some(msg) = stream.try_next().await.map_err(req("list links"))? {
-            let mut name = None;
-            let mut alias = None;
+            let (mut name, mut alias, mut mtu) = (None, None, 0);
             for a in &msg.attributes {
                 match a {
                     LinkAttribute::IfName(n) if n.starts_with(prefix) => name = Some(n.clone()),
                     LinkAttribute::IfAlias(s) => alias = Some(s.clone()),
+                    LinkAttribute::Mtu(m) => mtu = *m,
                     _ => {}
                 }
             }
             if let Some(n) = name {
-                out.insert(n, (msg.header.index, alias));
+                out.insert(n, PrefixedLink { index: msg.header.index, alias, mtu });
             }
         }
         Ok(out)

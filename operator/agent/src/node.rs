@@ -580,7 +580,8 @@ impl Node {
         let by_ifindex: BTreeMap<u32, (Ipv4Addr, EndpointInfo)> =
             in_map.iter().map(|(ip, info)| (info.ifindex, (*ip, *info))).collect();
         let mut records = Vec::new();
-        for (name, (index, alias)) in self.nl.links_with_prefix(HOST_IF_PREFIX).await? {
+        for (name, link) in self.nl.links_with_prefix(HOST_IF_PREFIX).await? {
+            let alias = link.alias;
             let Some((container_id, ifname)) =
                 alias.as_deref().and_then(|a| a.strip_prefix(OWNER_ALIAS_PREFIX)).and_then(|a| a.rsplit_once('/'))
             else {
@@ -590,11 +591,10 @@ impl Node {
                 tracing::warn!(iface = %name, ?alias, "weir alias does not name this interface; not rebuilt");
                 continue;
             }
-            let Some((ip, info)) = by_ifindex.get(&index) else {
+            let Some((ip, info)) = by_ifindex.get(&link.index) else {
                 tracing::warn!(iface = %name, "weir interface not in the endpoint map (an ADD that never finished); left to the orphan sweep");
                 continue;
             };
-            let mtu = self.nl.link(&name).await?.map_or(0, |l| l.mtu);
             let cached = crate::cni_cache::find(&self.cfg.cni_cache_dir, container_id, ifname);
             records.push(EndpointRecord {
                 container_id: container_id.to_owned(),
@@ -604,11 +604,11 @@ impl Node {
                 pod_name: cached.as_ref().map(|c| c.pod_name.clone()).unwrap_or_default(),
                 pod_uid: cached.as_ref().map(|c| c.pod_uid.clone()).unwrap_or_default(),
                 host_ifname: name,
-                host_ifindex: index,
+                host_ifindex: link.index,
                 host_mac: info.host_mac,
                 pod_mac: info.pod_mac,
                 ip: *ip,
-                mtu,
+                mtu: link.mtu,
                 identity_unknown: cached.is_none(),
             });
         }
@@ -660,7 +660,7 @@ impl Node {
         let mut want = BTreeMap::new();
         for r in self.store.all() {
             match links.get(&r.host_ifname) {
-                Some((index, _)) if *index == r.host_ifindex => {
+                Some(link) if link.index == r.host_ifindex => {
                     l.dp.attach_ingress(&r.host_ifname, programs::FROM_POD)?;
                     want.insert(r.ip, endpoint_info(r));
                 }
@@ -675,8 +675,8 @@ impl Node {
         // Host interfaces weir made that no endpoint owns (an agent that died mid-ADD or
         // mid-DEL) go; `lxc*` interfaces without weir's mark are another's and stay.
         let owned: BTreeSet<&str> = self.store.all().map(|r| r.host_ifname.as_str()).collect();
-        for (name, (_, alias)) in links.iter().filter(|(n, _)| !owned.contains(n.as_str())) {
-            if !alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX)) {
+        for (name, link) in links.iter().filter(|(n, _)| !owned.contains(n.as_str())) {
+            if !link.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX)) {
                 tracing::info!(iface = %name, "leaving an lxc interface weir did not make (no weir: alias)");
                 continue;
             }
