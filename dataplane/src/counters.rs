@@ -29,25 +29,42 @@ impl Counters {
         Ok(Self(PerCpuArray::try_from(map).map_err(map_err(NAME))?))
     }
 
-    fn sum(&self, index: u32) -> Result<u64> {
-        Ok(self.0.get(&index, 0).map_err(map_err(NAME))?.iter().sum())
-    }
-
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let mut drops = Vec::new();
-        for r in DropReason::ALL {
-            drops.push((*r, self.sum(*r as u32)?));
-        }
-        Ok(Snapshot {
-            drops,
-            events_lost: self.sum(counters::EVENTS_LOST)?,
-            forwarded_local: self.sum(counters::FORWARDED_LOCAL)?,
-            forwarded_remote: self.sum(counters::FORWARDED_REMOTE)?,
-            masqueraded: self.sum(counters::MASQUERADED)?,
-            to_stack: self.sum(counters::TO_STACK)?,
-            lb_translated: self.sum(counters::LB_TRANSLATED)?,
-            lb_no_backend: self.sum(counters::LB_NO_BACKEND)?,
-            from_stack: self.sum(counters::FROM_STACK)?,
-        })
+        snapshot_of(&self.0)
+    }
+}
+
+/// Sums every counter of `map` over CPUs.
+pub(crate) fn snapshot_of(map: &PerCpuArray<MapData, u64>) -> Result<Snapshot> {
+    let sum = |index: u32| -> Result<u64> { Ok(map.get(&index, 0).map_err(map_err(NAME))?.iter().sum()) };
+    let mut drops = Vec::new();
+    for r in DropReason::ALL {
+        drops.push((*r, sum(*r as u32)?));
+    }
+    Ok(Snapshot {
+        drops,
+        events_lost: sum(counters::EVENTS_LOST)?,
+        forwarded_local: sum(counters::FORWARDED_LOCAL)?,
+        forwarded_remote: sum(counters::FORWARDED_REMOTE)?,
+        masqueraded: sum(counters::MASQUERADED)?,
+        to_stack: sum(counters::TO_STACK)?,
+        lb_translated: sum(counters::LB_TRANSLATED)?,
+        lb_no_backend: sum(counters::LB_NO_BACKEND)?,
+        from_stack: sum(counters::FROM_STACK)?,
+    })
+}
+
+impl Snapshot {
+    /// The forwarding outcomes by the names metrics and the CLI show (drops are by reason).
+    pub fn outcomes(&self) -> [(&'static str, u64); 7] {
+        [
+            ("forwarded_local", self.forwarded_local),
+            ("forwarded_remote", self.forwarded_remote),
+            ("masqueraded", self.masqueraded),
+            ("to_stack", self.to_stack),
+            ("lb_translated", self.lb_translated),
+            ("lb_no_backend", self.lb_no_backend),
+            ("from_stack", self.from_stack),
+        ]
     }
 }

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod events;
 pub mod loader;
 pub mod maps;
+pub mod reader;
 pub mod takeover;
 pub mod tcx;
 pub mod testrun;

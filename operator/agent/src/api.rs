@@ -9,7 +9,25 @@ use tokio::{
 };
 use weir_operator_api::{code, flow::FlowQuery, ApiError, Attachment, Drops, Request, Response};
 
-use crate::{events::SharedDropLog, flows::SharedFlowStore, local, node::Node, source::ClusterSnapshot};
+use crate::{
+    events::SharedDropLog,
+    flows::SharedFlowStore,
+    local,
+    node::Node,
+    source::ClusterSnapshot,
+    view::{latest, SharedView},
+};
+
+/// What the API serves from: the node's writer (for ADD, CHECK, DEL and GC only), its published
+/// view (every read), and the drop and flow stores.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: Arc<Mutex<Node>>,
+    pub view: SharedView,
+    pub drops: SharedDropLog,
+    pub flows: SharedFlowStore,
+    pub gate: AddGate,
+}
 
 /// What an ADD waits for before it wires a pod: the pod's own object in the cluster state, so
 /// its first packet is already judged by its real policy.
@@ -28,14 +46,7 @@ const MAX_REQUEST: usize = 4 << 20;
 
 /// Serves the API: at most [`local::API_CONNECTIONS`] connections at once, each from a peer
 /// [`local::peer_allowed`] admits, each sending its request within [`local::REQUEST_TIMEOUT`].
-pub async fn serve(
-    listener: UnixListener,
-    gid: Option<u32>,
-    node: Arc<Mutex<Node>>,
-    drops: SharedDropLog,
-    flows: SharedFlowStore,
-    gate: AddGate,
-) {
+pub async fn serve(listener: UnixListener, gid: Option<u32>, state: ApiState) {
     let cap = local::ConnectionCap::new(local::API_CONNECTIONS);
     loop {
         match listener.accept().await {
@@ -51,9 +62,9 @@ pub async fn serve(
                     let _ = write_line(&mut stream, &refusal(code::TRY_AGAIN_LATER, &why)).await;
                     continue;
                 };
-                let (node, drops, flows, gate) = (node.clone(), drops.clone(), flows.clone(), gate.clone());
+                let state = state.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(stream, node, drops, flows, gate).await {
+                    if let Err(e) = handle_conn(stream, state).await {
                         tracing::warn!(error = %e, "API connection");
                     }
                     drop(permit);
@@ -71,13 +82,7 @@ fn refusal(code: u32, why: &str) -> Response {
     Response::Error(ApiError::new(code, format!("weir-agent refused the connection: {why}"), ""))
 }
 
-async fn handle_conn(
-    stream: UnixStream,
-    node: Arc<Mutex<Node>>,
-    drops: SharedDropLog,
-    flows: SharedFlowStore,
-    gate: AddGate,
-) -> std::io::Result<()> {
+async fn handle_conn(stream: UnixStream, state: ApiState) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(rd).take(MAX_REQUEST as u64);
@@ -93,10 +98,12 @@ async fn handle_conn(
         return Ok(());
     }
     let resp = match serde_json::from_str::<Request>(&line) {
-        // Flows never wait for the node's writer.
-        Ok(Request::Flows(q)) => return serve_flows(q, &flows, &node, &mut wr).await,
-        Ok(Request::Add(a)) => add_when_known(&a, &node, gate).await.map_or_else(Response::Error, Response::Added),
-        Ok(req) => dispatch(req, &node, &drops).await,
+        // Flows, like every read, never wait for the node's writer.
+        Ok(Request::Flows(q)) => return serve_flows(q, &state.flows, &state.view, &mut wr).await,
+        Ok(Request::Add(a)) => {
+            add_when_known(&a, &state.node, state.gate.clone()).await.map_or_else(Response::Error, Response::Added)
+        }
+        Ok(req) => dispatch(req, &state).await,
         Err(e) => Response::Error(ApiError::new(code::DECODE_FAILURE, format!("bad request: {e}"), "")),
     };
     write_line(&mut wr, &resp).await
@@ -116,7 +123,7 @@ const FLOWS_PER_LINE: usize = 512;
 async fn serve_flows(
     q: FlowQuery,
     store: &SharedFlowStore,
-    node: &Mutex<Node>,
+    view: &SharedView,
     wr: &mut (impl AsyncWriteExt + Unpin),
 ) -> std::io::Result<()> {
     for c in q.filter.include.iter().chain(&q.filter.exclude) {
@@ -125,8 +132,8 @@ async fn serve_flows(
         }
     }
     let (lost_in_kernel, node_name) = {
-        let n = node.lock().await;
-        (n.events_lost(), n.name().to_owned())
+        let v = latest(view);
+        (v.events_lost(), v.node.clone())
     };
     let (history, mut rx, seen, capacity) = {
         let s = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,34 +227,108 @@ async fn add_when_known(
     }
 }
 
-pub async fn dispatch(req: Request, node: &Mutex<Node>, drops: &SharedDropLog) -> Response {
-    let mut n = node.lock().await;
+/// Serves one request: writes (ADD, CHECK, DEL, GC) through the node's writer, reads from the
+/// view it last published.
+pub async fn dispatch(req: Request, state: &ApiState) -> Response {
+    let v = latest(&state.view);
     let result = match req {
-        Request::Add(a) => n.add(&a).await.map(Response::Added),
-        Request::Check(a) => n.check(&a).await.map(Response::Checked),
-        Request::Del(id) => n.del(&id).await.map(|()| Response::Deleted),
-        Request::Gc(g) => n.gc(&g.valid).await.map(|removed| Response::Collected { removed }),
-        Request::Status => Ok(Response::Status(n.status())),
-        Request::Endpoints => Ok(Response::Endpoints { rows: n.endpoints() }),
-        Request::Datapath => n.datapath_info().map(Response::Datapath),
-        Request::Services => n.service_rows().map(|rows| Response::Services { rows, rejected: n.rejected_services() }),
+        Request::Add(a) => state.node.lock().await.add(&a).await.map(Response::Added),
+        Request::Check(a) => state.node.lock().await.check(&a).await.map(Response::Checked),
+        Request::Del(id) => state.node.lock().await.del(&id).await.map(|()| Response::Deleted),
+        Request::Gc(g) => state.node.lock().await.gc(&g.valid).await.map(|removed| Response::Collected { removed }),
+        Request::Status => Ok(Response::Status(v.status())),
+        Request::Endpoints => Ok(Response::Endpoints { rows: v.endpoints() }),
+        Request::Datapath => v.datapath_info().map(Response::Datapath),
+        Request::Services => v.service_rows().map(|rows| Response::Services { rows, rejected: v.rejected_services() }),
         Request::Drops { last } => {
-            let (mut events, seen) = drops.lock().unwrap_or_else(|p| p.into_inner()).recent(last);
-            let pods = n.pods_by_ifindex();
+            let (mut events, seen) = state.drops.lock().unwrap_or_else(|p| p.into_inner()).recent(last);
+            let pods = v.pods_by_ifindex();
             for e in &mut events {
                 e.pod = pods.get(&e.ifindex).cloned();
             }
-            Ok(Response::Drops(Drops { events, seen, lost: n.events_lost() }))
+            Ok(Response::Drops(Drops { events, seen, lost: v.events_lost() }))
         }
         Request::PolicyExplain { from, to, port, protocol } => {
-            crate::policy::report::explanation(&n.policy().cluster, &from, &to, &protocol, port)
+            crate::policy::report::explanation(&v.policy, &from, &to, &protocol, port)
                 .map(Response::PolicyExplain)
                 .map_err(|e| ApiError::new(code::INVALID_CONFIG, e, ""))
         }
-        Request::Policies { pod } => crate::policy::report::report(n.policy(), pod.as_deref())
-            .map(Response::Policies)
-            .map_err(|e| ApiError::new(code::INVALID_CONFIG, e, "")),
+        Request::Policies { pod } => {
+            crate::policy::report::report(&v.policy, &v.compiled, v.tallies.fail_closed_total, pod.as_deref())
+                .map(Response::Policies)
+                .map_err(|e| ApiError::new(code::INVALID_CONFIG, e, ""))
+        }
         Request::Flows(_) => Err(ApiError::new(code::INVALID_CONFIG, "flows are served on their own connection", "")),
     };
     result.unwrap_or_else(Response::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use weir_operator_api::{GcRequest, Request};
+
+    use super::*;
+
+    /// Every read is answered from the published view while the writer is busy; a write waits.
+    #[tokio::test]
+    async fn reads_are_answered_while_the_writer_is_busy() {
+        let dir = std::env::temp_dir().join(format!("weir-api-view-{}", std::process::id()));
+        let cfg = crate::config::Config::try_parse_from([
+            "weir-agent".as_ref(),
+            "--node-name".as_ref(),
+            "n1".as_ref(),
+            "--uplink".as_ref(),
+            "lo".as_ref(),
+            "--state-dir".as_ref(),
+            dir.as_os_str(),
+        ])
+        .expect("config");
+        let node = Node::open(cfg).expect("open node");
+        let view = node.view();
+        let (_tx, cluster) = watch::channel(None);
+        let state = ApiState {
+            node: Arc::new(Mutex::new(node)),
+            view,
+            drops: SharedDropLog::default(),
+            flows: Arc::new(std::sync::Mutex::new(crate::flows::FlowStore::new(16))),
+            gate: AddGate { cluster, kick: Arc::default(), wait: Duration::from_secs(1) },
+        };
+        let busy = state.node.lock().await;
+        let answer = |req| tokio::time::timeout(Duration::from_secs(2), dispatch(req, &state));
+        match answer(Request::Status).await.expect("STATUS without the writer") {
+            Response::Status(s) => {
+                assert!(!s.ready);
+                assert!(s.reason.contains("waiting for Node n1"), "{}", s.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        match answer(Request::Endpoints).await.expect("endpoints without the writer") {
+            Response::Endpoints { rows } => assert!(rows.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        for req in [Request::Services, Request::Datapath] {
+            match answer(req).await.expect("kernel reads without the writer") {
+                Response::Error(e) => assert!(e.msg.contains("not ready"), "{e:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        match answer(Request::Drops { last: Some(5) }).await.expect("drops without the writer") {
+            Response::Drops(d) => assert_eq!((d.events.len(), d.lost), (0, 0)),
+            other => panic!("{other:?}"),
+        }
+        match answer(Request::Policies { pod: None }).await.expect("policies without the writer") {
+            Response::Policies(p) => assert!(p.endpoints.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let gc = Request::Gc(GcRequest { valid: vec![] });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), dispatch(gc.clone(), &state)).await.is_err(),
+            "a write waits for the writer"
+        );
+        drop(busy);
+        let done = tokio::time::timeout(Duration::from_secs(2), dispatch(gc, &state)).await.expect("GC once free");
+        assert!(matches!(done, Response::Error(_) | Response::Collected { .. }), "{done:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

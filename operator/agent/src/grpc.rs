@@ -15,12 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 use weir_operator_api::flow::{ip_matches, Flow};
 
-use crate::{flows::SharedFlowStore, node::Node};
+use crate::{
+    flows::SharedFlowStore,
+    view::{latest, SharedView},
+};
 
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
@@ -338,7 +341,8 @@ pub fn selected(req: &GetFlowsRequest, f: &Flow) -> bool {
 
 pub struct ObserverService {
     pub store: SharedFlowStore,
-    pub node: Arc<Mutex<Node>>,
+    /// The node's published view (the kernel's lost-event count), read without waiting.
+    pub view: SharedView,
     pub node_name: String,
     pub started: Instant,
 }
@@ -390,7 +394,7 @@ impl Observer for ObserverService {
                 history.drain(..history.len() - n);
             }
         }
-        let lost_in_kernel = self.node.lock().await.events_lost();
+        let lost_in_kernel = latest(&self.view).events_lost();
         let (tx, out) = mpsc::channel(256);
         let node = self.node_name.clone();
         let first_lost = (lost_in_kernel > 0)

@@ -3,7 +3,9 @@
 //! Pipeline (one writer per stage):
 //! `source` (manifest directory → cluster snapshots) → `state` (pure desired state) →
 //! [`node::Node`] (the single writer: endpoint store, IPAM, links, routes and BPF maps, behind
-//! one lock) ← `api` (the unix socket weir-cni and the CLI talk to).
+//! one lock) → [`view::NodeView`] (what the writer publishes after every change) ← `api` (the
+//! unix socket weir-cni and the CLI talk to: writes through the lock, reads from the view),
+//! `metrics`, `grpc`.
 //!
 //! Start is two-phase: [`Agent::build`] validates the config and opens the socket, store and
 //! netlink; [`Agent::run`] serves. The datapath is loaded once this node's Node object (pod
@@ -28,6 +30,7 @@ pub mod services;
 pub mod source;
 pub mod state;
 pub mod store;
+pub mod view;
 
 use std::time::Duration;
 
@@ -53,6 +56,8 @@ pub struct Agent {
     config: Config,
     listener: UnixListener,
     node: std::sync::Arc<tokio::sync::Mutex<Node>>,
+    /// What the node's writer last published: every read is served from it.
+    view: view::SharedView,
     drops: events::SharedDropLog,
     flows: flows::SharedFlowStore,
     metrics: std::sync::Arc<metrics::Metrics>,
@@ -78,6 +83,7 @@ impl Agent {
         // The node forwards between pods, the uplink and the tunnel.
         sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         let node = Node::open(config.clone()).context("opening node state")?;
+        let view = node.view();
         let flow_capacity = config.flow_capacity as usize;
         if let Some(addr) = config.observer_addr.filter(|a| !a.ip().is_loopback()) {
             anyhow::bail!("--observer-addr {addr}: the observer API is served on loopback addresses only");
@@ -90,6 +96,7 @@ impl Agent {
             config,
             listener,
             node: std::sync::Arc::new(tokio::sync::Mutex::new(node)),
+            view,
             drops: Default::default(),
             flows: std::sync::Arc::new(std::sync::Mutex::new(flows::FlowStore::new(flow_capacity))),
             metrics: Default::default(),
@@ -138,14 +145,12 @@ impl Agent {
             cni_conf,
         ));
         if let Some(addr) = self.config.metrics_addr {
-            let (node, store, m) = (self.node.clone(), self.flows.clone(), self.metrics.clone());
+            let (view, store, m) = (self.view.clone(), self.flows.clone(), self.metrics.clone());
             let refresh = move || -> futures::future::BoxFuture<'static, ()> {
-                let (node, store, m) = (node.clone(), store.clone(), m.clone());
+                let (view, store, m) = (view.clone(), store.clone(), m.clone());
                 Box::pin(async move {
-                    // Never wait long for the writer: a busy node is scraped with its last values.
-                    if let Ok(n) = tokio::time::timeout(local::SCRAPE_LOCK_WAIT, node.lock()).await {
-                        n.refresh_metrics(&m);
-                    }
+                    // From the node's published view: a scrape never waits for the writer.
+                    view::latest(&view).refresh_metrics(&m);
                     let s = store.lock().unwrap_or_else(|p| p.into_inner());
                     m.state.with_label_values(&["flows_stored"]).set(s.len() as i64);
                     m.state.with_label_values(&["flow_store_capacity"]).set(s.capacity() as i64);
@@ -160,7 +165,7 @@ impl Agent {
         }
         let observer = grpc::ObserverService {
             store: self.flows.clone(),
-            node: self.node.clone(),
+            view: self.view.clone(),
             node_name: self.config.node_name.clone(),
             started: std::time::Instant::now(),
         };
@@ -171,14 +176,14 @@ impl Agent {
                 tracing::error!(error = %format!("{e:#}"), "observer API stopped");
             }
         });
-        let server = tokio::spawn(api::serve(
-            self.listener,
-            self.config.socket_gid,
-            self.node.clone(),
-            self.drops.clone(),
-            self.flows.clone(),
+        let state = api::ApiState {
+            node: self.node.clone(),
+            view: self.view.clone(),
+            drops: self.drops.clone(),
+            flows: self.flows.clone(),
             gate,
-        ));
+        };
+        let server = tokio::spawn(api::serve(self.listener, self.config.socket_gid, state));
         tracing::info!(node = %self.config.node_name, socket = %self.config.socket.display(), "weir-agent serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -243,7 +248,7 @@ async fn reconcile_loop(
                 }
             }
             // The conflist goes in (and is put back if removed) only while the node is ready.
-            if let Some((dir, conf)) = cni_conf.as_ref().filter(|_| n.status().ready) {
+            if let Some((dir, conf)) = cni_conf.as_ref().filter(|_| n.ready()) {
                 match conflist::install(dir, conf) {
                     Ok((path, true)) => tracing::info!(path = %path.display(), "CNI configuration installed"),
                     Ok((_, false)) => {}

@@ -16,7 +16,7 @@ use tokio::{
 
 /// How long a client may take to send its request (the CNI plugin sends it at once).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections the agent API serves at once (each waits for the node's writer at most once;
+/// Connections the agent API serves at once (a write waits for the node's writer at most once;
 /// `weir observe --follow` holds one for as long as it runs). Room for a node's worth of ADDs
 /// arriving together (a /24 holds 254 pods); beyond it a caller is told to try again later.
 pub const API_CONNECTIONS: usize = 512;
@@ -25,8 +25,6 @@ pub const METRICS_CONNECTIONS: usize = 8;
 pub const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a metrics connection stays open.
 pub const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a scrape waits for the node's writer before it answers with the last values.
-pub const SCRAPE_LOCK_WAIT: Duration = Duration::from_millis(250);
 
 /// Binds a unix socket at `path` (replacing a stale file) that only root, the agent's user and,
 /// when `gid` is given, that group can connect to.

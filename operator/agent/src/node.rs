@@ -10,9 +10,8 @@ use std::{
 
 use anyhow::Context as _;
 use ipnetwork::Ipv4Network;
-use weir_bpf_common::{programs, BackendKey, EndpointInfo, ServiceKey};
+use weir_bpf_common::{programs, EndpointInfo, ServiceKey};
 use weir_dataplane::{
-    counters::Counters,
     events::Events,
     maps::{
         self, Backends, Endpoints, Ipcache, KeyValueMap, Maglev, Nodes, PolicyEndpoints, PolicyEntries, Services,
@@ -21,22 +20,22 @@ use weir_dataplane::{
     tcx::Attachment,
     Datapath, LoadConfig,
 };
-use weir_operator_api::{
-    code, ApiError, Attachment as AddRequest, AttachmentRef, DatapathInfo, Endpoint, EndpointRow, IfacePrograms,
-    RejectedService, ServiceRow, Status,
-};
+use weir_operator_api::{code, ApiError, Attachment as AddRequest, AttachmentRef, Endpoint};
+
+use tokio::sync::watch;
+use weir_dataplane::reader::Reader;
 
 use crate::{
     config::{Config, Routing, GATEWAY},
     flows::{Enrichment, SharedEnrichment},
     ipam,
-    metrics::Metrics,
     netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
     policy::sync::{KernelPolicyMaps, PolicyMaps, PolicySync},
     service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     source::{Changes, ClusterSnapshot},
     state::{self, Desired},
     store::{EndpointRecord, EndpointStore, Opened},
+    view::{NodeView, Readiness, SharedView, Tallies},
 };
 
 pub const VXLAN_DEVICE: &str = "weir_vxlan";
@@ -55,7 +54,8 @@ struct Loaded {
     nodes: Nodes,
     services: KernelServiceMaps,
     policy: KernelPolicyMaps,
-    counters: Counters,
+    /// Read-only handles for the published views.
+    reader: Arc<Reader>,
     uplink: LinkInfo,
     pod_cidr: Ipv4Network,
     mtu: u32,
@@ -89,6 +89,11 @@ pub struct Node {
     rejected_nodes: Vec<(String, String)>,
     /// Reconcile stages (remote nodes, NetworkPolicy, Services) that failed, since start.
     stage_failures: u64,
+    /// Where every change is published for readers (status, metrics, the CLI, observers).
+    view: watch::Sender<Arc<NodeView>>,
+    /// The rejected lists as last published (copied only when they change).
+    rejected_nodes_published: Arc<Vec<(String, String)>>,
+    rejected_services_published: Arc<BTreeMap<String, String>>,
 }
 
 /// A strict reverse-path check (`rp_filter` 1) on `all` would win over the per-interface 0 the
@@ -154,11 +159,11 @@ fn mac_str(m: &[u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-fn api_err(code: u32, msg: impl Into<String>, e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn api_err(code: u32, msg: impl Into<String>, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(code, msg, e.to_string())
 }
 
-fn to_endpoint(r: &EndpointRecord) -> Endpoint {
+pub(crate) fn to_endpoint(r: &EndpointRecord) -> Endpoint {
     Endpoint {
         container_id: r.container_id.clone(),
         ifname: r.ifname.clone(),
@@ -175,7 +180,7 @@ fn to_endpoint(r: &EndpointRecord) -> Endpoint {
     }
 }
 
-fn endpoint_info(r: &EndpointRecord) -> EndpointInfo {
+pub(crate) fn endpoint_info(r: &EndpointRecord) -> EndpointInfo {
     EndpointInfo { ifindex: r.host_ifindex, flags: 0, pod_mac: r.pod_mac, host_mac: r.host_mac, _pad: [0; 4] }
 }
 
@@ -183,6 +188,7 @@ impl Node {
     pub fn open(cfg: Config) -> anyhow::Result<Self> {
         let store = EndpointStore::open(&cfg.state_dir)?;
         let nl = Netlink::open()?;
+        let cfg_name = cfg.node_name.clone();
         Ok(Self {
             cfg,
             store,
@@ -200,7 +206,61 @@ impl Node {
             quarantine_bypassed: 0,
             rejected_nodes: Vec::new(),
             stage_failures: 0,
+            view: watch::Sender::new(Arc::new(NodeView::new(cfg_name))),
+            rejected_nodes_published: Arc::default(),
+            rejected_services_published: Arc::default(),
         })
+    }
+
+    /// The views this node publishes (see [`crate::view`]).
+    pub fn view(&self) -> SharedView {
+        self.view.subscribe()
+    }
+
+    /// Publishes the node as it is now. Cheap (shared structure): called after every change.
+    fn publish(&mut self) {
+        if *self.rejected_nodes_published != self.rejected_nodes {
+            self.rejected_nodes_published = Arc::new(self.rejected_nodes.clone());
+        }
+        if *self.rejected_services_published != self.services.rejected {
+            self.rejected_services_published = Arc::new(self.services.rejected.clone());
+        }
+        let own_refused = self.desired.skipped.iter().find(|(n, _)| *n == self.cfg.node_name);
+        let readiness = match (&self.loaded, &self.desired.own, own_refused) {
+            (Some(l), _, _) => Readiness::Ready { pod_cidr: l.pod_cidr.to_string() },
+            (None, None, Some((_, why))) => Readiness::Refused(why.clone()),
+            (None, None, None) => Readiness::Waiting,
+            (None, Some(_), _) => Readiness::Loading,
+        };
+        let mut node_ifaces = vec![self.cfg.uplink.clone(), HOST_DEVICE.to_owned()];
+        if self.cfg.routing == Routing::Vxlan {
+            node_ifaces.push(VXLAN_DEVICE.to_owned());
+        }
+        let view = NodeView {
+            node: self.cfg.node_name.clone(),
+            readiness,
+            node_ifaces,
+            records: self.store.records(),
+            rejected_nodes: self.rejected_nodes_published.clone(),
+            rejected_services: self.rejected_services_published.clone(),
+            service_owners: self.services_published.clone(),
+            policy: self.policy.cluster.clone(),
+            compiled: self.policy.compiled.clone(),
+            tallies: Tallies {
+                stage_failures: self.stage_failures,
+                fail_closed_total: self.policy.fail_closed_total,
+                quarantine_bypassed: self.quarantine_bypassed,
+                quarantined: self.store.released().len(),
+                policy_entries: self.policy.compiled.total_entries(),
+            },
+            kernel: self.loaded.as_ref().map(|l| l.reader.clone()),
+        };
+        self.view.send_replace(Arc::new(view));
+    }
+
+    /// Whether the datapath is loaded (ADD can be served).
+    pub fn ready(&self) -> bool {
+        self.loaded.is_some()
     }
 
     /// This node's name.
@@ -208,33 +268,17 @@ impl Node {
         &self.cfg.node_name
     }
 
-    pub fn status(&self) -> Status {
-        let own_refused = self.desired.skipped.iter().find(|(n, _)| *n == self.cfg.node_name);
-        let (ready, reason) = match (&self.loaded, &self.desired.own, own_refused) {
-            (Some(_), _, _) => (true, "datapath loaded".to_owned()),
-            (None, None, Some((_, why))) => (false, format!("Node {} is refused: {why}", self.cfg.node_name)),
-            (None, None, None) => {
-                (false, format!("waiting for Node {} with spec.podCIDR and an InternalIP", self.cfg.node_name))
-            }
-            (None, Some(_), _) => (false, "loading the datapath".to_owned()),
-        };
-        let nodes = self.rejected_nodes.iter().map(|(n, why)| format!("node {n}: {why}"));
-        let policies = self.policy.cluster.rejected.iter().map(ToString::to_string);
-        let services = self.services.rejected.iter().map(|(s, why)| format!("service {s}: {why}"));
-        Status {
-            ready,
-            reason,
-            node: self.cfg.node_name.clone(),
-            pod_cidr: self.loaded.as_ref().map(|l| l.pod_cidr.to_string()),
-            rejected: nodes.chain(policies).chain(services).collect(),
-        }
-    }
-
     /// Brings kernel state in line with the snapshot, looking only at what `changes` touch:
     /// remote nodes when Nodes changed, policy when pods, namespaces or NetworkPolicies did,
     /// Services when Services or EndpointSlices did (only those Services). `changes.all` (start,
     /// relist, resync, retry) looks at everything. Idempotent; safe to call repeatedly.
     pub async fn reconcile(&mut self, snap: ClusterSnapshot, changes: &Changes) -> anyhow::Result<()> {
+        let r = self.reconcile_stages(snap, changes).await;
+        self.publish();
+        r
+    }
+
+    async fn reconcile_stages(&mut self, snap: ClusterSnapshot, changes: &Changes) -> anyhow::Result<()> {
         let desired = state::desired(&snap, &self.cfg.node_name);
         if desired.skipped != self.desired.skipped {
             for (node, why) in &desired.skipped {
@@ -413,44 +457,6 @@ impl Node {
         self.enrichment.clone()
     }
 
-    /// Sets the scrape-time metrics: the datapath's counters, map use, rejected objects.
-    pub fn refresh_metrics(&self, m: &Metrics) {
-        if let Some(c) = self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok()) {
-            for (reason, n) in &c.drops {
-                m.datapath_drops.with_label_values(&[reason.label()]).set(*n as i64);
-            }
-            for (outcome, n) in [
-                ("forwarded_local", c.forwarded_local),
-                ("forwarded_remote", c.forwarded_remote),
-                ("masqueraded", c.masqueraded),
-                ("to_stack", c.to_stack),
-                ("lb_translated", c.lb_translated),
-                ("lb_no_backend", c.lb_no_backend),
-                ("from_stack", c.from_stack),
-            ] {
-                m.datapath.with_label_values(&[outcome]).set(n as i64);
-            }
-            m.set_events_lost(c.events_lost);
-        }
-        let entries = self.policy.compiled.total_entries() as i64;
-        m.maps.with_label_values(&["WEIR_POLICY", "entries"]).set(entries);
-        m.maps.with_label_values(&["WEIR_POLICY", "capacity"]).set(i64::from(weir_bpf_common::sizes::POLICY));
-        m.maps.with_label_values(&["WEIR_ENDPOINTS", "entries"]).set(self.store.all().count() as i64);
-        m.maps.with_label_values(&["WEIR_ENDPOINTS", "capacity"]).set(i64::from(weir_bpf_common::sizes::ENDPOINTS));
-        m.state.with_label_values(&["services_rejected"]).set(self.services.rejected.len() as i64);
-        m.state.with_label_values(&["policies_rejected"]).set(self.policy.cluster.rejected.len() as i64);
-        m.state.with_label_values(&["nodes_rejected"]).set(self.rejected_nodes.len() as i64);
-        m.state.with_label_values(&["reconcile_stage_failures_total"]).set(self.stage_failures as i64);
-        m.state.with_label_values(&["endpoints_fail_closed_total"]).set(self.policy.fail_closed_total as i64);
-        m.state.with_label_values(&["ipam_quarantine_bypassed_total"]).set(self.quarantine_bypassed as i64);
-        m.state.with_label_values(&["ipam_quarantined"]).set(self.store.released().len() as i64);
-    }
-
-    /// The compiled policy and the cluster it came from (explain, the CLI).
-    pub fn policy(&self) -> &PolicySync {
-        &self.policy
-    }
-
     /// Service frontends and their backends into `WEIR_SERVICES` (whole-frontend writes), only
     /// for the Services the changed objects touch (all of them when `changes.all` or the nodes'
     /// addresses changed). A rejected Service keeps what it had in the datapath ("bad input
@@ -551,13 +557,13 @@ impl Node {
             entries: PolicyEntries::open(&mut dp)?,
             endpoints: PolicyEndpoints::open(&mut dp)?,
         };
-        let counters = Counters::open(&mut dp)?;
+        let reader = Arc::new(Reader::open(&dp)?);
         if let Some(cg) = &cfg.cgroup_root {
             let how = dp.attach_cgroup(cg)?;
             tracing::info!(cgroup = %cg.display(), ?how, "socket-level Service translation");
         }
         self.events = Some(Events::open(&mut dp)?);
-        self.loaded = Some(Loaded { dp, endpoints, tunnel, nodes, services, policy, counters, uplink, pod_cidr, mtu });
+        self.loaded = Some(Loaded { dp, endpoints, tunnel, nodes, services, policy, reader, uplink, pod_cidr, mtu });
         if *self.store.opened() != Opened::Read {
             // Before the orphan sweep, which would take the pods' interfaces for orphans.
             self.rebuild_store().await?;
@@ -765,10 +771,20 @@ impl Node {
     }
 
     fn not_ready(&self) -> ApiError {
-        ApiError::new(code::TRY_AGAIN_LATER, format!("weir-agent is not ready: {}", self.status().reason), "")
+        ApiError::new(
+            code::TRY_AGAIN_LATER,
+            format!("weir-agent is not ready: {}", self.view.borrow().status().reason),
+            "",
+        )
     }
 
     pub async fn add(&mut self, req: &AddRequest) -> Result<Endpoint, ApiError> {
+        let r = self.add_now(req).await;
+        self.publish();
+        r
+    }
+
+    async fn add_now(&mut self, req: &AddRequest) -> Result<Endpoint, ApiError> {
         let id = &req.id;
         if let Some(r) = self.store.get(&id.container_id, &id.ifname) {
             return Err(ApiError::new(
@@ -940,6 +956,12 @@ impl Node {
     /// Idempotent: an unknown attachment is already deleted. Every teardown step is tried;
     /// if any fails the record stays so that a retry can finish the job.
     pub async fn del(&mut self, id: &AttachmentRef) -> Result<(), ApiError> {
+        let r = self.del_now(id).await;
+        self.publish();
+        r
+    }
+
+    async fn del_now(&mut self, id: &AttachmentRef) -> Result<(), ApiError> {
         let Some(rec) = self.store.get(&id.container_id, &id.ifname).cloned() else { return Ok(()) };
         let errors = self.unplumb(&rec.host_ifname, rec.ip).await;
         if !errors.is_empty() {
@@ -992,6 +1014,12 @@ impl Node {
 
     /// Deletes every attachment not in `valid`; returns what was removed.
     pub async fn gc(&mut self, valid: &[AttachmentRef]) -> Result<Vec<AttachmentRef>, ApiError> {
+        let r = self.gc_now(valid).await;
+        self.publish();
+        r
+    }
+
+    async fn gc_now(&mut self, valid: &[AttachmentRef]) -> Result<Vec<AttachmentRef>, ApiError> {
         let keep: BTreeSet<(&str, &str)> = valid.iter().map(|a| (a.container_id.as_str(), a.ifname.as_str())).collect();
         let stale: Vec<AttachmentRef> = self
             .store
@@ -1014,17 +1042,6 @@ impl Node {
         } else {
             Err(ApiError::new(code::DATAPATH, "GC could not remove every stale attachment", errors.join("; ")))
         }
-    }
-
-    pub fn endpoints(&self) -> Vec<EndpointRow> {
-        let in_map = self.loaded.as_ref().and_then(|l| l.endpoints.list().ok()).unwrap_or_default();
-        self.store
-            .all()
-            .map(|r| EndpointRow {
-                endpoint: to_endpoint(r),
-                in_datapath: in_map.get(&r.ip) == Some(&endpoint_info(r)),
-            })
-            .collect()
     }
 
     /// DELs that weir-cni queued while the agent was down.
@@ -1057,88 +1074,6 @@ impl Node {
     /// The datapath's event ring, once, for the events stage to read.
     pub fn take_events(&mut self) -> Option<Events> {
         self.events.take()
-    }
-
-    /// `namespace/name` of the pod behind each host-side interface index.
-    pub fn pods_by_ifindex(&self) -> BTreeMap<u32, String> {
-        self.store.all().map(|r| (r.host_ifindex, format!("{}/{}", r.pod_namespace, r.pod_name))).collect()
-    }
-
-    /// Events the datapath could not put on its ring buffer.
-    pub fn events_lost(&self) -> u64 {
-        self.loaded.as_ref().and_then(|l| l.counters.snapshot().ok()).map_or(0, |s| s.events_lost)
-    }
-
-    /// Services the agent rejected, with the reason.
-    pub fn rejected_services(&self) -> Vec<RejectedService> {
-        self.services
-            .rejected
-            .iter()
-            .map(|(service, reason)| RejectedService { service: service.clone(), reason: reason.clone() })
-            .collect()
-    }
-
-    /// The Service maps as the kernel holds them (each frontend with the backends of its set),
-    /// with the owning Service where known.
-    pub fn service_rows(&self) -> Result<Vec<ServiceRow>, ApiError> {
-        let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
-        let map = l.services.services.list().map_err(|e| api_err(code::DATAPATH, "reading the service map", e))?;
-        let slots = l.services.backends.list().map_err(|e| api_err(code::DATAPATH, "reading the backend map", e))?;
-        Ok(map
-            .into_iter()
-            .map(|(k, v)| ServiceRow {
-                service: self.services.owners.get(&k).cloned(),
-                frontend: format!("{}:{}", Ipv4Addr::from(k.addr.v4_octets()), u16::from_be(k.port_be)),
-                protocol: match k.proto {
-                    6 => "TCP".into(),
-                    17 => "UDP".into(),
-                    p => format!("ip-proto-{p}"),
-                },
-                backends: (0..u32::from(v.count))
-                    .map(|slot| match slots.get(&BackendKey { set: v.set, slot }) {
-                        Some(b) => format!("{}:{}", Ipv4Addr::from(b.addr.v4_octets()), u16::from_be(b.port_be)),
-                        None => format!("(slot {slot} of set {} missing)", v.set),
-                    })
-                    .collect(),
-            })
-            .collect())
-    }
-
-    /// Attached programs per interface and the counters, read back from the kernel.
-    pub fn datapath_info(&self) -> Result<DatapathInfo, ApiError> {
-        let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
-        let mut ifaces = vec![self.cfg.uplink.clone(), HOST_DEVICE.to_owned()];
-        if self.cfg.routing == Routing::Vxlan {
-            ifaces.push(VXLAN_DEVICE.to_owned());
-        }
-        ifaces.extend(self.store.all().map(|r| r.host_ifname.clone()));
-        let mut attachments = Vec::new();
-        for iface in ifaces {
-            // An endpoint whose interface went with its pod's namespace (its DEL not here yet)
-            // is reported missing, not an error: the rest of the node is still worth seeing.
-            let name = std::ffi::CString::new(iface.clone()).unwrap_or_default();
-            // SAFETY: a NUL-terminated name; returns 0 when no such interface exists here.
-            if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
-                attachments.push(IfacePrograms { iface, missing: true, ..Default::default() });
-                continue;
-            }
-            let query = |e| api_err(code::DATAPATH, format!("querying {iface}"), e);
-            let programs = weir_dataplane::tcx::ingress_program_names(&iface).map_err(query)?;
-            let egress = weir_dataplane::tcx::egress_program_names(&iface).map_err(query)?;
-            attachments.push(IfacePrograms { iface, programs, egress, missing: false });
-        }
-        let snap = l.counters.snapshot().map_err(|e| api_err(code::DATAPATH, "reading counters", e))?;
-        let mut counters: BTreeMap<String, u64> =
-            snap.drops.iter().map(|(r, n)| (format!("drop_{}", r.label()), *n)).collect();
-        counters.insert("events_lost".into(), snap.events_lost);
-        counters.insert("forwarded_local".into(), snap.forwarded_local);
-        counters.insert("forwarded_remote".into(), snap.forwarded_remote);
-        counters.insert("masqueraded".into(), snap.masqueraded);
-        counters.insert("to_stack".into(), snap.to_stack);
-        counters.insert("lb_translated".into(), snap.lb_translated);
-        counters.insert("lb_no_backend".into(), snap.lb_no_backend);
-        counters.insert("from_stack".into(), snap.from_stack);
-        Ok(DatapathInfo { attachments, counters })
     }
 }
 

@@ -30,11 +30,15 @@ pub struct EndpointRecord {
 }
 
 pub type Key = (String, String);
+/// The records by container and interface; a clone shares structure and costs nothing.
+pub type Records = imbl::OrdMap<Key, EndpointRecord>;
 
 #[derive(Debug)]
 pub struct EndpointStore {
     path: PathBuf,
-    records: BTreeMap<Key, EndpointRecord>,
+    /// Persistent (structure-sharing): the node's read view takes a copy after every change
+    /// at no cost.
+    records: Records,
     /// Released addresses in quarantine → when (Unix seconds), persisted in `released.json`.
     released: BTreeMap<Ipv4Addr, u64>,
     /// How the record was found at open.
@@ -86,10 +90,10 @@ impl EndpointStore {
                     // Kept for a post-mortem; the record is rebuilt from what the kernel holds.
                     let kept = path.with_extension(format!("json.corrupt-{}", std::process::id()));
                     std::fs::rename(&path, &kept).map_err(|source| StoreError::Write { path: kept.clone(), source })?;
-                    (BTreeMap::new(), Opened::Corrupt { kept, error: e.to_string() })
+                    (Records::new(), Opened::Corrupt { kept, error: e.to_string() })
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), Opened::Missing),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Records::new(), Opened::Missing),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
         // The quarantine is a safety margin, not a record: an unreadable one is started afresh.
@@ -144,6 +148,11 @@ impl EndpointStore {
 
     pub fn get(&self, container_id: &str, ifname: &str) -> Option<&EndpointRecord> {
         self.records.get(&(container_id.to_owned(), ifname.to_owned()))
+    }
+
+    /// Every record, as of now (for the read view: later changes do not show in it).
+    pub fn records(&self) -> Records {
+        self.records.clone()
     }
 
     pub fn all(&self) -> impl Iterator<Item = &EndpointRecord> {

@@ -5,7 +5,6 @@ use weir_operator_api::{DirectionPolicy, EndpointPolicyRow, PolicyExplanation, P
 
 use super::{
     compile::{explain, Cluster, Compiled, EntryKey, SideExplain, ANY_PEER},
-    sync::PolicySync,
     Direction, Peer, PortSpec, Rule, RuleRef, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
@@ -135,9 +134,13 @@ fn describe_entry(compiled: &Compiled, k: &EntryKey) -> String {
 }
 
 /// The effective policy of this node's endpoints (all, or the one `pod` names).
-pub fn report(sync: &PolicySync, pod: Option<&str>) -> Result<PolicyReport, String> {
-    let c = &sync.cluster;
-    let compiled = &sync.compiled;
+/// The compiled policy per endpoint of this node (`pod`: only that one), with the tallies.
+pub fn report(
+    c: &Cluster,
+    compiled: &Compiled,
+    fail_closed_total: u64,
+    pod: Option<&str>,
+) -> Result<PolicyReport, String> {
     let mut rows = Vec::new();
     for (ip, ep) in &compiled.endpoints {
         let name = format!("{}/{}", ep.namespace, ep.name);
@@ -178,7 +181,7 @@ pub fn report(sync: &PolicySync, pod: Option<&str>) -> Result<PolicyReport, Stri
     Ok(PolicyReport {
         endpoints: rows,
         rejected: c.rejected.iter().map(ToString::to_string).collect(),
-        fail_closed_total: sync.fail_closed_total,
+        fail_closed_total,
         identities: compiled.identities.len(),
         prefixes: compiled.ipcache.len(),
         entries: compiled.total_entries(),
