@@ -86,13 +86,13 @@ pub struct Node {
     /// ADDs that had to reuse an address still in quarantine (the pool was otherwise full).
     quarantine_bypassed: u64,
     /// Nodes with no routes or tunnel entries, and why (malformed, conflicting, off-link).
-    rejected_nodes: Vec<(String, String)>,
+    /// Shared with the published view; replaced when it changes.
+    rejected_nodes: Arc<Vec<(String, String)>>,
     /// Reconcile stages (remote nodes, NetworkPolicy, Services) that failed, since start.
     stage_failures: u64,
     /// Where every change is published for readers (status, metrics, the CLI, observers).
     view: watch::Sender<Arc<NodeView>>,
-    /// The rejected lists as last published (copied only when they change).
-    rejected_nodes_published: Arc<Vec<(String, String)>>,
+    /// The rejected Services as last published (copied when the Services stage changes them).
     rejected_services_published: Arc<BTreeMap<String, String>>,
 }
 
@@ -204,10 +204,9 @@ impl Node {
             enrichment: SharedEnrichment::default(),
             services_published: Arc::default(),
             quarantine_bypassed: 0,
-            rejected_nodes: Vec::new(),
+            rejected_nodes: Arc::default(),
             stage_failures: 0,
             view: watch::Sender::new(Arc::new(NodeView::new(cfg_name))),
-            rejected_nodes_published: Arc::default(),
             rejected_services_published: Arc::default(),
         })
     }
@@ -219,12 +218,6 @@ impl Node {
 
     /// Publishes the node as it is now. Cheap (shared structure): called after every change.
     fn publish(&mut self) {
-        if *self.rejected_nodes_published != self.rejected_nodes {
-            self.rejected_nodes_published = Arc::new(self.rejected_nodes.clone());
-        }
-        if *self.rejected_services_published != self.services.rejected {
-            self.rejected_services_published = Arc::new(self.services.rejected.clone());
-        }
         let own_refused = self.desired.skipped.iter().find(|(n, _)| *n == self.cfg.node_name);
         let readiness = match (&self.loaded, &self.desired.own, own_refused) {
             (Some(l), _, _) => Readiness::Ready { pod_cidr: l.pod_cidr.to_string() },
@@ -241,7 +234,7 @@ impl Node {
             readiness,
             node_ifaces,
             records: self.store.records(),
-            rejected_nodes: self.rejected_nodes_published.clone(),
+            rejected_nodes: self.rejected_nodes.clone(),
             rejected_services: self.rejected_services_published.clone(),
             service_owners: self.services_published.clone(),
             policy: self.policy.cluster.clone(),
@@ -261,11 +254,6 @@ impl Node {
     /// Whether the datapath is loaded (ADD can be served).
     pub fn ready(&self) -> bool {
         self.loaded.is_some()
-    }
-
-    /// This node's name.
-    pub fn name(&self) -> &str {
-        &self.cfg.node_name
     }
 
     /// Brings kernel state in line with the snapshot, looking only at what `changes` touch:
@@ -489,6 +477,7 @@ impl Node {
             self.publish_enrichment();
         }
         if a.rejected_changed {
+            self.rejected_services_published = Arc::new(self.services.rejected.clone());
             for (svc, why) in &self.services.rejected {
                 tracing::warn!(service = %svc, reason = %why, "Service rejected; its previous datapath state is kept");
             }
@@ -726,7 +715,7 @@ impl Node {
         for (node, why) in off_link.iter().filter(|o| !self.rejected_nodes.contains(o)) {
             tracing::warn!(%node, reason = %why, "Node skipped");
         }
-        self.rejected_nodes = self.desired.skipped.iter().cloned().chain(off_link).collect();
+        self.rejected_nodes = Arc::new(self.desired.skipped.iter().cloned().chain(off_link).collect());
         let want: BTreeMap<(Ipv4Addr, u8), Ipv4Addr> =
             remotes.iter().map(|r| ((r.pod_cidr.network(), r.pod_cidr.prefix()), r.address)).collect();
         let mut nodes: BTreeMap<Ipv4Addr, u32> = remotes.iter().map(|r| (r.address, 0)).collect();
