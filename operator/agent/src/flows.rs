@@ -146,8 +146,8 @@ impl Ingest {
         match e.cluster.pod_by_ip(v4) {
             Some(p) => Endpoint {
                 identity,
-                namespace: p.namespace.clone(),
-                pod_name: p.name.clone(),
+                namespace: p.namespace().to_owned(),
+                pod_name: p.name().to_owned(),
                 labels: p.info.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect(),
                 workloads: p
                     .info

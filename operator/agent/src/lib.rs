@@ -197,6 +197,40 @@ impl Agent {
     }
 }
 
+/// Sets glibc's allocator up for a long-lived agent whose memory is mostly small, long-lived
+/// objects (pods, identities) with large, short-lived buffers in between (pages of listed JSON,
+/// the kernel's BTF while the datapath loads). Called first thing in `main`, before any thread.
+///
+/// * A fixed mmap threshold: blocks from 64 KiB up get their own mapping and go back to the
+///   kernel when freed. glibc's default threshold rises to the largest block freed so far, so
+///   after the first listed page every later page was carved from the heap between pods'
+///   objects and its space stayed in the process.
+/// * One arena: the agent's few threads do not contend, and every extra arena is more free space
+///   the process keeps.
+///
+/// Measured with `scripts/bench-footprint.sh` (10k pods / 1k Services): RSS 68 → 54 MiB.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets the allocator's parameters; it is called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Hands the allocator's free pages back to the kernel. A full pass (start, relist, periodic
+/// resync) follows the transient peaks of the agent's life: the kernel's BTF parsed while the
+/// datapath loads, pages of listed JSON. glibc keeps what they freed in its arenas, which at 10k
+/// pods was a third of the agent's RSS; trimming after the pass returns it. Cost: one walk of the
+/// arenas' free lists, a few milliseconds, once per full pass.
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only touches the allocator's own free lists and takes its locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Changes closer together than this make one reconcile pass.
 pub const COALESCE: Duration = Duration::from_millis(50);
 
@@ -241,7 +275,12 @@ async fn reconcile_loop(
         {
             let mut n = node.lock().await;
             match n.reconcile(snap, &changes).await {
-                Ok(()) => seen = Some(head),
+                Ok(()) => {
+                    seen = Some(head);
+                    if changes.all {
+                        release_free_heap();
+                    }
+                }
                 Err(e) => {
                     failed = true;
                     tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying");

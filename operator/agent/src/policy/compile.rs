@@ -34,16 +34,20 @@ pub const ANY_PEER: u32 = 0;
 pub const WORLD: u32 = 1;
 const FIRST_ALLOCATED: u32 = 256;
 
-/// A pod as policies see it.
+/// A pod as policies see it: its object and the address policies judge it by.
 #[derive(Clone, Debug)]
 pub struct PodView {
-    pub namespace: String,
-    pub name: String,
     pub ip: Ipv4Addr,
     pub info: Arc<PodInfo>,
 }
 
 impl PodView {
+    pub fn namespace(&self) -> &str {
+        &self.info.namespace
+    }
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
     pub fn label(&self, k: &str) -> Option<&str> {
         self.info.label(k)
     }
@@ -82,8 +86,10 @@ pub type PodKey = (String, String);
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
     pub pods: imbl::OrdMap<PodKey, PodView>,
-    /// Address → the pods claiming it, in key order (one, unless a stale object lingers).
-    claims: imbl::OrdMap<Ipv4Addr, Vec<PodKey>>,
+    /// (address, pod) for every pod: the pods claiming an address are a range, in key order
+    /// (one, unless a stale object lingers). A set rather than address → list: no list to
+    /// allocate per pod.
+    claims: imbl::OrdSet<(Ipv4Addr, PodKey)>,
     namespaces: Arc<BTreeMap<String, BTreeMap<String, String>>>,
     /// Valid policies, sorted by namespace/name ([`RuleRef::policy`] indexes this).
     pub policies: Arc<Vec<Policy>>,
@@ -106,23 +112,15 @@ impl Cluster {
     }
 
     fn insert_pod(&mut self, p: PodView) {
-        let key = (p.namespace.clone(), p.name.clone());
+        let key = (p.namespace().to_owned(), p.name().to_owned());
         self.remove_pod(&key);
-        let claims = self.claims.entry(p.ip).or_default();
-        if let Err(at) = claims.binary_search(&key) {
-            claims.insert(at, key.clone());
-        }
+        self.claims.insert((p.ip, key.clone()));
         self.pods.insert(key, p);
     }
 
     fn remove_pod(&mut self, key: &PodKey) -> Option<PodView> {
         let p = self.pods.remove(key)?;
-        if let Some(claims) = self.claims.get_mut(&p.ip) {
-            claims.retain(|k| k != key);
-            if claims.is_empty() {
-                self.claims.remove(&p.ip);
-            }
-        }
+        self.claims.remove(&(p.ip, key.clone()));
         Some(p)
     }
 
@@ -135,7 +133,7 @@ impl Cluster {
         }
         let reported = info.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok());
         let ip = local.get(key).copied().or(reported)?;
-        Some(PodView { namespace: key.0.clone(), name: key.1.clone(), ip, info: info.clone() })
+        Some(PodView { ip, info: info.clone() })
     }
 
     /// Pods with an IPv4 address that are not host-network and not finished, the namespaces'
@@ -188,14 +186,15 @@ impl Cluster {
     /// The pod owning an address: a terminating pod may still hold the address a new pod was
     /// given, and the live one wins; otherwise the first by namespace/name.
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&PodView> {
-        let claims = self.claims.get(&ip)?;
-        let owner = claims.iter().find(|k| self.pods.get(*k).is_some_and(|p| !p.info.deleting)).or(claims.first())?;
+        let claims = || self.claims.range((ip, PodKey::default())..).take_while(move |(a, _)| *a == ip);
+        let (_, owner) =
+            claims().find(|(_, k)| self.pods.get(k).is_some_and(|p| !p.info.deleting)).or(claims().next())?;
         self.pods.get(owner)
     }
 
     /// Whether `p` owns its address (see [`Cluster::pod_by_ip`]).
     pub fn owns(&self, p: &PodView) -> bool {
-        self.pod_by_ip(p.ip).is_some_and(|q| q.namespace == p.namespace && q.name == p.name)
+        self.pod_by_ip(p.ip).is_some_and(|q| q.namespace() == p.namespace() && q.name() == p.name())
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> Option<&PodView> {
@@ -219,8 +218,8 @@ impl Cluster {
     /// Policies of `ep`'s namespace that select it for `dir`.
     /// Policies are sorted by namespace, so only that namespace's range is looked at.
     pub fn selecting(&self, ep: &PodView, dir: Direction) -> Vec<usize> {
-        let first = self.policies.partition_point(|p| p.namespace < ep.namespace);
-        let end = first + self.policies[first..].partition_point(|p| p.namespace == ep.namespace);
+        let first = self.policies.partition_point(|p| p.namespace.as_str() < ep.namespace());
+        let end = first + self.policies[first..].partition_point(|p| p.namespace == ep.namespace());
         (first..end)
             .filter(|&i| {
                 let p = &self.policies[i];
@@ -620,7 +619,7 @@ fn blocks_of(by_cidr: &HashMap<(Ipv4Addr, u8), Vec<IpBlock>>, net: Ipv4Addr, len
 
 fn pod_key(p: &PodView, by_cidr: &HashMap<(Ipv4Addr, u8), Vec<IpBlock>>) -> IdentityKey {
     IdentityKey::Pod {
-        namespace: p.namespace.clone(),
+        namespace: p.namespace().to_owned(),
         labels: p.info.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         named_ports: p.named_ports(),
         blocks: blocks_of(by_cidr, p.ip, 32),
@@ -671,8 +670,12 @@ fn endpoint_policy(
     pod_identities: &dyn Fn() -> Vec<u32>,
     interned: &mut BTreeMap<Vec<RuleRef>, u32>,
 ) -> EndpointPolicy {
-    let mut ep =
-        EndpointPolicy { namespace: p.namespace.clone(), name: p.name.clone(), identity, ..Default::default() };
+    let mut ep = EndpointPolicy {
+        namespace: p.namespace().to_owned(),
+        name: p.name().to_owned(),
+        identity,
+        ..Default::default()
+    };
     for d in Direction::BOTH {
         let selecting = c.selecting(p, d);
         if selecting.is_empty() {
@@ -1028,7 +1031,7 @@ pub fn compile_pods(
         out.ipcache.remove(&(*ip, 32));
         if let Some(owner) = c.pod_by_ip(*ip) {
             out.ipcache.insert((*ip, 32), ids.get(&pod_key(owner, &inc.blocks))?);
-            redo.insert((owner.namespace.clone(), owner.name.clone()));
+            redo.insert((owner.namespace().to_owned(), owner.name().to_owned()));
         } else if let Some(id) = inc.prefixes.get(&(*ip, 32)) {
             out.ipcache.insert((*ip, 32), *id);
         }

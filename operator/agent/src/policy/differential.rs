@@ -25,7 +25,7 @@ fn pod(ns: &str, name: &str, ip: [u8; 4], labels: &[(&str, &str)], ports: &[(&st
             .collect(),
         ..Default::default()
     };
-    PodView { namespace: ns.into(), name: name.into(), ip: Ipv4Addr::from(ip), info: Arc::new(info) }
+    PodView { ip: Ipv4Addr::from(ip), info: Arc::new(info) }
 }
 
 fn cluster(pods: Vec<PodView>, ns_labels: &[(&str, &[(&str, &str)])], policies: &[String]) -> Cluster {

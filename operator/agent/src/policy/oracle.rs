@@ -66,7 +66,7 @@ fn side(
     let mut selected = false;
     let mut allowed = Vec::new();
     for (pi, p) in c.policies.iter().enumerate() {
-        if p.namespace != ep.namespace || !p.pods.matches(&|k| ep.label(k)) {
+        if p.namespace != ep.namespace() || !p.pods.matches(&|k| ep.label(k)) {
             continue;
         }
         let Some(rules) = p.rules(dir) else { continue };
@@ -100,8 +100,8 @@ fn rule_matches(
             Peer::Block(b) => b.contains(peer_ip),
             Peer::Pods { pods, namespaces } => peer_pod.is_some_and(|pp| {
                 let ns_ok = match namespaces {
-                    None => pp.namespace == policy_ns,
-                    Some(sel) => sel.matches(&|k| c.namespace_label(&pp.namespace, k)),
+                    None => pp.namespace() == policy_ns,
+                    Some(sel) => sel.matches(&|k| c.namespace_label(&pp.namespace(), k)),
                 };
                 ns_ok && pods.matches(&|k| pp.label(k))
             }),

@@ -72,7 +72,7 @@ fn policy_names(c: &Cluster, idx: &[usize]) -> Vec<String> {
 
 fn resolve(c: &Cluster, s: &str) -> Result<(Ipv4Addr, Option<String>), String> {
     if let Ok(ip) = s.parse::<Ipv4Addr>() {
-        return Ok((ip, c.pod_by_ip(ip).map(|p| format!("{}/{}", p.namespace, p.name))));
+        return Ok((ip, c.pod_by_ip(ip).map(|p| format!("{}/{}", p.namespace(), p.name()))));
     }
     let (ns, name) = s.split_once('/').ok_or_else(|| format!("{s:?} is neither NAMESPACE/POD nor an IPv4 address"))?;
     let p = c.pod(ns, name).ok_or_else(|| format!("pod {ns}/{name} is not known or has no IPv4 address yet"))?;

@@ -153,7 +153,7 @@ impl PolicySync {
         let (compiled, inc) = compile_full(
             &cluster,
             &mut self.ids,
-            &|p| local.get(&(p.namespace.clone(), p.name.clone())) == Some(&p.ip),
+            &|p| local.get(&(p.namespace().to_owned(), p.name().to_owned())) == Some(&p.ip),
             ENTRY_CAPACITY,
         );
         let report = self.write(have, &compiled, unmanaged, &Scope::All, maps)?;
@@ -195,7 +195,7 @@ impl PolicySync {
             &self.compiled,
             &mut inc,
             &self.ids,
-            &|p| was_local.get(&(p.namespace.clone(), p.name.clone())) == Some(&p.ip),
+            &|p| was_local.get(&(p.namespace().to_owned(), p.name().to_owned())) == Some(&p.ip),
             ENTRY_CAPACITY,
         );
         let Some(compiled) = next else {
@@ -253,7 +253,7 @@ impl PolicySync {
             &mut inc,
             &mut self.ids,
             &changed,
-            &|p| local.get(&(p.namespace.clone(), p.name.clone())) == Some(&p.ip),
+            &|p| local.get(&(p.namespace().to_owned(), p.name().to_owned())) == Some(&p.ip),
             ENTRY_CAPACITY,
         );
         let Some((compiled, touched)) = next else {
