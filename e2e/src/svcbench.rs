@@ -51,7 +51,7 @@ use weir_dataplane::{
 use weir_operator_agent::{
     service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     services::LABEL_SERVICE_NAME,
-    source::{self, Changed, ClusterSnapshot, Named},
+    source::{self, Changed, ClusterSnapshot, Named, SliceInfo},
 };
 
 #[allow(dead_code)]
@@ -441,14 +441,21 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     }
     // The update end to end as the agent does it from a watch event: the source puts the object
     // in its snapshot and logs it; the reconcile loop asks the log what changed since its last
-    // pass and hands the Service writer those objects.
+    // pass and hands the Service writer those objects. The source's conversion of the watched
+    // object to what it stores is timed too.
     let mut snap =
         ClusterSnapshot { services: c.services.clone(), endpoint_slices: c.slices.clone(), ..Default::default() };
     let seen = snap.log.head();
     let before = snap.clone();
     let (key, extra) = c.updated_slice();
     let t = Instant::now();
-    source::put(&mut snap.endpoint_slices, &mut snap.log, key.clone(), Some(extra.into()), Changed::EndpointSlice);
+    source::put(
+        &mut snap.endpoint_slices,
+        &mut snap.log,
+        key.clone(),
+        Some(SliceInfo::from(extra).into()),
+        Changed::EndpointSlice,
+    );
     let changes = snap.log.since(seen);
     let changed = ObjectChanges::from(&changes);
     let a = sync.apply_changes(&snap.services, &snap.endpoint_slices, &changed, &[], "bench", maps)?;
@@ -491,7 +498,7 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
 struct Cluster {
     n: usize,
     services: Named<Service>,
-    slices: Named<EndpointSlice>,
+    slices: Named<SliceInfo>,
 }
 
 const NS: &str = "bench";
@@ -556,7 +563,7 @@ impl Cluster {
             };
             let slice = c.slice(i, &c.endpoints(i), "a");
             c.services.insert((NS.into(), name.clone()), svc.into());
-            c.slices.insert((NS.into(), format!("{name}-a")), slice.into());
+            c.slices.insert((NS.into(), format!("{name}-a")), SliceInfo::from(slice).into());
         }
         c
     }

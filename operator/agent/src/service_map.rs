@@ -13,11 +13,14 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 use weir_bpf_common::{Addr16, BackendAddr, BackendKey, MaglevTable, ServiceKey, ServiceValue, MAX_BACKENDS};
 use weir_dataplane::maps::{self, FakeMap, KeyValueMap};
 
-use crate::{maglev, services, source::Named};
+use crate::{
+    maglev, services,
+    source::{Named, SliceInfo},
+};
 
 /// A [`KeyValueMap`] with these key and value types.
 pub trait Kv<K, V>: KeyValueMap<Key = K, Value = V> {}
@@ -336,8 +339,8 @@ impl ObjectChanges {
     pub fn between(
         old_services: &Named<Service>,
         new_services: &Named<Service>,
-        old_slices: &Named<EndpointSlice>,
-        new_slices: &Named<EndpointSlice>,
+        old_slices: &Named<SliceInfo>,
+        new_slices: &Named<SliceInfo>,
     ) -> Self {
         Self { services: differing(old_services, new_services), slices: differing(old_slices, new_slices) }
     }
@@ -400,7 +403,7 @@ struct Index {
 }
 
 impl Index {
-    fn build(plan: &ServiceMapPlan, slices: &Named<EndpointSlice>, node: &str, node_ips: &[Ipv4Addr]) -> Self {
+    fn build(plan: &ServiceMapPlan, slices: &Named<SliceInfo>, node: &str, node_ips: &[Ipv4Addr]) -> Self {
         let mut ix = Index { node: node.to_owned(), node_ips: node_ips.to_vec(), ..Default::default() };
         for (k, owner) in &plan.owners {
             ix.keys_of.entry(owner.clone()).or_default().insert(*k);
@@ -411,7 +414,7 @@ impl Index {
         ix
     }
 
-    fn link_slice(&mut self, key: &(String, String), s: &EndpointSlice) -> Option<(String, String)> {
+    fn link_slice(&mut self, key: &(String, String), s: &SliceInfo) -> Option<(String, String)> {
         let svc = (key.0.clone(), services::slice_service(s)?.to_owned());
         self.slice_owner.insert(key.clone(), svc.clone());
         self.slices_of.entry(svc.clone()).or_default().insert(key.1.clone());
@@ -550,7 +553,7 @@ impl ServiceSync {
     pub fn apply<S, B, G>(
         &mut self,
         svcs: &Named<Service>,
-        slices: &Named<EndpointSlice>,
+        slices: &Named<SliceInfo>,
         node_ips: &[Ipv4Addr],
         node: &str,
         maps: &mut ServiceMaps<S, B, G>,
@@ -592,7 +595,7 @@ impl ServiceSync {
     pub fn apply_changes<S, B, G>(
         &mut self,
         svcs: &Named<Service>,
-        slices: &Named<EndpointSlice>,
+        slices: &Named<SliceInfo>,
         changed: &ObjectChanges,
         node_ips: &[Ipv4Addr],
         node: &str,
@@ -626,7 +629,7 @@ impl ServiceSync {
                 None => Ok(BTreeMap::new()),
                 Some(svc) => {
                     let names = ix.slices_of.get(&(ns.clone(), name.clone()));
-                    let mine: Vec<&EndpointSlice> = names
+                    let mine: Vec<&SliceInfo> = names
                         .into_iter()
                         .flatten()
                         .filter_map(|n| slices.get(&(ns.clone(), n.clone())).map(|s| &**s))

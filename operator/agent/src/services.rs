@@ -13,9 +13,9 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
-use crate::source::Named;
+use crate::source::{Named, SliceInfo};
 
 pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
@@ -95,23 +95,22 @@ fn port(p: i32, what: &str) -> Result<u16, String> {
 }
 
 /// Backends per Service port name, from the Service's EndpointSlices.
-fn backends_by_port_name(slices: &[&EndpointSlice]) -> BTreeMap<(String, Proto), (Vec<Backend>, Vec<Backend>)> {
+fn backends_by_port_name(slices: &[&SliceInfo]) -> BTreeMap<(String, Proto), (Vec<Backend>, Vec<Backend>)> {
     // (ready, serving-and-terminating)
     let mut out: BTreeMap<(String, Proto), (BTreeSet<Backend>, BTreeSet<Backend>)> = BTreeMap::new();
-    for s in slices.iter().filter(|s| s.address_type == "IPv4") {
-        for p in s.ports.iter().flatten() {
+    for s in slices.iter().filter(|s| &*s.address_type == "IPv4") {
+        for p in &s.ports {
             let (Some(num), Ok(proto)) = (p.port, Proto::parse(p.protocol.as_deref())) else { continue };
             let Ok(num) = port(num, "endpoint port") else { continue };
-            let entry = out.entry((p.name.clone().unwrap_or_default(), proto)).or_default();
+            let entry = out.entry((p.name.as_deref().unwrap_or_default().to_owned(), proto)).or_default();
             for e in &s.endpoints {
-                let c = e.conditions.clone().unwrap_or_default();
                 // Unknown conditions count as ready/serving, as the API says.
-                let ready = c.ready.unwrap_or(true);
-                let serving = c.serving.unwrap_or(ready);
-                let terminating = c.terminating.unwrap_or(false);
+                let ready = e.ready.unwrap_or(true);
+                let serving = e.serving.unwrap_or(ready);
+                let terminating = e.terminating.unwrap_or(false);
                 for a in &e.addresses {
                     let Ok(addr) = a.parse::<Ipv4Addr>() else { continue };
-                    let b = Backend { ip: addr, port: num, node: e.node_name.clone() };
+                    let b = Backend { ip: addr, port: num, node: e.node_name.as_deref().map(str::to_owned) };
                     if ready {
                         entry.0.insert(b);
                     } else if serving && terminating {
@@ -127,7 +126,7 @@ fn backends_by_port_name(slices: &[&EndpointSlice]) -> BTreeMap<(String, Proto),
 /// Compiles one Service; `Ok(vec![])` for Services that have no frontends or are not ours.
 pub fn compile_service(
     svc: &Service,
-    slices: &[&EndpointSlice],
+    slices: &[&SliceInfo],
     node_ips: &[Ipv4Addr],
 ) -> Result<Vec<(Frontend, ServiceEntry)>, String> {
     let labels = svc.metadata.labels.clone().unwrap_or_default();
@@ -218,16 +217,16 @@ pub fn compile_service(
 }
 
 /// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
-pub fn slice_service(s: &EndpointSlice) -> Option<&str> {
-    s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)).map(String::as_str)
+pub fn slice_service(s: &SliceInfo) -> Option<&str> {
+    s.service.as_deref()
 }
 
 /// Compiles every Service. A bad Service is rejected with its reason and contributes nothing;
 /// two Services claiming one frontend: the first by name keeps it, the second is rejected.
-pub fn compile(services: &Named<Service>, slices: &Named<EndpointSlice>, node_ips: &[Ipv4Addr]) -> ServiceTable {
+pub fn compile(services: &Named<Service>, slices: &Named<SliceInfo>, node_ips: &[Ipv4Addr]) -> ServiceTable {
     let mut table = ServiceTable::default();
     // Slices by (namespace, Service name): one pass, so compiling N Services stays O(N log N).
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut by_service: BTreeMap<(&str, &str), Vec<&SliceInfo>> = BTreeMap::new();
     for ((ns, _), s) in slices {
         if let Some(svc) = slice_service(s) {
             by_service.entry((ns.as_str(), svc)).or_default().push(s);
@@ -256,7 +255,7 @@ mod tests {
     use super::*;
     use crate::source::manifest::snapshot_of;
 
-    fn load(yaml: &str) -> (Named<Service>, Named<EndpointSlice>) {
+    fn load(yaml: &str) -> (Named<Service>, Named<SliceInfo>) {
         let snap = snapshot_of(yaml, "t").expect("parse");
         (snap.services, snap.endpoint_slices)
     }

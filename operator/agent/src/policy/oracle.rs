@@ -101,7 +101,7 @@ fn rule_matches(
             Peer::Pods { pods, namespaces } => peer_pod.is_some_and(|pp| {
                 let ns_ok = match namespaces {
                     None => pp.namespace() == policy_ns,
-                    Some(sel) => sel.matches(&|k| c.namespace_label(&pp.namespace(), k)),
+                    Some(sel) => sel.matches(&|k| c.namespace_label(pp.namespace(), k)),
                 };
                 ns_ok && pods.matches(&|k| pp.label(k))
             }),

@@ -34,7 +34,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use super::{namespaced, pod::PodWire, put, Changed, ClusterSnapshot, PodInfo};
+use super::{namespaced, pod::PodWire, put, Changed, ClusterSnapshot, PodInfo, SliceInfo};
 
 /// (API group, resource) of every kind the source reads: what the agent's RBAC must grant
 /// (get/list/watch) and nothing more; deploy/kubernetes/rbac.yaml is tested against it.
@@ -89,21 +89,8 @@ pub fn trim_network_policy(p: &mut NetworkPolicy) {
     trim_meta(&mut p.metadata);
 }
 
-pub fn trim_slice(s: &mut EndpointSlice) {
-    trim_meta(&mut s.metadata);
-    // An endpoint as the agent reads it: addresses, conditions and node (externalTrafficPolicy
-    // Local). Pods are found by address, so targetRef is not kept; nor are zone and hints.
-    for e in &mut s.endpoints {
-        e.hints = None;
-        e.deprecated_topology = None;
-        e.target_ref = None;
-        e.hostname = None;
-        e.zone = None;
-    }
-}
-
 /// A kind the source reflects: what the watcher reads (`Self`), what the snapshot keeps
-/// (`Stored`: the trimmed object itself, or for Pods the compact [`PodInfo`]), where and under
+/// (`Stored`: the trimmed object itself, or for Pods and EndpointSlices the compact [`PodInfo`] and [`SliceInfo`]), where and under
 /// which key.
 trait Kind: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
     type Key: Ord + Clone + Send + Sync + 'static;
@@ -153,7 +140,8 @@ kind!(Namespace, String, namespaces, Namespace, trim_namespace, |o| o.metadata.n
 // A Pod is converted, not trimmed: PodInfo keeps nothing else.
 kind!(PodWire => PodInfo, (String, String), pods, Pod, |_: &mut PodWire| {}, PodInfo::from, |o| namespaced(&o.metadata));
 kind!(Service, (String, String), services, Service, trim_service, |o| namespaced(&o.metadata));
-kind!(EndpointSlice, (String, String), endpoint_slices, EndpointSlice, trim_slice, |o| namespaced(&o.metadata));
+// An EndpointSlice is converted too: SliceInfo keeps what the Services compiler reads.
+kind!(EndpointSlice => SliceInfo, (String, String), endpoint_slices, EndpointSlice, |_: &mut EndpointSlice| {}, SliceInfo::from, |o| namespaced(&o.metadata));
 kind!(NetworkPolicy, (String, String), network_policies, NetworkPolicy, trim_network_policy, |o| namespaced(
     &o.metadata
 ));

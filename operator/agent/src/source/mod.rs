@@ -7,8 +7,10 @@
 pub mod k8s;
 pub mod manifest;
 pub mod pod;
+pub mod slice;
 
 pub use pod::{NamedPort, PodInfo};
+pub use slice::SliceInfo;
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -34,7 +36,7 @@ pub struct ClusterSnapshot {
     /// Pods, slimmed to what the agent reads ([`PodInfo`]).
     pub pods: Named<PodInfo>,
     pub services: Named<Service>,
-    pub endpoint_slices: Named<EndpointSlice>,
+    pub endpoint_slices: Named<SliceInfo>,
     /// What NetworkPolicy enforcement compiles.
     pub network_policies: Named<NetworkPolicy>,
     /// The objects that changed, in order: a reader asks for what changed since it last looked.
@@ -204,7 +206,7 @@ impl ClusterSnapshot {
             }
             ClusterObject::EndpointSlice(s) => {
                 let key = namespaced(&s.metadata);
-                self.endpoint_slices.insert(key, Arc::from(s));
+                self.endpoint_slices.insert(key, Arc::new(SliceInfo::from(*s)));
             }
             ClusterObject::NetworkPolicy(p) => {
                 let key = namespaced(&p.metadata);
