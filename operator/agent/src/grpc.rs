@@ -5,9 +5,9 @@
 //!
 //! `GetFlows` keeps Hubble's semantics: a flow passes when it matches any `whitelist` filter (or
 //! there is none) and no `blacklist` filter; inside a filter every set field must match, and a
-//! field matches when any of its entries does. Filter fields weir cannot evaluate (FQDNs,
-//! Services, workloads, HTTP, UUIDs, trace ids) are refused with `InvalidArgument`, never
-//! silently ignored. Events the kernel lost are announced as a `LostEvent` first; a follower
+//! field matches when any of its entries does. Filters are compiled once per request
+//! ([`Selection`]). Filter fields weir cannot evaluate (FQDNs, HTTP, UUIDs, trace ids) are
+//! refused with `InvalidArgument`, never silently ignored. Events the kernel lost are announced as a `LostEvent` first; a follower
 //! that falls behind gets a `LostEvent` with how many it missed.
 use std::{
     pin::Pin,
@@ -18,7 +18,7 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
-use weir_operator_api::flow::{ip_matches, Flow};
+use weir_operator_api::flow::{label_selector_matches, Cidr, Flow, NameRule};
 
 use crate::{
     flows::SharedFlowStore,
@@ -202,40 +202,125 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
     }
 }
 
-/// Refuses filters with fields weir cannot evaluate, and malformed values.
-pub fn validate(filter: &pb::FlowFilter) -> Result<(), String> {
-    let unsupported = [
-        ("uuid", filter.uuid.is_empty()),
-        ("source_fqdn", filter.source_fqdn.is_empty()),
-        ("destination_fqdn", filter.destination_fqdn.is_empty()),
-        ("http_status_code", filter.http_status_code.is_empty()),
-        ("http_method", filter.http_method.is_empty()),
-        ("http_path", filter.http_path.is_empty()),
-        ("trace_id", filter.trace_id.is_empty()),
-    ];
-    if let Some((name, _)) = unsupported.iter().find(|(_, empty)| !empty) {
-        return Err(format!("flow filter field {name} is not supported by weir"));
-    }
-    for ip in filter.source_ip.iter().chain(&filter.destination_ip) {
-        weir_operator_api::flow::parse_cidr(ip)?;
-    }
-    for p in filter.source_port.iter().chain(&filter.destination_port) {
-        p.parse::<u16>().map_err(|_| format!("port {p:?} is not a port number"))?;
-    }
-    for p in &filter.protocol {
-        if !["tcp", "udp", "icmp", "icmpv4", "dns"].contains(&p.to_ascii_lowercase().as_str()) {
-            return Err(format!("protocol {p:?}: weir knows tcp, udp, icmp and dns"));
-        }
-    }
-    for q in &filter.dns_query {
-        regex_lite::Regex::new(q).map_err(|e| format!("dns_query {q:?}: {e}"))?;
-    }
-    Ok(())
+/// A Hubble `FlowFilter`, checked and compiled once per request: addresses parsed, ports as
+/// numbers, protocols as kinds, DNS patterns as regexes. Matching a flow then allocates nothing
+/// and parses nothing, which matters because it runs for every stored flow under the store's
+/// lock, and for every new flow of every follower.
+#[derive(Debug)]
+pub struct HubbleFilter {
+    raw: pb::FlowFilter,
+    source_ip: Vec<Cidr>,
+    destination_ip: Vec<Cidr>,
+    source_port: Vec<u16>,
+    destination_port: Vec<u16>,
+    protocol: Vec<ProtocolSel>,
+    dns_query: Vec<regex_lite::Regex>,
 }
 
-/// Hubble's pod filter: `namespace/prefix`, `namespace/` (the whole namespace) or `prefix`.
-fn pod_matches(want: &str, e: &weir_operator_api::flow::Endpoint) -> bool {
-    (!e.pod_name.is_empty() || !e.namespace.is_empty()) && prefix_matches(want, &e.namespace, &e.pod_name)
+/// What a Hubble `protocol` entry selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProtocolSel {
+    Tcp,
+    Udp,
+    Icmp,
+    Dns,
+}
+
+impl HubbleFilter {
+    /// Refuses fields weir cannot evaluate, by name, and malformed values.
+    pub fn compile(raw: pb::FlowFilter) -> Result<Self, String> {
+        let unsupported = [
+            ("uuid", raw.uuid.is_empty()),
+            ("source_fqdn", raw.source_fqdn.is_empty()),
+            ("destination_fqdn", raw.destination_fqdn.is_empty()),
+            ("http_status_code", raw.http_status_code.is_empty()),
+            ("http_method", raw.http_method.is_empty()),
+            ("http_path", raw.http_path.is_empty()),
+            ("trace_id", raw.trace_id.is_empty()),
+        ];
+        if let Some((name, _)) = unsupported.iter().find(|(_, empty)| !empty) {
+            return Err(format!("flow filter field {name} is not supported by weir"));
+        }
+        let cidrs = |v: &[String]| v.iter().map(|c| Cidr::parse(c)).collect::<Result<Vec<_>, _>>();
+        let ports = |v: &[String]| {
+            v.iter()
+                .map(|p| p.parse::<u16>().map_err(|_| format!("port {p:?} is not a port number")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let protocol = raw
+            .protocol
+            .iter()
+            .map(|p| match p.to_ascii_lowercase().as_str() {
+                "tcp" => Ok(ProtocolSel::Tcp),
+                "udp" => Ok(ProtocolSel::Udp),
+                "icmp" | "icmpv4" => Ok(ProtocolSel::Icmp),
+                "dns" => Ok(ProtocolSel::Dns),
+                _ => Err(format!("protocol {p:?}: weir knows tcp, udp, icmp and dns")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let dns_query = raw
+            .dns_query
+            .iter()
+            .map(|q| regex_lite::Regex::new(q).map_err(|e| format!("dns_query {q:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HubbleFilter {
+            source_ip: cidrs(&raw.source_ip)?,
+            destination_ip: cidrs(&raw.destination_ip)?,
+            source_port: ports(&raw.source_port)?,
+            destination_port: ports(&raw.destination_port)?,
+            protocol,
+            dns_query,
+            raw,
+        })
+    }
+
+    /// Does `f` match every set field? A field matches when any of its entries does.
+    pub fn matches(&self, f: &Flow) -> bool {
+        let r = &self.raw;
+        let (sport, dport) = f.ports();
+        let (verdict, direction, ip_version) = (verdict_code(f), direction_code(f), ip_version_code(f));
+        let tcp = f.l4.tcp.as_ref().map(|t| &t.flags);
+        let pod = NameRule::Prefix;
+        any(&self.source_ip, |c| c.contains(&f.ip.source))
+            && any(&self.destination_ip, |c| c.contains(&f.ip.destination))
+            && any(&r.source_pod, |p| pod.pod(p, &f.source))
+            && any(&r.destination_pod, |p| pod.pod(p, &f.destination))
+            && any(&r.source_workload, |w| workload_matches(w, &f.source))
+            && any(&r.destination_workload, |w| workload_matches(w, &f.destination))
+            && any(&r.source_service, |s| pod.service(s, f.source_service.as_ref()))
+            && any(&r.destination_service, |s| pod.service(s, f.destination_service.as_ref()))
+            && any(&r.source_label, |s| label_selector_matches(s, &f.source.labels))
+            && any(&r.destination_label, |s| label_selector_matches(s, &f.destination.labels))
+            && any(&r.traffic_direction, |d| *d == direction)
+            && any(&r.verdict, |v| *v == verdict)
+            && any(&r.event_type, |e| e.r#type == f.event_type.kind as i32 && (!e.match_sub_type || e.sub_type == 0))
+            && any(&self.protocol, |p| match p {
+                ProtocolSel::Dns => f.l7.is_some(),
+                ProtocolSel::Icmp => f.protocol() == "icmp",
+                ProtocolSel::Tcp => f.protocol() == "tcp" && f.l7.is_none(),
+                ProtocolSel::Udp => f.protocol() == "udp" && f.l7.is_none(),
+            })
+            && any(&self.source_port, |p| *p == sport)
+            && any(&self.destination_port, |p| *p == dport)
+            && any(&r.reply, |x| *x == f.is_reply)
+            && any(&self.dns_query, |re| f.l7.as_ref().is_some_and(|l| re.is_match(&l.dns.query)))
+            && any(&r.source_identity, |i| *i == f.source.identity)
+            && any(&r.destination_identity, |i| *i == f.destination.identity)
+            && any(&r.tcp_flags, |want| {
+                tcp.is_some_and(|have| {
+                    (!want.syn || have.syn)
+                        && (!want.ack || have.ack)
+                        && (!want.fin || have.fin)
+                        && (!want.rst || have.rst)
+                        && (!want.psh || have.psh)
+                })
+            })
+            && any(&r.node_name, |n| match n.strip_suffix('*') {
+                Some(prefix) => f.node_name.starts_with(prefix),
+                None => &f.node_name == n,
+            })
+            && any(&r.ip_version, |v| *v == ip_version)
+    }
 }
 
 /// Hubble's workload filter: the fields it sets (name, kind) equal one of the endpoint's.
@@ -245,98 +330,27 @@ fn workload_matches(want: &pb::Workload, e: &weir_operator_api::flow::Endpoint) 
         .any(|w| (want.name.is_empty() || want.name == w.name) && (want.kind.is_empty() || want.kind == w.kind))
 }
 
-/// Hubble's service filter, spelled like its pod filter.
-fn service_matches(want: &str, s: Option<&weir_operator_api::flow::Service>) -> bool {
-    s.is_some_and(|s| prefix_matches(want, &s.namespace, &s.name))
-}
-
-fn prefix_matches(want: &str, namespace: &str, name: &str) -> bool {
-    match want.split_once('/') {
-        Some((ns, prefix)) => namespace == ns && name.starts_with(prefix),
-        None => !name.is_empty() && name.starts_with(want),
-    }
-}
-
-/// Label selectors: comma-separated `key`, `!key`, `key=value`, `key==value`, `key!=value`
-/// (keys with or without the `k8s:` source prefix).
-fn selector_matches(sel: &str, labels: &[String]) -> bool {
-    let value_of = |key: &str| {
-        let key = key.trim().strip_prefix("k8s:").unwrap_or(key.trim());
-        labels.iter().find_map(|l| {
-            let l = l.strip_prefix("k8s:").unwrap_or(l);
-            let (k, v) = l.split_once('=').unwrap_or((l, ""));
-            (k == key).then_some(v)
-        })
-    };
-    sel.split(',').all(|term| {
-        let term = term.trim();
-        if let Some((k, v)) = term.split_once("!=") {
-            value_of(k) != Some(v.trim())
-        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            value_of(k) == Some(v.trim())
-        } else if let Some(k) = term.strip_prefix('!') {
-            value_of(k).is_none()
-        } else {
-            value_of(term).is_some()
-        }
-    })
-}
-
 fn any<T>(list: &[T], pred: impl Fn(&T) -> bool) -> bool {
     list.is_empty() || list.iter().any(pred)
 }
 
-/// Does `f` match every set field of `filter`? (Validated filters only.)
-pub fn matches(filter: &pb::FlowFilter, f: &Flow) -> bool {
-    let (sport, dport) = f.ports();
-    let (verdict, direction, ip_version) = (verdict_code(f), direction_code(f), ip_version_code(f));
-    let tcp = f.l4.tcp.as_ref().map(|t| &t.flags);
-    any(&filter.source_ip, |c| ip_matches(c, &f.ip.source))
-        && any(&filter.destination_ip, |c| ip_matches(c, &f.ip.destination))
-        && any(&filter.source_pod, |p| pod_matches(p, &f.source))
-        && any(&filter.destination_pod, |p| pod_matches(p, &f.destination))
-        && any(&filter.source_workload, |w| workload_matches(w, &f.source))
-        && any(&filter.destination_workload, |w| workload_matches(w, &f.destination))
-        && any(&filter.source_service, |s| service_matches(s, f.source_service.as_ref()))
-        && any(&filter.destination_service, |s| service_matches(s, f.destination_service.as_ref()))
-        && any(&filter.source_label, |s| selector_matches(s, &f.source.labels))
-        && any(&filter.destination_label, |s| selector_matches(s, &f.destination.labels))
-        && any(&filter.traffic_direction, |d| *d == direction)
-        && any(&filter.verdict, |v| *v == verdict)
-        && any(&filter.event_type, |e| e.r#type == f.event_type.kind as i32 && (!e.match_sub_type || e.sub_type == 0))
-        && any(&filter.protocol, |p| match p.to_ascii_lowercase().as_str() {
-            "dns" => f.l7.is_some(),
-            "icmpv4" => f.protocol() == "icmp",
-            p => f.protocol() == p && f.l7.is_none(),
-        })
-        && any(&filter.source_port, |p| p.parse() == Ok(sport))
-        && any(&filter.destination_port, |p| p.parse() == Ok(dport))
-        && any(&filter.reply, |r| *r == f.is_reply)
-        && any(&filter.dns_query, |q| {
-            f.l7.as_ref().is_some_and(|l| regex_lite::Regex::new(q).is_ok_and(|re| re.is_match(&l.dns.query)))
-        })
-        && any(&filter.source_identity, |i| *i == f.source.identity)
-        && any(&filter.destination_identity, |i| *i == f.destination.identity)
-        && any(&filter.tcp_flags, |want| {
-            tcp.is_some_and(|have| {
-                (!want.syn || have.syn)
-                    && (!want.ack || have.ack)
-                    && (!want.fin || have.fin)
-                    && (!want.rst || have.rst)
-                    && (!want.psh || have.psh)
-            })
-        })
-        && any(&filter.node_name, |n| match n.strip_suffix('*') {
-            Some(prefix) => f.node_name.starts_with(prefix),
-            None => &f.node_name == n,
-        })
-        && any(&filter.ip_version, |v| *v == ip_version)
+/// A `GetFlows` request's selection: any whitelist filter (or none), no blacklist filter.
+#[derive(Debug)]
+pub struct Selection {
+    whitelist: Vec<HubbleFilter>,
+    blacklist: Vec<HubbleFilter>,
 }
 
-/// Whitelist (any) minus blacklist (any).
-pub fn selected(req: &GetFlowsRequest, f: &Flow) -> bool {
-    (req.whitelist.is_empty() || req.whitelist.iter().any(|w| matches(w, f)))
-        && !req.blacklist.iter().any(|b| matches(b, f))
+impl Selection {
+    pub fn compile(req: &GetFlowsRequest) -> Result<Self, String> {
+        let all = |v: &[pb::FlowFilter]| v.iter().cloned().map(HubbleFilter::compile).collect::<Result<Vec<_>, _>>();
+        Ok(Selection { whitelist: all(&req.whitelist)?, blacklist: all(&req.blacklist)? })
+    }
+
+    pub fn selected(&self, f: &Flow) -> bool {
+        (self.whitelist.is_empty() || self.whitelist.iter().any(|w| w.matches(f)))
+            && !self.blacklist.iter().any(|b| b.matches(f))
+    }
 }
 
 pub struct ObserverService {
@@ -372,9 +386,7 @@ impl Observer for ObserverService {
 
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
         let req = request.into_inner();
-        for f in req.whitelist.iter().chain(&req.blacklist) {
-            validate(f).map_err(Status::invalid_argument)?;
-        }
+        let selection = Selection::compile(&req).map_err(Status::invalid_argument)?;
         if req.first && req.follow {
             return Err(Status::invalid_argument("first and follow cannot be combined"));
         }
@@ -383,7 +395,7 @@ impl Observer for ObserverService {
         let in_time = |f: &Flow| since.is_none_or(|s| f.weir.unix_ns >= s) && until.is_none_or(|u| f.weir.unix_ns <= u);
         let (mut history, mut rx) = {
             let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
-            s.select(|f| in_time(f) && selected(&req, f))
+            s.select(|f| in_time(f) && selection.selected(f))
         };
         // `number` (0: all of the selection; Hubble's CLI always sends one).
         let n = usize::try_from(req.number).unwrap_or(usize::MAX);
@@ -412,7 +424,7 @@ impl Observer for ObserverService {
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 let msg = match rx.recv().await {
-                    Ok(f) if until.is_none_or(|u| f.weir.unix_ns <= u) && selected(&req, &f) => {
+                    Ok(f) if until.is_none_or(|u| f.weir.unix_ns <= u) && selection.selected(&f) => {
                         flow_response(&node, &f)
                     }
                     Ok(_) => continue,
@@ -558,25 +570,27 @@ mod tests {
             build(&mut x);
             x
         };
-        assert!(matches(&filter(&|x| x.destination_pod = vec!["shop/web-".into()]), &f));
-        assert!(matches(&filter(&|x| x.destination_pod = vec!["shop/".into()]), &f));
-        assert!(!matches(&filter(&|x| x.source_pod = vec!["shop/web".into()]), &f));
-        assert!(matches(&filter(&|x| x.destination_label = vec!["app=web".into(), "app=db".into()]), &f));
-        assert!(matches(&filter(&|x| x.source_label = vec!["app,!tier".into()]), &f));
-        assert!(!matches(&filter(&|x| x.source_label = vec!["app!=client".into()]), &f));
-        assert!(matches(&filter(&|x| x.verdict = vec![pb::Verdict::Dropped as i32]), &f));
-        assert!(matches(&filter(&|x| x.destination_port = vec!["8081".into()]), &f));
+        let matches = |x: pb::FlowFilter, f: &Flow| HubbleFilter::compile(x).expect("valid filter").matches(f);
+        let validate = |x: pb::FlowFilter| HubbleFilter::compile(x).map(|_| ());
+        assert!(matches(filter(&|x| x.destination_pod = vec!["shop/web-".into()]), &f));
+        assert!(matches(filter(&|x| x.destination_pod = vec!["shop/".into()]), &f));
+        assert!(!matches(filter(&|x| x.source_pod = vec!["shop/web".into()]), &f));
+        assert!(matches(filter(&|x| x.destination_label = vec!["app=web".into(), "app=db".into()]), &f));
+        assert!(matches(filter(&|x| x.source_label = vec!["app,!tier".into()]), &f));
+        assert!(!matches(filter(&|x| x.source_label = vec!["app!=client".into()]), &f));
+        assert!(matches(filter(&|x| x.verdict = vec![pb::Verdict::Dropped as i32]), &f));
+        assert!(matches(filter(&|x| x.destination_port = vec!["8081".into()]), &f));
         assert!(!matches(
-            &filter(&|x| {
+            filter(&|x| {
                 x.destination_port = vec!["8081".into()];
                 x.protocol = vec!["udp".into()]
             }),
             &f
         ));
-        assert!(matches(&filter(&|x| x.destination_ip = vec!["10.244.2.0/24".into()]), &f));
-        assert!(matches(&filter(&|x| x.tcp_flags = vec![pb::TcpFlags { syn: true, ..Default::default() }]), &f));
-        assert!(matches(&filter(&|x| x.destination_identity = vec![258]), &f));
-        assert!(matches(&filter(&|x| x.node_name = vec!["n*".into()]), &f));
+        assert!(matches(filter(&|x| x.destination_ip = vec!["10.244.2.0/24".into()]), &f));
+        assert!(matches(filter(&|x| x.tcp_flags = vec![pb::TcpFlags { syn: true, ..Default::default() }]), &f));
+        assert!(matches(filter(&|x| x.destination_identity = vec![258]), &f));
+        assert!(matches(filter(&|x| x.node_name = vec!["n*".into()]), &f));
         let req = GetFlowsRequest {
             whitelist: vec![
                 filter(&|x| x.source_pod = vec!["nope/".into()]),
@@ -585,10 +599,10 @@ mod tests {
             blacklist: vec![filter(&|x| x.destination_port = vec!["8081".into()])],
             ..Default::default()
         };
-        assert!(!selected(&req, &f));
-        assert!(validate(&filter(&|x| x.source_fqdn = vec!["a.b".into()])).unwrap_err().contains("source_fqdn"));
-        assert!(validate(&filter(&|x| x.destination_port = vec!["http".into()])).is_err());
-        assert!(validate(&filter(&|x| x.dns_query = vec!["(".into()])).is_err());
-        assert!(validate(&filter(&|x| x.protocol = vec!["sctp".into()])).is_err());
+        assert!(!Selection::compile(&req).expect("valid").selected(&f));
+        assert!(validate(filter(&|x| x.source_fqdn = vec!["a.b".into()])).unwrap_err().contains("source_fqdn"));
+        assert!(validate(filter(&|x| x.destination_port = vec!["http".into()])).is_err());
+        assert!(validate(filter(&|x| x.dns_query = vec!["(".into()])).is_err());
+        assert!(validate(filter(&|x| x.protocol = vec!["sctp".into()])).is_err());
     }
 }

@@ -395,7 +395,7 @@ impl Criterion {
     /// Checks the value (the CLI reports what is wrong before asking the agent).
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            Criterion::Ip(c) | Criterion::FromIp(c) | Criterion::ToIp(c) => parse_cidr(c).map(|_| ()),
+            Criterion::Ip(c) | Criterion::FromIp(c) | Criterion::ToIp(c) => Cidr::parse(c).map(|_| ()),
             Criterion::Protocol(p) if !["tcp", "udp", "icmp", "dns"].contains(&p.as_str()) => {
                 Err(format!("--protocol {p}: expected tcp, udp, icmp or dns"))
             }
@@ -416,7 +416,7 @@ impl Criterion {
 }
 
 fn pod_matches(want: &str, e: &Endpoint) -> bool {
-    !e.pod_name.is_empty() && name_matches(want, &e.namespace, &e.pod_name)
+    NameRule::Exact.pod(want, e)
 }
 
 fn workload_matches(want: &str, e: &Endpoint) -> bool {
@@ -428,65 +428,126 @@ fn workload_matches(want: &str, e: &Endpoint) -> bool {
 }
 
 fn service_matches(want: &str, s: Option<&Service>) -> bool {
-    s.is_some_and(|s| name_matches(want, &s.namespace, &s.name))
+    NameRule::Exact.service(want, s)
 }
 
-/// `want` is `ns/name` or `name` (any namespace); a trailing `*` matches a prefix of the name.
-fn name_matches(want: &str, namespace: &str, name: &str) -> bool {
-    let (ns, want_name) = match want.split_once('/') {
-        Some((ns, n)) => (Some(ns), n),
-        None => (None, want),
-    };
-    if ns.is_some_and(|ns| ns != namespace) {
-        return false;
+/// How a filter names a pod or a Service (`ns/name` or `name`, any namespace). The two filter
+/// languages weir answers differ here, so each says which rule it means:
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameRule {
+    /// `weir observe`: the name is compared whole; a trailing `*` asks for a prefix. `ns/`
+    /// alone names nothing.
+    Exact,
+    /// Hubble's filters: the name is a prefix, so `ns/` is the whole namespace; without a
+    /// namespace the endpoint must have a name.
+    Prefix,
+}
+
+impl NameRule {
+    pub fn matches(self, want: &str, namespace: &str, name: &str) -> bool {
+        let (ns, want_name) = match want.split_once('/') {
+            Some((ns, n)) => (Some(ns), n),
+            None => (None, want),
+        };
+        if ns.is_some_and(|ns| ns != namespace) {
+            return false;
+        }
+        match self {
+            NameRule::Exact => match want_name.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == want_name,
+            },
+            NameRule::Prefix => (ns.is_some() || !name.is_empty()) && name.starts_with(want_name),
+        }
     }
-    match want_name.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => name == want_name,
+
+    /// The endpoint is a pod (Hubble's rule also takes a namespace-only endpoint for `ns/`).
+    pub fn pod(self, want: &str, e: &Endpoint) -> bool {
+        let named = match self {
+            NameRule::Exact => !e.pod_name.is_empty(),
+            NameRule::Prefix => !e.pod_name.is_empty() || !e.namespace.is_empty(),
+        };
+        named && self.matches(want, &e.namespace, &e.pod_name)
+    }
+
+    pub fn service(self, want: &str, s: Option<&Service>) -> bool {
+        s.is_some_and(|s| self.matches(want, &s.namespace, &s.name))
     }
 }
 
 fn label_matches(want: &str, e: &Endpoint) -> bool {
-    let want = want.strip_prefix("k8s:").unwrap_or(want);
-    e.labels.iter().any(|l| {
-        let l = l.strip_prefix("k8s:").unwrap_or(l);
-        match want.split_once('=') {
-            Some(_) => l == want,
-            None => l.split_once('=').map_or(l, |(k, _)| k) == want,
+    label_selector_matches(want, &e.labels)
+}
+
+/// A label selector over an endpoint's `key=value` labels: comma-separated terms `key`,
+/// `!key`, `key=value`, `key==value`, `key!=value`, keys with or without the `k8s:` source
+/// prefix. `weir observe --label` takes one term; Hubble's label filters take a selector.
+pub fn label_selector_matches(sel: &str, labels: &[String]) -> bool {
+    let value_of = |key: &str| {
+        let key = key.trim().strip_prefix("k8s:").unwrap_or(key.trim());
+        labels.iter().find_map(|l| {
+            let l = l.strip_prefix("k8s:").unwrap_or(l);
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k == key).then_some(v)
+        })
+    };
+    sel.split(',').all(|term| {
+        let term = term.trim();
+        if let Some((k, v)) = term.split_once("!=") {
+            value_of(k) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            value_of(k) == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            value_of(k).is_none()
+        } else {
+            value_of(term).is_some()
         }
     })
 }
 
-/// `addr` or `addr/len`.
-pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let bad = |why: &str| format!("--ip {s}: {why}");
-    let (a, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad("the prefix length is not a number"))?)),
-        None => (s, None),
-    };
-    let a: IpAddr = a.parse().map_err(|_| bad("not an IP address"))?;
-    let max = if a.is_ipv4() { 32 } else { 128 };
-    let len = len.unwrap_or(max);
-    if len > max {
-        return Err(bad("prefix length too long"));
+/// An address filter, parsed once: `addr` or `addr/len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let bad = |why: &str| format!("--ip {s}: {why}");
+        let (a, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad("the prefix length is not a number"))?)),
+            None => (s, None),
+        };
+        let net: IpAddr = a.parse().map_err(|_| bad("not an IP address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(bad("prefix length too long"));
+        }
+        Ok(Cidr { net, len })
     }
-    Ok((a, len))
+
+    /// Is `addr` (a flow's address, as text) inside? False when it does not parse.
+    pub fn contains(&self, addr: &str) -> bool {
+        let Ok(a) = addr.parse::<IpAddr>() else { return false };
+        match (self.net, a) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Is `addr` (text) inside `cidr` (`addr` or `addr/len`)? False when either does not parse.
-pub fn ip_matches(cidr: &str, addr: &str) -> bool {
-    let (Ok((net, len)), Ok(a)) = (parse_cidr(cidr), addr.parse::<IpAddr>()) else { return false };
-    match (net, a) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
+fn ip_matches(cidr: &str, addr: &str) -> bool {
+    Cidr::parse(cidr).is_ok_and(|c| c.contains(addr))
 }
 
 fn dns_name_matches(want: &str, name: &str) -> bool {
@@ -513,10 +574,9 @@ impl FlowFilter {
         if self.exclude.iter().any(|c| c.matches(f)) {
             return false;
         }
-        let mut groups: Vec<&str> = self.include.iter().map(Criterion::group).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        groups.iter().all(|g| self.include.iter().filter(|c| c.group() == *g).any(|c| c.matches(f)))
+        // Every kind present has a matching criterion of its kind. Filters hold a handful of
+        // criteria, so the quadratic walk allocates nothing and costs less than sorting would.
+        self.include.iter().all(|c| self.include.iter().filter(|d| d.group() == c.group()).any(|d| d.matches(f)))
     }
 }
 
@@ -649,4 +709,30 @@ mod tests {
         assert!(dns_name_matches("*.lab.test", "WEB.lab.test."));
         assert!(!dns_name_matches("*.lab.test", "lab.test."));
     }
+
+    #[test]
+    fn name_rules_differ_only_where_documented() {
+        assert!(NameRule::Exact.matches("shop/web", "shop", "web"));
+        assert!(!NameRule::Exact.matches("shop/we", "shop", "web"));
+        assert!(NameRule::Exact.matches("shop/we*", "shop", "web"));
+        assert!(NameRule::Exact.matches("web", "other", "web"));
+        assert!(!NameRule::Exact.matches("shop/", "shop", "web"));
+        assert!(NameRule::Prefix.matches("shop/we", "shop", "web"));
+        assert!(NameRule::Prefix.matches("shop/", "shop", "web"));
+        assert!(NameRule::Prefix.matches("we", "other", "web"));
+        assert!(!NameRule::Prefix.matches("", "shop", ""));
+        assert!(!NameRule::Prefix.matches("other/", "shop", "web"));
+    }
+
+    #[test]
+    fn label_selectors_take_every_term_form() {
+        let labels = vec!["k8s:app=web".to_owned(), "tier=front".to_owned()];
+        for yes in ["app=web", "app", "k8s:tier==front", "app!=db", "!team", "app=web,tier"] {
+            assert!(label_selector_matches(yes, &labels), "{yes}");
+        }
+        for no in ["app=db", "team", "!app", "app!=web", "app=web,team"] {
+            assert!(!label_selector_matches(no, &labels), "{no}");
+        }
+    }
+
 }
