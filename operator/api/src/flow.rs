@@ -734,5 +734,4 @@ mod tests {
             assert!(!label_selector_matches(no, &labels), "{no}");
         }
     }
-
 }
