@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Where the time goes: each phase prints the seconds since the start.
+phase() { echo "[test] $1 at ${SECONDS}s"; }
+phase setup
 ./scripts/setup.sh
 # shellcheck disable=SC1091
 . "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
@@ -14,9 +17,11 @@ if [ "$(id -u)" = 0 ]; then export WEIR_REQUIRE_PRIVILEGED=1; fi
 
 # Lints first: formatting, the supply-chain policy (deny.toml; advisories need a database this
 # machine cannot fetch), clippy on the host crates and on the eBPF crate for its target.
+phase lints
 cargo fmt --all -- --check
 cargo deny --log-level error check bans licenses sources
 cargo clippy --all-targets --locked -- -D warnings
+phase "eBPF clippy"
 cargo +"$WEIR_BPF_TOOLCHAIN" clippy -p weir-bpf-programs --target bpfel-unknown-none -Z build-std=core --release --locked -- -D warnings
 
 # default-members: everything but the eBPF crate, which build.rs compiles for the BPF target.
@@ -26,14 +31,17 @@ cargo +"$WEIR_BPF_TOOLCHAIN" clippy -p weir-bpf-programs --target bpfel-unknown-
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
+phase "build and run the tests"
 cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # The fuzz smoke run: every cargo-fuzz target for 10 s from its corpus (scripts/fuzz.sh).
+phase "fuzz smoke run"
 if ! ./scripts/fuzz.sh 10; then
   echo "fuzz smoke run failed"
   status=1
 fi
+phase done
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      /^SKIPPED / { s++ }

@@ -396,7 +396,7 @@ impl Lab {
             match self.agent_call(node, &weir_operator_api::Request::Status) {
                 Ok(weir_operator_api::Response::Status(s)) if s.ready => {
                     // The agent installs its conflist in the same pass that makes it ready.
-                    let conf = self.cni_conf_dir(node).join(weir_operator_agent::conflist::FILE_NAME);
+                    let conf = self.cni_conf_dir(node).join(weir_operator_agent::endpoints::conflist::FILE_NAME);
                     if conf.exists() {
                         return Ok(());
                     }
@@ -714,7 +714,7 @@ impl Lab {
         let node = &self.state.nodes[self.node_index(&st.node)?];
         let nd = self.node_dir(&st.node);
         let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(
-            self.cni_conf_dir(&st.node).join(weir_operator_agent::conflist::FILE_NAME),
+            self.cni_conf_dir(&st.node).join(weir_operator_agent::endpoints::conflist::FILE_NAME),
         )?)?;
         // libcni hands each plugin its own config with the list's name and version injected.
         let mut conf = conflist["plugins"][0].clone();

@@ -27,8 +27,8 @@ use serde::Serialize;
 use weir_bpf_common::programs;
 use weir_dataplane::{counters::Counters, events::Events, Datapath};
 use weir_operator_agent::{
-    flows::{FlowStore, Ingest},
-    metrics::Metrics,
+    observe::flows::{FlowStore, Ingest},
+    serve::metrics::Metrics,
 };
 
 mod benchenv;

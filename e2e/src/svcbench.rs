@@ -49,7 +49,7 @@ use weir_dataplane::{
     Datapath, LoadConfig,
 };
 use weir_operator_agent::{
-    service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
+    services::map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     services::LABEL_SERVICE_NAME,
     source::{self, Changed, ClusterSnapshot, Named, SliceInfo},
 };

@@ -515,7 +515,7 @@ fn lab_observe_merges_nodes_into_whole_records() {
 async fn observer_client(
     lab: &TestLab,
     node: &str,
-) -> weir_operator_agent::grpc::proto::observer::observer_client::ObserverClient<tonic::transport::Channel> {
+) -> weir_operator_agent::observe::grpc::proto::observer::observer_client::ObserverClient<tonic::transport::Channel> {
     let path = PathBuf::from(lab.ok(&["observer-socket", node]).trim());
     let channel = tonic::transport::Endpoint::try_from("http://weir-observer.invalid")
         .expect("endpoint")
@@ -527,15 +527,17 @@ async fn observer_client(
         }))
         .await
         .expect("connect to the observer socket");
-    weir_operator_agent::grpc::proto::observer::observer_client::ObserverClient::new(channel)
+    weir_operator_agent::observe::grpc::proto::observer::observer_client::ObserverClient::new(channel)
 }
 
 /// One GetFlows call read to its end: the node named by every response, and the flows.
 async fn get_flows(
-    client: &mut weir_operator_agent::grpc::proto::observer::observer_client::ObserverClient<tonic::transport::Channel>,
-    req: weir_operator_agent::grpc::proto::observer::GetFlowsRequest,
-) -> (Vec<String>, Vec<weir_operator_agent::grpc::proto::flow::Flow>) {
-    use weir_operator_agent::grpc::proto::observer::get_flows_response::ResponseTypes;
+    client: &mut weir_operator_agent::observe::grpc::proto::observer::observer_client::ObserverClient<
+        tonic::transport::Channel,
+    >,
+    req: weir_operator_agent::observe::grpc::proto::observer::GetFlowsRequest,
+) -> (Vec<String>, Vec<weir_operator_agent::observe::grpc::proto::flow::Flow>) {
+    use weir_operator_agent::observe::grpc::proto::observer::get_flows_response::ResponseTypes;
     let mut stream = client.get_flows(req).await.expect("GetFlows").into_inner();
     let (mut nodes, mut flows) = (Vec::new(), Vec::new());
     while let Some(r) = stream.message().await.expect("stream") {
@@ -549,7 +551,7 @@ async fn get_flows(
 
 /// The Hubble-compatible gRPC API, through a client generated from the same protos.
 fn grpc_checks(lab: &TestLab, web_vip: &str) {
-    use weir_operator_agent::grpc::proto::{
+    use weir_operator_agent::observe::grpc::proto::{
         flow::{FlowFilter, Verdict, Workload},
         observer::{GetFlowsRequest, ServerStatusRequest},
     };
@@ -594,7 +596,7 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
         let (_, got) = get_flows(&mut client, dns).await;
         for f in &got {
             let dns = f.l7.clone().and_then(|l| l.record).expect("l7 dns");
-            let weir_operator_agent::grpc::proto::flow::layer7::Record::Dns(d) = dns;
+            let weir_operator_agent::observe::grpc::proto::flow::layer7::Record::Dns(d) = dns;
             assert_eq!(d.query, "www.lab.test.");
         }
         assert_eq!(got.len(), 2);

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = weir_operator_agent::dns::parse(data);
+    let _ = weir_operator_agent::observe::dns::parse(data);
 });

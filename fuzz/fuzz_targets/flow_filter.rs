@@ -13,6 +13,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = filter.matches(&flow);
     flow.ip.source = "10.244.1.2".into();
     flow.ip.destination = "10.96.0.10".into();
-    flow.verdict = "FORWARDED".into();
+    flow.verdict = weir_operator_api::flow::Verdict::Forwarded;
     let _ = filter.matches(&flow);
 });

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use weir_operator_agent::{flows::Ingest, metrics::Metrics};
+use weir_operator_agent::{observe::flows::Ingest, serve::metrics::Metrics};
 
 fuzz_target!(|data: &[u8]| {
     let Some(ev) = weir_dataplane::events::Event::decode(data) else { return };

@@ -1,36 +1,25 @@
 //! weir-agent, the node agent.
 //!
-//! Pipeline (one writer per stage):
-//! `source` (manifest directory → cluster snapshots) → `state` (pure desired state) →
-//! [`node::Node`] (the single writer: endpoint store, IPAM, links, routes and BPF maps, behind
-//! one lock) → [`view::NodeView`] (what the writer publishes after every change) ← `api` (the
-//! unix socket weir-cni and the CLI talk to: writes through the lock, reads from the view),
-//! `metrics`, `grpc`.
+//! Pipeline (one writer per stage), one folder per feature:
+//! `source` (manifest directory or Kubernetes API → cluster snapshots and changes) → `state`
+//! (pure desired state) → [`node::Node`] (the single writer: `endpoints` — store, IPAM, links,
+//! routes — and the BPF maps, through the `services` and `policy` writers, behind one lock) →
+//! [`serve::view::NodeView`] (what the writer publishes after every change) ← `serve` (the unix
+//! socket weir-cni and the CLI talk to: writes through the lock, reads from the view; metrics).
+//! `observe` reads the datapath's events on its own thread and serves flows (CLI, Hubble gRPC).
 //!
 //! Start is two-phase: [`Agent::build`] validates the config and opens the socket, store and
 //! netlink; [`Agent::run`] serves. The datapath is loaded once this node's Node object (pod
 //! CIDR, InternalIP) is known; until then STATUS says "not ready" and ADD says "try again later".
-pub mod api;
-pub mod cni_cache;
 pub mod config;
-pub mod conflist;
-pub mod dns;
-pub mod events;
-pub mod flows;
-pub mod grpc;
-pub mod ipam;
-pub mod local;
-pub mod maglev;
-pub mod metrics;
-pub mod netlink;
+pub mod endpoints;
 pub mod node;
+pub mod observe;
 pub mod policy;
-pub mod service_map;
+pub mod serve;
 pub mod services;
 pub mod source;
 pub mod state;
-pub mod store;
-pub mod view;
 
 use std::time::Duration;
 
@@ -38,7 +27,13 @@ use anyhow::Context as _;
 use tokio::{net::UnixListener, sync::watch};
 
 pub use crate::node::Node;
-use crate::{config::Config, source::ClusterSnapshot};
+use crate::{
+    config::Config,
+    endpoints::{conflist, store},
+    observe::{events, flows, grpc},
+    serve::{api, local, metrics, view},
+    source::ClusterSnapshot,
+};
 
 pub fn init_tracing() {
     use std::io::IsTerminal as _;

@@ -27,15 +27,15 @@ use weir_dataplane::reader::Reader;
 
 use crate::{
     config::{Config, Routing, GATEWAY},
-    flows::{Enrichment, SharedEnrichment},
-    ipam,
-    netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
+    endpoints::ipam,
+    endpoints::netlink::{self, is_not_found, LinkInfo, Netlink, PodSide},
+    endpoints::store::{EndpointRecord, EndpointStore, Opened},
+    observe::flows::{Enrichment, SharedEnrichment},
     policy::sync::{KernelPolicyMaps, PolicyMaps, PolicySync},
-    service_map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
+    serve::view::{NodeView, Readiness, SharedView, Tallies},
+    services::map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     source::{Changes, ClusterSnapshot},
     state::{self, Desired},
-    store::{EndpointRecord, EndpointStore, Opened},
-    view::{NodeView, Readiness, SharedView, Tallies},
 };
 
 pub const VXLAN_DEVICE: &str = "weir_vxlan";
@@ -211,7 +211,7 @@ impl Node {
         })
     }
 
-    /// The views this node publishes (see [`crate::view`]).
+    /// The views this node publishes (see [`crate::serve::view`]).
     pub fn view(&self) -> SharedView {
         self.view.subscribe()
     }
@@ -590,7 +590,7 @@ impl Node {
                 tracing::warn!(iface = %name, "weir interface not in the endpoint map (an ADD that never finished); left to the orphan sweep");
                 continue;
             };
-            let cached = crate::cni_cache::find(&self.cfg.cni_cache_dir, container_id, ifname);
+            let cached = crate::endpoints::cni_cache::find(&self.cfg.cni_cache_dir, container_id, ifname);
             records.push(EndpointRecord {
                 container_id: container_id.to_owned(),
                 ifname: ifname.to_owned(),

@@ -15,7 +15,7 @@ pub struct Flow {
     pub time: String,
     /// FORWARDED, DROPPED, or TRANSLATED: the first packet of a connection whose destination
     /// was translated from a Service frontend (its later reports are FORWARDED).
-    pub verdict: String,
+    pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason_desc: Option<String>,
     #[serde(rename = "IP")]
@@ -31,7 +31,7 @@ pub struct Flow {
     pub destination_service: Option<Service>,
     /// L3_L4, or L7 for DNS.
     #[serde(rename = "Type")]
-    pub kind: String,
+    pub kind: FlowType,
     pub node_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l7: Option<Layer7>,
@@ -39,10 +39,10 @@ pub struct Flow {
     pub event_type: EventType,
     /// INGRESS (into a local pod from elsewhere), EGRESS (out of a local pod) or
     /// TRAFFIC_DIRECTION_UNKNOWN.
-    pub traffic_direction: String,
+    pub traffic_direction: TrafficDirection,
     /// FROM_ENDPOINT (leaving a pod) or TO_ENDPOINT (delivered to a pod).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub trace_observation_point: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_observation_point: Option<ObservationPoint>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_allowed_by: Vec<Policy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -54,6 +54,98 @@ pub struct Flow {
     #[serde(rename = "Summary")]
     pub summary: String,
     pub weir: WeirInfo,
+}
+
+wire_enum! {
+    /// Hubble's `flow.Verdict`, as far as weir reports them.
+    Verdict {
+        #[default]
+        Unknown = "VERDICT_UNKNOWN",
+        Forwarded = "FORWARDED",
+        Dropped = "DROPPED",
+        Translated = "TRANSLATED",
+    }
+}
+
+wire_enum! {
+    /// Hubble's `flow.TrafficDirection`.
+    TrafficDirection {
+        #[default]
+        Unknown = "TRAFFIC_DIRECTION_UNKNOWN",
+        Ingress = "INGRESS",
+        Egress = "EGRESS",
+    }
+}
+
+wire_enum! {
+    /// Hubble's `flow.FlowType` (the JSON `Type`).
+    FlowType {
+        #[default]
+        Unknown = "UNKNOWN_TYPE",
+        L3L4 = "L3_L4",
+        L7 = "L7",
+    }
+}
+
+wire_enum! {
+    /// Hubble's `flow.TraceObservationPoint`, the two weir observes.
+    ObservationPoint {
+        #[default]
+        FromEndpoint = "FROM_ENDPOINT",
+        ToEndpoint = "TO_ENDPOINT",
+    }
+}
+
+wire_enum! {
+    /// Hubble's `flow.L7FlowType`, plus weir's MALFORMED.
+    L7Type {
+        #[default]
+        Request = "REQUEST",
+        Response = "RESPONSE",
+        Malformed = "MALFORMED",
+    }
+}
+
+wire_enum! {
+    /// What `weir observe --type` selects (Hubble's `-t` names): a flow is one of trace, drop and
+    /// dns, and also policy-verdict when a policy judged it.
+    ReportType {
+        #[default]
+        Trace = "trace",
+        Drop = "drop",
+        Dns = "dns",
+        PolicyVerdict = "policy-verdict",
+    }
+}
+
+impl Verdict {
+    /// `--verdict`'s value: forwarded, dropped or translated, any case.
+    pub fn from_filter(s: &str) -> Result<Self, String> {
+        match Self::parse(s) {
+            Some(Verdict::Unknown) | None => Err(format!("--verdict {s}: expected forwarded, dropped or translated")),
+            Some(v) => Ok(v),
+        }
+    }
+}
+
+impl ReportType {
+    /// `--type`'s value.
+    pub fn from_filter(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("--type {s}: expected trace, drop, dns or policy-verdict"))
+    }
+}
+
+wire_enum! {
+    /// The kind of kernel report a flow came from (weir): a connection's first packet, its
+    /// aggregated update or close, a drop, or a DNS message.
+    FlowEvent {
+        #[default]
+        New = "new",
+        Update = "update",
+        Close = "close",
+        Drop = "drop",
+        Dns = "dns",
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,9 +285,9 @@ pub struct EventType {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layer7 {
-    /// REQUEST or RESPONSE.
+    /// REQUEST, RESPONSE, or MALFORMED (weir: a message that could not be parsed).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: L7Type,
     /// Query to response, for responses whose query was seen.
     #[serde(default)]
     pub latency_ns: u64,
@@ -230,7 +322,7 @@ pub struct Dns {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeirInfo {
     /// new, update, close (flow reports aggregated in the kernel), drop, dns.
-    pub event: String,
+    pub event: FlowEvent,
     /// Packets and bytes of the flow so far (one direction), or of the dropped packet.
     pub packets: u64,
     pub bytes: u64,
@@ -271,20 +363,38 @@ impl Flow {
         }
     }
 
-    /// trace, drop, dns or policy-verdict (a flow some policy judged).
-    pub fn types(&self) -> Vec<&'static str> {
-        let mut t = Vec::new();
+    /// trace, drop or dns.
+    pub fn report_type(&self) -> ReportType {
         if self.l7.is_some() {
-            t.push("dns");
-        } else if self.verdict == "DROPPED" {
-            t.push("drop");
+            ReportType::Dns
+        } else if self.verdict == Verdict::Dropped {
+            ReportType::Drop
         } else {
-            t.push("trace");
+            ReportType::Trace
         }
+    }
+
+    /// Some policy judged the flow: it names the rules that allowed or the policies that denied
+    /// it, or a policy dropped it.
+    pub fn policy_judged(&self) -> bool {
         let judged =
             [&self.egress_allowed_by, &self.ingress_allowed_by, &self.egress_denied_by, &self.ingress_denied_by];
-        if judged.iter().any(|v| !v.is_empty()) || self.weir.drop_reason.starts_with("policy_") {
-            t.push("policy-verdict");
+        judged.iter().any(|v| !v.is_empty()) || self.weir.drop_reason.starts_with("policy_")
+    }
+
+    /// Whether `--type t` selects the flow.
+    pub fn has_type(&self, t: ReportType) -> bool {
+        match t {
+            ReportType::PolicyVerdict => self.policy_judged(),
+            t => self.report_type() == t,
+        }
+    }
+
+    /// Every type the flow has, e.g. "trace,policy-verdict".
+    pub fn types(&self) -> String {
+        let mut t = self.report_type().as_str().to_owned();
+        if self.policy_judged() {
+            t.push_str(",policy-verdict");
         }
         t
     }
@@ -321,10 +431,10 @@ pub enum Criterion {
     Port(u16),
     /// tcp, udp, icmp or dns.
     Protocol(String),
-    /// forwarded or dropped.
-    Verdict(String),
+    /// FORWARDED, DROPPED or TRANSLATED.
+    Verdict(Verdict),
     /// trace, drop, dns or policy-verdict.
-    Type(String),
+    Type(ReportType),
     Node(String),
     /// A DNS flow whose name matches (suffix match; `*.` prefix allowed).
     DnsName(String),
@@ -385,8 +495,8 @@ impl Criterion {
             }
             Criterion::Protocol(p) if p == "dns" => f.l7.is_some(),
             Criterion::Protocol(p) => f.protocol() == p,
-            Criterion::Verdict(v) => f.verdict.eq_ignore_ascii_case(v),
-            Criterion::Type(t) => f.types().contains(&t.as_str()),
+            Criterion::Verdict(v) => f.verdict == *v,
+            Criterion::Type(t) => f.has_type(*t),
             Criterion::Node(n) => &f.node_name == n,
             Criterion::DnsName(n) => f.l7.as_ref().is_some_and(|l| dns_name_matches(n, &l.dns.query)),
         }
@@ -399,13 +509,8 @@ impl Criterion {
             Criterion::Protocol(p) if !["tcp", "udp", "icmp", "dns"].contains(&p.as_str()) => {
                 Err(format!("--protocol {p}: expected tcp, udp, icmp or dns"))
             }
-            Criterion::Verdict(v)
-                if !["forwarded", "dropped", "translated"].contains(&v.to_ascii_lowercase().as_str()) =>
-            {
-                Err(format!("--verdict {v}: expected forwarded, dropped or translated"))
-            }
-            Criterion::Type(t) if !["trace", "drop", "dns", "policy-verdict"].contains(&t.as_str()) => {
-                Err(format!("--type {t}: expected trace, drop, dns or policy-verdict"))
+            Criterion::Verdict(Verdict::Unknown) => {
+                Err("--verdict VERDICT_UNKNOWN: expected forwarded, dropped or translated".into())
             }
             Criterion::Label(l) | Criterion::FromLabel(l) | Criterion::ToLabel(l) if l.is_empty() => {
                 Err("--label: expected KEY or KEY=VALUE".into())
@@ -620,7 +725,7 @@ mod tests {
 
     fn flow() -> Flow {
         Flow {
-            verdict: "FORWARDED".into(),
+            verdict: Verdict::Forwarded,
             ip: Ip { source: "10.244.1.5".into(), destination: "10.244.2.9".into(), ip_version: "IPv4".into() },
             l4: Layer4 {
                 tcp: Some(Tcp { source_port: 40000, destination_port: 80, flags: TcpFlags::from_bits(2) }),
@@ -654,21 +759,23 @@ mod tests {
         assert!(Criterion::Port(80).matches(&f));
         assert!(Criterion::Protocol("tcp".into()).matches(&f));
         assert!(!Criterion::Protocol("dns".into()).matches(&f));
-        assert!(Criterion::Verdict("forwarded".into()).matches(&f));
-        assert!(Criterion::Type("trace".into()).matches(&f));
+        assert!(Criterion::Verdict(Verdict::Forwarded).matches(&f));
+        assert!(!Criterion::Verdict(Verdict::Dropped).matches(&f));
+        assert!(Criterion::Type(ReportType::Trace).matches(&f));
+        assert!(!Criterion::Type(ReportType::PolicyVerdict).matches(&f));
     }
 
     #[test]
     fn service_criteria_match_the_side_the_service_is_on() {
         let svc = Service { name: "pg".into(), namespace: "db".into() };
-        let f = Flow { destination_service: Some(svc.clone()), verdict: "TRANSLATED".into(), ..flow() };
+        let f = Flow { destination_service: Some(svc.clone()), verdict: Verdict::Translated, ..flow() };
         assert!(Criterion::Service("db/pg".into()).matches(&f));
         assert!(Criterion::Service("p*".into()).matches(&f));
         assert!(Criterion::ToService("pg".into()).matches(&f));
         assert!(!Criterion::FromService("pg".into()).matches(&f));
         assert!(!Criterion::Service("shop/pg".into()).matches(&f));
         assert!(!Criterion::Service("pg".into()).matches(&flow()));
-        assert!(Criterion::Verdict("translated".into()).matches(&f));
+        assert!(Criterion::Verdict(Verdict::Translated).matches(&f));
         let reply = Flow { source_service: Some(svc), ..flow() };
         let mut w = flow();
         w.source.workloads = vec![Workload { name: "web".into(), kind: "Deployment".into() }];
@@ -698,9 +805,45 @@ mod tests {
         assert!(Criterion::Ip("10.0.0.0/40".into()).validate().unwrap_err().contains("10.0.0.0/40"));
         assert!(Criterion::Ip("nope".into()).validate().is_err());
         assert!(Criterion::Protocol("sctp".into()).validate().unwrap_err().contains("sctp"));
-        assert!(Criterion::Verdict("maybe".into()).validate().is_err());
-        assert!(Criterion::Type("l7".into()).validate().is_err());
-        assert!(Criterion::Verdict("DROPPED".into()).validate().is_ok());
+        assert!(Verdict::from_filter("maybe").unwrap_err().contains("maybe"));
+        assert!(Verdict::from_filter("verdict_unknown").is_err());
+        assert!(ReportType::from_filter("l7").unwrap_err().contains("l7"));
+        assert_eq!(Verdict::from_filter("DROPPED"), Ok(Verdict::Dropped));
+        assert_eq!(Verdict::from_filter("dropped"), Ok(Verdict::Dropped));
+        assert!(Criterion::Verdict(Verdict::Unknown).validate().is_err());
+    }
+
+    /// The typed names keep Hubble's JSON spelling, both ways.
+    #[test]
+    fn typed_names_keep_the_wire_form() {
+        let f = Flow {
+            kind: FlowType::L3L4,
+            traffic_direction: TrafficDirection::Egress,
+            trace_observation_point: Some(ObservationPoint::FromEndpoint),
+            weir: WeirInfo { event: FlowEvent::New, ..Default::default() },
+            ..flow()
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            (&v["verdict"], &v["Type"], &v["traffic_direction"], &v["trace_observation_point"], &v["weir"]["event"]),
+            (&"FORWARDED".into(), &"L3_L4".into(), &"EGRESS".into(), &"FROM_ENDPOINT".into(), &"new".into())
+        );
+        let back: Flow = serde_json::from_value(v).unwrap();
+        assert_eq!(back, f);
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::parse(v.as_str()), Some(*v));
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
+        for t in ReportType::ALL {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        let lower: Criterion = serde_json::from_str(r#"{"kind":"verdict","value":"dropped"}"#).unwrap();
+        assert_eq!(lower, Criterion::Verdict(Verdict::Dropped));
+        let bad = serde_json::from_str::<Criterion>(r#"{"kind":"verdict","value":"maybe"}"#).unwrap_err().to_string();
+        assert!(bad.contains("maybe") && bad.contains("FORWARDED"), "{bad}");
+        let unknown = serde_json::to_value(Flow { trace_observation_point: None, ..flow() }).unwrap();
+        assert!(unknown.get("trace_observation_point").is_none());
+        assert_eq!(unknown["traffic_direction"], "TRAFFIC_DIRECTION_UNKNOWN");
     }
 
     #[test]

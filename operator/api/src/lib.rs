@@ -4,6 +4,50 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+/// Declares a closed set of names that travel as strings in JSON (Hubble's spelling where Hubble
+/// has the field) and are typed everywhere else: `as_str` gives the wire name, `parse` takes it back, ignoring case.
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $v),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v),+];
+
+            /// The name on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $s),+
+                }
+            }
+
+            /// The variant named `s` (any case).
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str().eq_ignore_ascii_case(s))
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::parse(&s).ok_or_else(|| {
+                    let known: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    serde::de::Error::custom(format!("unknown {} {s:?} (expected {})", stringify!($name), known.join(", ")))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
 pub mod flow;
 
 pub const PROTOCOL: u32 = 1;
@@ -189,11 +233,24 @@ pub struct DropRecord {
     pub pod: Option<String>,
 }
 
+wire_enum! {
+    /// How one direction of a policy explanation ends.
+    SideVerdict {
+        /// No policy selects the endpoint in this direction: everything is allowed.
+        #[default]
+        NotIsolated = "not-isolated",
+        Allowed = "allowed",
+        /// Isolated, and no rule allows it.
+        Denied = "denied",
+        /// The endpoint's policy could not be compiled: the datapath denies until it can.
+        FailClosed = "fail-closed",
+    }
+}
+
 /// One direction of a policy explanation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicySide {
-    /// `not-isolated`, `allowed`, `denied` or `fail-closed`.
-    pub verdict: String,
+    pub verdict: SideVerdict,
     /// The pod whose policy decides this direction (the source for egress, the destination
     /// for ingress), when it is a pod.
     pub endpoint: Option<String>,

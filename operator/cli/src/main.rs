@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
-use weir_operator_api::{client, Request, Response};
+use weir_operator_api::{client, Request, Response, SideVerdict};
 
 mod observe;
 
@@ -226,13 +226,13 @@ fn main() -> anyhow::Result<()> {
             for (dir, s) in [("egress", &e.egress), ("ingress", &e.ingress)] {
                 let who = s.endpoint.as_deref().unwrap_or("not a pod");
                 println!("  {dir} ({who}): {}", s.verdict);
-                match s.verdict.as_str() {
-                    "allowed" => s.rules.iter().for_each(|r| println!("    by {r}")),
-                    "denied" => {
+                match s.verdict {
+                    SideVerdict::Allowed => s.rules.iter().for_each(|r| println!("    by {r}")),
+                    SideVerdict::Denied => {
                         println!("    default deny: isolated by {} and no rule allows it", s.selected_by.join(", "))
                     }
-                    "fail-closed" => println!("    {}", s.reason.as_deref().unwrap_or("")),
-                    _ => println!("    no policy selects it for {dir}"),
+                    SideVerdict::FailClosed => println!("    {}", s.reason.as_deref().unwrap_or("")),
+                    SideVerdict::NotIsolated => println!("    no policy selects it for {dir}"),
                 }
             }
             if !e.allowed {

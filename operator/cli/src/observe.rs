@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use weir_operator_api::{
     client,
-    flow::{Criterion, Flow, FlowQuery},
+    flow::{Criterion, Flow, FlowQuery, ObservationPoint, ReportType, Verdict},
     Request, Response,
 };
 
@@ -89,8 +89,8 @@ pub fn parse(args: &[String], now: SystemTime) -> Result<Args, String> {
                 Criterion::Port(v.parse().map_err(|_| format!("--port {v}: expected a port number 0-65535"))?)
             }
             "--protocol" => Criterion::Protocol(value(flag)?.to_ascii_lowercase()),
-            "--verdict" => Criterion::Verdict(value(flag)?.to_ascii_lowercase()),
-            "-t" | "--type" => Criterion::Type(value(flag)?.to_ascii_lowercase()),
+            "--verdict" => Criterion::Verdict(Verdict::from_filter(&value(flag)?)?),
+            "-t" | "--type" => Criterion::Type(ReportType::from_filter(&value(flag)?)?),
             "--node" => Criterion::Node(value(flag)?),
             "--dns-name" => Criterion::DnsName(value(flag)?),
             other => {
@@ -194,12 +194,15 @@ fn service_note(f: &Flow) -> String {
 pub fn compact(f: &Flow) -> String {
     let (sp, dp) = f.ports();
     let time = f.time.get(11..23).unwrap_or(&f.time);
-    let verdict = if f.verdict == "DROPPED" { format!("DROPPED ({})", f.weir.drop_reason) } else { f.verdict.clone() };
+    let verdict = match f.verdict {
+        Verdict::Dropped => format!("DROPPED ({})", f.weir.drop_reason),
+        v => v.to_string(),
+    };
     let reply = if f.is_reply { " reply" } else { "" };
-    let point = match f.trace_observation_point.as_str() {
-        "FROM_ENDPOINT" => " from-pod",
-        "TO_ENDPOINT" => " to-pod",
-        _ => "",
+    let point = match f.trace_observation_point {
+        Some(ObservationPoint::FromEndpoint) => " from-pod",
+        Some(ObservationPoint::ToEndpoint) => " to-pod",
+        None => "",
     };
     format!(
         "{time} [{}] {} -> {}{} {}{reply}{point} {verdict} {}{}",
@@ -221,7 +224,7 @@ fn table_row(f: &Flow) -> String {
         f.node_name,
         side(&f.ip.source, sp, &f.source.pod()),
         side(&f.ip.destination, dp, &f.destination.pod()),
-        f.types().join(","),
+        f.types(),
         f.verdict,
         f.summary,
         service_note(f),
@@ -449,7 +452,7 @@ mod tests {
         let web = Service { name: "web".into(), namespace: "shop".into() };
         let weir = WeirInfo { service_frontend: "10.96.0.10:80".into(), ..Default::default() };
         let f =
-            Flow { verdict: "TRANSLATED".into(), destination_service: Some(web.clone()), weir, ..Default::default() };
+            Flow { verdict: Verdict::Translated, destination_service: Some(web.clone()), weir, ..Default::default() };
         assert!(compact(&f).contains(" (via Service shop/web 10.96.0.10:80) "), "{}", compact(&f));
         assert!(compact(&f).contains(" TRANSLATED "), "{}", compact(&f));
         let reply = Flow { destination_service: None, source_service: Some(web), is_reply: true, ..f.clone() };

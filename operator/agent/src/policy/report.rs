@@ -1,7 +1,7 @@
 //! What `weir policy explain` and `weir policy show` print, from the compiler's own output.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use weir_operator_api::{DirectionPolicy, EndpointPolicyRow, PolicyExplanation, PolicyReport, PolicySide};
+use weir_operator_api::{DirectionPolicy, EndpointPolicyRow, PolicyExplanation, PolicyReport, PolicySide, SideVerdict};
 
 use super::{
     compile::{explain, Cluster, Compiled, EntryKey, SideExplain, ANY_PEER},
@@ -97,14 +97,14 @@ pub fn explanation(c: &Cluster, from: &str, to: &str, protocol: &str, port: u16)
     let (compiled, e) = explain(c, src, dst, proto, port);
     let side = |s: &SideExplain, pod: &Option<String>| -> PolicySide {
         let (verdict, rules, selected_by, reason) = match s {
-            SideExplain::Open => ("not-isolated", vec![], vec![], None),
+            SideExplain::Open => (SideVerdict::NotIsolated, vec![], vec![], None),
             SideExplain::Allowed { rules } => {
-                ("allowed", rules.iter().map(|r| describe_rule(c, r)).collect(), vec![], None)
+                (SideVerdict::Allowed, rules.iter().map(|r| describe_rule(c, r)).collect(), vec![], None)
             }
-            SideExplain::Denied { selected_by } => ("denied", vec![], policy_names(c, selected_by), None),
-            SideExplain::FailClosed { reason } => ("fail-closed", vec![], vec![], Some(reason.clone())),
+            SideExplain::Denied { selected_by } => (SideVerdict::Denied, vec![], policy_names(c, selected_by), None),
+            SideExplain::FailClosed { reason } => (SideVerdict::FailClosed, vec![], vec![], Some(reason.clone())),
         };
-        PolicySide { verdict: verdict.into(), endpoint: pod.clone(), rules, selected_by, reason }
+        PolicySide { verdict, endpoint: pod.clone(), rules, selected_by, reason }
     };
     Ok(PolicyExplanation {
         allowed: e.allowed,

@@ -14,7 +14,7 @@ use weir_bpf_common::{DatapathEvent, DropReason, EVENT_DROP};
 use weir_dataplane::events::{Event, Events};
 use weir_operator_api::DropRecord;
 
-use crate::flows::{addr, Ingest, SharedFlowStore};
+use crate::observe::flows::{addr, Ingest, SharedFlowStore};
 
 /// How often the reader drains the ring without being woken, in milliseconds.
 const DRAIN_EVERY_MS: u16 = 50;

@@ -18,7 +18,8 @@ use weir_bpf_common::{Addr16, BackendAddr, BackendKey, MaglevTable, ServiceKey, 
 use weir_dataplane::maps::{self, FakeMap, KeyValueMap};
 
 use crate::{
-    maglev, services,
+    services,
+    services::maglev,
     source::{Named, SliceInfo},
 };
 

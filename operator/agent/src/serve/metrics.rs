@@ -14,9 +14,9 @@ use hyper::{body::Bytes, Request, Response};
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use weir_operator_api::flow::Flow;
+use weir_operator_api::flow::{Flow, TrafficDirection, Verdict};
 
-use crate::dns;
+use crate::observe::dns;
 
 pub struct Metrics {
     registry: Registry,
@@ -144,18 +144,19 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one ingested flow.
     pub fn flow(&self, f: &Flow) {
-        let dir = match f.traffic_direction.as_str() {
-            "EGRESS" => "egress",
-            "INGRESS" => "ingress",
-            _ => "unknown",
+        let dir = match f.traffic_direction {
+            TrafficDirection::Egress => "egress",
+            TrafficDirection::Ingress => "ingress",
+            TrafficDirection::Unknown => "unknown",
         };
-        let verdict = match f.verdict.as_str() {
-            "DROPPED" => "dropped",
-            "TRANSLATED" => "translated",
-            _ => "forwarded",
+        let verdict = match f.verdict {
+            Verdict::Dropped => "dropped",
+            Verdict::Translated => "translated",
+            Verdict::Forwarded => "forwarded",
+            Verdict::Unknown => "unknown",
         };
         self.flows.with_label_values(&[verdict, f.weir.event.as_str(), dir]).inc();
-        if f.verdict == "DROPPED" {
+        if f.verdict == Verdict::Dropped {
             // The local pod's namespace: the source leaving a pod, else the destination.
             let ns = if f.source.namespace.is_empty() { &f.destination.namespace } else { &f.source.namespace };
             self.drops.with_label_values(&[f.weir.drop_reason.as_str(), ns.as_str()]).inc();
@@ -210,7 +211,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
     tracing::info!(%addr, "metrics served at /metrics");
     let refresh = Arc::new(refresh);
-    let cap = crate::local::ConnectionCap::new(crate::local::METRICS_CONNECTIONS);
+    let cap = crate::serve::local::ConnectionCap::new(crate::serve::local::METRICS_CONNECTIONS);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -242,10 +243,10 @@ pub async fn serve(
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(crate::local::METRICS_HEADER_TIMEOUT)
+                .header_read_timeout(crate::serve::local::METRICS_HEADER_TIMEOUT)
                 .max_buf_size(64 * 1024)
                 .serve_connection(io, svc);
-            match tokio::time::timeout(crate::local::METRICS_CONNECTION_TIMEOUT, conn).await {
+            match tokio::time::timeout(crate::serve::local::METRICS_CONNECTION_TIMEOUT, conn).await {
                 Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection"),
                 Err(_) => tracing::debug!("metrics connection closed after the time limit"),
                 Ok(Ok(())) => {}

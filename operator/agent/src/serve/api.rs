@@ -10,12 +10,12 @@ use tokio::{
 use weir_operator_api::{code, flow::FlowQuery, ApiError, Attachment, Drops, Request, Response};
 
 use crate::{
-    events::SharedDropLog,
-    flows::SharedFlowStore,
-    local,
     node::Node,
+    observe::events::SharedDropLog,
+    observe::flows::SharedFlowStore,
+    serve::local,
+    serve::view::{latest, SharedView},
     source::ClusterSnapshot,
-    view::{latest, SharedView},
 };
 
 /// What the API serves from: the node's writer (for ADD, CHECK, DEL and GC only), its published
@@ -169,7 +169,7 @@ async fn serve_flows(
         let mut next = Some(first);
         while let Some(r) = next.take() {
             match r {
-                Ok(f) if q.filter.matches(&f) => out.push(crate::flows::for_reader(&f)),
+                Ok(f) if q.filter.matches(&f) => out.push(crate::observe::flows::for_reader(&f)),
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => skipped += n,
                 Err(RecvError::Closed) => return Ok(()),
@@ -291,7 +291,7 @@ mod tests {
             node: Arc::new(Mutex::new(node)),
             view,
             drops: SharedDropLog::default(),
-            flows: Arc::new(std::sync::Mutex::new(crate::flows::FlowStore::new(16))),
+            flows: Arc::new(std::sync::Mutex::new(crate::observe::flows::FlowStore::new(16))),
             gate: AddGate { cluster, kick: Arc::default(), wait: Duration::from_secs(1) },
         };
         let busy = state.node.lock().await;

@@ -20,10 +20,10 @@ use weir_operator_api::{
 };
 
 use crate::{
-    metrics::Metrics,
+    endpoints::store::Records,
     node::{api_err, endpoint_info, to_endpoint},
     policy::compile::{Cluster, Compiled},
-    store::Records,
+    serve::metrics::Metrics,
 };
 
 /// Where the node is on its way to serving ADD.

@@ -1,6 +1,7 @@
 //! The Service model: Services and their EndpointSlices compiled into a table of frontends
-//! (address, port, protocol) and the backends behind each. Pure: no I/O, unit-tested. The
-//! datapath that serves this table (socket-level and per-packet load balancing) is separate work.
+//! (address, port, protocol) and the backends behind each. Pure: no I/O, unit-tested. `map`
+//! turns the table into this node's Service maps (its one writer, `ServiceSync`), `maglev` builds
+//! the per-packet balancer's tables; the eBPF programs serve them.
 //!
 //! Semantics (Kubernetes): ClusterIP, NodePort (on every node address), externalIPs and
 //! LoadBalancer ingress IPs are frontends; headless (`clusterIP: None`) and ExternalName Services
@@ -8,6 +9,9 @@
 //! `service.kubernetes.io/headless` are not ours. Backends come from EndpointSlices labelled
 //! `kubernetes.io/service-name`, matched to Service ports by port name; ready endpoints serve, and
 //! when none is ready, serving-but-terminating ones do.
+pub mod maglev;
+pub mod map;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,

@@ -24,16 +24,17 @@ use weir_bpf_common::{
 };
 use weir_dataplane::events::Event;
 use weir_operator_api::flow::{
-    Dns, Endpoint, EventType, Flow, FlowQuery, Icmp, Ip, Layer4, Layer7, Policy, Service, Tcp, TcpFlags, Udp, WeirInfo,
+    Dns, Endpoint, EventType, Flow, FlowEvent, FlowQuery, FlowType, Icmp, Ip, L7Type, Layer4, Layer7, ObservationPoint,
+    Policy, Service, Tcp, TcpFlags, TrafficDirection, Udp, Verdict, WeirInfo,
 };
 
 use crate::{
-    dns,
-    metrics::Metrics,
+    observe::dns,
     policy::{
         compile::{decide, Cluster, Compiled, SideExplain},
         Direction, RuleRef,
     },
+    serve::metrics::Metrics,
 };
 
 /// What enrichment reads: the cluster's pods, the compiled policy the datapath enforces, and
@@ -168,12 +169,17 @@ impl Ingest {
             Event::Dns(d) => (&d.event, Some(d.as_ref())),
         };
         let event = match e.kind {
-            EVENT_DROP => "drop",
-            EVENT_FLOW_NEW => "new",
-            EVENT_FLOW_UPDATE => "update",
-            EVENT_FLOW_CLOSE => "close",
-            EVENT_DNS => "dns",
+            EVENT_DROP => FlowEvent::Drop,
+            EVENT_FLOW_NEW => FlowEvent::New,
+            EVENT_FLOW_UPDATE => FlowEvent::Update,
+            EVENT_FLOW_CLOSE => FlowEvent::Close,
+            EVENT_DNS => FlowEvent::Dns,
             _ => return None,
+        };
+        let point = match e.point {
+            OBS_FROM_POD => Some(ObservationPoint::FromEndpoint),
+            OBS_TO_POD => Some(ObservationPoint::ToEndpoint),
+            _ => None,
         };
         let unix_ns = (i128::from(e.ktime_ns) + self.clock_offset_ns).max(0) as u64;
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
@@ -183,14 +189,14 @@ impl Ingest {
             (self.cached_endpoint(&enrichment, src), self.cached_endpoint(&enrichment, dst));
         // A packet dropped because its source could not be verified never names the pod it
         // claimed to come from: the record keeps the address only.
-        let reason = if e.kind == EVENT_DROP { DropReason::from_u8(e.reason) } else { None };
+        let reason = if event == FlowEvent::Drop { DropReason::from_u8(e.reason) } else { None };
         if reason.is_some_and(source_unverified) {
             source = Endpoint::default();
         }
         let mut f = Flow {
             // Formatted when the flow is read (`for_reader`), not for every flow stored.
             time: String::new(),
-            verdict: if e.kind == EVENT_DROP { "DROPPED" } else { "FORWARDED" }.into(),
+            verdict: if event == FlowEvent::Drop { Verdict::Dropped } else { Verdict::Forwarded },
             ip: Ip {
                 source: src_text,
                 destination: dst_text,
@@ -199,47 +205,41 @@ impl Ingest {
             l4: layer4(e),
             source,
             destination,
-            kind: if dns_msg.is_some() { "L7" } else { "L3_L4" }.into(),
+            kind: if dns_msg.is_some() { FlowType::L7 } else { FlowType::L3L4 },
             node_name: self.node.clone(),
             is_reply: e.flags & FLOW_F_REPLY != 0,
             event_type: EventType {
-                kind: match e.kind {
-                    EVENT_DROP => 1,
-                    EVENT_DNS => 129,
-                    _ => 4,
+                kind: match event {
+                    FlowEvent::Drop => 1,
+                    FlowEvent::Dns => 129,
+                    FlowEvent::New | FlowEvent::Update | FlowEvent::Close => 4,
                 },
             },
-            traffic_direction: match e.point {
-                OBS_FROM_POD => "EGRESS",
-                OBS_TO_POD => "INGRESS",
-                _ => "TRAFFIC_DIRECTION_UNKNOWN",
-            }
-            .into(),
-            trace_observation_point: match e.point {
-                OBS_FROM_POD => "FROM_ENDPOINT",
-                OBS_TO_POD => "TO_ENDPOINT",
-                _ => "",
-            }
-            .into(),
-            weir: WeirInfo { event: event.into(), packets: e.packets, bytes: e.bytes, unix_ns, ..Default::default() },
+            traffic_direction: match point {
+                Some(ObservationPoint::FromEndpoint) => TrafficDirection::Egress,
+                Some(ObservationPoint::ToEndpoint) => TrafficDirection::Ingress,
+                None => TrafficDirection::Unknown,
+            },
+            trace_observation_point: point,
+            weir: WeirInfo { event, packets: e.packets, bytes: e.bytes, unix_ns, ..Default::default() },
             ..Default::default()
         };
-        if e.kind == EVENT_DROP {
+        if event == FlowEvent::Drop {
             f.weir.drop_reason = reason.map_or_else(|| format!("unknown_{}", e.reason), |r| r.label().to_owned());
             f.drop_reason_desc = Some(match reason {
                 Some(DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress) => "POLICY_DENIED".into(),
                 _ => f.weir.drop_reason.to_ascii_uppercase(),
             });
             match reason {
-                Some(DropReason::PolicyDeniedEgress) => f.traffic_direction = "EGRESS".into(),
-                Some(DropReason::PolicyDeniedIngress) => f.traffic_direction = "INGRESS".into(),
+                Some(DropReason::PolicyDeniedEgress) => f.traffic_direction = TrafficDirection::Egress,
+                Some(DropReason::PolicyDeniedIngress) => f.traffic_direction = TrafficDirection::Ingress,
                 _ => {}
             }
         }
         // Policy: which rules let a connection's first packet through, or which policies
         // isolate the pod that dropped it. Looked up in the compiled policy the datapath holds.
         let policy_drop = matches!(reason, Some(DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress));
-        if (e.kind == EVENT_FLOW_NEW && !f.is_reply) || policy_drop {
+        if (event == FlowEvent::New && !f.is_reply) || policy_drop {
             if let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) {
                 self.attribute(&enrichment, &mut f, s, d, e.proto, dport);
             }
@@ -265,13 +265,13 @@ impl Ingest {
             let (namespace, name) = owner.split_once('/').unwrap_or(("", owner));
             Service { name: name.to_owned(), namespace: namespace.to_owned() }
         });
-        let response = f.l7.as_ref().is_some_and(|l| l.kind == "RESPONSE");
+        let response = f.l7.as_ref().is_some_and(|l| l.kind == L7Type::Response);
         if f.is_reply || response {
             f.source_service = svc;
         } else {
             f.destination_service = svc;
-            if e.kind == EVENT_FLOW_NEW {
-                f.verdict = "TRANSLATED".into();
+            if f.weir.event == FlowEvent::New {
+                f.verdict = Verdict::Translated;
             }
         }
     }
@@ -303,7 +303,7 @@ impl Ingest {
         f.weir.dns_tcp = d.tcp != 0;
         let Ok(m) = dns::parse(msg) else {
             self.metrics.dns_malformed();
-            f.l7 = Some(Layer7 { kind: "MALFORMED".into(), latency_ns: 0, dns: Dns::default() });
+            f.l7 = Some(Layer7 { kind: L7Type::Malformed, latency_ns: 0, dns: Dns::default() });
             return;
         };
         let mut latency_ns = 0;
@@ -329,7 +329,7 @@ impl Ingest {
         let client_ns = if m.response { &f.destination.namespace } else { &f.source.namespace };
         self.metrics.dns(client_ns, &m, (latency_ns > 0).then_some(latency_ns));
         f.l7 = Some(Layer7 {
-            kind: if m.response { "RESPONSE" } else { "REQUEST" }.into(),
+            kind: if m.response { L7Type::Response } else { L7Type::Request },
             latency_ns,
             dns: Dns {
                 query: m.name.clone(),
@@ -365,9 +365,9 @@ fn summary(f: &Flow, e: &DatapathEvent) -> String {
     if let Some(l7) = &f.l7 {
         let d = &l7.dns;
         let qtype = d.qtypes.first().map_or("", String::as_str);
-        return match l7.kind.as_str() {
-            "REQUEST" => format!("DNS query {} {qtype}", d.query),
-            "RESPONSE" => {
+        return match l7.kind {
+            L7Type::Request => format!("DNS query {} {qtype}", d.query),
+            L7Type::Response => {
                 let mut answers: Vec<String> = d.cnames.iter().map(|c| format!("CNAME {c}")).collect();
                 answers.extend(d.ips.iter().cloned());
                 format!(
@@ -378,7 +378,7 @@ fn summary(f: &Flow, e: &DatapathEvent) -> String {
                     d.ttl
                 )
             }
-            _ => "DNS message that could not be parsed".into(),
+            L7Type::Malformed => "DNS message that could not be parsed".into(),
         };
     }
     let mut s = match (&f.l4.tcp, &f.l4.icmpv4) {
@@ -391,12 +391,12 @@ fn summary(f: &Flow, e: &DatapathEvent) -> String {
         _ if f.l4.udp.is_some() => "UDP".into(),
         _ => format!("IP protocol {}", e.proto),
     };
-    if e.kind == EVENT_FLOW_UPDATE || e.kind == EVENT_FLOW_CLOSE {
+    if matches!(f.weir.event, FlowEvent::Update | FlowEvent::Close) {
         s.push_str(&format!(
             " ({} packets, {} bytes{})",
             e.packets,
             e.bytes,
-            if e.kind == EVENT_FLOW_CLOSE { ", closed" } else { "" }
+            if f.weir.event == FlowEvent::Close { ", closed" } else { "" }
         ));
     }
     s
@@ -511,20 +511,20 @@ mod tests {
     fn events_become_hubble_shaped_flows() {
         let mut i = ingest();
         let f = i.flow(&Event::Flow(ev(EVENT_FLOW_NEW, 40000, 80))).expect("flow");
-        assert_eq!(f.verdict, "FORWARDED");
+        assert_eq!(f.verdict, Verdict::Forwarded);
         assert_eq!(f.ip.source, "10.244.1.2");
         assert_eq!(f.l4.tcp.as_ref().map(|t| (t.source_port, t.destination_port)), Some((40000, 80)));
         assert_eq!(f.summary, "TCP Flags: SYN");
-        assert_eq!(f.traffic_direction, "EGRESS");
+        assert_eq!(f.traffic_direction, TrafficDirection::Egress);
         assert_eq!(f.event_type.kind, 4);
         let v = serde_json::to_value(&f).expect("json");
         assert_eq!(v["IP"]["destination"], "10.244.2.3");
         assert_eq!(v["l4"]["TCP"]["flags"]["SYN"], true);
         assert_eq!(v["Type"], "L3_L4");
         let d = i.flow(&Event::Flow(DatapathEvent { reason: 11, ..ev(EVENT_DROP, 1, 2) })).expect("drop");
-        assert_eq!((d.verdict.as_str(), d.weir.drop_reason.as_str()), ("DROPPED", "policy_denied_ingress"));
+        assert_eq!((d.verdict, d.weir.drop_reason.as_str()), (Verdict::Dropped, "policy_denied_ingress"));
         assert_eq!(d.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
-        assert_eq!(d.traffic_direction, "INGRESS");
+        assert_eq!(d.traffic_direction, TrafficDirection::Ingress);
         assert!(i.flow(&Event::Flow(ev(99, 1, 2))).is_none());
     }
 
@@ -561,7 +561,7 @@ mod tests {
         let mut i = Ingest::new("n1".into(), shared, Arc::new(Metrics::default()));
         let svc = |e: DatapathEvent| DatapathEvent { svc_addr: front.addr, svc_port_be: front.port_be, ..e };
         let f = i.flow(&Event::Flow(svc(ev(EVENT_FLOW_NEW, 40000, 8080)))).expect("flow");
-        assert_eq!(f.verdict, "TRANSLATED");
+        assert_eq!(f.verdict, Verdict::Translated);
         assert_eq!(f.destination_service.as_ref().map(|s| s.full_name()).as_deref(), Some("shop/web"));
         assert_eq!((f.source_service.as_ref(), f.weir.service_frontend.as_str()), (None, "10.96.0.10:80"));
         let v = serde_json::to_value(&f).expect("json");
@@ -571,11 +571,11 @@ mod tests {
         );
         // Later reports of the connection are plain forwards; a reply names the Service as its source.
         let u = i.flow(&Event::Flow(svc(ev(EVENT_FLOW_UPDATE, 40000, 8080)))).expect("update");
-        assert_eq!((u.verdict.as_str(), u.destination_service.is_some()), ("FORWARDED", true));
+        assert_eq!((u.verdict, u.destination_service.is_some()), (Verdict::Forwarded, true));
         let r = i
             .flow(&Event::Flow(DatapathEvent { flags: FLOW_F_REPLY, ..svc(ev(EVENT_FLOW_NEW, 8080, 40000)) }))
             .expect("reply");
-        assert_eq!((r.verdict.as_str(), r.destination_service.is_some()), ("FORWARDED", false));
+        assert_eq!((r.verdict, r.destination_service.is_some()), (Verdict::Forwarded, false));
         assert_eq!(r.source_service.map(|s| s.name).as_deref(), Some("web"));
         // A frontend no Service owns (any more) is still shown; no frontend, no Service.
         let gone = DatapathEvent { svc_port_be: 81u16.to_be(), ..svc(ev(EVENT_FLOW_NEW, 40001, 8080)) };
@@ -605,7 +605,7 @@ mod tests {
         let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1, 0, 1];
         let mut i = ingest();
         let fq = i.flow(&dns_event(&q, 5555, 53, false, 1_000)).expect("query");
-        assert_eq!(fq.l7.as_ref().map(|l| l.kind.as_str()), Some("REQUEST"));
+        assert_eq!(fq.l7.as_ref().map(|l| l.kind), Some(L7Type::Request));
         assert_eq!(fq.summary, "DNS query web. A");
         q[2] = 0x81;
         q[3] = 0x80;
@@ -613,11 +613,11 @@ mod tests {
         q.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 1, 2, 3]);
         let fr = i.flow(&dns_event(&q, 53, 5555, true, 251_000)).expect("response");
         let l7 = fr.l7.expect("l7");
-        assert_eq!((l7.kind.as_str(), l7.latency_ns), ("RESPONSE", 250_000));
+        assert_eq!((l7.kind, l7.latency_ns), (L7Type::Response, 250_000));
         assert_eq!(l7.dns.ips, ["10.1.2.3"]);
         assert_eq!(fr.summary, "DNS answer web. A NOERROR: 10.1.2.3 TTL 30");
         let bad = i.flow(&dns_event(&[1, 2, 3], 5555, 53, false, 5)).expect("malformed");
-        assert_eq!(bad.l7.map(|l| l.kind), Some("MALFORMED".into()));
+        assert_eq!(bad.l7.map(|l| l.kind), Some(L7Type::Malformed));
     }
 
     #[test]

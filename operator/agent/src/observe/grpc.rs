@@ -18,11 +18,13 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
-use weir_operator_api::flow::{label_selector_matches, Cidr, Flow, NameRule};
+use weir_operator_api::flow::{
+    label_selector_matches, Cidr, Flow, FlowType, L7Type, NameRule, ObservationPoint, TrafficDirection, Verdict,
+};
 
 use crate::{
-    flows::SharedFlowStore,
-    view::{latest, SharedView},
+    observe::flows::SharedFlowStore,
+    serve::view::{latest, SharedView},
 };
 
 pub mod proto {
@@ -96,10 +98,11 @@ fn policies(v: &[weir_operator_api::flow::Policy]) -> Vec<pb::Policy> {
 }
 
 fn verdict_code(f: &Flow) -> i32 {
-    let v = match f.verdict.as_str() {
-        "DROPPED" => pb::Verdict::Dropped,
-        "TRANSLATED" => pb::Verdict::Translated,
-        _ => pb::Verdict::Forwarded,
+    let v = match f.verdict {
+        Verdict::Unknown => pb::Verdict::Unknown,
+        Verdict::Forwarded => pb::Verdict::Forwarded,
+        Verdict::Dropped => pb::Verdict::Dropped,
+        Verdict::Translated => pb::Verdict::Translated,
     };
     v as i32
 }
@@ -109,10 +112,10 @@ fn service(s: Option<&weir_operator_api::flow::Service>) -> Option<pb::Service> 
 }
 
 fn direction_code(f: &Flow) -> i32 {
-    let d = match f.traffic_direction.as_str() {
-        "INGRESS" => pb::TrafficDirection::Ingress,
-        "EGRESS" => pb::TrafficDirection::Egress,
-        _ => pb::TrafficDirection::Unknown,
+    let d = match f.traffic_direction {
+        TrafficDirection::Ingress => pb::TrafficDirection::Ingress,
+        TrafficDirection::Egress => pb::TrafficDirection::Egress,
+        TrafficDirection::Unknown => pb::TrafficDirection::Unknown,
     };
     d as i32
 }
@@ -147,10 +150,10 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
             .map(|i| pb::layer4::Protocol::IcmPv4(pb::IcmPv4 { r#type: u32::from(i.kind), code: u32::from(i.code) }))
     };
     let l7 = f.l7.as_ref().map(|l| pb::Layer7 {
-        r#type: match l.kind.as_str() {
-            "REQUEST" => pb::L7FlowType::Request,
-            "RESPONSE" => pb::L7FlowType::Response,
-            _ => pb::L7FlowType::UnknownL7Type,
+        r#type: match l.kind {
+            L7Type::Request => pb::L7FlowType::Request,
+            L7Type::Response => pb::L7FlowType::Response,
+            L7Type::Malformed => pb::L7FlowType::UnknownL7Type,
         } as i32,
         latency_ns: l.latency_ns,
         record: Some(pb::layer7::Record::Dns(pb::Dns {
@@ -164,7 +167,7 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
             rrtypes: l.dns.rrtypes.clone(),
         })),
     });
-    let dropped = f.verdict == "DROPPED";
+    let dropped = f.verdict == Verdict::Dropped;
     let reason = drop_reason_code(&f.weir.drop_reason);
     pb::Flow {
         time: Some(timestamp(f.weir.unix_ns)),
@@ -180,16 +183,20 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
         destination: Some(endpoint(&f.destination)),
         source_service: service(f.source_service.as_ref()),
         destination_service: service(f.destination_service.as_ref()),
-        r#type: if f.l7.is_some() { pb::FlowType::L7 } else { pb::FlowType::L3L4 } as i32,
+        r#type: match f.kind {
+            FlowType::Unknown => pb::FlowType::UnknownType,
+            FlowType::L3L4 => pb::FlowType::L3L4,
+            FlowType::L7 => pb::FlowType::L7,
+        } as i32,
         node_name: f.node_name.clone(),
         l7,
         reply: f.is_reply,
         event_type: Some(pb::CiliumEventType { r#type: f.event_type.kind as i32, sub_type: 0 }),
         traffic_direction: direction_code(f),
-        trace_observation_point: match f.trace_observation_point.as_str() {
-            "FROM_ENDPOINT" => pb::TraceObservationPoint::FromEndpoint,
-            "TO_ENDPOINT" => pb::TraceObservationPoint::ToEndpoint,
-            _ => pb::TraceObservationPoint::UnknownPoint,
+        trace_observation_point: match f.trace_observation_point {
+            Some(ObservationPoint::FromEndpoint) => pb::TraceObservationPoint::FromEndpoint,
+            Some(ObservationPoint::ToEndpoint) => pb::TraceObservationPoint::ToEndpoint,
+            None => pb::TraceObservationPoint::UnknownPoint,
         } as i32,
         drop_reason_desc: if dropped { reason as i32 } else { 0 },
         is_reply: Some(pb::BoolValue { value: f.is_reply }),
@@ -468,12 +475,12 @@ pub async fn serve(
     use anyhow::Context as _;
     use futures::StreamExt as _;
     // Flows name every pod's peers: the socket is as private as the agent's own.
-    let uds = crate::local::bind_private(&socket, gid)?;
+    let uds = crate::serve::local::bind_private(&socket, gid)?;
     let svc = Arc::new(svc);
     let mut tasks = tokio::task::JoinSet::new();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds).filter(move |conn| {
         let allowed = match conn {
-            Ok(stream) => crate::local::peer_allowed(stream, gid).map_err(|why| {
+            Ok(stream) => crate::serve::local::peer_allowed(stream, gid).map_err(|why| {
                 tracing::warn!(reason = %why, "observer API connection refused");
             }),
             Err(_) => Ok(()),
@@ -510,7 +517,7 @@ mod tests {
 
     fn flow() -> Flow {
         Flow {
-            verdict: "DROPPED".into(),
+            verdict: Verdict::Dropped,
             ip: Ip { source: "10.244.1.2".into(), destination: "10.244.2.2".into(), ip_version: "IPv4".into() },
             l4: Layer4 {
                 tcp: Some(Tcp { source_port: 40000, destination_port: 8081, flags: TcpFlags::from_bits(2) }),
@@ -530,7 +537,7 @@ mod tests {
                 ..Default::default()
             },
             node_name: "n2".into(),
-            traffic_direction: "INGRESS".into(),
+            traffic_direction: TrafficDirection::Ingress,
             weir: WeirInfo {
                 drop_reason: "policy_denied_ingress".into(),
                 unix_ns: 1_700_000_000_123_456_789,
