@@ -25,7 +25,7 @@ use weir_operator_agent::{
 };
 
 use crate::controllers;
-use crate::nsexec::{self, command_in, ip, ip_in, netns_path, random_hex, stop_pid};
+use weir_tests::netns::{self, command_in, ip, ip_in, netns_path, random_hex, stop_pid};
 
 pub const UNDERLAY_PREFIX: [u8; 3] = [172, 30, 0];
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 200);
@@ -305,7 +305,7 @@ impl Lab {
         let nd = self.node_dir(node);
         let idx = self.node_index(node)?;
         if let Some(pid) = self.state.nodes[idx].agent_pid {
-            if nsexec::pid_is(pid, "weir-agent") {
+            if netns::pid_is(pid, "weir-agent") {
                 bail!("the agent of {node} is already running (pid {pid})");
             }
         }
@@ -364,7 +364,7 @@ impl Lab {
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
         let idx = self.node_index(node)?;
         if let Some(pid) = self.state.nodes[idx].agent_pid.take() {
-            if nsexec::pid_is(pid, "weir-agent") {
+            if netns::pid_is(pid, "weir-agent") {
                 let p = nix::unistd::Pid::from_raw(pid as i32);
                 nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL).context("SIGKILL")?;
                 stop_pid(pid, "weir-agent", Duration::from_secs(5));

@@ -1,17 +1,16 @@
 //! `weir-lab`: a virtual cluster on one machine (see lab.rs). The verbs are a contract that
 //! tests and users depend on: up, down, apply, delete, get pods, exec, probe.
-mod controllers;
-mod lab;
-mod nsexec;
-mod probe;
-
 use std::{io::Read as _, os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use weir_operator_agent::config::Routing;
 
-use crate::{lab::Lab, nsexec::command_in, probe::Protocol};
+use weir_e2e::{
+    lab::{self, Lab},
+    probe::{self, Protocol},
+};
+use weir_tests::netns::{self, command_in};
 
 #[derive(Parser)]
 #[command(name = "weir-lab", about = "A virtual multi-node cluster for weir, in network namespaces")]
@@ -156,7 +155,7 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         count: usize,
     },
-    /// Trampoline: join CGROUP, enter NETNS, exec CMD (internal; see nsexec.rs).
+    /// Trampoline: join CGROUP, enter NETNS, exec CMD (internal; see weir_tests::netns).
     #[command(hide = true)]
     Enter {
         #[arg(long)]
@@ -206,7 +205,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { name, tcp, udp } => probe::serve(&name, &tcp, &udp),
-        Cmd::Enter { netns, cgroup, cmd } => Err(nsexec::enter_and_exec(&netns, cgroup.as_deref(), &cmd)),
+        Cmd::Enter { netns, cgroup, cmd } => Err(netns::enter_and_exec(&netns, cgroup.as_deref(), &cmd)),
         Cmd::RrServe { port } => probe::rr_serve(port),
         Cmd::Rr { target, count } => {
             if !(1..=1_000_000).contains(&count) {
@@ -290,7 +289,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Exec { pod, cmd } => {
             let lab = Lab::open(&cli.lab)?;
             let p = lab.pod(&pod)?;
-            let mut c = command_in(&cmd[0], &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
+            let mut c = command_in(&cmd[0], &netns::netns_path(&p.netns), Some(&p.cgroup))?;
             c.args(&cmd[1..]);
             let status = c.status().with_context(|| format!("running {:?}", cmd[0]))?;
             std::process::exit(status.code().unwrap_or(1));
@@ -298,7 +297,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::NodeExec { node, cmd } => {
             let lab = Lab::open(&cli.lab)?;
             let n = lab.state.nodes.iter().find(|n| n.name == node).with_context(|| format!("no node {node}"))?;
-            let mut c = command_in(&cmd[0], &nsexec::netns_path(&n.netns), None)?;
+            let mut c = command_in(&cmd[0], &netns::netns_path(&n.netns), None)?;
             c.args(&cmd[1..]);
             let status = c.status().with_context(|| format!("running {:?}", cmd[0]))?;
             std::process::exit(status.code().unwrap_or(1));
@@ -343,9 +342,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Metrics { node } => {
             let lab = Lab::open(&cli.lab)?;
             let idx = lab.state.nodes.iter().position(|n| n.name == node).with_context(|| format!("no node {node}"))?;
-            let mut c = command_in(std::env::current_exe()?, &nsexec::netns_path(&lab.state.nodes[idx].netns), None)?;
+            let mut c = command_in(std::env::current_exe()?, &netns::netns_path(&lab.state.nodes[idx].netns), None)?;
             c.arg("fetch-inner").arg(lab::METRICS_ADDR);
-            print!("{}", nsexec::run(&mut c)?);
+            print!("{}", netns::run(&mut c)?);
             Ok(())
         }
         Cmd::FetchInner { addr } => {
@@ -364,14 +363,14 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::External { cmd } => {
             let lab = Lab::open(&cli.lab)?;
-            let mut c = command_in(&cmd[0], &nsexec::netns_path(&lab.external_netns()), None)?;
+            let mut c = command_in(&cmd[0], &netns::netns_path(&lab.external_netns()), None)?;
             c.args(&cmd[1..]);
             Err(c.exec()).with_context(|| format!("running {:?}", cmd[0]))
         }
         Cmd::Probe { pod, target, protocol, timeout, output } => {
             let lab = Lab::open(&cli.lab)?;
             let p = lab.pod(&pod)?;
-            let mut c = command_in(std::env::current_exe()?, &nsexec::netns_path(&p.netns), Some(&p.cgroup))?;
+            let mut c = command_in(std::env::current_exe()?, &netns::netns_path(&p.netns), Some(&p.cgroup))?;
             c.arg("probe-inner").arg(&target).args([
                 "--protocol",
                 match protocol {
@@ -380,7 +379,7 @@ fn main() -> anyhow::Result<()> {
                 },
             ]);
             c.arg("--timeout").arg(format!("{}ms", timeout.as_millis()));
-            let out = nsexec::run(&mut c)?;
+            let out = netns::run(&mut c)?;
             let v: serde_json::Value = serde_json::from_str(out.trim()).context("probe output")?;
             match output {
                 Output::Json => println!("{}", out.trim()),

@@ -1,10 +1,14 @@
-//! Helpers for privileged tests: the root gate, private bpffs mounts, throwaway network
-//! namespaces, and paths of the workspace binaries.
+//! Helpers for privileged tests, the lab and the benches: the root gate, private bpffs mounts,
+//! network namespaces (`netns`, the one helper every crate uses), and paths of the workspace
+//! binaries.
 //!
 //! Privileged tests call [`require_root`]. Without root they print why they are skipped and
 //! return; with `WEIR_REQUIRE_PRIVILEGED=1` (set by scripts/test.sh in CI, which runs as root)
 //! a missing privilege fails the test instead, so CI can never skip them silently.
+pub mod netns;
 pub mod pkt;
+
+pub use netns::NetNs;
 
 use std::{
     path::{Path, PathBuf},
@@ -102,49 +106,6 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(p.exists(), "{} not built: `cargo test` builds it (its package has integration tests)", p.display());
     p
-}
-
-/// A named network namespace (`ip netns add`), deleted on drop.
-pub struct NetNs {
-    pub name: String,
-}
-
-impl NetNs {
-    pub fn new(prefix: &str) -> Self {
-        let name = unique(prefix);
-        run(Command::new("ip").args(["netns", "add", &name]));
-        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        Self { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
-    }
-
-    /// `ip -n <ns> ARGS…`
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        run(Command::new("ip").args(full))
-    }
-
-    /// A command that will run inside this namespace (through nsenter, which keeps /sys).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
-        c
-    }
-
-    /// Deletes the namespace now (to test behaviour when it is gone).
-    pub fn delete(&self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        self.delete();
-    }
 }
 
 /// A child process ended (SIGTERM, then SIGKILL) by its PID on drop.

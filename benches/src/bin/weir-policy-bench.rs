@@ -33,7 +33,7 @@ use weir_operator_agent::{
     source::{self, manifest::snapshot_of, Changed, Changes, ClusterSnapshot},
 };
 
-mod benchenv;
+use weir_benches::{env, stats::quantile, table::Table};
 
 #[derive(Parser)]
 #[command(name = "weir-policy-bench", about = "NetworkPolicy per-packet cost and convergence at 10/1k/10k rules")]
@@ -121,11 +121,7 @@ fn cluster_yaml(pods: usize, rules: usize) -> String {
 
 /// An established connection's packet (ACK) to `dport`.
 fn frame(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    benchenv::tcp_frame(src, dst, 40000, dport, 0x10)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    env::tcp_frame(src, dst, 40000, dport, 0x10)
 }
 
 struct Bench {
@@ -230,10 +226,10 @@ impl Bench {
                 deleted_ms = back.clone();
             }
             there.sort_by(f64::total_cmp);
-            convergence_ms.insert(*name, (pct(&there, 0.5), pct(&there, 0.99)));
+            convergence_ms.insert(*name, (quantile(&there, 0.5), quantile(&there, 0.99)));
         }
         deleted_ms.sort_by(f64::total_cmp);
-        convergence_ms.insert("policy deleted", (pct(&deleted_ms, 0.5), pct(&deleted_ms, 0.99)));
+        convergence_ms.insert("policy deleted", (quantile(&deleted_ms, 0.5), quantile(&deleted_ms, 0.99)));
         // Clean maps for the next size.
         let empty = ClusterSnapshot::default();
         sync.apply(&empty, &BTreeMap::new(), &mut self.maps)?;
@@ -252,7 +248,7 @@ impl Bench {
 }
 
 fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Vec<SizeResult>> {
-    let mut dp = benchenv::load_with_pods(bpffs, (Ipv4Addr::new(10, 250, 0, 0), 16), true, &[TARGET, CLIENT, OPEN])?;
+    let mut dp = env::load_with_pods(bpffs, (Ipv4Addr::new(10, 250, 0, 0), 16), true, &[TARGET, CLIENT, OPEN])?;
     let maps = PolicyMaps {
         ipcache: Ipcache::open(&mut dp)?,
         entries: PolicyEntries::open(&mut dp)?,
@@ -269,24 +265,30 @@ fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Vec<SizeResult>> {
 
 fn print_table(rs: &[SizeResult]) {
     println!("\nPer packet (weir_from_pod, same-node pod to pod, BPF_PROG_TEST_RUN mean):");
-    println!(
-        "{:>7} {:>8} {:>10} {:>9} {:>12} {:>14} {:>11} {:>12}",
-        "rules", "entries", "identities", "open ns", "allowed ns", "allowed/open", "denied ns", "program ms"
-    );
+    let mut t = Table::new(&[
+        "rules",
+        "entries",
+        "identities",
+        "open ns",
+        "allowed ns",
+        "allowed/open",
+        "denied ns",
+        "program ms",
+    ]);
     let first = rs.first().map_or(1, |r| r.packet_allowed_ns.max(1));
     for r in rs {
-        println!(
-            "{:>7} {:>8} {:>10} {:>9} {:>12} {:>14.2} {:>11} {:>12.1}",
-            r.rules,
-            r.entries,
-            r.identities,
-            r.packet_open_ns,
-            r.packet_allowed_ns,
-            r.packet_allowed_ns as f64 / r.packet_open_ns.max(1) as f64,
-            r.packet_denied_ns,
-            r.first_program_ms
-        );
+        t.row(&[
+            r.rules.to_string(),
+            r.entries.to_string(),
+            r.identities.to_string(),
+            r.packet_open_ns.to_string(),
+            r.packet_allowed_ns.to_string(),
+            format!("{:.2}", r.packet_allowed_ns as f64 / r.packet_open_ns.max(1) as f64),
+            r.packet_denied_ns.to_string(),
+            format!("{:.1}", r.first_program_ms),
+        ]);
     }
+    t.print();
     if let Some(last) = rs.last() {
         println!(
             "flatness: allowed packet at {} rules / at {} rules = {:.2} (target: flat, ~1.0)",
@@ -298,12 +300,13 @@ fn print_table(rs: &[SizeResult]) {
     println!(
         "\nConvergence inside the agent (compile + map writes), p50 / p99 ms (goal p99 <= 100 ms apply->enforced):"
     );
+    let mut t = Table::new(&["rules", "change", "p50 ms", "p99 ms"]);
     for r in rs {
-        println!("  {} rules:", r.rules);
         for (k, (p50, p99)) in &r.convergence_ms {
-            println!("    {k:<32} {p50:>8.2} {p99:>8.2}");
+            t.row(&[r.rules.to_string(), k.to_string(), format!("{p50:.2}"), format!("{p99:.2}")]);
         }
     }
+    t.print();
 }
 
 fn main() -> anyhow::Result<()> {
@@ -315,7 +318,7 @@ fn main() -> anyhow::Result<()> {
         changes: cli.changes,
         out: cli.out.clone(),
     };
-    let result = benchenv::in_bench_netns("wpb", move |bpffs| run(&cli2, bpffs));
+    let result = env::in_bench_netns("wpb", move |bpffs| run(&cli2, bpffs));
     let results = result?;
     print_table(&results);
     std::fs::write(&cli.out, serde_json::to_string_pretty(&results)?)

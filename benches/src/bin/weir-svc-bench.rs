@@ -54,9 +54,8 @@ use weir_operator_agent::{
     source::{self, Changed, ClusterSnapshot, Named, SliceInfo},
 };
 
-#[allow(dead_code)]
-#[path = "nsexec.rs"]
-mod nsexec;
+use weir_benches::{stats, table::Table};
+use weir_tests::netns;
 
 #[derive(Parser)]
 #[command(name = "weir-svc-bench", about = "Service LB benchmark: weir vs kube-proxy iptables-nft and nftables")]
@@ -249,9 +248,9 @@ fn timed_with_stdin(cmd: &mut Command, input: &str) -> anyhow::Result<Duration> 
     Ok(dt)
 }
 
+/// A quantile of connect times in ns, in µs.
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+    stats::quantile(sorted, p) / 1000.0
 }
 
 fn ms(d: Duration) -> f64 {
@@ -273,21 +272,21 @@ impl Bench {
 
     fn setup(&mut self) -> anyhow::Result<()> {
         let (c, s) = (&self.client_ns, &self.server_ns);
-        nsexec::ip(&["netns", "add", c])?;
-        nsexec::ip(&["netns", "add", s])?;
+        netns::ip(&["netns", "add", c])?;
+        netns::ip(&["netns", "add", s])?;
         let (a, b) = (format!("{}a", self.id), format!("{}b", self.id));
-        nsexec::ip(&["-n", c, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", s])?;
-        nsexec::ip(&["-n", c, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", &a])?;
+        netns::ip(&["-n", c, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", s])?;
+        netns::ip(&["-n", c, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", &a])?;
         for ip in SERVER_IPS {
-            nsexec::ip(&["-n", s, "addr", "add", &format!("{ip}/24"), "dev", &b])?;
+            netns::ip(&["-n", s, "addr", "add", &format!("{ip}/24"), "dev", &b])?;
         }
         for (ns, dev) in [(c, &a), (s, &b)] {
-            nsexec::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            nsexec::ip(&["-n", ns, "link", "set", dev, "up"])?;
+            netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            netns::ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
         // VIPs need a route for connect() to get as far as the nat hooks (a node has a default
         // route); the socket-level path rewrites before routing and does not need it.
-        nsexec::ip(&["-n", c, "route", "add", "10.96.0.0/12", "via", &SERVER_IPS[0].to_string()])?;
+        netns::ip(&["-n", c, "route", "add", "10.96.0.0/12", "via", &SERVER_IPS[0].to_string()])?;
         let exe = std::env::current_exe()?;
         let server = in_ns(s, exe.to_str().context("exe path")?)
             .args(["serve", "--port", &SERVER_PORT.to_string()])
@@ -318,7 +317,7 @@ impl Bench {
         let _ = std::fs::remove_dir(&self.bpffs);
         let _ = std::fs::remove_dir(&self.cgroup);
         for ns in [&self.client_ns, &self.server_ns] {
-            let _ = nsexec::ip(&["netns", "del", ns]);
+            let _ = netns::ip(&["netns", "del", ns]);
         }
     }
 
@@ -330,7 +329,7 @@ impl Bench {
         if let Some(cg) = cgroup {
             cmd.arg("--cgroup").arg(cg);
         }
-        let out = nsexec::run(&mut cmd)?;
+        let out = netns::run(&mut cmd)?;
         let mut v: Vec<u64> = serde_json::from_str(out.trim()).context("connect samples")?;
         v.sort_unstable();
         Ok(v)
@@ -366,8 +365,8 @@ impl Bench {
                 base.push(self.connect(SocketAddr::from((SERVER_IPS[0], SERVER_PORT)), None, connects)?);
                 weir.push(self.connect(last, Some(&self.cgroup), connects)?);
             }
-            rows.push(row(n, "baseline", &median_round(base), None, None));
-            let mut r = row(n, "weir", &median_round(weir), Some(times.program), Some(times.update));
+            rows.push(row(n, "baseline", &stats::median_round(base), None, None));
+            let mut r = row(n, "weir", &stats::median_round(weir), Some(times.program), Some(times.update));
             r.update_map_write_us = Some((times.write.as_secs_f64() * 1e7).round() / 10.0);
             r.update_snapshot_diff_ms = Some(ms(times.diff));
             rows.push(r);
@@ -396,13 +395,6 @@ impl Bench {
         }
         Ok(rows)
     }
-}
-
-/// The round whose p50 is the median of the rounds' p50s.
-fn median_round(mut rounds: Vec<Vec<u64>>) -> Vec<u64> {
-    rounds.sort_by(|a, b| percentile(a, 0.5).total_cmp(&percentile(b, 0.5)));
-    let mid = rounds.len() / 2;
-    rounds.swap_remove(mid)
 }
 
 fn row(n: usize, variant: &'static str, sorted: &[u64], program: Option<Duration>, update: Option<Duration>) -> Row {
@@ -726,26 +718,23 @@ fn print_table(rows: &[Row]) {
         rows.iter().filter(|r| r.variant == "baseline").map(|r| (r.services, r.connect_p50_us)).collect();
     let weir: BTreeMap<usize, f64> =
         rows.iter().filter(|r| r.variant == "weir").map(|r| (r.services, r.connect_p50_us)).collect();
-    println!(
-        "{:>8}  {:<13} {:>10} {:>10} {:>9} {:>9} {:>12} {:>11}",
-        "services", "variant", "p50 µs", "p99 µs", "×base", "÷weir", "program ms", "update ms"
-    );
+    let mut t = Table::new(&["services", "variant", "p50 µs", "p99 µs", "×base", "÷weir", "program ms", "update ms"]);
     for r in rows {
         let b = base.get(&r.services).copied().unwrap_or(f64::NAN);
         let w = weir.get(&r.services).copied().unwrap_or(f64::NAN);
         let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
-        println!(
-            "{:>8}  {:<13} {:>10.1} {:>10.1} {:>9.2} {:>9.2} {:>12} {:>11}",
-            r.services,
-            r.variant,
-            r.connect_p50_us,
-            r.connect_p99_us,
-            r.connect_p50_us / b,
-            r.connect_p50_us / w,
+        t.row(&[
+            r.services.to_string(),
+            r.variant.to_owned(),
+            format!("{:.1}", r.connect_p50_us),
+            format!("{:.1}", r.connect_p99_us),
+            format!("{:.2}", r.connect_p50_us / b),
+            format!("{:.2}", r.connect_p50_us / w),
             opt(r.program_ms),
             opt(r.update_ms),
-        );
+        ]);
     }
+    t.print();
     for r in rows.iter().filter(|r| r.variant == "weir") {
         if let Some(w) = r.update_map_write_us {
             println!("weir N={}: the update's kernel map write alone took {w:.1} µs", r.services);

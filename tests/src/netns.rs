@@ -1,4 +1,7 @@
-//! Running processes inside lab namespaces and cgroups, and small command helpers.
+//! Network namespaces, for the tests, the lab and the benches: named namespaces ([`NetNs`],
+//! deleted on drop; [`netns_path`], [`ip_in`]), running processes inside them and their cgroups,
+//! and small command helpers. The tests' helpers panic with the command's output; the lab's
+//! and benches' (`run`, `ip`, `ip_in`) return errors.
 //!
 //! A child enters its network namespace and cgroup through a trampoline: `weir-lab` re-executes
 //! itself as `weir-lab enter --netns N [--cgroup C] -- CMD…`, which joins the cgroup, enters the
@@ -14,12 +17,56 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(prefix: &str) -> Self {
+        let name = crate::unique(prefix);
+        crate::run(Command::new("ip").args(["netns", "add", &name]));
+        crate::run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Self { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        netns_path(&self.name)
+    }
+
+    /// `ip -n <ns> ARGS…`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        crate::run(Command::new("ip").args(full))
+    }
+
+    /// A command that will run inside this namespace (through nsenter, which keeps /sys).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c
+    }
+
+    /// Deletes the namespace now (to test behaviour when it is gone).
+    pub fn delete(&self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
 /// Path of a named network namespace (as `ip netns add` creates it).
 pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/var/run/netns").join(name)
 }
 
-/// A command that runs `program` inside `netns` (and `cgroup`, a cgroup v2 directory, when given).
+/// A command that runs `program` inside `netns` (and `cgroup`, a cgroup v2 directory, when
+/// given), through the running binary's `enter` verb ([`enter_and_exec`]; `weir-lab` has it).
 pub fn command_in(
     program: impl AsRef<std::ffi::OsStr>,
     netns: &Path,

@@ -1,5 +1,6 @@
 //! What the kernel-side benchmarks share: a network namespace and a bpffs mount of their own,
-//! removed at exit (also on failure), and the test frames they feed BPF_PROG_TEST_RUN.
+//! removed at exit (also on failure), the datapath loaded there with a few pods, and the test
+//! frames they feed BPF_PROG_TEST_RUN.
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Context as _;
@@ -9,9 +10,7 @@ use weir_dataplane::{
     Datapath, LoadConfig,
 };
 
-#[allow(dead_code)]
-#[path = "nsexec.rs"]
-mod nsexec;
+use weir_tests::netns;
 
 /// Runs `f(bpffs)` on a thread inside a fresh network namespace, with a private bpffs mount;
 /// both are removed afterwards whatever `f` returned.
@@ -24,12 +23,12 @@ pub fn in_bench_netns<T: Send + 'static>(
     }
     let netns = format!("{tag}-{}", std::process::id());
     let bpffs = PathBuf::from(format!("/run/{tag}-{}", std::process::id()));
-    nsexec::ip(&["netns", "add", &netns])?;
+    netns::ip(&["netns", "add", &netns])?;
     let result = (|| -> anyhow::Result<T> {
         std::fs::create_dir_all(&bpffs)?;
         nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
             .context("mounting bpffs")?;
-        let path = nsexec::netns_path(&netns);
+        let path = netns::netns_path(&netns);
         let root = bpffs.clone();
         // The datapath is loaded and run from a thread inside the bench's own namespace.
         std::thread::spawn(move || -> anyhow::Result<T> {
@@ -42,7 +41,7 @@ pub fn in_bench_netns<T: Send + 'static>(
     })();
     let _ = nix::mount::umount2(&bpffs, nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir(&bpffs);
-    let _ = nsexec::ip(&["netns", "del", &netns]);
+    let _ = netns::ip(&["netns", "del", &netns]);
     result
 }
 

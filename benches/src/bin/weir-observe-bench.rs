@@ -31,7 +31,7 @@ use weir_operator_agent::{
     serve::metrics::Metrics,
 };
 
-mod benchenv;
+use weir_benches::env;
 
 #[derive(Parser)]
 #[command(name = "weir-observe-bench", about = "Observability: per-packet cost on vs off, sustained events, overload")]
@@ -69,12 +69,12 @@ struct Results {
 }
 
 fn load(bpffs: PathBuf, observe: bool) -> anyhow::Result<Datapath> {
-    benchenv::load_with_pods(bpffs, (Ipv4Addr::new(10, 251, 0, 0), 16), observe, &[CLIENT, SERVER])
+    env::load_with_pods(bpffs, (Ipv4Addr::new(10, 251, 0, 0), 16), observe, &[CLIENT, SERVER])
 }
 
 /// Mean kernel-timed ns of one established-connection packet.
 fn established_ns(dp: &mut Datapath, repeat: u32) -> anyhow::Result<f64> {
-    let f = benchenv::tcp_frame(CLIENT, SERVER, 40000, 80, ACK);
+    let f = env::tcp_frame(CLIENT, SERVER, 40000, 80, ACK);
     dp.test_run_repeat(programs::FROM_POD, &f, 1000)?;
     Ok(dp.test_run_repeat(programs::FROM_POD, &f, repeat)?.1.as_nanos() as f64)
 }
@@ -87,7 +87,7 @@ fn new_flows(dp: &mut Datapath, n: u32, round: u32) -> anyhow::Result<(f64, Dura
     for i in 0..n {
         let sport = 1024 + (i % 60000) as u16;
         let dport = 1 + (i / 60000 + round * 7) as u16;
-        let f = benchenv::tcp_frame(CLIENT, SERVER, sport, dport, SYN);
+        let f = env::tcp_frame(CLIENT, SERVER, sport, dport, SYN);
         total += dp.test_run_repeat(programs::FROM_POD, &f, 1)?.1;
     }
     Ok((total.as_nanos() as f64 / f64::from(n.max(1)), start.elapsed()))
@@ -187,7 +187,7 @@ fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Results> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = Cli { repeat: cli.repeat, connections: cli.connections, out: cli.out.clone() };
-    let r = benchenv::in_bench_netns("wob", move |bpffs| run(&args, bpffs))?;
+    let r = env::in_bench_netns("wob", move |bpffs| run(&args, bpffs))?;
     println!("\nPer packet (weir_from_pod, same-node pod to pod, BPF_PROG_TEST_RUN):");
     println!("{:<36} {:>10} {:>10} {:>8}", "", "on ns", "off ns", "on/off");
     println!(

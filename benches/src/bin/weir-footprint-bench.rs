@@ -35,9 +35,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use weir_operator_api::{client::call, Request, Response};
 
-#[allow(dead_code)]
-#[path = "nsexec.rs"]
-mod nsexec;
+use weir_tests::netns;
 
 /// Cilium's scalability report: agent memory averaged 438 MiB at 50k pods and grew 10.5 KiB per pod.
 const CILIUM_MIB_AT_50K: f64 = 438.0;
@@ -515,7 +513,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 impl Run {
     fn new(agent_bin: &Path) -> anyhow::Result<Self> {
-        let id = format!("wfp{}{}", std::process::id(), &nsexec::random_hex()[..4]);
+        let id = format!("wfp{}{}", std::process::id(), &netns::random_hex()[..4]);
         Ok(Self {
             agent_bin: agent_bin.to_owned(),
             ns: format!("{id}a"),
@@ -529,15 +527,15 @@ impl Run {
 
     fn setup(&mut self) -> anyhow::Result<()> {
         let (a, p) = (&self.ns, &self.peer_ns);
-        nsexec::ip(&["netns", "add", a])?;
-        nsexec::ip(&["netns", "add", p])?;
+        netns::ip(&["netns", "add", a])?;
+        netns::ip(&["netns", "add", p])?;
         // The agent's uplink, eth0, with this node's InternalIP; its peer sits in a namespace
         // of its own (no route anywhere else).
-        nsexec::ip(&["-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", p])?;
-        nsexec::ip(&["-n", a, "addr", "add", &format!("{}/16", node_ip(0)), "dev", "eth0"])?;
+        netns::ip(&["-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", p])?;
+        netns::ip(&["-n", a, "addr", "add", &format!("{}/16", node_ip(0)), "dev", "eth0"])?;
         for ns in [a, p] {
-            nsexec::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            nsexec::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            netns::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         }
         std::fs::create_dir_all(&self.dir)?;
         std::fs::create_dir_all(&self.cgroup).context("creating the cgroup")?;
@@ -549,7 +547,7 @@ impl Run {
 
     /// A listener on 127.0.0.1 inside the agent's namespace (bound from a thread that entered it).
     fn listen_in_ns(&self) -> anyhow::Result<TcpListener> {
-        let path = nsexec::netns_path(&self.ns);
+        let path = netns::netns_path(&self.ns);
         std::thread::spawn(move || -> anyhow::Result<TcpListener> {
             let ns = std::fs::File::open(&path)?;
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
@@ -581,7 +579,7 @@ impl Run {
         let log = std::fs::File::create(self.dir.join("agent.log"))?;
         let started = Instant::now();
         let child = Command::new("nsenter")
-            .arg(format!("--net={}", nsexec::netns_path(&self.ns).display()))
+            .arg(format!("--net={}", netns::netns_path(&self.ns).display()))
             .arg("--")
             .arg(&self.agent_bin)
             .args([
@@ -700,7 +698,7 @@ impl Run {
             let _ = child.wait();
         }
         for ns in [&self.ns, &self.peer_ns] {
-            let _ = nsexec::ip(&["netns", "del", ns]);
+            let _ = netns::ip(&["netns", "del", ns]);
         }
         let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir(&self.bpffs);
