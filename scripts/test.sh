@@ -29,15 +29,37 @@ cargo +"$WEIR_BPF_TOOLCHAIN" clippy -p weir-bpf-programs --target bpfel-unknown-
 # with the same features as the tests: a separate `cargo build --bins` would compile most of the
 # dependency tree a second time (dev-dependencies change tokio's features).
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+fuzz_log=$(mktemp)
+fuzz_pid=
+cleanup() {
+  # The fuzz build runs in a session of its own: its whole process group goes.
+  if [ -n "$fuzz_pid" ]; then kill -- "-$fuzz_pid" 2>/dev/null || true; fi
+  rm -f "$log" "$fuzz_log"
+}
+trap cleanup EXIT
+phase "build the tests"
+cargo test --locked --no-run
+# The fuzz targets (another toolchain and flags: nothing shared with the tests' build) build
+# while the tests run, at the lowest CPU priority, in their own target directory: the tests
+# mostly wait on their lab's processes, and that idle CPU builds the targets.
+phase "run the tests (fuzz targets building meanwhile)"
+setsid nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
 set +e
-phase "build and run the tests"
 cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+phase "tests done; waiting for the fuzz build"
+fuzz_built=0
+if wait "$fuzz_pid"; then fuzz_built=1; fi
+fuzz_pid=
 # The fuzz smoke run: every cargo-fuzz target for 10 s from its corpus (scripts/fuzz.sh).
 phase "fuzz smoke run"
-if ! ./scripts/fuzz.sh 10; then
+if [ "$fuzz_built" = 0 ]; then
+  cat "$fuzz_log"
+  echo "fuzz build failed"
+  status=1
+elif ! ./scripts/fuzz.sh 10; then
   echo "fuzz smoke run failed"
   status=1
 fi

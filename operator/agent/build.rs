@@ -2,6 +2,7 @@
 //! Needs `protoc` (Debian: protobuf-compiler, installed by scripts/setup.sh).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    #[cfg(feature = "hubble")]
     tonic_build::configure().compile_protos(&["proto/observer.proto"], &["proto"])?;
     Ok(())
 }

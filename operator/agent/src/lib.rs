@@ -27,10 +27,12 @@ use anyhow::Context as _;
 use tokio::{net::UnixListener, sync::watch};
 
 pub use crate::node::Node;
+#[cfg(feature = "hubble")]
+use crate::observe::grpc;
 use crate::{
     config::Config,
     endpoints::{conflist, store},
-    observe::{events, flows, grpc},
+    observe::{events, flows},
     serve::{api, local, metrics, view},
     source::ClusterSnapshot,
 };
@@ -108,6 +110,9 @@ impl Agent {
                 let every = Duration::from_millis(self.config.poll_ms);
                 tokio::spawn(source::manifest::watch_dir(dir.clone(), every, tx, kick.clone()));
             }
+            #[cfg(not(feature = "kubernetes"))]
+            None => anyhow::bail!("this weir-agent was built without the Kubernetes source: give --manifests"),
+            #[cfg(feature = "kubernetes")]
             None => {
                 let host = self.config.k8s_service_host.as_deref().map(str::trim).filter(|h| !h.is_empty());
                 if host.is_none() {
@@ -158,19 +163,23 @@ impl Agent {
                 }
             });
         }
+        #[cfg(feature = "hubble")]
         let observer = grpc::ObserverService {
             store: self.flows.clone(),
             view: self.view.clone(),
             node_name: self.config.node_name.clone(),
             started: std::time::Instant::now(),
         };
-        let (obs_socket, obs_addr) = (self.config.observer_socket.clone(), self.config.observer_addr);
-        let socket_gid = self.config.socket_gid;
-        tokio::spawn(async move {
-            if let Err(e) = grpc::serve(observer, obs_socket, socket_gid, obs_addr).await {
-                tracing::error!(error = %format!("{e:#}"), "observer API stopped");
-            }
-        });
+        #[cfg(feature = "hubble")]
+        {
+            let (obs_socket, obs_addr) = (self.config.observer_socket.clone(), self.config.observer_addr);
+            let socket_gid = self.config.socket_gid;
+            tokio::spawn(async move {
+                if let Err(e) = grpc::serve(observer, obs_socket, socket_gid, obs_addr).await {
+                    tracing::error!(error = %format!("{e:#}"), "observer API stopped");
+                }
+            });
+        }
         let state = api::ApiState {
             node: self.node.clone(),
             view: self.view.clone(),

@@ -5,4 +5,5 @@
 pub mod dns;
 pub mod events;
 pub mod flows;
+#[cfg(feature = "hubble")]
 pub mod grpc;

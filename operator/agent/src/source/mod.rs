@@ -4,6 +4,7 @@
 //! reader recomputes only what they touch instead of comparing snapshots. The agent does not care
 //! where they came from. A source that reads something unusable logs it, naming the object, and
 //! keeps delivering the last good state.
+#[cfg(feature = "kubernetes")]
 pub mod k8s;
 pub mod manifest;
 pub mod pod;

@@ -10,7 +10,6 @@
 //!   container ports (NetworkPolicies may name them), addresses, phase, the workload that owns
 //!   it (flow enrichment) — in boxed slices and strings, about 1 KiB per pod with its
 //!   allocations.
-use std::borrow::Cow;
 
 use k8s_openapi::{
     api::core::v1::{ContainerPort, Pod, PodIP},
@@ -183,21 +182,22 @@ impl From<PodWire> for PodInfo {
     }
 }
 
+#[cfg(feature = "kubernetes")]
 impl kube::Resource for PodWire {
     type DynamicType = ();
     type Scope = k8s_openapi::NamespaceResourceScope;
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Pod")
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed("Pod")
     }
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed("")
     }
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed("v1")
     }
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("pods")
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed("pods")
     }
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
