@@ -246,20 +246,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     // Observed before any translation: the flow names the pod and the address it asked for.
     flow::observe(ctx, &ip, OBS_FROM_POD);
     if ip.daddr & WEIR_CLUSTER_V4_MASK.load() == WEIR_CLUSTER_V4_ADDR.load() {
-        let vxlan = WEIR_VXLAN_IFINDEX.load();
-        if vxlan != 0 {
-            let node =
-                WEIR_TUNNEL.get(aya_ebpf::maps::lpm_trie::Key::new(128, dst)).ok_or(DropReason::UnknownClusterDest)?;
-            let sent = fwd::to_tunnel(ctx, node.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load());
-            return counted(sent, counters::FORWARDED_REMOTE);
-        }
-        // Direct routing: the FIB knows every node's pod CIDR. A cluster address it does not
-        // route (the lookup would hand it to the node's stack) belongs to no node.
-        let route = fwd::Route::lookup(ctx, &ip, ingress_ifindex(ctx));
-        if route.to_stack() {
-            return Err(DropReason::UnknownClusterDest);
-        }
-        return counted(route.send(ctx), counters::FORWARDED_REMOTE);
+        return to_pod_node(ctx, &ip, counters::FORWARDED_REMOTE);
     }
     // Leaving the cluster. Destinations on this node go to its stack untranslated. Replies of
     // connections that came from outside keep (or, load-balanced, get back) their address;
@@ -406,19 +393,26 @@ fn to_remote_backend(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip = Ipv4::parse(ctx)?;
     let node = WEIR_NODE_IPV4.load();
     nat::masquerade(ctx, &ip, node)?;
-    let ip = Ipv4 { saddr: node, ..ip };
+    to_pod_node(ctx, &Ipv4 { saddr: node, ..ip }, counters::LB_TRANSLATED)
+}
+
+/// The one path to another node: sends a packet for a pod address of another node to that
+/// node and counts `counter`. VXLAN mode: encapsulated to the node the tunnel map names for the
+/// address. Direct routing: by the FIB, which knows every node's pod CIDR. A cluster address no
+/// node holds (no tunnel entry; a FIB that would hand it to this node's stack) is dropped.
+#[inline(always)]
+fn to_pod_node(ctx: &TcContext, ip: &Ipv4, counter: u32) -> Result<i32, DropReason> {
     let vxlan = WEIR_VXLAN_IFINDEX.load();
     if vxlan != 0 {
         let key = aya_ebpf::maps::lpm_trie::Key::new(128, Addr16::from_v4_be(ip.daddr));
-        let remote = WEIR_TUNNEL.get(key).ok_or(DropReason::UnknownClusterDest)?;
-        let sent = fwd::to_tunnel(ctx, remote.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load());
-        return counted(sent, counters::LB_TRANSLATED);
+        let node = WEIR_TUNNEL.get(key).ok_or(DropReason::UnknownClusterDest)?;
+        return counted(fwd::to_tunnel(ctx, node.node_addr.v4_be(), vxlan, WEIR_VXLAN_VNI.load()), counter);
     }
-    let route = fwd::Route::lookup(ctx, &ip, ingress_ifindex(ctx));
+    let route = fwd::Route::lookup(ctx, ip, ingress_ifindex(ctx));
     if route.to_stack() {
         return Err(DropReason::UnknownClusterDest);
     }
-    counted(route.send(ctx), counters::LB_TRANSLATED)
+    counted(route.send(ctx), counter)
 }
 
 fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
