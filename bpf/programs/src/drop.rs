@@ -1,20 +1,13 @@
-//! Drops and counters: every drop is counted per reason and reported on the ring buffer; a
-//! report that does not fit is counted as lost, never silently discarded.
+//! Drops: every drop is counted per reason (`counter`) and reported on the ring buffer; a report
+//! that does not fit is counted as lost, never silently discarded.
 use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_bpf_common::{counters, Addr16, DatapathEvent, DropReason, EVENT_DROP, OBS_UNKNOWN};
 
 use crate::{
+    counter::count,
     parse::{Ipv4, IP_DADDR_OFF, IP_SADDR_OFF},
-    WEIR_COUNTERS, WEIR_EVENTS,
+    WEIR_EVENTS,
 };
-
-#[inline(always)]
-pub fn count(index: u32) {
-    if let Some(slot) = WEIR_COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; no other writer on this CPU while the program runs.
-        unsafe { *slot += 1 };
-    }
-}
 
 #[inline(always)]
 pub fn shot(ctx: &TcContext, reason: DropReason) -> i32 {

@@ -20,7 +20,7 @@ use weir_bpf_common::{
 };
 
 use crate::{
-    drop,
+    counter,
     parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     WEIR_EVENTS, WEIR_FLOWS, WEIR_LB_REV, WEIR_SETTINGS, WEIR_SOCK_RNAT,
 };
@@ -168,7 +168,7 @@ fn emit(ev: DatapathEvent) {
             slot.write(ev);
             slot.submit(submit_flags());
         }
-        None => drop::count(counters::EVENTS_LOST),
+        None => counter::count(counters::EVENTS_LOST),
     }
 }
 
@@ -266,7 +266,7 @@ fn dns(ctx: &TcContext, key: &FlowKey, now: u64, payload_off: usize, tcp_flags: 
     // 1..=DNS_CAPTURE in a form the verifier can follow (DNS_CAPTURE is a power of two).
     let n = ((n - 1) & (DNS_CAPTURE - 1)) + 1;
     let Some(mut slot) = WEIR_EVENTS.reserve::<DnsEvent>(0) else {
-        drop::count(counters::EVENTS_LOST);
+        counter::count(counters::EVENTS_LOST);
         return;
     };
     let p = slot.as_mut_ptr();

@@ -18,6 +18,7 @@
 #![no_std]
 #![no_main]
 
+mod counter;
 mod drop;
 mod flow;
 mod fwd;
@@ -200,7 +201,7 @@ pub fn weir_to_pod(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn counted(r: Result<i32, DropReason>, counter: u32) -> Result<i32, DropReason> {
     if r.is_ok() {
-        drop::count(counter);
+        counter::count(counter);
     }
     r
 }
@@ -232,7 +233,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     // reply of a connection the stack delivered (the kubelet's probes, hostPort) goes back
     // through the stack, whose conntrack undoes any translation it made.
     if policy::egress(ctx)? {
-        drop::count(counters::TO_STACK);
+        counter::count(counters::TO_STACK);
         return Ok(TC_ACT_OK);
     }
     let dst = Addr16::from_v4_be(ip.daddr);
@@ -253,7 +254,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     // everything else is masqueraded. One FIB lookup decides and sends.
     let route = fwd::Route::lookup(ctx, &ip, ingress_ifindex(ctx));
     if route.to_stack() {
-        drop::count(counters::TO_STACK);
+        counter::count(counters::TO_STACK);
         return Ok(TC_ACT_OK);
     }
     if lb::reverse(ctx, &ip)? != 0 {
@@ -375,7 +376,7 @@ fn from_wire_to_service(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     match lb::forward(ctx, ip)? {
         lb::NOT_SERVICE => Ok(TC_ACT_OK),
         lb::NO_BACKEND => {
-            drop::count(counters::LB_NO_BACKEND);
+            counter::count(counters::LB_NO_BACKEND);
             Ok(TC_ACT_OK)
         }
         backend => {
