@@ -32,7 +32,10 @@ use crate::{
     endpoints::store::{EndpointRecord, EndpointStore, Opened},
     observe::flows::{Enrichment, SharedEnrichment},
     policy::sync::{KernelPolicyMaps, PolicyMaps, PolicySync},
-    serve::view::{NodeView, Readiness, SharedView, Tallies},
+    serve::{
+        api_err,
+        view::{NodeView, Readiness, SharedView, Tallies},
+    },
     services::map::{KernelServiceMaps, ObjectChanges, ServiceMaps, ServiceSync},
     source::{Changes, ClusterSnapshot},
     state::{self, Desired},
@@ -153,35 +156,6 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
 pub fn pod_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     let h = attachment_hash(container_id, ifname).to_be_bytes();
     [0x0a, h[0], h[1], h[2], h[3], h[4]]
-}
-
-fn mac_str(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-pub(crate) fn api_err(code: u32, msg: impl Into<String>, e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(code, msg, e.to_string())
-}
-
-pub(crate) fn to_endpoint(r: &EndpointRecord) -> Endpoint {
-    Endpoint {
-        container_id: r.container_id.clone(),
-        ifname: r.ifname.clone(),
-        netns: r.netns.clone(),
-        pod_namespace: r.pod_namespace.clone(),
-        pod_name: r.pod_name.clone(),
-        host_ifname: r.host_ifname.clone(),
-        host_mac: mac_str(&r.host_mac),
-        pod_mac: mac_str(&r.pod_mac),
-        ip: r.ip,
-        prefix_len: 32,
-        gateway: GATEWAY,
-        mtu: r.mtu,
-    }
-}
-
-pub(crate) fn endpoint_info(r: &EndpointRecord) -> EndpointInfo {
-    EndpointInfo { ifindex: r.host_ifindex, flags: 0, pod_mac: r.pod_mac, host_mac: r.host_mac, _pad: [0; 4] }
 }
 
 impl Node {
@@ -657,7 +631,7 @@ impl Node {
             match links.get(&r.host_ifname) {
                 Some(link) if link.index == r.host_ifindex => {
                     l.dp.attach_ingress(&r.host_ifname, programs::FROM_POD)?;
-                    want.insert(r.ip, endpoint_info(r));
+                    want.insert(r.ip, r.datapath_info());
                 }
                 _ => tracing::warn!(pod = %format!("{}/{}", r.pod_namespace, r.pod_name), ip = %r.ip,
                     "endpoint's host interface is gone; waiting for DEL or GC"),
@@ -833,7 +807,7 @@ impl Node {
             .map_err(|e| api_err(code::DATAPATH, "writing the pod's network policy", format!("{e:#}")))?;
         match self.plumb(req, &netns, &host, ip, mtu).await {
             Ok(rec) => {
-                let ep = to_endpoint(&rec);
+                let ep = rec.to_api();
                 if let Err(e) = self.store.insert(rec) {
                     self.unplumb(&host, ip).await;
                     return Err(api_err(code::IO_FAILURE, "persisting the endpoint", e));
@@ -984,7 +958,7 @@ impl Node {
         }
         let Some(l) = self.loaded.as_ref() else { return Err(self.not_ready()) };
         let in_map = l.endpoints.list().map_err(|e| api_err(code::DATAPATH, "reading the endpoint map", e))?;
-        if in_map.get(&rec.ip) != Some(&endpoint_info(&rec)) {
+        if in_map.get(&rec.ip) != Some(&rec.datapath_info()) {
             return Err(fail(format!("{} is not in the datapath's endpoint map as expected", rec.ip)));
         }
         if l.dp.ingress_program_count(&rec.host_ifname).unwrap_or(0) == 0 {
@@ -998,7 +972,7 @@ impl Node {
         if !ok {
             return Err(fail(format!("{} in {} does not hold {}", rec.ifname, rec.netns, rec.ip)));
         }
-        Ok(to_endpoint(&rec))
+        Ok(rec.to_api())
     }
 
     /// Deletes every attachment not in `valid`; returns what was removed.

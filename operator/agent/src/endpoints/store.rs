@@ -29,6 +29,41 @@ pub struct EndpointRecord {
     pub identity_unknown: bool,
 }
 
+impl EndpointRecord {
+    /// The attachment as the API reports it (CNI results, `weir endpoints`).
+    pub fn to_api(&self) -> weir_operator_api::Endpoint {
+        weir_operator_api::Endpoint {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+            netns: self.netns.clone(),
+            pod_namespace: self.pod_namespace.clone(),
+            pod_name: self.pod_name.clone(),
+            host_ifname: self.host_ifname.clone(),
+            host_mac: mac_str(&self.host_mac),
+            pod_mac: mac_str(&self.pod_mac),
+            ip: self.ip,
+            prefix_len: 32,
+            gateway: crate::config::GATEWAY,
+            mtu: self.mtu,
+        }
+    }
+
+    /// What `WEIR_ENDPOINTS` holds for this attachment.
+    pub fn datapath_info(&self) -> weir_bpf_common::EndpointInfo {
+        weir_bpf_common::EndpointInfo {
+            ifindex: self.host_ifindex,
+            flags: 0,
+            pod_mac: self.pod_mac,
+            host_mac: self.host_mac,
+            _pad: [0; 4],
+        }
+    }
+}
+
+fn mac_str(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 pub type Key = (String, String);
 /// The records by container and interface; a clone shares structure and costs nothing.
 pub type Records = imbl::OrdMap<Key, EndpointRecord>;

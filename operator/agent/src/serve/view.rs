@@ -21,7 +21,6 @@ use weir_operator_api::{
 
 use crate::{
     endpoints::store::Records,
-    node::{api_err, endpoint_info, to_endpoint},
     policy::compile::{Cluster, Compiled},
     serve::metrics::Metrics,
 };
@@ -127,10 +126,7 @@ impl NodeView {
         let in_map = self.kernel.as_ref().and_then(|k| k.endpoints().ok()).unwrap_or_default();
         self.records
             .values()
-            .map(|r| EndpointRow {
-                endpoint: to_endpoint(r),
-                in_datapath: in_map.get(&r.ip) == Some(&endpoint_info(r)),
-            })
+            .map(|r| EndpointRow { endpoint: r.to_api(), in_datapath: in_map.get(&r.ip) == Some(&r.datapath_info()) })
             .collect()
     }
 
@@ -156,8 +152,8 @@ impl NodeView {
     /// with the owning Service where known.
     pub fn service_rows(&self) -> Result<Vec<ServiceRow>, ApiError> {
         let k = self.kernel()?;
-        let map = k.services().map_err(|e| api_err(code::DATAPATH, "reading the service map", e))?;
-        let slots = k.backends().map_err(|e| api_err(code::DATAPATH, "reading the backend map", e))?;
+        let map = k.services().map_err(|e| super::api_err(code::DATAPATH, "reading the service map", e))?;
+        let slots = k.backends().map_err(|e| super::api_err(code::DATAPATH, "reading the backend map", e))?;
         Ok(map
             .into_iter()
             .map(|(k, v)| ServiceRow {
@@ -193,12 +189,12 @@ impl NodeView {
                 attachments.push(IfacePrograms { iface, missing: true, ..Default::default() });
                 continue;
             }
-            let query = |e| api_err(code::DATAPATH, format!("querying {iface}"), e);
+            let query = |e| super::api_err(code::DATAPATH, format!("querying {iface}"), e);
             let programs = weir_dataplane::tcx::ingress_program_names(&iface).map_err(query)?;
             let egress = weir_dataplane::tcx::egress_program_names(&iface).map_err(query)?;
             attachments.push(IfacePrograms { iface, programs, egress, missing: false });
         }
-        let snap = k.counters().map_err(|e| api_err(code::DATAPATH, "reading counters", e))?;
+        let snap = k.counters().map_err(|e| super::api_err(code::DATAPATH, "reading counters", e))?;
         let mut counters: BTreeMap<String, u64> =
             snap.drops.iter().map(|(r, n)| (format!("drop_{}", r.label()), *n)).collect();
         counters.insert("events_lost".into(), snap.events_lost);

@@ -23,7 +23,7 @@ use crate::source::{Named, SliceInfo};
 
 pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
-pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub use crate::source::slice::LABEL_SERVICE_NAME;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Proto {

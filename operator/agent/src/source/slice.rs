@@ -5,7 +5,8 @@
 //! to, its address type, its ports, and per endpoint its addresses, conditions and node.
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::services::LABEL_SERVICE_NAME;
+/// The label that names an EndpointSlice's Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SliceInfo {
