@@ -39,7 +39,6 @@ pub struct NodeState {
     pub netns: String,
     pub ip: Ipv4Addr,
     pub pod_cidr: String,
-    pub agent_pid: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -234,7 +233,7 @@ impl Lab {
                  spec:\n  podCIDR: {pod_cidr}\n  podCIDRs: [{pod_cidr}]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {node_ip}}}\n  - {{type: Hostname, address: {node}}}\n"
             ));
             std::fs::create_dir_all(self.cgroup_parent().join(&node)).context("creating the node's cgroup")?;
-            self.state.nodes.push(NodeState { name: node, netns, ip: node_ip, pod_cidr, agent_pid: None });
+            self.state.nodes.push(NodeState { name: node, netns, ip: node_ip, pod_cidr });
         }
         let ext = self.external_netns();
         self.add_netns(&ext)?;
@@ -304,7 +303,7 @@ impl Lab {
     pub fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
         let nd = self.node_dir(node);
         let idx = self.node_index(node)?;
-        if let Some(pid) = self.state.nodes[idx].agent_pid {
+        if let Some(pid) = self.agent_pid(node) {
             if netns::pid_is(pid, "weir-agent") {
                 bail!("the agent of {node} is already running (pid {pid})");
             }
@@ -348,29 +347,53 @@ impl Lab {
             .process_group(0);
         std::fs::create_dir_all(self.dir.join("bpffs").join(node))?;
         let child = cmd.spawn().context("starting weir-agent")?;
-        self.state.nodes[idx].agent_pid = Some(child.id());
-        self.save()
+        self.set_agent_pid(node, Some(child.id()))
+    }
+
+    /// The PID of a node's agent lives in a file of its own (`nodes/<node>/agent.pid`), written
+    /// only by `start_agent`, `stop_agent` and `kill_agent`: `lab.json` is read, changed and
+    /// written back by every `weir-lab` command, and one running while an agent restarts (pod
+    /// churn during a kill test) would otherwise write the old PID back over the new one, and
+    /// `down` would leave the new agent running.
+    fn agent_pid(&self, node: &str) -> Option<u32> {
+        std::fs::read_to_string(self.node_dir(node).join("agent.pid")).ok()?.trim().parse().ok()
+    }
+
+    fn set_agent_pid(&self, node: &str, pid: Option<u32>) -> anyhow::Result<()> {
+        let path = self.node_dir(node).join("agent.pid");
+        match pid {
+            Some(pid) => {
+                let tmp = path.with_extension("pid.tmp");
+                std::fs::write(&tmp, pid.to_string())?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            },
+        }
+        Ok(())
     }
 
     pub fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let idx = self.node_index(node)?;
-        if let Some(pid) = self.state.nodes[idx].agent_pid.take() {
+        self.node_index(node)?;
+        if let Some(pid) = self.agent_pid(node) {
             stop_pid(pid, "weir-agent", Duration::from_secs(5));
         }
-        self.save()
+        self.set_agent_pid(node, None)
     }
 
     /// SIGKILL to a node's agent, no grace (a crash); waits until it is gone.
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        let idx = self.node_index(node)?;
-        if let Some(pid) = self.state.nodes[idx].agent_pid.take() {
+        self.node_index(node)?;
+        if let Some(pid) = self.agent_pid(node) {
             if netns::pid_is(pid, "weir-agent") {
                 let p = nix::unistd::Pid::from_raw(pid as i32);
                 nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL).context("SIGKILL")?;
                 stop_pid(pid, "weir-agent", Duration::from_secs(5));
             }
         }
-        self.save()
+        self.set_agent_pid(node, None)
     }
 
     fn node_index(&self, node: &str) -> anyhow::Result<usize> {
@@ -422,8 +445,9 @@ impl Lab {
         if let Some(pid) = self.state.external_pid.take() {
             stop_pid(pid, "serve", Duration::from_secs(2));
         }
-        for n in &mut self.state.nodes {
-            if let Some(pid) = n.agent_pid.take() {
+        let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &nodes {
+            if let Some(pid) = self.agent_pid(n) {
                 stop_pid(pid, "weir-agent", Duration::from_secs(5));
             }
         }
