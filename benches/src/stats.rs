@@ -2,7 +2,7 @@
 //! rounded, which is what every bench reports as p50 / p99.
 
 /// A sample value: durations in ns or µs (integers) and derived figures (floats).
-pub trait Sample: Copy + PartialOrd {
+pub trait Sample: Copy {
     fn as_f64(self) -> f64;
 }
 
@@ -18,12 +18,6 @@ pub fn quantile<T: Sample>(sorted: &[T], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize;
     sorted[i.min(sorted.len() - 1)].as_f64()
-}
-
-/// Sorts `samples` and returns its quantile `p`.
-pub fn quantile_of<T: Sample>(samples: &mut [T], p: f64) -> f64 {
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    quantile(samples, p)
 }
 
 /// The median of `values` (NaN when empty); the mean of the two middle values when even.
@@ -64,8 +58,6 @@ mod tests {
         assert_eq!(quantile(&v, 1.0), 100.0);
         assert_eq!(quantile(&v, 0.0), 1.0);
         assert!(quantile::<u32>(&[], 0.5).is_nan());
-        let mut unsorted = vec![5.0, 1.0, 3.0];
-        assert_eq!(quantile_of(&mut unsorted, 0.5), 3.0);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use weir_operator_agent::{
     serve::metrics::Metrics,
 };
 
-use weir_benches::env;
+use weir_benches::{env, stats::median};
 
 #[derive(Parser)]
 #[command(name = "weir-observe-bench", about = "Observability: per-packet cost on vs off, sustained events, overload")]
@@ -108,12 +108,8 @@ fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Results> {
         e_on.push(established_ns(&mut on, cli.repeat)?);
         e_off.push(established_ns(&mut off, cli.repeat)?);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    r.established_on_ns = median(e_on);
-    r.established_off_ns = median(e_off);
+    r.established_on_ns = median(&e_on);
+    r.established_off_ns = median(&e_off);
     r.established_ratio = r.established_on_ns / r.established_off_ns.max(1.0);
     let n = cli.connections.clamp(1, 60000 * 8);
     // The on-datapath's events of this round are drained by a reader below.
