@@ -6,8 +6,8 @@
 //!   program), to the isolated pod on an allowed port, and on a denied port (which also pays for
 //!   the drop report). Flat means the allowed cost does not grow from 10 to 10k rules.
 //! * **Convergence**: apply → enforced inside the agent, i.e. the compile and the map writes of
-//!   `PolicySync::apply_changes` after a change (as the agent makes it: pods-only passes when only
-//!   pods changed, full ones otherwise) — a peer pod's labels, the client's labels (its entry
+//!   `PolicySync::apply_changes` after a change (as the agent makes it: passes that go on from the
+//!   last for pod and policy changes, full ones for namespace changes) — a peer pod's labels, the client's labels (its entry
 //!   goes and comes back), a policy created, updated and deleted, a new local pod — 20 times
 //!   each, p50/p99. The agent adds its 50 ms coalescing window before a pass; the API watch or
 //!   the manifest poll adds its own delivery time (not measured here).
@@ -166,8 +166,7 @@ impl Bench {
 
         // Convergence: each change and its reverse, timed separately.
         // A variant is the base with some objects put in, as a watch event puts them: its log
-        // says what changed, and the agent's writer picks its pass from that (pods-only, or full
-        // when a policy or namespace changed). Going back changes the same objects.
+        // says what changed, and the agent's writer picks its pass from that. Going back changes the same objects.
         let variant = |extra: &str| -> anyhow::Result<(ClusterSnapshot, Changes)> {
             let mut s = base.clone();
             let more = snapshot_of(extra, "bench change")?;

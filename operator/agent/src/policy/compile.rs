@@ -582,6 +582,19 @@ enum PeerSet {
     Ids(BTreeSet<u32>),
 }
 
+impl PeerSet {
+    /// Calls `f` with each peer of an entry key: [`ANY_PEER`] for anyone, else each identity.
+    fn each(&self, mut f: impl FnMut(u32)) {
+        match self {
+            PeerSet::Any => f(ANY_PEER),
+            PeerSet::Ids(s) => s.iter().for_each(|&id| f(id)),
+        }
+    }
+}
+
+/// Rule sets (sorted) → attribution id, ids counting from 1 in the order sets were first seen.
+type Interned = HashMap<Vec<RuleRef>, u32>;
+
 /// What a full compile leaves for the next pass that only sees pods change
 /// ([`compile_pods`]): the blocks index, how many pods hold each pod identity, the peer sets of
 /// the rules local endpoints use, the interned rule sets, and the entries used.
@@ -590,10 +603,13 @@ pub struct Incremental {
     blocks: HashMap<(Ipv4Addr, u8), Vec<IpBlock>>,
     block_set: BTreeSet<IpBlock>,
     /// Identity of each block CIDR and except (a pod's /32 hides one of the same prefix).
-    prefixes: HashMap<(Ipv4Addr, u8), u32>,
+    prefixes: BTreeMap<(Ipv4Addr, u8), u32>,
+    /// How many blocks name each prefix (as their CIDR or an except).
+    names: HashMap<(Ipv4Addr, u8), u32>,
+    /// How many pods and prefixes hold each identity ([`WORLD`] is not counted).
     refs: HashMap<u32, u32>,
     peer_sets: HashMap<RuleRef, PeerSet>,
-    interned: BTreeMap<Vec<RuleRef>, u32>,
+    interned: Interned,
     used: usize,
     fail_closed: bool,
 }
@@ -668,7 +684,7 @@ fn endpoint_policy(
     peer_set: &dyn Fn(RuleRef) -> PeerSet,
     named: &dyn Fn(u32) -> Option<Vec<(String, u8, u16)>>,
     pod_identities: &dyn Fn() -> Vec<u32>,
-    interned: &mut BTreeMap<Vec<RuleRef>, u32>,
+    interned: &mut Interned,
 ) -> EndpointPolicy {
     let mut ep = EndpointPolicy {
         namespace: p.namespace().to_owned(),
@@ -681,35 +697,28 @@ fn endpoint_policy(
         if selecting.is_empty() {
             continue;
         }
-        let mut raw: BTreeMap<EntryKey, BTreeSet<RuleRef>> = BTreeMap::new();
+        // (entry, rule allowing it) pairs, sorted and grouped by entry in close_and_intern.
+        let mut raw: Vec<(EntryKey, RuleRef)> = Vec::new();
         for &pol in &selecting {
             for (ri, r) in c.policies[pol].rules(d).unwrap_or(&[]).iter().enumerate() {
                 let rr = RuleRef { policy: pol, direction: d, rule: ri };
-                let peers = peer_sets.entry(rr).or_insert_with(|| peer_set(rr));
-                let peer_ids: Vec<u32> = match peers {
-                    PeerSet::Any => vec![ANY_PEER],
-                    PeerSet::Ids(s) => s.iter().copied().collect(),
-                };
-                let mut add = |k: EntryKey| {
-                    raw.entry(k).or_default().insert(rr);
-                };
+                let peers: &PeerSet = peer_sets.entry(rr).or_insert_with(|| peer_set(rr));
+                let mut add = |k: EntryKey| raw.push((k, rr));
                 let Some(ports) = &r.ports else {
-                    for &id in &peer_ids {
-                        add(EntryKey::all_protocols(id));
-                    }
+                    peers.each(|id| add(EntryKey::all_protocols(id)));
                     continue;
                 };
                 for m in ports {
                     match &m.port {
-                        PortSpec::Any => peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, 0, 0))),
+                        PortSpec::Any => peers.each(|id| add(EntryKey::port(id, m.proto, 0, 0))),
                         PortSpec::Range(a, b) => {
                             for (start, bits) in range_prefixes(*a, *b) {
-                                peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, start, bits)));
+                                peers.each(|id| add(EntryKey::port(id, m.proto, start, bits)));
                             }
                         }
                         PortSpec::Named(n) if d == Direction::Ingress => {
                             if let Some(port) = p.named_port(n, m.proto) {
-                                peer_ids.iter().for_each(|&id| add(EntryKey::port(id, m.proto, port, 16)));
+                                peers.each(|id| add(EntryKey::port(id, m.proto, port, 16)));
                             }
                         }
                         PortSpec::Named(n) => {
@@ -777,6 +786,7 @@ pub fn compile_full(
     let mut prefixes: BTreeMap<(Ipv4Addr, u8), IdentityKey> = BTreeMap::new();
     for b in &blocks {
         for n in std::iter::once(&b.cidr).chain(&b.except) {
+            *inc.names.entry((n.network(), n.prefix())).or_default() += 1;
             prefixes.insert(
                 (n.network(), n.prefix()),
                 IdentityKey::Cidr { blocks: blocks_of(&inc.blocks, n.network(), n.prefix()) },
@@ -790,8 +800,12 @@ pub fn compile_full(
         out.identities.insert(*id, k.clone());
     }
     for (prefix, k) in &prefixes {
-        out.ipcache.insert(*prefix, numbers[k]);
-        inc.prefixes.insert(*prefix, numbers[k]);
+        let id = numbers[k];
+        out.ipcache.insert(*prefix, id);
+        inc.prefixes.insert(*prefix, id);
+        if id != WORLD {
+            *inc.refs.entry(id).or_default() += 1;
+        }
     }
     // A pod whose address another pod also claims (a stale object) owns it only if the index
     // says so: computed once, used for the IP → identity entries and the local endpoints.
@@ -868,20 +882,21 @@ pub fn compile_full(
 }
 
 /// Goes on from `prev` (compiled from `old`) to `c`, which differs from `old` only in its
-/// policies: when they name the same ipBlocks, identities and the IP → identity table stay as
-/// they are, the peer sets of unchanged policies' rules are kept (under their new positions),
-/// and every local endpoint's entries are compiled again. `None` when that cannot be exact
-/// (other blocks, an endpoint over capacity): the caller makes a full pass.
+/// policies: the identities and IP → identity entries of the pods and prefixes inside an ipBlock
+/// that came or went are found again ([`rekey_blocks`]), the peer sets of unchanged policies'
+/// rules are kept (under their new positions) and follow those identities, and every local
+/// endpoint's entries are compiled again. `None` when that cannot be exact (an endpoint over
+/// capacity, state that disagrees): the caller makes a full pass.
 pub fn compile_policies(
     old: &Cluster,
     c: &Cluster,
     prev: &Compiled,
     inc: &mut Incremental,
-    ids: &Identities,
+    ids: &mut Identities,
     local: &dyn Fn(&PodView) -> bool,
     capacity: usize,
-) -> Option<Compiled> {
-    if inc.fail_closed || blocks_in(&c.policies) != inc.block_set {
+) -> Option<(Compiled, Touched)> {
+    if inc.fail_closed {
         return None;
     }
     let old_index: HashMap<(&str, &str), usize> =
@@ -901,10 +916,27 @@ pub fn compile_policies(
         }
     }
     inc.peer_sets = peer_sets;
+    let mut out = Compiled { ipcache: prev.ipcache.clone(), identities: prev.identities.clone(), ..Default::default() };
+    let mut touched = Touched::default();
+    let blocks = blocks_in(&c.policies);
+    if blocks != inc.block_set {
+        let (born, gone) = rekey_blocks(c, blocks, &mut out, inc, ids, &mut touched)?;
+        // The kept peer sets follow (their rules are unchanged, so admitting is as before).
+        for (rr, set) in &mut inc.peer_sets {
+            let PeerSet::Ids(s) = set else { continue };
+            for id in &gone {
+                s.remove(id);
+            }
+            for (id, k) in &born {
+                if admits(c, *rr, k) {
+                    s.insert(*id);
+                }
+            }
+        }
+    }
     inc.interned.clear();
     inc.used = 0;
-    let mut out = Compiled { ipcache: prev.ipcache.clone(), identities: prev.identities.clone(), ..Default::default() };
-    let identities = prev.identities.clone();
+    let identities = out.identities.clone();
     let peer_set = |rr: RuleRef| -> PeerSet {
         let r = &c.policies[rr.policy].rules(rr.direction).expect("rule of a selected direction")[rr.rule];
         if r.peers.is_none() {
@@ -927,10 +959,127 @@ pub fn compile_policies(
         out.endpoints.insert(p.ip, ep);
     }
     out.attributions = attributions(&inc.interned);
-    Some(out)
+    touched.endpoints = prev.endpoints.keys().chain(out.endpoints.keys()).copied().collect();
+    Some((out, touched))
 }
 
-fn attributions(interned: &BTreeMap<Vec<RuleRef>, u32>) -> imbl::Vector<Vec<RuleRef>> {
+/// Identities born (with their keys) and gone when blocks came or went.
+type Rekeyed = (Vec<(u32, IdentityKey)>, Vec<u32>);
+
+/// The ipBlocks named went from `inc.block_set` to `blocks` (pods as before): gives the pods
+/// and prefixes inside a block that came or went their keys again, in `out`'s identities and
+/// IP → identity entries and in `ids`, and records the prefixes whose entry may differ. Work is
+/// in proportion to what those blocks contain, not to the cluster. Returns the identities born
+/// (with their keys) and those gone; `None` when the state disagrees.
+fn rekey_blocks(
+    c: &Cluster,
+    blocks: BTreeSet<IpBlock>,
+    out: &mut Compiled,
+    inc: &mut Incremental,
+    ids: &mut Identities,
+    touched: &mut Touched,
+) -> Option<Rekeyed> {
+    let added: Vec<IpBlock> = blocks.difference(&inc.block_set).cloned().collect();
+    let removed: Vec<IpBlock> = inc.block_set.difference(&blocks).cloned().collect();
+    // What lies inside those blocks, with the pods' keys under the old blocks.
+    let mut pods: BTreeMap<&PodKey, IdentityKey> = BTreeMap::new();
+    let mut prefixes: BTreeSet<(Ipv4Addr, u8)> = BTreeSet::new();
+    for b in added.iter().chain(&removed) {
+        let (lo, hi) = (b.cidr.network(), b.cidr.broadcast());
+        for (_, key) in c.claims.range((lo, PodKey::default())..).take_while(|(ip, _)| *ip <= hi) {
+            if !pods.contains_key(key) {
+                pods.insert(key, pod_key(c.pods.get(key)?, &inc.blocks));
+            }
+        }
+        prefixes.extend(inc.prefixes.range((lo, 0)..=(hi, 32)).map(|(k, _)| *k).filter(|k| k.1 >= b.cidr.prefix()));
+        prefixes.extend(std::iter::once(&b.cidr).chain(&b.except).map(|n| (n.network(), n.prefix())));
+    }
+    for b in &removed {
+        let k = (b.cidr.network(), b.cidr.prefix());
+        let v = inc.blocks.get_mut(&k)?;
+        v.retain(|x| x != b);
+        if v.is_empty() {
+            inc.blocks.remove(&k);
+        }
+        for n in std::iter::once(&b.cidr).chain(&b.except) {
+            let k = (n.network(), n.prefix());
+            let count = inc.names.get_mut(&k)?;
+            *count -= 1;
+            if *count == 0 {
+                inc.names.remove(&k);
+            }
+        }
+    }
+    for b in &added {
+        inc.blocks.entry((b.cidr.network(), b.cidr.prefix())).or_default().push(b.clone());
+        for n in std::iter::once(&b.cidr).chain(&b.except) {
+            *inc.names.entry((n.network(), n.prefix())).or_default() += 1;
+        }
+    }
+    inc.block_set = blocks;
+
+    // New numbers first, then the old ones let go: a key that stays keeps its number.
+    let mut born = Vec::new();
+    let mut acquire = |k: IdentityKey, ids: &mut Identities, out: &mut Compiled, inc: &mut Incremental| -> u32 {
+        let (id, new) = ids.acquire(&k);
+        if id != WORLD {
+            *inc.refs.entry(id).or_default() += 1;
+        }
+        if new {
+            out.identities.insert(id, k.clone());
+            born.push((id, k));
+        }
+        id
+    };
+    let mut letting_go = Vec::new();
+    for (key, old_k) in &pods {
+        let p = c.pods.get(*key)?;
+        let new_k = pod_key(p, &inc.blocks);
+        if new_k == *old_k {
+            continue;
+        }
+        let id = acquire(new_k, ids, out, inc);
+        if c.owns(p) {
+            out.ipcache.insert((p.ip, 32), id);
+            touched.prefixes.insert((p.ip, 32));
+        }
+        letting_go.push(ids.get(old_k)?);
+    }
+    for prefix in &prefixes {
+        let was = inc.prefixes.remove(prefix);
+        let now = inc
+            .names
+            .contains_key(prefix)
+            .then(|| IdentityKey::Cidr { blocks: blocks_of(&inc.blocks, prefix.0, prefix.1) })
+            .map(|k| acquire(k, ids, out, inc));
+        if let Some(id) = now {
+            inc.prefixes.insert(*prefix, id);
+        }
+        // A pod's /32 hides a prefix of the same address and length.
+        if prefix.1 != 32 || c.pod_by_ip(prefix.0).is_none() {
+            match now {
+                Some(id) => out.ipcache.insert(*prefix, id),
+                None => out.ipcache.remove(prefix),
+            };
+        }
+        touched.prefixes.insert(*prefix);
+        letting_go.extend(was.filter(|&id| id != WORLD));
+    }
+    let mut gone = Vec::new();
+    for id in letting_go {
+        let refs = inc.refs.get_mut(&id)?;
+        *refs -= 1;
+        if *refs == 0 {
+            inc.refs.remove(&id);
+            let k = out.identities.remove(&id)?;
+            ids.release(&k);
+            gone.push(id);
+        }
+    }
+    Some((born, gone))
+}
+
+fn attributions(interned: &Interned) -> imbl::Vector<Vec<RuleRef>> {
     let mut v = vec![Vec::new(); interned.len()];
     for (rules, id) in interned {
         v[*id as usize - 1] = rules.clone();
@@ -938,11 +1087,11 @@ fn attributions(interned: &BTreeMap<Vec<RuleRef>, u32>) -> imbl::Vector<Vec<Rule
     v.into_iter().collect()
 }
 
-/// What a [`compile_pods`] pass changed: the /32s whose identity may differ and the local
-/// endpoints (by address) recompiled or gone.
+/// What a pass going on from the last changed: the IP → identity entries (prefix, length) that
+/// may differ and the local endpoints (by address) recompiled or gone.
 #[derive(Debug, Default)]
 pub struct Touched {
-    pub addresses: BTreeSet<Ipv4Addr>,
+    pub prefixes: BTreeSet<(Ipv4Addr, u8)>,
     pub endpoints: BTreeSet<Ipv4Addr>,
 }
 
@@ -967,6 +1116,7 @@ pub fn compile_pods(
     }
     let mut out = prev.clone();
     let mut touched = Touched::default();
+    let mut addresses: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut rules_changed: BTreeSet<RuleRef> = BTreeSet::new();
     let mut identities_changed = false;
     let mut redo: BTreeSet<PodKey> = BTreeSet::new();
@@ -1009,11 +1159,11 @@ pub fn compile_pods(
                 }
             }
         }
-        touched.addresses.insert(p.ip);
+        addresses.insert(p.ip);
     }
     for key in changed {
         if let Some(p) = c.pods.get(key) {
-            touched.addresses.insert(p.ip);
+            addresses.insert(p.ip);
         }
         redo.insert(key.clone());
     }
@@ -1027,7 +1177,7 @@ pub fn compile_pods(
         );
     }
     // The /32s: the owner's identity, else the block prefix of that length, else nothing.
-    for ip in &touched.addresses {
+    for ip in &addresses {
         out.ipcache.remove(&(*ip, 32));
         if let Some(owner) = c.pod_by_ip(*ip) {
             out.ipcache.insert((*ip, 32), ids.get(&pod_key(owner, &inc.blocks))?);
@@ -1087,46 +1237,85 @@ pub fn compile_pods(
     if out.attributions.len() != inc.interned.len() {
         out.attributions = attributions(&inc.interned);
     }
+    touched.prefixes = addresses.into_iter().map(|ip| (ip, 32)).collect();
     Some((out, touched))
 }
 
 /// Copies the any-peer entries under every peer that has entries, gives each entry every rule
 /// of the entries that cover it (so the longest match carries every allowing rule), and interns
-/// the rule sets.
-fn close_and_intern(
-    mut raw: BTreeMap<EntryKey, BTreeSet<RuleRef>>,
-    interned: &mut BTreeMap<Vec<RuleRef>, u32>,
-) -> Entries {
-    let any: Vec<(EntryKey, BTreeSet<RuleRef>)> =
-        raw.iter().filter(|(k, _)| k.peer == ANY_PEER).map(|(k, v)| (*k, v.clone())).collect();
-    let peers: BTreeSet<u32> = raw.keys().map(|k| k.peer).filter(|&p| p != ANY_PEER).collect();
-    for &peer in &peers {
-        for (k, rules) in &any {
-            raw.entry(EntryKey { peer, ..*k }).or_default().extend(rules.iter().copied());
+/// the rule sets. `raw` holds (entry, rule) pairs in any order, repeats allowed.
+///
+/// Entries of one peer are covered only by that peer's and the any-peer entries, so the work is
+/// done per peer, and a peer with one entry and no any-peer entries (an ipBlock rule's /32, say)
+/// is interned as it is, without building a map.
+fn close_and_intern(mut raw: Vec<(EntryKey, RuleRef)>, interned: &mut Interned) -> Entries {
+    raw.sort_unstable();
+    raw.dedup();
+    let mut intern = |rules: &[RuleRef]| -> u32 {
+        if let Some(id) = interned.get(rules) {
+            return *id;
         }
+        let id = interned.len() as u32 + 1;
+        interned.insert(rules.to_vec(), id);
+        id
+    };
+    // Runs of one entry key: (key, its rules, sorted and distinct).
+    fn grouped(pairs: &[(EntryKey, RuleRef)]) -> BTreeMap<EntryKey, Vec<RuleRef>> {
+        let mut m: BTreeMap<EntryKey, Vec<RuleRef>> = BTreeMap::new();
+        for (k, rr) in pairs {
+            m.entry(*k).or_default().push(*rr);
+        }
+        m
     }
-    let mut out = Entries::new();
-    for (k, rules) in &raw {
-        let mut all = rules.clone();
-        let mut cover = |c: EntryKey| {
-            if c != *k {
-                if let Some(r) = raw.get(&c) {
-                    all.extend(r.iter().copied());
+    let mut out: Vec<(EntryKey, u32)> = Vec::with_capacity(raw.len());
+    let close = |group: &BTreeMap<EntryKey, Vec<RuleRef>>,
+                 out: &mut Vec<(EntryKey, u32)>,
+                 intern: &mut dyn FnMut(&[RuleRef]) -> u32| {
+        for (k, rules) in group {
+            let mut all = rules.clone();
+            let mut cover = |c: EntryKey| {
+                if c != *k {
+                    if let Some(r) = group.get(&c) {
+                        all.extend_from_slice(r);
+                    }
+                }
+            };
+            if k.proto != 0 {
+                for bits in 0..=k.port_bits {
+                    cover(EntryKey::port(k.peer, k.proto, k.port, bits));
                 }
             }
-        };
-        if k.proto != 0 {
-            for bits in 0..=k.port_bits {
-                cover(EntryKey::port(k.peer, k.proto, k.port, bits));
-            }
+            cover(EntryKey::all_protocols(k.peer));
+            all.sort_unstable();
+            all.dedup();
+            out.push((*k, intern(&all)));
         }
-        cover(EntryKey::all_protocols(k.peer));
-        let all: Vec<RuleRef> = all.into_iter().collect();
-        let next = interned.len() as u32 + 1;
-        let id = *interned.entry(all).or_insert(next);
-        out.insert(*k, id);
+    };
+    // Keys sort by peer first, and ANY_PEER is 0: the any-peer entries come first.
+    let n_any = raw.partition_point(|(k, _)| k.peer == ANY_PEER);
+    let (any, rest) = raw.split_at(n_any);
+    let any = grouped(any);
+    close(&any, &mut out, &mut intern);
+    let mut i = 0;
+    while i < rest.len() {
+        let peer = rest[i].0.peer;
+        let n = rest[i..].partition_point(|(k, _)| k.peer == peer);
+        let own = &rest[i..i + n];
+        i += n;
+        if any.is_empty() && own.iter().all(|(k, _)| *k == own[0].0) {
+            let rules: Vec<RuleRef> = own.iter().map(|(_, rr)| *rr).collect();
+            out.push((own[0].0, intern(&rules)));
+            continue;
+        }
+        let mut group: BTreeMap<EntryKey, Vec<RuleRef>> =
+            any.iter().map(|(k, rules)| (EntryKey { peer, ..*k }, rules.clone())).collect();
+        for (k, rr) in own {
+            group.entry(*k).or_default().push(*rr);
+        }
+        close(&group, &mut out, &mut intern);
     }
-    out
+    // Built in key order: the map is made in one pass.
+    out.into_iter().collect()
 }
 
 /// One direction of [`explain`].

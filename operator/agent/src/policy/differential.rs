@@ -527,9 +527,14 @@ mod incremental {
                 }
                 let local = local_of(&snap, &chosen);
                 changes.pods = changed;
-                let before = inc.passes.1;
+                let (full_before, before) = inc.passes;
                 inc.apply_changes(&snap, &changes, &local, &BTreeSet::new(), &mut maps).expect("pass");
                 incremental_passes += inc.passes.1 - before;
+                // Only a namespace's labels call for a full pass; policies (ipBlocks that come
+                // and go included) and pods go on from the last.
+                if changes.namespaces.is_empty() {
+                    assert_eq!(inc.passes.0, full_before, "seed {seed} step {step}: a full pass for {changes:?}");
+                }
                 let (mut full, mut full_maps) = (PolicySync::default(), fakes());
                 full.apply(&snap, &local, &mut full_maps).expect("full pass");
                 let (a, b) = (meaning(&inc, &maps), meaning(&full, &full_maps));

@@ -24,7 +24,7 @@ use weir_dataplane::maps::{KeyValueMap, PolicyEntry};
 use super::{
     compile::{
         compile_full, compile_pods, compile_policies, Cluster, Compiled, Identities, Incremental, ParseCache, PodKey,
-        Touched,
+        PodView, Touched,
     },
     Direction,
 };
@@ -150,19 +150,15 @@ impl PolicySync {
         self.incremental = None;
         let have = self.begin(maps)?;
         let cluster = Cluster::from_snapshot_with(snap, Some(&self.cluster), local, &mut self.parsed);
-        let (compiled, inc) = compile_full(
-            &cluster,
-            &mut self.ids,
-            &|p| local.get(&(p.namespace().to_owned(), p.name().to_owned())) == Some(&p.ip),
-            ENTRY_CAPACITY,
-        );
+        let (compiled, inc) = compile_full(&cluster, &mut self.ids, &is_local(local), ENTRY_CAPACITY);
         let report = self.write(have, &compiled, unmanaged, &Scope::All, maps)?;
         self.passes.0 += 1;
         self.finish(cluster, compiled, report, Some(inc), local, unmanaged)
     }
 
-    /// The pass `changes` call for: pods-only when only pods changed, else full (a namespace's
-    /// labels or a policy can change any endpoint's entries).
+    /// The pass `changes` call for: full when a namespace's labels changed (they can change any
+    /// peer set and selection), else going on from the last — policies first (ipBlocks that
+    /// came or went included), then pods.
     pub fn apply_changes<I, P, E>(
         &mut self,
         snap: &ClusterSnapshot,
@@ -194,15 +190,13 @@ impl PolicySync {
             &cluster,
             &self.compiled,
             &mut inc,
-            &self.ids,
-            &|p| was_local.get(&(p.namespace().to_owned(), p.name().to_owned())) == Some(&p.ip),
+            &mut self.ids,
+            &is_local(&was_local),
             ENTRY_CAPACITY,
         );
-        let Some(compiled) = next else {
+        let Some((compiled, touched)) = next else {
             return self.apply_with(snap, local, unmanaged, maps);
         };
-        let endpoints = self.compiled.endpoints.keys().chain(compiled.endpoints.keys()).copied().collect();
-        let touched = Touched { addresses: BTreeSet::new(), endpoints };
         let have = self.begin(maps)?;
         let mut report = self.write(have, &compiled, unmanaged, &Scope::Some(&touched), maps)?;
         self.passes.1 += 1;
@@ -253,7 +247,7 @@ impl PolicySync {
             &mut inc,
             &mut self.ids,
             &changed,
-            &|p| local.get(&(p.namespace().to_owned(), p.name().to_owned())) == Some(&p.ip),
+            &is_local(local),
             ENTRY_CAPACITY,
         );
         let Some((compiled, touched)) = next else {
@@ -315,9 +309,9 @@ impl PolicySync {
                 compiled.endpoints.keys().chain(unmanaged).copied().collect()
             }
             Scope::Some(t) => {
-                for ip in &t.addresses {
-                    if let Some(id) = compiled.ipcache.get(&(*ip, 32)) {
-                        want.ipcache.insert((*ip, 32), *id);
+                for prefix in &t.prefixes {
+                    if let Some(id) = compiled.ipcache.get(prefix) {
+                        want.ipcache.insert(*prefix, *id);
                     }
                 }
                 t.endpoints.iter().copied().collect()
@@ -370,9 +364,8 @@ impl PolicySync {
                     };
                     have.entries.range(lo..=hi).map(|(k, _)| k)
                 });
-                let ipcache: Vec<(Ipv4Addr, u8)> = t.addresses.iter().map(|ip| (*ip, 32)).collect();
                 Written {
-                    ipcache: stale_of(&have.ipcache, &want.ipcache, ipcache.iter()),
+                    ipcache: stale_of(&have.ipcache, &want.ipcache, t.prefixes.iter()),
                     entries: stale_of(&have.entries, &want.entries, entries),
                     endpoints: stale_of(&have.endpoints, &want.endpoints, t.endpoints.iter()),
                 }
@@ -388,6 +381,14 @@ impl PolicySync {
         self.written = Some(have);
         Ok(report)
     }
+}
+
+/// Whether a pod is one of `local`'s endpoints (same namespace/name and address), without
+/// allocating a key per pod asked about.
+fn is_local(local: &BTreeMap<PodKey, Ipv4Addr>) -> impl Fn(&PodView) -> bool + '_ {
+    let set: BTreeSet<(Ipv4Addr, &str, &str)> =
+        local.iter().map(|((ns, name), ip)| (*ip, ns.as_str(), name.as_str())).collect();
+    move |p| set.contains(&(p.ip, p.namespace(), p.name()))
 }
 
 /// Of `keys` (which `have` holds), those `want` does not, with their current values.
