@@ -1,10 +1,11 @@
 //! The manifest-directory source: a directory of YAML/JSON Kubernetes manifests (multi-document)
-//! is the cluster state. Used on standalone hosts and by the lab. The directory is polled; a
-//! change is published as a snapshot whose log names the objects that changed (found by
-//! comparing with the previous snapshot: this source cannot know them otherwise). A file that does not parse is reported with its
-//! path, document and field, and the previous snapshot stays in force.
+//! is the cluster state. Used on standalone hosts and by the lab. The directory is polled (each
+//! file's modification time and size); a file that changed is parsed again and only the objects
+//! it held or holds are put into the last snapshot, whose log names those that differ. A file
+//! that does not parse is reported with its path, document and field, and its previous version
+//! stays in force.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -12,7 +13,7 @@ use std::{
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::{ClusterObject, ClusterSnapshot};
+use super::{Changed, ClusterObject, ClusterSnapshot};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{origin}: document {doc}: {field}: {message}")]
@@ -125,32 +126,46 @@ pub fn load_file(path: &Path) -> Result<Vec<ClusterObject>, ManifestError> {
 
 /// The directory as last read: each file's objects from its last good version. A file that
 /// stops parsing keeps its previous content in force (or contributes nothing if it never parsed).
+///
+/// It knows its changes: a file parsed anew or gone marks the keys of the objects it held and
+/// holds as dirty, and [`DirState::apply_to`] puts only those into the last snapshot. Finding a
+/// change costs in proportion to the files that changed, not to the cluster.
 #[derive(Default)]
 pub struct DirState {
-    files: BTreeMap<PathBuf, ((SystemTime, u64), Vec<ClusterObject>)>,
+    files: BTreeMap<PathBuf, DirFile>,
     errors: BTreeMap<PathBuf, ManifestError>,
-    /// Whether the objects in force changed since the last [`DirState::take_changed`].
-    changed: bool,
+    /// The files defining each object; where several do, the last by path is in force (as a
+    /// snapshot built from the files in order would have it).
+    owners: HashMap<Changed, BTreeSet<PathBuf>>,
+    /// Objects whose version in force may have changed since the last [`DirState::apply_to`].
+    dirty: BTreeSet<Changed>,
+}
+
+struct DirFile {
+    stamp: (SystemTime, u64),
+    objects: Vec<ClusterObject>,
+    /// Object key → index of its last document in `objects` (a later document wins).
+    index: HashMap<Changed, usize>,
 }
 
 impl DirState {
     /// Re-reads changed files; returns the errors that are new since the last refresh.
     pub fn refresh(&mut self, dir: &Path) -> Vec<ManifestError> {
         let sig = signature(dir);
-        let before = self.files.len();
-        self.files.retain(|p, _| sig.contains_key(p));
-        self.changed |= self.files.len() != before;
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !sig.contains_key(*p)).cloned().collect();
+        for path in gone {
+            self.remove_file(&path);
+        }
         self.errors.retain(|p, _| sig.contains_key(p));
         let mut new_errors = Vec::new();
         for (path, stamp) in sig {
-            if self.files.get(&path).is_some_and(|(s, _)| *s == stamp) {
+            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
                 continue;
             }
             match load_file(&path) {
                 Ok(objs) => {
                     self.errors.remove(&path);
-                    self.files.insert(path, (stamp, objs));
-                    self.changed = true;
+                    self.set_file(path, stamp, objs);
                 }
                 Err(e) => {
                     if self.errors.get(&path) != Some(&e) {
@@ -163,20 +178,68 @@ impl DirState {
         new_errors
     }
 
-    /// True once after the objects in force changed (a file parsed anew or went away).
-    pub fn take_changed(&mut self) -> bool {
-        std::mem::take(&mut self.changed)
+    /// `path` now holds `objects` (read at `stamp`): what [`DirState::refresh`] does with each
+    /// file that parsed anew.
+    pub fn set_file(&mut self, path: PathBuf, stamp: (SystemTime, u64), objects: Vec<ClusterObject>) {
+        self.remove_file(&path);
+        let mut index = HashMap::new();
+        for (i, o) in objects.iter().enumerate() {
+            if let Some(k) = o.key() {
+                index.insert(k, i);
+            }
+        }
+        for k in index.keys() {
+            self.owners.entry(k.clone()).or_default().insert(path.clone());
+            self.dirty.insert(k.clone());
+        }
+        self.files.insert(path, DirFile { stamp, objects, index });
+    }
+
+    /// `path` is gone: its objects are no longer in force (unless another file defines them).
+    pub fn remove_file(&mut self, path: &Path) {
+        let Some(f) = self.files.remove(path) else { return };
+        for k in f.index.into_keys() {
+            if let Some(o) = self.owners.get_mut(&k) {
+                o.remove(path);
+                if o.is_empty() {
+                    self.owners.remove(&k);
+                }
+            }
+            self.dirty.insert(k);
+        }
+    }
+
+    /// Whether objects may have changed since the last [`DirState::apply_to`].
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The object in force at `key`.
+    fn in_force(&self, key: &Changed) -> Option<&ClusterObject> {
+        let path = self.owners.get(key)?.last()?;
+        let f = self.files.get(path)?;
+        f.objects.get(*f.index.get(key)?)
+    }
+
+    /// Brings `snap` (the snapshot this state last brought up to date, or an empty one) to the
+    /// objects in force, putting in only those whose files changed; each object that differs
+    /// is logged ([`ClusterSnapshot::put_object`]).
+    pub fn apply_to(&mut self, snap: &mut ClusterSnapshot) {
+        for key in std::mem::take(&mut self.dirty) {
+            snap.put_object(&key, self.in_force(&key));
+        }
     }
 
     /// Every object in force, as parsed (Pods whole, before the snapshot slims them).
     pub fn objects(&self) -> impl Iterator<Item = &ClusterObject> {
-        self.files.values().flat_map(|(_, objs)| objs)
+        self.files.values().flat_map(|f| &f.objects)
     }
 
+    /// A snapshot of the objects in force, built from scratch.
     pub fn snapshot(&self) -> ClusterSnapshot {
         let mut snap = ClusterSnapshot::default();
-        for (_, objs) in self.files.values() {
-            for o in objs {
+        for f in self.files.values() {
+            for o in &f.objects {
                 snap.insert(o.clone());
             }
         }
@@ -224,14 +287,14 @@ pub async fn watch_dir(
         for e in state.refresh(&dir) {
             tracing::error!(error = %e, "manifest rejected; its previous version stays in force");
         }
-        // Rebuild the snapshot only when a file changed, not on every poll; publish it with
-        // what changed (unchanged objects keep their shared copies).
-        if state.take_changed() || first {
+        // Publish only when a file changed, putting in only its objects; the first time, every
+        // object (they are all new).
+        if state.has_changes() || first {
             first = false;
-            let mut snap = state.snapshot();
-            let old = tx.borrow().clone().unwrap_or_default();
-            snap.succeed(&old);
-            let changed = snap.log.head() != old.log.head();
+            let mut snap = tx.borrow().clone().unwrap_or_default();
+            let head = snap.log.head();
+            state.apply_to(&mut snap);
+            let changed = snap.log.head() != head;
             if (changed || tx.borrow().is_none()) && tx.send(Some(snap)).is_err() {
                 return;
             }
@@ -248,6 +311,8 @@ pub async fn watch_dir(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     const GOOD: &str = "\
@@ -340,5 +405,96 @@ spec: {ports: [{port: 80}]}
             task.abort();
         });
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn pod(name: &str, app: &str) -> ClusterObject {
+        let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!(
+            {"metadata": {"name": name, "namespace": "x", "labels": {"app": app}}}
+        ))
+        .expect("pod");
+        ClusterObject::Pod(Box::new(p))
+    }
+
+    fn key(name: &str) -> (String, String) {
+        ("x".into(), name.into())
+    }
+
+    #[test]
+    fn a_changed_file_puts_in_only_its_objects() {
+        let stamp = (SystemTime::UNIX_EPOCH, 0);
+        let mut dir = DirState::default();
+        dir.set_file("a.yaml".into(), stamp, vec![pod("a", "1")]);
+        dir.set_file("b.yaml".into(), stamp, vec![pod("b", "1")]);
+        let mut snap = ClusterSnapshot::default();
+        dir.apply_to(&mut snap);
+        assert_eq!(snap.log.since(0).pods, [key("a"), key("b")].into());
+        let (old, seen) = (snap.clone(), snap.log.head());
+
+        // b changes, c comes: a keeps its shared copy and is not logged.
+        dir.set_file("b.yaml".into(), stamp, vec![pod("b", "2"), pod("c", "1")]);
+        dir.apply_to(&mut snap);
+        assert!(Arc::ptr_eq(&snap.pods[&key("a")], &old.pods[&key("a")]), "unchanged: the same shared copy");
+        assert_eq!(snap.log.since(seen).pods, [key("b"), key("c")].into());
+
+        // A file rewritten with the same objects is no change.
+        let seen = snap.log.head();
+        dir.set_file("b.yaml".into(), stamp, vec![pod("b", "2"), pod("c", "1")]);
+        dir.apply_to(&mut snap);
+        assert!(snap.log.since(seen).is_empty());
+
+        // Two files define a: the last by path is in force; removing it brings back the other.
+        dir.set_file("z.yaml".into(), stamp, vec![pod("a", "9")]);
+        dir.apply_to(&mut snap);
+        assert_eq!(snap.pods[&key("a")].label("app"), Some("9"));
+        let seen = snap.log.head();
+        dir.remove_file(Path::new("z.yaml"));
+        dir.apply_to(&mut snap);
+        assert_eq!(snap.pods[&key("a")].label("app"), Some("1"));
+        assert_eq!(snap.log.since(seen).pods, [key("a")].into());
+
+        // Removals are changes too.
+        let seen = snap.log.head();
+        dir.remove_file(Path::new("b.yaml"));
+        dir.apply_to(&mut snap);
+        assert_eq!(snap.log.since(seen).pods, [key("b"), key("c")].into());
+        assert_eq!(snap.pods.len(), 1);
+    }
+
+    #[test]
+    fn incremental_snapshots_match_ones_built_from_scratch() {
+        let stamp = (SystemTime::UNIX_EPOCH, 0);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut dir = DirState::default();
+        let mut snap = ClusterSnapshot::default();
+        for step in 0..400 {
+            let file = PathBuf::from(format!("f{}.yaml", next() % 6));
+            if next() % 5 == 0 {
+                dir.remove_file(&file);
+            } else {
+                let objs =
+                    (0..next() % 4).map(|_| pod(&format!("p{}", next() % 8), &format!("{}", next() % 3))).collect();
+                dir.set_file(file, stamp, objs);
+            }
+            let seen = snap.log.head();
+            let before = snap.clone();
+            dir.apply_to(&mut snap);
+            let full = dir.snapshot();
+            assert_eq!(snap.pods, full.pods, "step {step}");
+            // The log names exactly the pods that differ.
+            let differ: BTreeSet<(String, String)> = before
+                .pods
+                .keys()
+                .chain(full.pods.keys())
+                .filter(|k| before.pods.get(*k) != full.pods.get(*k))
+                .cloned()
+                .collect();
+            assert_eq!(snap.log.since(seen).pods, differ, "step {step}");
+        }
     }
 }

@@ -46,7 +46,7 @@ pub struct ClusterSnapshot {
 
 /// One object a source saw added, updated or removed; or [`Changed::All`] (a relist, a source
 /// that cannot tell): every object may have changed.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Changed {
     All,
     Node(String),
@@ -218,43 +218,76 @@ impl ClusterSnapshot {
     }
 }
 
+impl ClusterObject {
+    /// The object's key, as a change names it (`None` for kinds the agent does not consume).
+    pub fn key(&self) -> Option<Changed> {
+        let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.name.clone().unwrap_or_default();
+        Some(match self {
+            ClusterObject::Node(n) => Changed::Node(name(&n.metadata)),
+            ClusterObject::Namespace(n) => Changed::Namespace(name(&n.metadata)),
+            ClusterObject::Pod(p) => Changed::Pod(namespaced(&p.metadata)),
+            ClusterObject::Service(s) => Changed::Service(namespaced(&s.metadata)),
+            ClusterObject::EndpointSlice(s) => Changed::EndpointSlice(namespaced(&s.metadata)),
+            ClusterObject::NetworkPolicy(p) => Changed::NetworkPolicy(namespaced(&p.metadata)),
+            ClusterObject::Other { .. } => return None,
+        })
+    }
+}
+
 impl ClusterSnapshot {
-    /// Makes this (freshly built) snapshot the successor of `old`: objects equal to `old`'s are
-    /// replaced by `old`'s shared copies, and every object added, changed or removed is
-    /// recorded in the log, continued from `old`'s. For sources that rebuild the whole state
-    /// (the manifest directory) instead of knowing their changes.
-    pub fn succeed(&mut self, old: &ClusterSnapshot) {
-        fn kind<K: Ord + Clone, T: PartialEq>(
-            new: &mut imbl::OrdMap<K, Arc<T>>,
-            old: &imbl::OrdMap<K, Arc<T>>,
-            log: &mut ChangeLog,
-            change: impl Fn(K) -> Changed,
-        ) {
-            for (k, v) in old.iter() {
-                match new.get(k) {
-                    Some(n) if Arc::ptr_eq(n, v) => {}
-                    Some(n) if **n == **v => {
-                        new.insert(k.clone(), v.clone());
-                    }
-                    _ => log.record(change(k.clone())),
-                }
+    /// Makes the object at `key` be `obj` (`None`: no object), as a watch event does: logged
+    /// when it differs from what is there ([`put`]). `obj` must have that key.
+    pub fn put_object(&mut self, key: &Changed, obj: Option<&ClusterObject>) {
+        let log = &mut self.log;
+        match key {
+            Changed::All => {}
+            Changed::Node(k) => {
+                let v = obj.and_then(|o| match o {
+                    ClusterObject::Node(n) => Some(Arc::new((**n).clone())),
+                    _ => None,
+                });
+                put(&mut self.nodes, log, k.clone(), v, Changed::Node);
             }
-            for k in new.keys() {
-                if !old.contains_key(k) {
-                    log.record(change(k.clone()));
-                }
+            Changed::Namespace(k) => {
+                let v = obj.and_then(|o| match o {
+                    ClusterObject::Namespace(n) => Some(Arc::new((**n).clone())),
+                    _ => None,
+                });
+                put(&mut self.namespaces, log, k.clone(), v, Changed::Namespace);
+            }
+            Changed::Pod(k) => {
+                let v = obj.and_then(|o| match o {
+                    ClusterObject::Pod(p) => Some(Arc::new(PodInfo::from((**p).clone()))),
+                    _ => None,
+                });
+                put(&mut self.pods, log, k.clone(), v, Changed::Pod);
+            }
+            Changed::Service(k) => {
+                let v = obj.and_then(|o| match o {
+                    ClusterObject::Service(s) => Some(Arc::new((**s).clone())),
+                    _ => None,
+                });
+                put(&mut self.services, log, k.clone(), v, Changed::Service);
+            }
+            Changed::EndpointSlice(k) => {
+                let v = obj.and_then(|o| match o {
+                    ClusterObject::EndpointSlice(s) => Some(Arc::new(SliceInfo::from((**s).clone()))),
+                    _ => None,
+                });
+                put(&mut self.endpoint_slices, log, k.clone(), v, Changed::EndpointSlice);
+            }
+            Changed::NetworkPolicy(k) => {
+                let v = obj.and_then(|o| match o {
+                    ClusterObject::NetworkPolicy(p) => Some(Arc::new((**p).clone())),
+                    _ => None,
+                });
+                put(&mut self.network_policies, log, k.clone(), v, Changed::NetworkPolicy);
             }
         }
-        let mut log = old.log.clone();
-        kind(&mut self.nodes, &old.nodes, &mut log, Changed::Node);
-        kind(&mut self.namespaces, &old.namespaces, &mut log, Changed::Namespace);
-        kind(&mut self.pods, &old.pods, &mut log, Changed::Pod);
-        kind(&mut self.services, &old.services, &mut log, Changed::Service);
-        kind(&mut self.endpoint_slices, &old.endpoint_slices, &mut log, Changed::EndpointSlice);
-        kind(&mut self.network_policies, &old.network_policies, &mut log, Changed::NetworkPolicy);
-        self.log = log;
     }
+}
 
+impl ClusterSnapshot {
     /// The same objects (the log aside).
     pub fn same_state(&self, other: &Self) -> bool {
         self.same_objects(other)
@@ -320,30 +353,5 @@ mod tests {
             log.record(Changed::Namespace(i.to_string()));
         }
         assert!(log.since(mid).all, "trimmed past the reader: a full pass");
-    }
-
-    #[test]
-    fn a_rebuilt_snapshot_keeps_shared_copies_of_unchanged_objects_and_logs_the_rest() {
-        let pod = |name: &str, app: &str| {
-            let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!(
-                {"metadata": {"name": name, "namespace": "x", "labels": {"app": app}}}
-            ))
-            .expect("pod");
-            ClusterObject::Pod(Box::new(p))
-        };
-        let mut old = ClusterSnapshot::default();
-        old.insert(pod("a", "1"));
-        old.insert(pod("b", "1"));
-        let seen = old.log.head();
-        let mut new = ClusterSnapshot::default();
-        new.insert(pod("a", "1"));
-        new.insert(pod("b", "2"));
-        new.insert(pod("c", "1"));
-        new.succeed(&old);
-        assert!(Arc::ptr_eq(&new.pods[&key("a")], &old.pods[&key("a")]), "unchanged: the old shared copy");
-        assert_eq!(new.log.since(seen).pods, [key("b"), key("c")].into());
-        let mut gone = ClusterSnapshot::default();
-        gone.succeed(&new);
-        assert_eq!(gone.log.since(new.log.head()).pods.len(), 3, "removals are changes too");
     }
 }
