@@ -12,6 +12,7 @@ use aya_ebpf::programs::TcContext;
 use weir_bpf_common::{Addr16, DropReason, NatKey};
 
 use crate::{
+    outcome::MaybeAddr,
     parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF, IP_DADDR_OFF},
     WEIR_ENDPOINTS, WEIR_LB_CT, WEIR_NAT_REV, WEIR_NODE_IPV4,
 };
@@ -70,12 +71,12 @@ fn quoted(ctx: &TcContext, ip: &Ipv4) -> Option<Quoted> {
 
 /// For an ICMP error quoting a packet weir translated on its way out from a pod of this node:
 /// rewrites the quoted source and the error's destination back to the pod and returns the pod's
-/// address (network order); 0 when the error is about nothing weir translated for a local pod
+/// address (network order); none when the error is about nothing weir translated for a local pod
 /// (left alone: a load-balanced connection to a backend on another node is not followed there).
 /// Not inlined (stack).
 #[inline(never)]
-pub fn reverse_error(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
-    let Some(q) = quoted(ctx, ip) else { return Ok(0) };
+pub fn reverse_error(ctx: &TcContext, ip: &Ipv4) -> Result<MaybeAddr, DropReason> {
+    let Some(q) = quoted(ctx, ip) else { return Ok(MaybeAddr::NONE) };
     let (s, d) = (Addr16::from_v4_be(q.saddr), Addr16::from_v4_be(q.daddr));
     // Masqueraded: the reverse NAT entry is keyed by the reply tuple of the quoted packet.
     let mut back = None;
@@ -89,10 +90,10 @@ pub fn reverse_error(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
         // SAFETY: as above.
         back = unsafe { WEIR_LB_CT.get(NatKey::new(d, s, q.dport, q.sport, q.proto)) }.copied();
     }
-    let Some(back) = back else { return Ok(0) };
+    let Some(back) = back else { return Ok(MaybeAddr::NONE) };
     // SAFETY: read-only lookup of a plain-data value.
     if unsafe { WEIR_ENDPOINTS.get(back.addr) }.is_none() {
-        return Ok(0);
+        return Ok(MaybeAddr::NONE);
     }
     let pod = back.addr.v4_be();
     let err = |_| DropReason::RewriteFailed;
@@ -109,5 +110,5 @@ pub fn reverse_error(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
     ctx.store(q.sport_off, &back.port_be, 0).map_err(err)?;
     ctx.l3_csum_replace(IP_CSUM_OFF, ip.daddr as u64, pod as u64, 4).map_err(err)?;
     ctx.store(IP_DADDR_OFF, &pod, 0).map_err(err)?;
-    Ok(pod)
+    Ok(MaybeAddr::some(pod))
 }

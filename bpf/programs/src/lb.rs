@@ -14,17 +14,41 @@ use weir_bpf_common::{Addr16, BackendAddr, BackendKey, DropReason, NatEntry, Nat
 
 use crate::{
     nat::{self, Rewrite},
+    outcome::Translated,
     parse::{Ipv4, IPPROTO_TCP, IPPROTO_UDP, IP_DADDR_OFF, IP_SADDR_OFF},
     WEIR_BACKENDS, WEIR_LB_CT, WEIR_LB_REV, WEIR_MAGLEV, WEIR_SERVICES,
 };
 
-/// What [`forward`] did, as one `u32` (these functions are not inlined, and a result whose
-/// variants do not fill the same bits reaches the verifier half undefined): the backend address
-/// the destination was rewritten to (network order), or one of these two values, which are
-/// never a backend (0.0.0.0 and 255.255.255.255).
-pub const NOT_SERVICE: u32 = 0;
-/// A frontend without backends: the node's stack answers (TCP RST, ICMP port unreachable).
-pub const NO_BACKEND: u32 = u32::MAX;
+/// What [`forward`] did, read with [`Forwarded::get`]. It crosses the call as one `u32` (see
+/// [`crate::outcome`]): the backend address (network order), or 0.0.0.0 and 255.255.255.255,
+/// which are never a backend, for the other two outcomes.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Forwarded(u32);
+
+/// What [`forward`] did to a packet.
+pub enum Forward {
+    /// Not for a Service frontend: left alone.
+    NotService,
+    /// A frontend without backends: the node's stack answers (TCP RST, ICMP port unreachable).
+    NoBackend,
+    /// Rewritten to this backend address (network order).
+    To(u32),
+}
+
+impl Forwarded {
+    const NOT_SERVICE: Self = Forwarded(0);
+    const NO_BACKEND: Self = Forwarded(u32::MAX);
+
+    #[inline(always)]
+    pub fn get(self) -> Forward {
+        match self.0 {
+            0 => Forward::NotService,
+            u32::MAX => Forward::NoBackend,
+            backend => Forward::To(backend),
+        }
+    }
+}
 
 /// Source and destination port of a TCP or UDP packet that is not a fragment.
 #[inline(always)]
@@ -59,15 +83,15 @@ fn pick(key: &ServiceKey, h: u32, set: u32, count: u32) -> Option<BackendAddr> {
 
 /// DNAT a packet addressed to a Service frontend to one of its backends. Not inlined (stack).
 #[inline(never)]
-pub fn forward(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
-    let Some((sport, dport)) = ports(ctx, ip) else { return Ok(NOT_SERVICE) };
+pub fn forward(ctx: &TcContext, ip: &Ipv4) -> Result<Forwarded, DropReason> {
+    let Some((sport, dport)) = ports(ctx, ip) else { return Ok(Forwarded::NOT_SERVICE) };
     let front = Addr16::from_v4_be(ip.daddr);
     let key = ServiceKey { addr: front, port_be: dport, proto: ip.proto, _pad: [0; 5] };
     // SAFETY: read-only lookup of a plain-data value.
-    let Some(svc) = (unsafe { WEIR_SERVICES.get(key) }) else { return Ok(NOT_SERVICE) };
+    let Some(svc) = (unsafe { WEIR_SERVICES.get(key) }) else { return Ok(Forwarded::NOT_SERVICE) };
     let (count, set) = (u32::from(svc.count), svc.set);
     if count == 0 {
-        return Ok(NO_BACKEND);
+        return Ok(Forwarded::NO_BACKEND);
     }
     let client = Addr16::from_v4_be(ip.saddr);
     let tuple = NatKey::new(client, front, sport, dport, ip.proto);
@@ -99,19 +123,18 @@ pub fn forward(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
         new_port: b.port_be,
     };
     nat::rewrite(ctx, &l4, r)?;
-    Ok(backend)
+    Ok(Forwarded(backend))
 }
 
 /// A backend's reply to a load-balanced client: restore the frontend as the source. `ip` holds
-/// the addresses as they are now in the packet. 1 when the packet was translated, else 0 (a
-/// `u32` for the reason given at [`NOT_SERVICE`]). Not inlined: its keys stay off the callers'
+/// the addresses as they are now in the packet. Not inlined: its keys stay off the callers'
 /// stack frames (the verifier caps the combined depth).
 #[inline(never)]
-pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
-    let Some((sport, dport)) = ports(ctx, ip) else { return Ok(0) };
+pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<Translated, DropReason> {
+    let Some((sport, dport)) = ports(ctx, ip) else { return Ok(Translated::NO) };
     let key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
     // SAFETY: read-only lookup of a plain-data value.
-    let Some(front) = (unsafe { WEIR_LB_REV.get(key) }).copied() else { return Ok(0) };
+    let Some(front) = (unsafe { WEIR_LB_REV.get(key) }).copied() else { return Ok(Translated::NO) };
     let l4 = nat::l4_layout(ctx, ip, true)?;
     let r = Rewrite {
         addr_off: IP_SADDR_OFF as u32,
@@ -122,5 +145,5 @@ pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
         new_port: front.port_be,
     };
     nat::rewrite(ctx, &l4, r)?;
-    Ok(1)
+    Ok(Translated::YES)
 }

@@ -25,6 +25,7 @@ mod fwd;
 mod icmp;
 mod lb;
 mod nat;
+mod outcome;
 mod parse;
 mod policy;
 mod sock;
@@ -44,7 +45,11 @@ use weir_bpf_common::{
     OBS_FROM_POD, OBS_TO_POD,
 };
 
-use crate::parse::{Ipv4, ETH_P_ARP, ETH_P_IP};
+use crate::{
+    lb::Forward,
+    outcome::MaybeAction,
+    parse::{Ipv4, ETH_P_ARP, ETH_P_IP},
+};
 
 #[unsafe(no_mangle)]
 static WEIR_NODE_IPV4: Global<u32> = Global::new(0);
@@ -257,7 +262,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         counter::count(counters::TO_STACK);
         return Ok(TC_ACT_OK);
     }
-    if lb::reverse(ctx, &ip)? != 0 {
+    if lb::reverse(ctx, &ip)?.translated() {
         return counted(route.send(ctx), counters::LB_TRANSLATED);
     }
     if inbound_reply(ctx, &ip) {
@@ -317,14 +322,12 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let ip = Ipv4::parse(ctx)?;
     tunnel::verify_wire_source(&ip)?;
-    let error_to = icmp::reverse_error(ctx, &ip)?;
-    if error_to != 0 {
+    if let Some(error_to) = icmp::reverse_error(ctx, &ip)?.get() {
         let ep = local_pod(error_to).ok_or(DropReason::NoRoute)?;
         return deliver(ctx, &Ipv4 { daddr: error_to, ..ip }, &ep, counters::FORWARDED_LOCAL);
     }
     if ip.daddr == WEIR_NODE_IPV4.load() {
-        let action = to_node_address(ctx, &ip)?;
-        if action != NOT_TRANSLATED {
+        if let Some(action) = to_node_address(ctx, &ip)?.get() {
             return Ok(action);
         }
     }
@@ -346,40 +349,36 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, ep: &EndpointInfo, counter: u32) -> Resul
     counted(fwd::to_local_pod(ctx, ep), counter)
 }
 
-/// What [`to_node_address`] answers for a packet that is no translated reply (never a tc action).
-const NOT_TRANSLATED: i32 = -0x7e1;
-
 /// A packet for this node's address that answers a masqueraded connection: translated back and
 /// delivered to its pod, or (a load-balanced client's reply from a backend on another node)
-/// sent on to the client. `NOT_TRANSLATED`: not a translated reply, the caller goes on. Not
-/// inlined (stack).
+/// sent on to the client. None: not a translated reply, the caller goes on. Not inlined
+/// (stack).
 #[inline(never)]
-fn to_node_address(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
-    let orig = nat::reverse(ctx, ip)?;
-    if orig == 0 {
-        return Ok(NOT_TRANSLATED);
-    }
+fn to_node_address(ctx: &TcContext, ip: &Ipv4) -> Result<MaybeAction, DropReason> {
+    let Some(orig) = nat::reverse(ctx, ip)?.get() else {
+        return Ok(MaybeAction::NONE);
+    };
     let now = Ipv4 { daddr: orig, ..*ip };
     if let Some(ep) = local_pod(orig) {
-        return deliver(ctx, &now, &ep, counters::FORWARDED_LOCAL);
+        return deliver(ctx, &now, &ep, counters::FORWARDED_LOCAL).map(MaybeAction::some);
     }
-    if lb::reverse(ctx, &now)? != 0 {
+    if lb::reverse(ctx, &now)?.translated() {
         let route = fwd::Route::lookup(ctx, &now, ingress_ifindex(ctx));
-        return counted(route.send(ctx), counters::LB_TRANSLATED);
+        return counted(route.send(ctx), counters::LB_TRANSLATED).map(MaybeAction::some);
     }
-    Ok(TC_ACT_OK)
+    Ok(MaybeAction::some(TC_ACT_OK))
 }
 
 /// The per-packet load balancer's part of `weir_from_wire`.
 #[inline(always)]
 fn from_wire_to_service(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
-    match lb::forward(ctx, ip)? {
-        lb::NOT_SERVICE => Ok(TC_ACT_OK),
-        lb::NO_BACKEND => {
+    match lb::forward(ctx, ip)?.get() {
+        Forward::NotService => Ok(TC_ACT_OK),
+        Forward::NoBackend => {
             counter::count(counters::LB_NO_BACKEND);
             Ok(TC_ACT_OK)
         }
-        backend => {
+        Forward::To(backend) => {
             if let Some(ep) = local_pod(backend) {
                 return deliver(ctx, &Ipv4 { daddr: backend, ..*ip }, &ep, counters::LB_TRANSLATED);
             }
@@ -423,10 +422,7 @@ fn try_from_vxlan(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip = Ipv4::parse(ctx)?;
     tunnel::verify_decapsulated(ctx, &ip)?;
     if ip.daddr == WEIR_NODE_IPV4.load() {
-        return match to_node_address(ctx, &ip)? {
-            NOT_TRANSLATED => Err(DropReason::NoRoute),
-            action => Ok(action),
-        };
+        return to_node_address(ctx, &ip)?.get().ok_or(DropReason::NoRoute);
     }
     match local_pod(ip.daddr) {
         Some(ep) => {

@@ -17,6 +17,7 @@ use aya_ebpf::{
 use weir_bpf_common::{nat_state, Addr16, DropReason, NatEntry, NatKey};
 
 use crate::{
+    outcome::MaybeAddr,
     parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF},
     WEIR_NAT_FWD, WEIR_NAT_PORT_MAX, WEIR_NAT_PORT_MIN, WEIR_NAT_REV, WEIR_NAT_SCR,
 };
@@ -342,23 +343,23 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, node_be: u32) -> Result<(), DropRe
 
 /// For a packet addressed to the node: if it answers a masqueraded connection, translate its
 /// destination back to the original source and return that address (network order); otherwise
-/// leave it alone and return 0. Not inlined, to keep its keys off the caller's stack frame (the
-/// verifier caps the combined depth), and so a plain `u32` rather than an `Option`.
+/// leave it alone. Not inlined, to keep its keys off the caller's stack frame (the verifier caps
+/// the combined depth).
 #[inline(never)]
-pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
+pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<MaybeAddr, DropReason> {
     if ip.fragment {
-        return Ok(0);
+        return Ok(MaybeAddr::NONE);
     }
     let l4 = match l4_layout(ctx, ip, false) {
         Ok(l4) => l4,
-        Err(_) => return Ok(0),
+        Err(_) => return Ok(MaybeAddr::NONE),
     };
     let icmp = ip.proto == IPPROTO_ICMP;
     let sport = load_port(ctx, l4.sport_off, icmp)?;
     let dport = load_port(ctx, l4.dport_off, false)?;
     let key = NatKey::new(Addr16::from_v4_be(ip.saddr), Addr16::from_v4_be(ip.daddr), sport, dport, ip.proto);
     let Some(back) = WEIR_NAT_REV.get_ptr_mut(key) else {
-        return Ok(0);
+        return Ok(MaybeAddr::NONE);
     };
     // SAFETY: the map's value (see `masquerade`).
     let back = unsafe { &mut *back };
@@ -382,5 +383,5 @@ pub fn reverse(ctx: &TcContext, ip: &Ipv4) -> Result<u32, DropReason> {
         new_port: back.port_be,
     };
     rewrite(ctx, &l4, r)?;
-    Ok(pod)
+    Ok(MaybeAddr::some(pod))
 }
