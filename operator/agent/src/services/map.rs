@@ -178,7 +178,10 @@ fn backend_name(b: &BackendAddr) -> String {
 pub struct Written {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     /// Backend set → its backends by slot.
-    pub sets: BTreeMap<u32, Vec<BackendAddr>>,
+    sets: BTreeMap<u32, Vec<BackendAddr>>,
+    /// Backend slots over all sets (kept with `sets`: a pass that writes one Service does not
+    /// count 30k sets to know the room left).
+    slots: usize,
     /// Frontends that have a Maglev table.
     pub maglev: BTreeSet<ServiceKey>,
     /// Sets no frontend uses any more; deleted at the start of the next pass.
@@ -204,7 +207,7 @@ impl Written {
         let next_set = slots.keys().chain(&used).max().map_or(1, |m| m + 1);
         let retired = slots.keys().filter(|s| !used.contains(s)).copied().collect();
         // A set is trusted only as far as it is contiguous; a gap forces the frontend to be rewritten.
-        let sets = slots
+        let sets: BTreeMap<u32, Vec<BackendAddr>> = slots
             .into_iter()
             .map(|(set, by_slot)| {
                 let dense = by_slot.iter().enumerate().take_while(|(i, (slot, _))| *i as u32 == **slot);
@@ -212,12 +215,14 @@ impl Written {
             })
             .collect();
         let maglev = maps.maglev.list()?.into_keys().collect();
-        Ok(Self { services, sets, maglev, retired, next_set })
+        let slots = sets.values().map(Vec::len).sum();
+        Ok(Self { services, sets, slots, maglev, retired, next_set })
     }
 
     /// Entries in use: frontends, backend slots (retired sets included), Maglev tables.
     fn usage(&self) -> [usize; 3] {
-        [self.services.len(), self.sets.values().map(Vec::len).sum(), self.maglev.len()]
+        debug_assert_eq!(self.slots, self.sets.values().map(Vec::len).sum::<usize>(), "slot count kept with the sets");
+        [self.services.len(), self.slots, self.maglev.len()]
     }
 
     /// New entries that writing `keys` takes: frontends, backend slots, Maglev tables.
@@ -245,7 +250,9 @@ impl Written {
                     return Err(e);
                 }
             }
-            self.sets.remove(&set);
+            if let Some(gone) = self.sets.remove(&set) {
+                self.slots -= gone.len();
+            }
         }
         Ok(())
     }
@@ -286,7 +293,10 @@ impl Written {
                 for (slot, b) in slots.iter().enumerate() {
                     maps.backends.upsert(BackendKey { set, slot: slot as u32 }, *b)?;
                 }
-                self.sets.insert(set, slots.clone());
+                self.slots += slots.len();
+                if let Some(old) = self.sets.insert(set, slots.clone()) {
+                    self.slots -= old.len();
+                }
                 set
             }
         };
