@@ -507,7 +507,7 @@ impl Lab {
                         .get_or_insert_with(Default::default)
                         .insert("kubernetes.io/metadata.name".into(), name.clone());
                     // k8s-openapi writes apiVersion and kind itself.
-                    let text = serde_yaml::to_string(&n)?;
+                    let text = serde_saphyr::to_string(&n)?;
                     write_atomic(&self.cluster_dir().join(format!("ns-{name}.yaml")), &text)?;
                     done.push(format!("namespace/{name} configured"));
                 }
@@ -530,7 +530,7 @@ impl Lab {
                     }
                     write_atomic(
                         &self.cluster_dir().join(format!("node-extra-{name}.yaml")),
-                        &serde_yaml::to_string(&n)?,
+                        &serde_saphyr::to_string(&n)?,
                     )?;
                     done.push(format!("node/{name} configured"));
                 }
@@ -553,7 +553,7 @@ impl Lab {
         obj: &impl Serialize,
     ) -> anyhow::Result<String> {
         let (ns, name) = namespaced(meta);
-        write_atomic(&self.cluster_dir().join(format!("{prefix}-{ns}-{name}.yaml")), &serde_yaml::to_string(obj)?)?;
+        write_atomic(&self.cluster_dir().join(format!("{prefix}-{ns}-{name}.yaml")), &serde_saphyr::to_string(obj)?)?;
         Ok(format!("{kind}/{ns}/{name} configured"))
     }
 
@@ -603,7 +603,10 @@ impl Lab {
         }
         controllers::allocate(&mut svc, &ips, &ports).with_context(|| format!("service {}/{}", key.0, key.1))?;
         let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_else(|| "None".into());
-        write_atomic(&self.cluster_dir().join(format!("svc-{}-{}.yaml", key.0, key.1)), &serde_yaml::to_string(&svc)?)?;
+        write_atomic(
+            &self.cluster_dir().join(format!("svc-{}-{}.yaml", key.0, key.1)),
+            &serde_saphyr::to_string(&svc)?,
+        )?;
         Ok(format!("service/{}/{} configured (clusterIP {ip})", key.0, key.1))
     }
 
@@ -628,7 +631,7 @@ impl Lab {
         let mut text = String::new();
         for s in &slices {
             text.push_str("---\n");
-            text.push_str(&serde_yaml::to_string(s)?);
+            text.push_str(&serde_saphyr::to_string(s)?);
         }
         write_atomic(&path, &text)
     }
@@ -729,7 +732,7 @@ impl Lab {
             host_ip: node_ip,
             ..Default::default()
         });
-        let text = serde_yaml::to_string(&pod)?;
+        let text = serde_saphyr::to_string(&pod)?;
         write_atomic(&self.pod_manifest_path(&st.namespace, &st.name), &text)
     }
 

@@ -114,8 +114,8 @@ fn cluster_yaml() -> String {
 /// The objects of `yaml` as JSON, by API path, each with what a real API server adds.
 fn objects_by_path(yaml: &str) -> std::collections::BTreeMap<&'static str, Vec<Value>> {
     let mut out: std::collections::BTreeMap<&'static str, Vec<Value>> = Default::default();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("yaml");
+    for v in docs {
         if v.is_null() {
             continue;
         }

@@ -10,12 +10,15 @@ use std::{
 };
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::{
-    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage},
-    neighbour::NeighbourState,
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
+use rtnetlink::{
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage},
+        neighbour::NeighbourState,
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
+    },
+    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
-use rtnetlink::{Handle, IpVersion};
 
 /// Routes the agent installs carry this protocol number, so reconcile can tell them apart.
 pub const WEIR_ROUTE_PROTO: u8 = 0x57;
@@ -82,6 +85,7 @@ pub struct PrefixedLink {
     /// `IFLA_IFALIAS` (weir marks its own interfaces there).
     pub alias: Option<String>,
     pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
 }
 
 fn link_info(name: &str, msg: &LinkMessage) -> Result<LinkInfo> {
@@ -124,17 +128,18 @@ impl Netlink {
         let mut stream = h.link().get().execute();
         let mut out = std::collections::BTreeMap::new();
         while let Some(msg) = stream.try_next().await.map_err(req("list links"))? {
-            let (mut name, mut alias, mut mtu) = (None, None, 0);
+            let (mut name, mut alias, mut mtu, mut mac) = (None, None, 0, None);
             for a in &msg.attributes {
                 match a {
                     LinkAttribute::IfName(n) if n.starts_with(prefix) => name = Some(n.clone()),
                     LinkAttribute::IfAlias(s) => alias = Some(s.clone()),
                     LinkAttribute::Mtu(m) => mtu = *m,
+                    LinkAttribute::Address(m) => mac = m.as_slice().try_into().ok(),
                     _ => {}
                 }
             }
             if let Some(n) = name {
-                out.insert(n, PrefixedLink { index: msg.header.index, alias, mtu });
+                out.insert(n, PrefixedLink { index: msg.header.index, alias, mtu, mac });
             }
         }
         Ok(out)
@@ -155,31 +160,33 @@ impl Netlink {
         peer_netns: &OwnedFd,
         mtu: u32,
     ) -> Result<()> {
-        let mut peer_msg = LinkMessage::default();
-        peer_msg.attributes.push(LinkAttribute::IfName(peer.to_owned()));
-        peer_msg.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
-        peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
-        peer_msg.attributes.push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
-        let mut add = self.handle.link().add();
-        let attrs = &mut add.message_mut().attributes;
-        attrs.push(LinkAttribute::IfName(host.to_owned()));
-        attrs.push(LinkAttribute::Mtu(mtu));
-        attrs.push(LinkAttribute::LinkInfo(vec![
-            NlLinkInfo::Kind(InfoKind::Veth),
-            NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
-        ]));
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .address(peer_mac.to_vec())
+            .mtu(mtu)
+            .setns_by_fd(peer_netns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        let add = self.handle.link().add(msg);
         add.execute().await.map_err(req(format!("add veth {host} with peer {peer} in the pod namespace")))
     }
 
     /// Sets a link up and gives it `alias` (the kernel takes no alias when a link is created).
     pub async fn set_up_with_alias(&self, index: u32, alias: &str) -> Result<()> {
-        let mut set = self.handle.link().set(index).up();
-        set.message_mut().attributes.push(LinkAttribute::IfAlias(alias.to_owned()));
+        let set = self.handle.link().set(LinkUnspec::new_with_index(index).up().alias(alias).build());
         set.execute().await.map_err(req(format!("set link {index} up with alias {alias:?}")))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
-        self.handle.link().set(index).up().execute().await.map_err(req(format!("set link {index} up")))
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(req(format!("set link {index} up")))
     }
 
     pub async fn delete_link(&self, name: &str) -> Result<()> {
@@ -203,7 +210,7 @@ impl Netlink {
     /// ends up.
     pub async fn ensure_host_device(&self, name: &str, peer: &str, mtu: u32) -> Result<LinkInfo> {
         if self.link(name).await?.is_none() {
-            let add = self.handle.link().add().veth(name.to_owned(), peer.to_owned());
+            let add = self.handle.link().add(LinkVeth::new(name, peer).build());
             match add.execute().await {
                 Ok(()) => {}
                 Err(e) if is_exists(&e) => {}
@@ -211,9 +218,10 @@ impl Netlink {
             }
         }
         let p = self.require_link(peer).await?;
-        self.handle.link().set(p.index).mtu(mtu).up().execute().await.map_err(req(format!("set {peer} up")))?;
+        let set = self.handle.link().set(LinkUnspec::new_with_index(p.index).mtu(mtu).up().build());
+        set.execute().await.map_err(req(format!("set {peer} up")))?;
         let info = self.require_link(name).await?;
-        let set = self.handle.link().set(info.index).mtu(mtu).arp(false).up();
+        let set = self.handle.link().set(LinkUnspec::new_with_index(info.index).mtu(mtu).arp(false).up().build());
         set.execute().await.map_err(req(format!("set {name} noarp/up")))?;
         self.require_link(name).await
     }
@@ -223,8 +231,8 @@ impl Netlink {
     /// the tunnel key, set per packet by the datapath.
     pub async fn ensure_vxlan(&self, name: &str, port: u16, mtu: u32) -> Result<LinkInfo> {
         if self.link(name).await?.is_none() {
-            let add =
-                self.handle.link().add().vxlan(name.to_owned(), 0).port(port).collect_metadata(true).learning(false);
+            let msg = LinkVxlan::new(name, 0).port(port).collect_metadata(true).learning(false).build();
+            let add = self.handle.link().add(msg);
             match add.execute().await {
                 Ok(()) => {}
                 Err(e) if is_exists(&e) => {}
@@ -232,26 +240,28 @@ impl Netlink {
             }
         }
         let info = self.require_link(name).await?;
-        self.handle.link().set(info.index).mtu(mtu).up().execute().await.map_err(req(format!("set {name} mtu/up")))?;
+        let set = self.handle.link().set(LinkUnspec::new_with_index(info.index).mtu(mtu).up().build());
+        set.execute().await.map_err(req(format!("set {name} mtu/up")))?;
         self.require_link(name).await
     }
 
     /// Adds or replaces `dst/prefix` via `oif` (and `via`, when given), marked as weir's.
     pub async fn replace_route(&self, dst: Ipv4Addr, prefix: u8, oif: u32, via: Option<Ipv4Addr>) -> Result<()> {
-        let mut r = self
-            .handle
-            .route()
-            .add()
-            .v4()
-            .replace()
+        let r = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
             .output_interface(oif)
             .protocol(RouteProtocol::Other(WEIR_ROUTE_PROTO));
-        r = match via {
+        let r = match via {
             Some(gw) => r.gateway(gw),
             None => r.scope(RouteScope::Link),
         };
-        r.execute().await.map_err(req(format!("replace route {dst}/{prefix}")))
+        self.handle
+            .route()
+            .add(r.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("replace route {dst}/{prefix}")))
     }
 
     pub async fn delete_route(&self, msg: RouteMessage) -> Result<()> {
@@ -274,7 +284,7 @@ impl Netlink {
         let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(msg) = stream.try_next().await.map_err(req("list addresses"))? {
             for a in &msg.attributes {
-                if let netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
                     if let Ok(n) = ipnetwork::Ipv4Network::new(*ip, msg.header.prefix_len) {
                         out.push(n);
                     }
@@ -287,7 +297,7 @@ impl Netlink {
     /// IPv4 routes in the main table that weir installed: (dst, prefix, gateway, message).
     pub async fn weir_routes(&self) -> Result<Vec<(Ipv4Addr, u8, Option<Ipv4Addr>, RouteMessage)>> {
         let mut out = Vec::new();
-        let mut stream = self.handle.route().get(IpVersion::V4).execute();
+        let mut stream = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         while let Some(msg) = stream.try_next().await.map_err(req("list routes"))? {
             if msg.header.protocol != RouteProtocol::Other(WEIR_ROUTE_PROTO) {
                 continue;
@@ -365,27 +375,21 @@ pub fn configure_pod_side(p: PodSide) -> Result<()> {
             .execute()
             .await
             .map_err(req(format!("add {ip}/32 to {ifname}")))?;
-        h.route()
-            .add()
-            .v4()
+        let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(gw, 32)
             .output_interface(link.index)
             .scope(RouteScope::Link)
-            .execute()
-            .await
-            .map_err(req("add gateway route"))?;
-        h.route()
-            .add()
-            .v4()
+            .build();
+        h.route().add(to_gateway).execute().await.map_err(req("add gateway route"))?;
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
             .gateway(gw)
             .output_interface(link.index)
-            .execute()
-            .await
-            .map_err(req("add default route"))?;
+            .build();
+        h.route().add(default).execute().await.map_err(req("add default route"))?;
         h.neighbours()
             .add(link.index, IpAddr::V4(gw))
-            .link_local_address(&gw_mac)
+            .link_layer_address(&gw_mac)
             .state(NeighbourState::Permanent)
             .execute()
             .await
@@ -402,7 +406,7 @@ pub fn pod_side_has_address(netns: &Path, ifname: &str, ip: Ipv4Addr) -> Result<
         let mut addrs = nl.handle.address().get().set_link_index_filter(link.index).execute();
         while let Some(msg) = addrs.try_next().await.map_err(req("list addresses"))? {
             for a in &msg.attributes {
-                if let netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(v4)) = a {
+                if let AddressAttribute::Address(IpAddr::V4(v4)) = a {
                     if *v4 == ip {
                         return Ok(true);
                     }

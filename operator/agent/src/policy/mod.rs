@@ -526,7 +526,7 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn np(yaml: &str) -> NetworkPolicy {
-        serde_yaml::from_str(yaml).expect("test policy parses")
+        serde_saphyr::from_str(yaml).expect("test policy parses")
     }
 
     #[test]

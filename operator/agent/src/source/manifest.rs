@@ -34,11 +34,11 @@ struct TypeMeta {
     #[serde(default)]
     kind: String,
     #[serde(default)]
-    metadata: Option<serde_yaml::Value>,
+    metadata: Option<serde_json::Value>,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(
-    value: serde_yaml::Value,
+    value: serde_json::Value,
     origin: &str,
     doc: usize,
 ) -> Result<T, ManifestError> {
@@ -54,7 +54,22 @@ fn typed<T: serde::de::DeserializeOwned>(
 /// `metadata.name`; a Node's `spec.podCIDR` must be an IPv4 CIDR.
 pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestError> {
     let mut out = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    // Kubernetes objects are JSON values written as YAML: every document is read as one, with
+    // YAML 1.2's core schema (`y`, `no`, `on` and `0755` stay strings, as a Kubernetes string
+    // field reads them) and no source excerpt in the error (the message names line and column).
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        with_snippet: false,
+    };
+    let values: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| ManifestError {
+            origin: origin.to_owned(),
+            doc: e.location().map_or(1, |l| document_at(text, l.line())),
+            field: ".".to_owned(),
+            message: e.to_string(),
+        })?;
+    for (i, value) in values.into_iter().enumerate() {
         let doc = i + 1;
         let err = |field: &str, message: String| ManifestError {
             origin: origin.to_owned(),
@@ -62,7 +77,6 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
             field: field.to_owned(),
             message,
         };
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| err(".", e.to_string()))?;
         if value.is_null() {
             continue;
         }
@@ -101,6 +115,21 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
         out.push(obj);
     }
     Ok(out)
+}
+
+/// The 1-based document that 1-based `line` of `text` lies in: one more for every `---` line
+/// that follows content (a leading `---` opens the first document).
+fn document_at(text: &str, line: u64) -> usize {
+    let (mut doc, mut content) = (1, false);
+    for l in text.lines().take(line.saturating_sub(1) as usize) {
+        if l.starts_with("---") {
+            doc += usize::from(content);
+            content = false;
+        } else if !l.trim().is_empty() && !l.trim_start().starts_with('#') {
+            content = true;
+        }
+    }
+    doc
 }
 
 /// Parses a (multi-document) manifest into a snapshot.
@@ -371,8 +400,21 @@ spec: {ports: [{port: 80}]}
         let e = parse("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "x.yaml").expect_err("no name");
         assert_eq!(e.field, "metadata.name");
 
+        // Names YAML 1.1 would read as booleans or octal numbers are names.
+        let objs = parse(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: y, namespace: no}\n---\n\
+                          apiVersion: v1\nkind: Namespace\nmetadata: {name: 0755}\n",
+            "names.yaml",
+        )
+        .expect("names");
+        assert!(matches!(&objs[0], ClusterObject::Pod(p) if p.metadata.name.as_deref() == Some("y")
+            && p.metadata.namespace.as_deref() == Some("no")));
+        assert!(matches!(&objs[1], ClusterObject::Namespace(n) if n.metadata.name.as_deref() == Some("0755")));
+
         let e = parse("kind: [unclosed", "y.yaml").expect_err("not yaml");
         assert_eq!(e.doc, 1);
+        let e = parse(&format!("---\n{GOOD}---\nkind: [unclosed\n"), "z.yaml").expect_err("not yaml");
+        assert_eq!(e.doc, 5, "{e}");
     }
 
     #[test]
