@@ -831,8 +831,9 @@ c, peer = s.accept(); print(peer[1]); c.close()
 
 /// A lost or corrupt endpoint store is rebuilt from the kernel (weir's marked interfaces and the
 /// pinned endpoint map) without disturbing a pod: first corrupt, with the runtime's CNI cache
-/// naming each attachment's pod; then lost together with the cache, the pods found by their
-/// addresses in the cluster state. Each time the pods keep their interfaces, the agent lists
+/// naming each attachment's pod; then lost during an upgrade that recreated the pinned maps
+/// (addresses and MACs from the CNI cache); then lost together with the cache, the pods found by
+/// their addresses in the cluster state. Each time the pods keep their interfaces, the agent lists
 /// them by name, a NetworkPolicy isolating one of them is still enforced, and a new pod gets an
 /// address no other pod holds.
 #[test]
@@ -901,6 +902,19 @@ fn lost_or_corrupt_store_is_rebuilt_without_disturbing_pods() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("endpoints.json.corrupt-"));
     assert!(kept, "the corrupt store is kept aside");
+
+    // An upgrade whose endpoint map changed layout (the pinned maps are recreated empty, as
+    // when the pin directory of an older ABI version is all the node has) and, at the same
+    // time, a lost store: the addresses come from the CNI cache.
+    lab.ok(&["agent", "stop", "n1"]);
+    std::fs::remove_file(state.join("state").join("endpoints.json")).expect("lose the store");
+    let weir_dir = std::path::PathBuf::from("/run/weir-lab").join(&lab.name).join("bpffs").join("n1").join("weir");
+    let versions: Vec<std::ffi::OsString> =
+        std::fs::read_dir(&weir_dir).expect("pin dir").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    std::fs::rename(weir_dir.join(&versions[0]), weir_dir.join("v0")).expect("make the pins an older version's");
+    lab.ok(&["agent", "start", "n1"]);
+    check("after an upgrade with a lost store (CNI cache)");
 
     lab.ok(&["agent", "stop", "n1"]);
     std::fs::remove_file(state.join("state").join("endpoints.json")).expect("lose the store");

@@ -539,16 +539,21 @@ impl Node {
 
     /// A lost or corrupt store is rebuilt from what the kernel holds, without touching a pod: each
     /// host interface weir marked (`weir:<container>/<ifname>`, whose name must be the one weir
-    /// derives from them) whose ifindex the pinned endpoint map holds is an endpoint, with the
-    /// map's address and MACs and the link's MTU. Its pod (and network namespace) come from the
-    /// runtime's CNI cache; without an entry the endpoint is marked identity-unknown and stays
-    /// closed to policy until the cluster state shows its pod (`resolve_identities`).
+    /// derives from them) is an endpoint, with the link's MTU. Its address and MACs come from the
+    /// pinned endpoint map; when the map does not hold it (it was recreated empty because its
+    /// layout changed: an upgrade), the address and pod MAC come from the runtime's CNI cache
+    /// (the result weir returned) and the host MAC from the link, the address only if it lies in
+    /// this node's pod CIDR and no other interface claims it. Its pod (and network namespace)
+    /// come from that cache too; without an entry the endpoint is marked identity-unknown and
+    /// stays closed to policy until the cluster state shows its pod (`resolve_identities`).
     async fn rebuild_store(&mut self) -> anyhow::Result<()> {
         let Some(l) = self.loaded.as_mut() else { return Ok(()) };
+        let pod_cidr = l.pod_cidr;
         let in_map = l.endpoints.list()?;
         let by_ifindex: BTreeMap<u32, (Ipv4Addr, EndpointInfo)> =
             in_map.iter().map(|(ip, info)| (info.ifindex, (*ip, *info))).collect();
-        let mut records = Vec::new();
+        let mut records: Vec<EndpointRecord> = Vec::new();
+        let mut from_cache_only = 0;
         for (name, link) in self.nl.links_with_prefix(HOST_IF_PREFIX).await? {
             let alias = link.alias;
             let Some((container_id, ifname)) =
@@ -560,11 +565,22 @@ impl Node {
                 tracing::warn!(iface = %name, ?alias, "weir alias does not name this interface; not rebuilt");
                 continue;
             }
-            let Some((ip, info)) = by_ifindex.get(&link.index) else {
-                tracing::warn!(iface = %name, "weir interface not in the endpoint map (an ADD that never finished); left to the orphan sweep");
+            let cached = crate::endpoints::cni_cache::find(&self.cfg.cni_cache_dir, container_id, ifname);
+            let datapath = match by_ifindex.get(&link.index) {
+                Some((ip, info)) => Some((*ip, info.pod_mac, info.host_mac)),
+                None => cached
+                    .as_ref()
+                    .and_then(|c| Some((c.ip?, c.pod_mac?, link.mac?)))
+                    .filter(|(ip, _, _)| pod_cidr.contains(*ip))
+                    .filter(|(ip, _, _)| !in_map.contains_key(ip) && !records.iter().any(|r| r.ip == *ip)),
+            };
+            let Some((ip, pod_mac, host_mac)) = datapath else {
+                tracing::warn!(iface = %name, "weir interface neither in the endpoint map nor (with a usable address) in the CNI cache (an ADD that never finished); left to the orphan sweep");
                 continue;
             };
-            let cached = crate::endpoints::cni_cache::find(&self.cfg.cni_cache_dir, container_id, ifname);
+            if !by_ifindex.contains_key(&link.index) {
+                from_cache_only += 1;
+            }
             records.push(EndpointRecord {
                 container_id: container_id.to_owned(),
                 ifname: ifname.to_owned(),
@@ -574,12 +590,18 @@ impl Node {
                 pod_uid: cached.as_ref().map(|c| c.pod_uid.clone()).unwrap_or_default(),
                 host_ifname: name,
                 host_ifindex: link.index,
-                host_mac: info.host_mac,
-                pod_mac: info.pod_mac,
-                ip: *ip,
+                host_mac,
+                pod_mac,
+                ip,
                 mtu: link.mtu,
                 identity_unknown: cached.is_none(),
             });
+        }
+        if from_cache_only > 0 {
+            tracing::warn!(
+                endpoints = from_cache_only,
+                "endpoint map did not hold these interfaces (recreated by an upgrade); their addresses were taken from the CNI cache"
+            );
         }
         let from_cache = records.iter().filter(|r| !r.identity_unknown).count();
         match self.store.opened() {

@@ -2,9 +2,12 @@
 //! CRI-O, podman) keeps one JSON file per attachment, `<dir>/<network>-<containerID>-<ifName>`
 //! (`"kind": "cniCacheV1"`), holding the CNI_ARGS it passed (kubelet's `K8S_POD_NAMESPACE`,
 //! `K8S_POD_NAME`, `K8S_POD_UID`) and the result the plugin returned (whose container interface
-//! names the network namespace as its `sandbox`). Read only; a file that does not parse or does
-//! not name the attachment is ignored.
-use std::path::{Path, PathBuf};
+//! names the network namespace as its `sandbox`, with its MAC, and the address given to it).
+//! Read only; a file that does not parse or does not name the attachment is ignored.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -16,6 +19,10 @@ pub struct Cached {
     pub pod_uid: String,
     /// The container interface's `sandbox` in the cached result (empty when absent).
     pub netns: String,
+    /// The container interface's MAC in the cached result, when it is a well-formed one.
+    pub pod_mac: Option<[u8; 6]>,
+    /// The IPv4 address the result gave the container interface.
+    pub ip: Option<Ipv4Addr>,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +41,8 @@ struct Entry {
 struct CniResult {
     #[serde(default)]
     interfaces: Vec<Interface>,
+    #[serde(default)]
+    ips: Vec<IpConfig>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +50,14 @@ struct Interface {
     name: String,
     #[serde(default)]
     sandbox: String,
+    #[serde(default)]
+    mac: String,
+}
+
+#[derive(Deserialize)]
+struct IpConfig {
+    address: String,
+    interface: Option<usize>,
 }
 
 /// The cache's entry for (`container_id`, `ifname`) in `dir`, if there is one.
@@ -69,18 +86,36 @@ pub fn parse(bytes: &[u8], container_id: &str, ifname: &str) -> Option<Cached> {
         return None;
     }
     let arg = |k: &str| e.cni_args.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
-    let netns = e
+    // The container interface: the one of that name inside a sandbox (the host side has none).
+    let pod_if = e
         .result
         .as_ref()
-        .and_then(|r| r.interfaces.iter().find(|i| i.name == ifname && !i.sandbox.is_empty()))
-        .map(|i| i.sandbox.clone())
-        .unwrap_or_default();
+        .and_then(|r| r.interfaces.iter().enumerate().find(|(_, i)| i.name == ifname && !i.sandbox.is_empty()));
+    let ip = pod_if.zip(e.result.as_ref()).and_then(|((index, _), r)| {
+        r.ips
+            .iter()
+            .filter(|c| c.interface == Some(index))
+            .find_map(|c| c.address.split_once('/').and_then(|(a, _)| a.parse::<Ipv4Addr>().ok()))
+    });
     Some(Cached {
         pod_namespace: arg("K8S_POD_NAMESPACE"),
         pod_name: arg("K8S_POD_NAME"),
         pod_uid: arg("K8S_POD_UID"),
-        netns,
+        netns: pod_if.map(|(_, i)| i.sandbox.clone()).unwrap_or_default(),
+        pod_mac: pod_if.and_then(|(_, i)| parse_mac(&i.mac)),
+        ip,
     })
+}
+
+/// `aa:bb:cc:dd:ee:ff` → bytes; anything else is `None`.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next().filter(|p| p.len() == 2)?;
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 #[cfg(test)]
@@ -102,9 +137,16 @@ mod tests {
                 pod_namespace: "shop".into(),
                 pod_name: "cart-1".into(),
                 pod_uid: "u-1".into(),
-                netns: "/var/run/netns/cni-1".into()
+                netns: "/var/run/netns/cni-1".into(),
+                pod_mac: Some([0x0a, 0, 0, 0, 0, 1]),
+                ip: Some(Ipv4Addr::new(10, 244, 1, 5)),
             }
         );
+        // An address given to another interface, or a MAC that is not one, is not taken.
+        let other =
+            ENTRY.replace(r#""interface":1"#, r#""interface":0"#).replace("0a:00:00:00:00:01", "0a:00:00:00:00");
+        let c = parse(other.as_bytes(), "abc123", "eth0").expect("entry");
+        assert_eq!((c.ip, c.pod_mac), (None, None));
         assert_eq!(parse(ENTRY.as_bytes(), "abc123", "net1"), None, "another interface");
         assert_eq!(parse(ENTRY.as_bytes(), "abc", "eth0"), None, "another container");
         assert_eq!(parse(b"{not json", "abc123", "eth0"), None);
