@@ -137,6 +137,21 @@ impl TestLab {
 
 impl Drop for TestLab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the agents said is gone with the lab: the tail of each goes with the failure.
+            let nodes = std::path::PathBuf::from("/run/weir-lab").join(&self.name).join("nodes");
+            for node in std::fs::read_dir(&nodes).into_iter().flatten().flatten() {
+                let log = std::fs::read_to_string(node.path().join("agent.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(60)..];
+                eprintln!(
+                    "--- {} agent.log (last {} lines)\n{}",
+                    node.file_name().to_string_lossy(),
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
         let out = self.run(&["down"]);
         if !out.status.success() {
             eprintln!("weir-lab down {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
