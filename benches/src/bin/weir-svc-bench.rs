@@ -106,6 +106,10 @@ const SVC_PORT: u16 = 80;
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 const SERVER_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 200, 0, 2), Ipv4Addr::new(10, 200, 0, 3)];
 const WARMUP: usize = 200;
+/// Samples of weir's one-Service update (and of the manifest source finding it).
+const UPDATE_SAMPLES: usize = 31;
+/// Samples of the peers' update: each is a process start and a ruleset transaction.
+const PEER_UPDATE_SAMPLES: usize = 5;
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
@@ -201,12 +205,14 @@ struct Row {
     connect_p99_us: f64,
     /// Time to program all N Services from empty (None for the baseline).
     program_ms: Option<f64>,
-    /// Time for one Service gaining an endpoint.
+    /// One Service gaining (or losing) an endpoint: the median of the samples.
     update_ms: Option<f64>,
+    /// The slowest of those samples.
+    update_max_ms: Option<f64>,
     /// weir only: the kernel map write of that update alone.
     update_map_write_us: Option<f64>,
-    /// weir only: finding that change by comparing the old and new snapshots, as the agent
-    /// does with the manifest-directory source (a watch source is told the change instead).
+    /// weir only: the manifest-directory source finding that change (the changed file's
+    /// objects put into its last snapshot; a watch source is told the change instead), median.
     update_source_diff_ms: Option<f64>,
 }
 
@@ -368,7 +374,7 @@ impl Bench {
             rows.push(row(n, "baseline", &stats::median_round(base), None, None));
             let mut r = row(n, "weir", &stats::median_round(weir), Some(times.program), Some(times.update));
             r.update_map_write_us = Some((times.write.as_secs_f64() * 1e7).round() / 10.0);
-            r.update_source_diff_ms = Some(ms(times.diff));
+            r.update_source_diff_ms = Some(ms(times.diff.median));
             rows.push(r);
             // Emptied twice: the second pass deletes the backend sets the first one retired.
             let mut empty = ServiceSync::default();
@@ -378,17 +384,21 @@ impl Bench {
 
             eprintln!("N={n}: iptables-nft");
             let prog = timed_with_stdin(&mut in_ns(&self.client_ns, "iptables-nft-restore"), &cluster.iptables())?;
-            let update = timed_with_stdin(
-                in_ns(&self.client_ns, "iptables-nft-restore").arg("--noflush"),
-                &cluster.iptables_update(),
-            )?;
+            let update = repeated(|| {
+                timed_with_stdin(
+                    in_ns(&self.client_ns, "iptables-nft-restore").arg("--noflush"),
+                    &cluster.iptables_update(),
+                )
+            })?;
             let s = self.connect(last, None, connects)?;
             rows.push(row(n, "iptables-nft", &s, Some(prog), Some(update)));
             timed_with_stdin(&mut in_ns(&self.client_ns, "iptables-nft-restore"), "*nat\nCOMMIT\n")?;
 
             eprintln!("N={n}: nftables");
             let prog = timed_with_stdin(in_ns(&self.client_ns, "nft").args(["-f", "-"]), &cluster.nftables())?;
-            let update = timed_with_stdin(in_ns(&self.client_ns, "nft").args(["-f", "-"]), &cluster.nftables_update())?;
+            let update = repeated(|| {
+                timed_with_stdin(in_ns(&self.client_ns, "nft").args(["-f", "-"]), &cluster.nftables_update())
+            })?;
             let s = self.connect(last, None, connects)?;
             rows.push(row(n, "nftables", &s, Some(prog), Some(update)));
             timed_with_stdin(in_ns(&self.client_ns, "nft").args(["-f", "-"]), "delete table ip kube-proxy\n")?;
@@ -397,16 +407,40 @@ impl Bench {
     }
 }
 
-fn row(n: usize, variant: &'static str, sorted: &[u64], program: Option<Duration>, update: Option<Duration>) -> Row {
+/// The peers' update applied PEER_UPDATE_SAMPLES times (the same change again is what their
+/// next sync writes too).
+fn repeated(mut once: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<Spread> {
+    Ok(Spread::of((0..PEER_UPDATE_SAMPLES).map(|_| once()).collect::<anyhow::Result<_>>()?))
+}
+
+fn row(n: usize, variant: &'static str, sorted: &[u64], program: Option<Duration>, update: Option<Spread>) -> Row {
     Row {
         services: n,
         variant,
         connect_p50_us: percentile(sorted, 0.50),
         connect_p99_us: percentile(sorted, 0.99),
         program_ms: program.map(ms),
-        update_ms: update.map(ms),
+        update_ms: update.map(|u| ms(u.median)),
+        update_max_ms: update.map(|u| ms(u.max)),
         update_map_write_us: None,
         update_source_diff_ms: None,
+    }
+}
+
+/// Repeated timings of one operation: the median and the slowest.
+#[derive(Clone, Copy, Debug)]
+struct Spread {
+    median: Duration,
+    max: Duration,
+}
+
+impl Spread {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        Self {
+            median: samples.get(samples.len() / 2).copied().unwrap_or_default(),
+            max: samples.last().copied().unwrap_or_default(),
+        }
     }
 }
 
@@ -414,11 +448,11 @@ fn row(n: usize, variant: &'static str, sorted: &[u64], program: Option<Duration
 struct WeirTimes {
     /// All N Services from empty (full compile).
     program: Duration,
-    /// One Service gaining an endpoint, from the watch event to the map write.
-    update: Duration,
+    /// One Service gaining or losing an endpoint, from the watch event to the map write.
+    update: Spread,
     /// Finding that change in the manifest directory: the changed file's objects put into the
     /// last snapshot.
-    diff: Duration,
+    diff: Spread,
     /// The kernel map write of the update alone.
     write: Duration,
 }
@@ -435,32 +469,34 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     // The update end to end as the agent does it from a watch event: the source puts the object
     // in its snapshot and logs it; the reconcile loop asks the log what changed since its last
     // pass and hands the Service writer those objects. The source's conversion of the watched
-    // object to what it stores is timed too.
+    // object to what it stores is timed too. One sample is a millisecond on a busy 2-core
+    // machine, so it is taken UPDATE_SAMPLES times: the Service alternately gains the endpoint
+    // (a second slice appears) and loses it (the slice is deleted), each one Service's change.
     let mut snap =
         ClusterSnapshot { services: c.services.clone(), endpoint_slices: c.slices.clone(), ..Default::default() };
-    let seen = snap.log.head();
     let (key, extra) = c.updated_slice();
-    let t = Instant::now();
-    source::put(
-        &mut snap.endpoint_slices,
-        &mut snap.log,
-        key.clone(),
-        Some(SliceInfo::from(extra).into()),
-        Changed::EndpointSlice,
-    );
-    let changes = snap.log.since(seen);
-    let changed = ObjectChanges::from(&changes);
-    let a = sync.apply_changes(&snap.services, &snap.endpoint_slices, &changed, &[], "bench", maps)?;
-    let update = t.elapsed();
-    if a.changes.upserted != 1 || a.changes.removed != 0 || a.recompiled != 1 {
-        bail!("the update wrote {:?} recompiling {} Services, expected one entry of one", a.changes, a.recompiled);
-    }
-    if changed != (ObjectChanges { slices: [key].into(), ..Default::default() }) {
-        bail!("the log gave {changed:?}, expected the one slice");
+    let mut update = Vec::with_capacity(UPDATE_SAMPLES);
+    for i in 0..UPDATE_SAMPLES {
+        let gains = i % 2 == 0;
+        let seen = snap.log.head();
+        let owned = extra.clone();
+        let t = Instant::now();
+        let stored = gains.then(|| SliceInfo::from(owned).into());
+        source::put(&mut snap.endpoint_slices, &mut snap.log, key.clone(), stored, Changed::EndpointSlice);
+        let changed = ObjectChanges::from(&snap.log.since(seen));
+        let a = sync.apply_changes(&snap.services, &snap.endpoint_slices, &changed, &[], "bench", maps)?;
+        update.push(t.elapsed());
+        if a.changes.upserted != 1 || a.changes.removed != 0 || a.recompiled != 1 {
+            bail!("update {i} wrote {:?} recompiling {} Services, expected one entry of one", a.changes, a.recompiled);
+        }
+        if changed != (ObjectChanges { slices: [key.clone()].into(), ..Default::default() }) {
+            bail!("the log gave {changed:?}, expected the one slice");
+        }
     }
     // The manifest-directory source is not told either, it reads files: one file per object,
-    // as the lab writes them. Its change is a new file holding the slice; what is timed is
-    // putting that file's objects into the last snapshot (parsing the one small file aside).
+    // as the lab writes them. Its change is a file holding the slice, written and then
+    // removed; what is timed is putting that file's objects into the last snapshot (parsing
+    // the one small file aside).
     let mut dir = manifest::DirState::default();
     let stamp = (std::time::SystemTime::UNIX_EPOCH, 0);
     for (i, ((ns, name), svc)) in c.services.iter().enumerate() {
@@ -478,18 +514,23 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     }
     let mut last = ClusterSnapshot::default();
     dir.apply_to(&mut last);
-    let seen = last.log.head();
-    let (key, extra) = c.updated_slice();
-    let t = Instant::now();
-    dir.set_file(
-        format!("slice-{}-{}.yaml", key.0, key.1).into(),
-        stamp,
-        vec![ClusterObject::EndpointSlice(Box::new(extra))],
-    );
-    dir.apply_to(&mut last);
-    let diff = t.elapsed();
-    if last.log.since(seen) != changes {
-        bail!("the manifest source found {:?}, expected {changes:?}", last.log.since(seen));
+    let path = PathBuf::from(format!("slice-{}-{}.yaml", key.0, key.1));
+    let mut diff = Vec::with_capacity(UPDATE_SAMPLES);
+    for i in 0..UPDATE_SAMPLES {
+        let seen = last.log.head();
+        let object = ClusterObject::EndpointSlice(Box::new(extra.clone()));
+        let t = Instant::now();
+        if i % 2 == 0 {
+            dir.set_file(path.clone(), stamp, vec![object]);
+        } else {
+            dir.remove_file(&path);
+        }
+        dir.apply_to(&mut last);
+        diff.push(t.elapsed());
+        let found = ObjectChanges::from(&last.log.since(seen));
+        if found != (ObjectChanges { slices: [key.clone()].into(), ..Default::default() }) {
+            bail!("the manifest source found {found:?}, expected the one slice");
+        }
     }
     // The map write alone: the updated entry, as the agent wrote it, written again.
     let vip = Addr16::from_v4_octets(c.vip(c.updated()).octets());
@@ -498,7 +539,7 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     let t = Instant::now();
     map.upsert(k, v)?;
     let write = t.elapsed();
-    Ok(WeirTimes { program, update, diff, write })
+    Ok(WeirTimes { program, update: Spread::of(update), diff: Spread::of(diff), write })
 }
 
 // ---------------------------------------------------------------- the synthetic cluster
@@ -734,7 +775,17 @@ fn print_table(rows: &[Row]) {
         rows.iter().filter(|r| r.variant == "baseline").map(|r| (r.services, r.connect_p50_us)).collect();
     let weir: BTreeMap<usize, f64> =
         rows.iter().filter(|r| r.variant == "weir").map(|r| (r.services, r.connect_p50_us)).collect();
-    let mut t = Table::new(&["services", "variant", "p50 µs", "p99 µs", "×base", "÷weir", "program ms", "update ms"]);
+    let mut t = Table::new(&[
+        "services",
+        "variant",
+        "p50 µs",
+        "p99 µs",
+        "×base",
+        "÷weir",
+        "program ms",
+        "update ms",
+        "update max",
+    ]);
     for r in rows {
         let b = base.get(&r.services).copied().unwrap_or(f64::NAN);
         let w = weir.get(&r.services).copied().unwrap_or(f64::NAN);
@@ -748,15 +799,23 @@ fn print_table(rows: &[Row]) {
             format!("{:.2}", r.connect_p50_us / w),
             opt(r.program_ms),
             opt(r.update_ms),
+            opt(r.update_max_ms),
         ]);
     }
     t.print();
+    println!(
+        "update ms: median of {UPDATE_SAMPLES} samples for weir (the Service alternately gains and loses an \
+         endpoint), of {PEER_UPDATE_SAMPLES} for the peers; update max: the slowest"
+    );
     for r in rows.iter().filter(|r| r.variant == "weir") {
         if let Some(w) = r.update_map_write_us {
             println!("weir N={}: the update's kernel map write alone took {w:.1} µs", r.services);
         }
         if let Some(d) = r.update_source_diff_ms {
-            println!("weir N={}: the manifest source finding the change (one changed file) took {d:.3} ms", r.services);
+            println!(
+                "weir N={}: the manifest source finding the change (one changed file) took {d:.3} ms (median)",
+                r.services
+            );
         }
     }
 }
