@@ -215,6 +215,25 @@ impl Adv {
         self.lab.datapath(node)["counters"][format!("drop_{reason}")].as_u64().unwrap_or(0)
     }
 
+    /// What each agent says of `from → to` on TCP `port` (`policy explain`, whole), and each
+    /// node's policy drop counters: for an assertion's message, so a failure says which side
+    /// decided what.
+    fn explain_all(&self, from: &str, to: &str, port: &str) -> String {
+        let mut out = String::new();
+        for node in ["n1", "n2"] {
+            let args = ["weir", node, "--", "policy", "explain", "--from", from, "--to", to, "--port", port];
+            let said = self.lab.run(&args);
+            out.push_str(&format!(
+                "\n{node}: {}{} (drops: ingress {}, egress {})",
+                String::from_utf8_lossy(&said.stdout),
+                String::from_utf8_lossy(&said.stderr),
+                self.drops(node, "policy_denied_ingress"),
+                self.drops(node, "policy_denied_egress"),
+            ));
+        }
+        out
+    }
+
     /// Dropped flows with `reason`, from every node.
     fn dropped(&self, reason: &str) -> Vec<Value> {
         let out = self.lab.ok(&["observe", "--verdict", "dropped", "-o", "json"]);
@@ -521,7 +540,12 @@ fn label_changes(adv: &Adv) {
     let v = l.join().expect("loop");
     let rounds = v["rounds"].as_u64().unwrap_or(0);
     let hits = v["accepted"][&target].as_array().map_or(0, |a| a.len()) as u64;
-    assert_eq!(hits, rounds, "denied while moving between two allowed labels: {v}");
+    assert_eq!(
+        hits,
+        rounds,
+        "denied while moving between two allowed labels: {v}{}",
+        adv.explain_all("adv/flip", "adv/target", "8080")
+    );
     // Allowed -> denied: allowed until the change converges, denied from then on, never
     // allowed again.
     let l = looping("4");
@@ -532,7 +556,7 @@ fn label_changes(adv: &Adv) {
     let timeline: Vec<bool> =
         v["timeline"].as_array().cloned().unwrap_or_default().iter().filter_map(Value::as_bool).collect();
     let first_denied = timeline.iter().position(|ok| !ok).unwrap_or_else(|| panic!("never denied: {v}"));
-    assert!(first_denied > 0, "allowed before the change: {v}");
+    assert!(first_denied > 0, "allowed before the change: {v}{}", adv.explain_all("adv/flip", "adv/target", "8080"));
     assert!(timeline[first_denied..].iter().all(|ok| !ok), "allowed again after being denied: {v}");
     assert!(!ok(), "denied after the change");
 }
