@@ -469,8 +469,8 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
     // The update end to end as the agent does it from a watch event: the source puts the object
     // in its snapshot and logs it; the reconcile loop asks the log what changed since its last
     // pass and hands the Service writer those objects. The source's conversion of the watched
-    // object to what it stores is timed too. One sample is a millisecond on a busy 2-core
-    // machine, so it is taken UPDATE_SAMPLES times: the Service alternately gains the endpoint
+    // object to what it stores is timed too. One sample of something this short is mostly
+    // the machine's noise, so it is taken UPDATE_SAMPLES times: the Service alternately gains the endpoint
     // (a second slice appears) and loses it (the slice is deleted), each one Service's change.
     let mut snap =
         ClusterSnapshot { services: c.services.clone(), endpoint_slices: c.slices.clone(), ..Default::default() };

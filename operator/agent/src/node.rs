@@ -566,21 +566,19 @@ impl Node {
                 continue;
             }
             let cached = crate::endpoints::cni_cache::find(&self.cfg.cni_cache_dir, container_id, ifname);
-            let datapath = match by_ifindex.get(&link.index) {
-                Some((ip, info)) => Some((*ip, info.pod_mac, info.host_mac)),
-                None => cached
+            let from_map = by_ifindex.get(&link.index).map(|(ip, info)| (*ip, info.pod_mac, info.host_mac));
+            let from_cache = || {
+                cached
                     .as_ref()
                     .and_then(|c| Some((c.ip?, c.pod_mac?, link.mac?)))
                     .filter(|(ip, _, _)| pod_cidr.contains(*ip))
-                    .filter(|(ip, _, _)| !in_map.contains_key(ip) && !records.iter().any(|r| r.ip == *ip)),
+                    .filter(|(ip, _, _)| !in_map.contains_key(ip) && !records.iter().any(|r| r.ip == *ip))
             };
-            let Some((ip, pod_mac, host_mac)) = datapath else {
+            let Some((ip, pod_mac, host_mac)) = from_map.or_else(from_cache) else {
                 tracing::warn!(iface = %name, "weir interface neither in the endpoint map nor (with a usable address) in the CNI cache (an ADD that never finished); left to the orphan sweep");
                 continue;
             };
-            if !by_ifindex.contains_key(&link.index) {
-                from_cache_only += 1;
-            }
+            from_cache_only += usize::from(from_map.is_none());
             records.push(EndpointRecord {
                 container_id: container_id.to_owned(),
                 ifname: ifname.to_owned(),

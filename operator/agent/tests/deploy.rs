@@ -13,7 +13,10 @@ use std::{
 
 use clap::CommandFactory as _;
 use serde_json::Value;
-use weir_operator_agent::{config::Config, source::k8s};
+use weir_operator_agent::{
+    config::Config,
+    source::{k8s, manifest},
+};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes")
@@ -22,7 +25,7 @@ fn deploy_dir() -> PathBuf {
 /// Every document of `file`, as JSON values.
 fn docs(file: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(deploy_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let docs = manifest::json_documents(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
     docs.into_iter().filter(|v| !v.is_null()).collect()
 }
 
@@ -177,16 +180,14 @@ fn the_api_server_address_is_configured_where_kube_proxy_is_absent() {
     assert!(data.get("WEIR_K8S_SERVICE_HOST").is_some(), "the base names the setting");
     assert_eq!(data["WEIR_K8S_SERVICE_PORT"], "6443");
     let kind_dir = deploy_dir().join("../kind");
-    let cluster: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(kind_dir.join("cluster.yaml")).expect("cluster.yaml"))
-            .expect("yaml");
+    let one = |text: &str| -> Value {
+        manifest::json_documents(text).expect("yaml").into_iter().next().expect("one document")
+    };
+    let cluster = one(&std::fs::read_to_string(kind_dir.join("cluster.yaml")).expect("cluster.yaml"));
     assert_eq!(cluster["networking"]["kubeProxyMode"], "none", "the kind cluster has no kube-proxy");
-    let k: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(kind_dir.join("kustomization.yaml")).expect("kind kustomization"),
-    )
-    .expect("yaml");
+    let k = one(&std::fs::read_to_string(kind_dir.join("kustomization.yaml")).expect("kind kustomization"));
     assert_eq!(k["resources"][0], "../kubernetes");
-    let patch: Value = serde_saphyr::from_str(k["patches"][0]["patch"].as_str().expect("patch")).expect("patch yaml");
+    let patch = one(k["patches"][0]["patch"].as_str().expect("patch"));
     assert_eq!(patch[0]["path"], "/data/WEIR_K8S_SERVICE_HOST");
     assert_eq!(patch[0]["value"], format!("{}-control-plane", cluster["name"].as_str().expect("cluster name")));
     let run = std::fs::read_to_string(kind_dir.join("run.sh")).expect("run.sh");

@@ -114,7 +114,7 @@ fn cluster_yaml() -> String {
 /// The objects of `yaml` as JSON, by API path, each with what a real API server adds.
 fn objects_by_path(yaml: &str) -> std::collections::BTreeMap<&'static str, Vec<Value>> {
     let mut out: std::collections::BTreeMap<&'static str, Vec<Value>> = Default::default();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("yaml");
+    let docs = weir_operator_agent::source::manifest::json_documents(yaml).expect("yaml");
     for v in docs {
         if v.is_null() {
             continue;

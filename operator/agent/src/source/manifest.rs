@@ -54,21 +54,12 @@ fn typed<T: serde::de::DeserializeOwned>(
 /// `metadata.name`; a Node's `spec.podCIDR` must be an IPv4 CIDR.
 pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestError> {
     let mut out = Vec::new();
-    // Kubernetes objects are JSON values written as YAML: every document is read as one, with
-    // YAML 1.2's core schema (`y`, `no`, `on` and `0755` stay strings, as a Kubernetes string
-    // field reads them) and no source excerpt in the error (the message names line and column).
-    let options = serde_saphyr::options! {
-        strict_booleans: true,
-        leading_zero_numbers_as_strings: true,
-        with_snippet: false,
-    };
-    let values: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| ManifestError {
-            origin: origin.to_owned(),
-            doc: e.location().map_or(1, |l| document_at(text, l.line())),
-            field: ".".to_owned(),
-            message: e.to_string(),
-        })?;
+    let values = json_documents(text).map_err(|e| ManifestError {
+        origin: origin.to_owned(),
+        doc: e.location().map_or(1, |l| document_at(text, l.line())),
+        field: ".".to_owned(),
+        message: e.to_string(),
+    })?;
     for (i, value) in values.into_iter().enumerate() {
         let doc = i + 1;
         let err = |field: &str, message: String| ManifestError {
@@ -115,6 +106,19 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ClusterObject>, ManifestErr
         out.push(obj);
     }
     Ok(out)
+}
+
+/// Every document of a (multi-document) YAML text as a JSON value (an empty document is
+/// `null`): Kubernetes objects are JSON values written as YAML. Read with YAML 1.2's core schema
+/// (`y`, `no`, `on` and `0755` stay strings, as a Kubernetes string field reads them), and an
+/// error carries no source excerpt (its message names line and column).
+pub fn json_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        with_snippet: false,
+    };
+    serde_saphyr::from_multiple_with_options(text, options)
 }
 
 /// The 1-based document that 1-based `line` of `text` lies in: one more for every `---` line
