@@ -15,10 +15,12 @@ with Debian's python3-scapy. Every command prints one JSON object on stdout.
   frag     --dst B --dport P [--sport S] [--size N] [--order normal|reverse|overlap] [--count N]
            one fragmented UDP datagram per count (ids vary), in the given fragment order;
            overlap: a first fragment naming --overlap-port, then one rewriting it to --dport.
-  probe-loop --targets CIDR[,CIDR] --port P --seconds S [--exclude IP,...]
-           TCP connects to every address of the CIDRs, over and over, 50 ms timeouts, all in
-           flight at once: which addresses ever accepted, and when (for one address, also each
-           round's result in order).
+  probe-loop --targets CIDR[,CIDR] --port P --seconds S [--exclude IP,...] [--timeout T]
+           [--ready PATH]
+           TCP connects to every address of the CIDRs, over and over, all in flight at once
+           (each given T seconds, 50 ms unless told): which addresses ever accepted, and when
+           (for one address, also each round's result in order). PATH is written once the
+           first round is done, so a caller can change the cluster while the loop is running.
 """
 import argparse
 import asyncio
@@ -142,7 +144,7 @@ async def probe_loop(a):
     start = time.monotonic()
     hits, rounds, timeline = {}, 0, []
     while time.monotonic() - start < a.seconds:
-        results = await asyncio.gather(*(try_connect(ip, a.port, 0.05) for ip in ips))
+        results = await asyncio.gather(*(try_connect(ip, a.port, a.timeout) for ip in ips))
         now = round(time.monotonic() - start, 3)
         for ip, ok in zip(ips, results):
             if ok:
@@ -150,6 +152,9 @@ async def probe_loop(a):
         if len(ips) == 1:
             timeline.append(results[0])
         rounds += 1
+        if rounds == 1 and a.ready:
+            with open(a.ready, "w") as f:
+                f.write("running\n")
     out({"rounds": rounds, "addresses": len(ips), "accepted": hits, "timeline": timeline})
 
 
@@ -190,6 +195,8 @@ def main():
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--seconds", type=float, default=5)
     s.add_argument("--exclude", default="")
+    s.add_argument("--timeout", type=float, default=0.05)
+    s.add_argument("--ready")
     a = p.parse_args()
     if a.cmd == "probe-loop":
         asyncio.run(probe_loop(a))

@@ -95,19 +95,24 @@ struct Adv {
 }
 
 /// A sniffer in a pod, started and known to be listening.
-struct Listener {
+/// An attack.py command running in a pod, started (it wrote its ready file).
+struct Running {
     child: Child,
     what: String,
 }
 
-impl Listener {
-    /// Packets that reached the pod.
-    fn count(self) -> u64 {
-        let out = self.child.wait_with_output().expect("listener");
+impl Running {
+    /// The one JSON object the command prints when it ends.
+    fn output(self) -> Value {
+        let out = self.child.wait_with_output().expect("attack.py");
         let text = String::from_utf8_lossy(&out.stdout);
-        let v: Value = serde_json::from_str(text.trim())
-            .unwrap_or_else(|e| panic!("listener {}: {e}: {text}{}", self.what, String::from_utf8_lossy(&out.stderr)));
-        v["count"].as_u64().expect("count")
+        serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("{}: {e}: {text}{}", self.what, String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Packets that reached a listener.
+    fn count(self) -> u64 {
+        self.output()["count"].as_u64().expect("count")
     }
 }
 
@@ -176,38 +181,60 @@ impl Adv {
     }
 
     /// Starts a sniffer in `pod` for `proto`/`port`, running `secs`, and waits until it listens.
-    fn listen(&self, pod: &str, proto: &str, port: u16, secs: f64) -> Listener {
+    fn listen(&self, pod: &str, proto: &str, port: u16, secs: f64) -> Running {
         self.listener(pod, proto, port, secs, false)
     }
 
     /// A UDP socket on `port` in `pod`: what reaches the application (reassembled datagrams).
-    fn listen_socket(&self, pod: &str, port: u16, secs: f64) -> Listener {
+    fn listen_socket(&self, pod: &str, port: u16, secs: f64) -> Running {
         self.listener(pod, "udp", port, secs, true)
     }
 
-    fn listener(&self, pod: &str, proto: &str, port: u16, secs: f64, socket: bool) -> Listener {
+    fn listener(&self, pod: &str, proto: &str, port: u16, secs: f64, socket: bool) -> Running {
+        let (port, secs) = (port.to_string(), secs.to_string());
+        let mut args = vec!["listen", "--proto", proto, "--port", &port, "--seconds", &secs];
+        if socket {
+            args.push("--socket");
+        }
+        let running = self.start(pod, &args);
+        // The socket is bound when the file is written; give the listener a moment to poll.
+        std::thread::sleep(Duration::from_millis(200));
+        running
+    }
+
+    /// A probe loop from `pod` (attack.py probe-loop with `args`), returned once its first
+    /// round is done: a cluster change made after this happens while the loop runs, however
+    /// long the interpreter took to start.
+    fn probe_loop(&self, pod: &str, args: &[&str]) -> Running {
+        let mut all = vec!["probe-loop"];
+        all.extend_from_slice(args);
+        self.start(pod, &all)
+    }
+
+    /// Runs attack.py `args` in `adv/pod` with a `--ready` file and waits (bounded) for it.
+    fn start(&self, pod: &str, args: &[&str]) -> Running {
         let ready = std::env::temp_dir()
-            .join(format!("weir-adv-{}-{pod}-{port}-{}", self.lab.name, std::process::id()))
+            .join(format!("weir-adv-{}-{pod}-{}-{}", self.lab.name, args[0], std::process::id()))
             .with_extension(format!("{}", Instant::now().elapsed().as_nanos()));
         let _ = std::fs::remove_file(&ready);
         let child = Command::new(common::LAB)
             .env("WEIR_LAB", &self.lab.name)
-            .args(["exec", &format!("adv/{pod}"), "--", PYTHON, ATTACK, "listen", "--proto", proto])
-            .args(["--port", &port.to_string(), "--seconds", &secs.to_string(), "--ready"])
+            .args(["exec", &format!("adv/{pod}"), "--", PYTHON, ATTACK])
+            .args(args)
+            .arg("--ready")
             .arg(&ready)
-            .args(socket.then_some("--socket"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start listener");
+            .expect("start attack.py");
+        let what = format!("{pod}: {}", args.join(" "));
         let t = Instant::now();
         while !ready.exists() {
-            assert!(t.elapsed() < Duration::from_secs(10), "listener in {pod} never started");
+            assert!(t.elapsed() < Duration::from_secs(20), "{what} never started");
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(200));
         let _ = std::fs::remove_file(&ready);
-        Listener { child, what: format!("{pod} {proto}/{port}") }
+        Running { child, what }
     }
 
     /// The drop counter `reason` on `node`.
@@ -448,23 +475,25 @@ fn new_pods_are_closed_from_their_first_packet(adv: &Adv) {
     std::thread::sleep(Duration::from_millis(600));
     let exclude: Vec<String> =
         adv.ips.iter().filter(|(n, _)| n.as_str() != "trusted-local").map(|(_, ip)| ip.clone()).collect();
-    let probers: Vec<_> = ["attacker-local", "attacker-remote"]
+    let exclude = exclude.join(",");
+    let probers: Vec<Running> = ["attacker-local", "attacker-remote"]
         .iter()
         .map(|p| {
-            let (lab, pod, exclude) = (adv.lab.name.clone(), format!("adv/{p}"), exclude.join(","));
-            std::thread::spawn(move || {
-                let out = Command::new(common::LAB)
-                    .env("WEIR_LAB", lab)
-                    .args(["exec", &pod, "--", PYTHON, ATTACK, "probe-loop", "--port", "8080", "--seconds", "8"])
-                    .args(["--targets", "10.244.1.0/26,10.244.2.0/26", "--exclude", &exclude])
-                    .output()
-                    .expect("probe-loop");
-                serde_json::from_slice::<Value>(&out.stdout)
-                    .unwrap_or_else(|e| panic!("probe-loop: {e}: {}", String::from_utf8_lossy(&out.stderr)))
-            })
+            adv.probe_loop(
+                p,
+                &[
+                    "--port",
+                    "8080",
+                    "--seconds",
+                    "8",
+                    "--targets",
+                    "10.244.1.0/26,10.244.2.0/26",
+                    "--exclude",
+                    &exclude,
+                ],
+            )
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(800));
     let mut new = String::new();
     for i in 0..6 {
         let node = if i % 2 == 0 { "n1" } else { "n2" };
@@ -484,7 +513,7 @@ fn new_pods_are_closed_from_their_first_packet(adv: &Adv) {
         .collect();
     assert_eq!(new_ips.len(), 6);
     for p in probers {
-        let v = p.join().expect("prober");
+        let v = p.output();
         let accepted = v["accepted"].as_object().cloned().unwrap_or_default();
         let leaked: Vec<&String> = accepted.keys().filter(|ip| new_ips.contains(*ip)).collect();
         assert!(leaked.is_empty(), "new pods under default-deny accepted connections: {leaked:?} ({v})");
@@ -519,25 +548,18 @@ fn label_changes(adv: &Adv) {
         }),
         "flip allowed"
     );
-    // Allowed -> allowed by another rule: a tight probe loop sees no failure.
+    // Allowed -> allowed by another rule: a tight probe loop sees no failure. Each connect gets
+    // 500 ms: a SYN the datapath drops is retried only after a second, so a denial still shows,
+    // while a probe process the busy machine did not run for a while does not.
+    let target_32 = format!("{target}/32");
     let looping = |secs: &str| {
-        let (lab, target) = (adv.lab.name.clone(), format!("{target}/32"));
-        let secs = secs.to_owned();
-        std::thread::spawn(move || {
-            let out = Command::new(common::LAB)
-                .env("WEIR_LAB", lab)
-                .args(["exec", "adv/flip", "--", PYTHON, ATTACK, "probe-loop", "--port", "8080", "--seconds", &secs])
-                .args(["--targets", &target])
-                .output()
-                .expect("probe-loop");
-            serde_json::from_slice::<Value>(&out.stdout).expect("probe-loop json")
-        })
+        adv.probe_loop("flip", &["--port", "8080", "--seconds", secs, "--timeout", "0.5", "--targets", &target_32])
     };
     let l = looping("3");
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(300));
     let out = adv.lab.apply(&pod("app: trusted-b"));
     assert!(out.status.success());
-    let v = l.join().expect("loop");
+    let v = l.output();
     let rounds = v["rounds"].as_u64().unwrap_or(0);
     let hits = v["accepted"][&target].as_array().map_or(0, |a| a.len()) as u64;
     assert_eq!(
@@ -549,10 +571,10 @@ fn label_changes(adv: &Adv) {
     // Allowed -> denied: allowed until the change converges, denied from then on, never
     // allowed again.
     let l = looping("4");
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(300));
     let out = adv.lab.apply(&pod("app: nobody"));
     assert!(out.status.success());
-    let v = l.join().expect("loop");
+    let v = l.output();
     let timeline: Vec<bool> =
         v["timeline"].as_array().cloned().unwrap_or_default().iter().filter_map(Value::as_bool).collect();
     let first_denied = timeline.iter().position(|ok| !ok).unwrap_or_else(|| panic!("never denied: {v}"));
