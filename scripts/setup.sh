@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything weir needs to build and test on a Debian machine, idempotently:
-#   - Debian packages the tests and the lab use (iproute2, iperf3, iptables, nftables, CNI plugins, ...)
+#   - Debian packages the tests and the lab use (iproute2, iperf3, iptables, nftables, CNI plugins,
+#     containerd and runc, ...)
+#   - the musl target for the static binary in the lab's container images
 #   - the pinned nightly toolchain (with rust-src) for the eBPF crate
 #   - bpf-linker 0.13.0 built against that nightly's own libLLVM
 #   - cargo-deny (supply-chain policy: bans, licenses, sources; see deny.toml)
@@ -22,7 +24,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # --- Debian packages --------------------------------------------------------------------------
 DEB_PKGS=(iproute2 iperf3 iptables nftables containernetworking-plugins dnsmasq-base bind9-dnsutils
           netcat-openbsd bpftool util-linux procps iputils-ping python3-venv prometheus protobuf-compiler
-          python3-scapy)
+          python3-scapy containerd runc)
 missing=()
 # WEIR_SETUP_PACKAGES=0 skips them (the container build needs only the toolchains).
 [ "${WEIR_SETUP_PACKAGES:-1}" = 0 ] && DEB_PKGS=()
@@ -62,6 +64,12 @@ fi
 if ! rustup component list --toolchain "$BPF_TOOLCHAIN" --installed | grep -q '^rust-src'; then
   log "adding rust-src to $BPF_TOOLCHAIN"
   rustup component add rust-src --toolchain "$BPF_TOOLCHAIN"
+fi
+
+# --- musl target: the lab's container images hold a static weir-lab-pod (no registry here) --
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  log "adding the x86_64-unknown-linux-musl target"
+  rustup target add x86_64-unknown-linux-musl
 fi
 
 # --- bpf-linker against the nightly's libLLVM ----------------------------------------------

@@ -39,6 +39,8 @@ cleanup() {
 trap cleanup EXIT
 phase "build the tests"
 cargo test --locked --no-run
+# What the containerd lab's offline image holds (the sandbox process and the test server).
+cargo build --locked --release --target x86_64-unknown-linux-musl -p weir-lab-pod
 # The fuzz targets (another toolchain and flags: nothing shared with the tests' build) build
 # while the tests run, at the lowest CPU priority, in their own target directory: the tests
 # mostly wait on their lab's processes, and that idle CPU builds the targets.

@@ -24,7 +24,7 @@ use weir_operator_agent::{
     source::{manifest, namespaced, ClusterObject},
 };
 
-use crate::controllers;
+use crate::{containerd, controllers, cri, image};
 use weir_tests::netns::{self, command_in, ip, ip_in, netns_path, random_hex, stop_pid};
 
 pub const UNDERLAY_PREFIX: [u8; 3] = [172, 30, 0];
@@ -32,6 +32,21 @@ pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 200);
 pub const EXTERNAL_PORT: u16 = 8000;
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+/// Debian's containernetworking-plugins.
+const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
+/// Who makes the lab's pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// weir-lab itself: a namespace and cgroup per pod, `weir-cni` invoked as containerd does,
+    /// the containers as processes of the host (any command the pod spec names).
+    #[default]
+    Builtin,
+    /// containerd's CRI plugin per node, driven as the kubelet drives it; containers run from
+    /// the lab's offline image (the test server only).
+    Containerd,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeState {
@@ -54,6 +69,9 @@ pub struct PodState {
     pub uid: String,
     pub ip: Option<Ipv4Addr>,
     pub pids: Vec<u32>,
+    /// The CRI sandbox id (pods made through containerd).
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,6 +90,8 @@ pub struct LabState {
     /// The agents' masquerade port range (`--nat-ports`), when not their default.
     #[serde(default)]
     pub nat_ports: Option<String>,
+    #[serde(default)]
+    pub runtime: Runtime,
 }
 
 pub struct Lab {
@@ -111,6 +131,25 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let p = exe.parent().context("exe dir")?.join(name);
     if !p.exists() {
         bail!("{} not found next to weir-lab; build with `cargo build --bins` or set WEIR_BIN_DIR", p.display());
+    }
+    Ok(p)
+}
+
+/// The static weir-lab-pod the containerd lab's image is made of: `WEIR_LAB_POD_BIN`, or the
+/// musl release build in the same target directory as weir-lab.
+pub fn pod_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("WEIR_LAB_POD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    let target = exe.parent().and_then(Path::parent).context("target dir")?;
+    let p = target.join("x86_64-unknown-linux-musl/release/weir-lab-pod");
+    if !p.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release --target x86_64-unknown-linux-musl -p weir-lab-pod` \
+             or set WEIR_LAB_POD_BIN",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -175,7 +214,13 @@ impl Lab {
     }
 
     /// `weir-lab up`: builds the lab and waits for every agent to be ready.
-    pub fn up(name: &str, nodes: usize, routing: Routing, nat_ports: Option<String>) -> anyhow::Result<Self> {
+    pub fn up(
+        name: &str,
+        nodes: usize,
+        routing: Routing,
+        nat_ports: Option<String>,
+        runtime: Runtime,
+    ) -> anyhow::Result<Self> {
         validate_lab_name(name)?;
         if !(1..=50).contains(&nodes) {
             bail!("--nodes {nodes}: choose 1 to 50");
@@ -197,6 +242,7 @@ impl Lab {
                 pods_created: 0,
                 external_pid: None,
                 nat_ports,
+                runtime,
             },
         };
         lab.save()?;
@@ -246,8 +292,15 @@ impl Lab {
         )?;
         self.save()?;
         let names: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+        let image = match self.state.runtime {
+            Runtime::Containerd => Some(self.build_pod_image()?),
+            Runtime::Builtin => None,
+        };
         for n in &names {
             self.install_cni_bin(n)?;
+            if let Some(image) = &image {
+                self.start_containerd(n, image)?;
+            }
             self.start_agent(n)?;
         }
         for n in &names {
@@ -292,6 +345,12 @@ impl Lab {
         let link = nd.join("cni-bin").join("weir-cni");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(bin("weir-cni")?, &link)?;
+        // containerd's CRI sets up every sandbox's loopback with the reference plugin first.
+        if self.state.runtime == Runtime::Containerd {
+            let link = nd.join("cni-bin").join("loopback");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(Path::new(REFERENCE_PLUGINS).join("loopback"), &link)?;
+        }
         Ok(())
     }
 
@@ -437,6 +496,20 @@ impl Lab {
 
     /// `weir-lab down`: removes everything the lab made. Safe to run twice.
     pub fn down(&mut self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        if self.state.runtime == Runtime::Containerd {
+            // Pods first, through the runtime (it calls DEL while the agents still run), then
+            // each containerd; its shims die with its cgroup below.
+            let keys: Vec<String> = self.state.pods.keys().cloned().collect();
+            for k in keys {
+                if let Err(e) = self.delete_pod(&k) {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+            for n in &self.state.nodes {
+                self.containerd(&n.name).stop();
+            }
+        }
         for p in self.state.pods.values() {
             for pid in &p.pids {
                 stop_pid(*pid, "", Duration::from_secs(2));
@@ -451,14 +524,21 @@ impl Lab {
                 stop_pid(pid, "weir-agent", Duration::from_secs(5));
             }
         }
-        let mut errors = Vec::new();
         for p in self.state.pods.values() {
             errors.extend(remove_cgroup(&p.cgroup).err());
         }
         for n in &self.state.nodes {
+            errors.extend(remove_cgroup(&self.cgroup_parent().join(format!("{}-containerd", n.name))).err());
             errors.extend(remove_cgroup(&self.cgroup_parent().join(&n.name)).err());
         }
         errors.extend(remove_cgroup(&self.cgroup_parent()).err());
+        if self.state.runtime == Runtime::Containerd {
+            // runc makes the containers' cgroups in the v1 hierarchies too (hybrid mode).
+            let name = format!("weir-lab-{}", self.state.name);
+            for h in containerd::v1_hierarchies() {
+                errors.extend(containerd::remove_tree(&h.join(&name)).err());
+            }
+        }
         for ns in self.state.netns.iter().rev() {
             if netns_path(ns).exists() {
                 if let Err(e) = ip(&["netns", "del", ns]) {
@@ -687,8 +767,12 @@ impl Lab {
             uid,
             ip: None,
             pids: Vec::new(),
+            sandbox: None,
         };
-        ip(&["netns", "add", &netns])?;
+        let builtin = self.state.runtime == Runtime::Builtin;
+        if builtin {
+            ip(&["netns", "add", &netns])?;
+        }
         self.state.pods.insert(key.clone(), st.clone());
         self.save()?;
         // As on a cluster: the Pod object (scheduled, Pending) exists before the runtime asks
@@ -697,6 +781,9 @@ impl Lab {
         spec.node_name = Some(node.clone());
         self.write_pod(&pod, &st)?;
         let created = (|| -> anyhow::Result<()> {
+            if !builtin {
+                return self.create_with_cri(&pod, &mut st);
+            }
             ip_in(&netns, &["link", "set", "lo", "up"])?;
             std::fs::create_dir_all(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
             let result = self.cni(&st, "ADD")?;
@@ -746,7 +833,9 @@ impl Lab {
         // libcni hands each plugin its own config with the list's name and version injected.
         let mut conf = conflist["plugins"][0].clone();
         conf["name"] = conflist["name"].clone();
-        conf["cniVersion"] = conflist["cniVersion"].clone();
+        // As libcni 1.2+ does: the highest version of `cniVersions` (all known here).
+        conf["cniVersion"] =
+            conflist["cniVersions"].as_array().and_then(|v| v.last()).unwrap_or(&conflist["cniVersion"]).clone();
         let mut cmd = command_in(nd.join("cni-bin").join("weir-cni"), &netns_path(&node.netns), None)?;
         cmd.env_clear()
             .env("CNI_COMMAND", command)
@@ -810,7 +899,91 @@ impl Lab {
 
     /// The node's libcni result cache (the agent reads it to rebuild a lost endpoint store).
     pub fn cni_cache_dir(&self, node: &str) -> PathBuf {
-        self.node_dir(node).join("cni-cache")
+        self.containerd(node).var_lib_cni().join("results")
+    }
+
+    /// The node's containerd (its files; running only in a containerd lab).
+    pub fn containerd(&self, node: &str) -> containerd::Node {
+        containerd::Node { dir: self.node_dir(node).join("containerd") }
+    }
+
+    /// The image every containerd pod runs (sandbox and test server): the static
+    /// weir-lab-pod, as an OCI layout tarball in the lab's directory.
+    fn build_pod_image(&self) -> anyhow::Result<PathBuf> {
+        let binary = pod_binary()?;
+        let image = image::Image {
+            name: containerd::POD_IMAGE,
+            files: vec![image::File { path: "weir-lab-pod", source: &binary, mode: 0o755 }],
+            entrypoint: vec!["/weir-lab-pod"],
+            cmd: vec!["pause"],
+        };
+        let path = self.dir.join("pod-image.tar");
+        std::fs::write(&path, image::layout(&image)?)?;
+        Ok(path)
+    }
+
+    fn start_containerd(&mut self, node: &str, image: &Path) -> anyhow::Result<()> {
+        let n = &self.state.nodes[self.node_index(node)?];
+        let cgroup = self.cgroup_parent().join(format!("{node}-containerd"));
+        std::fs::create_dir_all(&cgroup)?;
+        let rt = self.containerd(node);
+        rt.start(&netns_path(&n.netns), &cgroup, &self.node_dir(node).join("cni-bin"), &self.cni_conf_dir(node))?;
+        rt.import(image)
+    }
+
+    fn cri(&self, node: &str) -> anyhow::Result<cri::Cri> {
+        cri::Cri::connect(&self.containerd(node).socket(), Duration::from_secs(10))
+    }
+
+    /// The pod's cgroup parent, relative to the cgroup root (the node's cgroup: the agent's
+    /// socket-level Service translation is attached there).
+    fn cri_cgroup_parent(&self, node: &str) -> String {
+        format!("/weir-lab-{}/{node}", self.state.name)
+    }
+
+    /// Makes the pod as the kubelet does: RunPodSandbox, then each container; the address from
+    /// PodSandboxStatus. Fills `st` (sandbox, netns, cgroup, ip).
+    fn create_with_cri(&self, pod: &k8s_openapi::api::core::v1::Pod, st: &mut PodState) -> anyhow::Result<()> {
+        let cri = self.cri(&st.node)?;
+        let logs = self.dir.join("pods").join(format!("{}_{}_{}", st.namespace, st.name, st.uid));
+        std::fs::create_dir_all(&logs)?;
+        let config = cri::sandbox_config(pod, &st.uid, &self.cri_cgroup_parent(&st.node), &logs, &[])?;
+        let id = match cri.run_pod_sandbox(config.clone()) {
+            Ok(id) => id,
+            Err(e) => {
+                // Whatever the runtime kept of a failed sandbox goes, as the kubelet removes it.
+                for id in cri.sandboxes_of(&st.uid).unwrap_or_default() {
+                    let _ = cri.remove_sandbox(&id);
+                }
+                return Err(e.context("RunPodSandbox"));
+            }
+        };
+        st.sandbox = Some(id.clone());
+        let sandbox = cri.sandbox(&id)?;
+        st.ip = sandbox.ip;
+        st.netns = sandbox
+            .netns
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .with_context(|| format!("sandbox {id}: no network namespace path"))?
+            .to_owned();
+        st.cgroup = PathBuf::from(CGROUP_ROOT).join(self.cri_cgroup_parent(&st.node).trim_start_matches('/')).join(&id);
+        st.pids = sandbox.pid.into_iter().collect();
+        for c in pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default() {
+            let cc = cri::container_config(&st.name, &c, containerd::POD_IMAGE)?;
+            let log = logs.join(&cc.log_path);
+            cri.start_container(&id, &config, cc)?;
+            // The test server says `ready` once its ports are bound (CRI log line: TIME stdout F ready).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(&log).is_ok_and(|t| t.lines().any(|l| l.ends_with(" ready"))) {
+                if Instant::now() > deadline {
+                    bail!("container {}: the test server did not start (see {})", c.name, log.display());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
     }
 
     fn start_containers(&self, pod: &k8s_openapi::api::core::v1::Pod, st: &PodState) -> anyhow::Result<Vec<u32>> {
@@ -859,6 +1032,16 @@ impl Lab {
     /// Deletes a pod: stops its processes, CNI DEL, removes its namespace, cgroup and manifest.
     pub fn delete_pod(&mut self, key: &str) -> anyhow::Result<()> {
         let st = self.state.pods.get(key).cloned().with_context(|| format!("no pod {key}"))?;
+        if self.state.runtime == Runtime::Containerd {
+            // The runtime ends the containers, calls DEL and removes the namespace and cgroups.
+            // A pod whose sandbox was never made has nothing there.
+            if let Some(id) = &st.sandbox {
+                self.cri(&st.node)?.remove_sandbox(id).with_context(|| format!("deleting pod {key}"))?;
+            }
+            let _ = std::fs::remove_file(self.pod_manifest_path(&st.namespace, &st.name));
+            self.state.pods.remove(key);
+            return self.save();
+        }
         for pid in &st.pids {
             stop_pid(*pid, "", Duration::from_secs(2));
         }

@@ -2,6 +2,9 @@
 //! with pods made through the real `weir-cni`), `controllers` (what kube-apiserver and
 //! controller-manager would do for Services here) and `probe` (the connection prober).
 //! `weir-lab` (`main.rs`) is its command line; the e2e tests drive that command.
+pub mod containerd;
 pub mod controllers;
+pub mod cri;
+pub mod image;
 pub mod lab;
 pub mod probe;

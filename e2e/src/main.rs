@@ -39,6 +39,9 @@ enum Cmd {
         /// The agents' masquerade source ports, FIRST-LAST (default: the agent's).
         #[arg(long)]
         nat_ports: Option<String>,
+        /// Who makes pods: weir-lab itself, or a containerd per node driven through CRI.
+        #[arg(long, value_enum, default_value = "builtin")]
+        runtime: lab::Runtime,
     },
     /// Remove everything the lab made (safe to run twice).
     Down,
@@ -226,8 +229,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
-        Cmd::Up { nodes, routing, nat_ports } => {
-            let lab = Lab::up(&cli.lab, nodes, routing, nat_ports)?;
+        Cmd::Up { nodes, routing, nat_ports, runtime } => {
+            let lab = Lab::up(&cli.lab, nodes, routing, nat_ports, runtime)?;
             for n in &lab.state.nodes {
                 println!("node {} ready: {} pod CIDR {} (netns {})", n.name, n.ip, n.pod_cidr, n.netns);
             }

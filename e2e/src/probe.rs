@@ -33,11 +33,6 @@ pub struct ProbeResult {
     pub client: Option<String>,
 }
 
-/// The lab server's answer: its name, then the client address it saw.
-fn answer(name: &str, client: SocketAddr) -> String {
-    format!("{name}\nclient {client}\n")
-}
-
 /// A connected probe's result from the server's answer.
 fn connected(answer: &[u8], peer: Option<String>) -> ProbeResult {
     let text = String::from_utf8_lossy(answer);
@@ -106,40 +101,9 @@ pub fn probe(target: &str, proto: Protocol, timeout: Duration) -> anyhow::Result
     })
 }
 
-/// Answers on every given port, TCP and UDP, with `name` and the client address it saw. Prints
-/// `ready` once all are bound.
+/// The lab's test server (see `weir_lab_pod::serve`).
 pub fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
-    let mut threads = Vec::new();
-    for &port in tcp {
-        let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding tcp/{port}"))?;
-        let name = name.to_owned();
-        threads.push(std::thread::spawn(move || {
-            for mut conn in l.incoming().flatten() {
-                if let Ok(client) = conn.peer_addr() {
-                    let _ = conn.write_all(answer(&name, client).as_bytes());
-                }
-            }
-        }));
-    }
-    for &port in udp {
-        let s = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding udp/{port}"))?;
-        let name = name.to_owned();
-        threads.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while let Ok((_, peer)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(answer(&name, peer).as_bytes(), peer);
-            }
-        }));
-    }
-    println!("ready");
-    std::io::stdout().flush()?;
-    for t in threads {
-        let _ = t.join();
-    }
-    // No ports: stay alive like a sleeping container.
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    Ok(weir_lab_pod::serve(name, tcp, udp)?)
 }
 
 /// Request/response server for the benchmark: echoes each byte on every connection.

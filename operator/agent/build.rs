@@ -1,8 +1,8 @@
-//! Generates the Hubble-compatible Observer service and messages (proto/) with tonic-build.
+//! Generates the Hubble-compatible Observer service and messages (proto/) with tonic-prost-build.
 //! Needs `protoc` (Debian: protobuf-compiler, installed by scripts/setup.sh).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     #[cfg(feature = "hubble")]
-    tonic_build::configure().compile_protos(&["proto/observer.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_protos(&["proto/observer.proto"], &["proto"])?;
     Ok(())
 }

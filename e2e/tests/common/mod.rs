@@ -28,6 +28,11 @@ impl TestLab {
         std::mem::ManuallyDrop::new(TestLab { name: name.to_owned() })
     }
 
+    /// A lab whose pods containerd makes through CRI, as the kubelet would (2 nodes).
+    pub fn up_cri(routing: &str) -> Self {
+        Self::up_with(routing, &["--nodes", "2", "--runtime", "containerd"])
+    }
+
     /// A lab with more `weir-lab up` options (`--nodes N` among them).
     pub fn up_with(routing: &str, options: &[&str]) -> Self {
         let name = format!("e{}{}{}", std::process::id() % 100_000, &routing[..1], SEQ.fetch_add(1, Ordering::Relaxed));

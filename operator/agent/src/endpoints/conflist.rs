@@ -12,10 +12,13 @@ use serde_json::{json, Value};
 /// The file name: sorts before other plugins' usual `10-*` names, so weir is the runtime's pick.
 pub const FILE_NAME: &str = "05-weir.conflist";
 
-/// The conflist pointing `weir-cni` at this agent.
+/// The conflist pointing `weir-cni` at this agent. Runtimes whose libcni knows `cniVersions`
+/// (CNI 1.1) take the highest they support from it; older ones (containerd 1.6 and 1.7 carry
+/// libcni 1.1, which refuses a 1.1.0 config outright) read `cniVersion`, so that one stays
+/// 1.0.0.
 pub fn render(agent_socket: &Path, delete_queue: &Path) -> Value {
     json!({
-        "cniVersion": "1.1.0",
+        "cniVersion": "1.0.0",
         "cniVersions": ["1.0.0", "1.1.0"],
         "name": "weir",
         "plugins": [{
