@@ -105,15 +105,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .stdout(log.try_clone()?)
             .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().context("starting containerd")?;
+        let mut child = cmd.spawn().context("starting containerd")?;
         let pid = child.id();
         std::fs::write(self.pid_file(), pid.to_string())?;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !self.socket().exists() {
-            if std::time::Instant::now() > deadline || !weir_tests::netns::pid_is(pid, "") {
+            // (Not /proc: its cmdline reads empty while the chain of execs is under way.)
+            let exited = child.try_wait()?;
+            if std::time::Instant::now() > deadline || exited.is_some() {
                 let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                bail!("containerd did not start: {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                let how = exited.map_or_else(|| "no socket after 20 s".to_owned(), |s| s.to_string());
+                bail!("containerd did not start ({how}): {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

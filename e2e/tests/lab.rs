@@ -552,7 +552,7 @@ fn services_beyond_pods(lab: &TestLab) {
 fn lab_direct_routing() {
     if require_root("lab_direct_routing") {
         // Pods made by containerd's CRI plugin, which runs weir-cni through libcni.
-        full_lab_story(TestLab::up_cri("direct"), "direct");
+        full_lab_story(TestLab::up("direct"), "direct");
     }
 }
 
@@ -716,7 +716,9 @@ fn agent_killed_and_upgraded_under_iperf3_and_ping_loses_nothing() {
     if !require_root("agent_killed_and_upgraded_under_iperf3_and_ping_loses_nothing") {
         return;
     }
-    let lab = TestLab::up("direct");
+    // The lab's own pods: the iperf3 container runs the host's iperf3 (containerd runs only
+    // the lab's image).
+    let lab = TestLab::up_with("direct", &["--nodes", "2", "--runtime", "builtin"]);
     let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default, labels: {app: a}}\n\
                 spec: {nodeName: n1, containers: [{name: c, image: lab/server}]}\n---\n\
                 apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: default, labels: {app: b}}\n\
@@ -918,7 +920,7 @@ fn lost_or_corrupt_store_is_rebuilt_without_disturbing_pods() {
 
     lab.ok(&["agent", "stop", "n1"]);
     std::fs::remove_file(state.join("state").join("endpoints.json")).expect("lose the store");
-    std::fs::remove_dir_all(state.join("cni-cache")).expect("lose the CNI cache");
+    std::fs::remove_dir_all(state.join("containerd").join("var-lib-cni").join("results")).expect("lose the CNI cache");
     lab.ok(&["agent", "start", "n1"]);
     check("after a lost store and CNI cache (cluster state)");
 

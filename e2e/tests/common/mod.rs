@@ -19,6 +19,7 @@ pub struct TestLab {
 }
 
 impl TestLab {
+    /// A two-node lab whose pods containerd makes through CRI, as the kubelet would.
     pub fn up(routing: &str) -> Self {
         Self::up_with(routing, &["--nodes", "2"])
     }
@@ -28,17 +29,17 @@ impl TestLab {
         std::mem::ManuallyDrop::new(TestLab { name: name.to_owned() })
     }
 
-    /// A lab whose pods containerd makes through CRI, as the kubelet would (2 nodes).
-    pub fn up_cri(routing: &str) -> Self {
-        Self::up_with(routing, &["--nodes", "2", "--runtime", "containerd"])
-    }
-
     /// A lab with more `weir-lab up` options (`--nodes N` among them).
     pub fn up_with(routing: &str, options: &[&str]) -> Self {
         let name = format!("e{}{}{}", std::process::id() % 100_000, &routing[..1], SEQ.fetch_add(1, Ordering::Relaxed));
         let lab = TestLab { name };
         let mut args = vec!["up", "--routing", routing];
         args.extend_from_slice(options);
+        // containerd makes the pods unless a test asks for the lab's own pods (`--runtime
+        // builtin`: containers running a host command, such as iperf3).
+        if !options.contains(&"--runtime") {
+            args.extend_from_slice(&["--runtime", "containerd"]);
+        }
         lab.ok(&args);
         lab
     }
