@@ -112,13 +112,11 @@ impl Cri {
         Ok(Sandbox { id: id.to_owned(), ip, netns, pid })
     }
 
-    /// The sandboxes of the pod with this uid (the kubelet's label), made or half-made.
-    pub fn sandboxes_of(&self, uid: &str) -> anyhow::Result<Vec<String>> {
+    /// The sandboxes labelled `key=value` (`io.kubernetes.pod.uid`: a pod's, made or half-made).
+    pub fn sandboxes_labelled(&self, key: &str, value: &str) -> anyhow::Result<Vec<String>> {
         let mut c = self.client.clone();
-        let filter = PodSandboxFilter {
-            label_selector: [("io.kubernetes.pod.uid".to_owned(), uid.to_owned())].into(),
-            ..Default::default()
-        };
+        let filter =
+            PodSandboxFilter { label_selector: [(key.to_owned(), value.to_owned())].into(), ..Default::default() };
         let r = self.rt.block_on(c.list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) })).map_err(status)?;
         Ok(r.into_inner().items.into_iter().map(|s| s.id).collect())
     }

@@ -952,7 +952,7 @@ impl Lab {
             Ok(id) => id,
             Err(e) => {
                 // Whatever the runtime kept of a failed sandbox goes, as the kubelet removes it.
-                for id in cri.sandboxes_of(&st.uid).unwrap_or_default() {
+                for id in cri.sandboxes_labelled("io.kubernetes.pod.uid", &st.uid).unwrap_or_default() {
                     let _ = cri.remove_sandbox(&id);
                 }
                 return Err(e.context("RunPodSandbox"));

@@ -101,6 +101,36 @@ pub fn enter_and_exec(netns: &Path, cgroup: Option<&Path>, argv: &[String]) -> a
     }
 }
 
+/// For binaries other than weir-lab that start processes through [`command_in`] (which runs
+/// the current executable as `enter --netns N [--cgroup C] -- CMD…`): call first thing in
+/// `main`; when this process is such a trampoline it execs the command (or exits 127).
+pub fn trampoline_if_invoked() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("enter") {
+        return;
+    }
+    let (mut netns, mut cgroup, mut rest) = (None, None, &args[1..]);
+    while let [flag, value, tail @ ..] = rest {
+        match flag.as_str() {
+            "--netns" => netns = Some(std::path::PathBuf::from(value)),
+            "--cgroup" => cgroup = Some(std::path::PathBuf::from(value)),
+            "--" => break,
+            _ => break,
+        }
+        rest = tail;
+    }
+    let cmd = match rest {
+        [sep, cmd @ ..] if sep == "--" => cmd,
+        _ => &[],
+    };
+    let e = match netns {
+        Some(n) => enter_and_exec(&n, cgroup.as_deref(), cmd),
+        None => anyhow::anyhow!("enter: --netns is required"),
+    };
+    eprintln!("enter: {e:#}");
+    std::process::exit(127);
+}
+
 /// Runs a command to completion; fails with its stderr when it exits non-zero.
 pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("spawning {cmd:?}"))?;
