@@ -1001,3 +1001,46 @@ fn full_state_directory_fails_add_cleanly_and_del_still_succeeds() {
     assert!(lab.apply(&pod("b")).status.success(), "ADD works again");
     assert_eq!(lxc(), 1);
 }
+
+/// A Pod's hostPort, pods made through containerd: served on its node's address to clients
+/// outside the cluster (who keep their address), to pods of both nodes, not on another node's
+/// address; the pod's ingress policy judges the real client; deleting the pod closes the port.
+#[test]
+fn host_ports_reach_the_pod_and_its_policy_judges_them() {
+    if !require_root("host_ports_reach_the_pod_and_its_policy_judges_them") {
+        return;
+    }
+    let lab = TestLab::up("direct");
+    let hp = "apiVersion: v1\nkind: Pod\nmetadata: {name: hp, namespace: hp, labels: {app: hp}}\n\
+              spec: {nodeName: n1, containers: [{name: c, image: lab/server, ports: [{containerPort: 8080, hostPort: 9090}]}]}\n";
+    let clients = format!("{}{}", pod_yaml("hp", "near", "n1", "other"), pod_yaml("hp", "far", "n2", "client"));
+    let out = lab.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: hp}}\n---\n{hp}{clients}"));
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    let external = |target: &str| {
+        let v = lab.probe_external(target, "tcp");
+        (v["result"].as_str().unwrap_or_default().to_owned(), v)
+    };
+    eventually("hostPort from outside", "connected", || external("172.30.0.11:9090").0);
+    let (_, v) = external("172.30.0.11:9090");
+    assert_eq!(v["reply"], "hp", "{v}");
+    assert_eq!(
+        v["client"].as_str().and_then(|c| c.split(':').next()),
+        Some("172.30.0.200"),
+        "the client keeps its address: {v}"
+    );
+    assert_ne!(external("172.30.0.12:9090").0, "connected", "not on another node's address");
+    for from in ["hp/near", "hp/far"] {
+        assert_eq!(lab.probe(from, "172.30.0.11:9090", "tcp"), ("connected".into(), "hp".into()), "{from}");
+    }
+    // Ingress policy: only pods labelled app=client, on the container port.
+    let policy =
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-clients, namespace: hp}\n\
+                  spec:\n  podSelector: {matchLabels: {app: hp}}\n  \
+                  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 8080}]}]\n";
+    assert!(lab.apply(policy).status.success());
+    eventually("outside client denied", "timeout", || external("172.30.0.11:9090").0);
+    assert_eq!(lab.probe("hp/near", "172.30.0.11:9090", "tcp").0, "timeout", "app=other is denied");
+    assert_eq!(lab.probe("hp/far", "172.30.0.11:9090", "tcp"), ("connected".into(), "hp".into()), "app=client allowed");
+    assert!(lab.run_with_stdin(&["delete", "-f", "-"], hp).status.success());
+    eventually("the port closes with its pod", "refused", || lab.probe("hp/far", "172.30.0.11:9090", "tcp").0);
+}

@@ -74,6 +74,8 @@ pub struct Node {
     events: Option<Events>,
     /// The one writer of `WEIR_SERVICES`.
     services: ServiceSync,
+    /// The cluster's running pods with host ports (recomputed when pods or nodes change).
+    host_ports: Vec<crate::services::HostPortPod>,
     /// The one writer of the policy maps, and the pods, namespaces and NetworkPolicies it was
     /// last given (an ADD compiles the new pod's policy from them before the pod can send).
     policy: PolicySync,
@@ -171,6 +173,7 @@ impl Node {
             desired: Desired::default(),
             events: None,
             services: ServiceSync::default(),
+            host_ports: Vec::new(),
             policy: PolicySync::default(),
             policy_seen: ClusterSnapshot::default(),
             policy_learned: false,
@@ -281,7 +284,20 @@ impl Node {
                 failed.push(format!("NetworkPolicy: {e:#}"));
             }
         }
-        if changes.services() || nodes_changed {
+        // Pods with host ports are frontends too: a pod change is a Service change when the
+        // set of running hostPort pods moved.
+        let mut host_ports_changed = false;
+        if changes.all || nodes_changed || !changes.pods.is_empty() {
+            let mut by_node: BTreeMap<String, Vec<Ipv4Addr>> =
+                self.desired.remotes.iter().map(|(n, r)| (n.clone(), vec![r.address])).collect();
+            if let Some(o) = self.desired.own {
+                by_node.insert(self.cfg.node_name.clone(), vec![o.address]);
+            }
+            let now = crate::services::host_port_pods(&snap.pods, &by_node);
+            host_ports_changed = now != self.host_ports;
+            self.host_ports = now;
+        }
+        if changes.services() || nodes_changed || host_ports_changed {
             if let Err(e) = self.sync_services(&snap, changes, nodes_changed) {
                 tracing::error!(error = %format!("{e:#}"), "Services did not converge; retrying");
                 failed.push(format!("Services: {e:#}"));
@@ -428,10 +444,11 @@ impl Node {
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
         let a = if changes.all || nodes_changed {
-            self.services.apply(
+            self.services.apply_with_host_ports(
                 &snap.services,
                 &snap.endpoint_slices,
                 &node_ips,
+                &self.host_ports,
                 &self.cfg.node_name,
                 &mut l.services,
             )?
@@ -442,6 +459,7 @@ impl Node {
                 &snap.endpoint_slices,
                 &changed,
                 &node_ips,
+                &self.host_ports,
                 &self.cfg.node_name,
                 &mut l.services,
             )?

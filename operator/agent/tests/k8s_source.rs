@@ -297,8 +297,8 @@ async fn the_api_and_the_manifest_directory_give_the_same_desired_state() {
         assert_eq!(state::desired(&from_api, node), state::desired(&from_dir, node), "{node}");
     }
     let ips = ["172.30.0.11".parse().expect("ip"), "172.30.0.12".parse().expect("ip")];
-    let api_table = services::compile(&from_api.services, &from_api.endpoint_slices, &ips);
-    let dir_table = services::compile(&from_dir.services, &from_dir.endpoint_slices, &ips);
+    let api_table = services::compile(&from_api.services, &from_api.endpoint_slices, &ips, &[]);
+    let dir_table = services::compile(&from_dir.services, &from_dir.endpoint_slices, &ips, &[]);
     assert_eq!(api_table, dir_table);
     assert_eq!(api_table.frontends.len(), 3, "ClusterIP and a NodePort on each node");
     assert_eq!(from_api.pods.keys().collect::<Vec<_>>(), from_dir.pods.keys().collect::<Vec<_>>());
@@ -329,7 +329,7 @@ async fn objects_weir_cannot_use_are_skipped_by_name_and_the_rest_is_served() {
         d.skipped
     );
     let ips = ["172.30.0.11".parse().expect("ip"), "172.30.0.12".parse().expect("ip")];
-    let table = services::compile(&snap.services, &snap.endpoint_slices, &ips);
+    let table = services::compile(&snap.services, &snap.endpoint_slices, &ips, &[]);
     assert_eq!(table.frontends.len(), 3, "web is served");
     assert!(
         table.rejected.iter().any(|(svc, why)| svc.ends_with("/odd") && why.contains("QUIC")),

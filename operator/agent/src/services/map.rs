@@ -79,7 +79,13 @@ fn plan_service<'a>(
         // externalTrafficPolicy Local does the same for NodePort and external traffic; neither
         // falls back (no local endpoint → refused).
         let cluster_ip = e.kind == services::FrontendKind::ClusterIp;
-        let local_only = if cluster_ip { e.internal_traffic_local } else { e.external_traffic_local };
+        // A hostPort's one backend serves every node's pods (at connect()) and, per packet,
+        // only reaches its own node (the frontend is that node's address).
+        let local_only = match e.kind {
+            services::FrontendKind::ClusterIp => e.internal_traffic_local,
+            services::FrontendKind::HostPort => false,
+            _ => e.external_traffic_local,
+        };
         let backends: BTreeSet<BackendAddr> = e
             .backends
             .iter()
@@ -494,6 +500,8 @@ pub struct ServiceSync {
     pub rejected: BTreeMap<String, String>,
     written: Option<Written>,
     index: Option<Index>,
+    /// The hostPort pods of the last full pass.
+    host_ports: Vec<services::HostPortPod>,
 }
 
 /// What one [`ServiceSync::apply`] did.
@@ -574,8 +582,28 @@ impl ServiceSync {
         B: Kv<BackendKey, BackendAddr>,
         G: Kv<ServiceKey, MaglevTable>,
     {
+        let host_ports = self.host_ports.clone();
+        self.apply_with_host_ports(svcs, slices, node_ips, &host_ports, node, maps)
+    }
+
+    /// [`Self::apply`] with the cluster's hostPort pods (see [`services::host_port_pods`]).
+    pub fn apply_with_host_ports<S, B, G>(
+        &mut self,
+        svcs: &Named<Service>,
+        slices: &Named<SliceInfo>,
+        node_ips: &[Ipv4Addr],
+        host_ports: &[services::HostPortPod],
+        node: &str,
+        maps: &mut ServiceMaps<S, B, G>,
+    ) -> weir_dataplane::Result<Applied>
+    where
+        S: Kv<ServiceKey, ServiceValue>,
+        B: Kv<BackendKey, BackendAddr>,
+        G: Kv<ServiceKey, MaglevTable>,
+    {
         self.index = None;
-        let table = services::compile(svcs, slices, node_ips);
+        self.host_ports = host_ports.to_vec();
+        let table = services::compile(svcs, slices, node_ips, host_ports);
         let mut written = self.begin(maps)?;
         let mut plan = service_map_plan(&table, node, &self.owners);
         self.fit(&mut plan, &written, maps);
@@ -609,6 +637,7 @@ impl ServiceSync {
         slices: &Named<SliceInfo>,
         changed: &ObjectChanges,
         node_ips: &[Ipv4Addr],
+        host_ports: &[services::HostPortPod],
         node: &str,
         maps: &mut ServiceMaps<S, B, G>,
     ) -> weir_dataplane::Result<Applied>
@@ -617,15 +646,24 @@ impl ServiceSync {
         B: Kv<BackendKey, BackendAddr>,
         G: Kv<ServiceKey, MaglevTable>,
     {
+        // hostPort pods are few (DaemonSets mostly): any change among them takes a full pass.
         let usable = self.written.is_some()
+            && host_ports == self.host_ports.as_slice()
             && self.index.as_ref().is_some_and(|ix| ix.node == node && ix.node_ips == node_ips && !ix.conflicted);
         if !usable {
-            return self.apply(svcs, slices, node_ips, node, maps);
+            return self.apply_with_host_ports(svcs, slices, node_ips, host_ports, node, maps);
         }
         let Some(mut ix) = self.index.take() else { unreachable!("checked above") };
         let mut affected = changed.services.clone();
         // Rejected Services are tried again every pass: a full map may have room now.
-        affected.extend(self.rejected.keys().filter_map(|id| id.split_once('/')).map(|(ns, n)| (ns.into(), n.into())));
+        // (A rejected pod's host ports are retried by the full pass its next change takes.)
+        affected.extend(
+            self.rejected
+                .keys()
+                .filter(|id| !id.starts_with("pod "))
+                .filter_map(|id| id.split_once('/'))
+                .map(|(ns, n)| (ns.into(), n.into())),
+        );
         for key in &changed.slices {
             affected.extend(ix.unlink_slice(key));
             if let Some(s) = slices.get(key) {
@@ -657,7 +695,7 @@ impl ServiceSync {
                 Ok(keys) => {
                     if keys.keys().any(|k| self.owners.get(k).is_some_and(|o| *o != id)) {
                         // Contested frontend: who wins depends on every Service.
-                        return self.apply(svcs, slices, node_ips, node, maps);
+                        return self.apply_with_host_ports(svcs, slices, node_ips, host_ports, node, maps);
                     }
                     rejected.remove(&id);
                     staged.push((id, keys));
@@ -706,7 +744,7 @@ mod tests {
 
     fn table(yaml: &str) -> services::ServiceTable {
         let snap = crate::source::manifest::snapshot_of(yaml, "t").expect("parse");
-        services::compile(&snap.services, &snap.endpoint_slices, &[])
+        services::compile(&snap.services, &snap.endpoint_slices, &[], &[])
     }
 
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
@@ -838,7 +876,7 @@ mod tests {
         // Room appears: the next pass, with nothing changed, writes web.
         m.backends.capacity = Some(8);
         let a = s
-            .apply_changes(&snap.services, &snap.endpoint_slices, &ObjectChanges::default(), &[], "n1", &mut m)
+            .apply_changes(&snap.services, &snap.endpoint_slices, &ObjectChanges::default(), &[], &[], "n1", &mut m)
             .expect("apply");
         assert_eq!((a.changes.upserted, s.rejected.len()), (1, 0), "{:?}", s.rejected);
         assert_eq!(resolve(&m).len(), 2);
@@ -984,7 +1022,7 @@ mod tests {
             let changed =
                 ObjectChanges::between(&prev.services, &snap.services, &prev.endpoint_slices, &snap.endpoint_slices);
             let a = inc
-                .apply_changes(&snap.services, &snap.endpoint_slices, &changed, &node_ips, "n1", &mut inc_maps)
+                .apply_changes(&snap.services, &snap.endpoint_slices, &changed, &node_ips, &[], "n1", &mut inc_maps)
                 .expect("incremental");
             if a.recompiled < snap.services.len() {
                 incremental_steps += 1;

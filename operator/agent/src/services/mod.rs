@@ -9,6 +9,12 @@
 //! `service.kubernetes.io/headless` are not ours. Backends come from EndpointSlices labelled
 //! `kubernetes.io/service-name`, matched to Service ports by port name; ready endpoints serve, and
 //! when none is ready, serving-but-terminating ones do.
+//!
+//! A Pod's `hostPort` is a frontend too: the pod's node's address (or its `hostIP`, which must
+//! be one of them) and the host port, with the pod as its one backend. Every node serves it at
+//! connect() for its pods; the pod's node also per packet, for clients outside the cluster, with
+//! the client's address kept, so the pod's ingress policy judges the real client. A hostPort
+//! another frontend already holds (a NodePort, another pod's) is rejected.
 pub mod maglev;
 pub mod map;
 
@@ -49,6 +55,7 @@ pub enum FrontendKind {
     NodePort,
     ExternalIp,
     LoadBalancer,
+    HostPort,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -225,9 +232,92 @@ pub fn slice_service(s: &SliceInfo) -> Option<&str> {
     s.service.as_deref()
 }
 
-/// Compiles every Service. A bad Service is rejected with its reason and contributes nothing;
-/// two Services claiming one frontend: the first by name keeps it, the second is rejected.
-pub fn compile(services: &Named<Service>, slices: &Named<SliceInfo>, node_ips: &[Ipv4Addr]) -> ServiceTable {
+/// A running pod with host ports, and where it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPortPod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub node: String,
+    /// The node's addresses.
+    pub node_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<crate::source::HostPort>,
+}
+
+impl HostPortPod {
+    /// How the pod is named among Services (rejections, the owner of a frontend).
+    pub fn owner(&self) -> String {
+        format!("pod {}/{}", self.namespace, self.name)
+    }
+}
+
+/// The pods of `pods` with host ports that run (an address, a node whose addresses are known:
+/// `node_ips` by node name), sorted by namespace/name.
+pub fn host_port_pods(
+    pods: &Named<crate::source::PodInfo>,
+    node_ips: &BTreeMap<String, Vec<Ipv4Addr>>,
+) -> Vec<HostPortPod> {
+    pods.values()
+        .filter(|p| !p.host_ports.is_empty() && !p.finished && !p.deleting && !p.host_network)
+        .filter_map(|p| {
+            let node = p.node_name.as_deref()?;
+            let ip = p.ips.iter().find_map(|i| i.parse::<Ipv4Addr>().ok())?;
+            Some(HostPortPod {
+                namespace: p.namespace.to_string(),
+                name: p.name.to_string(),
+                ip,
+                node: node.to_owned(),
+                node_ips: node_ips.get(node)?.clone(),
+                ports: p.host_ports.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// One pod's hostPort frontends.
+pub fn compile_host_ports(pod: &HostPortPod) -> Result<Vec<(Frontend, ServiceEntry)>, String> {
+    let mut out = Vec::new();
+    for hp in &pod.ports {
+        let proto = Proto::parse(Some(&hp.protocol))?;
+        let host_port = port(hp.host_port, "hostPort")?;
+        let container_port = port(hp.container_port, "containerPort")?;
+        let ips = match &*hp.host_ip {
+            "" | "0.0.0.0" => pod.node_ips.clone(),
+            s => {
+                let a = ip(s, "hostIP")?;
+                if !pod.node_ips.contains(&a) {
+                    return Err(format!("hostIP {a} is not an address of node {}", pod.node));
+                }
+                vec![a]
+            }
+        };
+        for a in ips {
+            out.push((
+                Frontend { ip: a, port: host_port, proto },
+                ServiceEntry {
+                    service: pod.owner(),
+                    port_name: format!("hostPort {host_port}"),
+                    kind: FrontendKind::HostPort,
+                    backends: vec![Backend { ip: pod.ip, port: container_port, node: Some(pod.node.clone()) }],
+                    affinity_timeout: None,
+                    external_traffic_local: false,
+                    internal_traffic_local: false,
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Compiles every Service, then every pod's host ports. A bad Service or pod is rejected with
+/// its reason and contributes nothing; two claiming one frontend: the first keeps it (Services
+/// by name before pods by name), the second is rejected.
+pub fn compile(
+    services: &Named<Service>,
+    slices: &Named<SliceInfo>,
+    node_ips: &[Ipv4Addr],
+    host_ports: &[HostPortPod],
+) -> ServiceTable {
     let mut table = ServiceTable::default();
     // Slices by (namespace, Service name): one pass, so compiling N Services stays O(N log N).
     let mut by_service: BTreeMap<(&str, &str), Vec<&SliceInfo>> = BTreeMap::new();
@@ -249,6 +339,24 @@ pub fn compile(services: &Named<Service>, slices: &Named<SliceInfo>, node_ips: &
                 table.frontends.extend(entries);
             }
             Err(why) => table.rejected.push((key, why)),
+        }
+    }
+    for pod in host_ports {
+        match compile_host_ports(pod) {
+            Ok(entries) => {
+                if let Some((f, e)) =
+                    entries.iter().find_map(|(f, _)| table.frontends.get(f).map(|e| (f, e.service.clone())))
+                {
+                    table.rejected.push((
+                        pod.owner(),
+                        format!("hostPort {}:{} {:?} is already taken by {e}", f.ip, f.port, f.proto),
+                    ));
+                    table.conflicted = true;
+                    continue;
+                }
+                table.frontends.extend(entries);
+            }
+            Err(why) => table.rejected.push((pod.owner(), why)),
         }
     }
     table
@@ -292,7 +400,7 @@ endpoints:
     fn cluster_ip_node_port_and_external_ips_get_the_ready_backends() {
         let (s, e) = load(WEB);
         let nodes = [Ipv4Addr::new(172, 30, 0, 11), Ipv4Addr::new(172, 30, 0, 12)];
-        let t = compile(&s, &e, &nodes);
+        let t = compile(&s, &e, &nodes, &[]);
         assert!(t.rejected.is_empty(), "{:?}", t.rejected);
         let http = Frontend { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: Proto::Tcp };
         let entry = &t.frontends[&http];
@@ -317,7 +425,7 @@ endpoints:
     #[test]
     fn terminating_endpoints_serve_when_none_is_ready() {
         let (s, e) = load(&WEB.replace("conditions: {ready: true}", "conditions: {ready: false, serving: false}"));
-        let t = compile(&s, &e, &[]);
+        let t = compile(&s, &e, &[], &[]);
         let http = Frontend { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: Proto::Tcp };
         assert_eq!(t.frontends[&http].backends, [Backend { ip: Ipv4Addr::new(10, 244, 2, 2), port: 8080, node: None }]);
     }
@@ -337,7 +445,7 @@ endpoints:
             ),
         ] {
             let (s, e) = load(&variant);
-            let t = compile(&s, &e, &[Ipv4Addr::new(172, 30, 0, 11)]);
+            let t = compile(&s, &e, &[Ipv4Addr::new(172, 30, 0, 11)], &[]);
             assert!(t.frontends.is_empty() && t.rejected.is_empty(), "{variant}\n{t:?}");
         }
     }
@@ -353,7 +461,7 @@ endpoints:
             (WEB.replace("timeoutSeconds: 30", "timeoutSeconds: 0"), "timeoutSeconds"),
         ] {
             let (s, e) = load(&(bad.clone() + other));
-            let t = compile(&s, &e, &[]);
+            let t = compile(&s, &e, &[], &[]);
             assert_eq!(t.rejected.len(), 1, "{bad}");
             assert_eq!(t.rejected[0].0, "shop/web");
             assert!(t.rejected[0].1.contains(reason), "{:?}", t.rejected);
@@ -366,7 +474,58 @@ endpoints:
         let twin = "---\napiVersion: v1\nkind: Service\nmetadata: {name: zzz, namespace: shop}\n\
                     spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n";
         let (s, e) = load(&(WEB.to_owned() + twin));
-        let t = compile(&s, &e, &[]);
+        let t = compile(&s, &e, &[], &[]);
         assert_eq!(t.rejected.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["shop/zzz"]);
+    }
+
+    /// A hostPort is a frontend on its node's address (or its hostIP) with the pod behind it;
+    /// a hostIP that is not the node's, or a port a NodePort or an earlier pod holds, is
+    /// rejected with a reason and leaves the rest.
+    #[test]
+    fn host_ports_are_frontends_of_their_node_and_conflicts_are_rejected() {
+        let snap = snapshot_of(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nspec: {podCIDR: 10.244.1.0/24}\n\
+             status: {addresses: [{type: InternalIP, address: 172.30.0.11}]}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec:\n  nodeName: n1\n  containers:\n  \
+             - {name: c, image: i, ports: [{containerPort: 8080, hostPort: 9090}, {containerPort: 53, hostPort: 30080, protocol: UDP}]}\n\
+             status: {podIP: 10.244.1.5, phase: Running}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nspec:\n  nodeName: n1\n  containers:\n  \
+             - {name: c, image: i, ports: [{containerPort: 80, hostPort: 9090}]}\n\
+             status: {podIP: 10.244.1.6, phase: Running}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: x}\nspec:\n  nodeName: n1\n  containers:\n  \
+             - {name: c, image: i, ports: [{containerPort: 80, hostPort: 9091, hostIP: 10.0.0.1}]}\n\
+             status: {podIP: 10.244.1.7, phase: Running}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: x}\nspec:\n  nodeName: n1\n  containers:\n  \
+             - {name: c, image: i, ports: [{containerPort: 80, hostPort: 30080}]}\n\
+             status: {podIP: 10.244.1.8, phase: Running}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: pending, namespace: x}\nspec:\n  nodeName: n1\n  containers:\n  \
+             - {name: c, image: i, ports: [{containerPort: 80, hostPort: 9999}]}\n",
+            "t",
+        )
+        .expect("parse");
+        let node = Ipv4Addr::new(172, 30, 0, 11);
+        let by_node: BTreeMap<String, Vec<Ipv4Addr>> = [("n1".to_owned(), vec![node])].into();
+        let pods = host_port_pods(&snap.pods, &by_node);
+        assert_eq!(
+            pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c", "d"],
+            "no address: not yet"
+        );
+        let (s, e) = load(WEB);
+        let t = compile(&s, &e, &[node], &pods);
+        let f = Frontend { ip: node, port: 9090, proto: Proto::Tcp };
+        assert_eq!(t.frontends[&f].kind, FrontendKind::HostPort);
+        assert_eq!(t.frontends[&f].service, "pod x/a");
+        assert_eq!(
+            t.frontends[&f].backends,
+            [Backend { ip: Ipv4Addr::new(10, 244, 1, 5), port: 8080, node: Some("n1".into()) }]
+        );
+        let udp = Frontend { ip: node, port: 30080, proto: Proto::Udp };
+        assert_eq!(t.frontends[&udp].kind, FrontendKind::HostPort, "a NodePort on TCP leaves UDP free");
+        let rejected: BTreeMap<&str, &str> = t.rejected.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert!(rejected["pod x/b"].contains("already taken by pod x/a"), "{rejected:?}");
+        assert!(rejected["pod x/c"].contains("hostIP 10.0.0.1 is not an address of node n1"), "{rejected:?}");
+        assert!(rejected["pod x/d"].contains("already taken by shop/web"), "{rejected:?}");
+        assert!(t.conflicted);
     }
 }

@@ -10,7 +10,7 @@ pub mod manifest;
 pub mod pod;
 pub mod slice;
 
-pub use pod::{NamedPort, PodInfo};
+pub use pod::{HostPort, NamedPort, PodInfo};
 pub use slice::SliceInfo;
 
 use std::{collections::BTreeSet, sync::Arc};

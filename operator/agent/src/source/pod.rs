@@ -34,6 +34,8 @@ pub struct PodInfo {
     pub ips: Box<[Box<str>]>,
     /// Container ports that have a name.
     pub named_ports: Box<[NamedPort]>,
+    /// Container ports with a `hostPort` (served on the pod's node's addresses).
+    pub host_ports: Box<[HostPort]>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
     /// The workload that runs the pod, from its controller owner reference.
@@ -70,6 +72,17 @@ pub struct NamedPort {
     pub protocol: Box<str>,
 }
 
+/// A container port published on the node (`hostPort`), as the Pod spec says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host_port: i32,
+    pub container_port: i32,
+    /// TCP, UDP or SCTP (TCP when the Pod does not say).
+    pub protocol: Box<str>,
+    /// `hostIP`: one node address to publish on (empty: all of them).
+    pub host_ip: Box<str>,
+}
+
 impl PodInfo {
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*self.labels[i].1)
@@ -89,6 +102,7 @@ impl PodInfo {
             ips.extend(pod_ip.map(Into::into));
         }
         let workload = Workload::of(&meta);
+        let ports: Vec<ContainerPort> = ports.collect();
         PodInfo {
             workload,
             name: meta.name.unwrap_or_default().into(),
@@ -100,7 +114,18 @@ impl PodInfo {
             host_network: host_network.unwrap_or(false),
             finished: matches!(phase.as_deref(), Some("Succeeded" | "Failed")),
             ips: ips.into(),
+            host_ports: ports
+                .iter()
+                .filter(|p| p.host_port.is_some_and(|h| h != 0))
+                .map(|p| HostPort {
+                    host_port: p.host_port.unwrap_or_default(),
+                    container_port: p.container_port,
+                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                    host_ip: p.host_ip.as_deref().unwrap_or_default().into(),
+                })
+                .collect(),
             named_ports: ports
+                .into_iter()
                 .filter_map(|p| {
                     Some(NamedPort {
                         name: p.name?.into(),
