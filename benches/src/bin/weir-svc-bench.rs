@@ -484,7 +484,7 @@ fn weir_program(c: &Cluster, maps: &mut KernelServiceMaps) -> anyhow::Result<Wei
         let stored = gains.then(|| SliceInfo::from(owned).into());
         source::put(&mut snap.endpoint_slices, &mut snap.log, key.clone(), stored, Changed::EndpointSlice);
         let changed = ObjectChanges::from(&snap.log.since(seen));
-        let a = sync.apply_changes(&snap.services, &snap.endpoint_slices, &changed, &[], &[], "bench", maps)?;
+        let a = sync.apply_changes(&snap.services, &snap.endpoint_slices, &changed, &[], "bench", maps)?;
         update.push(t.elapsed());
         if a.changes.upserted != 1 || a.changes.removed != 0 || a.recompiled != 1 {
             bail!("update {i} wrote {:?} recompiling {} Services, expected one entry of one", a.changes, a.recompiled);

@@ -74,8 +74,6 @@ pub struct Node {
     events: Option<Events>,
     /// The one writer of `WEIR_SERVICES`.
     services: ServiceSync,
-    /// The cluster's running pods with host ports (recomputed when pods or nodes change).
-    host_ports: Vec<crate::services::HostPortPod>,
     /// The one writer of the policy maps, and the pods, namespaces and NetworkPolicies it was
     /// last given (an ADD compiles the new pod's policy from them before the pod can send).
     policy: PolicySync,
@@ -173,7 +171,7 @@ impl Node {
             desired: Desired::default(),
             events: None,
             services: ServiceSync::default(),
-            host_ports: Vec::new(),
+
             policy: PolicySync::default(),
             policy_seen: ClusterSnapshot::default(),
             policy_learned: false,
@@ -293,9 +291,7 @@ impl Node {
             if let Some(o) = self.desired.own {
                 by_node.insert(self.cfg.node_name.clone(), vec![o.address]);
             }
-            let now = crate::services::host_port_pods(&snap.pods, &by_node);
-            host_ports_changed = now != self.host_ports;
-            self.host_ports = now;
+            host_ports_changed = self.services.set_host_ports(crate::services::host_port_pods(&snap.pods, &by_node));
         }
         if changes.services() || nodes_changed || host_ports_changed {
             if let Err(e) = self.sync_services(&snap, changes, nodes_changed) {
@@ -444,11 +440,10 @@ impl Node {
         let mut node_ips: Vec<Ipv4Addr> = self.desired.remotes.values().map(|r| r.address).collect();
         node_ips.extend(self.desired.own.map(|o| o.address));
         let a = if changes.all || nodes_changed {
-            self.services.apply_with_host_ports(
+            self.services.apply(
                 &snap.services,
                 &snap.endpoint_slices,
                 &node_ips,
-                &self.host_ports,
                 &self.cfg.node_name,
                 &mut l.services,
             )?
@@ -459,7 +454,6 @@ impl Node {
                 &snap.endpoint_slices,
                 &changed,
                 &node_ips,
-                &self.host_ports,
                 &self.cfg.node_name,
                 &mut l.services,
             )?

@@ -568,7 +568,19 @@ impl ServiceSync {
         }
     }
 
-    /// Compiles every Service for `node` and makes the maps hold the result.
+    /// The cluster's running hostPort pods (see [`services::host_port_pods`]), compiled with
+    /// the Services. They are few (DaemonSets mostly): a change among them makes the next pass
+    /// full. Returns whether they changed.
+    pub fn set_host_ports(&mut self, pods: Vec<services::HostPortPod>) -> bool {
+        if pods == self.host_ports {
+            return false;
+        }
+        self.host_ports = pods;
+        self.index = None;
+        true
+    }
+
+    /// Compiles every Service (and hostPort) for `node` and makes the maps hold the result.
     pub fn apply<S, B, G>(
         &mut self,
         svcs: &Named<Service>,
@@ -582,28 +594,8 @@ impl ServiceSync {
         B: Kv<BackendKey, BackendAddr>,
         G: Kv<ServiceKey, MaglevTable>,
     {
-        let host_ports = self.host_ports.clone();
-        self.apply_with_host_ports(svcs, slices, node_ips, &host_ports, node, maps)
-    }
-
-    /// [`Self::apply`] with the cluster's hostPort pods (see [`services::host_port_pods`]).
-    pub fn apply_with_host_ports<S, B, G>(
-        &mut self,
-        svcs: &Named<Service>,
-        slices: &Named<SliceInfo>,
-        node_ips: &[Ipv4Addr],
-        host_ports: &[services::HostPortPod],
-        node: &str,
-        maps: &mut ServiceMaps<S, B, G>,
-    ) -> weir_dataplane::Result<Applied>
-    where
-        S: Kv<ServiceKey, ServiceValue>,
-        B: Kv<BackendKey, BackendAddr>,
-        G: Kv<ServiceKey, MaglevTable>,
-    {
         self.index = None;
-        self.host_ports = host_ports.to_vec();
-        let table = services::compile(svcs, slices, node_ips, host_ports);
+        let table = services::compile(svcs, slices, node_ips, &self.host_ports);
         let mut written = self.begin(maps)?;
         let mut plan = service_map_plan(&table, node, &self.owners);
         self.fit(&mut plan, &written, maps);
@@ -637,7 +629,6 @@ impl ServiceSync {
         slices: &Named<SliceInfo>,
         changed: &ObjectChanges,
         node_ips: &[Ipv4Addr],
-        host_ports: &[services::HostPortPod],
         node: &str,
         maps: &mut ServiceMaps<S, B, G>,
     ) -> weir_dataplane::Result<Applied>
@@ -646,12 +637,10 @@ impl ServiceSync {
         B: Kv<BackendKey, BackendAddr>,
         G: Kv<ServiceKey, MaglevTable>,
     {
-        // hostPort pods are few (DaemonSets mostly): any change among them takes a full pass.
         let usable = self.written.is_some()
-            && host_ports == self.host_ports.as_slice()
             && self.index.as_ref().is_some_and(|ix| ix.node == node && ix.node_ips == node_ips && !ix.conflicted);
         if !usable {
-            return self.apply_with_host_ports(svcs, slices, node_ips, host_ports, node, maps);
+            return self.apply(svcs, slices, node_ips, node, maps);
         }
         let Some(mut ix) = self.index.take() else { unreachable!("checked above") };
         let mut affected = changed.services.clone();
@@ -695,7 +684,7 @@ impl ServiceSync {
                 Ok(keys) => {
                     if keys.keys().any(|k| self.owners.get(k).is_some_and(|o| *o != id)) {
                         // Contested frontend: who wins depends on every Service.
-                        return self.apply_with_host_ports(svcs, slices, node_ips, host_ports, node, maps);
+                        return self.apply(svcs, slices, node_ips, node, maps);
                     }
                     rejected.remove(&id);
                     staged.push((id, keys));
@@ -833,6 +822,46 @@ mod tests {
         assert!(maps.maglev.entries.is_empty(), "no local endpoint: refused, no table");
     }
 
+    /// A hostPort pod's frontend is written on every node (its one backend is not filtered by
+    /// node) with a Maglev table (per packet on the pod's node); a change among hostPort pods
+    /// makes the next pass full, and a pod gone takes its frontend with it.
+    #[test]
+    fn host_port_frontends_follow_their_pods() {
+        let snap = crate::source::manifest::snapshot_of(SVC, "t").expect("parse");
+        let pod = services::HostPortPod {
+            namespace: "x".into(),
+            name: "hp".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 9),
+            node: "n1".into(),
+            node_ips: vec![Ipv4Addr::new(172, 30, 0, 11)],
+            ports: vec![crate::source::HostPort {
+                host_port: 9090,
+                container_port: 8080,
+                protocol: "TCP".into(),
+                host_ip: "".into(),
+            }],
+        };
+        let hp = |m: &FakeServiceMaps| {
+            m.services.entries.iter().find(|(k, _)| u16::from_be(k.port_be) == 9090).map(|(_, v)| v.count)
+        };
+        let mut m = FakeServiceMaps::default();
+        let mut s = ServiceSync::default();
+        s.apply(&snap.services, &snap.endpoint_slices, &[], "n2", &mut m).expect("apply");
+        assert!(s.set_host_ports(vec![pod.clone()]), "a new hostPort pod is a change");
+        assert!(!s.set_host_ports(vec![pod]), "the same set is not");
+        let a = s
+            .apply_changes(&snap.services, &snap.endpoint_slices, &ObjectChanges::default(), &[], "n2", &mut m)
+            .expect("pass");
+        assert_eq!(a.recompiled, snap.services.len(), "a full pass");
+        assert_eq!(hp(&m), Some(1), "served on another node too (at connect())");
+        assert_eq!(m.maglev.entries.len(), 1);
+        assert_eq!(s.owners.values().filter(|o| *o == "pod x/hp").count(), 1);
+        assert!(s.set_host_ports(Vec::new()));
+        s.apply_changes(&snap.services, &snap.endpoint_slices, &ObjectChanges::default(), &[], "n2", &mut m)
+            .expect("pass");
+        assert_eq!(hp(&m), None, "gone with its pod");
+    }
+
     #[test]
     fn sync_writes_only_changes_and_recovers_from_a_failed_write() {
         let snap = crate::source::manifest::snapshot_of(SVC, "t").expect("parse");
@@ -876,7 +905,7 @@ mod tests {
         // Room appears: the next pass, with nothing changed, writes web.
         m.backends.capacity = Some(8);
         let a = s
-            .apply_changes(&snap.services, &snap.endpoint_slices, &ObjectChanges::default(), &[], &[], "n1", &mut m)
+            .apply_changes(&snap.services, &snap.endpoint_slices, &ObjectChanges::default(), &[], "n1", &mut m)
             .expect("apply");
         assert_eq!((a.changes.upserted, s.rejected.len()), (1, 0), "{:?}", s.rejected);
         assert_eq!(resolve(&m).len(), 2);
@@ -1022,7 +1051,7 @@ mod tests {
             let changed =
                 ObjectChanges::between(&prev.services, &snap.services, &prev.endpoint_slices, &snap.endpoint_slices);
             let a = inc
-                .apply_changes(&snap.services, &snap.endpoint_slices, &changed, &node_ips, &[], "n1", &mut inc_maps)
+                .apply_changes(&snap.services, &snap.endpoint_slices, &changed, &node_ips, "n1", &mut inc_maps)
                 .expect("incremental");
             if a.recompiled < snap.services.len() {
                 incremental_steps += 1;
