@@ -152,8 +152,8 @@ impl Ingest {
                 labels: p.info.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect(),
                 workloads: p
                     .info
-                    .workload
-                    .iter()
+                    .workload()
+                    .into_iter()
                     .map(|w| weir_operator_api::flow::Workload { name: w.name.to_string(), kind: w.kind.to_string() })
                     .collect(),
                 node_name: p.info.node_name.as_deref().unwrap_or_default().to_owned(),

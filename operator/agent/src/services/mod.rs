@@ -258,7 +258,7 @@ pub fn host_port_pods(
     node_ips: &BTreeMap<String, Vec<Ipv4Addr>>,
 ) -> Vec<HostPortPod> {
     pods.values()
-        .filter(|p| !p.host_ports.is_empty() && !p.finished && !p.deleting && !p.host_network)
+        .filter(|p| !p.host_ports().is_empty() && !p.finished && !p.deleting && !p.host_network)
         .filter_map(|p| {
             let node = p.node_name.as_deref()?;
             let ip = p.ips.iter().find_map(|i| i.parse::<Ipv4Addr>().ok())?;
@@ -268,7 +268,7 @@ pub fn host_port_pods(
                 ip,
                 node: node.to_owned(),
                 node_ips: node_ips.get(node)?.clone(),
-                ports: p.host_ports.to_vec(),
+                ports: p.host_ports().to_vec(),
             })
         })
         .collect()

@@ -34,12 +34,11 @@ pub struct PodInfo {
     pub ips: Box<[Box<str>]>,
     /// Container ports that have a name.
     pub named_ports: Box<[NamedPort]>,
-    /// Container ports with a `hostPort` (served on the pod's node's addresses).
-    pub host_ports: Box<[HostPort]>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
-    /// The workload that runs the pod, from its controller owner reference.
-    pub workload: Option<Box<Workload>>,
+    /// What many pods lack, boxed so that a pod without it pays one pointer: the workload and
+    /// the host ports.
+    pub extra: Option<Box<PodExtra>>,
 }
 
 /// A pod's workload: its controller (`kind`, `name`), except that a ReplicaSet that a
@@ -52,7 +51,7 @@ pub struct Workload {
 }
 
 impl Workload {
-    fn of(meta: &ObjectMeta) -> Option<Box<Workload>> {
+    fn of(meta: &ObjectMeta) -> Option<Workload> {
         let owner = meta.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))?;
         let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash"));
         let deployment = hash.and_then(|h| owner.name.strip_suffix(h.as_str())?.strip_suffix('-'));
@@ -60,8 +59,16 @@ impl Workload {
             Some(d) if owner.kind == "ReplicaSet" && !d.is_empty() => ("Deployment", d),
             _ => (owner.kind.as_str(), owner.name.as_str()),
         };
-        Some(Box::new(Workload { kind: kind.into(), name: name.into() }))
+        Some(Workload { kind: kind.into(), name: name.into() })
     }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodExtra {
+    /// The workload that runs the pod, from its controller owner reference.
+    pub workload: Option<Workload>,
+    /// Container ports with a `hostPort` (served on the pod's node's addresses).
+    pub host_ports: Box<[HostPort]>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,6 +91,14 @@ pub struct HostPort {
 }
 
 impl PodInfo {
+    pub fn workload(&self) -> Option<&Workload> {
+        self.extra.as_ref()?.workload.as_ref()
+    }
+
+    pub fn host_ports(&self) -> &[HostPort] {
+        self.extra.as_ref().map_or(&[], |e| &e.host_ports)
+    }
+
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*self.labels[i].1)
     }
@@ -103,8 +118,19 @@ impl PodInfo {
         }
         let workload = Workload::of(&meta);
         let ports: Vec<ContainerPort> = ports.collect();
+        let host_ports: Box<[HostPort]> = ports
+            .iter()
+            .filter(|p| p.host_port.is_some_and(|h| h != 0))
+            .map(|p| HostPort {
+                host_port: p.host_port.unwrap_or_default(),
+                container_port: p.container_port,
+                protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                host_ip: p.host_ip.as_deref().unwrap_or_default().into(),
+            })
+            .collect();
+        let extra = (workload.is_some() || !host_ports.is_empty()).then(|| Box::new(PodExtra { workload, host_ports }));
         PodInfo {
-            workload,
+            extra,
             name: meta.name.unwrap_or_default().into(),
             namespace: meta.namespace.unwrap_or_else(|| "default".into()).into(),
             uid: meta.uid.unwrap_or_default().into(),
@@ -114,16 +140,6 @@ impl PodInfo {
             host_network: host_network.unwrap_or(false),
             finished: matches!(phase.as_deref(), Some("Succeeded" | "Failed")),
             ips: ips.into(),
-            host_ports: ports
-                .iter()
-                .filter(|p| p.host_port.is_some_and(|h| h != 0))
-                .map(|p| HostPort {
-                    host_port: p.host_port.unwrap_or_default(),
-                    container_port: p.container_port,
-                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
-                    host_ip: p.host_ip.as_deref().unwrap_or_default().into(),
-                })
-                .collect(),
             named_ports: ports
                 .into_iter()
                 .filter_map(|p| {
@@ -271,7 +287,7 @@ mod tests {
                 r#"[{{"apiVersion":"apps/v1","kind":"{kind}","name":"{name}","uid":"u","controller":{controller}}}]"#
             )
         };
-        let w = |p: PodInfo| p.workload.map(|w| (w.kind.to_string(), w.name.to_string()));
+        let w = |p: PodInfo| p.workload().map(|w| (w.kind.to_string(), w.name.to_string()));
         let pair = |k: &str, n: &str| Some((k.to_owned(), n.to_owned()));
         assert_eq!(w(pod(&owner("ReplicaSet", "web-5d8f7c9b6", true), "5d8f7c9b6")), pair("Deployment", "web"));
         assert_eq!(w(pod(&owner("ReplicaSet", "web-abc", true), "5d8f7c9b6")), pair("ReplicaSet", "web-abc"));
