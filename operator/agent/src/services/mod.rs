@@ -257,21 +257,24 @@ pub fn host_port_pods(
     pods: &Named<crate::source::PodInfo>,
     node_ips: &BTreeMap<String, Vec<Ipv4Addr>>,
 ) -> Vec<HostPortPod> {
-    pods.values()
-        .filter(|p| !p.host_ports().is_empty() && !p.finished && !p.deleting && !p.host_network)
-        .filter_map(|p| {
-            let node = p.node_name.as_deref()?;
-            let ip = p.ips.iter().find_map(|i| i.parse::<Ipv4Addr>().ok())?;
-            Some(HostPortPod {
-                namespace: p.namespace.to_string(),
-                name: p.name.to_string(),
-                ip,
-                node: node.to_owned(),
-                node_ips: node_ips.get(node)?.clone(),
-                ports: p.host_ports().to_vec(),
-            })
-        })
-        .collect()
+    pods.values().filter_map(|p| host_port_pod(p, node_ips)).collect()
+}
+
+/// `p` as a hostPort pod, when it has host ports and runs (see [`host_port_pods`]).
+pub fn host_port_pod(p: &crate::source::PodInfo, node_ips: &BTreeMap<String, Vec<Ipv4Addr>>) -> Option<HostPortPod> {
+    if p.host_ports().is_empty() || p.finished || p.deleting || p.host_network {
+        return None;
+    }
+    let node = p.node_name.as_deref()?;
+    let ip = p.ips.iter().find_map(|i| i.parse::<Ipv4Addr>().ok())?;
+    Some(HostPortPod {
+        namespace: p.namespace.to_string(),
+        name: p.name.to_string(),
+        ip,
+        node: node.to_owned(),
+        node_ips: node_ips.get(node)?.clone(),
+        ports: p.host_ports().to_vec(),
+    })
 }
 
 /// One pod's hostPort frontends.
