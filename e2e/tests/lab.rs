@@ -1044,3 +1044,97 @@ fn host_ports_reach_the_pod_and_its_policy_judges_them() {
     assert!(lab.run_with_stdin(&["delete", "-f", "-"], hp).status.success());
     eventually("the port closes with its pod", "refused", || lab.probe("hp/far", "172.30.0.11:9090", "tcp").0);
 }
+
+/// A second real client of weir's CNI: podman 4.3 (CNI backend) runs a container on the
+/// network `weir` (the conflist the agent installed), in the node's namespace and a private
+/// mount namespace (libcni writes /var/lib/cni whatever it is told), with its storage in the
+/// lab's directory. A lab pod reaches the container's server; `podman rm` gives the address back.
+#[test]
+fn podman_runs_a_container_on_weirs_network() {
+    if !require_root("podman_runs_a_container_on_weirs_network") {
+        return;
+    }
+    let lab = TestLab::up_with("direct", &["--nodes", "1"]);
+    assert!(lab.apply(&pod_yaml("default", "a", "n1", "a")).status.success());
+    let dir = std::path::PathBuf::from("/run/weir-lab").join(&lab.name);
+    let pd = dir.join("podman");
+    for d in ["root", "runroot", "tmp", "var-lib-cni"] {
+        std::fs::create_dir_all(pd.join(d)).expect("podman dirs");
+    }
+    let node = dir.join("nodes").join("n1");
+    let conf = format!(
+        "[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+         runtime = \"runc\"\ntmp_dir = \"{tmp}\"\nlock_type = \"file\"\n[network]\nnetwork_backend = \"cni\"\n\
+         cni_plugin_dirs = [\"{bin}\"]\nnetwork_config_dir = \"{netd}\"\n",
+        tmp = pd.join("tmp").display(),
+        bin = node.join("cni-bin").display(),
+        netd = node.join("net.d").display(),
+    );
+    std::fs::write(pd.join("containers.conf"), conf).expect("containers.conf");
+    let script = format!(
+        // /var/lib is a tmpfs in podman's mount namespace: it writes an image cache under
+        // /var/lib/containers whatever its root is.
+        "#!/bin/sh\nset -e\nmount -t tmpfs tmpfs /var/lib\nmkdir /var/lib/cni\nmount --bind '{cni}' /var/lib/cni\n\
+         export CONTAINERS_CONF='{conf}'\n\
+         exec podman --root '{root}' --runroot '{runroot}' --storage-driver overlay \"$@\"\n",
+        cni = pd.join("var-lib-cni").display(),
+        conf = pd.join("containers.conf").display(),
+        root = pd.join("root").display(),
+        runroot = pd.join("runroot").display(),
+    );
+    let wrapper = pd.join("podman.sh");
+    std::fs::write(&wrapper, script).expect("podman.sh");
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let wrapper = wrapper.display().to_string();
+    let podman = |args: &[&str]| {
+        let mut all =
+            vec!["node-exec", "n1", "--", "unshare", "--mount", "--propagation", "unchanged", wrapper.as_str()];
+        all.extend_from_slice(args);
+        lab.run(&all)
+    };
+    /// Removes the container also when an assertion fails (before the lab goes).
+    struct Rm<'a>(&'a dyn Fn(&[&str]) -> std::process::Output);
+    impl Drop for Rm<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["rm", "-f", "web"]);
+        }
+    }
+    let image = dir.join("pod-image.tar").display().to_string();
+    let out = podman(&["load", "-i", &image]);
+    assert!(out.status.success(), "podman load: {}", String::from_utf8_lossy(&out.stderr));
+    let _rm = Rm(&podman);
+    let cgroup_parent = format!("/weir-lab-{}/n1", lab.name);
+    let out = podman(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "weir",
+        "--cgroup-parent",
+        &cgroup_parent,
+        "weir.lab/pod:1",
+        "serve",
+        "--name",
+        "podman",
+        "--tcp",
+        "8080",
+    ]);
+    assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
+    let out = podman(&["inspect", "web", "--format", "{{.NetworkSettings.Networks.weir.IPAddress}}"]);
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        ip.starts_with("10.244.1."),
+        "an address from n1's pod CIDR: {ip:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoints = || lab.ok(&["weir", "n1", "--", "endpoints"]);
+    assert!(endpoints().contains(&ip), "the agent has the container as an endpoint: {}", endpoints());
+    eventually("a lab pod reaches podman's container", "connected", || {
+        lab.probe("default/a", &format!("{ip}:8080"), "tcp").0
+    });
+    assert_eq!(lab.probe("default/a", &format!("{ip}:8080"), "tcp").1, "podman");
+    let out = podman(&["rm", "-f", "web"]);
+    assert!(out.status.success(), "podman rm: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!endpoints().contains(&ip), "DEL through podman released the endpoint: {}", endpoints());
+}
