@@ -212,6 +212,19 @@ pub fn container_config(
             c.name
         );
     }
+    let args = serve_args(pod_name, c)?;
+    Ok(ContainerConfig {
+        metadata: Some(ContainerMetadata { name: c.name.clone(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.to_owned(), ..Default::default() }),
+        args,
+        log_path: format!("{}.log", c.name),
+        ..Default::default()
+    })
+}
+
+/// The test server's arguments for one container of pod `pod_name`: `serve --name POD` and each
+/// container port (both pod paths run it with these).
+pub fn serve_args(pod_name: &str, c: &k8s_openapi::api::core::v1::Container) -> anyhow::Result<Vec<String>> {
     let mut args = vec!["serve".to_owned(), "--name".into(), pod_name.to_owned()];
     for p in c.ports.iter().flatten() {
         match p.protocol.as_deref().unwrap_or("TCP") {
@@ -220,11 +233,5 @@ pub fn container_config(
             other => anyhow::bail!("container {}: port protocol {other} is not served by the lab", c.name),
         }
     }
-    Ok(ContainerConfig {
-        metadata: Some(ContainerMetadata { name: c.name.clone(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.to_owned(), ..Default::default() }),
-        args,
-        log_path: format!("{}.log", c.name),
-        ..Default::default()
-    })
+    Ok(args)
 }

@@ -1001,15 +1001,7 @@ impl Lab {
             let mut cmd;
             if command.is_empty() {
                 cmd = command_in(std::env::current_exe()?, &netns, cgroup)?;
-                cmd.args(["serve", "--name", &st.name]);
-                for p in c.ports.clone().unwrap_or_default() {
-                    let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-                    match proto.as_str() {
-                        "TCP" => cmd.args(["--tcp", &p.container_port.to_string()]),
-                        "UDP" => cmd.args(["--udp", &p.container_port.to_string()]),
-                        other => bail!("container {}: port protocol {other} is not served by the lab", c.name),
-                    };
-                }
+                cmd.args(cri::serve_args(&st.name, &c)?);
                 cmd.stdout(Stdio::piped());
             } else {
                 cmd = command_in(&command[0], &netns, cgroup)?;
