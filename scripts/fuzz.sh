@@ -27,14 +27,37 @@ cargo +"$WEIR_BPF_TOOLCHAIN" fuzz build "${opts[@]}"
 [ "$build_only" = 0 ] || exit 0
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for t in "${targets[@]}"; do
+# Two targets at a time (libFuzzer runs one process per target; the machine has two cores).
+# Each target's lines are printed together when it ends.
+run_target() {
+  set +e
+  local t=$1 status
   mkdir -p "$scratch/$t"
   [ -d "fuzz/corpus/$t" ] && cp -r "fuzz/corpus/$t/." "$scratch/$t/"
-  echo "fuzz: $t for ${secs}s"
-  cargo +"$WEIR_BPF_TOOLCHAIN" fuzz run "${opts[@]}" "$t" "$scratch/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 2>&1 |
-    grep -E '^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY|Failing input|thread .* panicked)' || true
-  status=${PIPESTATUS[0]}
-  [ "$status" = 0 ] || { echo "fuzz: $t failed (input in fuzz/artifacts/$t/)"; exit 1; }
+  {
+    echo "fuzz: $t for ${secs}s"
+    cargo +"$WEIR_BPF_TOOLCHAIN" fuzz run "${opts[@]}" "$t" "$scratch/$t" -- \
+      -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 2>&1 |
+      grep -E '^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY|Failing input|thread .* panicked)'
+    status=${PIPESTATUS[0]}
+    [ "$status" = 0 ] || echo "fuzz: $t failed (input in fuzz/artifacts/$t/)"
+  } >"$scratch/$t.out" 2>&1
+  cat "$scratch/$t.out"
+  return "$status"
+}
+failed=0
+running=0
+for t in "${targets[@]}"; do
+  if [ "$running" -ge 2 ]; then
+    wait -n || failed=1
+    running=$((running - 1))
+  fi
+  run_target "$t" &
+  running=$((running + 1))
 done
+while [ "$running" -gt 0 ]; do
+  wait -n || failed=1
+  running=$((running - 1))
+done
+[ "$failed" = 0 ] || exit 1
 echo "fuzz: ${#targets[@]} targets, ${secs}s each, no failure"

@@ -48,8 +48,8 @@ phase "run the tests (fuzz targets building meanwhile)"
 setsid nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
 fuzz_pid=$!
 set +e
-cargo test --locked --no-fail-fast 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
+./scripts/run-tests.sh "$log"
+status=$?
 set -e
 phase "tests done; waiting for the fuzz build"
 fuzz_built=0
