@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything weir needs to build and test on a Debian machine, idempotently:
 #   - Debian packages the tests and the lab use (iproute2, iperf3, iptables, nftables, CNI plugins,
-#     containerd, runc and podman, ...)
+#     containerd, runc and podman, busybox-static and musl-tools for the weir image, ...)
 #   - the musl target for the static binary in the lab's container images
 #   - the pinned nightly toolchain (with rust-src) for the eBPF crate
 #   - bpf-linker 0.13.0 built against that nightly's own libLLVM
@@ -24,7 +24,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # --- Debian packages --------------------------------------------------------------------------
 DEB_PKGS=(iproute2 iperf3 iptables nftables containernetworking-plugins dnsmasq-base bind9-dnsutils
           netcat-openbsd bpftool util-linux procps iputils-ping python3-venv prometheus protobuf-compiler
-          python3-scapy containerd runc podman)
+          python3-scapy containerd runc podman busybox-static musl-tools)
 missing=()
 # WEIR_SETUP_PACKAGES=0 skips them (the container build needs only the toolchains).
 [ "${WEIR_SETUP_PACKAGES:-1}" = 0 ] && DEB_PKGS=()

@@ -77,7 +77,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     /// Starts containerd in `netns` and `cgroup` (its shims stay there too), waits for its
     /// socket. The PID goes to `containerd.pid`.
-    pub fn start(&self, netns: &Path, cgroup: &Path, cni_bin: &Path, cni_conf: &Path) -> anyhow::Result<u32> {
+    /// `run_weir`: bound on /run/weir too (an agent running from its image serves there).
+    pub fn start(
+        &self,
+        netns: &Path,
+        cgroup: &Path,
+        cni_bin: &Path,
+        cni_conf: &Path,
+        run_weir: Option<&Path>,
+    ) -> anyhow::Result<u32> {
         if let Some(pid) = self.pid().filter(|p| weir_tests::netns::pid_is(*p, "containerd")) {
             bail!("containerd of {} is already running (pid {pid})", self.dir.display());
         }
@@ -85,7 +93,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             std::fs::create_dir_all(self.dir.join(d))?;
         }
         // The mount points must exist on the shared filesystem (left empty, see `host_dirs`).
-        for m in HOST_DIRS {
+        for m in HOST_DIRS.iter().chain(run_weir.map(|_| &RUN_WEIR)) {
             std::fs::create_dir_all(m).with_context(|| format!("creating {m}"))?;
         }
         let config = self.dir.join("config.toml");
@@ -93,8 +101,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("containerd.log"))?;
         // /run/netns must be a shared mount already (the lab's `ip netns add` made it so):
         // `--propagation unchanged` keeps it shared while the binds below stay private.
+        let bind_run_weir =
+            run_weir.map(|d| format!("mount --bind '{}' {RUN_WEIR}; ", d.display())).unwrap_or_default();
         let script = format!(
-            "set -e; mount --bind '{}' /run/containerd; mount --bind '{}' /var/lib/cni; exec containerd --config '{}'",
+            "set -e; mount --bind '{}' /run/containerd; mount --bind '{}' /var/lib/cni; {bind_run_weir}exec containerd --config '{}'",
             self.dir.join("run").display(),
             self.var_lib_cni().display(),
             config.display()
@@ -150,6 +160,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 /// The host directories containerd's mount namespace binds over. They are created empty when
 /// missing and left so (the containerd and CNI packages own these paths).
 pub const HOST_DIRS: [&str; 2] = ["/run/containerd", "/var/lib/cni"];
+/// Bound over too when the node's agent runs from its image (weir's own path on a node).
+pub const RUN_WEIR: &str = "/run/weir";
 
 /// The cgroup v1 hierarchies runc also makes the lab's container cgroups in (hybrid mode);
 /// `down` removes the lab's directories there.

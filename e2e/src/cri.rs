@@ -6,10 +6,11 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata, CreateContainerRequest,
-    DnsConfig, ImageSpec, LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter,
-    PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata, ContainerState,
+    ContainerStatusRequest, CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata, PodSandboxStatusRequest,
+    PortMapping, Protocol, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -25,6 +26,15 @@ pub struct Sandbox {
     pub ip: Option<std::net::Ipv4Addr>,
     pub netns: String,
     /// The sandbox process (its namespaces are the pod's).
+    pub pid: Option<u32>,
+}
+
+/// A container's state as ContainerStatus reports it.
+#[derive(Debug)]
+pub struct Container {
+    pub running: bool,
+    pub exited: bool,
+    pub exit_code: i32,
     pub pid: Option<u32>,
 }
 
@@ -89,6 +99,58 @@ impl Cri {
             .container_id;
         self.rt.block_on(c.start_container(StartContainerRequest { container_id: id.clone() })).map_err(status)?;
         Ok(id)
+    }
+
+    /// ContainerStatus (verbose): its state, exit code (once exited) and process.
+    pub fn container(&self, id: &str) -> anyhow::Result<Container> {
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.container_status(ContainerStatusRequest { container_id: id.to_owned(), verbose: true }))
+            .map_err(status)?
+            .into_inner();
+        let s = r.status.context("ContainerStatus without a status")?;
+        let info: serde_json::Value =
+            r.info.get("info").map(|t| serde_json::from_str(t)).transpose()?.unwrap_or_default();
+        Ok(Container {
+            running: s.state == ContainerState::ContainerRunning as i32,
+            exited: s.state == ContainerState::ContainerExited as i32,
+            exit_code: s.exit_code,
+            pid: info["pid"].as_u64().filter(|p| *p > 0).map(|p| p as u32),
+        })
+    }
+
+    /// ExecSync: runs `cmd` in the container (what the kubelet's exec probes do).
+    pub fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> anyhow::Result<(i32, String)> {
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.exec_sync(ExecSyncRequest {
+                container_id: id.to_owned(),
+                cmd: cmd.to_vec(),
+                timeout: timeout.as_secs().max(1) as i64,
+            }))
+            .map_err(status)?
+            .into_inner();
+        let mut out = String::from_utf8_lossy(&r.stdout).into_owned();
+        out.push_str(&String::from_utf8_lossy(&r.stderr));
+        Ok((r.exit_code, out))
+    }
+
+    /// StopContainer (SIGTERM, SIGKILL after `grace`) then RemoveContainer.
+    pub fn remove_container(&self, id: &str, grace: Duration) -> anyhow::Result<()> {
+        let mut c = self.client.clone();
+        self.rt
+            .block_on(
+                c.stop_container(StopContainerRequest { container_id: id.to_owned(), timeout: grace.as_secs() as i64 }),
+            )
+            .map_err(status)
+            .context("StopContainer")?;
+        self.rt
+            .block_on(c.remove_container(RemoveContainerRequest { container_id: id.to_owned() }))
+            .map_err(status)
+            .context("RemoveContainer")?;
+        Ok(())
     }
 
     /// PodSandboxStatus (verbose): the address the runtime recorded and where its namespaces are.

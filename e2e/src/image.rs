@@ -19,6 +19,8 @@ pub struct File<'a> {
 pub struct Image<'a> {
     pub name: &'a str,
     pub files: Vec<File<'a>>,
+    /// Symbolic links (path inside the image, target): `bin/sh` → `busybox`.
+    pub links: Vec<(String, String)>,
     pub entrypoint: Vec<&'a str>,
     pub cmd: Vec<&'a str>,
 }
@@ -49,6 +51,31 @@ fn append(out: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) -
 /// The image as an OCI image layout tarball (what `ctr images import` reads).
 pub fn layout(image: &Image<'_>) -> anyhow::Result<Vec<u8>> {
     let mut layer = tar::Builder::new(Vec::new());
+    // Every parent directory first, as image builders write them.
+    let mut dirs = std::collections::BTreeSet::new();
+    for p in image.files.iter().map(|f| f.path).chain(image.links.iter().map(|l| l.0.as_str())) {
+        let mut parent = Path::new(p).parent();
+        while let Some(d) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_owned());
+            parent = d.parent();
+        }
+    }
+    for d in &dirs {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Directory);
+        layer.append_data(&mut h, format!("{}/", d.display()), std::io::empty())?;
+    }
+    for (path, target) in &image.links {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Symlink);
+        layer.append_link(&mut h, path, target).with_context(|| format!("adding link {path}"))?;
+    }
     for f in &image.files {
         let data = std::fs::read(f.source).with_context(|| format!("reading {}", f.source.display()))?;
         append(&mut layer, f.path, &data, f.mode)?;
@@ -60,7 +87,11 @@ pub fn layout(image: &Image<'_>) -> anyhow::Result<Vec<u8>> {
     let config = json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": image.entrypoint, "Cmd": image.cmd, "Env": ["PATH=/bin"]},
+        "config": {
+            "Entrypoint": image.entrypoint,
+            "Cmd": image.cmd,
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        },
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
     });
     let config_desc = blob(&mut out, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config)?)?;
@@ -93,7 +124,8 @@ mod tests {
         std::fs::write(&src, b"#!hello").expect("write");
         let image = Image {
             name: "weir.lab/t:1",
-            files: vec![File { path: "t", source: &src, mode: 0o755 }],
+            files: vec![File { path: "bin/t", source: &src, mode: 0o755 }],
+            links: vec![("bin/u".into(), "t".into())],
             entrypoint: vec!["/t"],
             cmd: vec![],
         };
@@ -120,6 +152,6 @@ mod tests {
         for e in tar::Archive::new(layer.as_slice()).entries().expect("layer") {
             names.push(e.expect("e").path().expect("p").display().to_string());
         }
-        assert_eq!(names, ["t"]);
+        assert_eq!(names, ["bin/", "bin/u", "bin/t"]);
     }
 }

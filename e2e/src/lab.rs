@@ -25,6 +25,9 @@ use weir_operator_agent::{
 };
 
 use crate::{containerd, controllers, cri, image};
+
+mod agent_pod;
+pub use agent_pod::{build_image as build_agent_image, qualified as qualified_image, shared_libraries};
 use weir_tests::netns::{self, command_in, ip, ip_in, netns_path, random_hex, stop_pid};
 
 pub const UNDERLAY_PREFIX: [u8; 3] = [172, 30, 0];
@@ -46,6 +49,18 @@ pub enum Runtime {
     /// containerd's CRI plugin per node, driven as the kubelet drives it; containers run from
     /// the lab's offline image (the test server only).
     Containerd,
+}
+
+/// How each node's agent runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    /// A process weir-lab starts in the node's namespace with the lab's paths as flags.
+    #[default]
+    Process,
+    /// The DaemonSet of deploy/kubernetes, through the node's containerd, from the weir image
+    /// built offline (needs `--runtime containerd`; see lab/agent_pod.rs).
+    Image,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,6 +107,8 @@ pub struct LabState {
     pub nat_ports: Option<String>,
     #[serde(default)]
     pub runtime: Runtime,
+    #[serde(default)]
+    pub agent: AgentMode,
 }
 
 pub struct Lab {
@@ -191,11 +208,26 @@ impl Lab {
         self.dir.join("nodes").join(node)
     }
     pub fn socket(&self, node: &str) -> PathBuf {
-        self.node_dir(node).join("agent.sock")
+        match self.state.agent {
+            AgentMode::Process => self.node_dir(node).join("agent.sock"),
+            AgentMode::Image => self.run_weir(node).join("agent.sock"),
+        }
     }
     /// The node agent's Hubble-compatible observer API (gRPC on a unix socket).
     pub fn observer_socket(&self, node: &str) -> PathBuf {
-        self.node_dir(node).join("observer.sock")
+        match self.state.agent {
+            AgentMode::Process => self.node_dir(node).join("observer.sock"),
+            AgentMode::Image => self.run_weir(node).join("observer.sock"),
+        }
+    }
+    /// Where the node's agent serves Prometheus metrics, in the node's namespace: the lab's
+    /// loopback address for a process agent, the DaemonSet's node address and port for an
+    /// agent from its image.
+    pub fn metrics_addr(&self, node: &str) -> anyhow::Result<String> {
+        Ok(match self.state.agent {
+            AgentMode::Process => METRICS_ADDR.to_owned(),
+            AgentMode::Image => format!("{}:9962", self.state.nodes[self.node_index(node)?].ip),
+        })
     }
 
     pub fn external_netns(&self) -> String {
@@ -220,8 +252,12 @@ impl Lab {
         routing: Routing,
         nat_ports: Option<String>,
         runtime: Runtime,
+        agent: AgentMode,
     ) -> anyhow::Result<Self> {
         validate_lab_name(name)?;
+        if agent == AgentMode::Image && runtime != Runtime::Containerd {
+            bail!("--agent image runs the agent's DaemonSet through containerd: add --runtime containerd");
+        }
         if !(1..=50).contains(&nodes) {
             bail!("--nodes {nodes}: choose 1 to 50");
         }
@@ -243,6 +279,7 @@ impl Lab {
                 external_pid: None,
                 nat_ports,
                 runtime,
+                agent,
             },
         };
         lab.save()?;
@@ -259,6 +296,12 @@ impl Lab {
         nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
             .context("mounting the lab's bpffs")?;
         self.state.bpffs_mounted = true;
+        if self.state.agent == AgentMode::Image {
+            // The DaemonSet mounts bpffs with Bidirectional propagation, which the runtime
+            // allows only from a shared mount (a node's /sys/fs/bpf is one).
+            nix::mount::mount(None::<&str>, &bpffs, None::<&str>, nix::mount::MsFlags::MS_SHARED, None::<&str>)
+                .context("making the lab's bpffs a shared mount")?;
+        }
         std::fs::create_dir_all(self.cgroup_parent()).context("creating the lab's cgroup")?;
 
         let underlay = self.ns("u");
@@ -292,14 +335,19 @@ impl Lab {
         )?;
         self.save()?;
         let names: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
-        let image = match self.state.runtime {
-            Runtime::Containerd => Some(self.build_pod_image()?),
-            Runtime::Builtin => None,
+        let mut images = match self.state.runtime {
+            Runtime::Containerd => vec![self.build_pod_image()?],
+            Runtime::Builtin => Vec::new(),
         };
+        if self.state.agent == AgentMode::Image {
+            let path = self.dir.join("weir-image.tar");
+            agent_pod::build_image(&agent_pod::qualified(&self.deploy_manifests()?.image()?), &path)?;
+            images.push(path);
+        }
         for n in &names {
             self.install_cni_bin(n)?;
-            if let Some(image) = &image {
-                self.start_containerd(n, image)?;
+            if self.state.runtime == Runtime::Containerd {
+                self.start_containerd(n, &images)?;
             }
             self.start_agent(n)?;
         }
@@ -342,9 +390,12 @@ impl Lab {
     fn install_cni_bin(&self, node: &str) -> anyhow::Result<()> {
         let nd = self.node_dir(node);
         std::fs::create_dir_all(nd.join("cni-bin"))?;
-        let link = nd.join("cni-bin").join("weir-cni");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(bin("weir-cni")?, &link)?;
+        // An agent from its image has its init container install weir-cni, as on a cluster.
+        if self.state.agent == AgentMode::Process {
+            let link = nd.join("cni-bin").join("weir-cni");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(bin("weir-cni")?, &link)?;
+        }
         // containerd's CRI sets up every sandbox's loopback with the reference plugin first.
         if self.state.runtime == Runtime::Containerd {
             let link = nd.join("cni-bin").join("loopback");
@@ -360,6 +411,9 @@ impl Lab {
     }
 
     pub fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        if self.state.agent == AgentMode::Image {
+            return self.start_agent_pod(node);
+        }
         let nd = self.node_dir(node);
         let idx = self.node_index(node)?;
         if let Some(pid) = self.agent_pid(node) {
@@ -434,8 +488,20 @@ impl Lab {
         Ok(())
     }
 
+    /// The running agent's process id (in the host's PID namespace), whichever way it runs.
+    pub fn agent_process(&self, node: &str) -> anyhow::Result<Option<u32>> {
+        self.node_index(node)?;
+        Ok(match self.state.agent {
+            AgentMode::Process => self.agent_pid(node).filter(|p| netns::pid_is(*p, "weir-agent")),
+            AgentMode::Image => self.agent_pod_pid(node),
+        })
+    }
+
     pub fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
         self.node_index(node)?;
+        if self.state.agent == AgentMode::Image {
+            return self.stop_agent_pod(node);
+        }
         if let Some(pid) = self.agent_pid(node) {
             stop_pid(pid, "weir-agent", Duration::from_secs(5));
         }
@@ -445,6 +511,9 @@ impl Lab {
     /// SIGKILL to a node's agent, no grace (a crash); waits until it is gone.
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
         self.node_index(node)?;
+        if self.state.agent == AgentMode::Image {
+            return self.kill_agent_pod(node);
+        }
         if let Some(pid) = self.agent_pid(node) {
             if netns::pid_is(pid, "weir-agent") {
                 let p = nix::unistd::Pid::from_raw(pid as i32);
@@ -475,8 +544,17 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer");
         while Instant::now() < deadline {
-            match self.agent_call(node, &weir_operator_api::Request::Status) {
-                Ok(weir_operator_api::Response::Status(s)) if s.ready => {
+            let ready = match self.state.agent {
+                AgentMode::Process => match self.agent_call(node, &weir_operator_api::Request::Status) {
+                    Ok(weir_operator_api::Response::Status(s)) if s.ready => Ok(()),
+                    Ok(other) => Err(format!("{other:?}")),
+                    Err(e) => Err(e.to_string()),
+                },
+                // The DaemonSet's readiness probe, in the container.
+                AgentMode::Image => self.agent_pod_ready(node).unwrap_or_else(|e| Err(format!("{e:#}"))),
+            };
+            match ready {
+                Ok(()) => {
                     // The agent installs its conflist in the same pass that makes it ready.
                     let conf = self.cni_conf_dir(node).join(weir_operator_agent::endpoints::conflist::FILE_NAME);
                     if conf.exists() {
@@ -484,8 +562,7 @@ impl Lab {
                     }
                     last = format!("ready, but no {}", conf.display());
                 }
-                Ok(other) => last = format!("{other:?}"),
-                Err(e) => last = e.to_string(),
+                Err(why) => last = why,
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -506,8 +583,14 @@ impl Lab {
                     errors.push(format!("{e:#}"));
                 }
             }
-            for n in &self.state.nodes {
-                self.containerd(&n.name).stop();
+            let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+            for n in &nodes {
+                if self.state.agent == AgentMode::Image {
+                    if let Err(e) = self.remove_agent_pod(n) {
+                        errors.push(format!("removing the agent pod of {n}: {e:#}"));
+                    }
+                }
+                self.containerd(n).stop();
             }
         }
         for p in self.state.pods.values() {
@@ -914,6 +997,7 @@ impl Lab {
         let image = image::Image {
             name: containerd::POD_IMAGE,
             files: vec![image::File { path: "weir-lab-pod", source: &binary, mode: 0o755 }],
+            links: Vec::new(),
             entrypoint: vec!["/weir-lab-pod"],
             cmd: vec!["pause"],
         };
@@ -922,13 +1006,25 @@ impl Lab {
         Ok(path)
     }
 
-    fn start_containerd(&mut self, node: &str, image: &Path) -> anyhow::Result<()> {
+    fn start_containerd(&mut self, node: &str, images: &[PathBuf]) -> anyhow::Result<()> {
         let n = &self.state.nodes[self.node_index(node)?];
         let cgroup = self.cgroup_parent().join(format!("{node}-containerd"));
         std::fs::create_dir_all(&cgroup)?;
         let rt = self.containerd(node);
-        rt.start(&netns_path(&n.netns), &cgroup, &self.node_dir(node).join("cni-bin"), &self.cni_conf_dir(node))?;
-        rt.import(image)
+        // weir-cni, run by containerd, finds an agent from its image at the conflist's
+        // /run/weir paths, as on a node: the node's /run/weir is bound there.
+        let run_weir = (self.state.agent == AgentMode::Image).then(|| self.run_weir(node));
+        if let Some(d) = &run_weir {
+            std::fs::create_dir_all(d)?;
+        }
+        rt.start(
+            &netns_path(&n.netns),
+            &cgroup,
+            &self.node_dir(node).join("cni-bin"),
+            &self.cni_conf_dir(node),
+            run_weir.as_deref(),
+        )?;
+        images.iter().try_for_each(|i| rt.import(i))
     }
 
     fn cri(&self, node: &str) -> anyhow::Result<cri::Cri> {

@@ -5,6 +5,7 @@
 pub mod containerd;
 pub mod controllers;
 pub mod cri;
+pub mod daemonset;
 pub mod image;
 pub mod lab;
 pub mod probe;

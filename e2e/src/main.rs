@@ -42,6 +42,10 @@ enum Cmd {
         /// Who makes pods: weir-lab itself, or a containerd per node driven through CRI.
         #[arg(long, value_enum, default_value = "builtin")]
         runtime: lab::Runtime,
+        /// How each node's agent runs: a process with the lab's flags, or the DaemonSet of
+        /// deploy/kubernetes from the weir image (with --runtime containerd).
+        #[arg(long, value_enum, default_value = "process")]
+        agent: lab::AgentMode,
     },
     /// Remove everything the lab made (safe to run twice).
     Down,
@@ -79,9 +83,10 @@ enum Cmd {
         output: Output,
     },
     /// Stop, start or restart a node's agent (the datapath stays pinned while it is down).
-    /// (`kill`: SIGKILL at once, as a crash or the OOM killer would; the fault tests use it.)
+    /// (`kill`: SIGKILL at once, as a crash or the OOM killer would; the fault tests use it.
+    /// `pid`: prints the agent's process id in the host's PID namespace.)
     Agent {
-        #[arg(value_parser = ["stop", "start", "restart", "kill"])]
+        #[arg(value_parser = ["stop", "start", "restart", "kill", "pid"])]
         action: String,
         node: String,
         /// From this start on, the agents' masquerade port range (a changed setting, as an
@@ -111,6 +116,14 @@ enum Cmd {
     },
     /// Path of a node agent's Hubble-compatible observer API socket (gRPC).
     ObserverSocket { node: String },
+    /// Build the weir image offline as an OCI image layout tarball (`ctr images import`,
+    /// `podman load`): weir-agent, weir-cni and weir from WEIR_IMAGE_BIN_DIR (or next to
+    /// weir-lab) in /usr/local/bin, Debian's busybox-static for the install-cni init container.
+    /// Named as deploy/kubernetes runs it (the kustomization's image).
+    Image {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// A node agent's Prometheus metrics (fetched inside the node's namespace).
     Metrics { node: String },
     /// Fetch http://ADDR/metrics and print the body (internal; run inside a node's namespace).
@@ -229,8 +242,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
-        Cmd::Up { nodes, routing, nat_ports, runtime } => {
-            let lab = Lab::up(&cli.lab, nodes, routing, nat_ports, runtime)?;
+        Cmd::Up { nodes, routing, nat_ports, runtime, agent } => {
+            let lab = Lab::up(&cli.lab, nodes, routing, nat_ports, runtime, agent)?;
             for n in &lab.state.nodes {
                 println!("node {} ready: {} pod CIDR {} (netns {})", n.name, n.ip, n.pod_cidr, n.netns);
             }
@@ -336,6 +349,13 @@ fn main() -> anyhow::Result<()> {
             }
             Err(c.arg("observe").args(&args).exec()).context("running weir observe")
         }
+        Cmd::Image { out } => {
+            let name = weir_e2e::daemonset::Manifests::read(&weir_e2e::daemonset::repository_dir())?.image()?;
+            let name = lab::qualified_image(&name);
+            lab::build_agent_image(&name, &out)?;
+            println!("{name} -> {}", out.display());
+            Ok(())
+        }
         Cmd::ObserverSocket { node } => {
             let lab = Lab::open(&cli.lab)?;
             lab.state.nodes.iter().find(|n| n.name == node).with_context(|| format!("no node {node}"))?;
@@ -346,7 +366,7 @@ fn main() -> anyhow::Result<()> {
             let lab = Lab::open(&cli.lab)?;
             let idx = lab.state.nodes.iter().position(|n| n.name == node).with_context(|| format!("no node {node}"))?;
             let mut c = command_in(std::env::current_exe()?, &netns::netns_path(&lab.state.nodes[idx].netns), None)?;
-            c.arg("fetch-inner").arg(lab::METRICS_ADDR);
+            c.arg("fetch-inner").arg(lab.metrics_addr(&node)?);
             print!("{}", netns::run(&mut c)?);
             Ok(())
         }
@@ -392,6 +412,13 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Agent { action, node, nat_ports } => {
             let mut lab = Lab::open(&cli.lab)?;
+            if action == "pid" {
+                println!(
+                    "{}",
+                    lab.agent_process(&node)?.with_context(|| format!("the agent of {node} is not running"))?
+                );
+                return Ok(());
+            }
             if nat_ports.is_some() {
                 lab.state.nat_ports = nat_ports;
             }

@@ -556,10 +556,45 @@ fn lab_direct_routing() {
     }
 }
 
+/// The VXLAN story runs each node's agent as deploy/kubernetes runs it: the DaemonSet's pod
+/// through containerd, from the weir image, install-cni first (its stop and start in the story
+/// are a container ending and a new attempt of it, over the DaemonSet's bpffs mount).
 #[test]
 fn lab_vxlan_routing() {
     if require_root("lab_vxlan_routing") {
-        full_lab_story(TestLab::up("vxlan"), "vxlan");
+        let lab = TestLab::up_with("vxlan", &["--nodes", "2", "--agent", "image"]);
+        agent_runs_as_its_daemonset(&lab);
+        full_lab_story(lab, "vxlan");
+    }
+}
+
+/// What only the DaemonSet's own spec gives an agent from its image, checked on each node:
+/// weir-cni copied into the CNI bin dir by the init container (a file, not the lab's link), the
+/// agent running from the image's root in mount and PID namespaces of its own, with the
+/// ConfigMap's settings and the downward API's node name in its environment, and metrics on the
+/// node's address (`$(WEIR_HOST_IP):9962`).
+fn agent_runs_as_its_daemonset(lab: &TestLab) {
+    let built = std::fs::read(std::path::Path::new(LAB).with_file_name("weir-cni")).expect("the built weir-cni");
+    for node in ["n1", "n2"] {
+        let installed = std::path::PathBuf::from(format!("/run/weir-lab/{}/nodes/{node}/cni-bin/weir-cni", lab.name));
+        let meta = std::fs::symlink_metadata(&installed).expect("weir-cni installed");
+        assert!(meta.file_type().is_file(), "{}: the init container copies a file", installed.display());
+        assert!(std::fs::read(&installed).expect("read") == built, "{node}: the installed weir-cni is the built one");
+        let pid = lab.ok(&["agent", "pid", node]).trim().to_owned();
+        let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+        for ns in ["mnt", "pid"] {
+            let theirs = std::fs::read_link(proc.join("ns").join(ns)).expect("agent ns");
+            let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("own ns");
+            assert_ne!(theirs, ours, "{node}: the agent runs in a {ns} namespace of its container");
+        }
+        assert!(proc.join("root/bin/busybox").exists(), "{node}: the agent's root is the image's");
+        let environ = std::fs::read(proc.join("environ")).expect("environ");
+        let env: Vec<String> = environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        for want in [format!("WEIR_NODE_NAME={node}"), "WEIR_RESYNC_SECS=30".into(), "WEIR_ROUTING=vxlan".into()] {
+            assert!(env.contains(&want), "{node}: {want} missing from the agent's environment {env:?}");
+        }
+        let metrics = lab.ok(&["metrics", node]);
+        assert!(metrics.contains("weir_"), "{node}: metrics on the node's address:\n{metrics}");
     }
 }
 
@@ -616,7 +651,9 @@ fn agent_killed_during_pod_churn_leaks_nothing() {
     if !require_root("agent_killed_during_pod_churn_leaks_nothing") {
         return;
     }
-    let lab = TestLab::up("direct");
+    // The agent from its image: each kill is its container's process dying, each start a new
+    // attempt of the container in the same pod, as the kubelet restarts it.
+    let lab = TestLab::up_with("direct", &["--nodes", "2", "--agent", "image"]);
     let pod = |name: &str, node: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: churn}}}}\n\

@@ -239,7 +239,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(conf.join("10-bridge.conflist"), serde_json::to_vec_pretty(&bridge_conflist())?)?;
     std::fs::create_dir_all(made.cgroup.join("containerd"))?;
     let node = containerd::Node { dir: made.work.join("containerd") };
-    node.start(&netns::netns_path(&made.netns), &made.cgroup.join("containerd"), &bin, &conf)?;
+    node.start(&netns::netns_path(&made.netns), &made.cgroup.join("containerd"), &bin, &conf, None)?;
     made.bridge = Some(containerd::Node { dir: node.dir.clone() });
     made.sockets.push(node.socket());
     node.import(&lab_dir.join("pod-image.tar"))?;
