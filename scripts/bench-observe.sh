@@ -24,7 +24,9 @@ LAB="$BIN/weir-lab"
 export WEIR_LAB="o$$"
 cleanup() { "$LAB" down >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-"$LAB" up --nodes 2 --routing direct >/dev/null
+# The lab's own pods (the fallback runtime): what is measured is the datapath with observability
+# on and off, unchanged by who made the pods.
+"$LAB" up --nodes 2 --routing direct --runtime builtin >/dev/null
 pods=""
 for spec in "w1 n1" "w2 n1" "w3 n2"; do
   set -- $spec

@@ -36,7 +36,9 @@ in_ns() { local ns=$1; shift; nsenter --net="/var/run/netns/$ns" -- "$@"; }
 ms_now() { date +%s%N; }
 
 # ---------------------------------------------------------------- weir lab
-"$LAB" up --nodes 2 --routing direct >/dev/null
+# The lab's own pods (the fallback runtime): the traffic measured here is the datapath's, and the
+# CNI timings below call weir-cni directly; pod starts through containerd are bench-sandbox.sh's.
+"$LAB" up --nodes 2 --routing direct --runtime builtin >/dev/null
 pods=""
 for spec in "w1 n1" "w2 n1" "w3 n2"; do
   set -- $spec

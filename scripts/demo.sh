@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 . "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
 cargo build --bins --locked --quiet
+# The lab's pod image (sandbox process and test server), static for musl.
+cargo build --locked --quiet --release --target x86_64-unknown-linux-musl -p weir-lab-pod
 
 export WEIR_LAB=${WEIR_LAB:-demo}
 lab=./target/debug/weir-lab
@@ -28,7 +30,7 @@ probe() { $lab probe "$1" "$2" --protocol "${3:-tcp}" --timeout 1s -o json |
   python3 -c "import json,sys; r=json.load(sys.stdin); print((r['result']+' '+(r.get('reply') or '')).strip())"; }
 
 $lab down >/dev/null
-say "A 2-node cluster in network namespaces: weir-agent on each node, pods wired by the real weir-cni"
+say "A 2-node cluster in network namespaces: weir-agent and containerd on each node, pods made through CRI and wired by the real weir-cni"
 run up --nodes 2 --routing "$routing"
 run apply -f deploy/examples/demo-app.yaml
 $lab get pods

@@ -260,24 +260,41 @@ pub fn sandbox_config(
     })
 }
 
-/// The container config for one of the pod's containers: the lab image's test server serving
-/// the container's ports (containers with their own command need an image the lab cannot build).
+/// Host programs the lab's pod image carries (name, path), which a container may run as its
+/// command: the image has no distribution, only these and the test server.
+pub const IMAGE_TOOLS: &[(&str, &str)] = &[("iperf3", "/usr/bin/iperf3")];
+
+/// The container config for one of the pod's containers: its command when it names one of
+/// [`IMAGE_TOOLS`], the lab image's test server serving the container's ports otherwise.
 pub fn container_config(
     pod_name: &str,
     c: &k8s_openapi::api::core::v1::Container,
     image: &str,
 ) -> anyhow::Result<ContainerConfig> {
-    if c.command.is_some() || c.args.is_some() {
-        anyhow::bail!(
-            "container {}: a command of its own needs an image with that program; the containerd lab runs \
-             only the lab's test server (leave command/args out)",
-            c.name
-        );
-    }
-    let args = serve_args(pod_name, c)?;
+    let (command, args) = match c.command.as_deref() {
+        None if c.args.is_some() => {
+            anyhow::bail!("container {}: args without a command (the lab image's entrypoint is its own)", c.name)
+        }
+        None => (Vec::new(), serve_args(pod_name, c)?),
+        Some([program, rest @ ..]) => {
+            let Some((_, path)) = IMAGE_TOOLS.iter().find(|(name, path)| program == name || program == path) else {
+                anyhow::bail!(
+                    "container {}: command {program:?} is not in the lab's pod image, which carries {:?} and the test \
+                     server (leave command out)",
+                    c.name,
+                    IMAGE_TOOLS.iter().map(|t| t.0).collect::<Vec<_>>()
+                );
+            };
+            let mut args: Vec<String> = rest.to_vec();
+            args.extend(c.args.iter().flatten().cloned());
+            (vec![(*path).to_owned()], args)
+        }
+        Some([]) => anyhow::bail!("container {}: an empty command", c.name),
+    };
     Ok(ContainerConfig {
         metadata: Some(ContainerMetadata { name: c.name.clone(), attempt: 0 }),
         image: Some(ImageSpec { image: image.to_owned(), ..Default::default() }),
+        command,
         args,
         log_path: format!("{}.log", c.name),
         ..Default::default()

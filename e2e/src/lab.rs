@@ -42,13 +42,18 @@ const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
-    /// weir-lab itself: a namespace and cgroup per pod, `weir-cni` invoked as containerd does,
-    /// the containers as processes of the host (any command the pod spec names).
-    #[default]
+    /// The fallback: weir-lab itself makes a namespace and cgroup per pod, invokes `weir-cni` as
+    /// containerd does, and runs the containers as processes of the host (any command the pod
+    /// spec names).
     Builtin,
     /// containerd's CRI plugin per node, driven as the kubelet drives it; containers run from
-    /// the lab's offline image (the test server only).
+    /// the lab's offline image (the test server, or a program it carries).
+    #[default]
     Containerd,
+}
+
+fn builtin_runtime() -> Runtime {
+    Runtime::Builtin
 }
 
 /// How each node's agent runs.
@@ -105,7 +110,8 @@ pub struct LabState {
     /// The agents' masquerade port range (`--nat-ports`), when not their default.
     #[serde(default)]
     pub nat_ports: Option<String>,
-    #[serde(default)]
+    /// (A lab.json from before runtimes existed made its own pods.)
+    #[serde(default = "builtin_runtime")]
     pub runtime: Runtime,
     #[serde(default)]
     pub agent: AgentMode,
@@ -990,13 +996,31 @@ impl Lab {
         containerd::Node { dir: self.node_dir(node).join("containerd") }
     }
 
-    /// The image every containerd pod runs (sandbox and test server): the static
-    /// weir-lab-pod, as an OCI layout tarball in the lab's directory.
+    /// The image every containerd pod runs: the static weir-lab-pod (sandbox and test server),
+    /// and the host programs a lab container may name as its command ([`cri::IMAGE_TOOLS`], with
+    /// the shared libraries they need), as an OCI layout tarball in the lab's directory.
     fn build_pod_image(&self) -> anyhow::Result<PathBuf> {
         let binary = pod_binary()?;
+        let mut extra: Vec<(String, PathBuf)> = Vec::new();
+        for (tool, path) in cri::IMAGE_TOOLS {
+            let path = Path::new(path);
+            if !path.exists() {
+                bail!(
+                    "{} not found: the lab's pod image carries {tool} (scripts/setup.sh installs it)",
+                    path.display()
+                );
+            }
+            for p in std::iter::once(path.to_owned()).chain(shared_libraries(path)?) {
+                if !extra.iter().any(|(_, e)| *e == p) {
+                    extra.push((p.display().to_string().trim_start_matches('/').to_owned(), p));
+                }
+            }
+        }
+        let mut files = vec![image::File { path: "weir-lab-pod", source: &binary, mode: 0o755 }];
+        files.extend(extra.iter().map(|(p, s)| image::File { path: p.as_str(), source: s.as_path(), mode: 0o755 }));
         let image = image::Image {
             name: containerd::POD_IMAGE,
-            files: vec![image::File { path: "weir-lab-pod", source: &binary, mode: 0o755 }],
+            files,
             links: Vec::new(),
             entrypoint: vec!["/weir-lab-pod"],
             cmd: vec!["pause"],
@@ -1069,7 +1093,11 @@ impl Lab {
         for c in pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default() {
             let cc = cri::container_config(&st.name, &c, containerd::POD_IMAGE)?;
             let log = logs.join(&cc.log_path);
+            let tool = !cc.command.is_empty();
             cri.start_container(&id, &config, cc)?;
+            if tool {
+                continue;
+            }
             // The test server says `ready` once its ports are bound (CRI log line: TIME stdout F ready).
             let deadline = Instant::now() + Duration::from_secs(10);
             while !std::fs::read_to_string(&log).is_ok_and(|t| t.lines().any(|l| l.ends_with(" ready"))) {
@@ -1126,6 +1154,9 @@ impl Lab {
             if let Some(id) = &st.sandbox {
                 self.cri(&st.node)?.remove_sandbox(id).with_context(|| format!("deleting pod {key}"))?;
             }
+            // Commands `weir-lab exec` started in the pod end with it (as a `kubectl exec`
+            // process ends with its container): they are in the pod's cgroup, not the runtime's.
+            remove_cgroup(&st.cgroup).map_err(|e| anyhow::anyhow!("deleting pod {key}: {e}"))?;
             let _ = std::fs::remove_file(self.pod_manifest_path(&st.namespace, &st.name));
             self.state.pods.remove(key);
             return self.save();

@@ -40,7 +40,7 @@ enum Cmd {
         #[arg(long)]
         nat_ports: Option<String>,
         /// Who makes pods: weir-lab itself, or a containerd per node driven through CRI.
-        #[arg(long, value_enum, default_value = "builtin")]
+        #[arg(long, value_enum, default_value = "containerd")]
         runtime: lab::Runtime,
         /// How each node's agent runs: a process with the lab's flags, or the DaemonSet of
         /// deploy/kubernetes from the weir image (with --runtime containerd).

@@ -574,7 +574,10 @@ fn lab_vxlan_routing() {
 /// ConfigMap's settings and the downward API's node name in its environment, and metrics on the
 /// node's address (`$(WEIR_HOST_IP):9962`).
 fn agent_runs_as_its_daemonset(lab: &TestLab) {
-    let built = std::fs::read(std::path::Path::new(LAB).with_file_name("weir-cni")).expect("the built weir-cni");
+    // The image's binaries: WEIR_IMAGE_BIN_DIR (a musl build, by hand) or the test build's.
+    let bin_dir = std::env::var_os("WEIR_IMAGE_BIN_DIR")
+        .map_or_else(|| std::path::Path::new(LAB).with_file_name(""), std::path::PathBuf::from);
+    let built = std::fs::read(bin_dir.join("weir-cni")).expect("the built weir-cni");
     for node in ["n1", "n2"] {
         let installed = std::path::PathBuf::from(format!("/run/weir-lab/{}/nodes/{node}/cni-bin/weir-cni", lab.name));
         let meta = std::fs::symlink_metadata(&installed).expect("weir-cni installed");
@@ -753,9 +756,9 @@ fn agent_killed_and_upgraded_under_iperf3_and_ping_loses_nothing() {
     if !require_root("agent_killed_and_upgraded_under_iperf3_and_ping_loses_nothing") {
         return;
     }
-    // The lab's own pods: the iperf3 container runs the host's iperf3 (containerd runs only
-    // the lab's image).
-    let lab = TestLab::up_with("direct", &["--nodes", "2", "--runtime", "builtin"]);
+    // Pods through containerd: b's iperf3 container runs the iperf3 the lab's pod image
+    // carries; a's client and ping are `weir-lab exec` in a's namespace and cgroup.
+    let lab = TestLab::up("direct");
     let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default, labels: {app: a}}\n\
                 spec: {nodeName: n1, containers: [{name: c, image: lab/server}]}\n---\n\
                 apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: default, labels: {app: b}}\n\
