@@ -61,7 +61,7 @@ crr() {
 flows_recorded() { sleep 0.2; "$LAB" observe -o json | wc -l; }
 agent_cpu_ms() { # both agents' CPU time (user + system) so far, in ms
   local t=0 pid
-  for pid in $(python3 -c "import json; print(' '.join(str(n['agent_pid']) for n in json.load(open('/run/weir-lab/$WEIR_LAB/lab.json'))['nodes']))"); do
+  for pid in $("$LAB" agent pid n1) $("$LAB" agent pid n2); do
     t=$((t + $(awk '{print $14+$15}' "/proc/$pid/stat")))
   done
   echo $((t * 1000 / $(getconf CLK_TCK)))

@@ -48,5 +48,5 @@ fn report(ctx: &TcContext, reason: u32) {
         svc_port_be: 0,
         svc_addr: Addr16 { bytes: [0; 16] },
     });
-    slot.submit(crate::flow::submit_flags());
+    slot.submit(crate::flow::submit_flags(core::mem::size_of::<DatapathEvent>()));
 }

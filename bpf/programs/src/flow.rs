@@ -10,7 +10,7 @@
 //! Service translation made (or a reply to one) carries that Service's frontend, looked up once
 //! when the flow starts.
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use weir_bpf_common::{
@@ -31,31 +31,33 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const DNS_PORT_BE: u16 = 53u16.to_be();
 
+/// Two bytes as they lie in the packet (network order kept, as the `_be` fields hold them).
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
 /// Ports (TCP/UDP; ICMP: type and code as the source port, echo id as the destination port),
-/// TCP flags and the offset of the payload. Fragments have no ports.
+/// TCP flags and the offset of the payload. Fragments, and headers cut short, have no ports.
+/// One copy of the header per packet (each `bpf_skb_load_bytes` is a helper call).
 #[inline(always)]
 pub fn l4(ctx: &TcContext, ip: &Ipv4) -> (u16, u16, u8, usize) {
     if ip.fragment {
         return (0, 0, 0, 0);
     }
     match ip.proto {
-        IPPROTO_TCP => {
-            let s = ctx.load::<u16>(ip.l4_off).unwrap_or(0);
-            let d = ctx.load::<u16>(ip.l4_off + 2).unwrap_or(0);
-            let doff = ctx.load::<u8>(ip.l4_off + 12).unwrap_or(0) as usize >> 4;
-            let flags = ctx.load::<u8>(ip.l4_off + 13).unwrap_or(0);
-            (s, d, flags, ip.l4_off + doff * 4)
-        }
-        IPPROTO_UDP => {
-            let s = ctx.load::<u16>(ip.l4_off).unwrap_or(0);
-            let d = ctx.load::<u16>(ip.l4_off + 2).unwrap_or(0);
-            (s, d, 0, ip.l4_off + 8)
-        }
-        IPPROTO_ICMP => {
-            let tc = ctx.load::<u16>(ip.l4_off).unwrap_or(0);
-            let id = ctx.load::<u16>(ip.l4_off + 4).unwrap_or(0);
-            (tc, id, 0, 0)
-        }
+        IPPROTO_TCP => match ctx.load::<[u8; 14]>(ip.l4_off) {
+            Ok(h) => (be16(&h, 0), be16(&h, 2), h[13], ip.l4_off + (h[12] >> 4) as usize * 4),
+            Err(_) => (0, 0, 0, 0),
+        },
+        IPPROTO_UDP => match ctx.load::<[u8; 4]>(ip.l4_off) {
+            Ok(h) => (be16(&h, 0), be16(&h, 2), 0, ip.l4_off + 8),
+            Err(_) => (0, 0, 0, 0),
+        },
+        IPPROTO_ICMP => match ctx.load::<[u8; 6]>(ip.l4_off) {
+            Ok(h) => (be16(&h, 0), be16(&h, 4), 0, 0),
+            Err(_) => (0, 0, 0, 0),
+        },
         _ => (0, 0, 0, 0),
     }
 }
@@ -120,53 +122,68 @@ fn service(ctx: &TcContext, key: &FlowKey) -> Svc {
     }
 }
 
-/// A flow event: counters and TCP flags from `s` (a new flow's: this packet's).
+/// Fills a reserved flow event in place from `key` and `s` (counters and TCP flags; a new flow's:
+/// this packet's). Field by field through the record's pointer: no event on the stack, whose
+/// 512 bytes the programs' call chains already nearly fill.
 #[inline(always)]
-fn event(ctx: &TcContext, key: &FlowKey, now: u64, kind: u8, s: &FlowStats, flags: u8) -> DatapathEvent {
-    DatapathEvent {
-        saddr: Addr16::from_v4_be(key.saddr),
-        daddr: Addr16::from_v4_be(key.daddr),
-        packets: s.packets,
-        bytes: s.bytes,
-        ktime_ns: now,
-        // SAFETY: the context pointer is valid for the whole program run.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
-        sport_be: key.sport_be,
-        dport_be: key.dport_be,
-        kind,
-        reason: 0,
-        proto: key.proto,
-        point: key.point,
-        tcp_flags: s.tcp_flags,
-        flags,
-        svc_port_be: s.svc_port_be,
-        svc_addr: if s.svc_port_be == 0 { Addr16 { bytes: [0; 16] } } else { Addr16::from_v4_be(s.svc_addr) },
+fn fill(p: *mut DatapathEvent, ctx: &TcContext, key: &FlowKey, now: u64, kind: u8, s: &FlowStats, flags: u8) {
+    // SAFETY: `p` is a reserved ring-buffer record sized for a DatapathEvent, ours until
+    // submitted; the context pointer is valid for the whole program run.
+    unsafe {
+        (*p).saddr = Addr16::from_v4_be(key.saddr);
+        (*p).daddr = Addr16::from_v4_be(key.daddr);
+        (*p).packets = s.packets;
+        (*p).bytes = s.bytes;
+        (*p).ktime_ns = now;
+        (*p).ifindex = (*ctx.skb.skb).ifindex;
+        (*p).sport_be = key.sport_be;
+        (*p).dport_be = key.dport_be;
+        (*p).kind = kind;
+        (*p).reason = 0;
+        (*p).proto = key.proto;
+        (*p).point = key.point;
+        (*p).tcp_flags = s.tcp_flags;
+        (*p).flags = flags;
+        (*p).svc_port_be = s.svc_port_be;
+        (*p).svc_addr = if s.svc_port_be == 0 { Addr16 { bytes: [0; 16] } } else { Addr16::from_v4_be(s.svc_addr) };
     }
 }
 
-/// Wake the agent's reader once this much is waiting; below it, events wait for the reader's
-/// next periodic drain (every 50 ms). A wakeup per event would cost a context switch per event.
+/// Wake the agent's reader each time another this much is waiting; in between, events wait for
+/// the reader's next periodic drain (every 50 ms). A wakeup per event costs an interrupt and a
+/// context switch per event.
 const WAKEUP_BYTES: u64 = 32 * 1024;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// A ring-buffer record's header (the kernel's `BPF_RINGBUF_HDR_SZ`).
+const RINGBUF_HDR: u64 = 8;
 
-/// Submit flags for a ring-buffer record: wake the reader only when enough is waiting.
+/// Submit flags for a ring-buffer record of `size` bytes (reserved, not yet submitted): wake the
+/// reader when this record takes what is waiting across a multiple of `WAKEUP_BYTES`, so a
+/// backlog wakes it once per `WAKEUP_BYTES` rather than at every record. A crossing missed in a
+/// race with another CPU is made up by the reader's periodic drain; nothing is lost either way.
 #[inline(always)]
-pub fn submit_flags() -> u64 {
-    if WEIR_EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+pub fn submit_flags(size: usize) -> u64 {
+    let before = WEIR_EVENTS.query(BPF_RB_AVAIL_DATA);
+    let after = before + ((size as u64 + RINGBUF_HDR + 7) & !7);
+    if after / WAKEUP_BYTES != before / WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     }
 }
 
+/// Reserves a record and fills it in place. The precise time is read only here: packets that
+/// make no event pay for none.
 #[inline(always)]
-fn emit(ev: DatapathEvent) {
+fn emit(ctx: &TcContext, key: &FlowKey, kind: u8, s: &FlowStats, flags: u8) {
     match WEIR_EVENTS.reserve::<DatapathEvent>(0) {
         Some(mut slot) => {
-            slot.write(ev);
-            slot.submit(submit_flags());
+            // SAFETY: a helper without arguments.
+            let now = unsafe { bpf_ktime_get_ns() };
+            fill(slot.as_mut_ptr(), ctx, key, now, kind, s, flags);
+            slot.submit(submit_flags(core::mem::size_of::<DatapathEvent>()));
         }
         None => counter::count(counters::EVENTS_LOST),
     }
@@ -181,8 +198,10 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
     let (sport_be, dport_be, tcp_flags, payload_off) = l4(ctx, ip);
     let key = FlowKey { saddr: ip.saddr, daddr: ip.daddr, sport_be, dport_be, proto: ip.proto, point, _pad: [0; 2] };
     let len = ctx.len() as u64;
+    // The coarse clock (a tick's resolution) decides when a flow is due a report; events read
+    // the precise one when they are made.
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: the kernel gives a pointer to this CPU's view of the value, valid during the run.
     let svc = match WEIR_FLOWS.get_ptr_mut(key) {
         // A SYN on a closed flow's tuple is a new connection that reuses it: report it anew.
@@ -191,7 +210,7 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             // SAFETY: as above.
             let s = unsafe { &mut *s };
             *s = fresh(len, now, tcp_flags, svc);
-            emit(event(ctx, &key, now, EVENT_FLOW_NEW, s, 0));
+            emit(ctx, &key, EVENT_FLOW_NEW, s, 0);
             svc
         }
         Some(s) => {
@@ -202,10 +221,11 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             s.tcp_flags |= tcp_flags;
             if tcp_flags & (TCP_FIN | TCP_RST) != 0 && s.closed == 0 {
                 s.closed = 1;
-                emit(event(ctx, &key, now, EVENT_FLOW_CLOSE, s, 0));
-            } else if now.wrapping_sub(s.last_report_ns) >= FLOW_REPORT_NS {
+                emit(ctx, &key, EVENT_FLOW_CLOSE, s, 0);
+            } else if now.saturating_sub(s.last_report_ns) >= FLOW_REPORT_NS {
+                // (Saturating: another CPU may have stored a later coarse time.)
                 s.last_report_ns = now;
-                emit(event(ctx, &key, now, EVENT_FLOW_UPDATE, s, 0));
+                emit(ctx, &key, EVENT_FLOW_UPDATE, s, 0);
             }
             Svc { addr: s.svc_addr, port_be: s.svc_port_be }
         }
@@ -240,7 +260,7 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             let s = fresh(len, now, tcp_flags, svc);
             // A lost insert (map full of live entries) only means the next packet reports again.
             let _ = WEIR_FLOWS.insert(key, s, 0);
-            emit(event(ctx, &key, now, EVENT_FLOW_NEW, &s, if reply { FLOW_F_REPLY } else { 0 }));
+            emit(ctx, &key, EVENT_FLOW_NEW, &s, if reply { FLOW_F_REPLY } else { 0 });
             svc
         }
     };
@@ -248,13 +268,13 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
         && (sport_be == DNS_PORT_BE || dport_be == DNS_PORT_BE)
         && payload_off != 0
     {
-        dns(ctx, &key, now, payload_off, tcp_flags, svc);
+        dns(ctx, &key, payload_off, tcp_flags, svc);
     }
 }
 
 /// Copies the DNS message in the packet's payload to the ring buffer.
 #[inline(always)]
-fn dns(ctx: &TcContext, key: &FlowKey, now: u64, payload_off: usize, tcp_flags: u8, svc: Svc) {
+fn dns(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8, svc: Svc) {
     let total = ctx.len() as usize;
     if payload_off >= total {
         return; // a bare TCP segment (SYN, ACK, FIN): no message
@@ -270,10 +290,12 @@ fn dns(ctx: &TcContext, key: &FlowKey, now: u64, payload_off: usize, tcp_flags: 
         return;
     };
     let p = slot.as_mut_ptr();
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `p` is the reserved record, sized for a DnsEvent, ours until submitted.
     unsafe {
         let this = FlowStats { bytes: total as u64, ..fresh(0, now, tcp_flags, svc) };
-        (*p).event = event(ctx, key, now, EVENT_DNS, &this, 0);
+        fill(core::ptr::addr_of_mut!((*p).event), ctx, key, now, EVENT_DNS, &this, 0);
         (*p).len = n as u16;
         (*p).tcp = u8::from(key.proto == IPPROTO_TCP);
         (*p)._pad = [0; 5];
@@ -286,5 +308,5 @@ fn dns(ctx: &TcContext, key: &FlowKey, now: u64, payload_off: usize, tcp_flags: 
         // SAFETY: as above.
         unsafe { (*p).len = 0 };
     }
-    slot.submit(submit_flags());
+    slot.submit(submit_flags(core::mem::size_of::<DnsEvent>()));
 }
