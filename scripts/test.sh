@@ -15,6 +15,22 @@ phase setup
 . "${WEIR_TOOLS:-$HOME/.cache/weir/tools}/env.sh"
 if [ "$(id -u)" = 0 ]; then export WEIR_REQUIRE_PRIVILEGED=1; fi
 
+log=$(mktemp)
+fuzz_log=$(mktemp)
+fuzz_pid=
+cleanup() {
+  # The fuzz build runs in a session of its own: its whole process group goes.
+  if [ -n "$fuzz_pid" ]; then kill -- "-$fuzz_pid" 2>/dev/null || true; fi
+  rm -f "$log" "$fuzz_log"
+}
+trap cleanup EXIT
+# The fuzz targets (another toolchain and flags: nothing shared with the other builds) build from
+# the start, at the lowest CPU priority, in their own target directory: they take the CPU the
+# lints, the test build and the tests leave idle (a build's last crates compile one at a time;
+# the tests mostly wait on their lab's processes).
+setsid nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
+
 # Lints first: formatting, the supply-chain policy (deny.toml; advisories need a database this
 # machine cannot fetch), clippy on the host crates and on the eBPF crate for its target.
 phase lints
@@ -28,25 +44,11 @@ cargo +"$WEIR_BPF_TOOLCHAIN" clippy -p weir-bpf-programs --target bpfel-unknown-
 # `cargo test` builds every binary the tests run (each binary's package has integration tests),
 # with the same features as the tests: a separate `cargo build --bins` would compile most of the
 # dependency tree a second time (dev-dependencies change tokio's features).
-log=$(mktemp)
-fuzz_log=$(mktemp)
-fuzz_pid=
-cleanup() {
-  # The fuzz build runs in a session of its own: its whole process group goes.
-  if [ -n "$fuzz_pid" ]; then kill -- "-$fuzz_pid" 2>/dev/null || true; fi
-  rm -f "$log" "$fuzz_log"
-}
-trap cleanup EXIT
 phase "build the tests"
 cargo test --locked --no-run
 # What the containerd lab's offline image holds (the sandbox process and the test server).
 cargo build --locked --release --target x86_64-unknown-linux-musl -p weir-lab-pod
-# The fuzz targets (another toolchain and flags: nothing shared with the tests' build) build
-# while the tests run, at the lowest CPU priority, in their own target directory: the tests
-# mostly wait on their lab's processes, and that idle CPU builds the targets.
-phase "run the tests (fuzz targets building meanwhile)"
-setsid nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
-fuzz_pid=$!
+phase "run the tests (fuzz targets still building meanwhile)"
 set +e
 ./scripts/run-tests.sh "$log"
 status=$?
