@@ -27,8 +27,12 @@ trap cleanup EXIT
 # The fuzz targets (another toolchain and flags: nothing shared with the other builds) build from
 # the start, at the lowest CPU priority, in their own target directory: they take the CPU the
 # lints, the test build and the tests leave idle (a build's last crates compile one at a time;
-# the tests mostly wait on their lab's processes).
-setsid nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
+# the tests mostly wait on their lab's processes). In a session of their own (so cleanup ends
+# them all), whose scheduler autogroup is niced too: with autogroups on, a process's nice value
+# counts only against its own session, and a new session would otherwise get an equal share
+# (the lints took 499 s instead of 220 s that way).
+setsid sh -c 'if [ -w /proc/self/autogroup ]; then echo 19 >/proc/self/autogroup; fi; exec nice -n 19 ./scripts/fuzz.sh build' \
+  >"$fuzz_log" 2>&1 &
 fuzz_pid=$!
 
 # Lints first: formatting, the supply-chain policy (deny.toml; advisories need a database this
