@@ -110,8 +110,7 @@ impl Cri {
             .map_err(status)?
             .into_inner();
         let s = r.status.context("ContainerStatus without a status")?;
-        let info: serde_json::Value =
-            r.info.get("info").map(|t| serde_json::from_str(t)).transpose()?.unwrap_or_default();
+        let info = verbose_info(&r.info)?;
         Ok(Container {
             running: s.state == ContainerState::ContainerRunning as i32,
             exited: s.state == ContainerState::ContainerExited as i32,
@@ -162,8 +161,7 @@ impl Cri {
             .map_err(status)?
             .into_inner();
         let ip = r.status.as_ref().and_then(|s| s.network.as_ref()).and_then(|n| n.ip.parse().ok());
-        let info: serde_json::Value =
-            r.info.get("info").map(|t| serde_json::from_str(t)).transpose()?.unwrap_or_default();
+        let info = verbose_info(&r.info)?;
         let netns = info["runtimeSpec"]["linux"]["namespaces"]
             .as_array()
             .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
@@ -196,6 +194,11 @@ impl Cri {
             .context("RemovePodSandbox")?;
         Ok(())
     }
+}
+
+/// The runtime's verbose `info` (JSON) of a status answer; null when it sent none.
+fn verbose_info(info: &HashMap<String, String>) -> anyhow::Result<serde_json::Value> {
+    Ok(info.get("info").map(|t| serde_json::from_str(t)).transpose()?.unwrap_or_default())
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {

@@ -1,7 +1,7 @@
 //! Offline OCI images for the lab's containerd: no registry is reachable here, so an image is
 //! built from files on this machine (one uncompressed layer) as an OCI image layout tarball
 //! and imported with `ctr images import`.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde_json::json;
@@ -23,6 +23,38 @@ pub struct Image<'a> {
     pub links: Vec<(String, String)>,
     pub entrypoint: Vec<&'a str>,
     pub cmd: Vec<&'a str>,
+}
+
+/// The shared libraries (and loader) a dynamically linked binary needs, as `ldd` resolves them
+/// on this machine; none for a static binary.
+pub fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = std::process::Command::new("ldd").arg(binary).output().context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("statically linked") {
+        // glibc's ldd exits 1 with "not a dynamic executable" for static binaries.
+        return Ok(Vec::new());
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// The shared libraries `binaries` need, each once, as (path in the image, host path): at the
+/// same path as on the host, where the binaries' loader looks for them.
+pub fn libraries_of<'a>(binaries: impl IntoIterator<Item = &'a Path>) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut libs = std::collections::BTreeSet::new();
+    for b in binaries {
+        libs.extend(shared_libraries(b)?);
+    }
+    Ok(libs.into_iter().map(|l| (l.display().to_string().trim_start_matches('/').to_owned(), l)).collect())
 }
 
 fn sha256(data: &[u8]) -> String {

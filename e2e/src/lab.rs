@@ -27,7 +27,7 @@ use weir_operator_agent::{
 use crate::{containerd, controllers, cri, image};
 
 mod agent_pod;
-pub use agent_pod::{build_image as build_agent_image, qualified as qualified_image, shared_libraries};
+pub use agent_pod::{build_image as build_agent_image, qualified as qualified_image};
 use weir_tests::netns::{self, command_in, ip, ip_in, netns_path, random_hex, stop_pid};
 
 pub const UNDERLAY_PREFIX: [u8; 3] = [172, 30, 0];
@@ -1001,7 +1001,7 @@ impl Lab {
     /// the shared libraries they need), as an OCI layout tarball in the lab's directory.
     fn build_pod_image(&self) -> anyhow::Result<PathBuf> {
         let binary = pod_binary()?;
-        let mut extra: Vec<(String, PathBuf)> = Vec::new();
+        let mut tools: Vec<(String, PathBuf)> = Vec::new();
         for (tool, path) in cri::IMAGE_TOOLS {
             let path = Path::new(path);
             if !path.exists() {
@@ -1010,12 +1010,10 @@ impl Lab {
                     path.display()
                 );
             }
-            for p in std::iter::once(path.to_owned()).chain(shared_libraries(path)?) {
-                if !extra.iter().any(|(_, e)| *e == p) {
-                    extra.push((p.display().to_string().trim_start_matches('/').to_owned(), p));
-                }
-            }
+            tools.push((path.display().to_string().trim_start_matches('/').to_owned(), path.to_owned()));
         }
+        let extra: Vec<(String, PathBuf)> =
+            tools.iter().cloned().chain(image::libraries_of(tools.iter().map(|(_, p)| p.as_path()))?).collect();
         let mut files = vec![image::File { path: "weir-lab-pod", source: &binary, mode: 0o755 }];
         files.extend(extra.iter().map(|(p, s)| image::File { path: p.as_str(), source: s.as_path(), mode: 0o755 }));
         let image = image::Image {

@@ -42,28 +42,6 @@ fn image_bin_dir() -> anyhow::Result<PathBuf> {
     Ok(super::bin("weir-agent")?.parent().context("bin dir")?.to_owned())
 }
 
-/// The shared libraries (and loader) a dynamically linked binary needs, as `ldd` resolves them
-/// on this machine; none for a static binary.
-pub fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = std::process::Command::new("ldd").arg(binary).output().context("running ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || text.contains("statically linked") {
-        // glibc's ldd exits 1 with "not a dynamic executable" for static binaries.
-        return Ok(Vec::new());
-    }
-    let mut libs = Vec::new();
-    for line in text.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        }
-    }
-    Ok(libs)
-}
-
 /// The weir image as deploy/Dockerfile lays it out: weir-agent, weir-cni and weir in
 /// /usr/local/bin, busybox (Debian's static build) for the init container's sh, cp and mv.
 /// Dynamically linked binaries (the test build) bring the libraries they need, so the image
@@ -76,18 +54,15 @@ pub fn build_image(name: &str, out: &Path) -> anyhow::Result<()> {
     if !busybox.exists() {
         bail!("/bin/busybox not found: install Debian's busybox-static (scripts/setup.sh does)");
     }
-    let mut libs = std::collections::BTreeSet::new();
     for (_, b) in &bins {
         if !b.exists() {
             bail!("{} not found (build the binaries, or set WEIR_IMAGE_BIN_DIR)", b.display());
         }
-        libs.extend(shared_libraries(b)?);
     }
-    if !shared_libraries(&busybox)?.is_empty() {
+    if !image::shared_libraries(&busybox)?.is_empty() {
         bail!("/bin/busybox is dynamically linked: the image needs busybox-static");
     }
-    let lib_paths: Vec<(String, PathBuf)> =
-        libs.into_iter().map(|l| (l.display().to_string().trim_start_matches('/').to_owned(), l)).collect();
+    let lib_paths = image::libraries_of(bins.iter().map(|(_, b)| b.as_path()))?;
     let mut files: Vec<image::File<'_>> =
         bins.iter().map(|(p, s)| image::File { path: p.as_str(), source: s.as_path(), mode: 0o755 }).collect();
     files.push(image::File { path: "bin/busybox", source: &busybox, mode: 0o755 });
