@@ -24,7 +24,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # --- Debian packages --------------------------------------------------------------------------
 DEB_PKGS=(iproute2 iperf3 iptables nftables containernetworking-plugins dnsmasq-base bind9-dnsutils
           netcat-openbsd bpftool util-linux procps iputils-ping python3-venv prometheus protobuf-compiler
-          python3-scapy containerd runc podman busybox-static musl-tools)
+          python3-scapy containerd runc podman busybox-static musl-tools nginx-light curl wrk)
 missing=()
 # WEIR_SETUP_PACKAGES=0 skips them (the container build needs only the toolchains).
 [ "${WEIR_SETUP_PACKAGES:-1}" = 0 ] && DEB_PKGS=()
@@ -35,7 +35,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Packages with a service (nginx, containerd) must not start it in the machine's own
+  # namespace: the tests start their own, in lab pods. policy-rc.d tells invoke-rc.d so; one is
+  # put in place only for the install when the machine has none.
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # --- kubernetes-validate (PyPI) for the deploy/ manifest test, in its own venv ---------------

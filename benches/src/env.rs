@@ -72,6 +72,7 @@ pub fn load_with_pods(
     bpffs: PathBuf,
     cidr: (Ipv4Addr, u8),
     observe: bool,
+    observe_http: bool,
     pods: &[Ipv4Addr],
 ) -> anyhow::Result<Datapath> {
     std::fs::create_dir_all(&bpffs)?;
@@ -84,6 +85,7 @@ pub fn load_with_pods(
         vxlan_port: 4789,
         nat_ports: (61000, 65000),
         observe,
+        observe_http,
     };
     let mut dp = Datapath::load(&cfg).context("loading the datapath")?;
     let mut eps = Endpoints::open(&mut dp)?;

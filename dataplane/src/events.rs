@@ -1,9 +1,9 @@
-//! `WEIR_EVENTS`: the datapath's ring buffer of events (drops, flow reports, DNS messages). The reader is
+//! `WEIR_EVENTS`: the datapath's ring buffer of events (drops, flow reports, DNS and HTTP messages). The reader is
 //! readiness-driven: poll the fd (it implements `AsFd`), then [`Events::drain`].
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{MapData, RingBuf};
-use weir_bpf_common::{maps, DatapathEvent, DnsEvent};
+use weir_bpf_common::{maps, DatapathEvent, PayloadEvent};
 
 use crate::{map_err, Datapath, Result};
 
@@ -34,8 +34,9 @@ impl Events {
 pub enum Event {
     /// A drop or a flow report.
     Flow(DatapathEvent),
-    /// A DNS message and the packet that carried it.
-    Dns(Box<DnsEvent>),
+    /// The start of a DNS or HTTP message and the packet that carried it (`event.kind` says
+    /// which).
+    Payload(Box<PayloadEvent>),
 }
 
 impl Event {
@@ -46,11 +47,11 @@ impl Event {
             // unaligned-safe.
             return Some(Self::Flow(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DatapathEvent>()) }));
         }
-        if item.len() == size_of::<DnsEvent>() {
-            // SAFETY: as above, for DnsEvent.
-            let mut e = Box::new(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsEvent>()) });
+        if item.len() == size_of::<PayloadEvent>() {
+            // SAFETY: as above, for PayloadEvent.
+            let mut e = Box::new(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadEvent>()) });
             e.len = e.len.min(e.data.len() as u16);
-            return Some(Self::Dns(e));
+            return Some(Self::Payload(e));
         }
         None
     }

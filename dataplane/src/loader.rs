@@ -28,6 +28,8 @@ pub struct LoadConfig {
     pub nat_ports: (u16, u16),
     /// Flow and DNS events (observability). Off, only drops are reported.
     pub observe: bool,
+    /// With `observe`: HTTP/1.x message starts copied for the agent to parse (L7 records).
+    pub observe_http: bool,
 }
 
 impl LoadConfig {
@@ -138,7 +140,14 @@ fn write_settings(ebpf: &mut Ebpf, cfg: &LoadConfig) -> Result<()> {
     let name = maps::SETTINGS;
     let map = ebpf.map_mut(name).ok_or(Error::MissingMap { name })?;
     let mut arr: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).map_err(crate::map_err(name))?;
-    arr.set(settings::OBSERVE, u32::from(cfg.observe), 0).map_err(crate::map_err(name))
+    let mut observe = 0;
+    if cfg.observe {
+        observe |= settings::OBSERVE_FLOWS;
+        if cfg.observe_http {
+            observe |= settings::OBSERVE_HTTP;
+        }
+    }
+    arr.set(settings::OBSERVE, observe, 0).map_err(crate::map_err(name))
 }
 
 /// Points the tail-call slots at this load's programs. The array is pinned, so a restarted agent

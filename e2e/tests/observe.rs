@@ -1,5 +1,6 @@
 //! Observability in the lab: a real DNS server (dnsmasq) in one pod, a real client (dig) in
-//! another, a TCP session and a NetworkPolicy drop, directly and through Services;
+//! another, a real HTTP server (nginx) and client (curl) across nodes on one keep-alive
+//! connection, a TCP session and a NetworkPolicy drop, directly and through Services;
 //! `weir-lab observe` must show them with the right pods, verdicts, policies, Services and DNS
 //! answers; its filters and formats must select and print what they say; a bad flag is refused
 //! by name; the agents' metrics must pass `promtool check metrics`.
@@ -86,6 +87,48 @@ impl Drop for Dnsmasq {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
         let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// An nginx started in a pod (it daemonizes), stopped by the PID it wrote (also on panic), with
+/// its configuration and scratch directory removed.
+struct Nginx {
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Serves `/ok` (200), `/boom` (500) and 404 for anything else on `ip:port`.
+    fn start(lab: &TestLab, pod: &str, ip: &str, port: u16) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("weir-nginx-{}", lab.name));
+        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let d = dir.display().to_string();
+        let conf = format!(
+            "daemon on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{\n  listen {ip}:{port};\n  location = /ok {{ return 200 \"ok\\n\"; }}\n\
+             location = /boom {{ return 500; }}\n  location / {{ return 404; }}\n }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+        let n = Nginx { dir };
+        lab.ok(&["exec", pod, "--", "nginx", "-c", &format!("{d}/nginx.conf"), "-p", &format!("{d}/")]);
+        n
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid_file = self.dir.join("nginx.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..50 {
+                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -188,6 +231,34 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     }
     assert!(via.0 == "connected" && via.1.contains("10.9.8.7"), "through the Services: {via:?}");
 
+    // HTTP: a real server (nginx, in the dns pod on n2) and a real client (curl, on n1), three
+    // requests on one keep-alive connection: 200, 404, 500.
+    let nginx = Nginx::start(&lab, "shop/dns", &dns_ip, 8088);
+    let base = format!("http://{dns_ip}:8088");
+    let mut codes = String::new();
+    for _ in 0..20 {
+        codes = lab.ok(&[
+            "exec",
+            "shop/client",
+            "--",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            &format!("{base}/ok?token=secret"),
+            &format!("{base}/missing"),
+            &format!("{base}/boom"),
+        ]);
+        if codes.starts_with("200") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // One connection: curl connects once, then reuses it.
+    assert_eq!(codes.split_whitespace().collect::<Vec<_>>(), ["200", "1", "404", "0", "500", "0"], "curl: {codes}");
+
     // A TCP session, then a policy that lets only 8080 in, and a connection it drops.
     assert_eq!(lab.probe("shop/client", &format!("{web_ip}:8080"), "tcp").0, "connected");
     let out = lab.apply(POLICY);
@@ -229,8 +300,42 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         }
         assert!(answers.iter().any(|a| a["l7"]["latency_ns"].as_u64().unwrap_or(0) > 0), "no latency (tcp {tcp})");
     }
-    let queries = flows.iter().filter(|f| f["l7"]["type"] == "REQUEST").count();
+    let queries = flows.iter().filter(|f| f["l7"]["type"] == "REQUEST" && f["l7"]["dns"].is_object()).count();
     assert!(queries >= 2, "queries: {}", show(&flows));
+
+    // HTTP: on the client's node (n1) each request leaving the client and each response
+    // arriving, paired with its request (method, URL without the query string, latency).
+    let http = |node: &str, kind: &str| -> Vec<&Value> {
+        flows
+            .iter()
+            .filter(|f| f["node_name"] == node && f["l7"]["type"] == kind && f["l7"]["http"].is_object())
+            .collect()
+    };
+    let url = |path: &str| format!("http://{dns_ip}:8088{path}");
+    let requests = http("n1", "REQUEST");
+    let paths: Vec<&str> = requests.iter().map(|f| f["l7"]["http"]["url"].as_str().unwrap_or("")).collect();
+    assert_eq!(paths, [url("/ok"), url("/missing"), url("/boom")], "requests on n1:\n{}", show(&flows));
+    for r in &requests {
+        assert_eq!((pod_of(&r["source"]), pod_of(&r["destination"])), ("shop/client".into(), "shop/dns".into()));
+        assert_eq!((&r["l7"]["http"]["method"], &r["l7"]["http"]["protocol"]), (&"GET".into(), &"HTTP/1.1".into()));
+        assert_eq!((&r["Type"], &r["traffic_direction"]), (&"L7".into(), &"EGRESS".into()), "{r}");
+    }
+    for node in ["n1", "n2"] {
+        let responses = http(node, "RESPONSE");
+        let got: Vec<(u64, String)> = responses
+            .iter()
+            .map(|f| {
+                (f["l7"]["http"]["code"].as_u64().unwrap_or(0), f["l7"]["http"]["url"].as_str().unwrap_or("").into())
+            })
+            .collect();
+        assert_eq!(got, [(200, url("/ok")), (404, url("/missing")), (500, url("/boom"))], "responses on {node}");
+        for r in &responses {
+            let latency = r["l7"]["latency_ns"].as_u64().unwrap_or(0);
+            assert!(latency > 0 && latency < 5_000_000_000, "latency {latency}: {r}");
+            assert_eq!((pod_of(&r["source"]), r["is_reply"].as_bool()), ("shop/dns".into(), Some(true)), "{r}");
+        }
+    }
+    assert_eq!(http("n2", "REQUEST").len(), 3, "the server's node sees the requests arrive");
 
     // The TCP session: forwarded, seen leaving the client on n1 and arriving at web on n2, with
     // the reply marked; after the policy, the allowed connection names the rule.
@@ -311,7 +416,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     only(&["--verdict", "dropped"], &|f| f["verdict"] == "DROPPED");
     only(&["--type", "policy-verdict"], &|f| f["ingress_allowed_by"].is_array() || f["ingress_denied_by"].is_array());
     only(&["--to-pod", "shop/web", "--port", "8081"], &|f| to_web(f, 8081));
-    only(&["--from-pod", "shop/dns", "--not", "--protocol", "dns"], &|f| {
+    only(&["--from-pod", "shop/dns", "--not", "--type", "l7"], &|f| {
         pod_of(&f["source"]) == "shop/dns" && f["Type"] == "L3_L4"
     });
     only(&["--ip", &format!("{dns_ip}/32"), "--port", "53", "--protocol", "udp"], &|f| f["l4"]["UDP"].is_object());
@@ -320,6 +425,11 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         ["www.lab.test.", "web.lab.test."].iter().any(|n| f["l7"]["dns"]["query"] == *n)
     });
     only(&["--to-service", "shop/web"], &|f| svc_of(f, "destination_service") == "shop/web");
+    assert_eq!(only(&["--http-status", "5+"], &|f| f["l7"]["http"]["code"] == 500), 2, "n1 and n2 each see it");
+    only(&["--http-method", "get", "--http-path", "/ok", "--type", "l7"], &|f| f["l7"]["http"]["url"] == url("/ok"));
+    only(&["--protocol", "http", "--node", "n2", "--type", "http"], &|f| {
+        f["node_name"] == "n2" && f["l7"]["http"].is_object()
+    });
     only(&["--service", "dns"], &|f| {
         svc_of(f, "destination_service") == "shop/dns" || svc_of(f, "source_service") == "shop/dns"
     });
@@ -346,6 +456,13 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     let via_line = lab.ok(&["observe", "--to-service", "shop/web", "--verdict", "translated", "--last", "1"]);
     assert!(via_line.contains(&format!("-> shop/web:8080 (via Service shop/web {web_vip}:80) tcp")), "{via_line}");
     assert!(via_line.contains(" TRANSLATED "), "{via_line}");
+    let http_line = lab.ok(&["observe", "--http-status", "404", "--node", "n1"]);
+    assert!(
+        http_line.contains("HTTP/1.1 404 ") && http_line.contains(&format!("(GET {})", url("/missing"))),
+        "{http_line}"
+    );
+    let bad = lab.run(&["observe", "--http-status", "6xx"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--http-status"), "{bad:?}");
     let table = lab.ok(&["observe", "-o", "table", "--last", "2"]);
     assert!(table.starts_with("TIMESTAMP") && table.contains("VERDICT"), "{table}");
 
@@ -357,6 +474,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--protocol sctp"));
 
     grpc_checks(&lab, &web_vip);
+    drop(nginx);
 
     // Metrics: valid exposition, with what this session did.
     for node in ["n1", "n2"] {
@@ -368,12 +486,26 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         assert!(ok, "promtool check metrics ({node}):\n{said}\n{text}");
         assert!(text.contains("weir_dns_responses_total{namespace=\"shop\",qtype=\"A\",rcode=\"NOERROR\"}"), "{text}");
         assert!(text.contains("\nweir_events_lost_total 0\n"), "{text}");
+        // HTTP requests are counted once, on the client's node.
+        let http_series = |status: &str| {
+            format!(
+                "weir_http_requests_total{{destination_namespace=\"shop\",destination_workload=\"dns\",method=\"GET\",\
+                 source_namespace=\"shop\",source_workload=\"client\",status=\"{status}\"}} 1"
+            )
+        };
         if node == "n1" {
             assert!(
                 text.contains("weir_flows_total{direction=\"egress\",event=\"new\",verdict=\"translated\"}"),
                 "{text}"
             );
+            for status in ["2xx", "4xx", "5xx"] {
+                assert!(text.contains(&http_series(status)), "{status}:\n{text}");
+            }
+            assert!(text.contains("weir_http_request_duration_seconds_count{"), "{text}");
+        } else {
+            assert!(!text.contains("weir_http_requests_total{"), "counted on the server's node too:\n{text}");
         }
+        assert!(text.contains("\nweir_http_unparsed_total 0\n"), "{text}");
         if node == "n2" {
             assert!(text.contains("weir_flow_drops_total{namespace=\"shop\",reason=\"policy_denied_ingress\"}"));
             assert!(text.contains("weir_policy_verdicts_total{direction=\"ingress\",match=\"allowed\"}"));
@@ -596,10 +728,35 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
         let (_, got) = get_flows(&mut client, dns).await;
         for f in &got {
             let dns = f.l7.clone().and_then(|l| l.record).expect("l7 dns");
-            let weir_operator_agent::observe::grpc::proto::flow::layer7::Record::Dns(d) = dns;
+            let weir_operator_agent::observe::grpc::proto::flow::layer7::Record::Dns(d) = dns else {
+                panic!("not DNS: {f:?}")
+            };
             assert_eq!(d.query, "www.lab.test.");
         }
         assert_eq!(got.len(), 2);
+
+        // HTTP over gRPC with Hubble's filters: the 500 response, seen on n2 leaving the server.
+        let http = GetFlowsRequest {
+            whitelist: vec![FlowFilter {
+                http_status_code: vec!["5+".into()],
+                http_method: vec!["GET".into()],
+                http_path: vec!["^/bo+m$".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (_, got) = get_flows(&mut client, http).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        let rec = got[0].l7.clone().and_then(|l| l.record).expect("l7 http");
+        let weir_operator_agent::observe::grpc::proto::flow::layer7::Record::Http(h) = rec else { panic!("{rec:?}") };
+        assert_eq!((h.code, h.method.as_str(), h.protocol.as_str()), (500, "GET", "HTTP/1.1"));
+        assert!(h.url.ends_with(":8088/boom"), "{h:?}");
+        let bad = GetFlowsRequest {
+            whitelist: vec![FlowFilter { http_status_code: vec!["6+".into()], ..Default::default() }],
+            ..Default::default()
+        };
+        let err = client.get_flows(bad).await.expect_err("bad status filter");
+        assert!(err.message().contains("http_status_code"), "{}", err.message());
 
         // A filter weir cannot evaluate is refused by name, not ignored.
         let bad = GetFlowsRequest {

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
 
 use weir_bpf_common::{
     programs, Addr16, BackendAddr, BackendKey, DropReason, EndpointInfo, ServiceKey, ServiceValue, EVENT_DNS,
-    EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
+    EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD, PAYLOAD_CAPTURE,
 };
 use weir_dataplane::{
     counters::Counters,
@@ -37,6 +37,7 @@ fn config(bpffs: &Bpffs, vxlan_ifindex: u32) -> LoadConfig {
         vxlan_port: 4789,
         nat_ports: (61000, 61010),
         observe: true,
+        observe_http: true,
     }
 }
 
@@ -158,7 +159,7 @@ fn flows_are_aggregated_and_dns_is_copied() {
             evs.iter()
                 .map(|e| match e {
                     Event::Flow(f) => (f.kind, f.flags),
-                    Event::Dns(d) => (d.event.kind, d.event.flags),
+                    Event::Payload(d) => (d.event.kind, d.event.flags),
                 })
                 .collect::<Vec<_>>()
         };
@@ -185,8 +186,37 @@ fn flows_are_aggregated_and_dns_is_copied() {
         dp.test_run(programs::FROM_POD, &pkt::ipv4(POD_A, POD_B, pkt::UDP, 5353, 53, &query)).expect("run");
         let evs = ring.drain();
         assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, 0), (EVENT_DNS, 0)]);
-        let Event::Dns(d) = &evs[1] else { panic!() };
+        let Event::Payload(d) = &evs[1] else { panic!() };
         assert_eq!((d.tcp, &d.data[..usize::from(d.len)]), (0, &query[..]));
+
+        // HTTP: a connection whose first payload begins a request has every segment that begins
+        // a message copied (not the body segments between them).
+        let data = |sport: u16, payload: &[u8]| {
+            let mut f = pkt::ipv4(POD_A, POD_B, pkt::TCP, sport, 8080, payload);
+            f[14 + 20 + 13] = 0x18; // PSH, ACK
+            f
+        };
+        let request = b"GET /items?id=1 HTTP/1.1\r\nHost: web\r\n\r\n";
+        dp.test_run(programs::FROM_POD, &tcp(POD_A, POD_B, 41000, 8080, 0x02)).expect("run");
+        dp.test_run(programs::FROM_POD, &data(41000, request)).expect("run");
+        dp.test_run(programs::FROM_POD, &data(41000, b"a body segment, not a message start")).expect("run");
+        dp.test_run(programs::FROM_POD, &data(41000, b"POST /x HTTP/1.1\r\n\r\n")).expect("run");
+        let evs = ring.drain();
+        assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, 0), (EVENT_HTTP, 0), (EVENT_HTTP, 0)], "{evs:?}");
+        let Event::Payload(h) = &evs[1] else { panic!() };
+        assert_eq!((h.tcp, &h.data[..usize::from(h.len)]), (1, &request[..]));
+        // Only the first PAYLOAD_CAPTURE bytes of a long segment.
+        let long = [b"GET /".as_slice(), &[b'a'; 1000]].concat();
+        dp.test_run(programs::FROM_POD, &data(41000, &long)).expect("run");
+        let evs = ring.drain();
+        let Some(Event::Payload(h)) = evs.first() else { panic!("{evs:?}") };
+        assert_eq!(&h.data[..usize::from(h.len)], &long[..PAYLOAD_CAPTURE]);
+        // A connection whose first payload is something else is never looked at again, even
+        // when a later segment happens to begin like a request.
+        dp.test_run(programs::FROM_POD, &tcp(POD_A, POD_B, 41001, 8080, 0x02)).expect("run");
+        dp.test_run(programs::FROM_POD, &data(41001, b"\x16\x03\x01\x02\x00 a TLS hello")).expect("run");
+        dp.test_run(programs::FROM_POD, &data(41001, request)).expect("run");
+        assert_eq!(kinds(&ring.drain()), [(EVENT_FLOW_NEW, 0)]);
     });
 }
 
@@ -213,7 +243,7 @@ fn load_balanced_flows_carry_their_service_frontend() {
                 .into_iter()
                 .filter_map(|e| match e {
                     Event::Flow(f) => Some(f),
-                    Event::Dns(_) => None,
+                    Event::Payload(_) => None,
                 })
                 .collect()
         };

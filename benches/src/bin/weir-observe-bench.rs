@@ -71,7 +71,7 @@ struct Results {
 }
 
 fn load(bpffs: PathBuf, observe: bool) -> anyhow::Result<Datapath> {
-    env::load_with_pods(bpffs, (Ipv4Addr::new(10, 251, 0, 0), 16), observe, &[CLIENT, SERVER])
+    env::load_with_pods(bpffs, (Ipv4Addr::new(10, 251, 0, 0), 16), observe, false, &[CLIENT, SERVER])
 }
 
 /// Mean kernel-timed ns of one established-connection packet.

@@ -247,7 +247,7 @@ impl Bench {
 }
 
 fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Vec<SizeResult>> {
-    let mut dp = env::load_with_pods(bpffs, (Ipv4Addr::new(10, 250, 0, 0), 16), true, &[TARGET, CLIENT, OPEN])?;
+    let mut dp = env::load_with_pods(bpffs, (Ipv4Addr::new(10, 250, 0, 0), 16), true, false, &[TARGET, CLIENT, OPEN])?;
     let maps = PolicyMaps {
         ipcache: Ipcache::open(&mut dp)?,
         entries: PolicyEntries::open(&mut dp)?,

@@ -352,6 +352,7 @@ impl Bench {
             vxlan_port: 4789,
             nat_ports: (61000, 65000),
             observe: true,
+            observe_http: false,
         })
         .context("loading the datapath")?;
         dp.attach_cgroup(&self.cgroup)?;

@@ -120,8 +120,11 @@ pub mod globals {
 /// Slots of `WEIR_SETTINGS`: run-time settings the agent writes at every start (a map, not a
 /// load-time global, so that a restarted agent changes them for the programs already attached).
 pub mod settings {
-    /// 1: flow and DNS events (observability); 0: only drops are reported.
+    /// Bits: `OBSERVE_FLOWS` (flow and DNS events), `OBSERVE_HTTP` (also HTTP/1.x message
+    /// starts, only with flows); 0: only drops are reported.
     pub const OBSERVE: u32 = 0;
+    pub const OBSERVE_FLOWS: u32 = 1;
+    pub const OBSERVE_HTTP: u32 = 2;
     pub const LEN: u32 = 4;
 }
 
@@ -546,8 +549,12 @@ pub const EVENT_FLOW_NEW: u8 = 2;
 pub const EVENT_FLOW_UPDATE: u8 = 3;
 /// TCP FIN or RST seen: the flow's final counters.
 pub const EVENT_FLOW_CLOSE: u8 = 4;
-/// A DNS message (UDP or TCP port 53) with its first `DNS_CAPTURE` bytes ([`DnsEvent`]).
+/// A DNS message (UDP or TCP port 53) with its first `PAYLOAD_CAPTURE` bytes ([`PayloadEvent`]).
 pub const EVENT_DNS: u8 = 5;
+/// The start of an HTTP/1.x request or response (a TCP segment whose payload begins with a
+/// method or `HTTP/1.`, on a connection whose first payload did) with its first
+/// `PAYLOAD_CAPTURE` bytes ([`PayloadEvent`]).
+pub const EVENT_HTTP: u8 = 6;
 
 /// Observation points (`DatapathEvent::point`, `FlowKey::point`).
 /// Unknown (drops: the agent tells the side from the addresses and the interface).
@@ -557,12 +564,21 @@ pub const OBS_FROM_POD: u8 = 1;
 /// Delivered to a local pod from the wire or the tunnel (after translation).
 pub const OBS_TO_POD: u8 = 2;
 
+/// `FlowStats::state`: the close event was sent.
+pub const FLOW_S_CLOSED: u8 = 1;
+/// `FlowStats::state`: the flow's first payload began an HTTP/1.x message: segments that begin
+/// one are copied (`EVENT_HTTP`) while HTTP observation is on.
+pub const FLOW_S_HTTP: u8 = 2;
+/// `FlowStats::state`: the flow's first payload was something else: never looked at again.
+pub const FLOW_S_OTHER: u8 = 4;
+
 /// `DatapathEvent::flags`: the flow's reverse was seen first (it is a connection's reply side).
 pub const FLOW_F_REPLY: u8 = 1;
 /// How often a flow that keeps sending reports its counters.
 pub const FLOW_REPORT_NS: u64 = 5_000_000_000;
-/// Bytes of a DNS message copied into its event (a UDP DNS message without EDNS fits).
-pub const DNS_CAPTURE: usize = 512;
+/// Bytes of a DNS message or an HTTP message start copied into its event (a UDP DNS message
+/// without EDNS fits; an HTTP request line and its first headers).
+pub const PAYLOAD_CAPTURE: usize = 512;
 
 /// `WEIR_FLOWS` key: one direction of a connection at one observation point (IPv4, network order).
 #[repr(C)]
@@ -589,8 +605,8 @@ pub struct FlowStats {
     pub last_report_ns: u64,
     /// TCP flags seen so far (OR of every packet's).
     pub tcp_flags: u8,
-    /// The close event was sent.
-    pub closed: u8,
+    /// `FLOW_S_*` bits: the close event was sent; what the first payload looked like.
+    pub state: u8,
     /// The Service frontend this flow was translated from (a backend's reply: translated back
     /// to), IPv4 and port in network order; 0 = none. Found once, when the flow starts.
     pub svc_port_be: u16,
@@ -598,7 +614,7 @@ pub struct FlowStats {
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 32);
 
-/// A datapath event: a drop or a flow report. DNS events start with one ([`DnsEvent`]).
+/// A datapath event: a drop or a flow report. DNS and HTTP events start with one ([`PayloadEvent`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathEvent {
@@ -631,20 +647,21 @@ pub struct DatapathEvent {
 }
 const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 88);
 
-/// A DNS message as it crossed an observation point: the packet's event, then the message
-/// (for TCP, the segment's payload: a two-byte length then the message).
+/// A message as it crossed an observation point: the packet's event (`kind` says which:
+/// `EVENT_DNS`, `EVENT_HTTP`), then the start of the segment's payload (DNS over TCP: a two-byte
+/// length then the message).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DnsEvent {
+pub struct PayloadEvent {
     pub event: DatapathEvent,
-    /// Bytes of `data` that hold the message (at most `DNS_CAPTURE`).
+    /// Bytes of `data` that hold the message (at most `PAYLOAD_CAPTURE`).
     pub len: u16,
     /// 1 when the message came over TCP.
     pub tcp: u8,
     pub _pad: [u8; 5],
-    pub data: [u8; DNS_CAPTURE],
+    pub data: [u8; PAYLOAD_CAPTURE],
 }
-const _: () = assert!(core::mem::size_of::<DnsEvent>() == 88 + 8 + DNS_CAPTURE);
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 88 + 8 + PAYLOAD_CAPTURE);
 
 /// Indexes of the `WEIR_COUNTERS` per-CPU array: one slot per drop reason, then the rest.
 pub mod counters {

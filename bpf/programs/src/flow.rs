@@ -4,8 +4,12 @@
 //! connection and observation point, and the ring buffer gets an event only when a flow starts
 //! (`EVENT_FLOW_NEW`), when TCP closes it (FIN or RST: `EVENT_FLOW_CLOSE`) and at most every
 //! `FLOW_REPORT_NS` while it keeps sending (`EVENT_FLOW_UPDATE`), not one per packet. DNS
-//! messages (UDP or TCP port 53) are copied to the ring buffer whole, up to `DNS_CAPTURE` bytes,
-//! for the agent to parse: no proxy, whatever server the pod asks. Every event that does not fit
+//! messages (UDP or TCP port 53) are copied to the ring buffer whole, up to `PAYLOAD_CAPTURE` bytes,
+//! for the agent to parse: no proxy, whatever server the pod asks. With HTTP observation on,
+//! a TCP flow's first payload decides whether it is looked at again: one that begins an
+//! HTTP/1.x message (a method, or `HTTP/1.`) has every segment that begins one copied
+//! (`EVENT_HTTP`, up to `PAYLOAD_CAPTURE` bytes: the request line or status line and the first
+//! headers); any other flow costs one bit test per packet from then on. Every event that does not fit
 //! the ring buffer is counted (`counters::EVENTS_LOST`), never dropped silently. A flow that a
 //! Service translation made (or a reply to one) carries that Service's frontend, looked up once
 //! when the flow starts.
@@ -14,9 +18,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_bpf_common::{
-    counters, settings, Addr16, DatapathEvent, DnsEvent, FlowKey, FlowStats, NatKey, SockRevKey, DNS_CAPTURE,
-    EVENT_DNS, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, FLOW_F_REPLY, FLOW_REPORT_NS, OBS_FROM_POD,
-    OBS_TO_POD,
+    counters, settings, Addr16, DatapathEvent, FlowKey, FlowStats, NatKey, PayloadEvent, SockRevKey, EVENT_DNS,
+    EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_HTTP, FLOW_F_REPLY, FLOW_REPORT_NS, FLOW_S_CLOSED,
+    FLOW_S_HTTP, FLOW_S_OTHER, OBS_FROM_POD, OBS_TO_POD, PAYLOAD_CAPTURE,
 };
 
 use crate::{
@@ -79,7 +83,7 @@ fn fresh(bytes: u64, now: u64, tcp_flags: u8, svc: Svc) -> FlowStats {
         bytes,
         last_report_ns: now,
         tcp_flags,
-        closed: u8::from(tcp_flags & (TCP_FIN | TCP_RST) != 0),
+        state: if tcp_flags & (TCP_FIN | TCP_RST) != 0 { FLOW_S_CLOSED } else { 0 },
         svc_port_be: svc.port_be,
         svc_addr: svc.addr,
     }
@@ -192,7 +196,8 @@ fn emit(ctx: &TcContext, key: &FlowKey, kind: u8, s: &FlowStats, flags: u8) {
 /// Records the packet in `ctx` (addresses as in `ip`) as seen at observation point `point`.
 #[inline(never)]
 pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
-    if WEIR_SETTINGS.get(settings::OBSERVE).copied().unwrap_or(0) == 0 {
+    let on = WEIR_SETTINGS.get(settings::OBSERVE).copied().unwrap_or(0);
+    if on & settings::OBSERVE_FLOWS == 0 {
         return;
     }
     let (sport_be, dport_be, tcp_flags, payload_off) = l4(ctx, ip);
@@ -202,10 +207,13 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
     // the precise one when they are made.
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The flow's entry, where it already had one (else null): what HTTP observation below reads
+    // and marks. A bare pointer, not an Option (which would take 16 bytes of a tight stack).
+    let mut entry: *mut FlowStats = core::ptr::null_mut();
     // SAFETY: the kernel gives a pointer to this CPU's view of the value, valid during the run.
     let svc = match WEIR_FLOWS.get_ptr_mut(key) {
         // A SYN on a closed flow's tuple is a new connection that reuses it: report it anew.
-        Some(s) if unsafe { (*s).closed } != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
+        Some(s) if unsafe { (*s).state } & FLOW_S_CLOSED != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
             let svc = service(ctx, &key);
             // SAFETY: as above.
             let s = unsafe { &mut *s };
@@ -213,14 +221,15 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             emit(ctx, &key, EVENT_FLOW_NEW, s, 0);
             svc
         }
-        Some(s) => {
+        Some(p) => {
+            entry = p;
             // SAFETY: as above; a concurrent update on another CPU can only lose an increment.
-            let s = unsafe { &mut *s };
+            let s = unsafe { &mut *p };
             s.packets += 1;
             s.bytes += len;
             s.tcp_flags |= tcp_flags;
-            if tcp_flags & (TCP_FIN | TCP_RST) != 0 && s.closed == 0 {
-                s.closed = 1;
+            if tcp_flags & (TCP_FIN | TCP_RST) != 0 && s.state & FLOW_S_CLOSED == 0 {
+                s.state |= FLOW_S_CLOSED;
                 emit(ctx, &key, EVENT_FLOW_CLOSE, s, 0);
             } else if now.saturating_sub(s.last_report_ns) >= FLOW_REPORT_NS {
                 // (Saturating: another CPU may have stored a later coarse time.)
@@ -264,43 +273,93 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             svc
         }
     };
-    if (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP)
-        && (sport_be == DNS_PORT_BE || dport_be == DNS_PORT_BE)
-        && payload_off != 0
-    {
-        dns(ctx, &key, payload_off, tcp_flags, svc);
+    if payload_off == 0 || payload_off >= len as usize {
+        return; // no payload: a fragment, a bare TCP segment (SYN, ACK, FIN), a short header
+    }
+    if (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP) && (sport_be == DNS_PORT_BE || dport_be == DNS_PORT_BE) {
+        payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_DNS);
+    } else if ip.proto == IPPROTO_TCP && on & settings::OBSERVE_HTTP != 0 {
+        // A new flow's entry was made without a verdict on its payload: the next segment decides.
+        // SAFETY: as above (a non-null entry is the map value found above).
+        let state = if entry.is_null() { 0 } else { unsafe { (*entry).state } };
+        if state & FLOW_S_OTHER != 0 {
+            return;
+        }
+        if http_start(ctx, payload_off) {
+            if state & FLOW_S_HTTP == 0 && !entry.is_null() {
+                // SAFETY: as above.
+                unsafe { (*entry).state |= FLOW_S_HTTP };
+            }
+            payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_HTTP);
+        } else if state & FLOW_S_HTTP == 0 && !entry.is_null() {
+            // SAFETY: as above.
+            unsafe { (*entry).state |= FLOW_S_OTHER };
+        }
     }
 }
 
-/// Copies the DNS message in the packet's payload to the ring buffer.
+/// The first four bytes of an HTTP/1.x request method (with its space where the method is
+/// shorter) or of a status line, as a little-endian `u32` of the payload's first bytes.
+const fn word(b: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*b)
+}
+const HTTP_STARTS: [u32; 9] = [
+    word(b"GET "),
+    word(b"POST"),
+    word(b"PUT "),
+    word(b"HEAD"),
+    word(b"DELE"),
+    word(b"PATC"),
+    word(b"OPTI"),
+    word(b"CONN"),
+    word(b"TRAC"),
+];
+
+/// Does the payload at `off` begin an HTTP/1.x message: a request method, or `HTTP/1.`?
 #[inline(always)]
-fn dns(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8, svc: Svc) {
+fn http_start(ctx: &TcContext, off: usize) -> bool {
+    let Ok(b) = ctx.load::<[u8; 8]>(off) else { return false };
+    let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    if w == word(b"HTTP") {
+        return b[4] == b'/' && b[5] == b'1' && b[6] == b'.';
+    }
+    let mut i = 0;
+    while i < HTTP_STARTS.len() {
+        if w == HTTP_STARTS[i] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Copies the start of the packet's payload (at `payload_off`, before the packet's end) to the
+/// ring buffer as an event of `kind` (`EVENT_DNS`, `EVENT_HTTP`).
+#[inline(always)]
+fn payload(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8, svc: Svc, kind: u8) {
     let total = ctx.len() as usize;
-    if payload_off >= total {
-        return; // a bare TCP segment (SYN, ACK, FIN): no message
-    }
     let mut n = total - payload_off;
-    if n > DNS_CAPTURE {
-        n = DNS_CAPTURE;
+    if n > PAYLOAD_CAPTURE {
+        n = PAYLOAD_CAPTURE;
     }
-    // 1..=DNS_CAPTURE in a form the verifier can follow (DNS_CAPTURE is a power of two).
-    let n = ((n - 1) & (DNS_CAPTURE - 1)) + 1;
-    let Some(mut slot) = WEIR_EVENTS.reserve::<DnsEvent>(0) else {
+    // 1..=PAYLOAD_CAPTURE in a form the verifier can follow (a power of two).
+    let n = ((n - 1) & (PAYLOAD_CAPTURE - 1)) + 1;
+    let Some(mut slot) = WEIR_EVENTS.reserve::<PayloadEvent>(0) else {
         counter::count(counters::EVENTS_LOST);
         return;
     };
     let p = slot.as_mut_ptr();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `p` is the reserved record, sized for a DnsEvent, ours until submitted.
+    // SAFETY: `p` is the reserved record, sized for a PayloadEvent, ours until submitted.
     unsafe {
         let this = FlowStats { bytes: total as u64, ..fresh(0, now, tcp_flags, svc) };
-        fill(core::ptr::addr_of_mut!((*p).event), ctx, key, now, EVENT_DNS, &this, 0);
+        fill(core::ptr::addr_of_mut!((*p).event), ctx, key, now, kind, &this, 0);
         (*p).len = n as u16;
         (*p).tcp = u8::from(key.proto == IPPROTO_TCP);
         (*p)._pad = [0; 5];
     }
-    // SAFETY: as above; the copy is bounded by `data`'s size (n is 1..=DNS_CAPTURE).
+    // SAFETY: as above; the copy is bounded by `data`'s size (n is 1..=PAYLOAD_CAPTURE).
     let copied = unsafe {
         bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off as u32, (*p).data.as_mut_ptr().cast(), n as u32)
     };
@@ -308,5 +367,5 @@ fn dns(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8, svc: S
         // SAFETY: as above.
         unsafe { (*p).len = 0 };
     }
-    slot.submit(submit_flags(core::mem::size_of::<DnsEvent>()));
+    slot.submit(submit_flags(core::mem::size_of::<PayloadEvent>()));
 }

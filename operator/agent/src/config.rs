@@ -100,6 +100,11 @@ pub struct Config {
     /// reported.
     #[arg(long, env = "WEIR_OBSERVE", default_value_t = true, action = clap::ArgAction::Set)]
     pub observe: bool,
+    /// With `--observe`: HTTP/1.x requests and responses on pod connections, parsed from the
+    /// start of each message the datapath copies (`weir observe --type l7`, HTTP metrics). Off,
+    /// no payload but DNS is ever copied.
+    #[arg(long = "observe-http", env = "WEIR_OBSERVE_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub observe_http: bool,
     /// How many recent flows the agent keeps for `weir observe` and the observer API (oldest are
     /// evicted first). About 1.8 KiB of memory each.
     #[arg(long, env = "WEIR_FLOW_CAPACITY", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]

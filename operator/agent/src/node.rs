@@ -524,6 +524,7 @@ impl Node {
             vxlan_port: cfg.vxlan_port,
             nat_ports: cfg.nat_ports,
             observe: cfg.observe,
+            observe_http: cfg.observe_http,
         };
         let mut dp = Datapath::load(&load).context("loading the eBPF datapath")?;
         for m in dp.retired_maps() {

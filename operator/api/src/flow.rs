@@ -114,6 +114,9 @@ wire_enum! {
         Trace = "trace",
         Drop = "drop",
         Dns = "dns",
+        Http = "http",
+        /// Any L7 record: DNS or HTTP (Hubble's `l7`).
+        L7 = "l7",
         PolicyVerdict = "policy-verdict",
     }
 }
@@ -131,7 +134,7 @@ impl Verdict {
 impl ReportType {
     /// `--type`'s value.
     pub fn from_filter(s: &str) -> Result<Self, String> {
-        Self::parse(s).ok_or_else(|| format!("--type {s}: expected trace, drop, dns or policy-verdict"))
+        Self::parse(s).ok_or_else(|| format!("--type {s}: expected trace, drop, dns, http, l7 or policy-verdict"))
     }
 }
 
@@ -145,6 +148,7 @@ wire_enum! {
         Close = "close",
         Drop = "drop",
         Dns = "dns",
+        Http = "http",
     }
 }
 
@@ -288,10 +292,72 @@ pub struct Layer7 {
     /// REQUEST, RESPONSE, or MALFORMED (weir: a message that could not be parsed).
     #[serde(rename = "type")]
     pub kind: L7Type,
-    /// Query to response, for responses whose query was seen.
+    /// Request to response (DNS: query to answer), for responses whose request was seen.
     #[serde(default)]
     pub latency_ns: u64,
-    pub dns: Dns,
+    /// The record: one of `dns`, `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Http>,
+}
+
+impl Layer7 {
+    pub fn dns_query(&self) -> &str {
+        self.dns.as_ref().map_or("", |d| d.query.as_str())
+    }
+}
+
+/// An HTTP/1.x request or response as Hubble shows it. A response carries its request's method
+/// and URL when the request was seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http {
+    /// Status code of a response; 0 on a request.
+    #[serde(default)]
+    pub code: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    /// `http://HOST/PATH`: the Host header (else the server's address) and the path, query
+    /// string removed, at most `HTTP_URL_MAX` bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// `HTTP/1.1` or `HTTP/1.0`.
+    pub protocol: String,
+}
+
+impl Http {
+    /// The URL's path (what `--http-path` matches).
+    pub fn path(&self) -> &str {
+        let rest = self.url.strip_prefix("http://").unwrap_or(&self.url);
+        rest.find('/').map_or("", |i| &rest[i..])
+    }
+}
+
+/// HTTP status filter: `NNN`, or a prefix with `+` (`4+`, `50+`), as Hubble takes it.
+pub fn http_status_matches(want: &str, code: u32) -> bool {
+    if code == 0 {
+        return false;
+    }
+    let have = format!("{code:03}");
+    match want.strip_suffix('+') {
+        Some(prefix) => have.starts_with(prefix),
+        None => have == want,
+    }
+}
+
+/// Checks an HTTP status filter: `NNN` (100–599) or `N+` / `NN+`.
+pub fn http_status_valid(want: &str) -> Result<(), String> {
+    let b = want.as_bytes();
+    let first_ok = |c: u8| (b'1'..=b'5').contains(&c);
+    let ok = match want.strip_suffix('+') {
+        Some(p) => matches!(p.len(), 1 | 2) && first_ok(p.as_bytes()[0]) && p.bytes().all(|c| c.is_ascii_digit()),
+        None => b.len() == 3 && first_ok(b[0]) && want.bytes().all(|c| c.is_ascii_digit()),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("HTTP status {want:?}: expected a code (200) or a prefix with + (4+, 50+)"))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +417,11 @@ impl Flow {
         }
     }
 
+    /// The HTTP record of an L7 flow.
+    pub fn http(&self) -> Option<&Http> {
+        self.l7.as_ref().and_then(|l| l.http.as_ref())
+    }
+
     pub fn protocol(&self) -> &'static str {
         if self.l4.tcp.is_some() {
             "tcp"
@@ -363,9 +434,11 @@ impl Flow {
         }
     }
 
-    /// trace, drop or dns.
+    /// trace, drop, dns or http.
     pub fn report_type(&self) -> ReportType {
-        if self.l7.is_some() {
+        if self.l7.as_ref().is_some_and(|l| l.http.is_some()) {
+            ReportType::Http
+        } else if self.l7.is_some() {
             ReportType::Dns
         } else if self.verdict == Verdict::Dropped {
             ReportType::Drop
@@ -386,6 +459,7 @@ impl Flow {
     pub fn has_type(&self, t: ReportType) -> bool {
         match t {
             ReportType::PolicyVerdict => self.policy_judged(),
+            ReportType::L7 => self.l7.is_some(),
             t => self.report_type() == t,
         }
     }
@@ -429,15 +503,21 @@ pub enum Criterion {
     ToIp(String),
     /// Either side's port.
     Port(u16),
-    /// tcp, udp, icmp or dns.
+    /// tcp, udp, icmp, dns or http.
     Protocol(String),
     /// FORWARDED, DROPPED or TRANSLATED.
     Verdict(Verdict),
-    /// trace, drop, dns or policy-verdict.
+    /// trace, drop, dns, http, l7 or policy-verdict.
     Type(ReportType),
     Node(String),
     /// A DNS flow whose name matches (suffix match; `*.` prefix allowed).
     DnsName(String),
+    /// An HTTP response whose status is `NNN` or starts with the digits before `+` (`5+`).
+    HttpStatus(String),
+    /// An HTTP record of this method (any case).
+    HttpMethod(String),
+    /// An HTTP record whose URL path begins with this (`/api/`).
+    HttpPath(String),
 }
 
 impl Criterion {
@@ -466,6 +546,9 @@ impl Criterion {
             Criterion::Type(_) => "type",
             Criterion::Node(_) => "node",
             Criterion::DnsName(_) => "dns-name",
+            Criterion::HttpStatus(_) => "http-status",
+            Criterion::HttpMethod(_) => "http-method",
+            Criterion::HttpPath(_) => "http-path",
         }
     }
 
@@ -493,12 +576,16 @@ impl Criterion {
                 let (s, d) = f.ports();
                 *p == s || *p == d
             }
-            Criterion::Protocol(p) if p == "dns" => f.l7.is_some(),
+            Criterion::Protocol(p) if p == "dns" => f.l7.as_ref().is_some_and(|l| l.dns.is_some()),
+            Criterion::Protocol(p) if p == "http" => f.l7.as_ref().is_some_and(|l| l.http.is_some()),
             Criterion::Protocol(p) => f.protocol() == p,
             Criterion::Verdict(v) => f.verdict == *v,
             Criterion::Type(t) => f.has_type(*t),
             Criterion::Node(n) => &f.node_name == n,
-            Criterion::DnsName(n) => f.l7.as_ref().is_some_and(|l| dns_name_matches(n, &l.dns.query)),
+            Criterion::DnsName(n) => f.l7.as_ref().is_some_and(|l| dns_name_matches(n, l.dns_query())),
+            Criterion::HttpStatus(s) => f.http().is_some_and(|h| http_status_matches(s, h.code)),
+            Criterion::HttpMethod(m) => f.http().is_some_and(|h| h.method.eq_ignore_ascii_case(m)),
+            Criterion::HttpPath(p) => f.http().is_some_and(|h| h.path().starts_with(p.as_str())),
         }
     }
 
@@ -506,9 +593,14 @@ impl Criterion {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Criterion::Ip(c) | Criterion::FromIp(c) | Criterion::ToIp(c) => Cidr::parse(c).map(|_| ()),
-            Criterion::Protocol(p) if !["tcp", "udp", "icmp", "dns"].contains(&p.as_str()) => {
-                Err(format!("--protocol {p}: expected tcp, udp, icmp or dns"))
+            Criterion::Protocol(p) if !["tcp", "udp", "icmp", "dns", "http"].contains(&p.as_str()) => {
+                Err(format!("--protocol {p}: expected tcp, udp, icmp, dns or http"))
             }
+            Criterion::HttpStatus(s) => http_status_valid(s).map_err(|e| format!("--http-status: {e}")),
+            Criterion::HttpMethod(m) if m.is_empty() || !m.bytes().all(|c| c.is_ascii_alphabetic()) => {
+                Err(format!("--http-method {m:?}: expected a method name (GET, POST, ...)"))
+            }
+            Criterion::HttpPath(p) if !p.starts_with('/') => Err(format!("--http-path {p:?}: a path begins with /")),
             Criterion::Verdict(Verdict::Unknown) => {
                 Err("--verdict VERDICT_UNKNOWN: expected forwarded, dropped or translated".into())
             }

@@ -93,6 +93,9 @@ pub fn parse(args: &[String], now: SystemTime) -> Result<Args, String> {
             "-t" | "--type" => Criterion::Type(ReportType::from_filter(&value(flag)?)?),
             "--node" => Criterion::Node(value(flag)?),
             "--dns-name" => Criterion::DnsName(value(flag)?),
+            "--http-status" => Criterion::HttpStatus(value(flag)?),
+            "--http-method" => Criterion::HttpMethod(value(flag)?),
+            "--http-path" => Criterion::HttpPath(value(flag)?),
             other => {
                 if negate {
                     return Err(format!("--not must be followed by a filter, not {other}"));
@@ -237,7 +240,8 @@ const HELP: &str = "weir observe [FILTERS] [--since DURATION] [--last N] [--foll
      -n/--namespace NS  --pod [NS/]POD  --from-pod  --to-pod  -l/--label KEY[=VALUE]  --from-label  --to-label\n  \
      --service [NS/]SVC  --from-service  --to-service  --workload [KIND/]NAME  --from-workload  --to-workload\n  \
      --ip ADDR[/LEN]  --from-ip  --to-ip  --port N\n  \
-     --protocol tcp|udp|icmp|dns  --verdict forwarded|dropped|translated  -t/--type trace|drop|dns|policy-verdict  --node NAME  --dns-name NAME\n\
+     --protocol tcp|udp|icmp|dns|http  --verdict forwarded|dropped|translated  --node NAME\n  \
+     -t/--type trace|drop|dns|http|l7|policy-verdict  --dns-name NAME  --http-status 200|4+  --http-method GET  --http-path /PREFIX\n\
      with several --socket: the agents' flows merged, newest N of all of them for --last, in time order";
 
 /// One record in the chosen format: a single line, whatever the flow holds. Names come from

@@ -90,7 +90,7 @@ pub fn spawn_reader(
                         log.push(r);
                     }
                 }
-                made.extend(ingest.flow(ev));
+                ingest.flows(ev, &mut made);
             }
         }
         let mut store = flows.lock().unwrap_or_else(|p| p.into_inner());

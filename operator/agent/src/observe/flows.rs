@@ -4,8 +4,9 @@
 //!   drop reason, observation point and direction, the pods on both sides (namespace, labels,
 //!   node) and their policy identities, the policies that allowed or denied it (the datapath's
 //!   own compiled policy, looked up the way the datapath does), the Service a connection was
-//!   made to (the datapath reports the frontend it translated from), and for DNS the parsed
-//!   message with the query-to-response latency.
+//!   made to (the datapath reports the frontend it translated from), for DNS the parsed
+//!   message with the query-to-response latency, and for HTTP/1.x each request and response
+//!   (`observe::http`) with the request-to-response latency.
 //! * [`FlowStore`] keeps the newest flows (capacity `--flow-capacity`) for history queries and
 //!   fans new ones out to followers. A follower that cannot keep up is told how many it skipped.
 //!
@@ -19,17 +20,17 @@ use std::{
 
 use tokio::sync::broadcast;
 use weir_bpf_common::{
-    Addr16, DatapathEvent, DnsEvent, DropReason, ServiceKey, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW,
-    EVENT_FLOW_UPDATE, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
+    Addr16, DatapathEvent, DropReason, PayloadEvent, ServiceKey, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE,
+    EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
 };
 use weir_dataplane::events::Event;
 use weir_operator_api::flow::{
-    Dns, Endpoint, EventType, Flow, FlowEvent, FlowQuery, FlowType, Icmp, Ip, L7Type, Layer4, Layer7, ObservationPoint,
-    Policy, Service, Tcp, TcpFlags, TrafficDirection, Udp, Verdict, WeirInfo,
+    Dns, Endpoint, EventType, Flow, FlowEvent, FlowQuery, FlowType, Http, Icmp, Ip, L7Type, Layer4, Layer7,
+    ObservationPoint, Policy, Service, Tcp, TcpFlags, TrafficDirection, Udp, Verdict, WeirInfo,
 };
 
 use crate::{
-    observe::dns,
+    observe::{dns, http},
     policy::{
         compile::{decide, Cluster, Compiled, SideExplain},
         Direction, RuleRef,
@@ -70,6 +71,8 @@ pub struct Ingest {
     /// (client address, client port, DNS id) → query time (ktime).
     pending: HashMap<(IpAddr, u16, u16), u64>,
     pending_order: VecDeque<(IpAddr, u16, u16)>,
+    /// HTTP requests waiting for their responses.
+    http: http::Pairing,
     /// Endpoints already described (and their address as text), valid for the enrichment they
     /// were made from.
     endpoints: HashMap<IpAddr, (Endpoint, String)>,
@@ -127,6 +130,7 @@ impl Ingest {
             clock_offset_ns: clock_offset_ns(),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
+            http: http::Pairing::default(),
             endpoints: HashMap::new(),
             endpoints_of: None,
         }
@@ -162,19 +166,29 @@ impl Ingest {
         }
     }
 
-    /// The flow of one event, or `None` for an event of no known kind.
+    /// The first flow of one event, or `None` (an event of no known kind, an HTTP segment that
+    /// did not parse).
     pub fn flow(&mut self, ev: &Event) -> Option<Flow> {
-        let (e, dns_msg) = match ev {
+        let mut out = Vec::with_capacity(1);
+        self.flows(ev, &mut out);
+        out.into_iter().next()
+    }
+
+    /// The flows of one event, appended to `out`: one, except for an HTTP segment, which gives
+    /// one per message it starts (none when it does not parse: counted).
+    pub fn flows(&mut self, ev: &Event, out: &mut Vec<Flow>) {
+        let (e, payload) = match ev {
             Event::Flow(e) => (e, None),
-            Event::Dns(d) => (&d.event, Some(d.as_ref())),
+            Event::Payload(d) => (&d.event, Some(d.as_ref())),
         };
-        let event = match e.kind {
-            EVENT_DROP => FlowEvent::Drop,
-            EVENT_FLOW_NEW => FlowEvent::New,
-            EVENT_FLOW_UPDATE => FlowEvent::Update,
-            EVENT_FLOW_CLOSE => FlowEvent::Close,
-            EVENT_DNS => FlowEvent::Dns,
-            _ => return None,
+        let event = match (e.kind, payload.is_some()) {
+            (EVENT_DROP, false) => FlowEvent::Drop,
+            (EVENT_FLOW_NEW, false) => FlowEvent::New,
+            (EVENT_FLOW_UPDATE, false) => FlowEvent::Update,
+            (EVENT_FLOW_CLOSE, false) => FlowEvent::Close,
+            (EVENT_DNS, true) => FlowEvent::Dns,
+            (EVENT_HTTP, true) => FlowEvent::Http,
+            _ => return,
         };
         let point = match e.point {
             OBS_FROM_POD => Some(ObservationPoint::FromEndpoint),
@@ -205,13 +219,13 @@ impl Ingest {
             l4: layer4(e),
             source,
             destination,
-            kind: if dns_msg.is_some() { FlowType::L7 } else { FlowType::L3L4 },
+            kind: if payload.is_some() { FlowType::L7 } else { FlowType::L3L4 },
             node_name: self.node.clone(),
             is_reply: e.flags & FLOW_F_REPLY != 0,
             event_type: EventType {
                 kind: match event {
                     FlowEvent::Drop => 1,
-                    FlowEvent::Dns => 129,
+                    FlowEvent::Dns | FlowEvent::Http => 129,
                     FlowEvent::New | FlowEvent::Update | FlowEvent::Close => 4,
                 },
             },
@@ -244,15 +258,95 @@ impl Ingest {
                 self.attribute(&enrichment, &mut f, s, d, e.proto, dport);
             }
         }
-        if let Some(d) = dns_msg {
-            self.dns(&mut f, d, src, sport, dst, dport);
+        if event == FlowEvent::Close && e.proto == 6 {
+            // Requests still waiting on a closed connection will not be answered.
+            let (a, b) = (self.http.closed(&(src, sport, dst, dport)), self.http.closed(&(dst, dport, src, sport)));
+            self.metrics.http_unanswered(a.unanswered + b.unanswered);
+        }
+        match payload {
+            Some(d) if event == FlowEvent::Http => {
+                let first = out.len();
+                self.http(f, d, out);
+                for f in &mut out[first..] {
+                    if e.svc_port_be != 0 {
+                        Self::service(&enrichment, f, e);
+                    }
+                    f.summary = summary(f, e);
+                    self.metrics.flow(f);
+                }
+                return;
+            }
+            Some(d) => self.dns(&mut f, d, src, sport, dst, dport),
+            None => {}
         }
         if e.svc_port_be != 0 {
             Self::service(&enrichment, &mut f, e);
         }
         f.summary = summary(&f, e);
         self.metrics.flow(&f);
-        Some(f)
+        out.push(f);
+    }
+
+    /// The HTTP messages an `EVENT_HTTP` segment starts, each as `base` with its L7 record;
+    /// requests wait for their responses, responses take the oldest waiting request of their
+    /// connection.
+    fn http(&mut self, base: Flow, d: &PayloadEvent, out: &mut Vec<Flow>) {
+        let data = &d.data[..usize::from(d.len).min(d.data.len())];
+        let Ok(messages) = http::parse(data) else {
+            self.metrics.http_unparsed();
+            return;
+        };
+        let e = &d.event;
+        let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
+        let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
+        for m in messages {
+            let mut f = base.clone();
+            match m {
+                http::Message::Request { method, path, host, version } => {
+                    let host = host.unwrap_or_else(|| std::net::SocketAddr::new(dst, dport).to_string());
+                    let url = format!("http://{host}{path}");
+                    // Counted on the client's node (or on any node for a client outside the
+                    // cluster): a cross-node exchange is seen on both nodes, counted once.
+                    let counted_here = f.source.pod_name.is_empty() || f.source.node_name == self.node;
+                    let pending =
+                        http::Pending { ktime_ns: e.ktime_ns, method: method.clone(), url: url.clone(), counted_here };
+                    let dropped = self.http.request((src, sport, dst, dport), pending);
+                    self.metrics.http_unanswered(dropped.unanswered);
+                    f.l7 = Some(Layer7 {
+                        kind: L7Type::Request,
+                        latency_ns: 0,
+                        dns: None,
+                        http: Some(Http { code: 0, method, url, protocol: http::protocol(version) }),
+                    });
+                }
+                http::Message::Response { code, version } => {
+                    f.is_reply = true;
+                    let (req, dropped) = self.http.response(&(dst, dport, src, sport), e.ktime_ns);
+                    self.metrics.http_unanswered(dropped.unanswered);
+                    let latency_ns = req.as_ref().map_or(0, |r| e.ktime_ns.saturating_sub(r.ktime_ns));
+                    let counted_here = match &req {
+                        Some(r) => r.counted_here,
+                        None => f.destination.pod_name.is_empty() || f.destination.node_name == self.node,
+                    };
+                    let (method, url) = req.map(|r| (r.method, r.url)).unwrap_or_default();
+                    if counted_here {
+                        self.metrics.http_response(
+                            &f,
+                            &method,
+                            u32::from(code),
+                            (!url.is_empty()).then_some(latency_ns),
+                        );
+                    }
+                    f.l7 = Some(Layer7 {
+                        kind: L7Type::Response,
+                        latency_ns,
+                        dns: None,
+                        http: Some(Http { code: u32::from(code), method, url, protocol: http::protocol(version) }),
+                    });
+                }
+            }
+            out.push(f);
+        }
     }
 
     /// The Service a translated connection was made to: its destination's, or — on a backend's
@@ -296,14 +390,14 @@ impl Ingest {
         }
     }
 
-    fn dns(&mut self, f: &mut Flow, d: &DnsEvent, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) {
+    fn dns(&mut self, f: &mut Flow, d: &PayloadEvent, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) {
         let data = &d.data[..usize::from(d.len).min(d.data.len())];
         // Over TCP the segment starts with the message's two-byte length.
         let msg = if d.tcp != 0 { data.get(2..).unwrap_or_default() } else { data };
         f.weir.dns_tcp = d.tcp != 0;
         let Ok(m) = dns::parse(msg) else {
             self.metrics.dns_malformed();
-            f.l7 = Some(Layer7 { kind: L7Type::Malformed, latency_ns: 0, dns: Dns::default() });
+            f.l7 = Some(Layer7 { kind: L7Type::Malformed, latency_ns: 0, dns: Some(Dns::default()), http: None });
             return;
         };
         let mut latency_ns = 0;
@@ -331,7 +425,8 @@ impl Ingest {
         f.l7 = Some(Layer7 {
             kind: if m.response { L7Type::Response } else { L7Type::Request },
             latency_ns,
-            dns: Dns {
+            http: None,
+            dns: Some(Dns {
                 query: m.name.clone(),
                 ips: m.ips.iter().map(ToString::to_string).collect(),
                 ttl: m.ttl.unwrap_or(0),
@@ -340,7 +435,7 @@ impl Ingest {
                 qtypes: vec![dns::type_name(m.qtype)],
                 rrtypes: m.rrtypes.iter().map(|t| dns::type_name(*t)).collect(),
                 observation_source: "weir-datapath".into(),
-            },
+            }),
         });
     }
 }
@@ -362,8 +457,22 @@ fn layer4(e: &DatapathEvent) -> Layer4 {
 }
 
 fn summary(f: &Flow, e: &DatapathEvent) -> String {
-    if let Some(l7) = &f.l7 {
-        let d = &l7.dns;
+    if let Some(h) = f.http() {
+        let l7 = f.l7.as_ref().map_or(L7Type::Request, |l| l.kind);
+        return match l7 {
+            L7Type::Request => format!("{} {} {}", h.protocol, h.method, h.url),
+            _ if h.url.is_empty() => format!("{} {} (request not seen)", h.protocol, h.code),
+            _ => format!(
+                "{} {} {} ({} {})",
+                h.protocol,
+                h.code,
+                latency_text(f.l7.as_ref().map_or(0, |l| l.latency_ns)),
+                h.method,
+                h.url
+            ),
+        };
+    }
+    if let Some((l7, d)) = f.l7.as_ref().and_then(|l| Some((l, l.dns.as_ref()?))) {
         let qtype = d.qtypes.first().map_or("", String::as_str);
         return match l7.kind {
             L7Type::Request => format!("DNS query {} {qtype}", d.query),
@@ -400,6 +509,15 @@ fn summary(f: &Flow, e: &DatapathEvent) -> String {
         ));
     }
     s
+}
+
+/// A latency as people read it: `850us`, `12ms`, `1.5s`.
+fn latency_text(ns: u64) -> String {
+    match ns {
+        n if n < 1_000_000 => format!("{}us", n / 1_000),
+        n if n < 10_000_000_000 => format!("{}ms", n / 1_000_000),
+        n => format!("{:.1}s", n as f64 / 1e9),
+    }
 }
 
 /// The newest flows of this node, and the stream of new ones.
@@ -586,7 +704,7 @@ mod tests {
     }
 
     fn dns_event(payload: &[u8], sport: u16, dport: u16, response: bool, t: u64) -> Event {
-        let mut e = DnsEvent {
+        let mut e = PayloadEvent {
             event: DatapathEvent { proto: 17, ktime_ns: t, ..ev(EVENT_DNS, sport, dport) },
             len: payload.len() as u16,
             tcp: 0,
@@ -597,7 +715,61 @@ mod tests {
             (e.event.saddr, e.event.daddr) = (e.event.daddr, e.event.saddr);
         }
         e.data[..payload.len()].copy_from_slice(payload);
-        Event::Dns(Box::new(e))
+        Event::Payload(Box::new(e))
+    }
+
+    fn http_event(payload: &[u8], client_port: u16, response: bool, t: u64) -> Event {
+        let mut e = PayloadEvent {
+            event: DatapathEvent { ktime_ns: t, ..ev(EVENT_HTTP, client_port, 8080) },
+            len: payload.len() as u16,
+            tcp: 1,
+            _pad: [0; 5],
+            data: [0; 512],
+        };
+        if response {
+            (e.event.saddr, e.event.daddr) = (e.event.daddr, e.event.saddr);
+            (e.event.sport_be, e.event.dport_be) = (e.event.dport_be, e.event.sport_be);
+        }
+        e.data[..payload.len()].copy_from_slice(payload);
+        Event::Payload(Box::new(e))
+    }
+
+    #[test]
+    fn http_requests_and_responses_are_paired_per_connection() {
+        let mut i = ingest();
+        let req =
+            i.flow(&http_event(b"GET /a?secret=1 HTTP/1.1\r\nHost: web\r\n\r\n", 40000, false, 1_000)).expect("req");
+        assert_eq!(req.summary, "HTTP/1.1 GET http://web/a");
+        assert_eq!((req.kind, req.event_type.kind, req.weir.event), (FlowType::L7, 129, FlowEvent::Http));
+        // A request on another connection, answered first: no cross-pairing.
+        i.flow(&http_event(b"POST /b HTTP/1.1\r\n\r\n", 40001, false, 2_000)).expect("req");
+        let resp = i.flow(&http_event(b"HTTP/1.1 500 Oops\r\n\r\n", 40001, true, 5_002_000)).expect("resp");
+        let h = resp.http().expect("http");
+        assert_eq!((h.code, h.method.as_str(), h.url.as_str()), (500, "POST", "http://10.244.2.3:8080/b"));
+        assert_eq!(resp.l7.as_ref().map(|l| (l.kind, l.latency_ns)), Some((L7Type::Response, 5_000_000)));
+        assert!(resp.is_reply);
+        assert_eq!(resp.summary, "HTTP/1.1 500 5ms (POST http://10.244.2.3:8080/b)");
+        let v = serde_json::to_value(&resp).expect("json");
+        assert_eq!(v["l7"]["http"]["code"], 500);
+        assert_eq!(v["l7"]["type"], "RESPONSE");
+        assert!(v["l7"].get("dns").is_none(), "{v}");
+        let resp = i.flow(&http_event(b"HTTP/1.1 200 OK\r\n\r\n", 40000, true, 3_000)).expect("resp");
+        assert_eq!(resp.http().map(|h| (h.code, h.url.as_str())), Some((200, "http://web/a")));
+        // A response whose request was not seen: reported without one, no latency.
+        let lone = i.flow(&http_event(b"HTTP/1.0 404 Not Found\r\n\r\n", 40000, true, 9_000)).expect("resp");
+        assert_eq!(lone.http().map(|h| (h.code, h.method.as_str())), Some((404, "")));
+        assert_eq!(lone.l7.as_ref().map(|l| l.latency_ns), Some(0));
+        assert_eq!(lone.summary, "HTTP/1.0 404 (request not seen)");
+        // Two pipelined requests in one segment: two records, two waiting.
+        let mut out = Vec::new();
+        i.flows(&http_event(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n", 40002, false, 10), &mut out);
+        assert_eq!(out.len(), 2);
+        // Not HTTP after all: nothing (counted).
+        assert!(i.flow(&http_event(b"GET \x00\x01", 40003, false, 10)).is_none());
+        let text = String::from_utf8(i.metrics.render()).expect("utf-8");
+        assert!(text.contains("weir_http_unparsed_total 1"), "{text}");
+        assert!(text.contains("weir_http_responses_without_request_total 1"), "{text}");
+        assert!(text.contains("status=\"5xx\"} 1"), "{text}");
     }
 
     #[test]
@@ -614,7 +786,7 @@ mod tests {
         let fr = i.flow(&dns_event(&q, 53, 5555, true, 251_000)).expect("response");
         let l7 = fr.l7.expect("l7");
         assert_eq!((l7.kind, l7.latency_ns), (L7Type::Response, 250_000));
-        assert_eq!(l7.dns.ips, ["10.1.2.3"]);
+        assert_eq!(l7.dns.as_ref().map(|d| d.ips.clone()), Some(vec!["10.1.2.3".to_owned()]));
         assert_eq!(fr.summary, "DNS answer web. A NOERROR: 10.1.2.3 TTL 30");
         let bad = i.flow(&dns_event(&[1, 2, 3], 5555, 53, false, 5)).expect("malformed");
         assert_eq!(bad.l7.map(|l| l.kind), Some(L7Type::Malformed));

@@ -6,7 +6,8 @@
 //! `GetFlows` keeps Hubble's semantics: a flow passes when it matches any `whitelist` filter (or
 //! there is none) and no `blacklist` filter; inside a filter every set field must match, and a
 //! field matches when any of its entries does. Filters are compiled once per request
-//! ([`Selection`]). Filter fields weir cannot evaluate (FQDNs, HTTP, UUIDs, trace ids) are
+//! ([`Selection`]). HTTP filters follow Hubble: status `NNN` or a prefix with `+`, method (any case),
+//! path as a regular expression over the URL path. Filter fields weir cannot evaluate (FQDNs, UUIDs, trace ids) are
 //! refused with `InvalidArgument`, never silently ignored. Events the kernel lost are announced as a `LostEvent` first; a follower
 //! that falls behind gets a `LostEvent` with how many it missed.
 use std::{
@@ -19,7 +20,8 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 use weir_operator_api::flow::{
-    label_selector_matches, Cidr, Flow, FlowType, L7Type, NameRule, ObservationPoint, TrafficDirection, Verdict,
+    http_status_matches, label_selector_matches, Cidr, Flow, FlowType, L7Type, NameRule, ObservationPoint,
+    TrafficDirection, Verdict,
 };
 
 use crate::{
@@ -156,16 +158,26 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
             L7Type::Malformed => pb::L7FlowType::UnknownL7Type,
         } as i32,
         latency_ns: l.latency_ns,
-        record: Some(pb::layer7::Record::Dns(pb::Dns {
-            query: l.dns.query.clone(),
-            ips: l.dns.ips.clone(),
-            ttl: l.dns.ttl,
-            cnames: l.dns.cnames.clone(),
-            observation_source: l.dns.observation_source.clone(),
-            rcode: l.dns.rcode,
-            qtypes: l.dns.qtypes.clone(),
-            rrtypes: l.dns.rrtypes.clone(),
-        })),
+        record: match (&l.dns, &l.http) {
+            (_, Some(h)) => Some(pb::layer7::Record::Http(pb::Http {
+                code: h.code,
+                method: h.method.clone(),
+                url: h.url.clone(),
+                protocol: h.protocol.clone(),
+                headers: Vec::new(),
+            })),
+            (Some(d), None) => Some(pb::layer7::Record::Dns(pb::Dns {
+                query: d.query.clone(),
+                ips: d.ips.clone(),
+                ttl: d.ttl,
+                cnames: d.cnames.clone(),
+                observation_source: d.observation_source.clone(),
+                rcode: d.rcode,
+                qtypes: d.qtypes.clone(),
+                rrtypes: d.rrtypes.clone(),
+            })),
+            (None, None) => None,
+        },
     });
     let dropped = f.verdict == Verdict::Dropped;
     let reason = drop_reason_code(&f.weir.drop_reason);
@@ -222,6 +234,7 @@ pub struct HubbleFilter {
     destination_port: Vec<u16>,
     protocol: Vec<ProtocolSel>,
     dns_query: Vec<regex_lite::Regex>,
+    http_path: Vec<regex_lite::Regex>,
 }
 
 /// What a Hubble `protocol` entry selects.
@@ -231,6 +244,7 @@ enum ProtocolSel {
     Udp,
     Icmp,
     Dns,
+    Http,
 }
 
 impl HubbleFilter {
@@ -240,9 +254,6 @@ impl HubbleFilter {
             ("uuid", raw.uuid.is_empty()),
             ("source_fqdn", raw.source_fqdn.is_empty()),
             ("destination_fqdn", raw.destination_fqdn.is_empty()),
-            ("http_status_code", raw.http_status_code.is_empty()),
-            ("http_method", raw.http_method.is_empty()),
-            ("http_path", raw.http_path.is_empty()),
             ("trace_id", raw.trace_id.is_empty()),
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, empty)| !empty) {
@@ -262,7 +273,8 @@ impl HubbleFilter {
                 "udp" => Ok(ProtocolSel::Udp),
                 "icmp" | "icmpv4" => Ok(ProtocolSel::Icmp),
                 "dns" => Ok(ProtocolSel::Dns),
-                _ => Err(format!("protocol {p:?}: weir knows tcp, udp, icmp and dns")),
+                "http" => Ok(ProtocolSel::Http),
+                _ => Err(format!("protocol {p:?}: weir knows tcp, udp, icmp, dns and http")),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let dns_query = raw
@@ -270,7 +282,16 @@ impl HubbleFilter {
             .iter()
             .map(|q| regex_lite::Regex::new(q).map_err(|e| format!("dns_query {q:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        for c in &raw.http_status_code {
+            weir_operator_api::flow::http_status_valid(c).map_err(|e| format!("http_status_code: {e}"))?;
+        }
+        let http_path = raw
+            .http_path
+            .iter()
+            .map(|q| regex_lite::Regex::new(q).map_err(|e| format!("http_path {q:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(HubbleFilter {
+            http_path,
             source_ip: cidrs(&raw.source_ip)?,
             destination_ip: cidrs(&raw.destination_ip)?,
             source_port: ports(&raw.source_port)?,
@@ -302,7 +323,8 @@ impl HubbleFilter {
             && any(&r.verdict, |v| *v == verdict)
             && any(&r.event_type, |e| e.r#type == f.event_type.kind as i32 && (!e.match_sub_type || e.sub_type == 0))
             && any(&self.protocol, |p| match p {
-                ProtocolSel::Dns => f.l7.is_some(),
+                ProtocolSel::Dns => f.l7.as_ref().is_some_and(|l| l.dns.is_some()),
+                ProtocolSel::Http => f.http().is_some(),
                 ProtocolSel::Icmp => f.protocol() == "icmp",
                 ProtocolSel::Tcp => f.protocol() == "tcp" && f.l7.is_none(),
                 ProtocolSel::Udp => f.protocol() == "udp" && f.l7.is_none(),
@@ -310,7 +332,10 @@ impl HubbleFilter {
             && any(&self.source_port, |p| *p == sport)
             && any(&self.destination_port, |p| *p == dport)
             && any(&r.reply, |x| *x == f.is_reply)
-            && any(&self.dns_query, |re| f.l7.as_ref().is_some_and(|l| re.is_match(&l.dns.query)))
+            && any(&self.dns_query, |re| f.l7.as_ref().is_some_and(|l| l.dns.is_some() && re.is_match(l.dns_query())))
+            && any(&r.http_status_code, |c| f.http().is_some_and(|h| http_status_matches(c, h.code)))
+            && any(&r.http_method, |m| f.http().is_some_and(|h| h.method.eq_ignore_ascii_case(m)))
+            && any(&self.http_path, |re| f.http().is_some_and(|h| re.is_match(h.path())))
             && any(&r.source_identity, |i| *i == f.source.identity)
             && any(&r.destination_identity, |i| *i == f.destination.identity)
             && any(&r.tcp_flags, |want| {

@@ -1,9 +1,10 @@
 //! Prometheus metrics (`--metrics-addr`, `GET /metrics`, text format 0.0.4).
 //!
 //! Two sources:
-//! * counted as events are ingested (flows, DNS, policy verdicts): labels are bounded — verdict,
-//!   event kind, direction, drop reason, namespace, DNS type and rcode; never a pod, address or
-//!   port;
+//! * counted as events are ingested (flows, DNS, HTTP, policy verdicts): labels are bounded —
+//!   verdict, event kind, direction, drop reason, namespace, DNS type and rcode, HTTP method
+//!   (standard ones, else OTHER) and status class, workload (a pod without a controller: its
+//!   name); never an address, a port or a URL path;
 //! * read at scrape time from the kernel and the node's writer (drops by reason and lost events
 //!   from the datapath's own counters, which miss nothing even when the ring buffer is full;
 //!   map pressure; rejected Services and policies; fail-closed endpoints).
@@ -12,11 +13,12 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 use http_body_util::Full;
 use hyper::{body::Bytes, Request, Response};
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
-use weir_operator_api::flow::{Flow, TrafficDirection, Verdict};
+use weir_operator_api::flow::{Endpoint, Flow, TrafficDirection, Verdict};
 
-use crate::observe::dns;
+use crate::observe::{dns, http};
 
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +29,11 @@ pub struct Metrics {
     dns_latency: Histogram,
     dns_malformed: IntCounter,
     policy_verdicts: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    http_without_request: IntCounter,
+    http_unanswered: IntCounter,
+    http_unparsed: IntCounter,
     /// Events the kernel could not put on the ring buffer (its counter, followed at scrape time).
     events_lost: IntCounter,
     /// Set at scrape time.
@@ -99,6 +106,47 @@ impl Default for Metrics {
             "NetworkPolicy verdicts on new connections and drops of isolated pods, by direction and match (allowed, denied).",
             &["direction", "match"],
         );
+        const HTTP_LABELS: [&str; 6] = [
+            "source_namespace",
+            "source_workload",
+            "destination_namespace",
+            "destination_workload",
+            "method",
+            "status",
+        ];
+        let http_requests = counter_vec(
+            &r,
+            "weir_http_requests_total",
+            "HTTP/1.x requests answered, by client and server (namespace, workload), method and status class; counted on the client's node.",
+            &HTTP_LABELS,
+        );
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_http_request_duration_seconds",
+                "Time from an HTTP/1.x request to its response, seen from the client's node (from the server's for clients outside the cluster).",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &HTTP_LABELS,
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(http_duration.clone())).expect("metric registered once");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric definition");
+            r.register(Box::new(c.clone())).expect("metric registered once");
+            c
+        };
+        let http_without_request = counter(
+            "weir_http_responses_without_request_total",
+            "HTTP responses whose request was not seen (its connection began before the agent, or the request was not copied): reported without latency, never paired with a guess.",
+        );
+        let http_unanswered = counter(
+            "weir_http_requests_unanswered_total",
+            "HTTP requests that got no response: expired after 120 s, evicted by the bounds on waiting requests, or their connection closed first.",
+        );
+        let http_unparsed = counter(
+            "weir_http_unparsed_total",
+            "Copied segments that began like an HTTP/1.x message but did not parse (skipped).",
+        );
         let datapath = gauge_vec(
             &r,
             "weir_datapath_packets",
@@ -132,6 +180,11 @@ impl Default for Metrics {
             dns_latency,
             dns_malformed,
             policy_verdicts,
+            http_requests,
+            http_duration,
+            http_without_request,
+            http_unanswered,
+            http_unparsed,
             events_lost,
             datapath,
             datapath_drops,
@@ -177,6 +230,39 @@ impl Metrics {
 
     pub fn dns_malformed(&self) {
         self.dns_malformed.inc();
+    }
+
+    /// One HTTP response `f` (source: the server) to a request of `method` (empty: its request
+    /// was not seen, only counted as such); `latency_ns` when the request was seen.
+    pub fn http_response(&self, f: &Flow, method: &str, code: u32, latency_ns: Option<u64>) {
+        if method.is_empty() {
+            self.http_without_request.inc();
+            return;
+        }
+        let (client, server) = (&f.destination, &f.source);
+        let (cw, sw) = (workload_label(client), workload_label(server));
+        let labels = [
+            client.namespace.as_str(),
+            cw,
+            server.namespace.as_str(),
+            sw,
+            http::method_label(method),
+            http::status_class(code),
+        ];
+        self.http_requests.with_label_values(&labels).inc();
+        if let Some(ns) = latency_ns {
+            self.http_duration.with_label_values(&labels).observe(ns as f64 / 1e9);
+        }
+    }
+
+    pub fn http_unanswered(&self, n: u64) {
+        if n > 0 {
+            self.http_unanswered.inc_by(n);
+        }
+    }
+
+    pub fn http_unparsed(&self) {
+        self.http_unparsed.inc();
     }
 
     /// Follows the kernel's lost-events counter (it only grows while the datapath stays loaded).
@@ -253,6 +339,12 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// A side's workload as a label: its controller's name, a bare pod's own name, or empty
+/// (outside the cluster).
+fn workload_label(e: &Endpoint) -> &str {
+    e.workloads.first().map_or(e.pod_name.as_str(), |w| w.name.as_str())
 }
 
 #[cfg(test)]
