@@ -243,6 +243,11 @@ fn lab_observe_flows_drops_dns_and_metrics() {
             "--",
             "curl",
             "-s",
+            // One -o per URL.
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
             "-o",
             "/dev/null",
             "-w",
