@@ -3,16 +3,18 @@
 #   1. weir-observe-bench (kernel side, BPF_PROG_TEST_RUN): per-packet cost of the real program
 #      on vs off, sustained events through the agent's own reader path, events lost under overload
 #      (every one counted);
-#   2. a 2-node lab: pod<->pod TCP throughput (iperf3) and new-connection rate (connect, 1-byte
-#      request/response, close), same node and across nodes, with the agents restarted with
-#      --observe=true / false in alternating rounds (median reported), and the flows each mode
-#      recorded (0 when off: the switch really is off).
+#   2. a 2-node lab: pod<->pod TCP throughput (iperf3), new-connection rate (connect, 1-byte
+#      request/response, close) and HTTP requests/s (wrk against nginx, keep-alive), same node
+#      and across nodes, with the agents restarted in three modes in rotating order each round
+#      (median reported): on (flows, DNS and HTTP: the default), flows (HTTP observation off) and
+#      off; and the flows each mode recorded (0 when off: the switch really is off).
 # Prints tables with on/off ratios; JSON from part 1 goes to observe-bench-results.json.
 # Needs root; the lab (wl-o<pid>-*) and the bench namespace are removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IPERF_SECS=${IPERF_SECS:-4}
 CRR_COUNT=${CRR_COUNT:-2000}
+WRK_SECS=${WRK_SECS:-4}
 ROUNDS=${ROUNDS:-5}
 # shellcheck source=scripts/release-bins.sh
 . ./scripts/release-bins.sh bench-observe
@@ -22,7 +24,14 @@ BIN=$PWD/target/release
 
 LAB="$BIN/weir-lab"
 export WEIR_LAB="o$$"
-cleanup() { "$LAB" down >/dev/null 2>&1 || true; }
+NGINX_DIR=$(mktemp -d /tmp/weir-bench-nginx.XXXXXX)
+cleanup() {
+  local pid
+  for pid in $(cat "$NGINX_DIR"/*.pid 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  sleep 0.2
+  "$LAB" down >/dev/null 2>&1 || true
+  rm -rf "$NGINX_DIR"
+}
 trap cleanup EXIT
 # The lab's own pods (the fallback runtime): what is measured is the datapath with observability
 # on and off, unchanged by who made the pods.
@@ -44,11 +53,29 @@ done
 echo "$pods" | "$LAB" apply -f - >/dev/null
 wip() { "$LAB" get pods -o json | python3 -c "import json,sys; print(next(p['ip'] for p in json.load(sys.stdin) if p['name']=='$1'))"; }
 W2=$(wip w2); W3=$(wip w3)
+# nginx (Debian's) in w2 and w3, answering /ok from memory; keep-alive as configured by default.
+for w in w2 w3; do
+  ip=$(wip "$w")
+  mkdir -p "$NGINX_DIR/$w"
+  cat >"$NGINX_DIR/$w.conf" <<EOF
+daemon on; worker_processes 1; pid $NGINX_DIR/$w.pid; error_log $NGINX_DIR/$w/error.log;
+events {}
+http { access_log off; client_body_temp_path $NGINX_DIR/$w/body; proxy_temp_path $NGINX_DIR/$w/proxy;
+  fastcgi_temp_path $NGINX_DIR/$w/fcgi; uwsgi_temp_path $NGINX_DIR/$w/uwsgi; scgi_temp_path $NGINX_DIR/$w/scgi;
+  server { listen $ip:8088; location = /ok { return 200 "ok\n"; } } }
+EOF
+  "$LAB" exec "default/$w" -- nginx -c "$NGINX_DIR/$w.conf" -p "$NGINX_DIR/$w/"
+done
 sleep 0.5
 
-mode() { # on|off: restart both agents with flow events on or off (the datapath is reloaded)
-  local v=true; [ "$1" = off ] && v=false
-  for n in n1 n2; do WEIR_OBSERVE=$v "$LAB" agent restart "$n" >/dev/null; done
+mode() { # on|flows|off: restart both agents so (the datapath is reloaded)
+  local v=true h=true
+  [ "$1" = off ] && v=false
+  [ "$1" = on ] || h=false
+  for n in n1 n2; do WEIR_OBSERVE=$v WEIR_OBSERVE_HTTP=$h "$LAB" agent restart "$n" >/dev/null; done
+}
+wrk_rps() {
+  "$LAB" exec default/w1 -- wrk -t1 -c8 -d"${WRK_SECS}s" "http://$1:8088/ok" | awk '/^Requests\/sec:/ {print $2}'
 }
 iperf_gbps() {
   "$LAB" exec default/w1 -- iperf3 -c "$1" -p 5201 -t "$IPERF_SECS" -J | python3 -c \
@@ -67,28 +94,43 @@ agent_cpu_ms() { # both agents' CPU time (user + system) so far, in ms
   echo $((t * 1000 / $(getconf CLK_TCK)))
 }
 
-echo "lab: iperf3 ${IPERF_SECS}s and $CRR_COUNT new connections, same node and across nodes, $ROUNDS alternating rounds..." >&2
+echo "lab: iperf3 ${IPERF_SECS}s, $CRR_COUNT new connections, wrk ${WRK_SECS}s, same node and across nodes, $ROUNDS rounds of three modes..." >&2
 declare -A M
+orders=("on flows off" "flows off on" "off on flows")
 for round in $(seq 1 "$ROUNDS"); do
-  for m in $( [ $((round % 2)) = 1 ] && echo "on off" || echo "off on"); do
+  for m in ${orders[$((round % 3))]}; do
     mode "$m"
     c0=$(agent_cpu_ms)
     M[$m,tsame]+=" $(iperf_gbps "$W2")"
     M[$m,tcross]+=" $(iperf_gbps "$W3")"
     M[$m,csame]+=" $(crr "$W2")"
     M[$m,ccross]+=" $(crr "$W3")"
+    M[$m,hsame]+=" $(wrk_rps "$W2")"
+    M[$m,hcross]+=" $(wrk_rps "$W3")"
     M[$m,cpu]+=" $(( $(agent_cpu_ms) - c0 ))"
     M[$m,flows]+=" $(flows_recorded)"
   done
 done
 median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
-printf '\nLab (median of %s rounds)             %12s %12s %8s\n' "$ROUNDS" "on" "off" "on/off"
-for k in "tsame:throughput same node (Gbit/s)" "tcross:throughput across nodes (Gbit/s)" \
-         "csame:new connections/s same node" "ccross:new connections/s across nodes"; do
-  key=${k%%:*}; label=${k#*:}
-  on=$(median ${M[on,$key]}); off=$(median ${M[off,$key]})
-  printf '%-40s %12s %12s %8.3f\n' "$label" "$on" "$off" "$(python3 -c "print($on/$off)")"
-done
+keys=("tsame:throughput same node (Gbit/s)" "tcross:throughput across nodes (Gbit/s)"
+      "csame:new connections/s same node" "ccross:new connections/s across nodes"
+      "hsame:HTTP requests/s same node" "hcross:HTTP requests/s across nodes")
+table() { # A B: medians of modes A and B and their ratio, per measure
+  printf '\nLab (median of %s rounds)             %12s %12s %8s\n' "$ROUNDS" "$1" "$2" "$1/$2"
+  for k in "${keys[@]}"; do
+    key=${k%%:*}; label=${k#*:}
+    a=$(median ${M[$1,$key]}); b=$(median ${M[$2,$key]})
+    printf '%-40s %12s %12s %8.3f\n' "$label" "$a" "$b" "$(python3 -c "print($a/$b)")"
+  done
+}
+table on off
 echo "target: on/off >= 0.97 (observability costs <= 3 %)"
-echo "flows recorded per round (both nodes): on:${M[on,flows]}  off:${M[off,flows]}"
-echo "agents' CPU per round (both nodes; the iperf3 and connection runs), ms: on:${M[on,cpu]}  off:${M[off,cpu]}"
+table on flows
+echo "target: HTTP requests/s on/flows >= 0.97 (HTTP observation costs <= 3 %)"
+table flows off
+for k in "${keys[@]}"; do
+  key=${k%%:*}
+  echo "spread ${k#*:}: on:${M[on,$key]}  flows:${M[flows,$key]}  off:${M[off,$key]}"
+done
+echo "flows recorded per round (both nodes): on:${M[on,flows]}  flows:${M[flows,flows]}  off:${M[off,flows]}"
+echo "agents' CPU per round (both nodes; all the runs of the round), ms: on:${M[on,cpu]}  flows:${M[flows,cpu]}  off:${M[off,cpu]}"

@@ -45,6 +45,14 @@ pub fn in_bench_netns<T: Send + 'static>(
     result
 }
 
+/// An Ethernet + IPv4 + TCP frame carrying `payload`, with the given flags.
+pub fn tcp_frame_with(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = tcp_frame(src, dst, sport, dport, flags);
+    f.extend_from_slice(payload);
+    f[16..18].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
+    f
+}
+
 /// An Ethernet + IPv4 + TCP frame (no payload) with the given flags.
 pub fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut f = vec![0u8; 14 + 20 + 20];

@@ -341,6 +341,30 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         }
     }
     assert_eq!(http("n2", "REQUEST").len(), 3, "the server's node sees the requests arrive");
+    // Flows name the process that opened them: curl's connection, leaving the client on n1
+    // (the cgroup hook saw its connect() in curl's own context).
+    let by_curl: Vec<&Value> = flows.iter().filter(|f| f["weir"]["process"]["command"] == "curl").collect();
+    assert!(
+        by_curl.iter().any(|f| f["node_name"] == "n1"
+            && f["weir"]["event"] == "new"
+            && f["l4"]["TCP"]["destination_port"] == 8088
+            && f["weir"]["process"]["pid"].as_u64().unwrap_or(0) > 1),
+        "no flow names curl:\n{}",
+        show(&flows)
+    );
+    for f in &by_curl {
+        assert_eq!(pod_of(&f["source"]), "shop/client", "{f}");
+    }
+    // dig sends from a worker thread: the name is the thread's (as `ps -L` shows it).
+    let dig_flows: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["l4"]["UDP"]["destination_port"] == 53 && f["weir"]["event"] == "new" && f["node_name"] == "n1")
+        .collect();
+    assert!(
+        !dig_flows.is_empty() && dig_flows.iter().all(|f| f["weir"]["process"]["pid"].as_u64().unwrap_or(0) > 1),
+        "DNS queries without their process:\n{}",
+        show(&dig_flows.iter().map(|f| (*f).clone()).collect::<Vec<_>>())
+    );
 
     // The TCP session: forwarded, seen leaving the client on n1 and arriving at web on n2, with
     // the reply marked; after the policy, the allowed connection names the rule.
@@ -466,6 +490,8 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         http_line.contains("HTTP/1.1 404 ") && http_line.contains(&format!("(GET {})", url("/missing"))),
         "{http_line}"
     );
+    let curl_line = lab.ok(&["observe", "--port", "8088", "--node", "n1", "--type", "trace"]);
+    assert!(curl_line.contains(" by curl (pid "), "{curl_line}");
     let bad = lab.run(&["observe", "--http-status", "6xx"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--http-status"), "{bad:?}");
     let table = lab.ok(&["observe", "-o", "table", "--last", "2"]);

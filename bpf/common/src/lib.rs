@@ -44,7 +44,9 @@ pub mod maps {
     pub const NODES: &str = "WEIR_NODES";
     /// The policy verdict of a fragmented datagram's first fragment, for the fragments after it.
     pub const FRAGS: &str = "WEIR_FRAGS";
-    pub const ALL: [&str; 23] = [
+    /// Socket cookie → the process that connected it (flows with their process).
+    pub const SOCK_PROC: &str = "WEIR_SOCK_PROC";
+    pub const ALL: [&str; 24] = [
         ENDPOINTS,
         TUNNEL,
         NAT_FWD,
@@ -68,6 +70,7 @@ pub mod maps {
         SETTINGS,
         NODES,
         FRAGS,
+        SOCK_PROC,
     ];
 }
 
@@ -138,6 +141,7 @@ pub mod sizes {
     /// Backend slots over all frontends (not preallocated).
     pub const BACKENDS: u32 = 1 << 20;
     pub const SOCK_REVNAT: u32 = 262144;
+    pub const SOCK_PROC: u32 = 65536;
     pub const AFFINITY: u32 = 65536;
     /// Frontends reachable per packet (NodePort, externalIPs, LoadBalancer) with a Maglev table.
     pub const MAGLEV: u32 = 8192;
@@ -458,6 +462,20 @@ pub struct SockRevKey {
 }
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
 
+/// `WEIR_SOCK_PROC` value: the process that called connect() (or first sendmsg()) on a socket of
+/// a pod, as the cgroup hook saw it in the caller's context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockProc {
+    /// The calling thread's command name, NUL-padded (first: 8-byte aligned, copied as two words).
+    pub comm: [u8; 16],
+    /// Process id (the thread group id) in the node's (initial) PID namespace.
+    pub tgid: u32,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<SockProc>() == 24);
+const _: () = assert!(core::mem::offset_of!(SockProc, comm) == 0);
+
 /// `WEIR_IPCACHE` key data: an IPv4 address as it sits in a packet (read into a `u32` with native
 /// byte order); the LPM prefix length (0–32) is in the trie key wrapper. IPv4-only like the policy
 /// maps below: keeping policy keys small keeps the per-packet stack small; IPv6 gets its own maps.
@@ -644,8 +662,14 @@ pub struct DatapathEvent {
     /// a reply, its source is translated back to); port 0 and address 0 = none.
     pub svc_port_be: u16,
     pub svc_addr: Addr16,
+    /// A new flow leaving a pod from a socket whose connect() (or sendmsg()) weir saw: that
+    /// process (`WEIR_SOCK_PROC`); tgid 0 = not known.
+    pub proc_comm: [u8; 16],
+    pub proc_tgid: u32,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 112);
+const _: () = assert!(core::mem::offset_of!(DatapathEvent, proc_comm) % 8 == 0);
 
 /// A message as it crossed an observation point: the packet's event (`kind` says which:
 /// `EVENT_DNS`, `EVENT_HTTP`), then the start of the segment's payload (DNS over TCP: a two-byte
@@ -661,7 +685,7 @@ pub struct PayloadEvent {
     pub _pad: [u8; 5],
     pub data: [u8; PAYLOAD_CAPTURE],
 }
-const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 88 + 8 + PAYLOAD_CAPTURE);
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 112 + 8 + PAYLOAD_CAPTURE);
 
 /// Indexes of the `WEIR_COUNTERS` per-CPU array: one slot per drop reason, then the rest.
 pub mod counters {

@@ -47,6 +47,9 @@ fn report(ctx: &TcContext, reason: u32) {
         flags: 0,
         svc_port_be: 0,
         svc_addr: Addr16 { bytes: [0; 16] },
+        proc_tgid: 0,
+        proc_comm: [0; 16],
+        _pad: [0; 4],
     });
     slot.submit(crate::flow::submit_flags(core::mem::size_of::<DatapathEvent>()));
 }

@@ -12,21 +12,22 @@
 //! headers); any other flow costs one bit test per packet from then on. Every event that does not fit
 //! the ring buffer is counted (`counters::EVENTS_LOST`), never dropped silently. A flow that a
 //! Service translation made (or a reply to one) carries that Service's frontend, looked up once
-//! when the flow starts.
+//! when the flow starts, and a flow leaving a pod from a socket whose connect() weir saw carries
+//! that process (`WEIR_SOCK_PROC`, written by the cgroup hooks), also looked up once.
 use aya_ebpf::{
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use weir_bpf_common::{
-    counters, settings, Addr16, DatapathEvent, FlowKey, FlowStats, NatKey, PayloadEvent, SockRevKey, EVENT_DNS,
-    EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_HTTP, FLOW_F_REPLY, FLOW_REPORT_NS, FLOW_S_CLOSED,
-    FLOW_S_HTTP, FLOW_S_OTHER, OBS_FROM_POD, OBS_TO_POD, PAYLOAD_CAPTURE,
+    counters, settings, Addr16, DatapathEvent, FlowKey, FlowStats, NatKey, PayloadEvent, SockProc, SockRevKey,
+    EVENT_DNS, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_HTTP, FLOW_F_REPLY, FLOW_REPORT_NS,
+    FLOW_S_CLOSED, FLOW_S_HTTP, FLOW_S_OTHER, OBS_FROM_POD, OBS_TO_POD, PAYLOAD_CAPTURE,
 };
 
 use crate::{
     counter,
     parse::{Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    WEIR_EVENTS, WEIR_FLOWS, WEIR_LB_REV, WEIR_SETTINGS, WEIR_SOCK_RNAT,
+    WEIR_EVENTS, WEIR_FLOWS, WEIR_LB_REV, WEIR_SETTINGS, WEIR_SOCK_PROC, WEIR_SOCK_RNAT,
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -89,19 +90,39 @@ fn fresh(bytes: u64, now: u64, tcp_flags: u8, svc: Svc) -> FlowStats {
     }
 }
 
+/// The cookie of the pod socket a TCP or UDP packet leaving a pod was sent from (the socket still
+/// rides with the packet on the host side of the veth: crossing namespaces keeps skb->sk); 0
+/// elsewhere or without a socket.
+#[inline(always)]
+fn sock_cookie(ctx: &TcContext, key: &FlowKey) -> u64 {
+    if key.point != OBS_FROM_POD || (key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP) {
+        return 0;
+    }
+    // SAFETY: helper call on the program's own context.
+    unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) }
+}
+
+/// The process that connected the socket `cookie` (null: none known).
+#[inline(always)]
+fn process(cookie: u64) -> *const SockProc {
+    if cookie == 0 {
+        return core::ptr::null();
+    }
+    match WEIR_SOCK_PROC.get_ptr(cookie) {
+        Some(p) => p,
+        None => core::ptr::null(),
+    }
+}
+
 /// The Service frontend a new flow was translated from (or, for a backend's reply, is translated
 /// back to). Looked up once per flow, never per packet.
 #[inline(always)]
-fn service(ctx: &TcContext, key: &FlowKey) -> Svc {
+fn service(key: &FlowKey, cookie: u64) -> Svc {
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
         return NO_SVC;
     }
     if key.point == OBS_FROM_POD {
-        // Translated at connect()/sendmsg(): the sending socket still rides with the packet on
-        // the host side of the veth (crossing namespaces keeps skb->sk), and WEIR_SOCK_RNAT
-        // holds (socket, backend) → frontend.
-        // SAFETY: helper call on the program's own context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+        // Translated at connect()/sendmsg(): WEIR_SOCK_RNAT holds (socket, backend) → frontend.
         if cookie != 0 {
             let k = SockRevKey { cookie, addr: Addr16::from_v4_be(key.daddr), port_be: key.dport_be, _pad: [0; 6] };
             // SAFETY: read-only lookup of a plain-data value.
@@ -127,17 +148,28 @@ fn service(ctx: &TcContext, key: &FlowKey) -> Svc {
 }
 
 /// Fills a reserved flow event in place from `key` and `s` (counters and TCP flags; a new flow's:
-/// this packet's). Field by field through the record's pointer: no event on the stack, whose
-/// 512 bytes the programs' call chains already nearly fill.
+/// this packet's) and the process `proc` (null: none). Field by field through the record's
+/// pointer: no event on the stack, whose 512 bytes the programs' call chains already nearly fill.
 #[inline(always)]
-fn fill(p: *mut DatapathEvent, ctx: &TcContext, key: &FlowKey, now: u64, kind: u8, s: &FlowStats, flags: u8) {
+#[allow(clippy::too_many_arguments)]
+fn fill(
+    p: *mut DatapathEvent,
+    ctx: &TcContext,
+    key: &FlowKey,
+    now: u64,
+    kind: u8,
+    (packets, bytes, tcp_flags): (u64, u64, u8),
+    svc: Svc,
+    flags: u8,
+    proc: *const SockProc,
+) {
     // SAFETY: `p` is a reserved ring-buffer record sized for a DatapathEvent, ours until
     // submitted; the context pointer is valid for the whole program run.
     unsafe {
         (*p).saddr = Addr16::from_v4_be(key.saddr);
         (*p).daddr = Addr16::from_v4_be(key.daddr);
-        (*p).packets = s.packets;
-        (*p).bytes = s.bytes;
+        (*p).packets = packets;
+        (*p).bytes = bytes;
         (*p).ktime_ns = now;
         (*p).ifindex = (*ctx.skb.skb).ifindex;
         (*p).sport_be = key.sport_be;
@@ -146,10 +178,27 @@ fn fill(p: *mut DatapathEvent, ctx: &TcContext, key: &FlowKey, now: u64, kind: u
         (*p).reason = 0;
         (*p).proto = key.proto;
         (*p).point = key.point;
-        (*p).tcp_flags = s.tcp_flags;
+        (*p).tcp_flags = tcp_flags;
         (*p).flags = flags;
-        (*p).svc_port_be = s.svc_port_be;
-        (*p).svc_addr = if s.svc_port_be == 0 { Addr16 { bytes: [0; 16] } } else { Addr16::from_v4_be(s.svc_addr) };
+        (*p).svc_port_be = svc.port_be;
+        (*p).svc_addr = if svc.port_be == 0 { Addr16 { bytes: [0; 16] } } else { Addr16::from_v4_be(svc.addr) };
+        (*p)._pad = [0; 4];
+        if proc.is_null() {
+            (*p).proc_tgid = 0;
+            let dst = core::ptr::addr_of_mut!((*p).proc_comm).cast::<u64>();
+            *dst = 0;
+            *dst.add(1) = 0;
+        } else {
+            (*p).proc_tgid = (*proc).tgid;
+            // Two aligned words (offset 88 of the record, 0 of the map value): a byte array
+            // copy would be a call to memmove, a frame the verifier adds to the call chain.
+            let (src, dst) = (
+                core::ptr::addr_of!((*proc).comm).cast::<u64>(),
+                core::ptr::addr_of_mut!((*p).proc_comm).cast::<u64>(),
+            );
+            *dst = *src;
+            *dst.add(1) = *src.add(1);
+        }
     }
 }
 
@@ -181,12 +230,13 @@ pub fn submit_flags(size: usize) -> u64 {
 /// Reserves a record and fills it in place. The precise time is read only here: packets that
 /// make no event pay for none.
 #[inline(always)]
-fn emit(ctx: &TcContext, key: &FlowKey, kind: u8, s: &FlowStats, flags: u8) {
+fn emit(ctx: &TcContext, key: &FlowKey, kind: u8, s: &FlowStats, flags: u8, proc: *const SockProc) {
     match WEIR_EVENTS.reserve::<DatapathEvent>(0) {
         Some(mut slot) => {
             // SAFETY: a helper without arguments.
             let now = unsafe { bpf_ktime_get_ns() };
-            fill(slot.as_mut_ptr(), ctx, key, now, kind, s, flags);
+            let svc = Svc { addr: s.svc_addr, port_be: s.svc_port_be };
+            fill(slot.as_mut_ptr(), ctx, key, now, kind, (s.packets, s.bytes, s.tcp_flags), svc, flags, proc);
             slot.submit(submit_flags(core::mem::size_of::<DatapathEvent>()));
         }
         None => counter::count(counters::EVENTS_LOST),
@@ -208,17 +258,18 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // The flow's entry, where it already had one (else null): what HTTP observation below reads
-    // and marks. A bare pointer, not an Option (which would take 16 bytes of a tight stack).
+    // and marks.
     let mut entry: *mut FlowStats = core::ptr::null_mut();
     // SAFETY: the kernel gives a pointer to this CPU's view of the value, valid during the run.
     let svc = match WEIR_FLOWS.get_ptr_mut(key) {
         // A SYN on a closed flow's tuple is a new connection that reuses it: report it anew.
         Some(s) if unsafe { (*s).state } & FLOW_S_CLOSED != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
-            let svc = service(ctx, &key);
+            let cookie = sock_cookie(ctx, &key);
+            let svc = service(&key, cookie);
             // SAFETY: as above.
             let s = unsafe { &mut *s };
             *s = fresh(len, now, tcp_flags, svc);
-            emit(ctx, &key, EVENT_FLOW_NEW, s, 0);
+            emit(ctx, &key, EVENT_FLOW_NEW, s, 0, process(cookie));
             svc
         }
         Some(p) => {
@@ -230,11 +281,11 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             s.tcp_flags |= tcp_flags;
             if tcp_flags & (TCP_FIN | TCP_RST) != 0 && s.state & FLOW_S_CLOSED == 0 {
                 s.state |= FLOW_S_CLOSED;
-                emit(ctx, &key, EVENT_FLOW_CLOSE, s, 0);
+                emit(ctx, &key, EVENT_FLOW_CLOSE, s, 0, core::ptr::null());
             } else if now.saturating_sub(s.last_report_ns) >= FLOW_REPORT_NS {
                 // (Saturating: another CPU may have stored a later coarse time.)
                 s.last_report_ns = now;
-                emit(ctx, &key, EVENT_FLOW_UPDATE, s, 0);
+                emit(ctx, &key, EVENT_FLOW_UPDATE, s, 0, core::ptr::null());
             }
             Svc { addr: s.svc_addr, port_be: s.svc_port_be }
         }
@@ -260,7 +311,8 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             // ICMP keys are not symmetric; an echo reply is told by its type instead.
             let reply = seen.is_some() || (ip.proto == IPPROTO_ICMP && sport_be == 0);
             // A reply of a translated connection seen here carries its Service back.
-            let mut svc = service(ctx, &key);
+            let cookie = sock_cookie(ctx, &key);
+            let mut svc = service(&key, cookie);
             if let Some(r) = seen {
                 if svc.port_be == 0 {
                     svc = r;
@@ -269,7 +321,7 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             let s = fresh(len, now, tcp_flags, svc);
             // A lost insert (map full of live entries) only means the next packet reports again.
             let _ = WEIR_FLOWS.insert(key, s, 0);
-            emit(ctx, &key, EVENT_FLOW_NEW, &s, if reply { FLOW_F_REPLY } else { 0 });
+            emit(ctx, &key, EVENT_FLOW_NEW, &s, if reply { FLOW_F_REPLY } else { 0 }, process(cookie));
             svc
         }
     };
@@ -280,20 +332,25 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
         payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_DNS);
     } else if ip.proto == IPPROTO_TCP && on & settings::OBSERVE_HTTP != 0 {
         // A new flow's entry was made without a verdict on its payload: the next segment decides.
-        // SAFETY: as above (a non-null entry is the map value found above).
-        let state = if entry.is_null() { 0 } else { unsafe { (*entry).state } };
+        if entry.is_null() {
+            if http_start(ctx, payload_off) {
+                payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_HTTP);
+            }
+            return;
+        }
+        // SAFETY: as above (the map value found above).
+        let state = unsafe { (*entry).state };
         if state & FLOW_S_OTHER != 0 {
             return;
         }
-        if http_start(ctx, payload_off) {
-            if state & FLOW_S_HTTP == 0 && !entry.is_null() {
-                // SAFETY: as above.
-                unsafe { (*entry).state |= FLOW_S_HTTP };
-            }
-            payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_HTTP);
-        } else if state & FLOW_S_HTTP == 0 && !entry.is_null() {
+        let http = http_start(ctx, payload_off);
+        if state & FLOW_S_HTTP == 0 {
+            // Undecided: this, the flow's first payload, decides.
             // SAFETY: as above.
-            unsafe { (*entry).state |= FLOW_S_OTHER };
+            unsafe { (*entry).state |= if http { FLOW_S_HTTP } else { FLOW_S_OTHER } };
+        }
+        if http {
+            payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_HTTP);
         }
     }
 }
@@ -353,8 +410,8 @@ fn payload(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8, sv
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `p` is the reserved record, sized for a PayloadEvent, ours until submitted.
     unsafe {
-        let this = FlowStats { bytes: total as u64, ..fresh(0, now, tcp_flags, svc) };
-        fill(core::ptr::addr_of_mut!((*p).event), ctx, key, now, kind, &this, 0);
+        let event = core::ptr::addr_of_mut!((*p).event);
+        fill(event, ctx, key, now, kind, (1, total as u64, tcp_flags), svc, 0, core::ptr::null());
         (*p).len = n as u16;
         (*p).tcp = u8::from(key.proto == IPPROTO_TCP);
         (*p)._pad = [0; 5];

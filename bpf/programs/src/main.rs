@@ -41,7 +41,7 @@ use aya_ebpf::{
 use weir_bpf_common::{
     counters, settings, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason,
     EndpointInfo, FlowKey, FlowStats, FragKey, FragValue, IpcacheKey, MaglevTable, NatEntry, NatKey, NodeKey,
-    PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue, RemoteNode, ServiceKey, ServiceValue, SockRevKey,
+    PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue, RemoteNode, ServiceKey, ServiceValue, SockProc, SockRevKey,
     OBS_FROM_POD, OBS_TO_POD,
 };
 
@@ -125,6 +125,9 @@ static WEIR_SETTINGS: Array<u32> = Array::pinned(settings::LEN, 0);
 /// Every node's underlay address → `NODE_F_*` (see `tunnel.rs`).
 #[map]
 static WEIR_NODES: HashMap<NodeKey, u32> = HashMap::pinned(sizes::NODES, 0);
+/// The process that connected each pod socket (`sock::remember_process`; flows read it).
+#[map]
+static WEIR_SOCK_PROC: LruHashMap<u64, SockProc> = LruHashMap::pinned(sizes::SOCK_PROC, 0);
 /// First-fragment verdicts for the fragments after them (see `policy.rs`).
 #[map]
 static WEIR_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(sizes::FRAGS, 0);
@@ -139,11 +142,13 @@ const TAIL_LB_REMOTE: i32 = 0x7e1_0000;
 
 #[cgroup_sock_addr(connect4)]
 pub fn weir_sock_conn4(ctx: SockAddrContext) -> i32 {
+    sock::remember_process(&ctx, false);
     sock::translate(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn weir_sock_send4(ctx: SockAddrContext) -> i32 {
+    sock::remember_process(&ctx, true);
     sock::translate(&ctx)
 }
 
@@ -350,10 +355,10 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, ep: &EndpointInfo, counter: u32) -> Resul
 }
 
 /// A packet for this node's address that answers a masqueraded connection: translated back and
-/// delivered to its pod, or (a load-balanced client's reply from a backend on another node)
-/// sent on to the client. None: not a translated reply, the caller goes on. Not inlined
-/// (stack).
-#[inline(never)]
+/// delivered to its pod, or sent on. None: not a translated reply, the caller goes on. Inlined
+/// into the entry points, so `deliver` and `observe` below it add no frame of its own to the
+/// call chain the verifier caps at 512 bytes.
+#[inline(always)]
 fn to_node_address(ctx: &TcContext, ip: &Ipv4) -> Result<MaybeAction, DropReason> {
     let Some(orig) = nat::reverse(ctx, ip)?.get() else {
         return Ok(MaybeAction::NONE);
@@ -362,11 +367,20 @@ fn to_node_address(ctx: &TcContext, ip: &Ipv4) -> Result<MaybeAction, DropReason
     if let Some(ep) = local_pod(orig) {
         return deliver(ctx, &now, &ep, counters::FORWARDED_LOCAL).map(MaybeAction::some);
     }
-    if lb::reverse(ctx, &now)?.translated() {
-        let route = fwd::Route::lookup(ctx, &now, ingress_ifindex(ctx));
-        return counted(route.send(ctx), counters::LB_TRANSLATED).map(MaybeAction::some);
+    masquerade_reply_elsewhere(ctx, &now).map(MaybeAction::some)
+}
+
+/// A reply to this node's masquerade, already translated back (`now`: its addresses now), whose
+/// destination is no local pod: a load-balanced client's reply from a backend on another node,
+/// sent on to the client, or left to the stack. Not inlined (stack); delivery to a local pod is
+/// the caller's, so `deliver` and `observe` sit one frame higher in the call chain.
+#[inline(never)]
+fn masquerade_reply_elsewhere(ctx: &TcContext, now: &Ipv4) -> Result<i32, DropReason> {
+    if lb::reverse(ctx, now)?.translated() {
+        let route = fwd::Route::lookup(ctx, now, ingress_ifindex(ctx));
+        return counted(route.send(ctx), counters::LB_TRANSLATED);
     }
-    Ok(MaybeAction::some(TC_ACT_OK))
+    Ok(TC_ACT_OK)
 }
 
 /// The per-packet load balancer's part of `weir_from_wire`.

@@ -1,16 +1,23 @@
 //! Socket-level Service translation (cgroup sock_addr hooks): a client's connect() or sendmsg()
 //! to a Service frontend is rewritten to one backend before any packet exists, so east-west
 //! Service traffic is translated once per connection and flows as plain pod-to-pod traffic.
-//! getpeername() and recvmsg() report the Service address back.
+//! getpeername() and recvmsg() report the Service address back. With observability on, the
+//! same hooks, which run in the calling process's context, note which process connected each
+//! socket (`WEIR_SOCK_PROC`), so a pod's flows name their process.
 use aya_ebpf::{
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_prandom_u32,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+    },
     programs::SockAddrContext,
 };
 use weir_bpf_common::{
-    Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, NatEntry, ServiceKey, ServiceValue, SockRevKey,
+    settings, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, NatEntry, ServiceKey, ServiceValue,
+    SockProc, SockRevKey,
 };
 
-use crate::{WEIR_AFFINITY, WEIR_BACKENDS, WEIR_SERVICES, WEIR_SOCK_RNAT};
+use crate::{WEIR_AFFINITY, WEIR_BACKENDS, WEIR_SERVICES, WEIR_SETTINGS, WEIR_SOCK_PROC, WEIR_SOCK_RNAT};
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -27,6 +34,22 @@ fn addr(ctx: &SockAddrContext) -> (u32, u16, u8) {
 fn cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: helper call on the program's own context.
     unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
+}
+
+/// connect4 and sendmsg4, with flow events on: the calling process becomes the socket's
+/// (connect: always, the latest caller wins; sendmsg: only a socket no process has yet, so a
+/// stream of datagrams costs one failed insert each, not an update).
+#[inline(always)]
+pub fn remember_process(ctx: &SockAddrContext, first_only: bool) {
+    if WEIR_SETTINGS.get(settings::OBSERVE).copied().unwrap_or(0) & settings::OBSERVE_FLOWS == 0 {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let v = SockProc { tgid, comm, _pad: [0; 4] };
+    let flags = if first_only { u64::from(BPF_NOEXIST) } else { 0 };
+    // A lost insert (already there, or the map refused) only leaves the flow without a process.
+    let _ = WEIR_SOCK_PROC.insert(cookie(ctx), v, flags);
 }
 
 /// connect4 and sendmsg4: pick a backend and rewrite the destination; refuse when the Service

@@ -402,10 +402,24 @@ pub struct WeirInfo {
     /// translated back to), whether or not it still names a known Service.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_frontend: String,
+    /// The process in the source pod that opened the connection (its connect(), or first
+    /// sendmsg() on the socket), on a connection's first report leaving a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
     /// Order of this flow in its node's store (for follow and since).
     pub seq: u64,
     /// Unix time in nanoseconds (the same instant as `time`).
     pub unix_ns: u64,
+}
+
+/// A process as the datapath's socket hooks saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// Process id in the node's PID namespace (not the container's).
+    pub pid: u32,
+    /// The calling thread's name (the kernel's 15-character `comm`: the command, or the name a
+    /// worker thread was given), non-printable bytes escaped.
+    pub command: String,
 }
 
 impl Flow {

@@ -208,15 +208,21 @@ pub fn compact(f: &Flow) -> String {
         None => "",
     };
     format!(
-        "{time} [{}] {} -> {}{} {}{reply}{point} {verdict} {}{}",
+        "{time} [{}] {} -> {}{} {}{reply}{point} {verdict} {}{}{}",
         f.node_name,
         side(&f.ip.source, sp, &f.source.pod()),
         side(&f.ip.destination, dp, &f.destination.pod()),
         service_note(f),
         f.protocol(),
         f.summary,
+        process_note(f),
         policy_note(f)
     )
+}
+
+/// ` by curl (pid 4242)`: the process that opened the connection, where the datapath saw it.
+fn process_note(f: &Flow) -> String {
+    f.weir.process.as_ref().map(|p| format!(" by {} (pid {})", p.command, p.pid)).unwrap_or_default()
 }
 
 fn table_row(f: &Flow) -> String {

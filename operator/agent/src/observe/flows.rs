@@ -258,6 +258,9 @@ impl Ingest {
                 self.attribute(&enrichment, &mut f, s, d, e.proto, dport);
             }
         }
+        if e.proc_tgid != 0 {
+            f.weir.process = Some(weir_operator_api::flow::Process { pid: e.proc_tgid, command: comm(&e.proc_comm) });
+        }
         if event == FlowEvent::Close && e.proto == 6 {
             // Requests still waiting on a closed connection will not be answered.
             let (a, b) = (self.http.closed(&(src, sport, dst, dport)), self.http.closed(&(dst, dport, src, sport)));
@@ -511,6 +514,13 @@ fn summary(f: &Flow, e: &DatapathEvent) -> String {
     s
 }
 
+/// A kernel command name as text: up to its NUL, anything but printable ASCII escaped (a pod
+/// names its own processes).
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    raw[..end].iter().flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect()
+}
+
 /// A latency as people read it: `850us`, `12ms`, `1.5s`.
 fn latency_text(ns: u64) -> String {
     match ns {
@@ -644,6 +654,13 @@ mod tests {
         assert_eq!(d.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
         assert_eq!(d.traffic_direction, TrafficDirection::Ingress);
         assert!(i.flow(&Event::Flow(ev(99, 1, 2))).is_none());
+        // The process that connected, its name escaped (a pod names its own processes).
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"cu\nrl\x01");
+        let p =
+            i.flow(&Event::Flow(DatapathEvent { proc_tgid: 4242, proc_comm: comm, ..ev(EVENT_FLOW_NEW, 40001, 80) }));
+        let p = p.and_then(|f| f.weir.process).expect("process");
+        assert_eq!((p.pid, p.command.as_str()), (4242, "cu\\nrl\\x01"));
     }
 
     /// A drop because the source could not be verified keeps the address and never names the
