@@ -1,9 +1,9 @@
-//! `WEIR_EVENTS`: the datapath's ring buffer of events (drops, flow reports, DNS and HTTP messages). The reader is
+//! `WEIR_EVENTS`: the datapath's ring buffer of events (drops, flow reports, DNS and HTTP messages, execs). The reader is
 //! readiness-driven: poll the fd (it implements `AsFd`), then [`Events::drain`].
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{MapData, RingBuf};
-use weir_bpf_common::{maps, DatapathEvent, PayloadEvent};
+use weir_bpf_common::{maps, DatapathEvent, ExecEvent, PayloadEvent};
 
 use crate::{map_err, Datapath, Result};
 
@@ -37,6 +37,8 @@ pub enum Event {
     /// The start of a DNS or HTTP message and the packet that carried it (`event.kind` says
     /// which).
     Payload(Box<PayloadEvent>),
+    /// A program started in a pod (the exec audit).
+    Exec(Box<ExecEvent>),
 }
 
 impl Event {
@@ -52,6 +54,13 @@ impl Event {
             let mut e = Box::new(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadEvent>()) });
             e.len = e.len.min(e.data.len() as u16);
             return Some(Self::Payload(e));
+        }
+        if item.len() == size_of::<ExecEvent>() {
+            // SAFETY: as above, for ExecEvent.
+            let mut e = Box::new(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ExecEvent>()) });
+            e.filename_len = e.filename_len.min(e.filename.len() as u16);
+            e.args_len = e.args_len.min(e.args.len() as u16);
+            return Some(Self::Exec(e));
         }
         None
     }

@@ -6,9 +6,11 @@
 //! Invariants: only this crate touches BPF objects; a restarted loader reuses pinned maps that
 //! match the object and takes pinned links over (link update) instead of attaching a second copy.
 
+pub mod btf;
 pub mod cgroup;
 pub mod counters;
 pub mod events;
+pub mod exec;
 pub mod loader;
 pub mod maps;
 pub mod reader;
@@ -58,6 +60,8 @@ pub enum Error {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("exec audit: {reason}")]
+    ExecAudit { reason: String },
     #[error("pin {path}: {message}")]
     Pin { path: PathBuf, message: String },
     #[error("{op} {path}: {source}")]

@@ -30,6 +30,8 @@ pub struct LoadConfig {
     pub observe: bool,
     /// With `observe`: HTTP/1.x message starts copied for the agent to parse (L7 records).
     pub observe_http: bool,
+    /// Look up the kernel fields the exec audit reads (`Datapath::attach_exec` needs them).
+    pub exec_audit: bool,
 }
 
 impl LoadConfig {
@@ -56,6 +58,8 @@ pub struct Datapath {
     /// Attachments to take over once the agent has filled the maps.
     pub(crate) pending: Vec<crate::takeover::Pending>,
     pub(crate) retired: Vec<crate::takeover::RetiredMap>,
+    /// The exec audit's kernel field offsets were found (set as globals), or why not.
+    pub(crate) exec_offsets: std::result::Result<(), String>,
 }
 
 fn be_u32(a: Ipv4Addr) -> u32 {
@@ -82,7 +86,18 @@ impl Datapath {
         let port_min = u32::from(cfg.nat_ports.0);
         let port_max = u32::from(cfg.nat_ports.1);
         let vxlan_port = u32::from(cfg.vxlan_port);
-        let mut ebpf = EbpfLoader::new()
+        let (offsets, exec_offsets) = match cfg.exec_audit {
+            true => match crate::exec::kernel_offsets() {
+                Ok(o) => (o, Ok(())),
+                Err(e) => (Vec::new(), Err(e)),
+            },
+            false => (Vec::new(), Err("not asked for at load".to_owned())),
+        };
+        let mut loader = EbpfLoader::new();
+        for (global, off) in &offsets {
+            loader.override_global(global, off, true);
+        }
+        let mut ebpf = loader
             .default_map_pin_directory(&maps_dir)
             .override_global(globals::NODE_IPV4, &node, true)
             .override_global(globals::CLUSTER_V4_ADDR, &net_be, true)
@@ -113,7 +128,7 @@ impl Datapath {
         fill_tails(&mut ebpf)?;
         write_settings(&mut ebpf, cfg)?;
         let older = crate::takeover::older_versions(&cfg.bpffs_root);
-        Ok(Self { ebpf, pin_dir, older, maps_inherited, pending: Vec::new(), retired })
+        Ok(Self { ebpf, pin_dir, older, maps_inherited, pending: Vec::new(), retired, exec_offsets })
     }
 
     pub(crate) fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {

@@ -143,6 +143,18 @@ fn remove_cgroup(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Removes a pod's cgroup (`remove_cgroup`) and, for a pod the runtime made, the `pod<UID>`
+/// directory above it, which the runtime's container cgroups have left by then.
+fn remove_pod_cgroup(path: &Path) -> Result<(), String> {
+    remove_cgroup(path)?;
+    match path.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pod")) => {
+            remove_cgroup(parent)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Where each lab agent serves Prometheus metrics, in its node's network namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9962";
 
@@ -614,7 +626,7 @@ impl Lab {
             }
         }
         for p in self.state.pods.values() {
-            errors.extend(remove_cgroup(&p.cgroup).err());
+            errors.extend(remove_pod_cgroup(&p.cgroup).err());
         }
         for n in &self.state.nodes {
             errors.extend(remove_cgroup(&self.cgroup_parent().join(format!("{}-containerd", n.name))).err());
@@ -1059,13 +1071,19 @@ impl Lab {
         format!("/weir-lab-{}/{node}", self.state.name)
     }
 
+    /// A workload pod's cgroup parent: `pod<UID>` below the node's, as the kubelet's cgroupfs
+    /// driver lays pods out (the exec audit finds a process's pod by it).
+    fn cri_pod_cgroup_parent(&self, node: &str, uid: &str) -> String {
+        format!("{}/pod{uid}", self.cri_cgroup_parent(node))
+    }
+
     /// Makes the pod as the kubelet does: RunPodSandbox, then each container; the address from
     /// PodSandboxStatus. Fills `st` (sandbox, netns, cgroup, ip).
     fn create_with_cri(&self, pod: &k8s_openapi::api::core::v1::Pod, st: &mut PodState) -> anyhow::Result<()> {
         let cri = self.cri(&st.node)?;
         let logs = self.dir.join("pods").join(format!("{}_{}_{}", st.namespace, st.name, st.uid));
         std::fs::create_dir_all(&logs)?;
-        let config = cri::sandbox_config(pod, &st.uid, &self.cri_cgroup_parent(&st.node), &logs, &[])?;
+        let config = cri::sandbox_config(pod, &st.uid, &self.cri_pod_cgroup_parent(&st.node, &st.uid), &logs, &[])?;
         let id = match cri.run_pod_sandbox(config.clone()) {
             Ok(id) => id,
             Err(e) => {
@@ -1086,7 +1104,9 @@ impl Lab {
             .filter(|n| !n.is_empty())
             .with_context(|| format!("sandbox {id}: no network namespace path"))?
             .to_owned();
-        st.cgroup = PathBuf::from(CGROUP_ROOT).join(self.cri_cgroup_parent(&st.node).trim_start_matches('/')).join(&id);
+        st.cgroup = PathBuf::from(CGROUP_ROOT)
+            .join(self.cri_pod_cgroup_parent(&st.node, &st.uid).trim_start_matches('/'))
+            .join(&id);
         st.pids = sandbox.pid.into_iter().collect();
         for c in pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default() {
             let cc = cri::container_config(&st.name, &c, containerd::POD_IMAGE)?;
@@ -1154,7 +1174,7 @@ impl Lab {
             }
             // Commands `weir-lab exec` started in the pod end with it (as a `kubectl exec`
             // process ends with its container): they are in the pod's cgroup, not the runtime's.
-            remove_cgroup(&st.cgroup).map_err(|e| anyhow::anyhow!("deleting pod {key}: {e}"))?;
+            remove_pod_cgroup(&st.cgroup).map_err(|e| anyhow::anyhow!("deleting pod {key}: {e}"))?;
             let _ = std::fs::remove_file(self.pod_manifest_path(&st.namespace, &st.name));
             self.state.pods.remove(key);
             return self.save();

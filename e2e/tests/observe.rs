@@ -355,6 +355,18 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     for f in &by_curl {
         assert_eq!(pod_of(&f["source"]), "shop/client", "{f}");
     }
+    // The exec audit: curl, started in the client pod, with its arguments and its pod.
+    let execs = observe(&lab, &["--type", "exec", "--pod", "shop/client"]);
+    let curl_exec = execs.iter().find(|f| f["weir"]["exec"]["binary"].as_str().is_some_and(|b| b.ends_with("/curl")));
+    let curl_exec = curl_exec.unwrap_or_else(|| panic!("no exec of curl in shop/client:\n{}", show(&execs)));
+    assert_eq!(curl_exec["weir"]["exec"]["attribution"], "pod", "{curl_exec}");
+    assert_eq!(curl_exec["node_name"], "n1");
+    assert_eq!(curl_exec["weir"]["exec"]["arguments"][0], "curl", "{curl_exec}");
+    assert!(
+        curl_exec["weir"]["exec"]["pid"].as_u64().unwrap_or(0) > 1
+            && curl_exec["weir"]["exec"]["ppid"].as_u64().unwrap_or(0) > 0
+    );
+    assert!(execs.iter().all(|f| pod_of(&f["source"]) == "shop/client" && f["weir"]["exec"].is_object()));
     // dig sends from a worker thread: the name is the thread's (as `ps -L` shows it).
     let dig_flows: Vec<&Value> = flows
         .iter()
@@ -537,6 +549,9 @@ fn lab_observe_flows_drops_dns_and_metrics() {
             assert!(!text.contains("weir_http_requests_total{"), "counted on the server's node too:\n{text}");
         }
         assert!(text.contains("\nweir_http_unparsed_total 0\n"), "{text}");
+        if node == "n1" {
+            assert!(text.contains("weir_exec_total{attribution=\"pod\",namespace=\"shop\"}"), "{text}");
+        }
         if node == "n2" {
             assert!(text.contains("weir_flow_drops_total{namespace=\"shop\",reason=\"policy_denied_ingress\"}"));
             assert!(text.contains("weir_policy_verdicts_total{direction=\"ingress\",match=\"allowed\"}"));

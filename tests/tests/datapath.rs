@@ -38,6 +38,7 @@ fn config(bpffs: &Bpffs, vxlan_ifindex: u32) -> LoadConfig {
         nat_ports: (61000, 61010),
         observe: true,
         observe_http: true,
+        exec_audit: true,
     }
 }
 
@@ -160,6 +161,7 @@ fn flows_are_aggregated_and_dns_is_copied() {
                 .map(|e| match e {
                     Event::Flow(f) => (f.kind, f.flags),
                     Event::Payload(d) => (d.event.kind, d.event.flags),
+                    Event::Exec(x) => (x.kind, 0),
                 })
                 .collect::<Vec<_>>()
         };
@@ -220,6 +222,60 @@ fn flows_are_aggregated_and_dns_is_copied() {
     });
 }
 
+/// The exec audit, attached for a cgroup of its own: a program started by a process in it is
+/// reported with its path, arguments and parent; one started outside it is not.
+#[test]
+fn exec_audit_reports_programs_started_in_its_cgroup_only() {
+    on_node("exec_audit_reports_programs_started_in_its_cgroup_only", |dp, _eps| {
+        use std::os::unix::process::CommandExt as _;
+        struct Cgroup(std::path::PathBuf);
+        impl Drop for Cgroup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        let cg = Cgroup(
+            std::path::PathBuf::from("/sys/fs/cgroup/unified").join(format!("weir-exec-test-{}", std::process::id())),
+        );
+        std::fs::create_dir_all(&cg.0).expect("test cgroup");
+        let _audit = dp.attach_exec(&cg.0).expect("attach the exec audit");
+        let mut ring = Events::open(dp).expect("event ring");
+        ring.drain();
+        let procs = cg.0.join("cgroup.procs");
+        let mut inside = Command::new("/bin/sh");
+        inside.args(["-c", "exec /bin/true weir-audit-arg"]);
+        // SAFETY: only a write of "0" to a file between fork and exec (async-signal-safe enough
+        // for a test: no locks are taken by std::fs::write on this path).
+        unsafe {
+            inside.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+        let child = inside.spawn().expect("spawn in the cgroup");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success());
+        let outside = Command::new("/bin/true").arg("not-audited").status().expect("outside");
+        assert!(outside.success());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let execs: Vec<_> = ring
+            .drain()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Exec(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let names: Vec<String> = execs.iter().map(|x| text(&x.filename[..usize::from(x.filename_len)])).collect();
+        assert_eq!(names, ["/bin/sh", "/bin/true"], "{execs:?}");
+        let t = &execs[1];
+        assert_eq!(t.tgid, pid, "the shell's exec of /bin/true keeps its pid");
+        assert_eq!(t.ppid, std::process::id(), "its parent is this test");
+        assert_eq!(text(&t.args[..usize::from(t.args_len)]), "/bin/true\0weir-audit-arg\0");
+        assert_eq!(u32::from(t.args_len), t.args_total);
+        assert!(t.cgroup_id != 0);
+    });
+}
+
 #[test]
 fn load_balanced_flows_carry_their_service_frontend() {
     on_node("load_balanced_flows_carry_their_service_frontend", |dp, eps| {
@@ -243,7 +299,7 @@ fn load_balanced_flows_carry_their_service_frontend() {
                 .into_iter()
                 .filter_map(|e| match e {
                     Event::Flow(f) => Some(f),
-                    Event::Payload(_) => None,
+                    Event::Payload(_) | Event::Exec(_) => None,
                 })
                 .collect()
         };

@@ -353,6 +353,7 @@ impl Bench {
             nat_ports: (61000, 65000),
             observe: true,
             observe_http: false,
+            exec_audit: false,
         })
         .context("loading the datapath")?;
         dp.attach_cgroup(&self.cgroup)?;

@@ -101,6 +101,10 @@ pub mod programs {
     /// cgroup/getpeername4: a connected socket's peer is the Service address.
     pub const SOCK_GETPEERNAME4: &str = "weir_sock_peer4";
     pub const SOCK: [&str; 4] = [SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEERNAME4];
+    /// BTF tracepoint `sched_process_exec`: the exec audit (attached only while an agent runs).
+    pub const EXEC: &str = "weir_exec";
+    /// The tracepoint `EXEC` attaches to.
+    pub const EXEC_TRACEPOINT: &str = "sched_process_exec";
 }
 
 /// Load-time globals (`EbpfLoader::set_global`).
@@ -118,7 +122,18 @@ pub mod globals {
     /// First and last source port (host order) used by masquerade.
     pub const NAT_PORT_MIN: &str = "WEIR_NAT_PORT_MIN";
     pub const NAT_PORT_MAX: &str = "WEIR_NAT_PORT_MAX";
+    /// Byte offsets of the kernel fields the exec audit reads, from the running kernel's BTF.
+    pub const OFF_BPRM_FILENAME: &str = "WEIR_OFF_BPRM_FILENAME";
+    pub const OFF_TASK_REAL_PARENT: &str = "WEIR_OFF_TASK_REAL_PARENT";
+    pub const OFF_TASK_TGID: &str = "WEIR_OFF_TASK_TGID";
+    pub const OFF_TASK_MM: &str = "WEIR_OFF_TASK_MM";
+    pub const OFF_MM_ARG_START: &str = "WEIR_OFF_MM_ARG_START";
+    pub const OFF_MM_ARG_END: &str = "WEIR_OFF_MM_ARG_END";
 }
+
+/// The exec audit's node pod cgroup: slot 0 of this cgroup array (not pinned; set by the agent
+/// that attaches the audit). A process is recorded when it is in that cgroup or below it.
+pub const EXEC_CGROUP_MAP: &str = "WEIR_EXEC_CGROUP";
 
 /// Slots of `WEIR_SETTINGS`: run-time settings the agent writes at every start (a map, not a
 /// load-time global, so that a restarted agent changes them for the programs already attached).
@@ -581,6 +596,42 @@ pub const OBS_UNKNOWN: u8 = 0;
 pub const OBS_FROM_POD: u8 = 1;
 /// Delivered to a local pod from the wire or the tunnel (after translation).
 pub const OBS_TO_POD: u8 = 2;
+
+/// A program started in a pod (`ExecEvent`).
+pub const EVENT_EXEC: u8 = 7;
+/// Bytes of an executed file's path kept.
+pub const EXEC_FILENAME: usize = 256;
+/// Bytes of the argument list kept (NUL-separated, as the process has it).
+pub const EXEC_ARGS: usize = 256;
+
+/// An exec in a pod, from `sched_process_exec` (`weir_exec`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub ktime_ns: u64,
+    /// The process's cgroup v2 id (its directory's inode number): the agent finds the pod by it.
+    pub cgroup_id: u64,
+    /// Process id and parent's, in the node's PID namespace.
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// Bytes of `filename` that hold the path (no NUL).
+    pub filename_len: u16,
+    /// Bytes of `args` that hold the argument list.
+    pub args_len: u16,
+    /// The whole argument list's size (more than `args_len`: cut short).
+    pub args_total: u32,
+    /// `EVENT_EXEC`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub comm: [u8; 16],
+    pub filename: [u8; EXEC_FILENAME],
+    pub args: [u8; EXEC_ARGS],
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 56 + EXEC_FILENAME + EXEC_ARGS);
+// Records are told apart by size on the ring buffer.
+const _: () = assert!(core::mem::size_of::<ExecEvent>() != core::mem::size_of::<DatapathEvent>());
+const _: () = assert!(core::mem::size_of::<ExecEvent>() != core::mem::size_of::<PayloadEvent>());
 
 /// `FlowStats::state`: the close event was sent.
 pub const FLOW_S_CLOSED: u8 = 1;

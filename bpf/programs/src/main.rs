@@ -20,6 +20,7 @@
 
 mod counter;
 mod drop;
+mod exec;
 mod flow;
 mod fwd;
 mod icmp;
@@ -33,9 +34,9 @@ mod tunnel;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
-    macros::{cgroup_sock_addr, classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
-    programs::{SockAddrContext, TcContext},
+    macros::{btf_tracepoint, cgroup_sock_addr, classifier, map},
+    maps::{Array, CgroupArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    programs::{BtfTracePointContext, SockAddrContext, TcContext},
     Global,
 };
 use weir_bpf_common::{
@@ -139,6 +140,18 @@ static WEIR_TAILS: ProgramArray = ProgramArray::pinned(sizes::TAILS, 0);
 /// (never a tc action). The tail call is made from the entry point's own frame: the verifier
 /// forbids tail calls below a call chain of 256 bytes or more.
 const TAIL_LB_REMOTE: i32 = 0x7e1_0000;
+
+/// The exec audit's cgroup (`EXEC_CGROUP_MAP`, slot 0). Not pinned: the audit lives with its agent.
+#[map]
+static WEIR_EXEC_CGROUP: CgroupArray = CgroupArray::with_max_entries(1, 0);
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn weir_exec(ctx: BtfTracePointContext) -> i32 {
+    if WEIR_EXEC_CGROUP.current_task_under_cgroup(0) == Ok(true) {
+        exec::record(&ctx);
+    }
+    0
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn weir_sock_conn4(ctx: SockAddrContext) -> i32 {

@@ -105,6 +105,11 @@ pub struct Config {
     /// no payload but DNS is ever copied.
     #[arg(long = "observe-http", env = "WEIR_OBSERVE_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
     pub observe_http: bool,
+    /// With `--observe`: an audit of every program started by a process under `--cgroup-root`
+    /// (a BTF tracepoint on exec; `weir observe --type exec`), each record attributed to its pod
+    /// by cgroup, or saying it is in none. Attached while the agent runs.
+    #[arg(long = "observe-exec", env = "WEIR_OBSERVE_EXEC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub observe_exec: bool,
     /// How many recent flows the agent keeps for `weir observe` and the observer API (oldest are
     /// evicted first). About 1.8 KiB of memory each.
     #[arg(long, env = "WEIR_FLOW_CAPACITY", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]

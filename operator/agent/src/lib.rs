@@ -136,6 +136,7 @@ impl Agent {
         let ingest = {
             let n = self.node.lock().await;
             flows::Ingest::new(self.config.node_name.clone(), n.enrichment(), self.metrics.clone())
+                .with_cgroup_root(self.config.cgroup_root.clone())
         };
         tokio::spawn(reconcile_loop(
             self.node.clone(),

@@ -62,6 +62,8 @@ struct Loaded {
     uplink: LinkInfo,
     pod_cidr: Ipv4Network,
     mtu: u32,
+    /// The exec audit, attached while this agent runs (`--observe-exec`); dropped: detached.
+    _exec: Option<weir_dataplane::exec::ExecAudit>,
 }
 
 pub struct Node {
@@ -525,6 +527,7 @@ impl Node {
             nat_ports: cfg.nat_ports,
             observe: cfg.observe,
             observe_http: cfg.observe_http,
+            exec_audit: cfg.observe && cfg.observe_exec,
         };
         let mut dp = Datapath::load(&load).context("loading the eBPF datapath")?;
         for m in dp.retired_maps() {
@@ -562,8 +565,23 @@ impl Node {
             let how = dp.attach_cgroup(cg)?;
             tracing::info!(cgroup = %cg.display(), ?how, "socket-level Service translation");
         }
+        // The exec audit: optional, so a kernel it cannot read leaves networking untouched.
+        let exec = match &cfg.cgroup_root {
+            Some(cg) if cfg.observe && cfg.observe_exec => match dp.attach_exec(cg) {
+                Ok(a) => {
+                    tracing::info!(cgroup = %cg.display(), "exec audit attached");
+                    Some(a)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "exec audit not attached; flows and policy are unaffected");
+                    None
+                }
+            },
+            _ => None,
+        };
         self.events = Some(Events::open(&mut dp)?);
-        self.loaded = Some(Loaded { dp, endpoints, tunnel, nodes, services, policy, reader, uplink, pod_cidr, mtu });
+        self.loaded =
+            Some(Loaded { dp, endpoints, tunnel, nodes, services, policy, reader, uplink, pod_cidr, mtu, _exec: exec });
         if *self.store.opened() != Opened::Read {
             // Before the orphan sweep, which would take the pods' interfaces for orphans.
             self.rebuild_store().await?;

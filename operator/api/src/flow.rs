@@ -117,6 +117,8 @@ wire_enum! {
         Http = "http",
         /// Any L7 record: DNS or HTTP (Hubble's `l7`).
         L7 = "l7",
+        /// A program started in a pod (the exec audit; not a flow).
+        Exec = "exec",
         PolicyVerdict = "policy-verdict",
     }
 }
@@ -134,7 +136,7 @@ impl Verdict {
 impl ReportType {
     /// `--type`'s value.
     pub fn from_filter(s: &str) -> Result<Self, String> {
-        Self::parse(s).ok_or_else(|| format!("--type {s}: expected trace, drop, dns, http, l7 or policy-verdict"))
+        Self::parse(s).ok_or_else(|| format!("--type {s}: expected trace, drop, dns, http, l7, exec or policy-verdict"))
     }
 }
 
@@ -149,6 +151,7 @@ wire_enum! {
         Drop = "drop",
         Dns = "dns",
         Http = "http",
+        Exec = "exec",
     }
 }
 
@@ -402,6 +405,9 @@ pub struct WeirInfo {
     /// translated back to), whether or not it still names a known Service.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_frontend: String,
+    /// An exec audit record (the record's `source` is the process's pod, when it is in one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Exec>,
     /// The process in the source pod that opened the connection (its connect(), or first
     /// sendmsg() on the socket), on a connection's first report leaving a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -410,6 +416,27 @@ pub struct WeirInfo {
     pub seq: u64,
     /// Unix time in nanoseconds (the same instant as `time`).
     pub unix_ns: u64,
+}
+
+/// A program started by a process under the node's pod cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    /// The process and its parent, in the node's PID namespace.
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// The path executed (as the exec call named it; at most 255 bytes).
+    pub binary: String,
+    /// The arguments, `argv[0]` first, each escaped where not printable; the first 256 bytes.
+    pub arguments: Vec<String>,
+    /// False when the argument list was longer than what was copied.
+    pub arguments_complete: bool,
+    /// The process's cgroup below the node's pod cgroup root (empty: not found under it).
+    pub cgroup: String,
+    /// `pod` (the record's source names it), or why not: `not-in-a-pod` (a cgroup no known pod
+    /// owns: a host process, or one whose pod the agent does not know), `cgroup-gone` (the
+    /// cgroup was removed before the agent could look at it).
+    pub attribution: String,
 }
 
 /// A process as the datapath's socket hooks saw it.
@@ -448,9 +475,11 @@ impl Flow {
         }
     }
 
-    /// trace, drop, dns or http.
+    /// trace, drop, dns, http or exec.
     pub fn report_type(&self) -> ReportType {
-        if self.l7.as_ref().is_some_and(|l| l.http.is_some()) {
+        if self.weir.exec.is_some() {
+            ReportType::Exec
+        } else if self.l7.as_ref().is_some_and(|l| l.http.is_some()) {
             ReportType::Http
         } else if self.l7.is_some() {
             ReportType::Dns

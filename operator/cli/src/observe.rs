@@ -247,7 +247,7 @@ const HELP: &str = "weir observe [FILTERS] [--since DURATION] [--last N] [--foll
      --service [NS/]SVC  --from-service  --to-service  --workload [KIND/]NAME  --from-workload  --to-workload\n  \
      --ip ADDR[/LEN]  --from-ip  --to-ip  --port N\n  \
      --protocol tcp|udp|icmp|dns|http  --verdict forwarded|dropped|translated  --node NAME\n  \
-     -t/--type trace|drop|dns|http|l7|policy-verdict  --dns-name NAME  --http-status 200|4+  --http-method GET  --http-path /PREFIX\n\
+     -t/--type trace|drop|dns|http|l7|exec|policy-verdict  --dns-name NAME  --http-status 200|4+  --http-method GET  --http-path /PREFIX\n\
      with several --socket: the agents' flows merged, newest N of all of them for --last, in time order";
 
 /// One record in the chosen format: a single line, whatever the flow holds. Names come from

@@ -20,7 +20,7 @@ use std::{
 
 use tokio::sync::broadcast;
 use weir_bpf_common::{
-    Addr16, DatapathEvent, DropReason, PayloadEvent, ServiceKey, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE,
+    Addr16, DatapathEvent, DropReason, ExecEvent, PayloadEvent, ServiceKey, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE,
     EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
 };
 use weir_dataplane::events::Event;
@@ -30,7 +30,7 @@ use weir_operator_api::flow::{
 };
 
 use crate::{
-    observe::{dns, http},
+    observe::{dns, exec, http},
     policy::{
         compile::{decide, Cluster, Compiled, SideExplain},
         Direction, RuleRef,
@@ -73,6 +73,10 @@ pub struct Ingest {
     pending_order: VecDeque<(IpAddr, u16, u16)>,
     /// HTTP requests waiting for their responses.
     http: http::Pairing,
+    /// Cgroup ids under the node's pod cgroup root (exec records' pods).
+    cgroups: exec::Cgroups,
+    /// Pod UID → address, for the enrichment in `endpoints_of` (exec records' pods).
+    pods_by_uid: HashMap<Box<str>, Ipv4Addr>,
     /// Endpoints already described (and their address as text), valid for the enrichment they
     /// were made from.
     endpoints: HashMap<IpAddr, (Endpoint, String)>,
@@ -131,15 +135,24 @@ impl Ingest {
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             http: http::Pairing::default(),
+            cgroups: exec::Cgroups::new(None),
+            pods_by_uid: HashMap::new(),
             endpoints: HashMap::new(),
             endpoints_of: None,
         }
+    }
+
+    /// Where the node's pod cgroups are (`--cgroup-root`): exec records find their pod there.
+    pub fn with_cgroup_root(mut self, root: Option<std::path::PathBuf>) -> Self {
+        self.cgroups = exec::Cgroups::new(root);
+        self
     }
 
     /// The endpoint of `ip` and the address as text, described once per enrichment.
     fn cached_endpoint(&mut self, e: &Arc<Enrichment>, ip: IpAddr) -> (Endpoint, String) {
         if !self.endpoints_of.as_ref().is_some_and(|c| Arc::ptr_eq(c, e)) || self.endpoints.len() >= ENDPOINT_CACHE {
             self.endpoints.clear();
+            self.pods_by_uid.clear();
             self.endpoints_of = Some(e.clone());
         }
         self.endpoints.entry(ip).or_insert_with(|| (Self::endpoint(e, ip), ip.to_string())).clone()
@@ -180,6 +193,10 @@ impl Ingest {
         let (e, payload) = match ev {
             Event::Flow(e) => (e, None),
             Event::Payload(d) => (&d.event, Some(d.as_ref())),
+            Event::Exec(x) => {
+                out.push(self.exec(x));
+                return;
+            }
         };
         let event = match (e.kind, payload.is_some()) {
             (EVENT_DROP, false) => FlowEvent::Drop,
@@ -226,6 +243,7 @@ impl Ingest {
                 kind: match event {
                     FlowEvent::Drop => 1,
                     FlowEvent::Dns | FlowEvent::Http => 129,
+                    FlowEvent::Exec => 0,
                     FlowEvent::New | FlowEvent::Update | FlowEvent::Close => 4,
                 },
             },
@@ -288,6 +306,68 @@ impl Ingest {
         f.summary = summary(&f, e);
         self.metrics.flow(&f);
         out.push(f);
+    }
+
+    /// An exec audit record, attributed to its pod by cgroup.
+    fn exec(&mut self, x: &ExecEvent) -> Flow {
+        let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let unix_ns = (i128::from(x.ktime_ns) + self.clock_offset_ns).max(0) as u64;
+        let (cgroup, uids) = match self.cgroups.path_of(x.cgroup_id) {
+            Some(p) => (p.display().to_string(), exec::pod_uids_in(p)),
+            None => (String::new(), Vec::new()),
+        };
+        // The endpoint cache and the UID index are per enrichment.
+        let _ = self.cached_endpoint(&enrichment, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        if self.pods_by_uid.is_empty() {
+            self.pods_by_uid = enrichment
+                .cluster
+                .pods
+                .values()
+                .filter(|p| !p.info.uid.is_empty())
+                .map(|p| (p.info.uid.clone(), p.ip))
+                .collect();
+        }
+        let pod_ip = uids.iter().find_map(|u| self.pods_by_uid.get(u.as_str()).copied());
+        let (source, attribution) = match (pod_ip, cgroup.is_empty()) {
+            (Some(ip), _) => (self.cached_endpoint(&enrichment, IpAddr::V4(ip)).0, "pod"),
+            (None, false) => (Endpoint::default(), "not-in-a-pod"),
+            (None, true) => (Endpoint::default(), "cgroup-gone"),
+        };
+        let binary = exec::printable(&x.filename[..usize::from(x.filename_len)]);
+        let (arguments, arguments_complete) = exec::arguments(&x.args[..usize::from(x.args_len)], x.args_total);
+        self.metrics.exec(&source.namespace, attribution);
+        let mut summary = format!("exec {binary}");
+        for a in arguments.iter().skip(1) {
+            summary.push(' ');
+            summary.push_str(a);
+        }
+        if !arguments_complete {
+            summary.push_str(" …");
+        }
+        if attribution != "pod" {
+            summary.push_str(&format!(" ({attribution})"));
+        }
+        Flow {
+            node_name: self.node.clone(),
+            source,
+            summary,
+            weir: WeirInfo {
+                event: FlowEvent::Exec,
+                unix_ns,
+                exec: Some(weir_operator_api::flow::Exec {
+                    pid: x.tgid,
+                    ppid: x.ppid,
+                    uid: x.uid,
+                    binary,
+                    arguments,
+                    arguments_complete,
+                    cgroup,
+                    attribution: attribution.into(),
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
     /// The HTTP messages an `EVENT_HTTP` segment starts, each as `base` with its L7 record;
@@ -681,6 +761,57 @@ mod tests {
             let f = drop(&mut i, r);
             assert_eq!((f.source.pod(), f.ip.source.as_str()), (String::new(), "10.244.1.2"), "{r:?}");
         }
+    }
+
+    /// Exec records name their pod through the cgroup tree (the kubelet's `pod<UID>` layout),
+    /// or say they are in none.
+    #[test]
+    fn exec_records_find_their_pod_by_cgroup() {
+        use std::os::unix::fs::MetadataExt as _;
+        let yaml =
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, uid: 0b1c2d3e-aaaa-bbbb-cccc-123456789abc}\n\
+                    spec: {nodeName: n1, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.1.2}\n";
+        let snap = crate::source::manifest::snapshot_of(yaml, "test").expect("pod");
+        let cluster = Cluster::from_snapshot_with(&snap, None, &BTreeMap::new(), &mut Default::default());
+        let en = Enrichment { cluster: Arc::new(cluster), ..Default::default() };
+        let root = std::env::temp_dir().join(format!("weir-exec-ingest-{}", std::process::id()));
+        let in_pod = root.join("pod0b1c2d3e-aaaa-bbbb-cccc-123456789abc").join("ctr");
+        let host = root.join("system");
+        std::fs::create_dir_all(&in_pod).expect("dirs");
+        std::fs::create_dir_all(&host).expect("dirs");
+        let mut i = Ingest::new("n1".into(), Arc::new(RwLock::new(Arc::new(en))), Arc::new(Metrics::default()))
+            .with_cgroup_root(Some(root.clone()));
+        let record = |i: &mut Ingest, cgroup_id: u64| {
+            let mut x = ExecEvent {
+                ktime_ns: 5,
+                cgroup_id,
+                tgid: 77,
+                ppid: 76,
+                uid: 0,
+                filename_len: 13,
+                args_len: 23,
+                args_total: 23,
+                kind: weir_bpf_common::EVENT_EXEC,
+                _pad: [0; 3],
+                comm: [0; 16],
+                filename: [0; 256],
+                args: [0; 256],
+            };
+            x.filename[..13].copy_from_slice(b"/usr/bin/curl");
+            x.args[..23].copy_from_slice(b"curl\0-s\0http://web:80/\0");
+            i.flow(&Event::Exec(Box::new(x))).expect("record")
+        };
+        let f = record(&mut i, std::fs::metadata(&in_pod).expect("meta").ino());
+        let x = f.weir.exec.clone().expect("exec");
+        assert_eq!((f.source.pod(), x.attribution.as_str(), x.binary.as_str()), ("x/a".into(), "pod", "/usr/bin/curl"));
+        assert_eq!(x.arguments, ["curl", "-s", "http://web:80/"]);
+        assert_eq!(f.summary, "exec /usr/bin/curl -s http://web:80/");
+        assert!(f.has_type(weir_operator_api::flow::ReportType::Exec));
+        let h = record(&mut i, std::fs::metadata(&host).expect("meta").ino());
+        assert_eq!((h.source.pod(), h.weir.exec.map(|x| x.attribution)), (String::new(), Some("not-in-a-pod".into())));
+        let gone = record(&mut i, u64::MAX);
+        assert!(gone.summary.ends_with("(cgroup-gone)"), "{}", gone.summary);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! What the datapath reports, made readable: the ring-buffer reader (`events`), flows enriched
 //! with pods, Services and the policies that judged them (`flows`), DNS message parsing
-//! (`dns`), HTTP/1.x parsing and request–response pairing (`http`) and Hubble's observer API over gRPC (`grpc`). Its own state and locks: it never
+//! (`dns`), HTTP/1.x parsing and request–response pairing (`http`), exec records' pods (`exec`) and Hubble's observer API over gRPC (`grpc`). Its own state and locks: it never
 //! waits for the node's writer.
 pub mod dns;
 pub mod events;
+pub mod exec;
 pub mod flows;
 #[cfg(feature = "hubble")]
 pub mod grpc;

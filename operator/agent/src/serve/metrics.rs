@@ -34,6 +34,7 @@ pub struct Metrics {
     http_without_request: IntCounter,
     http_unanswered: IntCounter,
     http_unparsed: IntCounter,
+    execs: IntCounterVec,
     /// Events the kernel could not put on the ring buffer (its counter, followed at scrape time).
     events_lost: IntCounter,
     /// Set at scrape time.
@@ -147,6 +148,12 @@ impl Default for Metrics {
             "weir_http_unparsed_total",
             "Copied segments that began like an HTTP/1.x message but did not parse (skipped).",
         );
+        let execs = counter_vec(
+            &r,
+            "weir_exec_total",
+            "Programs started under the node's pod cgroup (the exec audit), by the pod's namespace and attribution (pod, not-in-a-pod, cgroup-gone).",
+            &["namespace", "attribution"],
+        );
         let datapath = gauge_vec(
             &r,
             "weir_datapath_packets",
@@ -185,6 +192,7 @@ impl Default for Metrics {
             http_without_request,
             http_unanswered,
             http_unparsed,
+            execs,
             events_lost,
             datapath,
             datapath_drops,
@@ -263,6 +271,10 @@ impl Metrics {
 
     pub fn http_unparsed(&self) {
         self.http_unparsed.inc();
+    }
+
+    pub fn exec(&self, namespace: &str, attribution: &str) {
+        self.execs.with_label_values(&[namespace, attribution]).inc();
     }
 
     /// Follows the kernel's lost-events counter (it only grows while the datapath stays loaded).
