@@ -105,6 +105,11 @@ pub struct Config {
     /// no payload but DNS is ever copied.
     #[arg(long = "observe-http", env = "WEIR_OBSERVE_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
     pub observe_http: bool,
+    /// HTTP requests and responses kept as records for `weir observe` and the observer API, per
+    /// second at most (0: every one). Every message is counted in the HTTP metrics regardless;
+    /// those not kept are counted in `weir_http_records_skipped_total`.
+    #[arg(long = "http-records-per-sec", env = "WEIR_HTTP_RECORDS_PER_SEC", default_value_t = crate::observe::flows::DEFAULT_HTTP_RECORDS_PER_SEC)]
+    pub http_records_per_sec: u32,
     /// With `--observe`: an audit of every program started by a process under `--cgroup-root`
     /// (a BTF tracepoint on exec; `weir observe --type exec`), each record attributed to its pod
     /// by cgroup, or saying it is in none. Attached while the agent runs.

@@ -137,6 +137,7 @@ impl Agent {
             let n = self.node.lock().await;
             flows::Ingest::new(self.config.node_name.clone(), n.enrichment(), self.metrics.clone())
                 .with_cgroup_root(self.config.cgroup_root.clone())
+                .with_http_records_per_sec(self.config.http_records_per_sec)
         };
         tokio::spawn(reconcile_loop(
             self.node.clone(),

@@ -77,10 +77,58 @@ pub struct Ingest {
     cgroups: exec::Cgroups,
     /// Pod UID → address, for the enrichment in `endpoints_of` (exec records' pods).
     pods_by_uid: HashMap<Box<str>, Ipv4Addr>,
+    /// What HTTP metrics need of an address, for the enrichment in `sides_of`.
+    sides: HashMap<IpAddr, Arc<Side>>,
+    sides_of: Option<Arc<Enrichment>>,
+    /// HTTP metric handles per (client, server, method label, status class).
+    http_handles:
+        HashMap<(IpAddr, IpAddr, &'static str, &'static str), (prometheus::IntCounter, prometheus::Histogram)>,
+    /// HTTP records kept per second at most (the rest are counted, not recorded).
+    http_records: RateLimit,
     /// Endpoints already described (and their address as text), valid for the enrichment they
     /// were made from.
     endpoints: HashMap<IpAddr, (Endpoint, String)>,
     endpoints_of: Option<Arc<Enrichment>>,
+}
+
+/// HTTP records kept per second unless configured (`--http-records-per-sec`).
+pub const DEFAULT_HTTP_RECORDS_PER_SEC: u32 = 1000;
+
+/// A side of an HTTP exchange as its metrics label it.
+struct Side {
+    namespace: String,
+    workload: String,
+    node: String,
+    pod: String,
+}
+
+/// A token bucket: `rate` a second, as many in a burst; rate 0 lets everything through.
+struct RateLimit {
+    rate: u32,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> Self {
+        Self { rate, tokens: f64::from(rate), last: std::time::Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let rate = f64::from(self.rate);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Endpoints cached at most (the cache is cleared beyond it and at every new enrichment).
@@ -137,9 +185,19 @@ impl Ingest {
             http: http::Pairing::default(),
             cgroups: exec::Cgroups::new(None),
             pods_by_uid: HashMap::new(),
+            sides: HashMap::new(),
+            sides_of: None,
+            http_handles: HashMap::new(),
+            http_records: RateLimit::new(DEFAULT_HTTP_RECORDS_PER_SEC),
             endpoints: HashMap::new(),
             endpoints_of: None,
         }
+    }
+
+    /// HTTP records kept per second at most (`--http-records-per-sec`; 0: every one).
+    pub fn with_http_records_per_sec(mut self, rate: u32) -> Self {
+        self.http_records = RateLimit::new(rate);
+        self
     }
 
     /// Where the node's pod cgroups are (`--cgroup-root`): exec records find their pod there.
@@ -188,7 +246,7 @@ impl Ingest {
     }
 
     /// The flows of one event, appended to `out`: one, except for an HTTP segment, which gives
-    /// one per message it starts (none when it does not parse: counted).
+    /// one per message it starts that is kept as a record (none when it does not parse: counted).
     pub fn flows(&mut self, ev: &Event, out: &mut Vec<Flow>) {
         let (e, payload) = match ev {
             Event::Flow(e) => (e, None),
@@ -198,64 +256,20 @@ impl Ingest {
                 return;
             }
         };
-        let event = match (e.kind, payload.is_some()) {
-            (EVENT_DROP, false) => FlowEvent::Drop,
-            (EVENT_FLOW_NEW, false) => FlowEvent::New,
-            (EVENT_FLOW_UPDATE, false) => FlowEvent::Update,
-            (EVENT_FLOW_CLOSE, false) => FlowEvent::Close,
-            (EVENT_DNS, true) => FlowEvent::Dns,
-            (EVENT_HTTP, true) => FlowEvent::Http,
+        let event = match (e.kind, payload) {
+            (EVENT_DROP, None) => FlowEvent::Drop,
+            (EVENT_FLOW_NEW, None) => FlowEvent::New,
+            (EVENT_FLOW_UPDATE, None) => FlowEvent::Update,
+            (EVENT_FLOW_CLOSE, None) => FlowEvent::Close,
+            (EVENT_DNS, Some(_)) => FlowEvent::Dns,
+            (EVENT_HTTP, Some(d)) => return self.http(d, out),
             _ => return,
         };
-        let point = match e.point {
-            OBS_FROM_POD => Some(ObservationPoint::FromEndpoint),
-            OBS_TO_POD => Some(ObservationPoint::ToEndpoint),
-            _ => None,
-        };
-        let unix_ns = (i128::from(e.ktime_ns) + self.clock_offset_ns).max(0) as u64;
+        let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut f = self.base_flow(&enrichment, e, event);
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
-        let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let ((mut source, src_text), (destination, dst_text)) =
-            (self.cached_endpoint(&enrichment, src), self.cached_endpoint(&enrichment, dst));
-        // A packet dropped because its source could not be verified never names the pod it
-        // claimed to come from: the record keeps the address only.
         let reason = if event == FlowEvent::Drop { DropReason::from_u8(e.reason) } else { None };
-        if reason.is_some_and(source_unverified) {
-            source = Endpoint::default();
-        }
-        let mut f = Flow {
-            // Formatted when the flow is read (`for_reader`), not for every flow stored.
-            time: String::new(),
-            verdict: if event == FlowEvent::Drop { Verdict::Dropped } else { Verdict::Forwarded },
-            ip: Ip {
-                source: src_text,
-                destination: dst_text,
-                ip_version: if src.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
-            },
-            l4: layer4(e),
-            source,
-            destination,
-            kind: if payload.is_some() { FlowType::L7 } else { FlowType::L3L4 },
-            node_name: self.node.clone(),
-            is_reply: e.flags & FLOW_F_REPLY != 0,
-            event_type: EventType {
-                kind: match event {
-                    FlowEvent::Drop => 1,
-                    FlowEvent::Dns | FlowEvent::Http => 129,
-                    FlowEvent::Exec => 0,
-                    FlowEvent::New | FlowEvent::Update | FlowEvent::Close => 4,
-                },
-            },
-            traffic_direction: match point {
-                Some(ObservationPoint::FromEndpoint) => TrafficDirection::Egress,
-                Some(ObservationPoint::ToEndpoint) => TrafficDirection::Ingress,
-                None => TrafficDirection::Unknown,
-            },
-            trace_observation_point: point,
-            weir: WeirInfo { event, packets: e.packets, bytes: e.bytes, unix_ns, ..Default::default() },
-            ..Default::default()
-        };
         if event == FlowEvent::Drop {
             f.weir.drop_reason = reason.map_or_else(|| format!("unknown_{}", e.reason), |r| r.label().to_owned());
             f.drop_reason_desc = Some(match reason {
@@ -284,21 +298,8 @@ impl Ingest {
             let (a, b) = (self.http.closed(&(src, sport, dst, dport)), self.http.closed(&(dst, dport, src, sport)));
             self.metrics.http_unanswered(a.unanswered + b.unanswered);
         }
-        match payload {
-            Some(d) if event == FlowEvent::Http => {
-                let first = out.len();
-                self.http(f, d, out);
-                for f in &mut out[first..] {
-                    if e.svc_port_be != 0 {
-                        Self::service(&enrichment, f, e);
-                    }
-                    f.summary = summary(f, e);
-                    self.metrics.flow(f);
-                }
-                return;
-            }
-            Some(d) => self.dns(&mut f, d, src, sport, dst, dport),
-            None => {}
+        if let Some(d) = payload {
+            self.dns(&mut f, d, src, sport, dst, dport);
         }
         if e.svc_port_be != 0 {
             Self::service(&enrichment, &mut f, e);
@@ -306,6 +307,57 @@ impl Ingest {
         f.summary = summary(&f, e);
         self.metrics.flow(&f);
         out.push(f);
+    }
+
+    /// What every record of event `e` starts with: addresses, ports, pods, node, direction and
+    /// observation point, the kind of report. A drop whose source could not be verified never
+    /// names the pod it claimed to come from: the record keeps the address only.
+    fn base_flow(&mut self, enrichment: &Arc<Enrichment>, e: &DatapathEvent, event: FlowEvent) -> Flow {
+        let point = match e.point {
+            OBS_FROM_POD => Some(ObservationPoint::FromEndpoint),
+            OBS_TO_POD => Some(ObservationPoint::ToEndpoint),
+            _ => None,
+        };
+        let unix_ns = (i128::from(e.ktime_ns) + self.clock_offset_ns).max(0) as u64;
+        let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
+        let ((mut source, src_text), (destination, dst_text)) =
+            (self.cached_endpoint(enrichment, src), self.cached_endpoint(enrichment, dst));
+        if event == FlowEvent::Drop && DropReason::from_u8(e.reason).is_some_and(source_unverified) {
+            source = Endpoint::default();
+        }
+        let l7 = matches!(event, FlowEvent::Dns | FlowEvent::Http);
+        Flow {
+            // Formatted when the flow is read (`for_reader`), not for every flow stored.
+            time: String::new(),
+            verdict: if event == FlowEvent::Drop { Verdict::Dropped } else { Verdict::Forwarded },
+            ip: Ip {
+                source: src_text,
+                destination: dst_text,
+                ip_version: if src.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
+            },
+            l4: layer4(e),
+            source,
+            destination,
+            kind: if l7 { FlowType::L7 } else { FlowType::L3L4 },
+            node_name: self.node.clone(),
+            is_reply: e.flags & FLOW_F_REPLY != 0,
+            event_type: EventType {
+                kind: match event {
+                    FlowEvent::Drop => 1,
+                    FlowEvent::Dns | FlowEvent::Http => 129,
+                    FlowEvent::Exec => 0,
+                    FlowEvent::New | FlowEvent::Update | FlowEvent::Close => 4,
+                },
+            },
+            traffic_direction: match point {
+                Some(ObservationPoint::FromEndpoint) => TrafficDirection::Egress,
+                Some(ObservationPoint::ToEndpoint) => TrafficDirection::Ingress,
+                None => TrafficDirection::Unknown,
+            },
+            trace_observation_point: point,
+            weir: WeirInfo { event, packets: e.packets, bytes: e.bytes, unix_ns, ..Default::default() },
+            ..Default::default()
+        }
     }
 
     /// An exec audit record, attributed to its pod by cgroup.
@@ -370,65 +422,126 @@ impl Ingest {
         }
     }
 
-    /// The HTTP messages an `EVENT_HTTP` segment starts, each as `base` with its L7 record;
-    /// requests wait for their responses, responses take the oldest waiting request of their
-    /// connection.
-    fn http(&mut self, base: Flow, d: &PayloadEvent, out: &mut Vec<Flow>) {
+    /// The HTTP messages an `EVENT_HTTP` segment starts. Every one is paired (requests wait for
+    /// their responses, a response takes the oldest waiting request of its connection) and
+    /// counted in the metrics, on a path that builds no record; records (`l7.http`) are built
+    /// for as many as `--http-records-per-sec` allows, the rest counted as skipped: at tens of
+    /// thousands of requests a second, building a record for each costs the node more than the
+    /// requests themselves.
+    fn http(&mut self, d: &PayloadEvent, out: &mut Vec<Flow>) {
         let data = &d.data[..usize::from(d.len).min(d.data.len())];
         let Ok(messages) = http::parse(data) else {
             self.metrics.http_unparsed();
             return;
         };
         let e = &d.event;
+        let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
         for m in messages {
-            let mut f = base.clone();
-            match m {
+            let (l7, is_reply) = match m {
                 http::Message::Request { method, path, host, version } => {
                     let host = host.unwrap_or_else(|| std::net::SocketAddr::new(dst, dport).to_string());
                     let url = format!("http://{host}{path}");
                     // Counted on the client's node (or on any node for a client outside the
                     // cluster): a cross-node exchange is seen on both nodes, counted once.
-                    let counted_here = f.source.pod_name.is_empty() || f.source.node_name == self.node;
+                    let counted_here = self.counts_here(&enrichment, src);
                     let pending =
                         http::Pending { ktime_ns: e.ktime_ns, method: method.clone(), url: url.clone(), counted_here };
                     let dropped = self.http.request((src, sport, dst, dport), pending);
                     self.metrics.http_unanswered(dropped.unanswered);
-                    f.l7 = Some(Layer7 {
-                        kind: L7Type::Request,
-                        latency_ns: 0,
-                        dns: None,
-                        http: Some(Http { code: 0, method, url, protocol: http::protocol(version) }),
-                    });
+                    let http = Http { code: 0, method, url, protocol: http::protocol(version) };
+                    (Layer7 { kind: L7Type::Request, latency_ns: 0, dns: None, http: Some(http) }, false)
                 }
                 http::Message::Response { code, version } => {
-                    f.is_reply = true;
                     let (req, dropped) = self.http.response(&(dst, dport, src, sport), e.ktime_ns);
                     self.metrics.http_unanswered(dropped.unanswered);
                     let latency_ns = req.as_ref().map_or(0, |r| e.ktime_ns.saturating_sub(r.ktime_ns));
                     let counted_here = match &req {
                         Some(r) => r.counted_here,
-                        None => f.destination.pod_name.is_empty() || f.destination.node_name == self.node,
+                        None => self.counts_here(&enrichment, dst),
                     };
                     let (method, url) = req.map(|r| (r.method, r.url)).unwrap_or_default();
                     if counted_here {
-                        self.metrics.http_response(
-                            &f,
-                            &method,
-                            u32::from(code),
-                            (!url.is_empty()).then_some(latency_ns),
-                        );
+                        let code = u32::from(code);
+                        let latency = (!url.is_empty()).then_some(latency_ns);
+                        self.http_metrics(&enrichment, dst, src, &method, code, latency);
                     }
-                    f.l7 = Some(Layer7 {
-                        kind: L7Type::Response,
-                        latency_ns,
-                        dns: None,
-                        http: Some(Http { code: u32::from(code), method, url, protocol: http::protocol(version) }),
-                    });
+                    let http = Http { code: u32::from(code), method, url, protocol: http::protocol(version) };
+                    (Layer7 { kind: L7Type::Response, latency_ns, dns: None, http: Some(http) }, true)
                 }
+            };
+            if !self.http_records.take() {
+                self.metrics.http_record_skipped();
+                continue;
             }
+            let mut f = self.base_flow(&enrichment, e, FlowEvent::Http);
+            f.is_reply = is_reply;
+            f.l7 = Some(l7);
+            if e.svc_port_be != 0 {
+                Self::service(&enrichment, &mut f, e);
+            }
+            f.summary = summary(&f, e);
+            self.metrics.flow(&f);
             out.push(f);
+        }
+    }
+
+    /// Whether this node counts an exchange whose client is `client`: the client's node does, and
+    /// any node does for a client outside the cluster.
+    fn counts_here(&mut self, enrichment: &Arc<Enrichment>, client: IpAddr) -> bool {
+        let side = self.side(enrichment, client);
+        side.pod.is_empty() || side.node == self.node
+    }
+
+    /// What metrics need of an address (namespace, workload, node), described once per
+    /// enrichment; cheaper than a whole endpoint.
+    fn side(&mut self, enrichment: &Arc<Enrichment>, ip: IpAddr) -> Arc<Side> {
+        if !self.sides_of.as_ref().is_some_and(|c| Arc::ptr_eq(c, enrichment)) || self.sides.len() >= ENDPOINT_CACHE {
+            self.sides.clear();
+            self.http_handles.clear();
+            self.sides_of = Some(enrichment.clone());
+        }
+        self.sides
+            .entry(ip)
+            .or_insert_with(|| {
+                let e = Self::endpoint(enrichment, ip);
+                let workload = e.workloads.first().map_or(e.pod_name.clone(), |w| w.name.clone());
+                Arc::new(Side { namespace: e.namespace, workload, node: e.node_name, pod: e.pod_name })
+            })
+            .clone()
+    }
+
+    /// Counts one answered exchange, through metric handles kept per (client, server, method,
+    /// status class) so the labels are hashed once, not per request.
+    fn http_metrics(
+        &mut self,
+        enrichment: &Arc<Enrichment>,
+        client: IpAddr,
+        server: IpAddr,
+        method: &str,
+        code: u32,
+        latency_ns: Option<u64>,
+    ) {
+        if method.is_empty() {
+            self.metrics.http_without_request();
+            return;
+        }
+        let (m, class) = (http::method_label(method), http::status_class(code));
+        let key = (client, server, m, class);
+        if !self.http_handles.contains_key(&key) {
+            let (c, s) = (self.side(enrichment, client), self.side(enrichment, server));
+            let handles = self.metrics.http_handles([&c.namespace, &c.workload, &s.namespace, &s.workload, m, class]);
+            if self.http_handles.len() >= ENDPOINT_CACHE {
+                self.http_handles.clear();
+            }
+            self.http_handles.insert(key, handles);
+        }
+        if let Some((count, duration)) = self.http_handles.get(&key) {
+            count.inc();
+            if let Some(ns) = latency_ns {
+                duration.observe(ns as f64 / 1e9);
+            }
         }
     }
 

@@ -16,9 +16,9 @@ use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use weir_operator_api::flow::{Endpoint, Flow, TrafficDirection, Verdict};
+use weir_operator_api::flow::{Flow, TrafficDirection, Verdict};
 
-use crate::observe::{dns, http};
+use crate::observe::dns;
 
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +34,7 @@ pub struct Metrics {
     http_without_request: IntCounter,
     http_unanswered: IntCounter,
     http_unparsed: IntCounter,
+    http_records_skipped: IntCounter,
     execs: IntCounterVec,
     /// Events the kernel could not put on the ring buffer (its counter, followed at scrape time).
     events_lost: IntCounter,
@@ -148,6 +149,10 @@ impl Default for Metrics {
             "weir_http_unparsed_total",
             "Copied segments that began like an HTTP/1.x message but did not parse (skipped).",
         );
+        let http_records_skipped = counter(
+            "weir_http_records_skipped_total",
+            "HTTP messages parsed, paired and counted in these metrics but not kept as records for weir observe: over --http-records-per-sec.",
+        );
         let execs = counter_vec(
             &r,
             "weir_exec_total",
@@ -192,6 +197,7 @@ impl Default for Metrics {
             http_without_request,
             http_unanswered,
             http_unparsed,
+            http_records_skipped,
             execs,
             events_lost,
             datapath,
@@ -240,27 +246,20 @@ impl Metrics {
         self.dns_malformed.inc();
     }
 
-    /// One HTTP response `f` (source: the server) to a request of `method` (empty: its request
-    /// was not seen, only counted as such); `latency_ns` when the request was seen.
-    pub fn http_response(&self, f: &Flow, method: &str, code: u32, latency_ns: Option<u64>) {
-        if method.is_empty() {
-            self.http_without_request.inc();
-            return;
-        }
-        let (client, server) = (&f.destination, &f.source);
-        let (cw, sw) = (workload_label(client), workload_label(server));
-        let labels = [
-            client.namespace.as_str(),
-            cw,
-            server.namespace.as_str(),
-            sw,
-            http::method_label(method),
-            http::status_class(code),
-        ];
-        self.http_requests.with_label_values(&labels).inc();
-        if let Some(ns) = latency_ns {
-            self.http_duration.with_label_values(&labels).observe(ns as f64 / 1e9);
-        }
+    /// The counter and histogram of answered HTTP exchanges with these labels (client
+    /// namespace and workload, server namespace and workload, method label, status class).
+    pub fn http_handles(&self, labels: [&str; 6]) -> (IntCounter, Histogram) {
+        (self.http_requests.with_label_values(&labels), self.http_duration.with_label_values(&labels))
+    }
+
+    /// A response whose request was not seen.
+    pub fn http_without_request(&self) {
+        self.http_without_request.inc();
+    }
+
+    /// An HTTP message counted but not kept as a record (over the record rate).
+    pub fn http_record_skipped(&self) {
+        self.http_records_skipped.inc();
     }
 
     pub fn http_unanswered(&self, n: u64) {
@@ -351,12 +350,6 @@ pub async fn serve(
             }
         });
     }
-}
-
-/// A side's workload as a label: its controller's name, a bare pod's own name, or empty
-/// (outside the cluster).
-fn workload_label(e: &Endpoint) -> &str {
-    e.workloads.first().map_or(e.pod_name.as_str(), |w| w.name.as_str())
 }
 
 #[cfg(test)]
