@@ -7,7 +7,9 @@
 #      request/response, close) and HTTP requests/s (wrk against nginx, keep-alive), same node
 #      and across nodes, with the agents restarted in three modes in rotating order each round
 #      (median reported): on (flows, DNS and HTTP: the default), flows (HTTP observation off) and
-#      off; and the flows each mode recorded (0 when off: the switch really is off).
+#      off; the time of a fork+exec in a pod (the exec audit is on in both on and flows, off in
+#      off: their difference is its cost per exec); and the flows each mode recorded (0 when off:
+#      the switch really is off).
 # Prints tables with on/off ratios; JSON from part 1 goes to observe-bench-results.json.
 # Needs root; the lab (wl-o<pid>-*) and the bench namespace are removed at exit.
 set -euo pipefail
@@ -15,6 +17,7 @@ cd "$(dirname "$0")/.."
 IPERF_SECS=${IPERF_SECS:-4}
 CRR_COUNT=${CRR_COUNT:-2000}
 WRK_SECS=${WRK_SECS:-4}
+EXEC_COUNT=${EXEC_COUNT:-1000}
 ROUNDS=${ROUNDS:-5}
 # shellcheck source=scripts/release-bins.sh
 . ./scripts/release-bins.sh bench-observe
@@ -74,6 +77,15 @@ mode() { # on|flows|off: restart both agents so (the datapath is reloaded)
   [ "$1" = on ] || h=false
   for n in n1 n2; do WEIR_OBSERVE=$v WEIR_OBSERVE_HTTP=$h "$LAB" agent restart "$n" >/dev/null; done
 }
+exec_us() { # mean wall time of one fork+exec of /bin/true in a pod, in microseconds
+  "$LAB" exec default/w1 -- python3 -c "
+import subprocess, time
+n = $EXEC_COUNT
+t = time.perf_counter()
+for _ in range(n):
+    subprocess.run(['/bin/true'])
+print(round((time.perf_counter() - t) / n * 1e6, 1))"
+}
 wrk_rps() {
   "$LAB" exec default/w1 -- wrk -t1 -c8 -d"${WRK_SECS}s" "http://$1:8088/ok" | awk '/^Requests\/sec:/ {print $2}'
 }
@@ -107,6 +119,7 @@ for round in $(seq 1 "$ROUNDS"); do
     M[$m,ccross]+=" $(crr "$W3")"
     M[$m,hsame]+=" $(wrk_rps "$W2")"
     M[$m,hcross]+=" $(wrk_rps "$W3")"
+    M[$m,exec]+=" $(exec_us)"
     M[$m,cpu]+=" $(( $(agent_cpu_ms) - c0 ))"
     M[$m,flows]+=" $(flows_recorded)"
   done
@@ -114,7 +127,8 @@ done
 median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 keys=("tsame:throughput same node (Gbit/s)" "tcross:throughput across nodes (Gbit/s)"
       "csame:new connections/s same node" "ccross:new connections/s across nodes"
-      "hsame:HTTP requests/s same node" "hcross:HTTP requests/s across nodes")
+      "hsame:HTTP requests/s same node" "hcross:HTTP requests/s across nodes"
+      "exec:fork+exec of /bin/true in a pod (us)")
 table() { # A B: medians of modes A and B and their ratio, per measure
   printf '\nLab (median of %s rounds)             %12s %12s %8s\n' "$ROUNDS" "$1" "$2" "$1/$2"
   for k in "${keys[@]}"; do

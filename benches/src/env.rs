@@ -94,7 +94,7 @@ pub fn load_with_pods(
         nat_ports: (61000, 65000),
         observe,
         observe_http,
-        exec_audit: false,
+        exec_audit: true,
     };
     let mut dp = Datapath::load(&cfg).context("loading the datapath")?;
     let mut eps = Endpoints::open(&mut dp)?;

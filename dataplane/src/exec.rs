@@ -52,6 +52,23 @@ impl Datapath {
     }
 }
 
+/// Turns on the kernel's run-time statistics of every BPF program while the returned descriptor
+/// is open (`BPF_ENABLE_STATS`; nothing global is left changed).
+pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| Error::ExecAudit { reason: format!("enabling run-time statistics: {e}") })
+}
+
+impl Datapath {
+    /// Total run time and run count of the exec audit program so far (with statistics on).
+    pub fn exec_run_stats(&self) -> Result<(std::time::Duration, u64)> {
+        let name = programs::EXEC;
+        let prog = self.ebpf.program(name).ok_or(Error::MissingProgram { name })?;
+        let info = prog.info().map_err(|source| Error::Program { name, source: Box::new(source) })?;
+        Ok((info.run_time(), info.run_count()))
+    }
+}
+
 /// The offsets of the kernel fields `weir_exec` reads, as (global name, offset), from the
 /// running kernel's BTF; an error names the first one missing.
 pub(crate) fn kernel_offsets() -> std::result::Result<Vec<(&'static str, u32)>, String> {

@@ -11,6 +11,9 @@
 //!    events made;
 //! 3. overload: the same with nobody reading, so the ring buffer fills; every event is either
 //!    in the ring or counted lost;
+//! 5. the agent's own cost per event (user space), and 6. the exec audit's cost per exec: its
+//!    program's kernel-measured run time (BPF_ENABLE_STATS) over execs of a process in a cgroup
+//!    it audits;
 //! 4. HTTP observation: a third copy with HTTP message starts copied as well, against flows
 //!    alone: the cost of a non-HTTP connection's data packet (what every other protocol pays:
 //!    target ≤ 1.02×) and of an HTTP request segment (copied to the ring).
@@ -83,6 +86,11 @@ struct Results {
     /// request or response message (records stored, metrics counted).
     agent_flow_event_ns: f64,
     agent_http_event_ns: f64,
+    /// The exec audit: mean kernel run time per exec (every exec on the machine runs it; those
+    /// outside the audited cgroup stop at its first check), execs run and records received.
+    exec_ns: f64,
+    exec_runs: u64,
+    exec_records: u64,
 }
 
 fn load(bpffs: PathBuf, observe: bool, http: bool) -> anyhow::Result<Datapath> {
@@ -235,8 +243,49 @@ fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Results> {
     }
     drop((on, off));
     eprintln!("HTTP observation vs flows alone ...");
-    http_costs(cli, bpffs, &mut r)?;
+    http_costs(cli, bpffs.clone(), &mut r)?;
+    eprintln!("exec audit ...");
+    exec_costs(bpffs, 2000, &mut r)?;
     Ok(r)
+}
+
+/// Part 6: `n` execs of `/bin/true` by processes in a cgroup the exec audit watches, in batches
+/// (the ring drained between them); the program's own run time per run, from the kernel.
+fn exec_costs(bpffs: PathBuf, n: u32, r: &mut Results) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let mut dp = load(bpffs.join("exec"), true, false)?;
+    let cg = PathBuf::from("/sys/fs/cgroup/unified").join(format!("weir-bench-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).with_context(|| format!("creating {}", cg.display()))?;
+    let result = (|| -> anyhow::Result<()> {
+        let audit = dp.attach_exec(&cg)?;
+        let mut ring = Events::open(&mut dp)?;
+        let stats = weir_dataplane::exec::enable_run_stats()?;
+        let (t0, c0) = dp.exec_run_stats()?;
+        let procs = cg.join("cgroup.procs");
+        for batch in 0..n.div_ceil(200) {
+            for _ in 0..200.min(n - batch * 200) {
+                let procs = procs.clone();
+                let mut c = std::process::Command::new("/bin/true");
+                // SAFETY: one write between fork and exec, as a test harness does.
+                unsafe {
+                    c.pre_exec(move || std::fs::write(&procs, "0"));
+                }
+                c.status()?;
+            }
+            r.exec_records +=
+                ring.drain().iter().filter(|e| matches!(e, weir_dataplane::events::Event::Exec(_))).count() as u64;
+        }
+        let (t1, c1) = dp.exec_run_stats()?;
+        drop((stats, audit));
+        r.exec_runs = c1 - c0;
+        r.exec_ns = (t1 - t0).as_nanos() as f64 / (c1 - c0).max(1) as f64;
+        if r.exec_records < u64::from(n) {
+            bail!("exec audit: {n} execs, {} records", r.exec_records);
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir(&cg);
+    result
 }
 
 /// Part 5: the agent's own cost per event, user space only: `Ingest::flows` and the store, for
@@ -327,6 +376,10 @@ fn main() -> anyhow::Result<()> {
     println!(
         "\nAgent, per event (user space: ingest, enrich, store): flow report {:.0} ns, HTTP message {:.0} ns",
         r.agent_flow_event_ns, r.agent_http_event_ns
+    );
+    println!(
+        "Exec audit: {:.0} ns of kernel time per exec ({} runs, {} records of audited execs)",
+        r.exec_ns, r.exec_runs, r.exec_records
     );
     println!(
         "\nSustained: {} new connections at {:.0} events/s from one CPU; the agent's reader received {}, {} counted lost",
