@@ -457,7 +457,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     only(&["--verdict", "dropped"], &|f| f["verdict"] == "DROPPED");
     only(&["--type", "policy-verdict"], &|f| f["ingress_allowed_by"].is_array() || f["ingress_denied_by"].is_array());
     only(&["--to-pod", "shop/web", "--port", "8081"], &|f| to_web(f, 8081));
-    only(&["--from-pod", "shop/dns", "--not", "--type", "l7"], &|f| {
+    only(&["--from-pod", "shop/dns", "--not", "--type", "l7", "--not", "--type", "exec"], &|f| {
         pod_of(&f["source"]) == "shop/dns" && f["Type"] == "L3_L4"
     });
     only(&["--ip", &format!("{dns_ip}/32"), "--port", "53", "--protocol", "udp"], &|f| f["l4"]["UDP"].is_object());
@@ -756,9 +756,51 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
         for f in &got {
             assert_eq!(f.verdict, Verdict::Dropped as i32);
             assert_eq!(f.drop_reason_desc, 133, "POLICY_DENIED");
+            // Hubble prints TYPE from the sub-type: the drop reason, as Cilium sends it.
+            assert_eq!(f.event_type.as_ref().map(|t| (t.r#type, t.sub_type)), Some((1, 133)), "{f:?}");
             assert_eq!(f.destination.as_ref().map(|d| d.pod_name.as_str()), Some("web"));
             assert_eq!(f.ingress_denied_by.first().map(|p| p.name.as_str()), Some("web-only-8080"));
             assert!(f.time.as_ref().is_some_and(|t| t.seconds > 1_700_000_000));
+        }
+
+        // Following with no number and no start time (`hubble observe -f`): new flows only, the
+        // stored drops are not replayed first; a new drop arrives.
+        let follow = GetFlowsRequest {
+            follow: true,
+            whitelist: vec![FlowFilter { verdict: vec![Verdict::Dropped as i32], ..Default::default() }],
+            ..Default::default()
+        };
+        let mut stream = client.get_flows(follow).await.expect("follow").into_inner();
+        let replayed = tokio::time::timeout(Duration::from_millis(700), stream.message()).await;
+        assert!(replayed.is_err(), "follow replayed history: {replayed:?}");
+        let web_ip = pod_ip(lab, "web");
+        assert_ne!(lab.probe("shop/client", &format!("{web_ip}:8081"), "tcp").0, "connected");
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+        let next = next.expect("a new drop while following").expect("stream").expect("message");
+        use weir_operator_agent::observe::grpc::proto::observer::get_flows_response::ResponseTypes;
+        let Some(ResponseTypes::Flow(f)) = next.response_types else { panic!("not a flow: {next:?}") };
+        assert_eq!(f.verdict, Verdict::Dropped as i32);
+        drop(stream);
+
+        // Traces carry their observation point as the sub-type (monitor API: 5 from-endpoint,
+        // 0 to-endpoint), so `hubble observe -t trace:from-endpoint` selects what left a pod.
+        let from_endpoint = GetFlowsRequest {
+            number: 50,
+            whitelist: vec![FlowFilter {
+                event_type: vec![weir_operator_agent::observe::grpc::proto::flow::EventTypeFilter {
+                    r#type: 4,
+                    match_sub_type: true,
+                    sub_type: 5,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (_, got) = get_flows(&mut client, from_endpoint).await;
+        assert!(!got.is_empty(), "no from-endpoint traces");
+        for f in &got {
+            assert_eq!(f.event_type.as_ref().map(|t| (t.r#type, t.sub_type)), Some((4, 5)), "{f:?}");
+            assert_eq!(f.trace_observation_point, 5, "FROM_ENDPOINT: {f:?}");
         }
 
         // DNS over gRPC, and the last N.

@@ -942,7 +942,7 @@ mod tests {
         assert!(Criterion::Protocol("sctp".into()).validate().unwrap_err().contains("sctp"));
         assert!(Verdict::from_filter("maybe").unwrap_err().contains("maybe"));
         assert!(Verdict::from_filter("verdict_unknown").is_err());
-        assert!(ReportType::from_filter("l7").unwrap_err().contains("l7"));
+        assert!(ReportType::from_filter("kafka").unwrap_err().contains("kafka"));
         assert_eq!(Verdict::from_filter("DROPPED"), Ok(Verdict::Dropped));
         assert_eq!(Verdict::from_filter("dropped"), Ok(Verdict::Dropped));
         assert!(Criterion::Verdict(Verdict::Unknown).validate().is_err());

@@ -8,7 +8,9 @@
 //! field matches when any of its entries does. Filters are compiled once per request
 //! ([`Selection`]). HTTP filters follow Hubble: status `NNN` or a prefix with `+`, method (any case),
 //! path as a regular expression over the URL path. Filter fields weir cannot evaluate (FQDNs, UUIDs, trace ids) are
-//! refused with `InvalidArgument`, never silently ignored. Events the kernel lost are announced as a `LostEvent` first; a follower
+//! refused with `InvalidArgument`, never silently ignored. Event sub-types are Cilium's (drop
+//! reason, trace observation point); following with neither a number nor a start time sends
+//! new flows only. Events the kernel lost are announced as a `LostEvent` first; a follower
 //! that falls behind gets a `LostEvent` with how many it missed.
 use std::{
     pin::Pin,
@@ -57,6 +59,22 @@ fn ts_ns(t: &pb::Timestamp) -> u64 {
 }
 
 /// weir's drop reason label → Hubble's drop reason code.
+/// The event's sub-type as Cilium sends it, from which Hubble's clients print the TYPE column and
+/// match `-t drop:…`/`-t trace:…`: a drop's reason code (133 policy denied); a trace's
+/// observation point (monitor API: 0 to-endpoint, 5 from-endpoint); 0 otherwise.
+pub fn sub_type(f: &Flow) -> i32 {
+    const TRACE_TO_LXC: i32 = 0;
+    const TRACE_FROM_LXC: i32 = 5;
+    match f.event_type.kind {
+        1 => drop_reason_code(&f.weir.drop_reason) as i32,
+        4 => match f.trace_observation_point {
+            Some(ObservationPoint::FromEndpoint) => TRACE_FROM_LXC,
+            _ => TRACE_TO_LXC,
+        },
+        _ => 0,
+    }
+}
+
 pub fn drop_reason_code(label: &str) -> pb::DropReason {
     use pb::DropReason as D;
     match label {
@@ -203,7 +221,7 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
         node_name: f.node_name.clone(),
         l7,
         reply: f.is_reply,
-        event_type: Some(pb::CiliumEventType { r#type: f.event_type.kind as i32, sub_type: 0 }),
+        event_type: Some(pb::CiliumEventType { r#type: f.event_type.kind as i32, sub_type: sub_type(f) }),
         traffic_direction: direction_code(f),
         trace_observation_point: match f.trace_observation_point {
             Some(ObservationPoint::FromEndpoint) => pb::TraceObservationPoint::FromEndpoint,
@@ -321,7 +339,9 @@ impl HubbleFilter {
             && any(&r.destination_label, |s| label_selector_matches(s, &f.destination.labels))
             && any(&r.traffic_direction, |d| *d == direction)
             && any(&r.verdict, |v| *v == verdict)
-            && any(&r.event_type, |e| e.r#type == f.event_type.kind as i32 && (!e.match_sub_type || e.sub_type == 0))
+            && any(&r.event_type, |e| {
+                e.r#type == f.event_type.kind as i32 && (!e.match_sub_type || e.sub_type == sub_type(f))
+            })
             && any(&self.protocol, |p| match p {
                 ProtocolSel::Dns => f.l7.as_ref().is_some_and(|l| l.dns.is_some()),
                 ProtocolSel::Http => f.http().is_some(),
@@ -433,7 +453,12 @@ impl Observer for ObserverService {
             let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
             s.select(|f| in_time(f) && selection.selected(f))
         };
-        // `number` (0: all of the selection; Hubble's CLI always sends one).
+        // Following with neither a number nor a start time is Hubble's `observe -f`: new flows
+        // only, no history first.
+        if req.follow && req.number == 0 && since.is_none() {
+            history.clear();
+        }
+        // `number` (0: all of the selection).
         let n = usize::try_from(req.number).unwrap_or(usize::MAX);
         if n > 0 && history.len() > n {
             if req.first {
