@@ -301,7 +301,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
             assert_eq!(a["l7"]["dns"]["cnames"], serde_json::json!(["web.lab.test."]), "{a}");
             assert_eq!(a["l7"]["dns"]["ttl"], 60, "{a}");
             assert_eq!(a["l7"]["dns"]["rcode"], 0);
-            assert_eq!(a["is_reply"], false, "a DNS message is L7, not a flow report: {a}");
+            assert_eq!(a["is_reply"], true, "an L7 response is a reply, as Hubble marks it: {a}");
         }
         assert!(answers.iter().any(|a| a["l7"]["latency_ns"].as_u64().unwrap_or(0) > 0), "no latency (tcp {tcp})");
     }

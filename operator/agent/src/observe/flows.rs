@@ -616,6 +616,8 @@ impl Ingest {
             let pending = &self.pending;
             self.pending_order.retain(|k| pending.contains_key(k));
         }
+        // As Hubble marks L7 records: a response is a reply.
+        f.is_reply = m.response;
         let client_ns = if m.response { &f.destination.namespace } else { &f.source.namespace };
         self.metrics.dns(client_ns, &m, (latency_ns > 0).then_some(latency_ns));
         f.l7 = Some(Layer7 {
