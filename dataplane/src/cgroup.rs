@@ -21,11 +21,7 @@ impl Datapath {
                 continue;
             }
             outcome = Attachment::Attached;
-            let dir = std::fs::File::open(cgroup).map_err(|source| Error::Io {
-                op: "opening cgroup",
-                path: cgroup.to_owned(),
-                source,
-            })?;
+            let dir = open_cgroup(cgroup)?;
             let attach_err =
                 |source| Error::Attach { program: name, iface: cgroup.display().to_string(), source: Box::new(source) };
             let prog: &mut CgroupSockAddr = self
@@ -40,4 +36,9 @@ impl Datapath {
         }
         Ok(outcome)
     }
+}
+
+/// A cgroup v2 directory opened for attaching programs to it or naming it in a map.
+pub(crate) fn open_cgroup(cgroup: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(cgroup).map_err(|source| Error::Io { op: "opening cgroup", path: cgroup.to_owned(), source })
 }

@@ -23,11 +23,7 @@ impl Datapath {
         if let Err(reason) = &self.exec_offsets {
             return Err(Error::ExecAudit { reason: reason.clone() });
         }
-        let dir = std::fs::File::open(cgroup).map_err(|source| Error::Io {
-            op: "opening cgroup",
-            path: cgroup.to_owned(),
-            source,
-        })?;
+        let dir = crate::cgroup::open_cgroup(cgroup)?;
         let map = self.ebpf.map_mut(EXEC_CGROUP_MAP).ok_or(Error::MissingMap { name: EXEC_CGROUP_MAP })?;
         let mut slot: aya::maps::CgroupArray<_> =
             aya::maps::CgroupArray::try_from(map).map_err(crate::map_err(EXEC_CGROUP_MAP))?;

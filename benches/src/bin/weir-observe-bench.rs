@@ -306,9 +306,7 @@ fn agent_costs(n: u32, r: &mut Results) {
         ..Default::default()
     };
     let payload = |event: DatapathEvent, msg: &[u8]| {
-        let mut p = PayloadEvent { event, len: msg.len() as u16, tcp: 1, _pad: [0; 5], data: [0; 512] };
-        p.data[..msg.len()].copy_from_slice(msg);
-        weir_dataplane::events::Event::Payload(Box::new(p))
+        weir_dataplane::events::Event::Payload(Box::new(PayloadEvent::with_data(event, true, msg)))
     };
     let mut out = Vec::new();
     let t = Instant::now();

@@ -738,6 +738,17 @@ pub struct PayloadEvent {
 }
 const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 112 + 8 + PAYLOAD_CAPTURE);
 
+impl PayloadEvent {
+    /// The event `event` carrying `data` (cut at `PAYLOAD_CAPTURE`), as the datapath would
+    /// report it: for tests, benchmarks and fuzzing.
+    pub fn with_data(event: DatapathEvent, tcp: bool, data: &[u8]) -> Self {
+        let n = data.len().min(PAYLOAD_CAPTURE);
+        let mut p = Self { event, len: n as u16, tcp: u8::from(tcp), _pad: [0; 5], data: [0; PAYLOAD_CAPTURE] };
+        p.data[..n].copy_from_slice(&data[..n]);
+        p
+    }
+}
+
 /// Indexes of the `WEIR_COUNTERS` per-CPU array: one slot per drop reason, then the rest.
 pub mod counters {
     /// Events that did not fit the ring buffer (never silently lost: counted here).

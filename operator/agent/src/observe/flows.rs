@@ -30,7 +30,7 @@ use weir_operator_api::flow::{
 };
 
 use crate::{
-    observe::{dns, exec, http},
+    observe::{bounded::Bounded, dns, exec, http},
     policy::{
         compile::{decide, Cluster, Compiled, SideExplain},
         Direction, RuleRef,
@@ -69,26 +69,24 @@ pub struct Ingest {
     /// Unix time minus CLOCK_MONOTONIC, in ns: turns `ktime_ns` into wall time.
     pub clock_offset_ns: i128,
     /// (client address, client port, DNS id) → query time (ktime).
-    pending: HashMap<(IpAddr, u16, u16), u64>,
-    pending_order: VecDeque<(IpAddr, u16, u16)>,
+    pending: Bounded<(IpAddr, u16, u16), u64>,
     /// HTTP requests waiting for their responses.
     http: http::Pairing,
     /// Cgroup ids under the node's pod cgroup root (exec records' pods).
     cgroups: exec::Cgroups,
-    /// Pod UID → address, for the enrichment in `endpoints_of` (exec records' pods).
-    pods_by_uid: HashMap<Box<str>, Ipv4Addr>,
-    /// What HTTP metrics need of an address, for the enrichment in `sides_of`.
+    /// The enrichment the caches below were made from (see [`Ingest::refresh`]).
+    derived_from: Option<Arc<Enrichment>>,
+    /// Pod UID → address (exec records' pods), built at the first exec record of an enrichment.
+    pods_by_uid: Option<HashMap<Box<str>, Ipv4Addr>>,
+    /// What HTTP metrics need of an address.
     sides: HashMap<IpAddr, Arc<Side>>,
-    sides_of: Option<Arc<Enrichment>>,
     /// HTTP metric handles per (client, server, method label, status class).
     http_handles:
         HashMap<(IpAddr, IpAddr, &'static str, &'static str), (prometheus::IntCounter, prometheus::Histogram)>,
     /// HTTP records kept per second at most (the rest are counted, not recorded).
     http_records: RateLimit,
-    /// Endpoints already described (and their address as text), valid for the enrichment they
-    /// were made from.
+    /// Endpoints already described, and their address as text.
     endpoints: HashMap<IpAddr, (Endpoint, String)>,
-    endpoints_of: Option<Arc<Enrichment>>,
 }
 
 /// HTTP records kept per second unless configured (`--http-records-per-sec`).
@@ -180,17 +178,15 @@ impl Ingest {
             enrichment,
             metrics,
             clock_offset_ns: clock_offset_ns(),
-            pending: HashMap::new(),
-            pending_order: VecDeque::new(),
+            pending: Bounded::new(PENDING_DNS),
             http: http::Pairing::default(),
             cgroups: exec::Cgroups::new(None),
-            pods_by_uid: HashMap::new(),
+            derived_from: None,
+            pods_by_uid: None,
             sides: HashMap::new(),
-            sides_of: None,
             http_handles: HashMap::new(),
             http_records: RateLimit::new(DEFAULT_HTTP_RECORDS_PER_SEC),
             endpoints: HashMap::new(),
-            endpoints_of: None,
         }
     }
 
@@ -206,12 +202,24 @@ impl Ingest {
         self
     }
 
+    /// The enrichment now, with every cache made from an older one (endpoint descriptions, the
+    /// metrics' sides and handles, the pod UID index) dropped: each event handler starts here.
+    fn refresh(&mut self) -> Arc<Enrichment> {
+        let e = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if !self.derived_from.as_ref().is_some_and(|c| Arc::ptr_eq(c, &e)) {
+            self.endpoints.clear();
+            self.sides.clear();
+            self.http_handles.clear();
+            self.pods_by_uid = None;
+            self.derived_from = Some(e.clone());
+        }
+        e
+    }
+
     /// The endpoint of `ip` and the address as text, described once per enrichment.
     fn cached_endpoint(&mut self, e: &Arc<Enrichment>, ip: IpAddr) -> (Endpoint, String) {
-        if !self.endpoints_of.as_ref().is_some_and(|c| Arc::ptr_eq(c, e)) || self.endpoints.len() >= ENDPOINT_CACHE {
+        if self.endpoints.len() >= ENDPOINT_CACHE {
             self.endpoints.clear();
-            self.pods_by_uid.clear();
-            self.endpoints_of = Some(e.clone());
         }
         self.endpoints.entry(ip).or_insert_with(|| (Self::endpoint(e, ip), ip.to_string())).clone()
     }
@@ -265,7 +273,7 @@ impl Ingest {
             (EVENT_HTTP, Some(d)) => return self.http(d, out),
             _ => return,
         };
-        let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let enrichment = self.refresh();
         let mut f = self.base_flow(&enrichment, e, event);
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
@@ -362,24 +370,22 @@ impl Ingest {
 
     /// An exec audit record, attributed to its pod by cgroup.
     fn exec(&mut self, x: &ExecEvent) -> Flow {
-        let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let enrichment = self.refresh();
         let unix_ns = (i128::from(x.ktime_ns) + self.clock_offset_ns).max(0) as u64;
         let (cgroup, uids) = match self.cgroups.path_of(x.cgroup_id) {
             Some(p) => (p.display().to_string(), exec::pod_uids_in(p)),
             None => (String::new(), Vec::new()),
         };
-        // The endpoint cache and the UID index are per enrichment.
-        let _ = self.cached_endpoint(&enrichment, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        if self.pods_by_uid.is_empty() {
-            self.pods_by_uid = enrichment
+        let by_uid = self.pods_by_uid.get_or_insert_with(|| {
+            enrichment
                 .cluster
                 .pods
                 .values()
                 .filter(|p| !p.info.uid.is_empty())
                 .map(|p| (p.info.uid.clone(), p.ip))
-                .collect();
-        }
-        let pod_ip = uids.iter().find_map(|u| self.pods_by_uid.get(u.as_str()).copied());
+                .collect()
+        });
+        let pod_ip = uids.iter().find_map(|u| by_uid.get(u.as_str()).copied());
         let (source, attribution) = match (pod_ip, cgroup.is_empty()) {
             (Some(ip), _) => (self.cached_endpoint(&enrichment, IpAddr::V4(ip)).0, "pod"),
             (None, false) => (Endpoint::default(), "not-in-a-pod"),
@@ -435,7 +441,7 @@ impl Ingest {
             return;
         };
         let e = &d.event;
-        let enrichment = self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let enrichment = self.refresh();
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
         for m in messages {
@@ -497,10 +503,9 @@ impl Ingest {
     /// What metrics need of an address (namespace, workload, node), described once per
     /// enrichment; cheaper than a whole endpoint.
     fn side(&mut self, enrichment: &Arc<Enrichment>, ip: IpAddr) -> Arc<Side> {
-        if !self.sides_of.as_ref().is_some_and(|c| Arc::ptr_eq(c, enrichment)) || self.sides.len() >= ENDPOINT_CACHE {
+        if self.sides.len() >= ENDPOINT_CACHE {
             self.sides.clear();
             self.http_handles.clear();
-            self.sides_of = Some(enrichment.clone());
         }
         self.sides
             .entry(ip)
@@ -602,19 +607,8 @@ impl Ingest {
                 latency_ns = d.event.ktime_ns.saturating_sub(t);
             }
         } else {
-            let key = (src, sport, m.id);
-            if self.pending.insert(key, d.event.ktime_ns).is_none() {
-                self.pending_order.push_back(key);
-            }
-            while self.pending_order.len() > PENDING_DNS {
-                if let Some(old) = self.pending_order.pop_front() {
-                    self.pending.remove(&old);
-                }
-            }
-        }
-        if self.pending_order.len() > 2 * self.pending.len() + 64 {
-            let pending = &self.pending;
-            self.pending_order.retain(|k| pending.contains_key(k));
+            self.pending.insert((src, sport, m.id), d.event.ktime_ns);
+            self.pending.trim(|_, _| {});
         }
         // As Hubble marks L7 records: a response is a reply.
         f.is_reply = m.response;
@@ -967,33 +961,20 @@ mod tests {
     }
 
     fn dns_event(payload: &[u8], sport: u16, dport: u16, response: bool, t: u64) -> Event {
-        let mut e = PayloadEvent {
-            event: DatapathEvent { proto: 17, ktime_ns: t, ..ev(EVENT_DNS, sport, dport) },
-            len: payload.len() as u16,
-            tcp: 0,
-            _pad: [0; 5],
-            data: [0; 512],
-        };
+        let event = DatapathEvent { proto: 17, ktime_ns: t, ..ev(EVENT_DNS, sport, dport) };
+        let mut e = PayloadEvent::with_data(event, false, payload);
         if response {
             (e.event.saddr, e.event.daddr) = (e.event.daddr, e.event.saddr);
         }
-        e.data[..payload.len()].copy_from_slice(payload);
         Event::Payload(Box::new(e))
     }
 
     fn http_event(payload: &[u8], client_port: u16, response: bool, t: u64) -> Event {
-        let mut e = PayloadEvent {
-            event: DatapathEvent { ktime_ns: t, ..ev(EVENT_HTTP, client_port, 8080) },
-            len: payload.len() as u16,
-            tcp: 1,
-            _pad: [0; 5],
-            data: [0; 512],
-        };
+        let mut e = PayloadEvent::with_data(DatapathEvent { ktime_ns: t, ..ev(EVENT_HTTP, client_port, 8080) }, true, payload);
         if response {
             (e.event.saddr, e.event.daddr) = (e.event.daddr, e.event.saddr);
             (e.event.sport_be, e.event.dport_be) = (e.event.dport_be, e.event.sport_be);
         }
-        e.data[..payload.len()].copy_from_slice(payload);
         Event::Payload(Box::new(e))
     }
 

@@ -15,10 +15,9 @@
 //! Waiting requests are bounded ([`PENDING_CONNS`] connections, [`PENDING_PER_CONN`] each) and
 //! expire after [`PENDING_TTL_NS`]; every request dropped without its response is counted
 //! (`unanswered`), as is every segment that looked like HTTP but did not parse.
-use std::{
-    collections::{HashMap, VecDeque},
-    net::IpAddr,
-};
+use std::{collections::VecDeque, net::IpAddr};
+
+use super::bounded::Bounded;
 
 /// Bytes of a URL path kept (longer paths are cut at a character boundary).
 pub const PATH_MAX: usize = 256;
@@ -129,7 +128,7 @@ fn host_byte(b: u8) -> bool {
 
 /// The path without its query string or fragment, at most `PATH_MAX` bytes, printable ASCII
 /// only (anything else is percent-encoded so a record never carries control characters).
-fn clean_path(p: &str) -> String {
+pub(crate) fn clean_path(p: &str) -> String {
     let p = p.split(['?', '#']).next().unwrap_or("");
     let mut out = String::with_capacity(p.len().min(PATH_MAX));
     for b in p.bytes() {
@@ -166,11 +165,14 @@ pub struct Dropped {
 }
 
 /// Requests waiting for their responses, per connection.
-#[derive(Default)]
 pub struct Pairing {
-    conns: HashMap<Conn, VecDeque<Pending>>,
-    /// Connections in the order they got a first waiting request (may hold stale names: skipped).
-    order: VecDeque<Conn>,
+    conns: Bounded<Conn, VecDeque<Pending>>,
+}
+
+impl Default for Pairing {
+    fn default() -> Self {
+        Self { conns: Bounded::new(PENDING_CONNS) }
+    }
 }
 
 impl Pairing {
@@ -185,27 +187,12 @@ impl Pairing {
     /// Remembers a request; returns what had to be dropped to make room.
     pub fn request(&mut self, conn: Conn, p: Pending) -> Dropped {
         let mut dropped = Dropped::default();
-        let q = match self.conns.get_mut(&conn) {
-            Some(q) => q,
-            None => {
-                self.order.push_back(conn);
-                self.conns.entry(conn).or_default()
-            }
-        };
+        let q = self.conns.get_or_insert_with(conn, VecDeque::new);
         if q.len() >= PENDING_PER_CONN {
             dropped.unanswered += q.pop_front().map_or(0, |p| u64::from(p.counted_here));
         }
         q.push_back(p);
-        while self.conns.len() > PENDING_CONNS {
-            let Some(old) = self.order.pop_front() else { break };
-            if let Some(q) = self.conns.remove(&old) {
-                dropped.unanswered += counted(&q);
-            }
-        }
-        if self.order.len() > 2 * self.conns.len() + 64 {
-            let conns = &self.conns;
-            self.order.retain(|c| conns.contains_key(c));
-        }
+        self.conns.trim(|_, q| dropped.unanswered += counted(&q));
         dropped
     }
 
@@ -356,7 +343,6 @@ mod tests {
         }
         assert!(p.len() <= PENDING_CONNS);
         assert!(lost >= 5 + 10, "{lost}");
-        assert!(p.order.len() <= 2 * p.len() + 64 + 1);
     }
 
     #[test]
