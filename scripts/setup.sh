@@ -7,6 +7,7 @@
 #   - bpf-linker 0.13.0 built against that nightly's own libLLVM
 #   - cargo-deny (supply-chain policy: bans, licenses, sources; see deny.toml)
 #   - cargo-fuzz (the fuzz targets under fuzz/, run on the pinned nightly by scripts/fuzz.sh)
+#   - grpcio from PyPI in a venv (a real gRPC server and client for the gRPC lab test)
 # Prints nothing but progress; writes the tool environment to $WEIR_TOOLS/env.sh for other scripts.
 set -euo pipefail
 
@@ -56,6 +57,17 @@ if [ "${WEIR_SETUP_PACKAGES:-1}" != 0 ] && [ ! -e "$KV_VENV/.installed" ]; then
   python3 -m venv "$KV_VENV"
   "$KV_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
   touch "$KV_VENV/.installed"
+fi
+
+# --- grpcio (PyPI) for the gRPC lab test: a real gRPC server and client weir did not write ---
+GRPCIO_VERSION=1.85.4
+GRPC_VENV=$WEIR_TOOLS/venv-grpcio-$GRPCIO_VERSION
+if [ "${WEIR_SETUP_PACKAGES:-1}" != 0 ] && [ ! -e "$GRPC_VENV/.installed" ]; then
+  log "installing grpcio $GRPCIO_VERSION"
+  rm -rf "$GRPC_VENV"
+  python3 -m venv "$GRPC_VENV"
+  "$GRPC_VENV/bin/pip" install -q --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
+  touch "$GRPC_VENV/.installed"
 fi
 
 # --- pinned nightly for the eBPF crate -----------------------------------------------------
@@ -116,8 +128,11 @@ fi
 
 KV_ENV=
 [ -e "$KV_VENV/.installed" ] && KV_ENV="export WEIR_KUBERNETES_VALIDATE=\"$KV_VENV/bin/kubernetes-validate\""
+GRPC_ENV=
+[ -e "$GRPC_VENV/.installed" ] && GRPC_ENV="export WEIR_GRPC_PYTHON=\"$GRPC_VENV/bin/python\""
 cat > "$WEIR_TOOLS/env.sh" <<ENV
 $KV_ENV
+$GRPC_ENV
 export PATH="$LINKER_ROOT/bin:$DENY_ROOT/bin:$FUZZ_ROOT/bin:\$PATH"
 export WEIR_BPF_TOOLCHAIN="$BPF_TOOLCHAIN"
 ENV

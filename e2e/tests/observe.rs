@@ -90,15 +90,16 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// An nginx started in a pod (it daemonizes), stopped by the PID it wrote (also on panic), with
-/// its configuration and scratch directory removed.
-struct Nginx {
+/// A server started in a pod that puts itself in the background (nginx, the gRPC server),
+/// stopped by the PID it wrote (also on panic), with its scratch directory removed.
+struct PodDaemon {
     dir: PathBuf,
+    pid_file: &'static str,
 }
 
-impl Nginx {
-    /// Serves `/ok` (200), `/boom` (500) and 404 for anything else on `ip:port`.
-    fn start(lab: &TestLab, pod: &str, ip: &str, port: u16) -> Nginx {
+impl PodDaemon {
+    /// An nginx serving `/ok` (200), `/boom` (500) and 404 for anything else on `ip:port`.
+    fn nginx(lab: &TestLab, pod: &str, ip: &str, port: u16) -> PodDaemon {
         let dir = std::env::temp_dir().join(format!("weir-nginx-{}", lab.name));
         std::fs::create_dir_all(&dir).expect("nginx dir");
         let d = dir.display().to_string();
@@ -110,15 +111,44 @@ impl Nginx {
              location = /boom {{ return 500; }}\n  location / {{ return 404; }}\n }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-        let n = Nginx { dir };
+        let n = PodDaemon { dir, pid_file: "nginx.pid" };
         lab.ok(&["exec", pod, "--", "nginx", "-c", &format!("{d}/nginx.conf"), "-p", &format!("{d}/")]);
+        n
+    }
+
+    /// grpcio's server (`support/grpc_lab.py`) serving `weir.lab.Cart` on `port`.
+    fn grpc(lab: &TestLab, pod: &str, python: &str, port: u16) -> PodDaemon {
+        let dir = std::env::temp_dir().join(format!("weir-grpc-{}", lab.name));
+        std::fs::create_dir_all(&dir).expect("grpc dir");
+        let n = PodDaemon { dir, pid_file: "server.pid" };
+        let pid_file = n.dir.join(n.pid_file).display().to_string();
+        lab.ok(&["exec", pod, "--", python, GRPC_LAB, "serve", &port.to_string(), &pid_file]);
         n
     }
 }
 
-impl Drop for Nginx {
+/// The gRPC server and client script.
+const GRPC_LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/grpc_lab.py");
+
+/// The Python with grpcio that scripts/setup.sh installs (`WEIR_GRPC_PYTHON`); `None` (said so)
+/// outside the test command, which requires it.
+fn grpc_python() -> Option<String> {
+    match std::env::var("WEIR_GRPC_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                std::env::var_os("WEIR_REQUIRE_PRIVILEGED").is_none(),
+                "WEIR_GRPC_PYTHON is not set: run scripts/setup.sh (scripts/test.sh does)"
+            );
+            println!("SKIPPED the gRPC part: WEIR_GRPC_PYTHON not set (scripts/setup.sh installs grpcio)");
+            None
+        }
+    }
+}
+
+impl Drop for PodDaemon {
     fn drop(&mut self) {
-        let pid_file = self.dir.join("nginx.pid");
+        let pid_file = self.dir.join(self.pid_file);
         if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
             for _ in 0..50 {
@@ -233,7 +263,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
 
     // HTTP: a real server (nginx, in the dns pod on n2) and a real client (curl, on n1), three
     // requests on one keep-alive connection: 200, 404, 500.
-    let nginx = Nginx::start(&lab, "shop/dns", &dns_ip, 8088);
+    let nginx = PodDaemon::nginx(&lab, "shop/dns", &dns_ip, 8088);
     let base = format!("http://{dns_ip}:8088");
     let mut codes = String::new();
     for _ in 0..20 {
@@ -263,6 +293,16 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     }
     // One connection: curl connects once, then reuses it.
     assert_eq!(codes.split_whitespace().collect::<Vec<_>>(), ["200", "1", "404", "0", "500", "0"], "curl: {codes}");
+
+    // gRPC over cleartext HTTP/2: grpcio's server (in the dns pod on n2) and client (on n1), two
+    // calls on one connection: one answers OK, one NOT_FOUND (a Trailers-Only response).
+    let python = grpc_python();
+    let grpc_server = python.as_deref().map(|py| {
+        let server = PodDaemon::grpc(&lab, "shop/dns", py, 50051);
+        let said = lab.ok(&["exec", "shop/client", "--", py, GRPC_LAB, "call", &format!("{dns_ip}:50051")]);
+        assert_eq!(said.split_whitespace().collect::<Vec<_>>(), ["Get", "OK", "Remove", "NOT_FOUND"], "{said}");
+        server
+    });
 
     // A TCP session, then a policy that lets only 8080 in, and a connection it drops.
     assert_eq!(lab.probe("shop/client", &format!("{web_ip}:8080"), "tcp").0, "connected");
@@ -313,7 +353,12 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     let http = |node: &str, kind: &str| -> Vec<&Value> {
         flows
             .iter()
-            .filter(|f| f["node_name"] == node && f["l7"]["type"] == kind && f["l7"]["http"].is_object())
+            .filter(|f| {
+                f["node_name"] == node
+                    && f["l7"]["type"] == kind
+                    && f["l7"]["http"].is_object()
+                    && f["l7"]["http"]["protocol"] != "HTTP/2"
+            })
             .collect()
     };
     let url = |path: &str| format!("http://{dns_ip}:8088{path}");
@@ -341,6 +386,12 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         }
     }
     assert_eq!(http("n2", "REQUEST").len(), 3, "the server's node sees the requests arrive");
+    if grpc_server.is_some() {
+        grpc_calls_observed(&flows, &dns_ip);
+        let line = lab.ok(&["observe", "--node", "n1", "--type", "l7", "--port", "50051"]);
+        assert!(line.contains("gRPC call /weir.lab.Cart/Remove (HTTP/2 "), "{line}");
+        assert!(line.contains("gRPC NOT_FOUND \"no such cart\" "), "{line}");
+    }
     // Flows name the process that opened them: curl's connection, leaving the client on n1
     // (the cgroup hook saw its connect() in curl's own context).
     let by_curl: Vec<&Value> = flows.iter().filter(|f| f["weir"]["process"]["command"] == "curl").collect();
@@ -518,6 +569,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
 
     grpc_checks(&lab, &web_vip);
     drop(nginx);
+    drop(grpc_server);
 
     // Metrics: valid exposition, with what this session did.
     for node in ["n1", "n2"] {
@@ -549,6 +601,20 @@ fn lab_observe_flows_drops_dns_and_metrics() {
             assert!(!text.contains("weir_http_requests_total{"), "counted on the server's node too:\n{text}");
         }
         assert!(text.contains("\nweir_http_unparsed_total 0\n"), "{text}");
+        // gRPC calls: counted once, on the client's node, by status; both connections'
+        // directions decoded from their start on both nodes (nothing lost).
+        if python.is_some() {
+            let grpc_series = |status: &str| {
+                format!(
+                    "weir_grpc_requests_total{{destination_namespace=\"shop\",destination_workload=\"dns\",\
+                     grpc_status=\"{status}\",source_namespace=\"shop\",source_workload=\"client\"}} 1"
+                )
+            };
+            for status in ["OK", "NOT_FOUND"] {
+                assert_eq!(text.contains(&grpc_series(status)), node == "n1", "{node} {status}:\n{text}");
+            }
+            assert!(!text.contains("weir_http2_lost_total{"), "{node}:\n{text}");
+        }
         if node == "n1" {
             assert!(text.contains("weir_exec_total{attribution=\"pod\",namespace=\"shop\"}"), "{text}");
         }
@@ -897,4 +963,55 @@ impl WithStdin for Command {
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
         )
     }
+}
+
+/// The two gRPC calls as both nodes saw them: each request with its method path and the
+/// content type that makes it gRPC (on the client's node), each response with its HTTP status,
+/// its grpc-status (and message), the request it answers and a latency.
+fn grpc_calls_observed(flows: &[Value], server_ip: &str) {
+    let show = |fs: &[&Value]| fs.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n");
+    let grpc = |node: &str, kind: &str| -> Vec<&Value> {
+        flows
+            .iter()
+            .filter(|f| f["node_name"] == node && f["l7"]["type"] == kind && f["l7"]["http"]["protocol"] == "HTTP/2")
+            .collect()
+    };
+    let url = |method: &str| format!("http://{server_ip}:50051/weir.lab.Cart/{method}");
+    let header = |f: &Value, key: &str| -> Option<String> {
+        f["l7"]["http"]["headers"].as_array()?.iter().find(|h| h["key"] == key)?["value"].as_str().map(str::to_owned)
+    };
+    let requests = grpc("n1", "REQUEST");
+    let urls: Vec<&str> = requests.iter().map(|f| f["l7"]["http"]["url"].as_str().unwrap_or("")).collect();
+    assert_eq!(urls, [url("Get"), url("Remove")], "gRPC requests on n1:\n{}", show(&requests));
+    for r in &requests {
+        assert_eq!(r["l7"]["http"]["method"], "POST", "{r}");
+        assert_eq!(header(r, "content-type").as_deref(), Some("application/grpc"), "{r}");
+        assert_eq!((pod_of(&r["source"]), pod_of(&r["destination"])), ("shop/client".into(), "shop/dns".into()));
+    }
+    for node in ["n1", "n2"] {
+        let responses = grpc(node, "RESPONSE");
+        let got: Vec<(u64, Option<String>, String)> = responses
+            .iter()
+            .map(|f| {
+                (
+                    f["l7"]["http"]["code"].as_u64().unwrap_or(0),
+                    header(f, "grpc-status"),
+                    f["l7"]["http"]["url"].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [(200, Some("0".into()), url("Get")), (200, Some("5".into()), url("Remove"))],
+            "gRPC responses on {node}:\n{}",
+            show(&responses)
+        );
+        assert_eq!(header(responses[1], "grpc-message").as_deref(), Some("no such cart"));
+        for r in &responses {
+            let latency = r["l7"]["latency_ns"].as_u64().unwrap_or(0);
+            assert!(latency > 0 && latency < 5_000_000_000, "latency {latency}: {r}");
+            assert_eq!((pod_of(&r["source"]), r["is_reply"].as_bool()), ("shop/dns".into(), Some(true)), "{r}");
+        }
+    }
+    assert_eq!(grpc("n2", "REQUEST").len(), 2, "the server's node sees the calls arrive");
 }

@@ -5,7 +5,8 @@ use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
 
 use weir_bpf_common::{
     programs, Addr16, BackendAddr, BackendKey, DropReason, EndpointInfo, ServiceKey, ServiceValue, EVENT_DNS,
-    EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD, PAYLOAD_CAPTURE,
+    EVENT_DROP, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_H2, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
+    PAYLOAD_CAPTURE,
 };
 use weir_dataplane::{
     counters::Counters,
@@ -219,6 +220,38 @@ fn flows_are_aggregated_and_dns_is_copied() {
         dp.test_run(programs::FROM_POD, &data(41001, b"\x16\x03\x01\x02\x00 a TLS hello")).expect("run");
         dp.test_run(programs::FROM_POD, &data(41001, request)).expect("run");
         assert_eq!(kinds(&ring.drain()), [(EVENT_FLOW_NEW, 0)]);
+
+        // HTTP/2 (h2c): a connection whose first payload is the client preface has every
+        // segment with a payload copied, with its sequence number and length (HPACK needs every
+        // header block); so has the server's direction, whose first payload is a SETTINGS frame.
+        let h2 = |payload: &[u8], seq: u32| {
+            let mut f = pkt::ipv4(POD_A, POD_B, pkt::TCP, 41002, 50051, payload);
+            f[14 + 20 + 4..14 + 20 + 8].copy_from_slice(&seq.to_be_bytes());
+            f[14 + 20 + 13] = 0x18;
+            f
+        };
+        let preface = [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(), &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+        let body = [0u8; 700];
+        dp.test_run(programs::FROM_POD, &tcp(POD_A, POD_B, 41002, 50051, 0x02)).expect("run");
+        dp.test_run(programs::FROM_POD, &h2(&preface, 1000)).expect("run");
+        dp.test_run(programs::FROM_POD, &h2(&body, 1033)).expect("run");
+        dp.test_run(programs::FROM_POD, &tcp(POD_A, POD_B, 41002, 50051, 0x10)).expect("run");
+        let evs = ring.drain();
+        assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, 0), (EVENT_H2, 0), (EVENT_H2, 0)], "{evs:?}");
+        let (Event::Payload(p), Event::Payload(b)) = (&evs[1], &evs[2]) else { panic!() };
+        assert_eq!((p.seq, p.seg_len, &p.data[..usize::from(p.len)]), (1000, preface.len() as u32, &preface[..]));
+        assert_eq!((b.seq, b.seg_len, usize::from(b.len)), (1033, 700, PAYLOAD_CAPTURE));
+        let settings = [0u8, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let reply = |payload: &[u8]| {
+            let mut f = pkt::ipv4(POD_B, POD_A, pkt::TCP, 50051, 41002, payload);
+            f[14 + 20 + 13] = 0x18;
+            f
+        };
+        dp.test_run(programs::FROM_POD, &tcp(POD_B, POD_A, 50051, 41002, 0x12)).expect("run");
+        dp.test_run(programs::FROM_POD, &reply(&settings)).expect("run");
+        dp.test_run(programs::FROM_POD, &reply(b"anything after it")).expect("run");
+        let evs = ring.drain();
+        assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, FLOW_F_REPLY), (EVENT_H2, 0), (EVENT_H2, 0)], "{evs:?}");
     });
 }
 

@@ -599,6 +599,10 @@ pub const OBS_TO_POD: u8 = 2;
 
 /// A program started in a pod (`ExecEvent`).
 pub const EVENT_EXEC: u8 = 7;
+/// A segment of an HTTP/2 connection (one whose first payload was the client preface or a
+/// server's SETTINGS frame) with its first `PAYLOAD_CAPTURE` bytes, its sequence number and its
+/// length ([`PayloadEvent`]): every segment with a payload, since HPACK needs every header block.
+pub const EVENT_H2: u8 = 8;
 /// Bytes of an executed file's path kept.
 pub const EXEC_FILENAME: usize = 256;
 /// Bytes of the argument list kept (NUL-separated, as the process has it).
@@ -640,6 +644,10 @@ pub const FLOW_S_CLOSED: u8 = 1;
 pub const FLOW_S_HTTP: u8 = 2;
 /// `FlowStats::state`: the flow's first payload was something else: never looked at again.
 pub const FLOW_S_OTHER: u8 = 4;
+/// `FlowStats::state`: the flow's first payload began HTTP/2 (the client preface, or a server's
+/// SETTINGS frame): every segment with a payload is copied (`EVENT_H2`) while HTTP observation
+/// is on.
+pub const FLOW_S_H2: u8 = 8;
 
 /// `DatapathEvent::flags`: the flow's reverse was seen first (it is a connection's reply side).
 pub const FLOW_F_REPLY: u8 = 1;
@@ -733,17 +741,31 @@ pub struct PayloadEvent {
     pub len: u16,
     /// 1 when the message came over TCP.
     pub tcp: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// TCP: the sequence number of the segment's first payload byte (host order).
+    pub seq: u32,
+    /// Payload bytes in the packet (of which `len` were copied).
+    pub seg_len: u32,
+    pub _pad2: [u8; 4],
     pub data: [u8; PAYLOAD_CAPTURE],
 }
-const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 112 + 8 + PAYLOAD_CAPTURE);
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 112 + 16 + PAYLOAD_CAPTURE);
 
 impl PayloadEvent {
     /// The event `event` carrying `data` (cut at `PAYLOAD_CAPTURE`), as the datapath would
     /// report it: for tests, benchmarks and fuzzing.
     pub fn with_data(event: DatapathEvent, tcp: bool, data: &[u8]) -> Self {
         let n = data.len().min(PAYLOAD_CAPTURE);
-        let mut p = Self { event, len: n as u16, tcp: u8::from(tcp), _pad: [0; 5], data: [0; PAYLOAD_CAPTURE] };
+        let mut p = Self {
+            event,
+            len: n as u16,
+            tcp: u8::from(tcp),
+            _pad: 0,
+            seq: 0,
+            seg_len: data.len() as u32,
+            _pad2: [0; 4],
+            data: [0; PAYLOAD_CAPTURE],
+        };
         p.data[..n].copy_from_slice(&data[..n]);
         p
     }

@@ -9,7 +9,9 @@
 //! a TCP flow's first payload decides whether it is looked at again: one that begins an
 //! HTTP/1.x message (a method, or `HTTP/1.`) has every segment that begins one copied
 //! (`EVENT_HTTP`, up to `PAYLOAD_CAPTURE` bytes: the request line or status line and the first
-//! headers); any other flow costs one bit test per packet from then on. Every event that does not fit
+//! headers); one that begins HTTP/2 (the client preface, or a server's SETTINGS frame) has every
+//! segment copied with its sequence number (`EVENT_H2`: HPACK needs every header block, in
+//! order); any other flow costs one bit test per packet from then on. Every event that does not fit
 //! the ring buffer is counted (`counters::EVENTS_LOST`), never dropped silently. A flow that a
 //! Service translation made (or a reply to one) carries that Service's frontend, looked up once
 //! when the flow starts, and a flow leaving a pod from a socket whose connect() weir saw carries
@@ -20,8 +22,8 @@ use aya_ebpf::{
 };
 use weir_bpf_common::{
     counters, settings, Addr16, DatapathEvent, FlowKey, FlowStats, NatKey, PayloadEvent, SockProc, SockRevKey,
-    EVENT_DNS, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_HTTP, FLOW_F_REPLY, FLOW_REPORT_NS,
-    FLOW_S_CLOSED, FLOW_S_HTTP, FLOW_S_OTHER, OBS_FROM_POD, OBS_TO_POD, PAYLOAD_CAPTURE,
+    EVENT_DNS, EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_H2, EVENT_HTTP, FLOW_F_REPLY, FLOW_REPORT_NS,
+    FLOW_S_CLOSED, FLOW_S_H2, FLOW_S_HTTP, FLOW_S_OTHER, OBS_FROM_POD, OBS_TO_POD, PAYLOAD_CAPTURE,
 };
 
 use crate::{
@@ -329,12 +331,12 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
         return; // no payload: a fragment, a bare TCP segment (SYN, ACK, FIN), a short header
     }
     if (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP) && (sport_be == DNS_PORT_BE || dport_be == DNS_PORT_BE) {
-        payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_DNS);
+        payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_DNS);
     } else if ip.proto == IPPROTO_TCP && on & settings::OBSERVE_HTTP != 0 {
         // A new flow's entry was made without a verdict on its payload: the next segment decides.
         if entry.is_null() {
-            if http_start(ctx, payload_off) {
-                payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_HTTP);
+            if l7_start(ctx, payload_off) == START_HTTP1 {
+                payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_HTTP);
             }
             return;
         }
@@ -343,17 +345,35 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
         if state & FLOW_S_OTHER != 0 {
             return;
         }
-        let http = http_start(ctx, payload_off);
+        if state & FLOW_S_H2 != 0 {
+            payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_H2);
+            return;
+        }
+        let start = l7_start(ctx, payload_off);
         if state & FLOW_S_HTTP == 0 {
             // Undecided: this, the flow's first payload, decides.
+            let decided = match start {
+                START_HTTP1 => FLOW_S_HTTP,
+                START_H2 => FLOW_S_H2,
+                _ => FLOW_S_OTHER,
+            };
             // SAFETY: as above.
-            unsafe { (*entry).state |= if http { FLOW_S_HTTP } else { FLOW_S_OTHER } };
+            unsafe { (*entry).state |= decided };
+            if start == START_H2 {
+                payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_H2);
+                return;
+            }
         }
-        if http {
-            payload(ctx, &key, payload_off, tcp_flags, svc, EVENT_HTTP);
+        if start == START_HTTP1 {
+            payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_HTTP);
         }
     }
 }
+
+/// What a payload begins (`l7_start`): nothing followed, an HTTP/1.x message, HTTP/2.
+const START_NONE: u8 = 0;
+const START_HTTP1: u8 = 1;
+const START_H2: u8 = 2;
 
 /// The first four bytes of an HTTP/1.x request method (with its space where the method is
 /// shorter) or of a status line, as a little-endian `u32` of the payload's first bytes.
@@ -372,28 +392,39 @@ const HTTP_STARTS: [u32; 9] = [
     word(b"TRAC"),
 ];
 
-/// Does the payload at `off` begin an HTTP/1.x message: a request method, or `HTTP/1.`?
+/// What the payload at `off` begins: an HTTP/1.x message (a request method, or `HTTP/1.`),
+/// HTTP/2 (the client preface `PRI * HTTP/2.0…`, or a server's first frame: a SETTINGS frame,
+/// not an acknowledgement, on stream 0, whose length is a whole number of settings), or
+/// neither.
 #[inline(always)]
-fn http_start(ctx: &TcContext, off: usize) -> bool {
-    let Ok(b) = ctx.load::<[u8; 8]>(off) else { return false };
+fn l7_start(ctx: &TcContext, off: usize) -> u8 {
+    let Ok(b) = ctx.load::<[u8; 9]>(off) else { return START_NONE };
     let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     if w == word(b"HTTP") {
-        return b[4] == b'/' && b[5] == b'1' && b[6] == b'.';
+        return if b[4] == b'/' && b[5] == b'1' && b[6] == b'.' { START_HTTP1 } else { START_NONE };
+    }
+    if w == word(b"PRI ") {
+        return if b[4] == b'*' && b[5] == b' ' && b[6] == b'H' && b[7] == b'T' { START_H2 } else { START_NONE };
+    }
+    let len = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+    if b[3] == 4 && b[4] & 1 == 0 && b[5] | b[6] | b[7] | b[8] == 0 && len.is_multiple_of(6) && len <= 96 {
+        return START_H2;
     }
     let mut i = 0;
     while i < HTTP_STARTS.len() {
         if w == HTTP_STARTS[i] {
-            return true;
+            return START_HTTP1;
         }
         i += 1;
     }
-    false
+    START_NONE
 }
 
 /// Copies the start of the packet's payload (at `payload_off`, before the packet's end) to the
-/// ring buffer as an event of `kind` (`EVENT_DNS`, `EVENT_HTTP`).
+/// ring buffer as an event of `kind` (`EVENT_DNS`, `EVENT_HTTP`, `EVENT_H2`), with the payload's
+/// length and, for TCP, its sequence number (the TCP header is at `l4_off`).
 #[inline(always)]
-fn payload(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8, svc: Svc, kind: u8) {
+fn payload(ctx: &TcContext, key: &FlowKey, l4_off: usize, payload_off: usize, tcp_flags: u8, svc: Svc, kind: u8) {
     let total = ctx.len() as usize;
     let mut n = total - payload_off;
     if n > PAYLOAD_CAPTURE {
@@ -414,7 +445,10 @@ fn payload(ctx: &TcContext, key: &FlowKey, payload_off: usize, tcp_flags: u8, sv
         fill(event, ctx, key, now, kind, (1, total as u64, tcp_flags), svc, 0, core::ptr::null());
         (*p).len = n as u16;
         (*p).tcp = u8::from(key.proto == IPPROTO_TCP);
-        (*p)._pad = [0; 5];
+        (*p)._pad = 0;
+        (*p).seq = if key.proto == IPPROTO_TCP { ctx.load::<u32>(l4_off + 4).map_or(0, u32::from_be) } else { 0 };
+        (*p).seg_len = (total - payload_off) as u32;
+        (*p)._pad2 = [0; 4];
     }
     // SAFETY: as above; the copy is bounded by `data`'s size (n is 1..=PAYLOAD_CAPTURE).
     let copied = unsafe {

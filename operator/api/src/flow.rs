@@ -311,8 +311,8 @@ impl Layer7 {
     }
 }
 
-/// An HTTP/1.x request or response as Hubble shows it. A response carries its request's method
-/// and URL when the request was seen.
+/// An HTTP/1.x or HTTP/2 request or response (a gRPC call is an HTTP/2 exchange) as Hubble shows
+/// it. A response carries its request's method and URL when the request was seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Http {
     /// Status code of a response; 0 on a request.
@@ -324,11 +324,32 @@ pub struct Http {
     /// string removed, at most `HTTP_URL_MAX` bytes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
-    /// `HTTP/1.1` or `HTTP/1.0`.
+    /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
     pub protocol: String,
+    /// Headers a record keeps: a gRPC call's `content-type` and, on its response, `grpc-status`
+    /// and `grpc-message` (Hubble's `headers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpHeader>,
+}
+
+/// One header of an [`Http`] record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpHeader {
+    pub key: String,
+    pub value: String,
 }
 
 impl Http {
+    /// A header's value, by its (lower-case) name.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers.iter().find(|h| h.key == key).map(|h| h.value.as_str())
+    }
+
+    /// A gRPC call's status (`grpc-status`), on its response.
+    pub fn grpc_status(&self) -> Option<u32> {
+        self.header("grpc-status")?.parse().ok()
+    }
+
     /// The URL's path (what `--http-path` matches).
     pub fn path(&self) -> &str {
         let rest = self.url.strip_prefix("http://").unwrap_or(&self.url);

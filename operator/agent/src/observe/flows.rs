@@ -21,16 +21,16 @@ use std::{
 use tokio::sync::broadcast;
 use weir_bpf_common::{
     Addr16, DatapathEvent, DropReason, ExecEvent, PayloadEvent, ServiceKey, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE,
-    EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
+    EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_H2, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
 };
 use weir_dataplane::events::Event;
 use weir_operator_api::flow::{
-    Dns, Endpoint, EventType, Flow, FlowEvent, FlowQuery, FlowType, Http, Icmp, Ip, L7Type, Layer4, Layer7,
+    Dns, Endpoint, EventType, Flow, FlowEvent, FlowQuery, FlowType, Http, HttpHeader, Icmp, Ip, L7Type, Layer4, Layer7,
     ObservationPoint, Policy, Service, Tcp, TcpFlags, TrafficDirection, Udp, Verdict, WeirInfo,
 };
 
 use crate::{
-    observe::{bounded::Bounded, dns, exec, http},
+    observe::{bounded::Bounded, dns, exec, h2, http},
     policy::{
         compile::{decide, Cluster, Compiled, SideExplain},
         Direction, RuleRef,
@@ -72,6 +72,8 @@ pub struct Ingest {
     pending: Bounded<(IpAddr, u16, u16), u64>,
     /// HTTP requests waiting for their responses.
     http: http::Pairing,
+    /// HTTP/2 connections being decoded, and their streams waiting for responses.
+    h2: h2::Connections,
     /// Cgroup ids under the node's pod cgroup root (exec records' pods).
     cgroups: exec::Cgroups,
     /// The enrichment the caches below were made from (see [`Ingest::refresh`]).
@@ -91,6 +93,21 @@ pub struct Ingest {
 
 /// HTTP records kept per second unless configured (`--http-records-per-sec`).
 pub const DEFAULT_HTTP_RECORDS_PER_SEC: u32 = 1000;
+
+/// What an answered exchange is counted as.
+enum Answered<'a> {
+    /// An HTTP/1.x or HTTP/2 response: its request's method (empty: not seen) and its status.
+    Http { method: &'a str, code: u32 },
+    /// A gRPC call's status.
+    Grpc { status: u32 },
+}
+
+/// The method slot of a gRPC call's metric handles (no HTTP method label is this).
+const GRPC: &str = "gRPC";
+
+fn header(key: &str, value: &str) -> HttpHeader {
+    HttpHeader { key: key.to_owned(), value: value.to_owned() }
+}
 
 /// A side of an HTTP exchange as its metrics label it.
 struct Side {
@@ -180,6 +197,7 @@ impl Ingest {
             clock_offset_ns: clock_offset_ns(),
             pending: Bounded::new(PENDING_DNS),
             http: http::Pairing::default(),
+            h2: h2::Connections::default(),
             cgroups: exec::Cgroups::new(None),
             derived_from: None,
             pods_by_uid: None,
@@ -271,6 +289,7 @@ impl Ingest {
             (EVENT_FLOW_CLOSE, None) => FlowEvent::Close,
             (EVENT_DNS, Some(_)) => FlowEvent::Dns,
             (EVENT_HTTP, Some(d)) => return self.http(d, out),
+            (EVENT_H2, Some(d)) => return self.h2(d, out),
             _ => return,
         };
         let enrichment = self.refresh();
@@ -304,7 +323,8 @@ impl Ingest {
         if event == FlowEvent::Close && e.proto == 6 {
             // Requests still waiting on a closed connection will not be answered.
             let (a, b) = (self.http.closed(&(src, sport, dst, dport)), self.http.closed(&(dst, dport, src, sport)));
-            self.metrics.http_unanswered(a.unanswered + b.unanswered);
+            let h2 = self.h2.closed(&(src, sport, dst, dport)) + self.h2.closed(&(dst, dport, src, sport));
+            self.metrics.http_unanswered(a.unanswered + b.unanswered + h2);
         }
         if let Some(d) = payload {
             self.dns(&mut f, d, src, sport, dst, dport);
@@ -456,7 +476,7 @@ impl Ingest {
                         http::Pending { ktime_ns: e.ktime_ns, method: method.clone(), url: url.clone(), counted_here };
                     let dropped = self.http.request((src, sport, dst, dport), pending);
                     self.metrics.http_unanswered(dropped.unanswered);
-                    let http = Http { code: 0, method, url, protocol: http::protocol(version) };
+                    let http = Http { code: 0, method, url, protocol: http::protocol(version), headers: Vec::new() };
                     (Layer7 { kind: L7Type::Request, latency_ns: 0, dns: None, http: Some(http) }, false)
                 }
                 http::Message::Response { code, version } => {
@@ -471,25 +491,104 @@ impl Ingest {
                     if counted_here {
                         let code = u32::from(code);
                         let latency = (!url.is_empty()).then_some(latency_ns);
-                        self.http_metrics(&enrichment, dst, src, &method, code, latency);
+                        self.exchange_metrics(&enrichment, dst, src, Answered::Http { method: &method, code }, latency);
                     }
-                    let http = Http { code: u32::from(code), method, url, protocol: http::protocol(version) };
+                    let http = Http {
+                        code: u32::from(code),
+                        method,
+                        url,
+                        protocol: http::protocol(version),
+                        headers: Vec::new(),
+                    };
                     (Layer7 { kind: L7Type::Response, latency_ns, dns: None, http: Some(http) }, true)
                 }
             };
-            if !self.http_records.take() {
-                self.metrics.http_record_skipped();
-                continue;
+            self.l7_record(&enrichment, e, l7, is_reply, out);
+        }
+    }
+
+    /// An L7 record of event `e`, when the record budget (`--http-records-per-sec`) allows;
+    /// else counted as skipped.
+    fn l7_record(
+        &mut self,
+        enrichment: &Arc<Enrichment>,
+        e: &DatapathEvent,
+        l7: Layer7,
+        is_reply: bool,
+        out: &mut Vec<Flow>,
+    ) {
+        if !self.http_records.take() {
+            self.metrics.http_record_skipped();
+            return;
+        }
+        let mut f = self.base_flow(enrichment, e, FlowEvent::Http);
+        f.is_reply = is_reply;
+        f.l7 = Some(l7);
+        if e.svc_port_be != 0 {
+            Self::service(enrichment, &mut f, e);
+        }
+        f.summary = summary(&f, e);
+        self.metrics.flow(&f);
+        out.push(f);
+    }
+
+    /// A segment of an HTTP/2 connection (`EVENT_H2`): read in order into frames and header
+    /// blocks (`h2`); requests, responses and gRPC calls' statuses are paired per stream and
+    /// counted as HTTP/1.x messages are (metrics always, records within the budget).
+    fn h2(&mut self, d: &PayloadEvent, out: &mut Vec<Flow>) {
+        let e = &d.event;
+        let data = &d.data[..usize::from(d.len).min(d.data.len())];
+        let enrichment = self.refresh();
+        let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
+        let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
+        // (Only a request needs it, and a request comes from this segment's sender.)
+        let counted_here = self.counts_here(&enrichment, src);
+        let segment = h2::Segment {
+            ends: ((src, sport), (dst, dport)),
+            seq: d.seq,
+            seg_len: d.seg_len as usize,
+            data,
+            now_ns: e.ktime_ns,
+            counted_here,
+        };
+        let mut exchanges = Vec::new();
+        self.h2.segment(&segment, &mut exchanges);
+        for x in exchanges {
+            match x {
+                h2::Exchange::Lost(l) => self.metrics.http2_lost(l.label()),
+                h2::Exchange::Unanswered(n) => self.metrics.http_unanswered(n),
+                h2::Exchange::Request(r) => {
+                    let headers = if r.grpc { vec![header("content-type", "application/grpc")] } else { Vec::new() };
+                    let http = Http { code: 0, method: r.method, url: r.url, protocol: "HTTP/2".into(), headers };
+                    let l7 = Layer7 { kind: L7Type::Request, latency_ns: 0, dns: None, http: Some(http) };
+                    self.l7_record(&enrichment, e, l7, false, out);
+                }
+                h2::Exchange::Response(a) => {
+                    let counted_here = match &a.request {
+                        Some(r) => r.counted_here,
+                        None => self.counts_here(&enrichment, dst),
+                    };
+                    let (method, url) = a.request.map(|r| (r.method, r.url)).unwrap_or_default();
+                    let latency = (!url.is_empty()).then_some(a.latency_ns);
+                    if counted_here {
+                        let answered = match a.grpc_status {
+                            Some(status) => Answered::Grpc { status },
+                            None => Answered::Http { method: &method, code: u32::from(a.status) },
+                        };
+                        self.exchange_metrics(&enrichment, dst, src, answered, latency);
+                    }
+                    let mut headers = Vec::new();
+                    if let Some(s) = a.grpc_status {
+                        headers.push(header("grpc-status", &s.to_string()));
+                        if !a.grpc_message.is_empty() {
+                            headers.push(header("grpc-message", &a.grpc_message));
+                        }
+                    }
+                    let http = Http { code: u32::from(a.status), method, url, protocol: "HTTP/2".into(), headers };
+                    let l7 = Layer7 { kind: L7Type::Response, latency_ns: a.latency_ns, dns: None, http: Some(http) };
+                    self.l7_record(&enrichment, e, l7, true, out);
+                }
             }
-            let mut f = self.base_flow(&enrichment, e, FlowEvent::Http);
-            f.is_reply = is_reply;
-            f.l7 = Some(l7);
-            if e.svc_port_be != 0 {
-                Self::service(&enrichment, &mut f, e);
-            }
-            f.summary = summary(&f, e);
-            self.metrics.flow(&f);
-            out.push(f);
         }
     }
 
@@ -518,25 +617,30 @@ impl Ingest {
     }
 
     /// Counts one answered exchange, through metric handles kept per (client, server, method,
-    /// status class) so the labels are hashed once, not per request.
-    fn http_metrics(
+    /// status class) — or (client, server, gRPC status) — so the labels are hashed once, not per
+    /// request.
+    fn exchange_metrics(
         &mut self,
         enrichment: &Arc<Enrichment>,
         client: IpAddr,
         server: IpAddr,
-        method: &str,
-        code: u32,
+        answered: Answered<'_>,
         latency_ns: Option<u64>,
     ) {
-        if method.is_empty() {
-            self.metrics.http_without_request();
-            return;
-        }
-        let (m, class) = (http::method_label(method), http::status_class(code));
-        let key = (client, server, m, class);
+        let key = match answered {
+            Answered::Http { method: "", .. } => {
+                self.metrics.http_without_request();
+                return;
+            }
+            Answered::Http { method, code } => (client, server, http::method_label(method), http::status_class(code)),
+            Answered::Grpc { status } => (client, server, GRPC, h2::grpc_status_name(status)),
+        };
         if !self.http_handles.contains_key(&key) {
             let (c, s) = (self.side(enrichment, client), self.side(enrichment, server));
-            let handles = self.metrics.http_handles([&c.namespace, &c.workload, &s.namespace, &s.workload, m, class]);
+            let handles = match key.2 {
+                GRPC => self.metrics.grpc_handles([&c.namespace, &c.workload, &s.namespace, &s.workload, key.3]),
+                m => self.metrics.http_handles([&c.namespace, &c.workload, &s.namespace, &s.workload, m, key.3]),
+            };
             if self.http_handles.len() >= ENDPOINT_CACHE {
                 self.http_handles.clear();
             }
@@ -651,6 +755,21 @@ fn layer4(e: &DatapathEvent) -> Layer4 {
 fn summary(f: &Flow, e: &DatapathEvent) -> String {
     if let Some(h) = f.http() {
         let l7 = f.l7.as_ref().map_or(L7Type::Request, |l| l.kind);
+        if let (L7Type::Response, Some(status)) = (l7, h.grpc_status()) {
+            let message = h.header("grpc-message").map(|m| format!(" \"{m}\"")).unwrap_or_default();
+            let name = h2::grpc_status_name(status);
+            return match h.url.is_empty() {
+                true => format!("gRPC {name}{message} (request not seen)"),
+                false => format!(
+                    "gRPC {name}{message} {} ({})",
+                    latency_text(f.l7.as_ref().map_or(0, |l| l.latency_ns)),
+                    h.path()
+                ),
+            };
+        }
+        if l7 == L7Type::Request && h.header("content-type").is_some_and(|c| c.starts_with("application/grpc")) {
+            return format!("gRPC call {} ({} {})", h.path(), h.protocol, h.url);
+        }
         return match l7 {
             L7Type::Request => format!("{} {} {}", h.protocol, h.method, h.url),
             _ if h.url.is_empty() => format!("{} {} (request not seen)", h.protocol, h.code),
@@ -970,12 +1089,80 @@ mod tests {
     }
 
     fn http_event(payload: &[u8], client_port: u16, response: bool, t: u64) -> Event {
-        let mut e = PayloadEvent::with_data(DatapathEvent { ktime_ns: t, ..ev(EVENT_HTTP, client_port, 8080) }, true, payload);
+        let mut e =
+            PayloadEvent::with_data(DatapathEvent { ktime_ns: t, ..ev(EVENT_HTTP, client_port, 8080) }, true, payload);
         if response {
             (e.event.saddr, e.event.daddr) = (e.event.daddr, e.event.saddr);
             (e.event.sport_be, e.event.dport_be) = (e.event.dport_be, e.event.sport_be);
         }
         Event::Payload(Box::new(e))
+    }
+
+    fn h2_event(payload: &[u8], client_port: u16, response: bool, seq: u32, t: u64) -> Event {
+        let mut e =
+            PayloadEvent::with_data(DatapathEvent { ktime_ns: t, ..ev(EVENT_H2, client_port, 50051) }, true, payload);
+        e.seq = seq;
+        if response {
+            (e.event.saddr, e.event.daddr) = (e.event.daddr, e.event.saddr);
+            (e.event.sport_be, e.event.dport_be) = (e.event.dport_be, e.event.sport_be);
+        }
+        Event::Payload(Box::new(e))
+    }
+
+    /// An HTTP/2 frame.
+    fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn grpc_calls_become_hubble_http2_records_and_grpc_metrics() {
+        let mut i = ingest();
+        // The preface, then a call's HEADERS: POST, http, :path and content-type as literals.
+        let mut seg = h2::PREFACE.to_vec();
+        let mut block = vec![0x83, 0x86, 0x04, 14];
+        block.extend(b"/shop.Cart/Add");
+        block.extend([0x0f, 0x10, 16]);
+        block.extend(b"application/grpc");
+        seg.extend(h2_frame(1, 0x4, 1, &block));
+        let mut out = Vec::new();
+        i.flows(&h2_event(&seg, 40000, false, 1, 1_000), &mut out);
+        let [req] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(req.summary, "gRPC call /shop.Cart/Add (HTTP/2 http://10.244.2.3:50051/shop.Cart/Add)");
+        let http = req.http().expect("http");
+        assert_eq!((http.method.as_str(), http.protocol.as_str(), http.code), ("POST", "HTTP/2", 0));
+        // A Trailers-Only answer: :status 200, grpc-status 7 and a message, ending the stream.
+        let mut answer = h2_frame(4, 0, 0, &[]);
+        let mut block = vec![0x88, 0x00, 11];
+        block.extend(b"grpc-status");
+        block.extend([1, b'7', 0x00, 12]);
+        block.extend(b"grpc-message");
+        block.extend([6]);
+        block.extend(b"denied");
+        answer.extend(h2_frame(1, 0x5, 1, &block));
+        out.clear();
+        i.flows(&h2_event(&answer, 40000, true, 900, 3_001_000), &mut out);
+        let [resp] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(resp.summary, "gRPC PERMISSION_DENIED \"denied\" 3ms (/shop.Cart/Add)");
+        assert!(resp.is_reply);
+        let http = resp.http().expect("http");
+        assert_eq!((http.code, http.grpc_status(), http.header("grpc-message")), (200, Some(7), Some("denied")));
+        assert_eq!(resp.l7.as_ref().map(|l| l.latency_ns), Some(3_000_000));
+        let text = String::from_utf8(i.metrics.render()).expect("utf-8");
+        assert!(
+            text.contains("weir_grpc_requests_total{") && text.contains("grpc_status=\"PERMISSION_DENIED\""),
+            "{text}"
+        );
+        assert!(!text.contains("weir_http_requests_total{"), "a gRPC call is not an HTTP metric:\n{text}");
+        // A connection whose start was not seen: counted, nothing decoded.
+        out.clear();
+        i.flows(&h2_event(&h2_frame(1, 0x4, 3, &[0xbe]), 40001, false, 5, 4_000_000), &mut out);
+        assert!(out.is_empty());
+        let text = String::from_utf8(i.metrics.render()).expect("utf-8");
+        assert!(text.contains("weir_http2_lost_total{reason=\"start_missed\"} 1"), "{text}");
     }
 
     #[test]

@@ -182,7 +182,11 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
                 method: h.method.clone(),
                 url: h.url.clone(),
                 protocol: h.protocol.clone(),
-                headers: Vec::new(),
+                headers: h
+                    .headers
+                    .iter()
+                    .map(|x| pb::HttpHeader { key: x.key.clone(), value: x.value.clone() })
+                    .collect(),
             })),
             (Some(d), None) => Some(pb::layer7::Record::Dns(pb::Dns {
                 query: d.query.clone(),

@@ -10,4 +10,5 @@ pub mod exec;
 pub mod flows;
 #[cfg(feature = "hubble")]
 pub mod grpc;
+pub mod h2;
 pub mod http;

@@ -35,6 +35,9 @@ pub struct Metrics {
     http_unanswered: IntCounter,
     http_unparsed: IntCounter,
     http_records_skipped: IntCounter,
+    grpc_requests: IntCounterVec,
+    grpc_duration: HistogramVec,
+    http2_lost: IntCounterVec,
     execs: IntCounterVec,
     /// Events the kernel could not put on the ring buffer (its counter, followed at scrape time).
     events_lost: IntCounter,
@@ -119,13 +122,13 @@ impl Default for Metrics {
         let http_requests = counter_vec(
             &r,
             "weir_http_requests_total",
-            "HTTP/1.x requests answered, by client and server (namespace, workload), method and status class; counted on the client's node.",
+            "HTTP/1.x and HTTP/2 requests answered (gRPC calls are counted in weir_grpc_requests_total), by client and server (namespace, workload), method and status class; counted on the client's node.",
             &HTTP_LABELS,
         );
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "weir_http_request_duration_seconds",
-                "Time from an HTTP/1.x request to its response, seen from the client's node (from the server's for clients outside the cluster).",
+                "Time from an HTTP/1.x or HTTP/2 request to its response, seen from the client's node (from the server's for clients outside the cluster).",
             )
             .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &HTTP_LABELS,
@@ -152,6 +155,30 @@ impl Default for Metrics {
         let http_records_skipped = counter(
             "weir_http_records_skipped_total",
             "HTTP messages parsed, paired and counted in these metrics but not kept as records for weir observe: over --http-records-per-sec.",
+        );
+        const GRPC_LABELS: [&str; 5] =
+            ["source_namespace", "source_workload", "destination_namespace", "destination_workload", "grpc_status"];
+        let grpc_requests = counter_vec(
+            &r,
+            "weir_grpc_requests_total",
+            "gRPC calls over cleartext HTTP/2 answered, by client and server (namespace, workload) and grpc-status (its name: OK, NOT_FOUND, ...); counted on the client's node.",
+            &GRPC_LABELS,
+        );
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_grpc_request_duration_seconds",
+                "Time from a gRPC call's request headers to its status (trailers), seen from the client's node (from the server's for clients outside the cluster).",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &GRPC_LABELS,
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(grpc_duration.clone())).expect("metric registered once");
+        let http2_lost = counter_vec(
+            &r,
+            "weir_http2_lost_total",
+            "Directions of HTTP/2 connections no longer decoded, by reason: start_missed (begun before the agent), gap (a segment's event lost), beyond_capture (a frame header past the bytes copied of a segment), block_too_large, hpack, push_promise, malformed. Nothing after it is guessed.",
+            &["reason"],
         );
         let execs = counter_vec(
             &r,
@@ -198,6 +225,9 @@ impl Default for Metrics {
             http_unanswered,
             http_unparsed,
             http_records_skipped,
+            grpc_requests,
+            grpc_duration,
+            http2_lost,
             execs,
             events_lost,
             datapath,
@@ -250,6 +280,17 @@ impl Metrics {
     /// namespace and workload, server namespace and workload, method label, status class).
     pub fn http_handles(&self, labels: [&str; 6]) -> (IntCounter, Histogram) {
         (self.http_requests.with_label_values(&labels), self.http_duration.with_label_values(&labels))
+    }
+
+    /// The counter and histogram of answered gRPC calls with these labels (client namespace and
+    /// workload, server namespace and workload, grpc-status name).
+    pub fn grpc_handles(&self, labels: [&str; 5]) -> (IntCounter, Histogram) {
+        (self.grpc_requests.with_label_values(&labels), self.grpc_duration.with_label_values(&labels))
+    }
+
+    /// A direction of an HTTP/2 connection no longer decoded.
+    pub fn http2_lost(&self, reason: &str) {
+        self.http2_lost.with_label_values(&[reason]).inc();
     }
 
     /// A response whose request was not seen.
