@@ -568,6 +568,7 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--protocol sctp"));
 
     grpc_checks(&lab, &web_vip);
+    relay_checks(&lab, python.as_deref());
     drop(nginx);
     drop(grpc_server);
 
@@ -760,7 +761,13 @@ async fn observer_client(
     lab: &TestLab,
     node: &str,
 ) -> weir_operator_agent::observe::grpc::proto::observer::observer_client::ObserverClient<tonic::transport::Channel> {
-    let path = PathBuf::from(lab.ok(&["observer-socket", node]).trim());
+    observer_client_at(PathBuf::from(lab.ok(&["observer-socket", node]).trim())).await
+}
+
+/// A client of the observer (a node's or the relay's) on the unix socket `path`.
+async fn observer_client_at(
+    path: PathBuf,
+) -> weir_operator_agent::observe::grpc::proto::observer::observer_client::ObserverClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::try_from("http://weir-observer.invalid")
         .expect("endpoint")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -1014,4 +1021,148 @@ fn grpc_calls_observed(flows: &[Value], server_ip: &str) {
         }
     }
     assert_eq!(grpc("n2", "REQUEST").len(), 2, "the server's node sees the calls arrive");
+}
+
+/// A `weir-relay` process, stopped by its PID (also on panic), its socket removed.
+struct Relay {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cluster-wide observer: `weir-relay` in front of both nodes' observers and a third node
+/// whose observer is not there (down). Flows of both nodes merged in time order, the down node
+/// reported and never waited for, totals summed, nodes and namespaces listed. And a gRPC client
+/// that is not Go's (grpcio) reads a node's observer over its unix socket.
+fn relay_checks(lab: &TestLab, python: Option<&str>) {
+    use weir_operator_agent::observe::grpc::proto::{
+        flow::{FlowFilter, Verdict},
+        observer::{
+            get_flows_response::ResponseTypes, GetFlowsRequest, GetNamespacesRequest, GetNodesRequest,
+            ServerStatusRequest,
+        },
+        relay::NodeState,
+    };
+    let sockets: Vec<String> = ["n1", "n2"].iter().map(|n| lab.ok(&["observer-socket", n]).trim().to_owned()).collect();
+    if let Some(py) = python {
+        let said = Command::new(py).args([GRPC_LAB, "status", &sockets[0]]).output().expect("grpcio status");
+        let size = String::from_utf8_lossy(&said.stdout).trim().parse::<usize>().unwrap_or(0);
+        assert!(said.status.success() && size > 0, "grpcio over the unix socket: {said:?}");
+    }
+    let dir = std::env::temp_dir().join(format!("weir-relay-{}", lab.name));
+    std::fs::create_dir_all(&dir).expect("relay dir");
+    let socket = dir.join("relay.sock");
+    // Next to the test binary's directory (target/debug): `cargo test` builds the agent
+    // package's binaries.
+    let exe = std::env::current_exe().expect("exe");
+    let relay_bin = exe.parent().and_then(std::path::Path::parent).expect("target dir").join("weir-relay");
+    let child = Command::new(&relay_bin)
+        .args(["--peer", &format!("n1=unix://{}", sockets[0])])
+        .args(["--peer", &format!("n2=unix://{}", sockets[1])])
+        .args(["--peer", &format!("n3=unix://{}", dir.join("no-such-node.sock").display())])
+        .args(["--node-timeout", "1", "--socket"])
+        .arg(&socket)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", relay_bin.display()));
+    let _relay = Relay { child, dir };
+    for _ in 0..50 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let mut relay = observer_client_at(socket.clone()).await;
+        let mut n1 = observer_client_at(PathBuf::from(&sockets[0])).await;
+        let status = relay.server_status(ServerStatusRequest {}).await.expect("relay ServerStatus").into_inner();
+        let one = n1.server_status(ServerStatusRequest {}).await.expect("n1 ServerStatus").into_inner();
+        assert_eq!(status.num_connected_nodes.map(|v| v.value), Some(2), "{status:?}");
+        assert_eq!(status.num_unavailable_nodes.map(|v| v.value), Some(1), "{status:?}");
+        assert_eq!(status.unavailable_nodes, ["n3"]);
+        assert_eq!(status.max_flows, 2 * 16384, "summed over the two nodes that answer");
+        assert!(status.num_flows > one.num_flows, "{status:?} vs n1 {one:?}");
+
+        let nodes = relay.get_nodes(GetNodesRequest {}).await.expect("GetNodes").into_inner().nodes;
+        let states: Vec<(&str, i32)> = nodes.iter().map(|n| (n.name.as_str(), n.state)).collect();
+        let (up, down) = (NodeState::NodeConnected as i32, NodeState::NodeUnavailable as i32);
+        assert_eq!(states, [("n1", up), ("n2", up), ("n3", down)], "{nodes:?}");
+        assert!(nodes[0].version.starts_with("weir ") && nodes[0].num_flows > 0, "{nodes:?}");
+        // A node answers for itself too.
+        let own = n1.get_nodes(GetNodesRequest {}).await.expect("n1 GetNodes").into_inner().nodes;
+        assert_eq!(own.iter().map(|n| (n.name.as_str(), n.state)).collect::<Vec<_>>(), [("n1", up)]);
+
+        let namespaces = relay.get_namespaces(GetNamespacesRequest {}).await.expect("GetNamespaces").into_inner();
+        assert!(namespaces.namespaces.iter().any(|n| n.namespace == "shop"), "{namespaces:?}");
+
+        // GetFlows: who answers first, then both nodes' flows in time order, cut to `number`.
+        let mut stream =
+            relay.get_flows(GetFlowsRequest { number: 40, ..Default::default() }).await.expect("GetFlows").into_inner();
+        let (mut statuses, mut flows) = (Vec::new(), Vec::new());
+        while let Some(r) = stream.message().await.expect("relay stream") {
+            match r.response_types {
+                Some(ResponseTypes::NodeStatus(s)) => {
+                    assert!(flows.is_empty(), "node status after flows");
+                    statuses.push((s.state_change, s.node_names));
+                }
+                Some(ResponseTypes::Flow(f)) => flows.push((r.node_name, f)),
+                _ => {}
+            }
+        }
+        assert_eq!(statuses, [(up, vec!["n1".to_owned(), "n2".to_owned()]), (down, vec!["n3".to_owned()])]);
+        assert_eq!(flows.len(), 40);
+        let times: Vec<(i64, i32)> =
+            flows.iter().map(|(_, f)| f.time.as_ref().map_or((0, 0), |t| (t.seconds, t.nanos))).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "not in time order: {times:?}");
+        // Both nodes' flows, over a longer history.
+        let mut stream = relay
+            .get_flows(GetFlowsRequest { number: 2000, ..Default::default() })
+            .await
+            .expect("GetFlows")
+            .into_inner();
+        let mut from = std::collections::BTreeSet::new();
+        while let Some(r) = stream.message().await.expect("relay stream") {
+            if let Some(ResponseTypes::Flow(_)) = r.response_types {
+                from.insert(r.node_name);
+            }
+        }
+        assert_eq!(from.into_iter().collect::<Vec<_>>(), ["n1", "n2"]);
+
+        // A filter weir cannot evaluate is refused by the relay, by name.
+        let bad = GetFlowsRequest {
+            whitelist: vec![FlowFilter { source_fqdn: vec!["*.example".into()], ..Default::default() }],
+            ..Default::default()
+        };
+        let err = relay.get_flows(bad).await.expect_err("source_fqdn refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("source_fqdn"), "{err:?}");
+
+        // Following through the relay: a new drop arrives, the down node does not hold it up.
+        let follow = GetFlowsRequest {
+            follow: true,
+            whitelist: vec![FlowFilter { verdict: vec![Verdict::Dropped as i32], ..Default::default() }],
+            ..Default::default()
+        };
+        let mut stream = relay.get_flows(follow).await.expect("follow").into_inner();
+        let web_ip = pod_ip(lab, "web");
+        assert_ne!(lab.probe("shop/client", &format!("{web_ip}:8081"), "tcp").0, "connected");
+        let got_drop = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(r) = stream.message().await.expect("follow stream") {
+                if let Some(ResponseTypes::Flow(f)) = r.response_types {
+                    return Some(f.verdict);
+                }
+            }
+            None
+        })
+        .await;
+        assert_eq!(got_drop, Ok(Some(Verdict::Dropped as i32)), "no drop through the relay");
+    });
 }

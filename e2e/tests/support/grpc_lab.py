@@ -6,6 +6,8 @@ bytes.
                                    120 s); returns once it is serving, its pid in PIDFILE
   grpc_lab.py call HOST:PORT       Cart/Get (answers OK) then Cart/Remove (answers NOT_FOUND,
                                    "no such cart") on one connection; prints both status names
+  grpc_lab.py status SOCKET        Hubble's ServerStatus over a unix socket, as a non-Go gRPC
+                                   client calls it; prints the answer's size in bytes
 """
 import os
 import sys
@@ -64,8 +66,19 @@ def call(target):
     channel.close()
 
 
+def status(socket):
+    import grpc
+
+    channel = grpc.insecure_channel("unix://" + socket)
+    answer = channel.unary_unary("/observer.Observer/ServerStatus")(b"", timeout=5)
+    print(len(answer))
+    channel.close()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(int(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1] == "status":
+        status(sys.argv[2])
     else:
         call(sys.argv[2])

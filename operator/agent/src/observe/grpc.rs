@@ -39,6 +39,9 @@ pub mod proto {
     pub mod observer {
         tonic::include_proto!("observer");
     }
+    pub mod relay {
+        tonic::include_proto!("relay");
+    }
 }
 
 use proto::{
@@ -46,9 +49,25 @@ use proto::{
     observer::{
         get_flows_response::ResponseTypes,
         observer_server::{Observer, ObserverServer},
-        GetFlowsRequest, GetFlowsResponse, ServerStatusRequest, ServerStatusResponse,
+        GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest,
+        GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse,
     },
+    relay::NodeState,
 };
+
+/// What the observer says its version is (ServerStatus, GetNodes).
+pub fn version() -> String {
+    format!("weir {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// How far back GetNamespaces looks in the stored flows (as Hubble: an hour).
+pub const NAMESPACES_WINDOW_NS: u64 = 3_600_000_000_000;
+
+/// Namespaces as GetNamespaces returns them: sorted, each once, without the empty one.
+pub fn namespace_list<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Namespace> {
+    let set: std::collections::BTreeSet<&str> = names.into_iter().filter(|n| !n.is_empty()).collect();
+    set.into_iter().map(|n| Namespace { cluster: String::new(), namespace: n.to_owned() }).collect()
+}
 
 fn timestamp(unix_ns: u64) -> pb::Timestamp {
     pb::Timestamp { seconds: (unix_ns / 1_000_000_000) as i64, nanos: (unix_ns % 1_000_000_000) as i32 }
@@ -505,11 +524,48 @@ impl Observer for ObserverService {
     }
 
     async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+        let s = self.status();
+        Ok(Response::new(GetNodesResponse {
+            nodes: vec![Node {
+                name: self.node_name.clone(),
+                version: s.version,
+                address: String::new(),
+                state: NodeState::NodeConnected as i32,
+                tls: None,
+                uptime_ns: s.uptime_ns,
+                num_flows: s.num_flows,
+                max_flows: s.max_flows,
+                seen_flows: s.seen_flows,
+            }],
+        }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _: Request<GetNamespacesRequest>,
+    ) -> Result<Response<GetNamespacesResponse>, Status> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let since = now.saturating_sub(NAMESPACES_WINDOW_NS);
+        let flows = {
+            let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            s.select(|f| f.weir.unix_ns >= since && f.weir.exec.is_none()).0
+        };
+        let names = flows.iter().flat_map(|f| [f.source.namespace.as_str(), f.destination.namespace.as_str()]);
+        Ok(Response::new(GetNamespacesResponse { namespaces: namespace_list(names) }))
+    }
+}
+
+impl ObserverService {
+    fn status(&self) -> ServerStatusResponse {
         let (num, max, seen) = {
             let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
             (s.len() as u64, s.capacity() as u64, s.seen())
         };
-        Ok(Response::new(ServerStatusResponse {
+        ServerStatusResponse {
             num_flows: num,
             max_flows: max,
             seen_flows: seen,
@@ -517,15 +573,15 @@ impl Observer for ObserverService {
             num_connected_nodes: None,
             num_unavailable_nodes: None,
             unavailable_nodes: vec![],
-            version: format!("weir {}", env!("CARGO_PKG_VERSION")),
-        }))
+            version: version(),
+        }
     }
 }
 
-/// Serves the Observer on a unix socket (replacing a stale file) and, if given, on a loopback
-/// TCP address.
-pub async fn serve(
-    svc: ObserverService,
+/// Serves an Observer (a node's, or the relay's) on a unix socket (replacing a stale file) and,
+/// if given, on a loopback TCP address.
+pub async fn serve<S: Observer>(
+    svc: S,
     socket: std::path::PathBuf,
     gid: Option<u32>,
     tcp: Option<std::net::SocketAddr>,
@@ -536,15 +592,18 @@ pub async fn serve(
     let uds = crate::serve::local::bind_private(&socket, gid)?;
     let svc = Arc::new(svc);
     let mut tasks = tokio::task::JoinSet::new();
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds).filter(move |conn| {
-        let allowed = match conn {
-            Ok(stream) => crate::serve::local::peer_allowed(stream, gid).map_err(|why| {
-                tracing::warn!(reason = %why, "observer API connection refused");
-            }),
-            Err(_) => Ok(()),
-        };
-        std::future::ready(allowed.is_ok())
-    });
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds)
+        .filter(move |conn| {
+            let allowed = match conn {
+                Ok(stream) => crate::serve::local::peer_allowed(stream, gid).map_err(|why| {
+                    tracing::warn!(reason = %why, "observer API connection refused");
+                }),
+                Err(_) => Ok(()),
+            };
+            std::future::ready(allowed.is_ok())
+        })
+        // Clients of any gRPC implementation: their socket-path `:authority` mended.
+        .map(|conn| conn.map(super::authority::mend));
     let unix = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(64))

@@ -1,8 +1,11 @@
 //! What the datapath reports, made readable: the ring-buffer reader (`events`), flows enriched
 //! with pods, Services and the policies that judged them (`flows`), DNS message parsing
 //! (`dns`), HTTP/1.x parsing and request–response pairing (`http`), the bounded waiting tables
-//! both pair with (`bounded`), exec records' pods (`exec`) and Hubble's observer API over gRPC
-//! (`grpc`). Its own state and locks: it never waits for the node's writer.
+//! both pair with (`bounded`), HTTP/2 and gRPC (`h2`), exec records' pods (`exec`), Hubble's
+//! observer API over gRPC (`grpc`; `authority` lets clients of any gRPC implementation use its
+//! unix socket) and the cluster-wide relay in front of the nodes' (`relay`). Its own state and locks: it never waits for the node's writer.
+#[cfg(feature = "hubble")]
+pub mod authority;
 pub mod bounded;
 pub mod dns;
 pub mod events;
@@ -12,3 +15,5 @@ pub mod flows;
 pub mod grpc;
 pub mod h2;
 pub mod http;
+#[cfg(feature = "hubble")]
+pub mod relay;

@@ -1,0 +1,480 @@
+//! `weir-relay`: one `observer.Observer` for the whole cluster, as Hubble Relay gives. It holds
+//! no flows: every call is fanned out to the node agents' observers and their answers merged.
+//!
+//! * `GetFlows`: the request is checked once here (a filter weir cannot evaluate is refused by
+//!   name, as a node would), then sent to every node. The answer starts with which nodes are
+//!   connected and which could not be reached (`node_status`, Hubble's `NodeStatusEvent`); a
+//!   node that fails later is announced the same way. Without `follow`, every node's answer is
+//!   read to its end, merged in time order and cut to `number` (the newest, or the oldest with
+//!   `first`). With `follow`, flows pass through a sort buffer: at most [`SORT_BUFFER`] wait,
+//!   the oldest leaving first, and all of them after [`SORT_DRAIN`] without a new one — so the
+//!   output is in time order across nodes up to what arrives that late.
+//! * `ServerStatus`: the nodes' totals summed, the longest uptime, how many nodes answered and
+//!   which did not. `GetNodes`: each node with its state. `GetNamespaces`: the union.
+//! * A node that is down never stops the others: it is reported unavailable, its flows missing.
+//!
+//! Nodes are given (`--peer NAME=unix:///path` or `NAME=host:port`); in the lab they are the
+//! nodes' observer sockets. Discovering agents from Kubernetes Nodes needs the agents to serve
+//! the observer on the node's network with TLS, which they do not (loopback and unix socket
+//! only), so it is not done.
+use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
+use tonic::{transport::Channel, Request, Response, Status};
+
+use super::grpc::{
+    namespace_list,
+    proto::{
+        observer::{
+            get_flows_response::ResponseTypes, observer_client::ObserverClient, observer_server::Observer,
+            GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest,
+            GetNodesResponse, Node, ServerStatusRequest, ServerStatusResponse, UInt32Value,
+        },
+        relay::{NodeState, NodeStatusEvent},
+    },
+    Selection,
+};
+
+/// Flows waiting in the follow sort buffer at most.
+pub const SORT_BUFFER: usize = 100;
+/// The sort buffer is emptied after this long without a new flow.
+pub const SORT_DRAIN: Duration = Duration::from_secs(1);
+
+/// A node agent's observer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub target: Target,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Unix(PathBuf),
+    /// `host:port` (plain HTTP/2).
+    Tcp(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "unix://{}", p.display()),
+            Target::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Peer {
+    type Err = String;
+
+    /// `NAME=unix:///path/observer.sock` or `NAME=host:port`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, target) =
+            s.split_once('=').ok_or_else(|| format!("peer {s:?}: expected NAME=unix:///PATH or NAME=HOST:PORT"))?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            return Err(format!("peer {s:?}: the node name {name:?} is not a node name"));
+        }
+        let target = match target.strip_prefix("unix://") {
+            Some(path) if path.starts_with('/') => Target::Unix(path.into()),
+            Some(_) => return Err(format!("peer {s:?}: a unix socket path must be absolute (unix:///...)")),
+            None if target.parse::<std::net::SocketAddr>().is_ok() || target.rsplit_once(':').is_some() => {
+                Target::Tcp(target.to_owned())
+            }
+            None => return Err(format!("peer {s:?}: expected unix:///PATH or HOST:PORT after the name")),
+        };
+        Ok(Peer { name: name.to_owned(), target })
+    }
+}
+
+pub struct RelayService {
+    peers: Arc<Vec<Peer>>,
+    started: Instant,
+    /// How long a node may take to connect and to answer a unary call.
+    timeout: Duration,
+}
+
+type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+
+impl RelayService {
+    pub fn new(peers: Vec<Peer>, timeout: Duration) -> Self {
+        Self { peers: Arc::new(peers), started: Instant::now(), timeout }
+    }
+}
+
+/// A client of one node's observer, connected within `timeout`.
+async fn connect(peer: &Peer, timeout: Duration) -> Result<ObserverClient<Channel>, String> {
+    let channel = match &peer.target {
+        Target::Unix(path) => {
+            let path = path.clone();
+            tonic::transport::Endpoint::from_static("http://weir-node.invalid")
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await
+        }
+        Target::Tcp(addr) => {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| format!("{addr}: {e}"))?
+                .connect_timeout(timeout)
+                .connect()
+                .await
+        }
+    };
+    // The cause, not only tonic's "transport error".
+    let channel = channel.map_err(|e| match std::error::Error::source(&e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    })?;
+    Ok(ObserverClient::new(channel))
+}
+
+/// A unary call to every node at once, each bounded by `timeout`: the node and its answer or why
+/// there is none, in the order the nodes were given.
+async fn ask_all<T, F, Fut>(peers: &[Peer], timeout: Duration, call: F) -> Vec<(Peer, Result<T, String>)>
+where
+    F: Fn(ObserverClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+{
+    let asks = peers.iter().map(|p| {
+        let call = &call;
+        async move {
+            let answer = tokio::time::timeout(timeout, async {
+                let client = connect(p, timeout).await?;
+                call(client).await.map(Response::into_inner).map_err(|s| format!("{}: {}", s.code(), s.message()))
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+            (p.clone(), answer)
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
+fn time_ns(r: &GetFlowsResponse) -> u64 {
+    r.time.as_ref().map_or(0, |t| (t.seconds.max(0) as u64) * 1_000_000_000 + t.nanos.max(0) as u64)
+}
+
+fn node_status(state: NodeState, names: Vec<String>, message: String) -> GetFlowsResponse {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    GetFlowsResponse {
+        response_types: Some(ResponseTypes::NodeStatus(NodeStatusEvent {
+            state_change: state as i32,
+            node_names: names,
+            message,
+        })),
+        node_name: String::new(),
+        time: Some(super::grpc::proto::flow::Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+        }),
+    }
+}
+
+/// What a node's GetFlows task tells the merge.
+enum FromNode {
+    Connected(String),
+    Response(Box<GetFlowsResponse>),
+    /// The node could not be reached, or its stream failed.
+    Down(String, String),
+    /// Its answer ended (not following).
+    Done,
+}
+
+/// The newest `n` flows of `responses` (the oldest with `first`; 0: all), in time order; other
+/// responses (lost events) are kept where they fall.
+pub fn merge_history(mut responses: Vec<GetFlowsResponse>, n: u64, first: bool) -> Vec<GetFlowsResponse> {
+    responses.sort_by_key(time_ns);
+    let flows = responses.iter().filter(|r| matches!(r.response_types, Some(ResponseTypes::Flow(_)))).count();
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n == 0 || flows <= n {
+        return responses;
+    }
+    // Which flows to drop: the oldest (keep the newest n) or the newest (with `first`).
+    let (mut skip_old, mut keep) = if first { (0, n) } else { (flows - n, n) };
+    responses
+        .into_iter()
+        .filter(|r| {
+            if !matches!(r.response_types, Some(ResponseTypes::Flow(_))) {
+                return true;
+            }
+            if skip_old > 0 {
+                skip_old -= 1;
+                return false;
+            }
+            if keep > 0 {
+                keep -= 1;
+                return true;
+            }
+            false
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Observer for RelayService {
+    type GetFlowsStream = FlowStream;
+
+    async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let req = request.into_inner();
+        // Refused here, in the words a node would use, before any node is asked.
+        Selection::compile(&req).map_err(Status::invalid_argument)?;
+        if req.first && req.follow {
+            return Err(Status::invalid_argument("first and follow cannot be combined"));
+        }
+        let (node_tx, mut node_rx) = mpsc::channel::<FromNode>(1024);
+        for peer in self.peers.iter().cloned() {
+            let (tx, req, timeout) = (node_tx.clone(), req.clone(), self.timeout);
+            tokio::spawn(async move {
+                let stream = async {
+                    let mut client = connect(&peer, timeout).await?;
+                    tokio::time::timeout(timeout, client.get_flows(req))
+                        .await
+                        .map_err(|_| format!("no answer within {timeout:?}"))?
+                        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+                };
+                let mut stream = match stream.await {
+                    Ok(s) => s.into_inner(),
+                    Err(why) => {
+                        let _ = tx.send(FromNode::Down(peer.name, why)).await;
+                        return;
+                    }
+                };
+                if tx.send(FromNode::Connected(peer.name.clone())).await.is_err() {
+                    return;
+                }
+                while let Some(item) = stream.next().await {
+                    let msg = match item {
+                        Ok(r) => FromNode::Response(Box::new(r)),
+                        Err(s) => FromNode::Down(peer.name.clone(), format!("{}: {}", s.code(), s.message())),
+                    };
+                    let down = matches!(msg, FromNode::Down(..));
+                    if tx.send(msg).await.is_err() || down {
+                        return;
+                    }
+                }
+                let _ = tx.send(FromNode::Done).await;
+            });
+        }
+        drop(node_tx);
+        let (tx, out) = mpsc::channel(256);
+        let peers = self.peers.len();
+        tokio::spawn(async move {
+            // Who answered, then (without follow) everything, merged.
+            let (mut connected, mut down, mut ended) = (Vec::new(), Vec::new(), 0usize);
+            let mut held: Vec<GetFlowsResponse> = Vec::new();
+            let mut announced = false;
+            let mut buffer: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
+            let mut waiting: std::collections::HashMap<u64, GetFlowsResponse> = std::collections::HashMap::new();
+            let mut seq = 0u64;
+            loop {
+                // Until every node has connected or failed, nothing is sent: the first answer
+                // says which nodes it covers.
+                let next = if req.follow && announced {
+                    match tokio::time::timeout(SORT_DRAIN, node_rx.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            while let Some(Reverse((_, k))) = buffer.pop() {
+                                if let Some(r) = waiting.remove(&k) {
+                                    if tx.send(Ok(r)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    node_rx.recv().await
+                };
+                let Some(m) = next else { break };
+                match m {
+                    FromNode::Connected(n) => connected.push(n),
+                    FromNode::Down(n, why) => {
+                        ended += 1;
+                        if announced {
+                            let r = node_status(NodeState::NodeUnavailable, vec![n], why);
+                            if tx.send(Ok(r)).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            down.push((n, why));
+                        }
+                    }
+                    FromNode::Done => ended += 1,
+                    FromNode::Response(r) => {
+                        let r = *r;
+                        if req.follow {
+                            seq += 1;
+                            buffer.push(Reverse((time_ns(&r), seq)));
+                            waiting.insert(seq, r);
+                        } else {
+                            held.push(r);
+                        }
+                    }
+                }
+                if !announced && connected.len() + down.len() == peers {
+                    announced = true;
+                    let mut first = Vec::new();
+                    if !connected.is_empty() {
+                        first.push(node_status(NodeState::NodeConnected, connected.clone(), String::new()));
+                    }
+                    for (n, why) in down.drain(..) {
+                        first.push(node_status(NodeState::NodeUnavailable, vec![n], why));
+                    }
+                    for r in first {
+                        if tx.send(Ok(r)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if req.follow && announced {
+                    while buffer.len() > SORT_BUFFER {
+                        let Some(Reverse((_, k))) = buffer.pop() else { break };
+                        if let Some(r) = waiting.remove(&k) {
+                            if tx.send(Ok(r)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                if !req.follow && ended == peers {
+                    break;
+                }
+            }
+            for r in merge_history(held, req.number, req.first) {
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+            while let Some(Reverse((_, k))) = buffer.pop() {
+                if let Some(r) = waiting.remove(&k) {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
+        let answers =
+            ask_all(&self.peers, self.timeout, |mut c| async move { c.server_status(ServerStatusRequest {}).await })
+                .await;
+        let mut total =
+            ServerStatusResponse { version: format!("weir-relay {}", env!("CARGO_PKG_VERSION")), ..Default::default() };
+        let (mut up, mut down) = (0u32, Vec::new());
+        for (peer, answer) in answers {
+            match answer {
+                Ok(s) => {
+                    up += 1;
+                    total.num_flows += s.num_flows;
+                    total.max_flows += s.max_flows;
+                    total.seen_flows += s.seen_flows;
+                    total.uptime_ns = total.uptime_ns.max(s.uptime_ns);
+                }
+                Err(_) => down.push(peer.name),
+            }
+        }
+        total.uptime_ns = total.uptime_ns.max(self.started.elapsed().as_nanos() as u64);
+        total.num_connected_nodes = Some(UInt32Value { value: up });
+        total.num_unavailable_nodes = Some(UInt32Value { value: down.len() as u32 });
+        total.unavailable_nodes = down;
+        Ok(Response::new(total))
+    }
+
+    async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+        let answers =
+            ask_all(&self.peers, self.timeout, |mut c| async move { c.server_status(ServerStatusRequest {}).await })
+                .await;
+        let nodes = answers
+            .into_iter()
+            .map(|(peer, answer)| {
+                let address = peer.target.to_string();
+                match answer {
+                    Ok(s) => Node {
+                        name: peer.name,
+                        version: s.version,
+                        address,
+                        state: NodeState::NodeConnected as i32,
+                        tls: None,
+                        uptime_ns: s.uptime_ns,
+                        num_flows: s.num_flows,
+                        max_flows: s.max_flows,
+                        seen_flows: s.seen_flows,
+                    },
+                    Err(_) => Node {
+                        name: peer.name,
+                        address,
+                        state: NodeState::NodeUnavailable as i32,
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(GetNodesResponse { nodes }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _: Request<GetNamespacesRequest>,
+    ) -> Result<Response<GetNamespacesResponse>, Status> {
+        let answers =
+            ask_all(&self.peers, self.timeout, |mut c| async move { c.get_namespaces(GetNamespacesRequest {}).await })
+                .await;
+        let all: Vec<String> =
+            answers.into_iter().filter_map(|(_, a)| a.ok()).flat_map(|a| a.namespaces).map(|n| n.namespace).collect();
+        Ok(Response::new(GetNamespacesResponse { namespaces: namespace_list(all.iter().map(String::as_str)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::grpc::proto::flow::{Flow, LostEvent, Timestamp};
+
+    fn flow(t: i64, node: &str) -> GetFlowsResponse {
+        GetFlowsResponse {
+            response_types: Some(ResponseTypes::Flow(Flow::default())),
+            node_name: node.into(),
+            time: Some(Timestamp { seconds: t, nanos: 0 }),
+        }
+    }
+
+    #[test]
+    fn peers_are_parsed_or_refused_by_name() {
+        let p: Peer = "n1=unix:///run/weir/observer.sock".parse().expect("unix");
+        assert_eq!(p.target, Target::Unix("/run/weir/observer.sock".into()));
+        let p: Peer = "n2=10.0.0.2:4245".parse().expect("tcp");
+        assert_eq!((p.name.as_str(), p.target.to_string()), ("n2", "10.0.0.2:4245".into()));
+        for bad in ["n1", "=unix:///x", "n1=unix://relative", "n 1=unix:///x", "n1=nowhere"] {
+            let e = bad.parse::<Peer>().expect_err(bad);
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn history_is_merged_in_time_order_and_cut_to_number() {
+        let mut lost = flow(4, "n2");
+        lost.response_types = Some(ResponseTypes::LostEvents(LostEvent::default()));
+        let all = vec![flow(5, "n1"), flow(1, "n2"), flow(3, "n1"), lost, flow(2, "n2")];
+        let times = |v: &[GetFlowsResponse]| v.iter().map(time_ns).map(|t| t / 1_000_000_000).collect::<Vec<_>>();
+        assert_eq!(times(&merge_history(all.clone(), 0, false)), [1, 2, 3, 4, 5]);
+        // The newest two flows, the lost event kept where it falls.
+        assert_eq!(times(&merge_history(all.clone(), 2, false)), [3, 4, 5]);
+        assert_eq!(times(&merge_history(all, 2, true)), [1, 2, 4]);
+    }
+}
