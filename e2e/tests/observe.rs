@@ -1056,6 +1056,11 @@ fn relay_checks(lab: &TestLab, python: Option<&str>) {
         let said = Command::new(py).args([GRPC_LAB, "status", &sockets[0]]).output().expect("grpcio status");
         let size = String::from_utf8_lossy(&said.stdout).trim().parse::<usize>().unwrap_or(0);
         assert!(said.status.success() && size > 0, "grpcio over the unix socket: {said:?}");
+        // A filter field of a newer Hubble (not in weir's protos) is refused, not dropped: the
+        // issue's example, drop_reason_desc, which would otherwise widen to every flow.
+        let said = Command::new(py).args([GRPC_LAB, "newer-filter", &sockets[0]]).output().expect("grpcio GetFlows");
+        let said = String::from_utf8_lossy(&said.stdout);
+        assert!(said.starts_with("INVALID_ARGUMENT ") && said.contains("number 33"), "{said}");
     }
     let dir = std::env::temp_dir().join(format!("weir-relay-{}", lab.name));
     std::fs::create_dir_all(&dir).expect("relay dir");

@@ -3,6 +3,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     #[cfg(feature = "hubble")]
-    tonic_prost_build::configure().compile_protos(&["proto/observer.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        // Filter fields weir does not know are refused, not dropped (observe/strict.rs).
+        .codec_path("crate::observe::strict::StrictCodec")
+        .compile_protos(&["proto/observer.proto"], &["proto"])?;
     Ok(())
 }

@@ -17,3 +17,5 @@ pub mod h2;
 pub mod http;
 #[cfg(feature = "hubble")]
 pub mod relay;
+#[cfg(feature = "hubble")]
+pub mod strict;

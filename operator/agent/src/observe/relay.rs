@@ -271,6 +271,7 @@ impl Observer for RelayService {
         drop(node_tx);
         let (tx, out) = mpsc::channel(256);
         let peers = self.peers.len();
+        let order: Vec<String> = self.peers.iter().map(|p| p.name.clone()).collect();
         tokio::spawn(async move {
             // Who answered, then (without follow) everything, merged.
             let (mut connected, mut down, mut ended) = (Vec::new(), Vec::new(), 0usize);
@@ -327,6 +328,9 @@ impl Observer for RelayService {
                 }
                 if !announced && connected.len() + down.len() == peers {
                     announced = true;
+                    // In the order the nodes were given, whichever answered first.
+                    connected.sort_by_key(|n| order.iter().position(|o| o == n));
+                    down.sort_by_key(|(n, _)| order.iter().position(|o| o == n));
                     let mut first = Vec::new();
                     if !connected.is_empty() {
                         first.push(node_status(NodeState::NodeConnected, connected.clone(), String::new()));
