@@ -47,28 +47,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
-# --- kubernetes-validate (PyPI) for the deploy/ manifest test, in its own venv ---------------
+# --- PyPI packages, each pinned in a venv of its own ----------------------------------------
+# pypi_venv PACKAGE VERSION: installs PACKAGE==VERSION in $WEIR_TOOLS/venv-PACKAGE-VERSION. The
+# stamp marks a finished install: an interrupted one is redone from scratch.
+pypi_venv() {
+  local venv=$WEIR_TOOLS/venv-$1-$2
+  if [ "${WEIR_SETUP_PACKAGES:-1}" != 0 ] && [ ! -e "$venv/.installed" ]; then
+    log "installing $1 $2"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$1==$2"
+    touch "$venv/.installed"
+  fi
+}
+# kubernetes-validate for the deploy/ manifest test.
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KV_VENV=$WEIR_TOOLS/venv-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
-# The stamp marks a finished install: an interrupted one is redone from scratch.
-if [ "${WEIR_SETUP_PACKAGES:-1}" != 0 ] && [ ! -e "$KV_VENV/.installed" ]; then
-  log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
-  rm -rf "$KV_VENV"
-  python3 -m venv "$KV_VENV"
-  "$KV_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-  touch "$KV_VENV/.installed"
-fi
-
-# --- grpcio (PyPI) for the gRPC lab test: a real gRPC server and client weir did not write ---
+pypi_venv kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
+# grpcio for the gRPC lab test: a real gRPC server and client weir did not write.
 GRPCIO_VERSION=1.85.4
 GRPC_VENV=$WEIR_TOOLS/venv-grpcio-$GRPCIO_VERSION
-if [ "${WEIR_SETUP_PACKAGES:-1}" != 0 ] && [ ! -e "$GRPC_VENV/.installed" ]; then
-  log "installing grpcio $GRPCIO_VERSION"
-  rm -rf "$GRPC_VENV"
-  python3 -m venv "$GRPC_VENV"
-  "$GRPC_VENV/bin/pip" install -q --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
-  touch "$GRPC_VENV/.installed"
-fi
+pypi_venv grpcio "$GRPCIO_VERSION"
 
 # --- pinned nightly for the eBPF crate -----------------------------------------------------
 # Use the machine's `nightly` when it is exactly the pinned build; otherwise fetch the dated one.

@@ -12,6 +12,8 @@
 //! refused it too).
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
+use super::h2::{frame, headers_fragment, parse_head, CONTINUATION, END_HEADERS, END_STREAM, HEADERS};
+
 /// A header block gathered at most.
 pub const BLOCK_MAX: usize = 256 * 1024;
 /// A frame read at most (the server's SETTINGS_MAX_FRAME_SIZE is the protocol's default, 16 KiB;
@@ -19,13 +21,6 @@ pub const BLOCK_MAX: usize = 256 * 1024;
 const FRAME_MAX: usize = 1 << 20;
 /// Payload of one re-encoded HEADERS or CONTINUATION frame at most (the default frame size).
 const OUT_FRAME: usize = 16384;
-
-const HEADERS: u8 = 1;
-const CONTINUATION: u8 = 9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
 
 /// Whether `value` is an authority h2 accepts (`host`, `host:port`, `[v6]:port`, userinfo).
 fn valid_authority(value: &[u8]) -> bool {
@@ -75,9 +70,7 @@ where
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let (kind, flags) = (head[3], head[4]);
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let (len, kind, flags, stream) = parse_head(&head);
         if len > FRAME_MAX {
             return Err(invalid("frame too large"));
         }
@@ -85,20 +78,8 @@ where
         from.read_exact(&mut payload).await?;
         let fragment = match kind {
             HEADERS => {
-                let (mut at, mut end) = (0, payload.len());
-                if flags & PADDED != 0 {
-                    let pad = usize::from(*payload.first().ok_or_else(|| invalid("padding"))?);
-                    at = 1;
-                    end = end.checked_sub(pad).ok_or_else(|| invalid("padding"))?;
-                }
-                if flags & PRIORITY != 0 {
-                    at += 5;
-                }
-                if at > end {
-                    return Err(invalid("HEADERS frame"));
-                }
                 block = Some((stream, flags & END_STREAM != 0, Vec::new()));
-                payload[at..end].to_vec()
+                headers_fragment(flags, &payload).ok_or_else(|| invalid("HEADERS frame padding"))?.to_vec()
             }
             CONTINUATION if block.as_ref().is_some_and(|b| b.0 == stream) => payload,
             _ => {
@@ -136,11 +117,7 @@ where
             if last {
                 flags |= END_HEADERS;
             }
-            let n = chunk.len();
-            let mut head = [(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags, 0, 0, 0, 0];
-            head[5..].copy_from_slice(&stream.to_be_bytes());
-            to.write_all(&head).await?;
-            to.write_all(chunk).await?;
+            to.write_all(&frame(kind, flags, stream, chunk)).await?;
         }
     }
 }
@@ -152,14 +129,7 @@ fn invalid(what: &str) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let n = payload.len();
-        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
+    use crate::observe::h2::{PADDED, PRIORITY};
 
     /// The headers of every header block in `bytes` (after the preface), decoded in order.
     fn blocks(bytes: &[u8]) -> Vec<Vec<(String, String)>> {

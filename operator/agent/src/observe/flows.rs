@@ -1109,15 +1109,6 @@ mod tests {
         Event::Payload(Box::new(e))
     }
 
-    /// An HTTP/2 frame.
-    fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let n = payload.len();
-        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
     #[test]
     fn grpc_calls_become_hubble_http2_records_and_grpc_metrics() {
         let mut i = ingest();
@@ -1127,7 +1118,7 @@ mod tests {
         block.extend(b"/shop.Cart/Add");
         block.extend([0x0f, 0x10, 16]);
         block.extend(b"application/grpc");
-        seg.extend(h2_frame(1, 0x4, 1, &block));
+        seg.extend(h2::frame(1, 0x4, 1, &block));
         let mut out = Vec::new();
         i.flows(&h2_event(&seg, 40000, false, 1, 1_000), &mut out);
         let [req] = &out[..] else { panic!("{out:?}") };
@@ -1135,14 +1126,14 @@ mod tests {
         let http = req.http().expect("http");
         assert_eq!((http.method.as_str(), http.protocol.as_str(), http.code), ("POST", "HTTP/2", 0));
         // A Trailers-Only answer: :status 200, grpc-status 7 and a message, ending the stream.
-        let mut answer = h2_frame(4, 0, 0, &[]);
+        let mut answer = h2::frame(4, 0, 0, &[]);
         let mut block = vec![0x88, 0x00, 11];
         block.extend(b"grpc-status");
         block.extend([1, b'7', 0x00, 12]);
         block.extend(b"grpc-message");
         block.extend([6]);
         block.extend(b"denied");
-        answer.extend(h2_frame(1, 0x5, 1, &block));
+        answer.extend(h2::frame(1, 0x5, 1, &block));
         out.clear();
         i.flows(&h2_event(&answer, 40000, true, 900, 3_001_000), &mut out);
         let [resp] = &out[..] else { panic!("{out:?}") };
@@ -1159,7 +1150,7 @@ mod tests {
         assert!(!text.contains("weir_http_requests_total{"), "a gRPC call is not an HTTP metric:\n{text}");
         // A connection whose start was not seen: counted, nothing decoded.
         out.clear();
-        i.flows(&h2_event(&h2_frame(1, 0x4, 3, &[0xbe]), 40001, false, 5, 4_000_000), &mut out);
+        i.flows(&h2_event(&h2::frame(1, 0x4, 3, &[0xbe]), 40001, false, 5, 4_000_000), &mut out);
         assert!(out.is_empty());
         let text = String::from_utf8(i.metrics.render()).expect("utf-8");
         assert!(text.contains("weir_http2_lost_total{reason=\"start_missed\"} 1"), "{text}");

@@ -60,6 +60,21 @@ pub fn version() -> String {
     format!("weir {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// A node that answered, as GetNodes lists it: its name, where it is reached, its status.
+pub fn connected_node(name: String, address: String, s: ServerStatusResponse) -> Node {
+    Node {
+        name,
+        version: s.version,
+        address,
+        state: NodeState::NodeConnected as i32,
+        tls: None,
+        uptime_ns: s.uptime_ns,
+        num_flows: s.num_flows,
+        max_flows: s.max_flows,
+        seen_flows: s.seen_flows,
+    }
+}
+
 /// How far back GetNamespaces looks in the stored flows (as Hubble: an hour).
 pub const NAMESPACES_WINDOW_NS: u64 = 3_600_000_000_000;
 
@@ -528,19 +543,8 @@ impl Observer for ObserverService {
     }
 
     async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
-        let s = self.status();
         Ok(Response::new(GetNodesResponse {
-            nodes: vec![Node {
-                name: self.node_name.clone(),
-                version: s.version,
-                address: String::new(),
-                state: NodeState::NodeConnected as i32,
-                tls: None,
-                uptime_ns: s.uptime_ns,
-                num_flows: s.num_flows,
-                max_flows: s.max_flows,
-                seen_flows: s.seen_flows,
-            }],
+            nodes: vec![connected_node(self.node_name.clone(), String::new(), self.status())],
         }))
     }
 

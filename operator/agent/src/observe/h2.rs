@@ -37,16 +37,46 @@ pub const GRPC_MESSAGE_MAX: usize = 128;
 /// What a client sends first on an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PUSH_PROMISE: u8 = 5;
-const CONTINUATION: u8 = 9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
+// Frame types and flags (RFC 9113 §6).
+pub const DATA: u8 = 0;
+pub const HEADERS: u8 = 1;
+pub const RST_STREAM: u8 = 3;
+pub const SETTINGS: u8 = 4;
+pub const PUSH_PROMISE: u8 = 5;
+pub const CONTINUATION: u8 = 9;
+pub const END_STREAM: u8 = 0x1;
+pub const END_HEADERS: u8 = 0x4;
+pub const PADDED: u8 = 0x8;
+pub const PRIORITY: u8 = 0x20;
+
+/// A frame header's fields: payload length, type, flags, stream.
+pub fn parse_head(h: &[u8; 9]) -> (usize, u8, u8, u32) {
+    let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+    (len, h[3], h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff)
+}
+
+/// The header block fragment of a HEADERS frame's payload: without its padding and priority;
+/// `None` when those do not fit the payload.
+pub fn headers_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
+    let (mut at, mut end) = (0, payload.len());
+    if flags & PADDED != 0 {
+        at = 1;
+        end = end.checked_sub(usize::from(*payload.first()?))?;
+    }
+    if flags & PRIORITY != 0 {
+        at += 5;
+    }
+    payload.get(at..end)
+}
+
+/// A frame: its header, then `payload` (at most 2^24 - 1 bytes).
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
 
 /// Why a direction of a connection stopped being decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,10 +293,7 @@ impl Reader {
     }
 
     fn frame_start(&mut self, out: &mut Vec<Item>) -> Result<(), Lost> {
-        let h = self.head;
-        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-        let (kind, flags) = (h[3], h[4]);
-        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        let (len, kind, flags, stream) = parse_head(&self.head);
         // A header block in progress continues with CONTINUATION frames only (RFC 9113 §6.10).
         if self.block_of.is_some() != (kind == CONTINUATION) {
             return Err(Lost::Malformed);
@@ -296,21 +323,8 @@ impl Reader {
         let (kind, flags, stream) = self.frame;
         let p = std::mem::take(&mut self.payload);
         let fragment = if kind == HEADERS {
-            let mut at = 0;
-            let mut end = p.len();
-            if flags & PADDED != 0 {
-                let pad = usize::from(*p.first().ok_or(Lost::Malformed)?);
-                at = 1;
-                end = end.checked_sub(pad).ok_or(Lost::Malformed)?;
-            }
-            if flags & PRIORITY != 0 {
-                at += 5;
-            }
-            if at > end {
-                return Err(Lost::Malformed);
-            }
             self.block_of = Some((stream, flags & END_STREAM != 0));
-            &p[at..end]
+            headers_fragment(flags, &p).ok_or(Lost::Malformed)?
         } else {
             match self.block_of {
                 Some((s, _)) if s == stream => &p[..],
@@ -545,14 +559,6 @@ pub fn grpc_status_name(code: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let n = payload.len();
-        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
 
     /// A literal field with incremental indexing and a new name (RFC 7541 §6.2.1): it enters
     /// the dynamic table.

@@ -31,7 +31,7 @@ use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
 use tonic::{transport::Channel, Request, Response, Status};
 
 use super::grpc::{
-    namespace_list,
+    connected_node, namespace_list,
     proto::{
         observer::{
             get_flows_response::ResponseTypes, observer_client::ObserverClient, observer_server::Observer,
@@ -409,17 +409,7 @@ impl Observer for RelayService {
             .map(|(peer, answer)| {
                 let address = peer.target.to_string();
                 match answer {
-                    Ok(s) => Node {
-                        name: peer.name,
-                        version: s.version,
-                        address,
-                        state: NodeState::NodeConnected as i32,
-                        tls: None,
-                        uptime_ns: s.uptime_ns,
-                        num_flows: s.num_flows,
-                        max_flows: s.max_flows,
-                        seen_flows: s.seen_flows,
-                    },
+                    Ok(s) => connected_node(peer.name, address, s),
                     Err(_) => Node {
                         name: peer.name,
                         address,

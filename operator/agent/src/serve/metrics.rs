@@ -54,6 +54,15 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
+/// A histogram of request latencies in seconds (0.5 ms to 10 s).
+fn latency_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let h =
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric definition");
+    r.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     r.register(Box::new(g.clone())).expect("metric registered once");
@@ -125,16 +134,12 @@ impl Default for Metrics {
             "HTTP/1.x and HTTP/2 requests answered (gRPC calls are counted in weir_grpc_requests_total), by client and server (namespace, workload), method and status class; counted on the client's node.",
             &HTTP_LABELS,
         );
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "weir_http_request_duration_seconds",
-                "Time from an HTTP/1.x or HTTP/2 request to its response, seen from the client's node (from the server's for clients outside the cluster).",
-            )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        let http_duration = latency_vec(
+            &r,
+            "weir_http_request_duration_seconds",
+            "Time from an HTTP/1.x or HTTP/2 request to its response, seen from the client's node (from the server's for clients outside the cluster).",
             &HTTP_LABELS,
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(http_duration.clone())).expect("metric registered once");
+        );
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric definition");
             r.register(Box::new(c.clone())).expect("metric registered once");
@@ -164,16 +169,12 @@ impl Default for Metrics {
             "gRPC calls over cleartext HTTP/2 answered, by client and server (namespace, workload) and grpc-status (its name: OK, NOT_FOUND, ...); counted on the client's node.",
             &GRPC_LABELS,
         );
-        let grpc_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "weir_grpc_request_duration_seconds",
-                "Time from a gRPC call's request headers to its status (trailers), seen from the client's node (from the server's for clients outside the cluster).",
-            )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        let grpc_duration = latency_vec(
+            &r,
+            "weir_grpc_request_duration_seconds",
+            "Time from a gRPC call's request headers to its status (trailers), seen from the client's node (from the server's for clients outside the cluster).",
             &GRPC_LABELS,
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(grpc_duration.clone())).expect("metric registered once");
+        );
         let http2_lost = counter_vec(
             &r,
             "weir_http2_lost_total",
