@@ -27,8 +27,12 @@ pub const CONNS: usize = 1024;
 /// Streams waiting for a response on one connection, at most (the oldest are dropped).
 pub const STREAMS_PER_CONN: usize = 256;
 /// HPACK dynamic table a direction may grow to (an encoder's size update beyond it stops the
-/// direction): memory per connection stays bounded.
-pub const TABLE_MAX: usize = 16384;
+/// direction, counted): the protocol's default, which an encoder keeps unless its peer asked for
+/// more. With [`CONNS`] connections of two directions each, the tables a hostile pod can make
+/// the agent hold stay within about 8 MiB.
+pub const TABLE_MAX: usize = 4096;
+/// Buffers larger than this are given back after use rather than kept for the next frame.
+const KEEP_CAPACITY: usize = 1024;
 /// A header block (HEADERS and its CONTINUATIONs) gathered at most.
 pub const BLOCK_MAX: usize = 16384;
 /// Bytes of a `grpc-message` kept.
@@ -332,13 +336,13 @@ impl Reader {
             }
         };
         self.block.extend_from_slice(fragment);
-        self.payload = p;
+        self.payload = if p.capacity() <= KEEP_CAPACITY { p } else { Vec::new() };
         if flags & END_HEADERS != 0 {
             let (stream, end_stream) = self.block_of.take().unwrap_or_default();
             let mut fields = Fields::default();
             let block = std::mem::take(&mut self.block);
             self.decoder.decode_with_cb(&block, |n, v| fields.set(&n, &v)).map_err(|_| Lost::Hpack)?;
-            self.block = block;
+            self.block = if block.capacity() <= KEEP_CAPACITY { block } else { Vec::new() };
             self.block.clear();
             out.push(Item::Headers { stream, end_stream, fields });
         }
