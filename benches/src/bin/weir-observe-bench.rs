@@ -11,7 +11,8 @@
 //!    events made;
 //! 3. overload: the same with nobody reading, so the ring buffer fills; every event is either
 //!    in the ring or counted lost;
-//! 5. the agent's own cost per event (user space), and 6. the exec audit's cost per exec: its
+//! 5. the agent's own cost per event (user space: a flow report, an HTTP/1.x message, a segment
+//!    of unary gRPC calls on one HTTP/2 connection), and 6. the exec audit's cost per exec: its
 //!    program's kernel-measured run time (BPF_ENABLE_STATS) over execs of a process in a cgroup
 //!    it audits;
 //! 4. HTTP observation: a third copy with HTTP message starts copied as well, against flows
@@ -30,8 +31,11 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde::Serialize;
-use weir_bpf_common::{programs, Addr16, DatapathEvent, PayloadEvent, EVENT_FLOW_NEW, EVENT_HTTP, OBS_FROM_POD};
+use weir_bpf_common::{
+    programs, Addr16, DatapathEvent, PayloadEvent, EVENT_FLOW_NEW, EVENT_H2, EVENT_HTTP, OBS_FROM_POD,
+};
 use weir_dataplane::{counters::Counters, events::Events, Datapath};
+use weir_operator_agent::observe::h2;
 use weir_operator_agent::{
     observe::flows::{FlowStore, Ingest},
     serve::metrics::Metrics,
@@ -86,6 +90,9 @@ struct Results {
     /// request or response message (records stored, metrics counted).
     agent_flow_event_ns: f64,
     agent_http_event_ns: f64,
+    /// The same per HTTP/2 segment of unary gRPC calls on one connection (a call's request
+    /// segment and its answer segment: headers, message, trailers), HPACK-decoded and paired.
+    agent_grpc_segment_ns: f64,
     /// The exec audit: mean kernel run time per exec (every exec on the machine runs it; those
     /// outside the audited cgroup stop at its first check), execs run and records received.
     exec_ns: f64,
@@ -335,6 +342,69 @@ fn agent_costs(n: u32, r: &mut Results) {
         }
     }
     r.agent_http_event_ns = t.elapsed().as_nanos() as f64 / f64::from(2 * n.max(1));
+
+    // gRPC: n unary calls on one connection, as a client and server send them. Header blocks
+    // of literals (no dynamic table: every call's blocks are the same bytes).
+    let literal = |index: u8, value: &[u8]| [&[index, value.len() as u8][..], value].concat();
+    let call_headers = [
+        &[0x83u8, 0x86][..],
+        &literal(0x04, b"/shop.Cart/Get"),
+        &literal(0x01, b"cart.shop:50051"),
+        &[0x0f, 0x10, 16],
+        b"application/grpc",
+    ]
+    .concat();
+    let answer_headers = [&[0x88u8, 0x0f, 0x10, 16][..], b"application/grpc"].concat();
+    let trailers = [&[0x40u8, 11][..], b"grpc-status", &[1, b'0']].concat();
+    let segment = |event: DatapathEvent, seq: u32, bytes: &[u8]| {
+        let mut p = PayloadEvent::with_data(event, true, bytes);
+        p.seq = seq;
+        weir_dataplane::events::Event::Payload(Box::new(p))
+    };
+    let (client, server) = (base(40000, 50051, EVENT_H2), {
+        let mut b = base(50051, 40000, EVENT_H2);
+        (b.saddr, b.daddr) = (b.daddr, b.saddr);
+        b
+    });
+    let start = [&h2::PREFACE[..], &h2::frame(h2::SETTINGS, 0, 0, &[])].concat();
+    let (mut cseq, mut sseq) = (1u32, 1u32);
+    for (ev, seq, bytes) in [(client, &mut cseq, start), (server, &mut sseq, h2::frame(h2::SETTINGS, 0, 0, &[]))] {
+        ingest.flows(&segment(ev, *seq, &bytes), &mut out);
+        *seq += bytes.len() as u32;
+    }
+    out.clear();
+    let t = Instant::now();
+    for i in 0..n {
+        let stream = 2 * (i % 1_000_000_000) + 1;
+        let q = [
+            h2::frame(h2::HEADERS, h2::END_HEADERS, stream, &call_headers),
+            h2::frame(h2::DATA, h2::END_STREAM, stream, &[0, 0, 0, 0, 2, 8, 1]),
+        ]
+        .concat();
+        let a = [
+            h2::frame(h2::HEADERS, h2::END_HEADERS, stream, &answer_headers),
+            h2::frame(h2::DATA, 0, stream, &[0, 0, 0, 0, 2, 8, 1]),
+            h2::frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, stream, &trailers),
+        ]
+        .concat();
+        let t_ns = u64::from(i) * 1000;
+        ingest.flows(&segment(DatapathEvent { ktime_ns: t_ns, ..client }, cseq, &q), &mut out);
+        ingest.flows(&segment(DatapathEvent { ktime_ns: t_ns + 500, ..server }, sseq, &a), &mut out);
+        (cseq, sseq) = (cseq.wrapping_add(q.len() as u32), sseq.wrapping_add(a.len() as u32));
+        for f in out.drain(..) {
+            store.push(f);
+        }
+    }
+    r.agent_grpc_segment_ns = t.elapsed().as_nanos() as f64 / f64::from(2 * n.max(1));
+    // Measured only if every call was decoded and paired.
+    let text = String::from_utf8(ingest.metrics.render()).unwrap_or_default();
+    let paired = |l: &str| {
+        l.starts_with("weir_grpc_requests_total{") && l.contains("grpc_status=\"OK\"") && l.ends_with(&format!(" {n}"))
+    };
+    assert!(
+        !text.contains("weir_http2_lost_total{") && text.lines().any(paired),
+        "the gRPC calls were not all decoded and paired:\n{text}"
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -372,8 +442,9 @@ fn main() -> anyhow::Result<()> {
     );
     println!("target: non-HTTP <= 1.02 (HTTP observation costs other protocols nothing measurable)");
     println!(
-        "\nAgent, per event (user space: ingest, enrich, store): flow report {:.0} ns, HTTP message {:.0} ns",
-        r.agent_flow_event_ns, r.agent_http_event_ns
+        "\nAgent, per event (user space: ingest, enrich, store): flow report {:.0} ns, HTTP message {:.0} ns, \
+         gRPC segment {:.0} ns",
+        r.agent_flow_event_ns, r.agent_http_event_ns, r.agent_grpc_segment_ns
     );
     println!(
         "Exec audit: {:.0} ns of kernel time per exec ({} runs, {} records of audited execs)",
