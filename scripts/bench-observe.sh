@@ -5,7 +5,9 @@
 #      (every one counted);
 #   2. a 2-node lab: pod<->pod TCP throughput (iperf3), new-connection rate (connect, 1-byte
 #      request/response, close) and HTTP requests/s (wrk against nginx, keep-alive), same node
-#      and across nodes, with the agents restarted in three modes in rotating order each round
+#      and across nodes, HTTP/2 requests/s (h2load against nginx over cleartext HTTP/2, 8
+#      connections of 10 streams: what HTTP/2 observation costs, every segment copied and
+#      decoded), with the agents restarted in three modes in rotating order each round
 #      (median reported): on (flows, DNS and HTTP: the default), flows (HTTP observation off) and
 #      off; the time of a fork+exec in a pod (the exec audit is on in both on and flows, off in
 #      off: their difference is its cost per exec); and the flows each mode recorded (0 when off:
@@ -63,9 +65,10 @@ for w in w2 w3; do
   cat >"$NGINX_DIR/$w.conf" <<EOF
 daemon on; worker_processes 1; pid $NGINX_DIR/$w.pid; error_log $NGINX_DIR/$w/error.log;
 events {}
-http { access_log off; client_body_temp_path $NGINX_DIR/$w/body; proxy_temp_path $NGINX_DIR/$w/proxy;
+http { access_log off; keepalive_requests 100000000; client_body_temp_path $NGINX_DIR/$w/body; proxy_temp_path $NGINX_DIR/$w/proxy;
   fastcgi_temp_path $NGINX_DIR/$w/fcgi; uwsgi_temp_path $NGINX_DIR/$w/uwsgi; scgi_temp_path $NGINX_DIR/$w/scgi;
-  server { listen $ip:8088; location = /ok { return 200 "ok\n"; } } }
+  server { listen $ip:8088; location = /ok { return 200 "ok\n"; } }
+  server { listen $ip:8089 http2; location = /ok { return 200 "ok\n"; } } }
 EOF
   "$LAB" exec "default/$w" -- nginx -c "$NGINX_DIR/$w.conf" -p "$NGINX_DIR/$w/"
 done
@@ -88,6 +91,17 @@ print(round((time.perf_counter() - t) / n * 1e6, 1))"
 }
 wrk_rps() {
   "$LAB" exec default/w1 -- wrk -t1 -c8 -d"${WRK_SECS}s" "http://$1:8088/ok" | awk '/^Requests\/sec:/ {print $2}'
+}
+h2_rps() { # HTTP/2 with prior knowledge (h2c), as gRPC speaks it
+  "$LAB" exec default/w1 -- h2load -c8 -m10 -D "$WRK_SECS" "http://$1:8089/ok" | awk '/^finished in/ {print $4}'
+}
+h2_lost() { # each agent: HTTP/2 directions given up on / events lost in the kernel
+  local n out=""
+  for n in n1 n2; do
+    out+="$n:$("$LAB" metrics "$n" | awk '/^weir_http2_lost_total/ {s += $2} /^weir_events_lost_total/ {e = $2}
+                                          END {printf "%d/%d", s, e}') "
+  done
+  echo "$out"
 }
 iperf_gbps() {
   "$LAB" exec default/w1 -- iperf3 -c "$1" -p 5201 -t "$IPERF_SECS" -J | python3 -c \
@@ -119,6 +133,9 @@ for round in $(seq 1 "$ROUNDS"); do
     M[$m,ccross]+=" $(crr "$W3")"
     M[$m,hsame]+=" $(wrk_rps "$W2")"
     M[$m,hcross]+=" $(wrk_rps "$W3")"
+    M[$m,h2same]+=" $(h2_rps "$W2")"
+    M[$m,h2cross]+=" $(h2_rps "$W3")"
+    if [ "$m" = on ]; then M[on,h2lost]+=" [$(h2_lost)]"; fi
     M[$m,exec]+=" $(exec_us)"
     M[$m,cpu]+=" $(( $(agent_cpu_ms) - c0 ))"
     M[$m,flows]+=" $(flows_recorded)"
@@ -128,6 +145,7 @@ median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) f
 keys=("tsame:throughput same node (Gbit/s)" "tcross:throughput across nodes (Gbit/s)"
       "csame:new connections/s same node" "ccross:new connections/s across nodes"
       "hsame:HTTP requests/s same node" "hcross:HTTP requests/s across nodes"
+      "h2same:HTTP/2 requests/s same node" "h2cross:HTTP/2 requests/s across nodes"
       "exec:fork+exec of /bin/true in a pod (us)")
 table() { # A B: medians of modes A and B and their ratio, per measure
   printf '\nLab (median of %s rounds)             %12s %12s %8s\n' "$ROUNDS" "$1" "$2" "$1/$2"
@@ -147,4 +165,7 @@ for k in "${keys[@]}"; do
   echo "spread ${k#*:}: on:${M[on,$key]}  flows:${M[flows,$key]}  off:${M[off,$key]}"
 done
 echo "flows recorded per round (both nodes): on:${M[on,flows]}  flows:${M[flows,flows]}  off:${M[off,flows]}"
+# HTTP/2 decoding must have kept up: a direction given up on (a lost event makes a gap) would make
+# the on mode's figures those of copying without decoding.
+echo "per on round, each node's HTTP/2 directions given up on / events lost in the kernel: ${M[on,h2lost]}"
 echo "agents' CPU per round (both nodes; all the runs of the round), ms: on:${M[on,cpu]}  flows:${M[flows,cpu]}  off:${M[off,cpu]}"

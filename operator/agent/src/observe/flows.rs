@@ -571,9 +571,10 @@ impl Ingest {
                     let (method, url) = a.request.map(|r| (r.method, r.url)).unwrap_or_default();
                     let latency = (!url.is_empty()).then_some(a.latency_ns);
                     if counted_here {
+                        // A call whose request was not seen counts as a response without one.
                         let answered = match a.grpc_status {
-                            Some(status) => Answered::Grpc { status },
-                            None => Answered::Http { method: &method, code: u32::from(a.status) },
+                            Some(status) if !method.is_empty() => Answered::Grpc { status },
+                            _ => Answered::Http { method: &method, code: u32::from(a.status) },
                         };
                         self.exchange_metrics(&enrichment, dst, src, answered, latency);
                     }
@@ -1154,6 +1155,15 @@ mod tests {
         assert!(out.is_empty());
         let text = String::from_utf8(i.metrics.render()).expect("utf-8");
         assert!(text.contains("weir_http2_lost_total{reason=\"start_missed\"} 1"), "{text}");
+        // An answer to a call that was never made (a hostile server): reported without a
+        // request, counted as such, not as a gRPC call.
+        let start = [&h2::PREFACE[..], &h2::frame(4, 0, 0, &[])].concat();
+        i.flows(&h2_event(&start, 40002, false, 1, 5_000_000), &mut out);
+        i.flows(&h2_event(&answer, 40002, true, 1, 6_000_000), &mut out);
+        let text = String::from_utf8(i.metrics.render()).expect("utf-8");
+        assert!(text.contains("\nweir_http_responses_without_request_total 1\n"), "{text}");
+        assert_eq!(text.matches("weir_grpc_requests_total{").count(), 1, "{text}");
+        assert!(out.last().is_some_and(|f| f.summary.ends_with("(request not seen)")), "{out:?}");
     }
 
     #[test]
