@@ -9,23 +9,35 @@ use crate::{map_err, Datapath, Result};
 
 const NAME: &str = maps::EVENTS;
 
-pub struct Events(RingBuf<MapData>);
+pub struct Events {
+    ring: RingBuf<MapData>,
+    /// Records of a size this build does not know, skipped (programs of another build still
+    /// writing to the ring, as during an upgrade's takeover).
+    undecodable: u64,
+}
 
 impl Events {
     pub fn open(dp: &mut Datapath) -> Result<Self> {
         let map = dp.take_map(NAME)?;
-        Ok(Self(RingBuf::try_from(map).map_err(map_err(NAME))?))
+        Ok(Self { ring: RingBuf::try_from(map).map_err(map_err(NAME))?, undecodable: 0 })
     }
 
-    /// Every event available now. Records of another size (a newer ABI) are skipped.
+    /// Every event available now. Records of another size (another build's) are skipped and
+    /// counted ([`Events::undecodable`]).
     pub fn drain(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
-        while let Some(item) = self.0.next() {
-            if let Some(e) = Event::decode(&item) {
-                out.push(e);
+        while let Some(item) = self.ring.next() {
+            match Event::decode(&item) {
+                Some(e) => out.push(e),
+                None => self.undecodable += 1,
             }
         }
         out
+    }
+
+    /// Records skipped since the ring was opened because no event of this build has their size.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
     }
 }
 
@@ -68,6 +80,21 @@ impl Event {
 
 impl AsFd for Events {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        self.ring.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_another_size_are_not_read() {
+        for size in [size_of::<DatapathEvent>(), size_of::<PayloadEvent>(), size_of::<ExecEvent>()] {
+            assert!(Event::decode(&vec![0; size]).is_some(), "{size}");
+            // A record of the previous layout, or of a later one.
+            assert!(Event::decode(&vec![0; size - 8]).is_none(), "{size}");
+            assert!(Event::decode(&vec![0; size + 8]).is_none(), "{size}");
+        }
     }
 }

@@ -75,7 +75,16 @@ pub fn spawn_reader(
                 return;
             }
         }
+        let skipped_before = events.undecodable();
         let batch = events.drain();
+        let skipped = events.undecodable() - skipped_before;
+        if skipped > 0 {
+            tracing::warn!(
+                records = skipped,
+                "ring-buffer records of an unknown size skipped (programs of another weir build?)"
+            );
+            ingest.metrics.events_undecodable(skipped);
+        }
         if batch.is_empty() {
             continue;
         }

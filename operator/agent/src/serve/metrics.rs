@@ -41,6 +41,7 @@ pub struct Metrics {
     execs: IntCounterVec,
     /// Events the kernel could not put on the ring buffer (its counter, followed at scrape time).
     events_lost: IntCounter,
+    events_undecodable: IntCounter,
     /// Set at scrape time.
     pub datapath: IntGaugeVec,
     pub datapath_drops: IntGaugeVec,
@@ -114,6 +115,12 @@ impl Default for Metrics {
         )
         .expect("valid metric definition");
         r.register(Box::new(events_lost.clone())).expect("metric registered once");
+        let events_undecodable = IntCounter::new(
+            "weir_events_undecodable_total",
+            "Ring-buffer records of a size this agent does not know, skipped unread: written by programs of another weir build (an upgrade's takeover window).",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(events_undecodable.clone())).expect("metric registered once");
         let policy_verdicts = counter_vec(
             &r,
             "weir_policy_verdicts_total",
@@ -231,6 +238,7 @@ impl Default for Metrics {
             http2_lost,
             execs,
             events_lost,
+            events_undecodable,
             datapath,
             datapath_drops,
             maps,
@@ -287,6 +295,11 @@ impl Metrics {
     /// workload, server namespace and workload, grpc-status name).
     pub fn grpc_handles(&self, labels: [&str; 5]) -> (IntCounter, Histogram) {
         (self.grpc_requests.with_label_values(&labels), self.grpc_duration.with_label_values(&labels))
+    }
+
+    /// Ring-buffer records skipped because no event of this build has their size.
+    pub fn events_undecodable(&self, n: u64) {
+        self.events_undecodable.inc_by(n);
     }
 
     /// A direction of an HTTP/2 connection no longer decoded.
