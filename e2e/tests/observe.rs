@@ -823,18 +823,98 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
             }],
             ..Default::default()
         };
-        let (nodes, got) = get_flows(&mut client, drops).await;
+        let (nodes, got) = get_flows(&mut client, drops.clone()).await;
         assert!(nodes.iter().all(|n| n == "n2"), "{nodes:?}");
         assert!(!got.is_empty(), "no dropped flows over gRPC");
+        let kind = |f: &weir_operator_agent::observe::grpc::proto::flow::Flow| {
+            f.event_type.as_ref().map(|t| (t.r#type, t.sub_type))
+        };
         for f in &got {
             assert_eq!(f.verdict, Verdict::Dropped as i32);
             assert_eq!(f.drop_reason_desc, 133, "POLICY_DENIED");
-            // Hubble prints TYPE from the sub-type: the drop reason, as Cilium sends it.
-            assert_eq!(f.event_type.as_ref().map(|t| (t.r#type, t.sub_type)), Some((1, 133)), "{f:?}");
+            // Hubble prints TYPE from the sub-type: the drop reason, as Cilium sends it; each
+            // drop comes with its policy verdict event (type 5), as Cilium sends one.
+            assert!(matches!(kind(f), Some((1, 133)) | Some((5, 0))), "{f:?}");
             assert_eq!(f.destination.as_ref().map(|d| d.pod_name.as_str()), Some("web"));
             assert_eq!(f.ingress_denied_by.first().map(|p| p.name.as_str()), Some("web-only-8080"));
             assert!(f.time.as_ref().is_some_and(|t| t.seconds > 1_700_000_000));
         }
+        let verdicts = got.iter().filter(|f| kind(f) == Some((5, 0))).count();
+        assert_eq!(verdicts * 2, got.len(), "a verdict event per drop: {got:?}");
+
+        // `hubble observe -t policy-verdict`: allowed connections into web with the rule's
+        // match type (peer and port: L3-L4), denied ones with none; all INGRESS on web's node.
+        let verdict_type = GetFlowsRequest {
+            number: 200,
+            whitelist: vec![FlowFilter {
+                event_type: vec![weir_operator_agent::observe::grpc::proto::flow::EventTypeFilter {
+                    r#type: 5,
+                    ..Default::default()
+                }],
+                destination_pod: vec!["shop/web".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (_, got) = get_flows(&mut client, verdict_type).await;
+        let allowed: Vec<_> = got.iter().filter(|f| f.verdict == Verdict::Forwarded as i32).collect();
+        assert!(!allowed.is_empty() && allowed.len() < got.len(), "allowed and denied verdicts: {got:?}");
+        for f in &got {
+            assert_eq!(kind(f), Some((5, 0)), "{f:?}");
+            assert_eq!(f.traffic_direction, 1, "INGRESS: {f:?}");
+            if f.verdict == Verdict::Forwarded as i32 {
+                assert_eq!(f.policy_match_type, 2, "L3-L4: {f:?}");
+                assert_eq!(f.ingress_allowed_by.first().map(|p| p.name.as_str()), Some("web-only-8080"));
+            } else {
+                assert_eq!((f.verdict, f.policy_match_type), (Verdict::Dropped as i32, 0), "{f:?}");
+            }
+        }
+
+        // Hubble 1.19's drop_reason_desc: only drops of that reason (the drops and their
+        // verdict events above, nothing forwarded).
+        let by_reason = GetFlowsRequest {
+            number: 500,
+            whitelist: vec![FlowFilter { drop_reason_desc: vec![133], ..Default::default() }],
+            ..Default::default()
+        };
+        let (_, got) = get_flows(&mut client, by_reason).await;
+        assert!(!got.is_empty());
+        assert!(got.iter().all(|f| f.verdict == Verdict::Dropped as i32 && f.drop_reason_desc == 133), "{got:?}");
+
+        // A field mask (the hubble CLI sends one by default): only the fields asked for.
+        let masked = GetFlowsRequest {
+            field_mask: Some(weir_operator_agent::observe::grpc::proto::flow::FieldMask {
+                paths: vec!["verdict".into(), "destination.pod_name".into(), "ip_trace_id".into()],
+            }),
+            ..drops
+        };
+        let (_, got) = get_flows(&mut client, masked.clone()).await;
+        assert!(!got.is_empty());
+        for f in &got {
+            let want = weir_operator_agent::observe::grpc::proto::flow::Flow {
+                verdict: Verdict::Dropped as i32,
+                destination: Some(weir_operator_agent::observe::grpc::proto::flow::Endpoint {
+                    pod_name: "web".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            assert_eq!(f, &want);
+        }
+        let bad_mask = GetFlowsRequest {
+            field_mask: Some(weir_operator_agent::observe::grpc::proto::flow::FieldMask {
+                paths: vec!["destination.podname".into()],
+            }),
+            ..masked
+        };
+        let err = client.get_flows(bad_mask).await.expect_err("bad mask");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("destination.podname"), "{}", err.message());
+
+        // The version header Hubble's CLI compares its own with: the Hubble API weir serves.
+        let answer = client.server_status(ServerStatusRequest {}).await.expect("ServerStatus");
+        let version = answer.metadata().get("hubble-server-version").and_then(|v| v.to_str().ok());
+        assert!(version.is_some_and(|v| v.starts_with("1.19.4+weir.")), "{version:?}");
 
         // Following with no number and no start time (`hubble observe -f`): new flows only, the
         // stored drops are not replayed first; a new drop arrives.
@@ -1056,11 +1136,11 @@ fn relay_checks(lab: &TestLab, python: Option<&str>) {
         let said = Command::new(py).args([GRPC_LAB, "status", &sockets[0]]).output().expect("grpcio status");
         let size = String::from_utf8_lossy(&said.stdout).trim().parse::<usize>().unwrap_or(0);
         assert!(said.status.success() && size > 0, "grpcio over the unix socket: {said:?}");
-        // A filter field of a newer Hubble (not in weir's protos) is refused, not dropped: the
-        // issue's example, drop_reason_desc, which would otherwise widen to every flow.
+        // A filter field of a Hubble newer than the one weir targets is refused, not dropped
+        // (it would otherwise widen the filter to every flow).
         let said = Command::new(py).args([GRPC_LAB, "newer-filter", &sockets[0]]).output().expect("grpcio GetFlows");
         let said = String::from_utf8_lossy(&said.stdout);
-        assert!(said.starts_with("INVALID_ARGUMENT ") && said.contains("number 33"), "{said}");
+        assert!(said.starts_with("INVALID_ARGUMENT ") && said.contains("number 41"), "{said}");
     }
     let dir = std::env::temp_dir().join(format!("weir-relay-{}", lab.name));
     std::fs::create_dir_all(&dir).expect("relay dir");
@@ -1088,7 +1168,10 @@ fn relay_checks(lab: &TestLab, python: Option<&str>) {
     rt.block_on(async move {
         let mut relay = observer_client_at(socket.clone()).await;
         let mut n1 = observer_client_at(PathBuf::from(&sockets[0])).await;
-        let status = relay.server_status(ServerStatusRequest {}).await.expect("relay ServerStatus").into_inner();
+        let answer = relay.server_status(ServerStatusRequest {}).await.expect("relay ServerStatus");
+        let version = answer.metadata().get("hubble-relay-version").and_then(|v| v.to_str().ok());
+        assert!(version.is_some_and(|v| v.starts_with("1.19.4+weir.")), "{version:?}");
+        let status = answer.into_inner();
         let one = n1.server_status(ServerStatusRequest {}).await.expect("n1 ServerStatus").into_inner();
         assert_eq!(status.num_connected_nodes.map(|v| v.value), Some(2), "{status:?}");
         assert_eq!(status.num_unavailable_nodes.map(|v| v.value), Some(1), "{status:?}");

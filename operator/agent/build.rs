@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Filter fields weir does not know are refused, not dropped (observe/strict.rs).
         .codec_path("crate::observe::strict::StrictCodec")
+        // What weir's protos declare, for the test that checks them against Hubble's
+        // (observe/hubble_api.rs).
+        .file_descriptor_set_path(std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("weir_protos.bin"))
         .compile_protos(&["proto/observer.proto"], &["proto"])?;
     Ok(())
 }

@@ -8,9 +8,9 @@ bytes.
                                    "no such cart") on one connection; prints both status names
   grpc_lab.py status SOCKET        Hubble's ServerStatus over a unix socket, as a non-Go gRPC
                                    client calls it; prints the answer's size in bytes
-  grpc_lab.py newer-filter SOCKET  GetFlows with a whitelist filter carrying a field weir's
-                                   protos lack (field 33, drop_reason_desc POLICY_DENIED, as a
-                                   newer Hubble client sends it); prints the status code's name
+  grpc_lab.py newer-filter SOCKET  GetFlows with a whitelist filter carrying a field of no
+                                   Hubble release weir knows (field 41, as a client newer than
+                                   Hubble 1.19 could send it); prints the status code's name
 """
 import os
 import sys
@@ -81,9 +81,9 @@ def status(socket):
 def newer_filter(socket):
     import grpc
 
-    # FlowFilter { source_pod: ["shop/"] (field 2), field 33: varint 133 }, the request's
+    # FlowFilter { source_pod: ["shop/"] (field 2), field 41: varint 133 }, the request's
     # whitelist (field 6); number (field 1) = 5. Raw bytes: no generated code.
-    flow_filter = bytes([2 << 3 | 2, 5]) + b"shop/" + bytes([0x88, 0x02, 0x85, 0x01])
+    flow_filter = bytes([2 << 3 | 2, 5]) + b"shop/" + bytes([0xC8, 0x02, 0x85, 0x01])
     request = bytes([1 << 3, 5, 6 << 3 | 2, len(flow_filter)]) + flow_filter
     channel = grpc.insecure_channel("unix://" + socket)
     try:

@@ -40,6 +40,11 @@ pub struct Flow {
     /// INGRESS (into a local pod from elsewhere), EGRESS (out of a local pod) or
     /// TRAFFIC_DIRECTION_UNKNOWN.
     pub traffic_direction: TrafficDirection,
+    /// Hubble's match type of the rule behind a policy verdict event (1 L3 only, 2 L3+L4, 3 L4
+    /// only, 4 all; 0 none, as on a denial). Only on policy verdict events (event type 5), which
+    /// the observer derives from a judged flow ([`Flow::policy_verdicts`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub policy_match_type: u32,
     /// FROM_ENDPOINT (leaving a pod) or TO_ENDPOINT (delivered to a pod).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_observation_point: Option<ObservationPoint>,
@@ -283,9 +288,12 @@ pub struct Policy {
     pub rule: String,
 }
 
+/// Cilium's monitor message type of a policy verdict event.
+pub const EVENT_POLICY_VERDICT: u32 = 5;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventType {
-    /// Hubble's monitor message types: 1 drop, 4 trace, 129 L7.
+    /// Hubble's monitor message types: 1 drop, 4 trace, 5 policy verdict, 129 L7.
     #[serde(rename = "type")]
     pub kind: u32,
 }
@@ -433,10 +441,40 @@ pub struct WeirInfo {
     /// sendmsg() on the socket), on a connection's first report leaving a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
+    /// The match type ([`Flow::policy_match_type`]'s numbers) of the rule that allowed the
+    /// connection, per direction, where one did.
+    #[serde(default, skip_serializing_if = "PolicyMatch::is_none")]
+    pub policy_match: PolicyMatch,
     /// Order of this flow in its node's store (for follow and since).
     pub seq: u64,
     /// Unix time in nanoseconds (the same instant as `time`).
     pub unix_ns: u64,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Hubble's policy match types (Cilium's monitor API `PolicyMatch*`).
+pub mod policy_match {
+    pub const NONE: u8 = 0;
+    pub const L3_ONLY: u8 = 1;
+    pub const L3_L4: u8 = 2;
+    pub const L4_ONLY: u8 = 3;
+    pub const ALL: u8 = 4;
+}
+
+/// The match type of the allowing rule on each side of a judged connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMatch {
+    pub egress: u8,
+    pub ingress: u8,
+}
+
+impl PolicyMatch {
+    pub fn is_none(&self) -> bool {
+        *self == PolicyMatch::default()
+    }
 }
 
 /// A program started by a process under the node's pod cgroup.
@@ -500,6 +538,8 @@ impl Flow {
     pub fn report_type(&self) -> ReportType {
         if self.weir.exec.is_some() {
             ReportType::Exec
+        } else if self.event_type.kind == EVENT_POLICY_VERDICT {
+            ReportType::PolicyVerdict
         } else if self.l7.as_ref().is_some_and(|l| l.http.is_some()) {
             ReportType::Http
         } else if self.l7.is_some() {
@@ -509,6 +549,59 @@ impl Flow {
         } else {
             ReportType::Trace
         }
+    }
+
+    /// The policy verdict events of a judged flow, as Cilium emits them beside the trace or
+    /// drop of a connection's first packet: one per direction a policy judged (egress on the
+    /// client's side, ingress on the server's), allowed (FORWARDED, with the allowing rules and
+    /// their match type) or denied (DROPPED, POLICY_DENIED, with the isolating policies).
+    pub fn policy_verdicts(&self) -> Vec<Flow> {
+        if self.event_type.kind == EVENT_POLICY_VERDICT || self.l7.is_some() || self.weir.exec.is_some() {
+            return Vec::new();
+        }
+        let sides = [
+            (TrafficDirection::Egress, &self.egress_allowed_by, &self.egress_denied_by, self.weir.policy_match.egress),
+            (
+                TrafficDirection::Ingress,
+                &self.ingress_allowed_by,
+                &self.ingress_denied_by,
+                self.weir.policy_match.ingress,
+            ),
+        ];
+        let mut out = Vec::new();
+        for (direction, allowed, denied, match_type) in sides {
+            let dropped_here = match direction {
+                TrafficDirection::Egress => self.weir.drop_reason == "policy_denied_egress",
+                _ => self.weir.drop_reason == "policy_denied_ingress",
+            };
+            let (verdict, match_type) = if !allowed.is_empty() {
+                (Verdict::Forwarded, match_type)
+            } else if !denied.is_empty() || dropped_here {
+                (Verdict::Dropped, policy_match::NONE)
+            } else {
+                continue;
+            };
+            let mut v = self.clone();
+            v.event_type.kind = EVENT_POLICY_VERDICT;
+            v.verdict = verdict;
+            v.drop_reason_desc = (verdict == Verdict::Dropped).then(|| "POLICY_DENIED".to_owned());
+            v.traffic_direction = direction;
+            v.policy_match_type = u32::from(match_type);
+            v.trace_observation_point = None;
+            v.weir.policy_match = PolicyMatch::default();
+            let (keep_allowed, keep_denied) = (allowed.clone(), denied.clone());
+            v.egress_allowed_by.clear();
+            v.ingress_allowed_by.clear();
+            v.egress_denied_by.clear();
+            v.ingress_denied_by.clear();
+            if direction == TrafficDirection::Egress {
+                (v.egress_allowed_by, v.egress_denied_by) = (keep_allowed, keep_denied);
+            } else {
+                (v.ingress_allowed_by, v.ingress_denied_by) = (keep_allowed, keep_denied);
+            }
+            out.push(v);
+        }
+        out
     }
 
     /// Some policy judged the flow: it names the rules that allowed or the policies that denied
@@ -530,8 +623,9 @@ impl Flow {
 
     /// Every type the flow has, e.g. "trace,policy-verdict".
     pub fn types(&self) -> String {
-        let mut t = self.report_type().as_str().to_owned();
-        if self.policy_judged() {
+        let kind = self.report_type();
+        let mut t = kind.as_str().to_owned();
+        if kind != ReportType::PolicyVerdict && self.policy_judged() {
             t.push_str(",policy-verdict");
         }
         t

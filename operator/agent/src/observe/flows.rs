@@ -680,7 +680,18 @@ impl Ingest {
         let x = decide(&en.compiled, src, dst, proto, dport);
         for (side, ingress) in [(&x.egress, false), (&x.ingress, true)] {
             let (allowed, denied) = match side {
-                SideExplain::Allowed { rules } => (rules.iter().map(|r| rule_policy(&en.cluster, r)).collect(), vec![]),
+                SideExplain::Allowed { rules } => {
+                    let matched = rules.first().and_then(|r| {
+                        en.cluster.policies.get(r.policy)?.rules(r.direction)?.get(r.rule).map(|x| x.match_type())
+                    });
+                    let m = matched.unwrap_or_default();
+                    if ingress {
+                        f.weir.policy_match.ingress = m;
+                    } else {
+                        f.weir.policy_match.egress = m;
+                    }
+                    (rules.iter().map(|r| rule_policy(&en.cluster, r)).collect(), vec![])
+                }
                 SideExplain::Denied { selected_by: s } => (vec![], selected_by(&en.cluster, s)),
                 _ => continue,
             };

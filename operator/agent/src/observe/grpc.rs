@@ -27,7 +27,7 @@ use weir_operator_api::flow::{
 };
 
 use crate::{
-    observe::flows::SharedFlowStore,
+    observe::{flows::SharedFlowStore, mask::FieldMask},
     serve::view::{latest, SharedView},
 };
 
@@ -58,6 +58,27 @@ use proto::{
 /// What the observer says its version is (ServerStatus, GetNodes).
 pub fn version() -> String {
     format!("weir {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The header in which a node's observer names the Hubble API it serves (Hubble's key).
+pub const SERVER_VERSION_KEY: &str = "hubble-server-version";
+/// The same, from a relay.
+pub const RELAY_VERSION_KEY: &str = "hubble-relay-version";
+
+/// The Hubble API weir serves, as Hubble's clients read it from the version headers (semver,
+/// compared up to the minor version): the release weir targets, with weir's own version as
+/// build metadata, e.g. `1.19.4+weir.0.1.0`.
+pub fn api_version() -> String {
+    format!("{}+weir.{}", super::hubble_api::HUBBLE_VERSION, env!("CARGO_PKG_VERSION"))
+}
+
+/// An answer with the version header `key`.
+pub fn answer<T>(key: &'static str, message: T) -> Response<T> {
+    let mut r = Response::new(message);
+    if let Ok(v) = api_version().parse() {
+        r.metadata_mut().insert(key, v);
+    }
+    r
 }
 
 /// A node that answered, as GetNodes lists it: its name, where it is reached, its status.
@@ -260,6 +281,7 @@ pub fn to_proto(f: &Flow) -> pb::Flow {
         l7,
         reply: f.is_reply,
         event_type: Some(pb::CiliumEventType { r#type: f.event_type.kind as i32, sub_type: sub_type(f) }),
+        policy_match_type: f.policy_match_type,
         traffic_direction: direction_code(f),
         trace_observation_point: match f.trace_observation_point {
             Some(ObservationPoint::FromEndpoint) => pb::TraceObservationPoint::FromEndpoint,
@@ -291,6 +313,7 @@ pub struct HubbleFilter {
     protocol: Vec<ProtocolSel>,
     dns_query: Vec<regex_lite::Regex>,
     http_path: Vec<regex_lite::Regex>,
+    http_url: Vec<regex_lite::Regex>,
 }
 
 /// What a Hubble `protocol` entry selects.
@@ -306,14 +329,27 @@ enum ProtocolSel {
 impl HubbleFilter {
     /// Refuses fields weir cannot evaluate, by name, and malformed values.
     pub fn compile(raw: pb::FlowFilter) -> Result<Self, String> {
+        // Hubble 1.19's fields weir cannot evaluate, and why: refused, never ignored.
+        let cel = raw.experimental.as_ref().is_some_and(|e| !e.cel_expression.is_empty());
         let unsupported = [
-            ("uuid", raw.uuid.is_empty()),
-            ("source_fqdn", raw.source_fqdn.is_empty()),
-            ("destination_fqdn", raw.destination_fqdn.is_empty()),
-            ("trace_id", raw.trace_id.is_empty()),
+            ("uuid", !raw.uuid.is_empty(), "flows carry no UUID"),
+            ("source_fqdn", !raw.source_fqdn.is_empty(), "flows carry no DNS names of their addresses"),
+            ("destination_fqdn", !raw.destination_fqdn.is_empty(), "flows carry no DNS names of their addresses"),
+            ("trace_id", !raw.trace_id.is_empty(), "no trace context is read from requests"),
+            ("source_ip_xlated", !raw.source_ip_xlated.is_empty(), "flows carry no translated source address"),
+            ("interface", !raw.interface.is_empty(), "flows carry no interface"),
+            ("node_labels", !raw.node_labels.is_empty(), "flows carry no node labels"),
+            ("source_cluster_name", !raw.source_cluster_name.is_empty(), "weir has no cluster names (no cluster mesh)"),
+            (
+                "destination_cluster_name",
+                !raw.destination_cluster_name.is_empty(),
+                "weir has no cluster names (no cluster mesh)",
+            ),
+            ("ip_trace_id", !raw.ip_trace_id.is_empty(), "weir does not read IP trace options"),
+            ("experimental.cel_expression", cel, "CEL expressions are not evaluated"),
         ];
-        if let Some((name, _)) = unsupported.iter().find(|(_, empty)| !empty) {
-            return Err(format!("flow filter field {name} is not supported by weir"));
+        if let Some((name, _, why)) = unsupported.iter().find(|(_, set, _)| *set) {
+            return Err(format!("flow filter field {name} is not supported by weir: {why}"));
         }
         let cidrs = |v: &[String]| v.iter().map(|c| Cidr::parse(c)).collect::<Result<Vec<_>, _>>();
         let ports = |v: &[String]| {
@@ -346,8 +382,14 @@ impl HubbleFilter {
             .iter()
             .map(|q| regex_lite::Regex::new(q).map_err(|e| format!("http_path {q:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let http_url = raw
+            .http_url
+            .iter()
+            .map(|q| regex_lite::Regex::new(q).map_err(|e| format!("http_url {q:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(HubbleFilter {
             http_path,
+            http_url,
             source_ip: cidrs(&raw.source_ip)?,
             destination_ip: cidrs(&raw.destination_ip)?,
             source_port: ports(&raw.source_port)?,
@@ -394,6 +436,15 @@ impl HubbleFilter {
             && any(&r.http_status_code, |c| f.http().is_some_and(|h| http_status_matches(c, h.code)))
             && any(&r.http_method, |m| f.http().is_some_and(|h| h.method.eq_ignore_ascii_case(m)))
             && any(&self.http_path, |re| f.http().is_some_and(|h| re.is_match(h.path())))
+            && any(&self.http_url, |re| f.http().is_some_and(|h| !h.url.is_empty() && re.is_match(&h.url)))
+            && any(&r.http_header, |want| {
+                f.http().is_some_and(|h| h.headers.iter().any(|x| x.key == want.key && x.value == want.value))
+            })
+            && any(&r.drop_reason_desc, |d| {
+                f.verdict == Verdict::Dropped && *d == drop_reason_code(&f.weir.drop_reason) as i32
+            })
+            // weir encrypts nothing: every flow is unencrypted.
+            && any(&r.encrypted, |e| !*e)
             && any(&r.source_identity, |i| *i == f.source.identity)
             && any(&r.destination_identity, |i| *i == f.destination.identity)
             && any(&r.tcp_flags, |want| {
@@ -457,11 +508,41 @@ pub struct ObserverService {
 
 type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
 
-fn flow_response(node: &str, f: &Flow) -> GetFlowsResponse {
+fn flow_response(node: &str, f: &Flow, mask: Option<&FieldMask>) -> GetFlowsResponse {
+    let flow = to_proto(f);
     GetFlowsResponse {
         node_name: node.to_owned(),
         time: Some(timestamp(f.weir.unix_ns)),
-        response_types: Some(ResponseTypes::Flow(to_proto(f))),
+        response_types: Some(ResponseTypes::Flow(match mask {
+            Some(m) => m.apply(&flow),
+            None => flow,
+        })),
+    }
+}
+
+/// A request's field mask (none: whole flows); a path Hubble's Flow does not have is refused.
+pub fn field_mask(req: &GetFlowsRequest) -> Result<Option<FieldMask>, Status> {
+    let paths = req.field_mask.as_ref().map(|m| m.paths.as_slice()).unwrap_or_default();
+    FieldMask::compile(paths).map_err(Status::invalid_argument)
+}
+
+/// What Hubble's clients get of a stored flow: the policy verdict events derived from it (as
+/// Cilium emits them beside a connection's first packet), then the flow, each one the selection
+/// keeps.
+fn hubble_responses(
+    node: &str,
+    f: &Flow,
+    selection: &Selection,
+    mask: Option<&FieldMask>,
+    out: &mut Vec<GetFlowsResponse>,
+) {
+    for v in f.policy_verdicts() {
+        if selection.selected(&v) {
+            out.push(flow_response(node, &v, mask));
+        }
+    }
+    if selection.selected(f) {
+        out.push(flow_response(node, f, mask));
     }
 }
 
@@ -481,36 +562,38 @@ impl Observer for ObserverService {
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
         let req = request.into_inner();
         let selection = Selection::compile(&req).map_err(Status::invalid_argument)?;
+        let mask = field_mask(&req)?;
         if req.first && req.follow {
             return Err(Status::invalid_argument("first and follow cannot be combined"));
         }
         let since = req.since.as_ref().map(ts_ns);
         let until = req.until.as_ref().map(ts_ns);
         let in_time = |f: &Flow| since.is_none_or(|s| f.weir.unix_ns >= s) && until.is_none_or(|u| f.weir.unix_ns <= u);
-        let (mut history, mut rx) = {
-            let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
-            s.select(|f| in_time(f) && selection.selected(f))
-        };
+        let node = self.node_name.clone();
         // Following with neither a number nor a start time is Hubble's `observe -f`: new flows
         // only, no history first.
-        if req.follow && req.number == 0 && since.is_none() {
-            history.clear();
+        let replay = !(req.follow && req.number == 0 && since.is_none());
+        let (history, mut rx) = {
+            let s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            s.select(|f| replay && in_time(f))
+        };
+        let mut responses = Vec::new();
+        for f in &history {
+            hubble_responses(&node, f, &selection, mask.as_ref(), &mut responses);
         }
         // `number` (0: all of the selection).
         let n = usize::try_from(req.number).unwrap_or(usize::MAX);
-        if n > 0 && history.len() > n {
+        if n > 0 && responses.len() > n {
             if req.first {
-                history.truncate(n);
+                responses.truncate(n);
             } else {
-                history.drain(..history.len() - n);
+                responses.drain(..responses.len() - n);
             }
         }
         let lost_in_kernel = latest(&self.view).events_lost();
         let (tx, out) = mpsc::channel(256);
-        let node = self.node_name.clone();
         let first_lost = (lost_in_kernel > 0)
             .then(|| lost_response(&node, pb::LostEventSource::PerfEventRingBuffer, lost_in_kernel));
-        let responses: Vec<GetFlowsResponse> = history.iter().map(|f| flow_response(&node, f)).collect();
         tokio::spawn(async move {
             for r in first_lost.into_iter().chain(responses) {
                 if tx.send(Ok(r)).await.is_err() {
@@ -521,31 +604,37 @@ impl Observer for ObserverService {
                 return;
             }
             use tokio::sync::broadcast::error::RecvError;
+            let mut batch = Vec::new();
             loop {
-                let msg = match rx.recv().await {
-                    Ok(f) if until.is_none_or(|u| f.weir.unix_ns <= u) && selection.selected(&f) => {
-                        flow_response(&node, &f)
+                match rx.recv().await {
+                    Ok(f) if until.is_none_or(|u| f.weir.unix_ns <= u) => {
+                        hubble_responses(&node, &f, &selection, mask.as_ref(), &mut batch)
                     }
                     Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => lost_response(&node, pb::LostEventSource::HubbleRingBuffer, n),
+                    Err(RecvError::Lagged(n)) => {
+                        batch.push(lost_response(&node, pb::LostEventSource::HubbleRingBuffer, n))
+                    }
                     Err(RecvError::Closed) => return,
                 };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
+                for msg in batch.drain(..) {
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        Ok(answer(SERVER_VERSION_KEY, Box::pin(ReceiverStream::new(out))))
     }
 
     async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
-        Ok(Response::new(self.status()))
+        Ok(answer(SERVER_VERSION_KEY, self.status()))
     }
 
     async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
-        Ok(Response::new(GetNodesResponse {
-            nodes: vec![connected_node(self.node_name.clone(), String::new(), self.status())],
-        }))
+        Ok(answer(
+            SERVER_VERSION_KEY,
+            GetNodesResponse { nodes: vec![connected_node(self.node_name.clone(), String::new(), self.status())] },
+        ))
     }
 
     async fn get_namespaces(
@@ -559,7 +648,7 @@ impl Observer for ObserverService {
             s.select(|f| f.weir.unix_ns >= since && f.weir.exec.is_none()).0
         };
         let names = flows.iter().flat_map(|f| [f.source.namespace.as_str(), f.destination.namespace.as_str()]);
-        Ok(Response::new(GetNamespacesResponse { namespaces: namespace_list(names) }))
+        Ok(answer(SERVER_VERSION_KEY, GetNamespacesResponse { namespaces: namespace_list(names) }))
     }
 }
 
@@ -732,5 +821,121 @@ mod tests {
         assert!(validate(filter(&|x| x.destination_port = vec!["http".into()])).is_err());
         assert!(validate(filter(&|x| x.dns_query = vec!["(".into()])).is_err());
         assert!(validate(filter(&|x| x.protocol = vec!["sctp".into()])).is_err());
+    }
+
+    #[test]
+    fn hubble_1_19_filters_are_evaluated_or_refused_by_name() {
+        let f = flow();
+        let filter = |build: &dyn Fn(&mut pb::FlowFilter)| {
+            let mut x = pb::FlowFilter::default();
+            build(&mut x);
+            x
+        };
+        let matches = |x: pb::FlowFilter, f: &Flow| HubbleFilter::compile(x).expect("valid filter").matches(f);
+        // drop_reason_desc: a drop of that reason; never a forwarded flow.
+        let denied = pb::DropReason::PolicyDenied as i32;
+        assert!(matches(filter(&|x| x.drop_reason_desc = vec![denied]), &f));
+        assert!(!matches(filter(&|x| x.drop_reason_desc = vec![pb::DropReason::FibLookupFailed as i32]), &f));
+        let forwarded = Flow { verdict: Verdict::Forwarded, ..flow() };
+        assert!(!matches(filter(&|x| x.drop_reason_desc = vec![denied]), &forwarded));
+        // encrypted: weir encrypts nothing.
+        assert!(matches(filter(&|x| x.encrypted = vec![false]), &f));
+        assert!(!matches(filter(&|x| x.encrypted = vec![true]), &f));
+        // http_url (a regular expression over the whole URL) and http_header (exact pairs).
+        let mut http = flow();
+        http.l7 = Some(weir_operator_api::flow::Layer7 {
+            http: Some(weir_operator_api::flow::Http {
+                code: 0,
+                method: "POST".into(),
+                url: "http://10.244.2.2:50051/weir.lab.Cart/Get".into(),
+                protocol: "HTTP/2".into(),
+                headers: vec![weir_operator_api::flow::HttpHeader {
+                    key: "content-type".into(),
+                    value: "application/grpc".into(),
+                }],
+            }),
+            ..Default::default()
+        });
+        assert!(matches(filter(&|x| x.http_url = vec![":50051/weir\\.lab\\.Cart/".into()]), &http));
+        assert!(!matches(filter(&|x| x.http_url = vec!["/Other/".into()]), &http));
+        assert!(!matches(filter(&|x| x.http_url = vec![".*".into()]), &f));
+        let header = |k: &str, v: &str| pb::HttpHeader { key: k.into(), value: v.into() };
+        assert!(matches(filter(&|x| x.http_header = vec![header("content-type", "application/grpc")]), &http));
+        assert!(!matches(filter(&|x| x.http_header = vec![header("content-type", "text/html")]), &http));
+        assert!(HubbleFilter::compile(filter(&|x| x.http_url = vec!["(".into()])).unwrap_err().contains("http_url"));
+        // What weir cannot evaluate: refused, each by its name and why.
+        type Build<'a> = &'a dyn Fn(&mut pb::FlowFilter);
+        let refused: [(&str, Build); 7] = [
+            ("source_ip_xlated", &|x| x.source_ip_xlated = vec!["10.0.0.1".into()]),
+            ("interface", &|x| x.interface = vec![pb::NetworkInterface { index: 2, name: String::new() }]),
+            ("node_labels", &|x| x.node_labels = vec!["zone=a".into()]),
+            ("source_cluster_name", &|x| x.source_cluster_name = vec!["default".into()]),
+            ("destination_cluster_name", &|x| x.destination_cluster_name = vec!["default".into()]),
+            ("ip_trace_id", &|x| x.ip_trace_id = vec![7]),
+            ("experimental.cel_expression", &|x| {
+                x.experimental =
+                    Some(pb::flow_filter::Experimental { cel_expression: vec!["_flow.verdict == 2".into()] })
+            }),
+        ];
+        for (name, build) in refused {
+            let e = HubbleFilter::compile(filter(build)).expect_err(name);
+            assert!(e.contains(&format!("field {name} is not supported by weir: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_judged_flow_comes_with_its_policy_verdict_events() {
+        let sel = Selection::compile(&GetFlowsRequest::default()).expect("no filter");
+        let types = |v: &[GetFlowsResponse]| {
+            v.iter()
+                .map(|r| match &r.response_types {
+                    Some(ResponseTypes::Flow(f)) => {
+                        let t = f.event_type.as_ref().expect("type");
+                        (t.r#type, t.sub_type, f.verdict, f.traffic_direction, f.policy_match_type)
+                    }
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        // A policy drop: its verdict event (DENIED, INGRESS, no match), then the drop.
+        let drop = Flow { event_type: weir_operator_api::flow::EventType { kind: 1 }, ..flow() };
+        let mut out = Vec::new();
+        hubble_responses("n2", &drop, &sel, None, &mut out);
+        assert_eq!(types(&out), [(5, 0, 2, 1, 0), (1, 133, 2, 1, 0)]);
+        // A new connection allowed on egress by an L3+L4 rule and on ingress by an allow-all
+        // one: two verdict events, then the trace; each event names only its side's rules.
+        let rule =
+            |n: &str| weir_operator_api::flow::Policy { name: n.into(), namespace: "shop".into(), rule: "x[0]".into() };
+        let mut new = Flow {
+            verdict: Verdict::Forwarded,
+            event_type: weir_operator_api::flow::EventType { kind: 4 },
+            egress_allowed_by: vec![rule("out")],
+            ingress_allowed_by: vec![rule("in")],
+            ingress_denied_by: vec![],
+            ..flow()
+        };
+        new.weir.drop_reason.clear();
+        new.weir.policy_match = weir_operator_api::flow::PolicyMatch { egress: 2, ingress: 4 };
+        let mut out = Vec::new();
+        hubble_responses("n2", &new, &sel, None, &mut out);
+        assert_eq!(types(&out), [(5, 0, 1, 2, 2), (5, 0, 1, 1, 4), (4, 0, 1, 1, 0)]);
+        let Some(ResponseTypes::Flow(egress)) = &out[0].response_types else { panic!() };
+        assert_eq!((egress.egress_allowed_by.len(), egress.ingress_allowed_by.len()), (1, 0));
+        // `-t policy-verdict` selects only the events; `-t trace` only the trace.
+        let only = |t: i32| GetFlowsRequest {
+            whitelist: vec![pb::FlowFilter {
+                event_type: vec![pb::EventTypeFilter { r#type: t, ..Default::default() }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        for (t, n) in [(5, 2), (4, 1)] {
+            let mut out = Vec::new();
+            hubble_responses("n2", &new, &Selection::compile(&only(t)).unwrap(), None, &mut out);
+            assert_eq!(out.len(), n, "type {t}");
+        }
+        // A flow no policy judged has none.
+        let plain = Flow { egress_allowed_by: vec![], ingress_allowed_by: vec![], ..new };
+        assert!(plain.policy_verdicts().is_empty());
     }
 }

@@ -3,7 +3,8 @@
 //! (`dns`), HTTP/1.x parsing and request–response pairing (`http`), the bounded waiting tables
 //! both pair with (`bounded`), HTTP/2 and gRPC (`h2`), exec records' pods (`exec`), Hubble's
 //! observer API over gRPC (`grpc`; `authority` lets clients of any gRPC implementation use its
-//! unix socket) and the cluster-wide relay in front of the nodes' (`relay`). Its own state and locks: it never waits for the node's writer.
+//! unix socket; `strict` refuses filter fields it does not know; `mask` applies field masks;
+//! `hubble_api` holds the facts of the Hubble API weir targets) and the cluster-wide relay in front of the nodes' (`relay`). Its own state and locks: it never waits for the node's writer.
 #[cfg(feature = "hubble")]
 pub mod authority;
 pub mod bounded;
@@ -15,6 +16,10 @@ pub mod flows;
 pub mod grpc;
 pub mod h2;
 pub mod http;
+#[cfg(feature = "hubble")]
+pub mod hubble_api;
+#[cfg(feature = "hubble")]
+pub mod mask;
 #[cfg(feature = "hubble")]
 pub mod relay;
 #[cfg(feature = "hubble")]

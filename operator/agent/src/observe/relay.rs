@@ -31,7 +31,7 @@ use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
 use tonic::{transport::Channel, Request, Response, Status};
 
 use super::grpc::{
-    connected_node, namespace_list,
+    answer, connected_node, namespace_list,
     proto::{
         observer::{
             get_flows_response::ResponseTypes, observer_client::ObserverClient, observer_server::Observer,
@@ -40,7 +40,7 @@ use super::grpc::{
         },
         relay::{NodeState, NodeStatusEvent},
     },
-    Selection,
+    Selection, RELAY_VERSION_KEY,
 };
 
 /// Flows waiting in the follow sort buffer at most.
@@ -183,6 +183,60 @@ fn node_status(state: NodeState, names: Vec<String>, message: String) -> GetFlow
     }
 }
 
+/// Flows from several nodes waiting to leave in time order (a follow's sort buffer); flows with
+/// the same time leave in the order they came.
+#[derive(Default)]
+struct SortBuffer {
+    heap: BinaryHeap<Reverse<Waiting>>,
+    arrived: u64,
+}
+
+struct Waiting {
+    time: u64,
+    arrived: u64,
+    response: GetFlowsResponse,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.arrived) == (other.time, other.arrived)
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time, self.arrived).cmp(&(other.time, other.arrived))
+    }
+}
+
+impl SortBuffer {
+    fn push(&mut self, response: GetFlowsResponse) {
+        self.arrived += 1;
+        self.heap.push(Reverse(Waiting { time: time_ns(&response), arrived: self.arrived, response }));
+    }
+
+    /// The oldest flows beyond the `keep` newest, oldest first, taken out.
+    fn leave_beyond(&mut self, keep: usize) -> Vec<GetFlowsResponse> {
+        let n = self.heap.len().saturating_sub(keep);
+        (0..n).filter_map(|_| self.heap.pop()).map(|Reverse(w)| w.response).collect()
+    }
+}
+
+/// Sends each response in order; false once the client has gone.
+async fn send_all(tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>, responses: Vec<GetFlowsResponse>) -> bool {
+    for r in responses {
+        if tx.send(Ok(r)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// What a node's GetFlows task tells the merge.
 enum FromNode {
     Connected(String),
@@ -231,6 +285,7 @@ impl Observer for RelayService {
         let req = request.into_inner();
         // Refused here, in the words a node would use, before any node is asked.
         Selection::compile(&req).map_err(Status::invalid_argument)?;
+        super::grpc::field_mask(&req)?;
         if req.first && req.follow {
             return Err(Status::invalid_argument("first and follow cannot be combined"));
         }
@@ -277,9 +332,7 @@ impl Observer for RelayService {
             let (mut connected, mut down, mut ended) = (Vec::new(), Vec::new(), 0usize);
             let mut held: Vec<GetFlowsResponse> = Vec::new();
             let mut announced = false;
-            let mut buffer: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
-            let mut waiting: std::collections::HashMap<u64, GetFlowsResponse> = std::collections::HashMap::new();
-            let mut seq = 0u64;
+            let mut buffer = SortBuffer::default();
             loop {
                 // Until every node has connected or failed, nothing is sent: the first answer
                 // says which nodes it covers.
@@ -287,12 +340,8 @@ impl Observer for RelayService {
                     match tokio::time::timeout(SORT_DRAIN, node_rx.recv()).await {
                         Ok(m) => m,
                         Err(_) => {
-                            while let Some(Reverse((_, k))) = buffer.pop() {
-                                if let Some(r) = waiting.remove(&k) {
-                                    if tx.send(Ok(r)).await.is_err() {
-                                        return;
-                                    }
-                                }
+                            if !send_all(&tx, buffer.leave_beyond(0)).await {
+                                return;
                             }
                             continue;
                         }
@@ -318,9 +367,7 @@ impl Observer for RelayService {
                     FromNode::Response(r) => {
                         let r = *r;
                         if req.follow {
-                            seq += 1;
-                            buffer.push(Reverse((time_ns(&r), seq)));
-                            waiting.insert(seq, r);
+                            buffer.push(r);
                         } else {
                             held.push(r);
                         }
@@ -338,40 +385,22 @@ impl Observer for RelayService {
                     for (n, why) in down.drain(..) {
                         first.push(node_status(NodeState::NodeUnavailable, vec![n], why));
                     }
-                    for r in first {
-                        if tx.send(Ok(r)).await.is_err() {
-                            return;
-                        }
+                    if !send_all(&tx, first).await {
+                        return;
                     }
                 }
-                if req.follow && announced {
-                    while buffer.len() > SORT_BUFFER {
-                        let Some(Reverse((_, k))) = buffer.pop() else { break };
-                        if let Some(r) = waiting.remove(&k) {
-                            if tx.send(Ok(r)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
+                if req.follow && announced && !send_all(&tx, buffer.leave_beyond(SORT_BUFFER)).await {
+                    return;
                 }
                 if !req.follow && ended == peers {
                     break;
                 }
             }
-            for r in merge_history(held, req.number, req.first) {
-                if tx.send(Ok(r)).await.is_err() {
-                    return;
-                }
-            }
-            while let Some(Reverse((_, k))) = buffer.pop() {
-                if let Some(r) = waiting.remove(&k) {
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
+            if send_all(&tx, merge_history(held, req.number, req.first)).await {
+                send_all(&tx, buffer.leave_beyond(0)).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        Ok(answer(RELAY_VERSION_KEY, Box::pin(ReceiverStream::new(out))))
     }
 
     async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
@@ -397,7 +426,7 @@ impl Observer for RelayService {
         total.num_connected_nodes = Some(UInt32Value { value: up });
         total.num_unavailable_nodes = Some(UInt32Value { value: down.len() as u32 });
         total.unavailable_nodes = down;
-        Ok(Response::new(total))
+        Ok(answer(RELAY_VERSION_KEY, total))
     }
 
     async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
@@ -419,7 +448,7 @@ impl Observer for RelayService {
                 }
             })
             .collect();
-        Ok(Response::new(GetNodesResponse { nodes }))
+        Ok(answer(RELAY_VERSION_KEY, GetNodesResponse { nodes }))
     }
 
     async fn get_namespaces(
@@ -431,7 +460,10 @@ impl Observer for RelayService {
                 .await;
         let all: Vec<String> =
             answers.into_iter().filter_map(|(_, a)| a.ok()).flat_map(|a| a.namespaces).map(|n| n.namespace).collect();
-        Ok(Response::new(GetNamespacesResponse { namespaces: namespace_list(all.iter().map(String::as_str)) }))
+        Ok(answer(
+            RELAY_VERSION_KEY,
+            GetNamespacesResponse { namespaces: namespace_list(all.iter().map(String::as_str)) },
+        ))
     }
 }
 
@@ -458,6 +490,21 @@ mod tests {
             let e = bad.parse::<Peer>().expect_err(bad);
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
+    }
+
+    #[test]
+    fn sort_buffer_lets_the_oldest_leave_first() {
+        let mut b = SortBuffer::default();
+        for (t, node) in [(5, "n1"), (2, "n2"), (5, "n2"), (1, "n1")] {
+            b.push(flow(t, node));
+        }
+        let left = |v: Vec<GetFlowsResponse>| {
+            v.iter().map(|r| (time_ns(r) / 1_000_000_000, r.node_name.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(left(b.leave_beyond(2)), [(1, "n1".into()), (2, "n2".into())]);
+        // Equal times leave in the order they arrived.
+        assert_eq!(left(b.leave_beyond(0)), [(5, "n1".into()), (5, "n2".into())]);
+        assert!(b.leave_beyond(0).is_empty());
     }
 
     #[test]

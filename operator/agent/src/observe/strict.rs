@@ -1,12 +1,11 @@
 //! Filter fields weir does not know are refused, not ignored. Protobuf drops a field its reader
-//! does not declare, so a Hubble client newer than weir's protos (a `FlowFilter` field of a
-//! later Hubble: `drop_reason_desc`, `node_labels`, cluster names, `interface`, a CEL
-//! expression, …) would have its filter silently widened to every flow. The observer's codec
+//! does not declare, so a Hubble client newer than the release weir targets (a `FlowFilter` field
+//! added after it) would have its filter silently widened to every flow. The observer's codec
 //! ([`StrictCodec`], wired in by build.rs) reads a `GetFlowsRequest`'s filters on the wire
 //! before decoding it and refuses, with `InvalidArgument` naming the field's number, any
-//! `FlowFilter` field that is not in [`FLOW_FILTER_FIELDS`]. Other messages decode as prost
-//! decodes them (a field weir does not know elsewhere, such as a field mask, only makes the
-//! answer larger than asked, never different).
+//! `FlowFilter` field that is not one of the targeted release's ([`super::hubble_api`]; weir's
+//! proto declares all of them, and refuses by name those it cannot evaluate). Other messages
+//! decode as prost decodes them.
 use std::marker::PhantomData;
 
 use prost::{bytes::Buf as _, Message};
@@ -17,9 +16,13 @@ use tonic::{
 
 use super::grpc::proto::observer;
 
-/// The `FlowFilter` field numbers weir's flow.proto declares (a test keeps them in step with it).
-pub const FLOW_FILTER_FIELDS: [u32; 30] =
-    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30];
+/// Whether `number` is a `FlowFilter` field of the Hubble release weir targets.
+pub fn known_filter_field(number: u32) -> bool {
+    super::hubble_api::MESSAGES
+        .iter()
+        .find(|(m, _)| *m == "flow.FlowFilter")
+        .is_some_and(|(_, fields)| fields.iter().any(|(_, n, _)| *n == number))
+}
 
 /// What a message must pass on the wire before it is decoded.
 pub trait Strict {
@@ -35,10 +38,11 @@ impl Strict for observer::GetFlowsRequest {
             if let (5 | 6, Value::Bytes(filter)) = (field, value) {
                 let list = if field == 5 { "blacklist" } else { "whitelist" };
                 for (f, _) in fields(filter)? {
-                    if !FLOW_FILTER_FIELDS.contains(&f) {
+                    if !known_filter_field(f) {
                         return Err(format!(
-                            "{list}: FlowFilter field number {f} is not one weir knows (it targets Hubble's \
-                             filters as of its protos); refused rather than ignored"
+                            "{list}: FlowFilter field number {f} is not one weir knows (it targets Hubble \
+                             {}'s filters); refused rather than ignored",
+                            super::hubble_api::HUBBLE_VERSION
                         ));
                     }
                 }
@@ -150,18 +154,6 @@ mod tests {
     use crate::observe::grpc::proto::flow::FlowFilter;
 
     #[test]
-    fn the_known_fields_are_those_flow_proto_declares() {
-        let proto = include_str!("../../proto/flow.proto");
-        let body = proto.split("message FlowFilter {").nth(1).and_then(|r| r.split('}').next()).expect("FlowFilter");
-        let mut declared: Vec<u32> = body
-            .lines()
-            .filter_map(|l| l.split('=').nth(1)?.trim().trim_end_matches(';').trim().parse().ok())
-            .collect();
-        declared.sort_unstable();
-        assert_eq!(declared, FLOW_FILTER_FIELDS);
-    }
-
-    #[test]
     fn an_unknown_filter_field_is_refused_by_number_and_known_ones_pass() {
         let known = observer::GetFlowsRequest {
             number: 5,
@@ -171,15 +163,16 @@ mod tests {
         };
         let wire = known.encode_to_vec();
         assert!(observer::GetFlowsRequest::check(&wire).is_ok());
-        // A whitelist filter carrying field 33 (a later Hubble's), as a newer client sends it.
+        // A whitelist filter carrying field 41 (one after the targeted release's), as a newer
+        // client would send it.
         let mut filter = FlowFilter { source_pod: vec!["shop/".into()], ..Default::default() }.encode_to_vec();
-        filter.extend([0x88, 0x02, 0x85, 0x01]); // field 33 (key 264, a two-byte varint), varint 133
+        filter.extend([0xc8, 0x02, 0x85, 0x01]); // field 41 (key 328, a two-byte varint), varint 133
         let mut wire = vec![1 << 3, 5]; // number: 5
         wire.push(6 << 3 | 2);
         wire.push(filter.len() as u8);
         wire.extend(&filter);
         let e = observer::GetFlowsRequest::check(&wire).expect_err("refused");
-        assert!(e.contains("whitelist") && e.contains("number 33"), "{e}");
+        assert!(e.contains("whitelist") && e.contains("number 41") && e.contains("1.19.4"), "{e}");
         // Prost alone would have dropped it and matched every flow of the pod.
         assert!(observer::GetFlowsRequest::decode(&wire[..]).is_ok());
         // Fields weir does not know outside the filters (a field mask, 10) pass.

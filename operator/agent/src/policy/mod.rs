@@ -99,6 +99,20 @@ pub struct Rule {
     pub ports: Option<Vec<PortMatch>>,
 }
 
+impl Rule {
+    /// Hubble's policy match type of a connection this rule allows: by peer and port (L3+L4),
+    /// peer only, port only, or everything.
+    pub fn match_type(&self) -> u8 {
+        use weir_operator_api::flow::policy_match::{ALL, L3_L4, L3_ONLY, L4_ONLY};
+        match (&self.peers, &self.ports) {
+            (Some(_), Some(_)) => L3_L4,
+            (Some(_), None) => L3_ONLY,
+            (None, Some(_)) => L4_ONLY,
+            (None, None) => ALL,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Peer {
     /// Pods matching `pods` in the namespaces matching `namespaces` (`None`: the policy's own
