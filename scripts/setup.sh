@@ -26,7 +26,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 DEB_PKGS=(iproute2 iperf3 iptables nftables containernetworking-plugins dnsmasq-base bind9-dnsutils
           netcat-openbsd bpftool util-linux procps iputils-ping python3-venv prometheus protobuf-compiler
           python3-scapy containerd runc podman busybox-static musl-tools nginx-light curl wrk
-          nghttp2-client)
+          nghttp2-client openssl)
 missing=()
 # WEIR_SETUP_PACKAGES=0 skips them (the container build needs only the toolchains).
 [ "${WEIR_SETUP_PACKAGES:-1}" = 0 ] && DEB_PKGS=()

@@ -122,14 +122,41 @@ pub struct Config {
     /// Unix socket of the Hubble-compatible observer API (gRPC `observer.Observer`).
     #[arg(long, env = "WEIR_OBSERVER_SOCKET", default_value = "/run/weir/observer.sock")]
     pub observer_socket: PathBuf,
-    /// Also serve the observer API on this TCP address; loopback addresses only (127.0.0.1:4245).
+    /// Also serve the observer API on this TCP address: a loopback address in the clear, any
+    /// other (the node's, for the relay; Hubble's port is 4244) only with the three TLS files.
     #[arg(long, env = "WEIR_OBSERVER_ADDR")]
     pub observer_addr: Option<std::net::SocketAddr>,
+    /// PEM certificate the observer serves TLS with (on --observer-addr).
+    #[arg(long, env = "WEIR_OBSERVER_TLS_CERT", requires_all = ["observer_tls_key", "observer_addr"])]
+    pub observer_tls_cert: Option<PathBuf>,
+    /// PEM private key of --observer-tls-cert.
+    #[arg(long, env = "WEIR_OBSERVER_TLS_KEY", requires = "observer_tls_cert")]
+    pub observer_tls_key: Option<PathBuf>,
+    /// PEM CA that clients' certificates must be signed by (the relay's); required off loopback.
+    #[arg(long, env = "WEIR_OBSERVER_TLS_CLIENT_CA", requires = "observer_tls_cert")]
+    pub observer_tls_client_ca: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (`/metrics`); the install uses the node's address
     /// and port 9962. Off without it. At most 8 scrapes at once, 5 s to send the request headers,
     /// 30 s per connection.
     #[arg(long, env = "WEIR_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl Config {
+    /// How the observer is served over TCP, if it is; refused by name where it would be open.
+    #[cfg(feature = "hubble")]
+    pub fn observer_tcp(&self) -> Result<Option<crate::observe::grpc::TcpServing>, String> {
+        let Some(addr) = self.observer_addr else { return Ok(None) };
+        let tls = match (&self.observer_tls_cert, &self.observer_tls_key) {
+            (Some(cert), Some(key)) => Some(crate::observe::grpc::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.observer_tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        crate::observe::grpc::TcpServing::new(addr, tls, true).map(Some).map_err(|e| format!("--observer-addr {e}"))
+    }
 }
 
 /// The pod's default gateway: a link-local address answered by a static neighbour entry.

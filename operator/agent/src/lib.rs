@@ -82,9 +82,8 @@ impl Agent {
         let node = Node::open(config.clone()).context("opening node state")?;
         let view = node.view();
         let flow_capacity = config.flow_capacity as usize;
-        if let Some(addr) = config.observer_addr.filter(|a| !a.ip().is_loopback()) {
-            anyhow::bail!("--observer-addr {addr}: the observer API is served on loopback addresses only");
-        }
+        #[cfg(feature = "hubble")]
+        config.observer_tcp().map_err(anyhow::Error::msg)?;
         if let Some(addr) = config.metrics_addr {
             // Fail at start, not later, when the address cannot be served.
             std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
@@ -174,7 +173,9 @@ impl Agent {
         };
         #[cfg(feature = "hubble")]
         {
-            let (obs_socket, obs_addr) = (self.config.observer_socket.clone(), self.config.observer_addr);
+            let obs_socket = self.config.observer_socket.clone();
+            // Checked when the agent was opened.
+            let obs_addr = self.config.observer_tcp().unwrap_or_default();
             let socket_gid = self.config.socket_gid;
             tokio::spawn(async move {
                 if let Err(e) = grpc::serve(observer, obs_socket, socket_gid, obs_addr).await {

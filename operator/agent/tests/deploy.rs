@@ -70,8 +70,10 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     };
     // The install base, and the manifests the kind script and the lab demo apply.
     let mut files: Vec<String> = resources();
-    files
-        .extend(["../kind/smoke.yaml", "../examples/demo-app.yaml", "../examples/demo-policy.yaml"].map(str::to_owned));
+    files.extend(
+        ["../kind/smoke.yaml", "../examples/demo-app.yaml", "../examples/demo-policy.yaml", "relay/relay.yaml"]
+            .map(str::to_owned),
+    );
     let objects: usize = files.iter().map(|f| docs(f).len()).sum();
     let (ok, out) = validate(&files.iter().map(|f| deploy_dir().join(f)).collect::<Vec<_>>());
     assert!(ok, "deploy/ does not validate:\n{out}");
@@ -192,4 +194,65 @@ fn the_api_server_address_is_configured_where_kube_proxy_is_absent() {
     assert_eq!(patch[0]["value"], format!("{}-control-plane", cluster["name"].as_str().expect("cluster name")));
     let run = std::fs::read_to_string(kind_dir.join("run.sh")).expect("run.sh");
     assert!(run.contains("kubectl apply -k deploy/kind"), "run.sh installs through the kind overlay");
+}
+
+/// The relay overlay: its Deployment runs `weir-relay` with flags the binary has, finding the
+/// agents from Nodes (the only thing its role reads) at the port, TLS name and CA the agents'
+/// patch serves; the agents' patch sets only agent settings, off loopback only with TLS.
+#[test]
+fn the_relay_overlay_matches_the_relay_and_the_agents() {
+    let k = &docs("relay/kustomization.yaml")[0];
+    assert_eq!(k["resources"][0], "..", "the overlay installs the base too");
+    let relay = docs("relay/relay.yaml");
+    let deployment = find(&relay, "Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let command: Vec<&str> =
+        container["command"].as_array().expect("command").iter().map(|c| c.as_str().expect("arg")).collect();
+    assert_eq!(command[0], "/usr/local/bin/weir-relay");
+    let help = Command::new(env!("CARGO_BIN_EXE_weir-relay")).arg("--help").output().expect("weir-relay --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for arg in &command[1..] {
+        let flag = arg.split('=').next().expect("flag");
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{flag} is not a weir-relay flag"
+        );
+    }
+    let value = |flag: &str| command.iter().find_map(|a| a.strip_prefix(&format!("{flag}="))).unwrap_or_default();
+    assert!(command.contains(&"--kubernetes-nodes"));
+    let role = find(&relay, "ClusterRole");
+    assert_eq!(role["rules"].as_array().map(Vec::len), Some(1));
+    assert_eq!(role["rules"][0]["resources"], serde_json::json!(["nodes"]));
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        find(&relay, "ServiceAccount")["metadata"]["name"]
+    );
+    // Clients of the relay need the cluster CA's certificate too.
+    assert!(!value("--tls-client-ca").is_empty() && value("--listen").ends_with(":4245"));
+    let service = find(&relay, "Service");
+    assert_eq!(service["spec"]["ports"][0]["port"], 4245);
+
+    let patch = &docs("relay/agent-observer.yaml")[0];
+    let agent = &patch["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(agent["name"], "agent");
+    let known: BTreeSet<String> = Config::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let env: std::collections::BTreeMap<&str, &str> = agent["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().expect("name"), e["value"].as_str().expect("value")))
+        .collect();
+    for name in env.keys() {
+        assert!(known.contains(*name), "{name} is not a weir-agent setting");
+    }
+    assert_eq!(env["WEIR_OBSERVER_ADDR"], format!("$(WEIR_HOST_IP):{}", value("--peer-port")));
+    for key in ["WEIR_OBSERVER_TLS_CERT", "WEIR_OBSERVER_TLS_KEY", "WEIR_OBSERVER_TLS_CLIENT_CA"] {
+        assert!(env[key].starts_with("/etc/weir/observer-tls/"), "{key}");
+    }
+    assert!(!value("--peer-tls-server-name").is_empty());
 }

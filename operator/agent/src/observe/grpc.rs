@@ -671,13 +671,65 @@ impl ObserverService {
     }
 }
 
+/// PEM files of an observer served over TLS.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Clients must present a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// An observer served over TCP: a loopback address in the clear, any other only over TLS —
+/// flows name every pod's peers.
+#[derive(Clone, Debug)]
+pub struct TcpServing {
+    addr: std::net::SocketAddr,
+    tls: Option<TlsFiles>,
+}
+
+impl TcpServing {
+    /// `require_client_ca`: off loopback, clients must also prove who they are (a node's
+    /// observer: only the relay reads it).
+    pub fn new(addr: std::net::SocketAddr, tls: Option<TlsFiles>, require_client_ca: bool) -> Result<Self, String> {
+        if !addr.ip().is_loopback() {
+            match &tls {
+                None => {
+                    return Err(format!(
+                        "{addr}: off loopback the observer is served only over TLS (give a certificate and key)"
+                    ))
+                }
+                Some(t) if require_client_ca && t.client_ca.is_none() => {
+                    return Err(format!(
+                        "{addr}: off loopback the node's observer requires client certificates (give a client CA)"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Self { addr, tls })
+    }
+
+    fn tls_config(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        use anyhow::Context as _;
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let Some(t) = &self.tls else { return Ok(None) };
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+        if let Some(ca) = &t.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(config))
+    }
+}
+
 /// Serves an Observer (a node's, or the relay's) on a unix socket (replacing a stale file) and,
-/// if given, on a loopback TCP address.
+/// if given, over TCP.
 pub async fn serve<S: Observer>(
     svc: S,
     socket: std::path::PathBuf,
     gid: Option<u32>,
-    tcp: Option<std::net::SocketAddr>,
+    tcp: Option<TcpServing>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use futures::StreamExt as _;
@@ -704,10 +756,19 @@ pub async fn serve<S: Observer>(
         .serve_with_incoming(incoming);
     tracing::info!(socket = %socket.display(), "Hubble-compatible observer API served");
     tasks.spawn(async move { unix.await.context("observer API on the unix socket") });
-    if let Some(addr) = tcp {
+    if let Some(tcp) = tcp {
+        let addr = tcp.addr;
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(Some(64));
+        let tls = tcp.tls_config()?;
+        let over_tls = tls.is_some();
+        if let Some(config) = tls {
+            builder = builder.tls_config(config).context("observer TLS")?;
+        }
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, "Hubble-compatible observer API served on loopback TCP");
-        let server = tonic::transport::Server::builder()
+        tracing::info!(%addr, tls = over_tls, "Hubble-compatible observer API served on TCP");
+        let server = builder
             .add_service(ObserverServer::from_arc(svc))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         tasks.spawn(async move { server.await.context("observer API on TCP") });

@@ -4,10 +4,12 @@
 //! both pair with (`bounded`), HTTP/2 and gRPC (`h2`), exec records' pods (`exec`), Hubble's
 //! observer API over gRPC (`grpc`; `authority` lets clients of any gRPC implementation use its
 //! unix socket; `strict` refuses filter fields it does not know; `mask` applies field masks;
-//! `hubble_api` holds the facts of the Hubble API weir targets) and the cluster-wide relay in front of the nodes' (`relay`). Its own state and locks: it never waits for the node's writer.
+//! `hubble_api` holds the facts of the Hubble API weir targets) and the cluster-wide relay in front of the nodes' (`relay`, finding them with `discovery`). Its own state and locks: it never waits for the node's writer.
 #[cfg(feature = "hubble")]
 pub mod authority;
 pub mod bounded;
+#[cfg(feature = "hubble")]
+pub mod discovery;
 pub mod dns;
 pub mod events;
 pub mod exec;

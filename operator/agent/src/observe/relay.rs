@@ -94,22 +94,52 @@ impl std::str::FromStr for Peer {
 }
 
 pub struct RelayService {
-    peers: Arc<Vec<Peer>>,
+    /// The nodes as discovery last saw them (given, a peers file, or Kubernetes Nodes).
+    peers: tokio::sync::watch::Receiver<Arc<Vec<Peer>>>,
+    dial: Arc<Dial>,
     started: Instant,
+}
+
+/// How the relay reaches a node's observer.
+pub struct Dial {
     /// How long a node may take to connect and to answer a unary call.
-    timeout: Duration,
+    pub timeout: Duration,
+    /// TLS (with the relay's client certificate) for `HOST:PORT` peers; unix sockets need none.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
 
 impl RelayService {
-    pub fn new(peers: Vec<Peer>, timeout: Duration) -> Self {
-        Self { peers: Arc::new(peers), started: Instant::now(), timeout }
+    pub fn new(peers: tokio::sync::watch::Receiver<Arc<Vec<Peer>>>, dial: Dial) -> Self {
+        Self { peers, dial: Arc::new(dial), started: Instant::now() }
+    }
+
+    fn peers(&self) -> Arc<Vec<Peer>> {
+        self.peers.borrow().clone()
     }
 }
 
-/// A client of one node's observer, connected within `timeout`.
-async fn connect(peer: &Peer, timeout: Duration) -> Result<ObserverClient<Channel>, String> {
+/// The relay's TLS towards the nodes: the CA their certificates are signed by, the relay's own
+/// certificate and key (the nodes require one), and the name their certificates carry.
+pub fn client_tls(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    server_name: &str,
+) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use anyhow::Context as _;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)?))
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .domain_name(server_name))
+}
+
+/// A client of one node's observer, connected within the dial's timeout.
+async fn connect(peer: &Peer, dial: &Dial) -> Result<ObserverClient<Channel>, String> {
+    let timeout = dial.timeout;
     let channel = match &peer.target {
         Target::Unix(path) => {
             let path = path.clone();
@@ -126,33 +156,42 @@ async fn connect(peer: &Peer, timeout: Duration) -> Result<ObserverClient<Channe
                 .await
         }
         Target::Tcp(addr) => {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            let scheme = if dial.tls.is_some() { "https" } else { "http" };
+            let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
                 .map_err(|e| format!("{addr}: {e}"))?
-                .connect_timeout(timeout)
-                .connect()
-                .await
+                .connect_timeout(timeout);
+            if let Some(tls) = &dial.tls {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("{addr}: {e}"))?;
+            }
+            endpoint.connect().await
         }
     };
     // The cause, not only tonic's "transport error".
-    let channel = channel.map_err(|e| match std::error::Error::source(&e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
+    let channel = channel.map_err(|e| {
+        let mut said = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            said = format!("{said}: {c}");
+            cause = c.source();
+        }
+        said
     })?;
     Ok(ObserverClient::new(channel))
 }
 
 /// A unary call to every node at once, each bounded by `timeout`: the node and its answer or why
 /// there is none, in the order the nodes were given.
-async fn ask_all<T, F, Fut>(peers: &[Peer], timeout: Duration, call: F) -> Vec<(Peer, Result<T, String>)>
+async fn ask_all<T, F, Fut>(peers: &[Peer], dial: &Dial, call: F) -> Vec<(Peer, Result<T, String>)>
 where
     F: Fn(ObserverClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<Response<T>, Status>>,
 {
+    let timeout = dial.timeout;
     let asks = peers.iter().map(|p| {
         let call = &call;
         async move {
             let answer = tokio::time::timeout(timeout, async {
-                let client = connect(p, timeout).await?;
+                let client = connect(p, dial).await?;
                 call(client).await.map(Response::into_inner).map_err(|s| format!("{}: {}", s.code(), s.message()))
             })
             .await
@@ -290,11 +329,13 @@ impl Observer for RelayService {
             return Err(Status::invalid_argument("first and follow cannot be combined"));
         }
         let (node_tx, mut node_rx) = mpsc::channel::<FromNode>(1024);
-        for peer in self.peers.iter().cloned() {
-            let (tx, req, timeout) = (node_tx.clone(), req.clone(), self.timeout);
+        let all = self.peers();
+        for peer in all.iter().cloned() {
+            let (tx, req, dial) = (node_tx.clone(), req.clone(), self.dial.clone());
             tokio::spawn(async move {
+                let timeout = dial.timeout;
                 let stream = async {
-                    let mut client = connect(&peer, timeout).await?;
+                    let mut client = connect(&peer, &dial).await?;
                     tokio::time::timeout(timeout, client.get_flows(req))
                         .await
                         .map_err(|_| format!("no answer within {timeout:?}"))?
@@ -325,8 +366,8 @@ impl Observer for RelayService {
         }
         drop(node_tx);
         let (tx, out) = mpsc::channel(256);
-        let peers = self.peers.len();
-        let order: Vec<String> = self.peers.iter().map(|p| p.name.clone()).collect();
+        let peers = all.len();
+        let order: Vec<String> = all.iter().map(|p| p.name.clone()).collect();
         tokio::spawn(async move {
             // Who answered, then (without follow) everything, merged.
             let (mut connected, mut down, mut ended) = (Vec::new(), Vec::new(), 0usize);
@@ -405,7 +446,7 @@ impl Observer for RelayService {
 
     async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
         let answers =
-            ask_all(&self.peers, self.timeout, |mut c| async move { c.server_status(ServerStatusRequest {}).await })
+            ask_all(&self.peers(), &self.dial, |mut c| async move { c.server_status(ServerStatusRequest {}).await })
                 .await;
         let mut total =
             ServerStatusResponse { version: format!("weir-relay {}", env!("CARGO_PKG_VERSION")), ..Default::default() };
@@ -431,7 +472,7 @@ impl Observer for RelayService {
 
     async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
         let answers =
-            ask_all(&self.peers, self.timeout, |mut c| async move { c.server_status(ServerStatusRequest {}).await })
+            ask_all(&self.peers(), &self.dial, |mut c| async move { c.server_status(ServerStatusRequest {}).await })
                 .await;
         let nodes = answers
             .into_iter()
@@ -456,7 +497,7 @@ impl Observer for RelayService {
         _: Request<GetNamespacesRequest>,
     ) -> Result<Response<GetNamespacesResponse>, Status> {
         let answers =
-            ask_all(&self.peers, self.timeout, |mut c| async move { c.get_namespaces(GetNamespacesRequest {}).await })
+            ask_all(&self.peers(), &self.dial, |mut c| async move { c.get_namespaces(GetNamespacesRequest {}).await })
                 .await;
         let all: Vec<String> =
             answers.into_iter().filter_map(|(_, a)| a.ok()).flat_map(|a| a.namespaces).map(|n| n.namespace).collect();
