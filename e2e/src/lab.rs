@@ -10,7 +10,7 @@ use std::{
     io::{BufRead as _, BufReader},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -115,6 +115,9 @@ pub struct LabState {
     pub runtime: Runtime,
     #[serde(default)]
     pub agent: AgentMode,
+    /// The lab's `weir-relay` (the cluster-wide observer over every node's).
+    #[serde(default)]
+    pub relay_pid: Option<u32>,
 }
 
 pub struct Lab {
@@ -295,6 +298,7 @@ impl Lab {
                 bpffs_mounted: false,
                 pods_created: 0,
                 external_pid: None,
+                relay_pid: None,
                 nat_ports,
                 runtime,
                 agent,
@@ -371,6 +375,51 @@ impl Lab {
         }
         for n in &names {
             self.wait_ready(n, Duration::from_secs(60))?;
+        }
+        self.start_relay()
+    }
+
+    /// The lab's relay's unix socket (Hubble's observer for the whole lab).
+    pub fn relay_socket(&self) -> PathBuf {
+        self.dir.join("relay.sock")
+    }
+
+    /// The file the lab's relay finds the nodes in (NAME=unix:///observer.sock per line); read
+    /// again by the relay when it changes.
+    pub fn relay_peers_file(&self) -> PathBuf {
+        self.dir.join("relay-peers")
+    }
+
+    /// Starts `weir-relay` over every node's observer socket, in the host's namespace (the
+    /// sockets are files), and waits for its socket.
+    fn start_relay(&mut self) -> anyhow::Result<()> {
+        let peers: String = self
+            .state
+            .nodes
+            .iter()
+            .map(|n| format!("{}=unix://{}\n", n.name, self.observer_socket(&n.name).display()))
+            .collect();
+        std::fs::write(self.relay_peers_file(), peers)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("relay.log"))?;
+        let child = Command::new(bin("weir-relay")?)
+            .arg("--peers-file")
+            .arg(self.relay_peers_file())
+            .arg("--socket")
+            .arg(self.relay_socket())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting weir-relay")?;
+        self.state.relay_pid = Some(child.id());
+        self.save()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.relay_socket().exists() {
+            if std::time::Instant::now() > deadline {
+                bail!("weir-relay did not serve {} within 10 s (see relay.log)", self.relay_socket().display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
     }
@@ -618,6 +667,9 @@ impl Lab {
         }
         if let Some(pid) = self.state.external_pid.take() {
             stop_pid(pid, "serve", Duration::from_secs(2));
+        }
+        if let Some(pid) = self.state.relay_pid.take() {
+            stop_pid(pid, "weir-relay", Duration::from_secs(2));
         }
         let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
         for n in &nodes {

@@ -116,6 +116,9 @@ enum Cmd {
     },
     /// Path of a node agent's Hubble-compatible observer API socket (gRPC).
     ObserverSocket { node: String },
+    /// Path of the lab's relay socket: one Hubble-compatible observer over every node's
+    /// (`weir-relay`, started by `up`, finding the nodes in the lab's relay-peers file).
+    RelaySocket,
     /// Build the weir image offline as an OCI image layout tarball (`ctr images import`,
     /// `podman load`): weir-agent, weir-cni and weir from WEIR_IMAGE_BIN_DIR (or next to
     /// weir-lab) in /usr/local/bin, Debian's busybox-static for the install-cni init container.
@@ -354,6 +357,11 @@ fn main() -> anyhow::Result<()> {
             let name = lab::qualified_image(&name);
             lab::build_agent_image(&name, &out)?;
             println!("{name} -> {}", out.display());
+            Ok(())
+        }
+        Cmd::RelaySocket => {
+            let lab = Lab::open(&cli.lab)?;
+            println!("{}", lab.relay_socket().display());
             Ok(())
         }
         Cmd::ObserverSocket { node } => {

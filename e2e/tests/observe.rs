@@ -6,7 +6,11 @@
 //! by name; the agents' metrics must pass `promtool check metrics`.
 mod common;
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use common::TestLab;
 use serde_json::Value;
@@ -839,8 +843,16 @@ fn grpc_checks(lab: &TestLab, web_vip: &str) {
             assert_eq!(f.ingress_denied_by.first().map(|p| p.name.as_str()), Some("web-only-8080"));
             assert!(f.time.as_ref().is_some_and(|t| t.seconds > 1_700_000_000));
         }
-        let verdicts = got.iter().filter(|f| kind(f) == Some((5, 0))).count();
-        assert_eq!(verdicts * 2, got.len(), "a verdict event per drop: {got:?}");
+        // Every drop's connection has its verdict event (a report of the same connection that
+        // the policy judged may bring one of its own).
+        let port = |f: &weir_operator_agent::observe::grpc::proto::flow::Flow| {
+            f.l4.as_ref().and_then(|l| match &l.protocol {
+                Some(weir_operator_agent::observe::grpc::proto::flow::layer4::Protocol::Tcp(t)) => Some(t.source_port),
+                _ => None,
+            })
+        };
+        let judged: Vec<_> = got.iter().filter(|f| kind(f) == Some((5, 0))).map(port).collect();
+        assert!(got.iter().filter(|f| kind(f) == Some((1, 133))).all(|d| judged.contains(&port(d))), "{got:?}");
 
         // `hubble observe -t policy-verdict`: allowed connections into web with the rule's
         // match type (peer and port: L3-L4), denied ones with none; all INGRESS on web's node.
@@ -1103,21 +1115,6 @@ fn grpc_calls_observed(flows: &[Value], server_ip: &str) {
     assert_eq!(grpc("n2", "REQUEST").len(), 2, "the server's node sees the calls arrive");
 }
 
-/// A `weir-relay` process, stopped by its PID (also on panic), its socket removed.
-struct Relay {
-    child: std::process::Child,
-    dir: PathBuf,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The cluster-wide observer: `weir-relay` in front of both nodes' observers and a third node
 /// whose observer is not there (down). Flows of both nodes merged in time order, the down node
 /// reported and never waited for, totals summed, nodes and namespaces listed. And a gRPC client
@@ -1142,32 +1139,35 @@ fn relay_checks(lab: &TestLab, python: Option<&str>) {
         let said = String::from_utf8_lossy(&said.stdout);
         assert!(said.starts_with("INVALID_ARGUMENT ") && said.contains("number 41"), "{said}");
     }
-    let dir = std::env::temp_dir().join(format!("weir-relay-{}", lab.name));
-    std::fs::create_dir_all(&dir).expect("relay dir");
-    let socket = dir.join("relay.sock");
-    // Next to the test binary's directory (target/debug): `cargo test` builds the agent
-    // package's binaries.
-    let exe = std::env::current_exe().expect("exe");
-    let relay_bin = exe.parent().and_then(std::path::Path::parent).expect("target dir").join("weir-relay");
-    let child = Command::new(&relay_bin)
-        .args(["--peer", &format!("n1=unix://{}", sockets[0])])
-        .args(["--peer", &format!("n2=unix://{}", sockets[1])])
-        .args(["--peer", &format!("n3=unix://{}", dir.join("no-such-node.sock").display())])
-        .args(["--node-timeout", "1", "--socket"])
-        .arg(&socket)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", relay_bin.display()));
-    let _relay = Relay { child, dir };
-    for _ in 0..50 {
-        if socket.exists() {
-            break;
+    // The lab's own relay (started by `weir-lab up`), which finds the nodes in its peers file:
+    // a third node whose observer is not there is added to the file, and the relay follows.
+    let socket = PathBuf::from(lab.ok(&["relay-socket"]).trim());
+    let peers_file = socket.with_file_name("relay-peers");
+    let two_nodes = std::fs::read_to_string(&peers_file).expect("the lab's relay-peers");
+    assert_eq!(two_nodes.lines().count(), 2, "{two_nodes}");
+    let three = format!("{two_nodes}n3=unix://{}\n", socket.with_file_name("no-such-node.sock").display());
+    std::fs::write(&peers_file, three).expect("relay-peers");
+    /// Puts the lab's two nodes back in its relay's peers file (also on panic).
+    struct Restore(PathBuf, String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, &self.1);
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
+    let _restore = Restore(peers_file.clone(), two_nodes);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let mut relay = observer_client_at(socket.clone()).await;
         let mut n1 = observer_client_at(PathBuf::from(&sockets[0])).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let nodes = relay.get_nodes(GetNodesRequest {}).await.expect("GetNodes").into_inner().nodes;
+            if nodes.len() == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the relay never read the changed peers file: {nodes:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let answer = relay.server_status(ServerStatusRequest {}).await.expect("relay ServerStatus");
         let version = answer.metadata().get("hubble-relay-version").and_then(|v| v.to_str().ok());
         assert!(version.is_some_and(|v| v.starts_with("1.19.4+weir.")), "{version:?}");

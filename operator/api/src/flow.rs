@@ -585,6 +585,11 @@ impl Flow {
             v.event_type.kind = EVENT_POLICY_VERDICT;
             v.verdict = verdict;
             v.drop_reason_desc = (verdict == Verdict::Dropped).then(|| "POLICY_DENIED".to_owned());
+            v.weir.drop_reason = match (verdict, direction) {
+                (Verdict::Dropped, TrafficDirection::Egress) => "policy_denied_egress".to_owned(),
+                (Verdict::Dropped, _) => "policy_denied_ingress".to_owned(),
+                _ => String::new(),
+            };
             v.traffic_direction = direction;
             v.policy_match_type = u32::from(match_type);
             v.trace_observation_point = None;

@@ -995,6 +995,15 @@ mod tests {
             hubble_responses("n2", &new, &Selection::compile(&only(t)).unwrap(), None, &mut out);
             assert_eq!(out.len(), n, "type {t}");
         }
+        // A forwarded report whose ingress a policy denies (the packet is dropped at the
+        // server's side): its ingress verdict event is a POLICY_DENIED drop.
+        let mut denied = new.clone();
+        denied.ingress_allowed_by.clear();
+        denied.ingress_denied_by = vec![rule("isolating")];
+        let v = denied.policy_verdicts();
+        let p = to_proto(&v[1]);
+        assert_eq!((p.verdict, p.drop_reason_desc, p.traffic_direction), (2, 133, 1), "{p:?}");
+        assert_eq!(to_proto(&v[0]).drop_reason_desc, 0);
         // A flow no policy judged has none.
         let plain = Flow { egress_allowed_by: vec![], ingress_allowed_by: vec![], ..new };
         assert!(plain.policy_verdicts().is_empty());
