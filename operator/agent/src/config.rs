@@ -190,4 +190,29 @@ mod tests {
         assert!(parse_ports("0-10").is_err());
         assert!(parse_ports("x").is_err());
     }
+
+    #[cfg(feature = "hubble")]
+    #[test]
+    fn the_observer_leaves_loopback_only_over_mutual_tls() {
+        use clap::Parser as _;
+        let config = |extra: &[&str]| {
+            let base = ["weir-agent", "--node-name", "n1", "--uplink", "eth0", "--cluster-cidr", "10.244.0.0/16"];
+            Config::try_parse_from(base.iter().chain(extra)).map_err(|e| e.to_string())
+        };
+        let tcp = |extra: &[&str]| config(extra).expect("parses").observer_tcp();
+        assert!(tcp(&[]).expect("no TCP").is_none());
+        assert!(tcp(&["--observer-addr", "127.0.0.1:4245"]).expect("loopback in the clear").is_some());
+        let e = tcp(&["--observer-addr", "10.0.0.1:4244"]).unwrap_err();
+        assert!(e.contains("10.0.0.1:4244") && e.contains("only over TLS"), "{e}");
+        let tls = ["--observer-addr", "10.0.0.1:4244", "--observer-tls-cert", "c.pem", "--observer-tls-key", "k.pem"];
+        let e = tcp(&tls).unwrap_err();
+        assert!(e.contains("client certificates"), "{e}");
+        let mutual = [&tls[..], &["--observer-tls-client-ca", "ca.pem"]].concat();
+        assert!(tcp(&mutual).expect("mutual TLS").is_some());
+        // A key without its certificate, or TLS without an address: refused by clap, by name.
+        let e = config(&["--observer-tls-key", "k.pem"]).unwrap_err();
+        assert!(e.contains("--observer-tls-cert"), "{e}");
+        let e = config(&["--observer-tls-cert", "c.pem", "--observer-tls-key", "k.pem"]).unwrap_err();
+        assert!(e.contains("--observer-addr"), "{e}");
+    }
 }
