@@ -10,7 +10,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
-use super::relay::{Peer, Target};
+use super::relay::Peer;
 
 /// How often a peers file is looked at.
 pub const PEERS_FILE_POLL: Duration = Duration::from_secs(2);
@@ -78,7 +78,7 @@ pub fn node_peers<'a>(nodes: impl IntoIterator<Item = &'a k8s_openapi::api::core
             let internal: Vec<std::net::IpAddr> =
                 addresses.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect();
             let ip = internal.iter().find(|ip| ip.is_ipv4()).or(internal.first())?;
-            Some(Peer { name, target: Target::Tcp(std::net::SocketAddr::new(*ip, port).to_string()) })
+            Some(Peer { name, target: super::relay::Target::Tcp(std::net::SocketAddr::new(*ip, port).to_string()) })
         })
         .collect();
     peers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -119,6 +119,7 @@ pub async fn follow_kubernetes_nodes(port: u16) -> anyhow::Result<watch::Receive
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::relay::Target;
 
     #[test]
     fn a_peers_file_is_read_or_refused_by_line() {
