@@ -4,19 +4,21 @@
 //! * `GetFlows`: the request is checked once here (a filter weir cannot evaluate is refused by
 //!   name, as a node would), then sent to every node. The answer starts with which nodes are
 //!   connected and which could not be reached (`node_status`, Hubble's `NodeStatusEvent`); a
-//!   node that fails later is announced the same way. Without `follow`, every node's answer is
-//!   read to its end, merged in time order and cut to `number` (the newest, or the oldest with
-//!   `first`). With `follow`, flows pass through a sort buffer: at most [`SORT_BUFFER`] wait,
-//!   the oldest leaving first, and all of them after [`SORT_DRAIN`] without a new one — so the
-//!   output is in time order across nodes up to what arrives that late.
+//!   node that fails later is announced the same way. Each node's answer comes through a small
+//!   bounded queue of its own ([`NODE_QUEUE`]). Without `follow`, the histories (each in time
+//!   order) are merged as they arrive, a node read only when its head has left, so the relay
+//!   holds a few flows per node and never whole histories; `number` keeps the newest (a window
+//!   of that size) or, with `first`, the oldest (the merge stops there); a node whose history
+//!   stalls for the dial timeout is reported unavailable. With `follow`, flows pass through a
+//!   sort buffer: at most [`SORT_BUFFER`] wait, the oldest leaving first, and all of them after
+//!   [`SORT_DRAIN`] without a new one — so the output is in time order across nodes up to what
+//!   arrives that late.
 //! * `ServerStatus`: the nodes' totals summed, the longest uptime, how many nodes answered and
 //!   which did not. `GetNodes`: each node with its state. `GetNamespaces`: the union.
 //! * A node that is down never stops the others: it is reported unavailable, its flows missing.
 //!
-//! Nodes are given (`--peer NAME=unix:///path` or `NAME=host:port`); in the lab they are the
-//! nodes' observer sockets. Discovering agents from Kubernetes Nodes needs the agents to serve
-//! the observer on the node's network with TLS, which they do not (loopback and unix socket
-//! only), so it is not done.
+//! Which nodes there are comes from `discovery` (given, a peers file, Kubernetes Nodes); nodes
+//! reached over TCP are read over mutual TLS ([`Dial`]).
 use std::{
     cmp::Reverse,
     collections::BinaryHeap,
@@ -276,44 +278,172 @@ async fn send_all(tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>, responses
     true
 }
 
-/// What a node's GetFlows task tells the merge.
+/// What a node's GetFlows task tells the merge, in this order: connected (or down), then its
+/// responses, then done (or down).
 enum FromNode {
-    Connected(String),
+    Connected,
     Response(Box<GetFlowsResponse>),
-    /// The node could not be reached, or its stream failed.
-    Down(String, String),
+    /// The node could not be reached, or its stream failed or stalled.
+    Down(String),
     /// Its answer ended (not following).
     Done,
 }
 
-/// The newest `n` flows of `responses` (the oldest with `first`; 0: all), in time order; other
-/// responses (lost events) are kept where they fall.
-pub fn merge_history(mut responses: Vec<GetFlowsResponse>, n: u64, first: bool) -> Vec<GetFlowsResponse> {
-    responses.sort_by_key(time_ns);
-    let flows = responses.iter().filter(|r| matches!(r.response_types, Some(ResponseTypes::Flow(_)))).count();
-    let n = usize::try_from(n).unwrap_or(usize::MAX);
-    if n == 0 || flows <= n {
-        return responses;
+/// Responses a node may have waiting for the merge.
+const NODE_QUEUE: usize = 64;
+
+/// Reads one node's GetFlows answer into its channel. A history that stalls for the dial's
+/// timeout counts as the node failing (a follow may be quiet for as long as it likes).
+async fn read_node(peer: Peer, req: GetFlowsRequest, dial: Arc<Dial>, tx: mpsc::Sender<FromNode>) {
+    let timeout = dial.timeout;
+    let follow = req.follow;
+    let stream = async {
+        let mut client = connect(&peer, &dial).await?;
+        tokio::time::timeout(timeout, client.get_flows(req))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    };
+    let mut stream = match stream.await {
+        Ok(s) => s.into_inner(),
+        Err(why) => {
+            let _ = tx.send(FromNode::Down(why)).await;
+            return;
+        }
+    };
+    if tx.send(FromNode::Connected).await.is_err() {
+        return;
     }
-    // Which flows to drop: the oldest (keep the newest n) or the newest (with `first`).
-    let (mut skip_old, mut keep) = if first { (0, n) } else { (flows - n, n) };
-    responses
+    loop {
+        let item = if follow {
+            stream.next().await
+        } else {
+            match tokio::time::timeout(timeout, stream.next()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    let _ = tx.send(FromNode::Down(format!("its history stalled for {timeout:?}"))).await;
+                    return;
+                }
+            }
+        };
+        let msg = match item {
+            None => FromNode::Done,
+            Some(Ok(r)) => FromNode::Response(Box::new(r)),
+            Some(Err(s)) => FromNode::Down(format!("{}: {}", s.code(), s.message())),
+        };
+        let last = !matches!(msg, FromNode::Response(_));
+        if tx.send(msg).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Histories (each node's in time order) merged into one in time order, pulling from a node only
+/// when its head has left: at most [`NODE_QUEUE`] responses per node wait. `number` (0: all):
+/// the newest that many flows (kept in a window of that size), or with `first` the oldest
+/// (the merge stops there). A node failing midway is announced where it happens.
+async fn history_merged(
+    nodes: Vec<(String, mpsc::Receiver<FromNode>)>,
+    number: u64,
+    first: bool,
+    tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>,
+) {
+    let n = usize::try_from(number).unwrap_or(usize::MAX);
+    let mut nodes: Vec<(String, mpsc::Receiver<FromNode>, Option<GetFlowsResponse>)> =
+        nodes.into_iter().map(|(name, rx)| (name, rx, None)).collect();
+    // The newest `n` flows so far (without `first`).
+    let mut window: std::collections::VecDeque<GetFlowsResponse> = std::collections::VecDeque::new();
+    let mut sent_flows = 0usize;
+    loop {
+        // Every open node's head, pulled where missing; a node that ends or fails closes.
+        let mut i = 0;
+        while i < nodes.len() {
+            if nodes[i].2.is_none() {
+                match nodes[i].1.recv().await {
+                    // Not a flow (a node's lost events, stamped when sent, not in its history's
+                    // order): passed on at once.
+                    Some(FromNode::Response(r)) if !matches!(r.response_types, Some(ResponseTypes::Flow(_))) => {
+                        if tx.send(Ok(*r)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(FromNode::Response(r)) => nodes[i].2 = Some(*r),
+                    Some(FromNode::Down(why)) => {
+                        let name = nodes.remove(i).0;
+                        if tx.send(Ok(node_status(NodeState::NodeUnavailable, vec![name], why))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ => {
+                        nodes.remove(i);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        // The oldest head leaves (the node given first on equal times).
+        let Some(at) = (0..nodes.len()).min_by_key(|&i| nodes[i].2.as_ref().map_or(u64::MAX, time_ns)) else {
+            break;
+        };
+        let Some(r) = nodes[at].2.take() else { break };
+        if first || n == 0 {
+            if tx.send(Ok(r)).await.is_err() {
+                return;
+            }
+            sent_flows += 1;
+            if first && n > 0 && sent_flows >= n {
+                return;
+            }
+        } else {
+            window.push_back(r);
+            if window.len() > n {
+                window.pop_front();
+            }
+        }
+    }
+    send_all(tx, window.into()).await;
+}
+
+/// Follows every node at once through the sort buffer: at most [`SORT_BUFFER`] flows wait, the
+/// oldest leaving first, all of them after [`SORT_DRAIN`] without a new one. A node failing is
+/// announced where it happens.
+async fn follow_merged(
+    nodes: Vec<(String, mpsc::Receiver<FromNode>)>,
+    tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>,
+) {
+    let streams = nodes
         .into_iter()
-        .filter(|r| {
-            if !matches!(r.response_types, Some(ResponseTypes::Flow(_))) {
-                return true;
+        .map(|(name, rx)| tokio_stream::wrappers::ReceiverStream::new(rx).map(move |m| (name.clone(), m)));
+    let mut merged = futures::stream::select_all(streams);
+    let mut buffer = SortBuffer::default();
+    loop {
+        let next = match tokio::time::timeout(SORT_DRAIN, merged.next()).await {
+            Ok(m) => m,
+            Err(_) => {
+                if !send_all(tx, buffer.leave_beyond(0)).await {
+                    return;
+                }
+                continue;
             }
-            if skip_old > 0 {
-                skip_old -= 1;
-                return false;
+        };
+        match next {
+            None => break,
+            Some((_, FromNode::Response(r))) => buffer.push(*r),
+            Some((name, FromNode::Down(why))) => {
+                if tx.send(Ok(node_status(NodeState::NodeUnavailable, vec![name], why))).await.is_err() {
+                    return;
+                }
             }
-            if keep > 0 {
-                keep -= 1;
-                return true;
-            }
-            false
-        })
-        .collect()
+            Some(_) => {}
+        }
+        if !send_all(tx, buffer.leave_beyond(SORT_BUFFER)).await {
+            return;
+        }
+    }
+    send_all(tx, buffer.leave_beyond(0)).await;
 }
 
 #[tonic::async_trait]
@@ -328,117 +458,43 @@ impl Observer for RelayService {
         if req.first && req.follow {
             return Err(Status::invalid_argument("first and follow cannot be combined"));
         }
-        let (node_tx, mut node_rx) = mpsc::channel::<FromNode>(1024);
+        // One bounded channel per node: a node's history is pulled only as fast as the merge
+        // takes it, so the relay holds a handful of flows per node, never whole histories.
         let all = self.peers();
+        let mut from_nodes = Vec::with_capacity(all.len());
         for peer in all.iter().cloned() {
-            let (tx, req, dial) = (node_tx.clone(), req.clone(), self.dial.clone());
-            tokio::spawn(async move {
-                let timeout = dial.timeout;
-                let stream = async {
-                    let mut client = connect(&peer, &dial).await?;
-                    tokio::time::timeout(timeout, client.get_flows(req))
-                        .await
-                        .map_err(|_| format!("no answer within {timeout:?}"))?
-                        .map_err(|s| format!("{}: {}", s.code(), s.message()))
-                };
-                let mut stream = match stream.await {
-                    Ok(s) => s.into_inner(),
-                    Err(why) => {
-                        let _ = tx.send(FromNode::Down(peer.name, why)).await;
-                        return;
-                    }
-                };
-                if tx.send(FromNode::Connected(peer.name.clone())).await.is_err() {
-                    return;
-                }
-                while let Some(item) = stream.next().await {
-                    let msg = match item {
-                        Ok(r) => FromNode::Response(Box::new(r)),
-                        Err(s) => FromNode::Down(peer.name.clone(), format!("{}: {}", s.code(), s.message())),
-                    };
-                    let down = matches!(msg, FromNode::Down(..));
-                    if tx.send(msg).await.is_err() || down {
-                        return;
-                    }
-                }
-                let _ = tx.send(FromNode::Done).await;
-            });
+            let (tx, rx) = mpsc::channel::<FromNode>(NODE_QUEUE);
+            from_nodes.push((peer.name.clone(), rx));
+            let (req, dial) = (req.clone(), self.dial.clone());
+            tokio::spawn(read_node(peer, req, dial, tx));
         }
-        drop(node_tx);
         let (tx, out) = mpsc::channel(256);
-        let peers = all.len();
-        let order: Vec<String> = all.iter().map(|p| p.name.clone()).collect();
         tokio::spawn(async move {
-            // Who answered, then (without follow) everything, merged.
-            let (mut connected, mut down, mut ended) = (Vec::new(), Vec::new(), 0usize);
-            let mut held: Vec<GetFlowsResponse> = Vec::new();
-            let mut announced = false;
-            let mut buffer = SortBuffer::default();
-            loop {
-                // Until every node has connected or failed, nothing is sent: the first answer
-                // says which nodes it covers.
-                let next = if req.follow && announced {
-                    match tokio::time::timeout(SORT_DRAIN, node_rx.recv()).await {
-                        Ok(m) => m,
-                        Err(_) => {
-                            if !send_all(&tx, buffer.leave_beyond(0)).await {
-                                return;
-                            }
-                            continue;
-                        }
+            // Who answered, in the order the nodes were given, before anything else: the first
+            // answer says which nodes it covers.
+            let mut connected = Vec::new();
+            let mut first = Vec::new();
+            let mut open = Vec::new();
+            for (name, mut rx) in from_nodes {
+                match rx.recv().await {
+                    Some(FromNode::Connected) => {
+                        connected.push(name.clone());
+                        open.push((name, rx));
                     }
-                } else {
-                    node_rx.recv().await
-                };
-                let Some(m) = next else { break };
-                match m {
-                    FromNode::Connected(n) => connected.push(n),
-                    FromNode::Down(n, why) => {
-                        ended += 1;
-                        if announced {
-                            let r = node_status(NodeState::NodeUnavailable, vec![n], why);
-                            if tx.send(Ok(r)).await.is_err() {
-                                return;
-                            }
-                        } else {
-                            down.push((n, why));
-                        }
-                    }
-                    FromNode::Done => ended += 1,
-                    FromNode::Response(r) => {
-                        let r = *r;
-                        if req.follow {
-                            buffer.push(r);
-                        } else {
-                            held.push(r);
-                        }
-                    }
-                }
-                if !announced && connected.len() + down.len() == peers {
-                    announced = true;
-                    // In the order the nodes were given, whichever answered first.
-                    connected.sort_by_key(|n| order.iter().position(|o| o == n));
-                    down.sort_by_key(|(n, _)| order.iter().position(|o| o == n));
-                    let mut first = Vec::new();
-                    if !connected.is_empty() {
-                        first.push(node_status(NodeState::NodeConnected, connected.clone(), String::new()));
-                    }
-                    for (n, why) in down.drain(..) {
-                        first.push(node_status(NodeState::NodeUnavailable, vec![n], why));
-                    }
-                    if !send_all(&tx, first).await {
-                        return;
-                    }
-                }
-                if req.follow && announced && !send_all(&tx, buffer.leave_beyond(SORT_BUFFER)).await {
-                    return;
-                }
-                if !req.follow && ended == peers {
-                    break;
+                    Some(FromNode::Down(why)) => first.push(node_status(NodeState::NodeUnavailable, vec![name], why)),
+                    _ => first.push(node_status(NodeState::NodeUnavailable, vec![name], "ended".into())),
                 }
             }
-            if send_all(&tx, merge_history(held, req.number, req.first)).await {
-                send_all(&tx, buffer.leave_beyond(0)).await;
+            if !connected.is_empty() {
+                first.insert(0, node_status(NodeState::NodeConnected, connected, String::new()));
+            }
+            if !send_all(&tx, first).await {
+                return;
+            }
+            if req.follow {
+                follow_merged(open, &tx).await;
+            } else {
+                history_merged(open, req.number, req.first, &tx).await;
             }
         });
         Ok(answer(RELAY_VERSION_KEY, Box::pin(ReceiverStream::new(out))))
@@ -548,15 +604,47 @@ mod tests {
         assert!(b.leave_beyond(0).is_empty());
     }
 
-    #[test]
-    fn history_is_merged_in_time_order_and_cut_to_number() {
-        let mut lost = flow(4, "n2");
+    /// Runs the history merge over nodes that send `answers` (then end) and returns what it sent.
+    async fn merged(answers: Vec<Vec<GetFlowsResponse>>, n: u64, first: bool) -> Vec<GetFlowsResponse> {
+        let mut nodes = Vec::new();
+        for (i, list) in answers.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel(NODE_QUEUE);
+            nodes.push((format!("n{}", i + 1), rx));
+            tokio::spawn(async move {
+                for r in list {
+                    if tx.send(FromNode::Response(Box::new(r))).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(FromNode::Done).await;
+            });
+        }
+        let (tx, mut rx) = mpsc::channel(4096);
+        history_merged(nodes, n, first, &tx).await;
+        drop(tx);
+        let mut out = Vec::new();
+        while let Some(Ok(r)) = rx.recv().await {
+            out.push(r);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn histories_are_merged_in_time_order_and_cut_to_number() {
+        let mut lost = flow(9, "n2");
         lost.response_types = Some(ResponseTypes::LostEvents(LostEvent::default()));
-        let all = vec![flow(5, "n1"), flow(1, "n2"), flow(3, "n1"), lost, flow(2, "n2")];
+        let answers = || vec![vec![flow(3, "n1"), flow(5, "n1")], vec![lost.clone(), flow(1, "n2"), flow(2, "n2")]];
         let times = |v: &[GetFlowsResponse]| v.iter().map(time_ns).map(|t| t / 1_000_000_000).collect::<Vec<_>>();
-        assert_eq!(times(&merge_history(all.clone(), 0, false)), [1, 2, 3, 4, 5]);
-        // The newest two flows, the lost event kept where it falls.
-        assert_eq!(times(&merge_history(all.clone(), 2, false)), [3, 4, 5]);
-        assert_eq!(times(&merge_history(all, 2, true)), [1, 2, 4]);
+        // The lost event (stamped when sent) passes at once; flows in time order.
+        assert_eq!(times(&merged(answers(), 0, false).await), [9, 1, 2, 3, 5]);
+        // The newest two flows; the oldest two.
+        assert_eq!(times(&merged(answers(), 2, false).await), [9, 3, 5]);
+        assert_eq!(times(&merged(answers(), 2, true).await), [9, 1, 2]);
+        // Many flows from many nodes: in order, all there, while each node's queue is small.
+        let many: Vec<Vec<GetFlowsResponse>> =
+            (0..8).map(|k| (0..500).map(|t| flow(t * 8 + k, "n")).collect()).collect();
+        let got = times(&merged(many, 0, false).await);
+        assert_eq!(got.len(), 4000);
+        assert!(got.windows(2).all(|w| w[0] <= w[1]));
     }
 }
