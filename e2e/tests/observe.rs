@@ -772,14 +772,7 @@ async fn observer_client(
 async fn observer_client_at(
     path: PathBuf,
 ) -> weir_operator_agent::observe::grpc::proto::observer::observer_client::ObserverClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::try_from("http://weir-observer.invalid")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
+    let channel = weir_operator_agent::observe::relay::unix_channel(path, Duration::from_secs(5))
         .await
         .expect("connect to the observer socket");
     weir_operator_agent::observe::grpc::proto::observer::observer_client::ObserverClient::new(channel)

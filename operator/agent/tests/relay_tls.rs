@@ -10,9 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weir_operator_agent::observe::grpc::proto::{
-    observer::{observer_client::ObserverClient, GetNodesRequest},
-    relay::NodeState,
+use weir_operator_agent::observe::{
+    grpc::proto::{
+        observer::{observer_client::ObserverClient, GetNodesRequest},
+        relay::NodeState,
+    },
+    relay,
 };
 
 const RELAY: &str = env!("CARGO_BIN_EXE_weir-relay");
@@ -119,16 +122,7 @@ fn wait_for(path: &Path) {
 fn nodes(socket: &Path) -> Vec<(String, i32)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let path = socket.to_path_buf();
-        let channel = tonic::transport::Endpoint::from_static("http://relay.invalid")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                }
-            }))
-            .await
-            .expect("relay socket");
+        let channel = relay::unix_channel(socket.to_path_buf(), Duration::from_secs(5)).await.expect("relay socket");
         let got = ObserverClient::new(channel).get_nodes(GetNodesRequest {}).await.expect("GetNodes").into_inner();
         got.nodes.into_iter().map(|n| (n.name, n.state)).collect()
     })

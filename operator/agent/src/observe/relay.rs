@@ -139,24 +139,25 @@ pub fn client_tls(
         .domain_name(server_name))
 }
 
+/// A gRPC channel to an observer (a node's or a relay's) on the unix socket `path`, connected
+/// within `timeout`.
+pub async fn unix_channel(path: PathBuf, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_static("http://weir-observer.invalid")
+        .connect_timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+}
+
 /// A client of one node's observer, connected within the dial's timeout.
 async fn connect(peer: &Peer, dial: &Dial) -> Result<ObserverClient<Channel>, String> {
     let timeout = dial.timeout;
     let channel = match &peer.target {
-        Target::Unix(path) => {
-            let path = path.clone();
-            tonic::transport::Endpoint::from_static("http://weir-node.invalid")
-                .connect_timeout(timeout)
-                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                            tokio::net::UnixStream::connect(path).await?,
-                        ))
-                    }
-                }))
-                .await
-        }
+        Target::Unix(path) => unix_channel(path.clone(), timeout).await,
         Target::Tcp(addr) => {
             let scheme = if dial.tls.is_some() { "https" } else { "http" };
             let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
