@@ -840,15 +840,20 @@ mod tests {
         assert_eq!(pb::Flow::decode(bytes.as_slice()).expect("decode"), p);
     }
 
+    /// A filter with the fields `build` sets.
+    fn filter(build: &dyn Fn(&mut pb::FlowFilter)) -> pb::FlowFilter {
+        let mut x = pb::FlowFilter::default();
+        build(&mut x);
+        x
+    }
+
+    fn matches(x: pb::FlowFilter, f: &Flow) -> bool {
+        HubbleFilter::compile(x).expect("valid filter").matches(f)
+    }
+
     #[test]
     fn filters_follow_hubble_semantics() {
         let f = flow();
-        let filter = |build: &dyn Fn(&mut pb::FlowFilter)| {
-            let mut x = pb::FlowFilter::default();
-            build(&mut x);
-            x
-        };
-        let matches = |x: pb::FlowFilter, f: &Flow| HubbleFilter::compile(x).expect("valid filter").matches(f);
         let validate = |x: pb::FlowFilter| HubbleFilter::compile(x).map(|_| ());
         assert!(matches(filter(&|x| x.destination_pod = vec!["shop/web-".into()]), &f));
         assert!(matches(filter(&|x| x.destination_pod = vec!["shop/".into()]), &f));
@@ -887,12 +892,6 @@ mod tests {
     #[test]
     fn hubble_1_19_filters_are_evaluated_or_refused_by_name() {
         let f = flow();
-        let filter = |build: &dyn Fn(&mut pb::FlowFilter)| {
-            let mut x = pb::FlowFilter::default();
-            build(&mut x);
-            x
-        };
-        let matches = |x: pb::FlowFilter, f: &Flow| HubbleFilter::compile(x).expect("valid filter").matches(f);
         // drop_reason_desc: a drop of that reason; never a forwarded flow.
         let denied = pb::DropReason::PolicyDenied as i32;
         assert!(matches(filter(&|x| x.drop_reason_desc = vec![denied]), &f));
