@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
-use weir_operator_agent::observe::http::{parse, Message, Pairing, Pending};
+use weir_operator_agent::observe::http::{clean_path, method, parse, Message, Pairing, Pending, PATH_MAX};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(messages) = parse(data) else { return };
@@ -13,9 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let mut p = Pairing::default();
     for (t, m) in messages.into_iter().enumerate() {
         match m {
-            Message::Request { method, path, .. } => {
-                assert!(path.len() <= weir_operator_agent::observe::http::PATH_MAX);
-                let _ = p.request(conn, Pending { ktime_ns: t as u64, method, url: path, counted_here: true });
+            Message::Request { method: m, path, .. } => {
+                let path = clean_path(path);
+                assert!(path.len() <= PATH_MAX && path.bytes().all(|b| (0x21..0x7f).contains(&b)));
+                let pending = Pending { ktime_ns: t as u64, method: method(m), url: Some(path), counted_here: true };
+                let _ = p.request(conn, pending);
             }
             Message::Response { .. } => {
                 let _ = p.response(&conn, t as u64);

@@ -34,7 +34,11 @@ use serde::Serialize;
 use weir_bpf_common::{
     programs, Addr16, DatapathEvent, PayloadEvent, EVENT_FLOW_NEW, EVENT_H2, EVENT_HTTP, OBS_FROM_POD,
 };
-use weir_dataplane::{counters::Counters, events::Events, Datapath};
+use weir_dataplane::{
+    counters::Counters,
+    events::{EventRef, Events},
+    Datapath,
+};
 use weir_operator_agent::observe::h2;
 use weir_operator_agent::{
     observe::flows::{FlowStore, Ingest},
@@ -54,6 +58,10 @@ struct Cli {
     connections: u32,
     #[arg(long, default_value = "observe-bench-results.json")]
     out: PathBuf,
+    /// Only the agent's user-space cost per event (no root, no kernel part, no JSON): the
+    /// quick loop for work on the agent's event path, and steady under `valgrind --tool=callgrind`.
+    #[arg(long)]
+    agent_only: bool,
 }
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
@@ -240,13 +248,16 @@ fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Results> {
 
     eprintln!("overload: nobody reading ...");
     let lost2 = lost(&counters)?;
-    let (t_full, _) = new_flows(&mut on, n, 2)?;
+    // Twice what the ring holds of flow records (header included), whatever `--connections`.
+    let record = (size_of::<DatapathEvent>() + 8) as u32;
+    let n_over = n.max(2 * weir_bpf_common::sizes::EVENTS_BYTES / record);
+    let (t_full, _) = new_flows(&mut on, n_over, 2)?;
     r.overload_new_flow_on_ns = t_full;
-    r.overload_events_made = u64::from(n);
+    r.overload_events_made = u64::from(n_over);
     r.overload_in_ring = ring.drain().len() as u64;
     r.overload_lost = lost(&counters)? - lost2;
     if r.overload_in_ring + r.overload_lost != r.overload_events_made {
-        bail!("overload: {n} made, {} in the ring + {} lost", r.overload_in_ring, r.overload_lost);
+        bail!("overload: {n_over} made, {} in the ring + {} lost", r.overload_in_ring, r.overload_lost);
     }
     drop((on, off));
     eprintln!("HTTP observation vs flows alone ...");
@@ -312,14 +323,13 @@ fn agent_costs(n: u32, r: &mut Results) {
         point: OBS_FROM_POD,
         ..Default::default()
     };
-    let payload = |event: DatapathEvent, msg: &[u8]| {
-        weir_dataplane::events::Event::Payload(Box::new(PayloadEvent::with_data(event, true, msg)))
-    };
+    // Records are read in place from the ring (`Events::for_each`): made here on the stack.
+    let payload = |event: DatapathEvent, msg: &[u8]| PayloadEvent::with_data(event, true, msg);
     let mut out = Vec::new();
     let t = Instant::now();
     for i in 0..n {
-        let ev = weir_dataplane::events::Event::Flow(base(1024 + (i % 60000) as u16, 80, EVENT_FLOW_NEW));
-        ingest.flows(&ev, &mut out);
+        let ev = base(1024 + (i % 60000) as u16, 80, EVENT_FLOW_NEW);
+        ingest.flows_of(EventRef::Flow(&ev), &mut out);
         for f in out.drain(..) {
             store.push(f);
         }
@@ -335,7 +345,7 @@ fn agent_costs(n: u32, r: &mut Results) {
         (back.saddr, back.daddr, back.ktime_ns) = (back.daddr, back.saddr, u64::from(i) * 1000 + 500);
         let a = payload(back, resp);
         for ev in [&q, &a] {
-            ingest.flows(ev, &mut out);
+            ingest.flows_of(EventRef::Payload(ev), &mut out);
             for f in out.drain(..) {
                 store.push(f);
             }
@@ -359,7 +369,7 @@ fn agent_costs(n: u32, r: &mut Results) {
     let segment = |event: DatapathEvent, seq: u32, bytes: &[u8]| {
         let mut p = PayloadEvent::with_data(event, true, bytes);
         p.seq = seq;
-        weir_dataplane::events::Event::Payload(Box::new(p))
+        p
     };
     let (client, server) = (base(40000, 50051, EVENT_H2), {
         let mut b = base(50051, 40000, EVENT_H2);
@@ -369,7 +379,7 @@ fn agent_costs(n: u32, r: &mut Results) {
     let start = [&h2::PREFACE[..], &h2::frame(h2::SETTINGS, 0, 0, &[])].concat();
     let (mut cseq, mut sseq) = (1u32, 1u32);
     for (ev, seq, bytes) in [(client, &mut cseq, start), (server, &mut sseq, h2::frame(h2::SETTINGS, 0, 0, &[]))] {
-        ingest.flows(&segment(ev, *seq, &bytes), &mut out);
+        ingest.flows_of(EventRef::Payload(&segment(ev, *seq, &bytes)), &mut out);
         *seq += bytes.len() as u32;
     }
     out.clear();
@@ -388,8 +398,9 @@ fn agent_costs(n: u32, r: &mut Results) {
         ]
         .concat();
         let t_ns = u64::from(i) * 1000;
-        ingest.flows(&segment(DatapathEvent { ktime_ns: t_ns, ..client }, cseq, &q), &mut out);
-        ingest.flows(&segment(DatapathEvent { ktime_ns: t_ns + 500, ..server }, sseq, &a), &mut out);
+        ingest.flows_of(EventRef::Payload(&segment(DatapathEvent { ktime_ns: t_ns, ..client }, cseq, &q)), &mut out);
+        let answer = segment(DatapathEvent { ktime_ns: t_ns + 500, ..server }, sseq, &a);
+        ingest.flows_of(EventRef::Payload(&answer), &mut out);
         (cseq, sseq) = (cseq.wrapping_add(q.len() as u32), sseq.wrapping_add(a.len() as u32));
         for f in out.drain(..) {
             store.push(f);
@@ -409,7 +420,17 @@ fn agent_costs(n: u32, r: &mut Results) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let args = Cli { repeat: cli.repeat, connections: cli.connections, out: cli.out.clone() };
+    if cli.agent_only {
+        let mut r = Results::default();
+        agent_costs(cli.connections, &mut r);
+        println!(
+            "Agent, per event (user space: ingest, enrich, store): flow report {:.0} ns, HTTP message {:.0} ns, \
+             gRPC segment {:.0} ns",
+            r.agent_flow_event_ns, r.agent_http_event_ns, r.agent_grpc_segment_ns
+        );
+        return Ok(());
+    }
+    let args = Cli { repeat: cli.repeat, connections: cli.connections, out: cli.out.clone(), agent_only: false };
     let mut r = env::in_bench_netns("wob", move |bpffs| run(&args, bpffs))?;
     agent_costs(cli.connections, &mut r);
     println!("\nPer packet (weir_from_pod, same-node pod to pod, BPF_PROG_TEST_RUN):");

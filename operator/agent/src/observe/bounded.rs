@@ -4,10 +4,9 @@
 //! Removal by key is O(1) and leaves the key's place in the insertion order behind as a stale
 //! name; stale names are skipped when trimming and compacted away once they outnumber the
 //! entries, so the order queue stays within a constant factor of the map.
-use std::{
-    collections::{HashMap, VecDeque},
-    hash::Hash,
-};
+use std::{collections::VecDeque, hash::Hash};
+
+use foldhash::HashMap;
 
 pub struct Bounded<K, V> {
     map: HashMap<K, V>,
@@ -18,7 +17,7 @@ pub struct Bounded<K, V> {
 
 impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
     pub fn new(cap: usize) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), cap }
+        Self { map: HashMap::default(), order: VecDeque::new(), cap }
     }
 
     pub fn len(&self) -> usize {

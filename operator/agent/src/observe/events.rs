@@ -11,7 +11,7 @@ use std::os::fd::AsFd as _;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use weir_bpf_common::{DatapathEvent, DropReason, EVENT_DROP};
-use weir_dataplane::events::{Event, Events};
+use weir_dataplane::events::{EventRef, Events};
 use weir_operator_api::DropRecord;
 
 use crate::observe::flows::{addr, Ingest, SharedFlowStore};
@@ -76,7 +76,21 @@ pub fn spawn_reader(
             }
         }
         let skipped_before = events.undecodable();
-        let batch = events.drain();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut made = Vec::new();
+        {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            // Each record is read where it lies in the ring and given back once ingested.
+            events.for_each(|ev| {
+                if let EventRef::Flow(e) = ev {
+                    if let Some(r) = record(e, now) {
+                        tracing::debug!(reason = %r.reason, src = %r.src, dst = %r.dst, ifindex = r.ifindex, "drop");
+                        log.push(r);
+                    }
+                }
+                ingest.flows_of(ev, &mut made);
+            });
+        }
         let skipped = events.undecodable() - skipped_before;
         if skipped > 0 {
             tracing::warn!(
@@ -85,22 +99,8 @@ pub fn spawn_reader(
             );
             ingest.metrics.events_undecodable(skipped);
         }
-        if batch.is_empty() {
+        if made.is_empty() {
             continue;
-        }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let mut made = Vec::with_capacity(batch.len());
-        {
-            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-            for ev in &batch {
-                if let Event::Flow(e) = ev {
-                    if let Some(r) = record(e, now) {
-                        tracing::debug!(reason = %r.reason, src = %r.src, dst = %r.dst, ifindex = r.ifindex, "drop");
-                        log.push(r);
-                    }
-                }
-                ingest.flows(ev, &mut made);
-            }
         }
         let mut store = flows.lock().unwrap_or_else(|p| p.into_inner());
         for f in made {

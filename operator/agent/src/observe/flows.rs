@@ -23,7 +23,7 @@ use weir_bpf_common::{
     Addr16, DatapathEvent, DropReason, ExecEvent, PayloadEvent, ServiceKey, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE,
     EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_H2, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
 };
-use weir_dataplane::events::Event;
+use weir_dataplane::events::{Event, EventRef};
 use weir_operator_api::flow::{
     Dns, Endpoint, EventType, Flow, FlowEvent, FlowQuery, FlowType, Http, HttpHeader, Icmp, Ip, L7Type, Layer4, Layer7,
     ObservationPoint, Policy, Service, Tcp, TcpFlags, TrafficDirection, Udp, Verdict, WeirInfo,
@@ -81,14 +81,16 @@ pub struct Ingest {
     /// Pod UID → address (exec records' pods), built at the first exec record of an enrichment.
     pods_by_uid: Option<HashMap<Box<str>, Ipv4Addr>>,
     /// What HTTP metrics need of an address.
-    sides: HashMap<IpAddr, Arc<Side>>,
+    sides: foldhash::HashMap<IpAddr, Arc<Side>>,
     /// HTTP metric handles per (client, server, method label, status class).
-    http_handles:
-        HashMap<(IpAddr, IpAddr, &'static str, &'static str), (prometheus::IntCounter, prometheus::Histogram)>,
+    http_handles: foldhash::HashMap<
+        (IpAddr, IpAddr, &'static str, &'static str),
+        (prometheus::IntCounter, prometheus::Histogram),
+    >,
     /// HTTP records kept per second at most (the rest are counted, not recorded).
     http_records: RateLimit,
     /// Endpoints already described, and their address as text.
-    endpoints: HashMap<IpAddr, (Endpoint, String)>,
+    endpoints: foldhash::HashMap<IpAddr, (Endpoint, String)>,
 }
 
 /// HTTP records kept per second unless configured (`--http-records-per-sec`).
@@ -201,10 +203,10 @@ impl Ingest {
             cgroups: exec::Cgroups::new(None),
             derived_from: None,
             pods_by_uid: None,
-            sides: HashMap::new(),
-            http_handles: HashMap::new(),
+            sides: Default::default(),
+            http_handles: Default::default(),
             http_records: RateLimit::new(DEFAULT_HTTP_RECORDS_PER_SEC),
-            endpoints: HashMap::new(),
+            endpoints: Default::default(),
         }
     }
 
@@ -274,10 +276,15 @@ impl Ingest {
     /// The flows of one event, appended to `out`: one, except for an HTTP segment, which gives
     /// one per message it starts that is kept as a record (none when it does not parse: counted).
     pub fn flows(&mut self, ev: &Event, out: &mut Vec<Flow>) {
+        self.flows_of(ev.as_ref(), out);
+    }
+
+    /// [`Ingest::flows`] of an event read in place ([`weir_dataplane::events::Events::for_each`]).
+    pub fn flows_of(&mut self, ev: EventRef<'_>, out: &mut Vec<Flow>) {
         let (e, payload) = match ev {
-            Event::Flow(e) => (e, None),
-            Event::Payload(d) => (&d.event, Some(d.as_ref())),
-            Event::Exec(x) => {
+            EventRef::Flow(e) => (e, None),
+            EventRef::Payload(d) => (&d.event, Some(d)),
+            EventRef::Exec(x) => {
                 out.push(self.exec(x));
                 return;
             }
@@ -411,8 +418,10 @@ impl Ingest {
             (None, false) => (Endpoint::default(), "not-in-a-pod"),
             (None, true) => (Endpoint::default(), "cgroup-gone"),
         };
-        let binary = exec::printable(&x.filename[..usize::from(x.filename_len)]);
-        let (arguments, arguments_complete) = exec::arguments(&x.args[..usize::from(x.args_len)], x.args_total);
+        // (Lengths as the kernel wrote them: bounded here, the record may be read in place.)
+        let binary = exec::printable(&x.filename[..usize::from(x.filename_len).min(x.filename.len())]);
+        let args = &x.args[..usize::from(x.args_len).min(x.args.len())];
+        let (arguments, arguments_complete) = exec::arguments(args, x.args_total);
         self.metrics.exec(&source.namespace, attribution);
         let mut summary = format!("exec {binary}");
         for a in arguments.iter().skip(1) {
@@ -450,10 +459,11 @@ impl Ingest {
 
     /// The HTTP messages an `EVENT_HTTP` segment starts. Every one is paired (requests wait for
     /// their responses, a response takes the oldest waiting request of its connection) and
-    /// counted in the metrics, on a path that builds no record; records (`l7.http`) are built
-    /// for as many as `--http-records-per-sec` allows, the rest counted as skipped: at tens of
-    /// thousands of requests a second, building a record for each costs the node more than the
-    /// requests themselves.
+    /// counted in the metrics, on a path that allocates nothing for a standard method; records
+    /// (`l7.http`) are kept per exchange: a request takes one of `--http-records-per-sec`, and
+    /// the response of a kept request is kept with it (so a response record always names its
+    /// request), the rest counted as skipped. At tens of thousands of requests a second,
+    /// building a record for each costs the node more than the requests themselves.
     fn http(&mut self, d: &PayloadEvent, out: &mut Vec<Flow>) {
         let data = &d.data[..usize::from(d.len).min(d.data.len())];
         let Ok(messages) = http::parse(data) else {
@@ -465,19 +475,33 @@ impl Ingest {
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
         for m in messages {
-            let (l7, is_reply) = match m {
+            match m {
                 http::Message::Request { method, path, host, version } => {
-                    let host = host.unwrap_or_else(|| std::net::SocketAddr::new(dst, dport).to_string());
-                    let url = format!("http://{host}{path}");
                     // Counted on the client's node (or on any node for a client outside the
                     // cluster): a cross-node exchange is seen on both nodes, counted once.
                     let counted_here = self.counts_here(&enrichment, src);
-                    let pending =
-                        http::Pending { ktime_ns: e.ktime_ns, method: method.clone(), url: url.clone(), counted_here };
+                    let url = self.keep_record().then(|| {
+                        let path = http::clean_path(path);
+                        match host {
+                            Some(host) => format!("http://{host}{path}"),
+                            None => format!("http://{}{path}", std::net::SocketAddr::new(dst, dport)),
+                        }
+                    });
+                    let method = http::method(method);
+                    if let Some(url) = &url {
+                        let http = Http {
+                            code: 0,
+                            method: method.clone().into_owned(),
+                            url: url.clone(),
+                            protocol: http::protocol(version),
+                            headers: Vec::new(),
+                        };
+                        let l7 = Layer7 { kind: L7Type::Request, latency_ns: 0, dns: None, http: Some(http) };
+                        self.l7_record(&enrichment, e, l7, false, out);
+                    }
+                    let pending = http::Pending { ktime_ns: e.ktime_ns, method, url, counted_here };
                     let dropped = self.http.request((src, sport, dst, dport), pending);
                     self.metrics.http_unanswered(dropped.unanswered);
-                    let http = Http { code: 0, method, url, protocol: http::protocol(version), headers: Vec::new() };
-                    (Layer7 { kind: L7Type::Request, latency_ns: 0, dns: None, http: Some(http) }, false)
                 }
                 http::Message::Response { code, version } => {
                     let (req, dropped) = self.http.response(&(dst, dport, src, sport), e.ktime_ns);
@@ -487,28 +511,42 @@ impl Ingest {
                         Some(r) => r.counted_here,
                         None => self.counts_here(&enrichment, dst),
                     };
-                    let (method, url) = req.map(|r| (r.method, r.url)).unwrap_or_default();
+                    let code = u32::from(code);
                     if counted_here {
-                        let code = u32::from(code);
-                        let latency = (!url.is_empty()).then_some(latency_ns);
-                        self.exchange_metrics(&enrichment, dst, src, Answered::Http { method: &method, code }, latency);
+                        let method = req.as_ref().map_or("", |r| &r.method);
+                        let latency = req.is_some().then_some(latency_ns);
+                        self.exchange_metrics(&enrichment, dst, src, Answered::Http { method, code }, latency);
                     }
-                    let http = Http {
-                        code: u32::from(code),
-                        method,
-                        url,
-                        protocol: http::protocol(version),
-                        headers: Vec::new(),
+                    // Kept with its request's record; without a request, on the budget.
+                    let kept = match req {
+                        Some(http::Pending { method, url: Some(url), .. }) => Some((method.into_owned(), url)),
+                        Some(_) => {
+                            self.metrics.http_record_skipped();
+                            None
+                        }
+                        None => self.keep_record().then(Default::default),
                     };
-                    (Layer7 { kind: L7Type::Response, latency_ns, dns: None, http: Some(http) }, true)
+                    if let Some((method, url)) = kept {
+                        let http = Http { code, method, url, protocol: http::protocol(version), headers: Vec::new() };
+                        let l7 = Layer7 { kind: L7Type::Response, latency_ns, dns: None, http: Some(http) };
+                        self.l7_record(&enrichment, e, l7, true, out);
+                    }
                 }
-            };
-            self.l7_record(&enrichment, e, l7, is_reply, out);
+            }
         }
     }
 
-    /// An L7 record of event `e`, when the record budget (`--http-records-per-sec`) allows;
-    /// else counted as skipped.
+    /// Whether the record budget (`--http-records-per-sec`) allows one more L7 record; counts
+    /// it as skipped when not.
+    fn keep_record(&mut self) -> bool {
+        let kept = self.http_records.take();
+        if !kept {
+            self.metrics.http_record_skipped();
+        }
+        kept
+    }
+
+    /// The L7 record of event `e` (the caller has decided to keep it: [`Ingest::keep_record`]).
     fn l7_record(
         &mut self,
         enrichment: &Arc<Enrichment>,
@@ -517,10 +555,6 @@ impl Ingest {
         is_reply: bool,
         out: &mut Vec<Flow>,
     ) {
-        if !self.http_records.take() {
-            self.metrics.http_record_skipped();
-            return;
-        }
         let mut f = self.base_flow(enrichment, e, FlowEvent::Http);
         f.is_reply = is_reply;
         f.l7 = Some(l7);
@@ -558,6 +592,9 @@ impl Ingest {
                 h2::Exchange::Lost(l) => self.metrics.http2_lost(l.label()),
                 h2::Exchange::Unanswered(n) => self.metrics.http_unanswered(n),
                 h2::Exchange::Request(r) => {
+                    if !self.keep_record() {
+                        continue;
+                    }
                     let headers = if r.grpc { vec![header("content-type", "application/grpc")] } else { Vec::new() };
                     let http = Http { code: 0, method: r.method, url: r.url, protocol: "HTTP/2".into(), headers };
                     let l7 = Layer7 { kind: L7Type::Request, latency_ns: 0, dns: None, http: Some(http) };
@@ -577,6 +614,9 @@ impl Ingest {
                             _ => Answered::Http { method: &method, code: u32::from(a.status) },
                         };
                         self.exchange_metrics(&enrichment, dst, src, answered, latency);
+                    }
+                    if !self.keep_record() {
+                        continue;
                     }
                     let mut headers = Vec::new();
                     if let Some(s) = a.grpc_status {
@@ -1213,6 +1253,34 @@ mod tests {
         assert!(text.contains("weir_http_unparsed_total 1"), "{text}");
         assert!(text.contains("weir_http_responses_without_request_total 1"), "{text}");
         assert!(text.contains("status=\"5xx\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn http_records_are_kept_per_exchange_and_every_exchange_is_counted() {
+        // A budget of two records a second: one exchange's request and response.
+        let mut i = ingest().with_http_records_per_sec(2);
+        let mut out = Vec::new();
+        for (port, t) in [(40000, 1_000), (40001, 2_000), (40002, 3_000)] {
+            i.flows(&http_event(b"GET /x HTTP/1.1\r\nHost: web\r\n\r\n", port, false, t), &mut out);
+        }
+        // The second request took the last token; the third has none.
+        assert_eq!(out.len(), 2, "{out:?}");
+        out.clear();
+        for (port, t) in [(40002, 9_000), (40001, 8_000), (40000, 7_000)] {
+            i.flows(&http_event(b"HTTP/1.1 204 No Content\r\n\r\n", port, true, t), &mut out);
+        }
+        // The kept requests' responses are kept though the budget is spent, and name their
+        // request; the unkept one's response is not kept without its request.
+        let kept: Vec<_> = out.iter().filter_map(|f| f.http().map(|h| (f.ports().0, h.url.clone()))).collect();
+        assert_eq!(kept, [(8080, "http://web/x".to_owned()), (8080, "http://web/x".to_owned())], "{out:?}");
+        let latencies: Vec<_> = out.iter().filter_map(|f| f.l7.as_ref().map(|l| l.latency_ns)).collect();
+        assert_eq!(latencies, [6_000, 6_000]);
+        let text = String::from_utf8(i.metrics.render()).expect("utf-8");
+        // Every exchange counted, with its latency, recorded or not.
+        assert!(text.contains("status=\"2xx\"} 3"), "{text}");
+        let durations = |l: &&str| l.starts_with("weir_http_request_duration_seconds_count{") && l.ends_with(" 3");
+        assert_eq!(text.lines().filter(durations).count(), 1, "{text}");
+        assert!(text.contains("weir_http_records_skipped_total 2"), "{text}");
     }
 
     #[test]

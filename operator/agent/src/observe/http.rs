@@ -30,11 +30,35 @@ pub const PENDING_PER_CONN: usize = 64;
 /// A request unanswered this long is dropped (counted as unanswered).
 pub const PENDING_TTL_NS: u64 = 120_000_000_000;
 
-/// One HTTP message start as parsed.
+/// One HTTP message start as parsed, borrowing the copied segment: nothing is allocated for a
+/// message until a record of it is made ([`clean_path`], [`method`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    Request { method: String, path: String, host: Option<String>, version: Option<u8> },
-    Response { code: u16, version: Option<u8> },
+pub enum Message<'a> {
+    /// `path` as sent (query string included: [`clean_path`] makes the record's); `host` when
+    /// within the copy and shaped like a host name.
+    Request {
+        method: &'a str,
+        path: &'a str,
+        host: Option<&'a str>,
+        version: Option<u8>,
+    },
+    Response {
+        code: u16,
+        version: Option<u8>,
+    },
+}
+
+/// A request method as kept while its response is awaited: the standard ones without an
+/// allocation.
+pub type Method = std::borrow::Cow<'static, str>;
+
+/// `m` as a [`Method`]: a standard method (as sent: case kept) borrowed, anything else copied.
+pub fn method(m: &str) -> Method {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    match KNOWN.iter().find(|k| **k == m) {
+        Some(k) => Method::Borrowed(k),
+        None => Method::Owned(m.to_owned()),
+    }
 }
 
 /// `HTTP/1.0`, `HTTP/1.1`, or `HTTP/1` when the version was cut off.
@@ -47,8 +71,8 @@ pub fn protocol(version: Option<u8>) -> String {
 
 /// Every message whose start lies in `data` (a copied segment start), in order. `Err` when the
 /// first one does not parse.
-pub fn parse(data: &[u8]) -> Result<Vec<Message>, httparse::Error> {
-    let mut out = Vec::new();
+pub fn parse(data: &[u8]) -> Result<Vec<Message<'_>>, httparse::Error> {
+    let mut out = Vec::with_capacity(1);
     let mut at = 0;
     while at < data.len() {
         let rest = &data[at..];
@@ -84,7 +108,7 @@ fn next_start(head_len: usize, headers: &[httparse::Header<'_>], is_request: boo
     }
 }
 
-fn request(data: &[u8]) -> Result<(Message, Option<usize>), httparse::Error> {
+fn request(data: &[u8]) -> Result<(Message<'_>, Option<usize>), httparse::Error> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let status = req.parse(data)?;
@@ -98,9 +122,8 @@ fn request(data: &[u8]) -> Result<(Message, Option<usize>), httparse::Error> {
         .find(|h| h.name.eq_ignore_ascii_case("host"))
         .and_then(|h| std::str::from_utf8(h.value).ok())
         .map(str::trim)
-        .filter(|h| !h.is_empty() && h.len() <= HOST_MAX && h.bytes().all(host_byte))
-        .map(str::to_owned);
-    let m = Message::Request { method: method.to_owned(), path: clean_path(path), host, version: req.version };
+        .filter(|h| !h.is_empty() && h.len() <= HOST_MAX && h.bytes().all(host_byte));
+    let m = Message::Request { method, path, host, version: req.version };
     let next = match status {
         httparse::Status::Complete(n) => next_start(n, req.headers, true),
         httparse::Status::Partial => None,
@@ -108,7 +131,7 @@ fn request(data: &[u8]) -> Result<(Message, Option<usize>), httparse::Error> {
     Ok((m, next))
 }
 
-fn response(data: &[u8]) -> Result<(Message, Option<usize>), httparse::Error> {
+fn response(data: &[u8]) -> Result<(Message<'_>, Option<usize>), httparse::Error> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let status = resp.parse(data)?;
@@ -128,15 +151,22 @@ fn host_byte(b: u8) -> bool {
 
 /// The path without its query string or fragment, at most `PATH_MAX` bytes, printable ASCII
 /// only (anything else is percent-encoded so a record never carries control characters).
-pub(crate) fn clean_path(p: &str) -> String {
+pub fn clean_path(p: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let p = p.split(['?', '#']).next().unwrap_or("");
     let mut out = String::with_capacity(p.len().min(PATH_MAX));
     for b in p.bytes() {
-        let piece = if (0x21..0x7f).contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") };
-        if out.len() + piece.len() > PATH_MAX {
-            break;
+        if (0x21..0x7f).contains(&b) {
+            if out.len() == PATH_MAX {
+                break;
+            }
+            out.push(char::from(b));
+        } else {
+            if out.len() + 3 > PATH_MAX {
+                break;
+            }
+            out.extend(['%', char::from(HEX[usize::from(b >> 4)]), char::from(HEX[usize::from(b & 15)])]);
         }
-        out.push_str(&piece);
     }
     out
 }
@@ -149,8 +179,11 @@ pub type Conn = (IpAddr, u16, IpAddr, u16);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
     pub ktime_ns: u64,
-    pub method: String,
-    pub url: String,
+    pub method: Method,
+    /// The request's URL when its exchange is recorded (its request record was kept, and its
+    /// response's will be); `None` otherwise: most exchanges are only counted, and building a
+    /// URL for each would cost more than counting it.
+    pub url: Option<String>,
     /// This node counts the exchange in metrics (the client's node, or any node for a client
     /// outside the cluster): a cross-node exchange is seen on two nodes but counted once.
     pub counted_here: bool,
@@ -255,17 +288,18 @@ mod tests {
         assert_eq!(
             m,
             [Message::Request {
-                method: "GET".into(),
-                path: "/shop/items".into(),
-                host: Some("web.shop".into()),
+                method: "GET",
+                path: "/shop/items?id=7&x=y",
+                host: Some("web.shop"),
                 version: Some(1)
             }]
         );
+        assert_eq!(clean_path("/shop/items?id=7&x=y"), "/shop/items");
         let m = parse(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n").expect("response");
         assert_eq!(m, [Message::Response { code: 404, version: Some(0) }]);
         // Cut off inside the headers: the request line is enough; no Host seen.
         let m = parse(b"POST /a HTTP/1.1\r\nUser-Agent: x\r\nHo").expect("partial");
-        assert!(matches!(&m[..], [Message::Request { method, host: None, .. }] if method == "POST"));
+        assert!(matches!(&m[..], [Message::Request { method, host: None, .. }] if *method == "POST"));
         // Cut off inside the request line: not a request weir can name.
         assert!(parse(b"GET /very-long-path-without-end").is_err());
         assert!(parse(b"GET  HTTP/1.1\r\n\r\n").is_err());
@@ -276,13 +310,19 @@ mod tests {
     fn hostile_fields_are_bounded_and_cleaned() {
         let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "p".repeat(400));
         let Message::Request { path, .. } = &parse(long.as_bytes()).expect("long")[0] else { panic!() };
-        assert_eq!(path.len(), PATH_MAX);
+        assert_eq!(clean_path(path).len(), PATH_MAX);
+        // Cut where an escape would not fit whole.
+        let escaped = format!("/{}\u{e9}", "p".repeat(PATH_MAX - 4));
+        assert_eq!(clean_path(&escaped), format!("/{}%C3", "p".repeat(PATH_MAX - 4)));
         // A Host that is not a host name is not used; one with control characters is not
         // HTTP at all (refused, counted by the caller).
         let m = parse(b"GET / HTTP/1.1\r\nHost: evil name/<x>\r\n\r\n").expect("bad host");
         assert!(matches!(&m[0], Message::Request { host: None, .. }));
         assert!(parse(b"GET / HTTP/1.1\r\nHost: evil\x01\r\n\r\n").is_err());
-        assert_eq!(clean_path("/a\u{e9}b"), "/a%C3%A9b");
+        assert_eq!(clean_path("/a\u{e9}b c\x7f"), "/a%C3%A9b%20c%7F");
+        // Standard methods are kept without a copy, others copied.
+        assert!(matches!(method("GET"), Method::Borrowed("GET")));
+        assert!(matches!(method("PROPFIND"), Method::Owned(m) if m == "PROPFIND"));
     }
 
     #[test]
@@ -302,7 +342,7 @@ mod tests {
     }
 
     fn pending(t: u64, path: &str) -> Pending {
-        Pending { ktime_ns: t, method: "GET".into(), url: path.into(), counted_here: true }
+        Pending { ktime_ns: t, method: method("GET"), url: Some(path.into()), counted_here: true }
     }
 
     #[test]
@@ -313,9 +353,9 @@ mod tests {
         p.request(c, pending(1, "/a"));
         p.request(c, pending(2, "/b"));
         p.request(other, pending(3, "/c"));
-        assert_eq!(p.response(&c, 10).0.map(|r| r.url), Some("/a".into()));
-        assert_eq!(p.response(&other, 10).0.map(|r| r.url), Some("/c".into()));
-        assert_eq!(p.response(&c, 10).0.map(|r| r.url), Some("/b".into()));
+        assert_eq!(p.response(&c, 10).0.and_then(|r| r.url), Some("/a".into()));
+        assert_eq!(p.response(&other, 10).0.and_then(|r| r.url), Some("/c".into()));
+        assert_eq!(p.response(&c, 10).0.and_then(|r| r.url), Some("/b".into()));
         // Nothing waiting: no guess.
         assert_eq!(p.response(&c, 10).0, None);
         // Expired requests are counted, not paired.
