@@ -39,7 +39,7 @@ use weir_dataplane::{
     events::{EventRef, Events},
     Datapath,
 };
-use weir_operator_agent::observe::h2;
+use weir_operator_agent::observe::{h2, hpack};
 use weir_operator_agent::{
     observe::flows::{FlowStore, Ingest},
     serve::metrics::Metrics,
@@ -354,17 +354,21 @@ fn agent_costs(n: u32, r: &mut Results) {
     r.agent_http_event_ns = t.elapsed().as_nanos() as f64 / f64::from(2 * n.max(1));
 
     // gRPC: n unary calls on one connection, as a client and server send them. Header blocks
-    // of literals (no dynamic table: every call's blocks are the same bytes).
-    let literal = |index: u8, value: &[u8]| [&[index, value.len() as u8][..], value].concat();
+    // of literals without indexing (no dynamic table: every call's blocks are the same bytes),
+    // their values Huffman-coded as real clients and servers code them.
+    let literal = |index: u8, value: &[u8]| {
+        let coded = hpack::huffman_encode(value);
+        [&[index, 0x80 | coded.len() as u8][..], &coded].concat()
+    };
     let call_headers = [
         &[0x83u8, 0x86][..],
         &literal(0x04, b"/shop.Cart/Get"),
         &literal(0x01, b"cart.shop:50051"),
-        &[0x0f, 0x10, 16],
-        b"application/grpc",
+        &[0x0f, 0x10][..],
+        &literal(0x00, b"application/grpc")[1..],
     ]
     .concat();
-    let answer_headers = [&[0x88u8, 0x0f, 0x10, 16][..], b"application/grpc"].concat();
+    let answer_headers = [&[0x88u8, 0x0f, 0x10][..], &literal(0x00, b"application/grpc")[1..]].concat();
     let trailers = [&[0x40u8, 11][..], b"grpc-status", &[1, b'0']].concat();
     let segment = |event: DatapathEvent, seq: u32, bytes: &[u8]| {
         let mut p = PayloadEvent::with_data(event, true, bytes);

@@ -69,19 +69,26 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> (u16, u16, u8, usize) {
     }
 }
 
-/// The first 14 bytes of the TCP header (ports, data offset, flags): read in place where they
-/// lie in the packet's linear part (every established packet pays for this: no helper call),
-/// else copied out.
+/// The first 14 bytes of the TCP header (ports, sequence number, data offset, flags); every
+/// established packet pays for this.
 #[inline(always)]
 fn tcp_head(ctx: &TcContext, l4_off: usize) -> Option<[u8; 14]> {
-    // Bounded for the verifier: the IPv4 header ends at most 14 + 60 bytes in.
-    let off = l4_off & 0x7f;
+    packet_bytes::<14>(ctx, l4_off)
+}
+
+/// `N` bytes of the packet at `off` (at most 255: headers end, and payloads start, within the
+/// first 14 + 60 + 60 bytes): read in place where they lie in the linear part, without a helper
+/// call, else copied out with one.
+#[inline(always)]
+fn packet_bytes<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+    // Bounded for the verifier.
+    let at = off & 0xff;
     let start = ctx.data();
-    if start + off + 14 <= ctx.data_end() {
+    if at == off && start + at + N <= ctx.data_end() {
         // SAFETY: bounds checked against data_end above; the verifier enforces the same.
-        return Some(unsafe { ((start + off) as *const [u8; 14]).read_unaligned() });
+        return Some(unsafe { ((start + at) as *const [u8; N]).read_unaligned() });
     }
-    ctx.load::<[u8; 14]>(l4_off).ok()
+    ctx.load::<[u8; N]>(off).ok()
 }
 
 /// A Service frontend (IPv4 address and port, network order); port 0 = none.
@@ -448,7 +455,7 @@ const HTTP_STARTS: [u32; 9] = [
 /// neither.
 #[inline(always)]
 fn l7_start(ctx: &TcContext, off: usize) -> u8 {
-    let Ok(b) = ctx.load::<[u8; 9]>(off) else { return START_NONE };
+    let Some(b) = packet_bytes::<9>(ctx, off) else { return START_NONE };
     let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     if w == word(b"HTTP") {
         return if b[4] == b'/' && b[5] == b'1' && b[6] == b'.' { START_HTTP1 } else { START_NONE };
@@ -496,7 +503,11 @@ fn payload(ctx: &TcContext, key: &FlowKey, l4_off: usize, payload_off: usize, tc
         (*p).len = n as u16;
         (*p).tcp = u8::from(key.proto == IPPROTO_TCP);
         (*p)._pad = 0;
-        (*p).seq = if key.proto == IPPROTO_TCP { ctx.load::<u32>(l4_off + 4).map_or(0, u32::from_be) } else { 0 };
+        (*p).seq = if key.proto == IPPROTO_TCP {
+            tcp_head(ctx, l4_off).map_or(0, |h| u32::from_be_bytes([h[4], h[5], h[6], h[7]]))
+        } else {
+            0
+        };
         (*p).seg_len = (total - payload_off) as u32;
         (*p)._pad2 = [0; 4];
     }

@@ -6,8 +6,8 @@
 //! again with an `:authority` that is not a valid URI authority replaced by `localhost`;
 //! every other frame, and everything the server sends, passes unchanged.
 //!
-//! The client's HPACK state is followed with its own decoder, and what the server sees is
-//! encoded with one encoder per connection, so both tables stay in step. A block that does not
+//! The client's HPACK state is followed with its own decoder (weir's, `hpack`), and what the
+//! server sees is encoded with one encoder (`loona-hpack`'s) per connection, so both tables stay in step. A block that does not
 //! decode, or that is larger than [`BLOCK_MAX`], closes the connection (the server would have
 //! refused it too).
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
@@ -59,7 +59,8 @@ where
     let mut preface = [0u8; 24];
     from.read_exact(&mut preface).await?;
     to.write_all(&preface).await?;
-    let mut decoder = loona_hpack::Decoder::new();
+    // The table size the server (h2) advertises: the protocol's default.
+    let mut decoder = super::hpack::Decoder::new(super::h2::TABLE_MAX);
     let mut encoder = loona_hpack::Encoder::new();
     // A block being gathered: its stream, whether its HEADERS ended the stream, the fragments.
     let mut block: Option<(u32, bool, Vec<u8>)> = None;
@@ -98,9 +99,7 @@ where
         }
         let Some((stream, end_stream, gathered)) = block.take() else { continue };
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        decoder
-            .decode_with_cb(&gathered, |n, v| fields.push((n.into_owned(), v.into_owned())))
-            .map_err(|_| invalid("header block"))?;
+        decoder.decode(&gathered, |n, v| fields.push((n.to_vec(), v.to_vec()))).map_err(|_| invalid("header block"))?;
         for (n, v) in &mut fields {
             if n.as_slice() == b":authority" && !valid_authority(v) {
                 *v = b"localhost".to_vec();

@@ -101,7 +101,15 @@ pub fn arguments(raw: &[u8], total: u32) -> (Vec<String>, bool) {
 /// Bytes from a process as text: valid UTF-8 kept, control characters and invalid bytes escaped.
 pub fn printable(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
-    s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -147,17 +147,10 @@ impl Fields {
     }
 }
 
-/// At most `max` bytes of `v`, with anything not printable ASCII percent-encoded.
+/// At most `max` bytes of `v`, with anything not printable ASCII (and `%` itself)
+/// percent-encoded.
 fn printable(v: &[u8], max: usize) -> String {
-    let mut out = String::new();
-    for &b in v {
-        let piece = if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") };
-        if out.len() + piece.len() > max {
-            break;
-        }
-        out.push_str(&piece);
-    }
-    out
+    super::http::escaped(v, |b| (0x20..0x7f).contains(&b) && b != b'%', max)
 }
 
 /// What one direction's segment held.
@@ -188,14 +181,13 @@ pub struct Reader {
     /// A header block being gathered: its stream and whether its HEADERS ended the stream.
     block: Vec<u8>,
     block_of: Option<(u32, bool)>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: super::hpack::Decoder,
     lost: Option<Lost>,
 }
 
 impl Reader {
     pub fn new(client: bool) -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(TABLE_MAX);
+        let decoder = super::hpack::Decoder::new(TABLE_MAX);
         Self {
             next_seq: None,
             client,
@@ -341,7 +333,7 @@ impl Reader {
             let (stream, end_stream) = self.block_of.take().unwrap_or_default();
             let mut fields = Fields::default();
             let block = std::mem::take(&mut self.block);
-            self.decoder.decode_with_cb(&block, |n, v| fields.set(&n, &v)).map_err(|_| Lost::Hpack)?;
+            self.decoder.decode(&block, |n, v| fields.set(n, v)).map_err(|_| Lost::Hpack)?;
             self.block = if block.capacity() <= KEEP_CAPACITY { block } else { Vec::new() };
             self.block.clear();
             out.push(Item::Headers { stream, end_stream, fields });

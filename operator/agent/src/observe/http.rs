@@ -152,17 +152,23 @@ fn host_byte(b: u8) -> bool {
 /// The path without its query string or fragment, at most `PATH_MAX` bytes, printable ASCII
 /// only (anything else is percent-encoded so a record never carries control characters).
 pub fn clean_path(p: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let p = p.split(['?', '#']).next().unwrap_or("");
-    let mut out = String::with_capacity(p.len().min(PATH_MAX));
-    for b in p.bytes() {
-        if (0x21..0x7f).contains(&b) {
-            if out.len() == PATH_MAX {
+    escaped(p.as_bytes(), |b| (0x21..0x7f).contains(&b), PATH_MAX)
+}
+
+/// At most `max` bytes of `v`: the bytes `keep` accepts as they are, any other as `%XX`; cut
+/// before the first byte (or escape) that would not fit whole. One allocation.
+pub(crate) fn escaped(v: &[u8], keep: impl Fn(u8) -> bool, max: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(v.len().min(max));
+    for &b in v {
+        if keep(b) {
+            if out.len() == max {
                 break;
             }
             out.push(char::from(b));
         } else {
-            if out.len() + 3 > PATH_MAX {
+            if out.len() + 3 > max {
                 break;
             }
             out.extend(['%', char::from(HEX[usize::from(b >> 4)]), char::from(HEX[usize::from(b & 15)])]);
@@ -320,6 +326,10 @@ mod tests {
         assert!(matches!(&m[0], Message::Request { host: None, .. }));
         assert!(parse(b"GET / HTTP/1.1\r\nHost: evil\x01\r\n\r\n").is_err());
         assert_eq!(clean_path("/a\u{e9}b c\x7f"), "/a%C3%A9b%20c%7F");
+        // HTTP/2 header values: spaces kept, `%` escaped, cut before an escape that does not fit.
+        let header_value = |b: u8| (0x20..0x7f).contains(&b) && b != b'%';
+        assert_eq!(super::escaped(b"a b%\x01", header_value, 8), "a b%25");
+        assert_eq!(super::escaped(b"abc", header_value, 2), "ab");
         // Standard methods are kept without a copy, others copied.
         assert!(matches!(method("GET"), Method::Borrowed("GET")));
         assert!(matches!(method("PROPFIND"), Method::Owned(m) if m == "PROPFIND"));

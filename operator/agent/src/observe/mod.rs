@@ -17,6 +17,7 @@ pub mod flows;
 #[cfg(feature = "hubble")]
 pub mod grpc;
 pub mod h2;
+pub mod hpack;
 pub mod http;
 #[cfg(feature = "hubble")]
 pub mod hubble_api;
