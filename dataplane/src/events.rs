@@ -117,19 +117,18 @@ impl<'a> EventRef<'a> {
     pub fn to_owned(self) -> Event {
         match self {
             Self::Flow(e) => Event::Flow(*e),
-            Self::Payload(e) => {
-                let mut e = Box::new(*e);
-                e.len = e.len.min(e.data.len() as u16);
-                Event::Payload(e)
-            }
-            Self::Exec(e) => {
-                let mut e = Box::new(*e);
-                e.filename_len = e.filename_len.min(e.filename.len() as u16);
-                e.args_len = e.args_len.min(e.args.len() as u16);
-                Event::Exec(e)
-            }
+            Self::Payload(e) => Event::Payload(Box::new(*e)),
+            Self::Exec(e) => Event::Exec(Box::new(*e)),
         }
+        .bounded()
     }
+}
+
+/// `item` copied out as a `T`: a record of exactly `T`'s size, at any alignment.
+fn read<T: Record>(item: &[u8]) -> Option<T> {
+    // SAFETY: the size is checked; T is plain data (Record: every bit pattern valid); the read
+    // is unaligned-safe.
+    (item.len() == size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) })
 }
 
 impl Event {
@@ -144,25 +143,27 @@ impl Event {
 
     /// Reads a record; `None` for a size no event of this ABI has.
     pub fn decode(item: &[u8]) -> Option<Self> {
-        if item.len() == size_of::<DatapathEvent>() {
-            // SAFETY: DatapathEvent is repr(C) plain data of exactly this size; the read is
-            // unaligned-safe.
-            return Some(Self::Flow(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DatapathEvent>()) }));
+        let e = if let Some(e) = read::<DatapathEvent>(item) {
+            Self::Flow(e)
+        } else if let Some(e) = read::<PayloadEvent>(item) {
+            Self::Payload(Box::new(e))
+        } else {
+            Self::Exec(Box::new(read::<ExecEvent>(item)?))
+        };
+        Some(e.bounded())
+    }
+
+    /// The event with the lengths it carries bounded by the arrays they index.
+    fn bounded(mut self) -> Self {
+        match &mut self {
+            Self::Flow(_) => {}
+            Self::Payload(e) => e.len = e.len.min(e.data.len() as u16),
+            Self::Exec(e) => {
+                e.filename_len = e.filename_len.min(e.filename.len() as u16);
+                e.args_len = e.args_len.min(e.args.len() as u16);
+            }
         }
-        if item.len() == size_of::<PayloadEvent>() {
-            // SAFETY: as above, for PayloadEvent.
-            let mut e = Box::new(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadEvent>()) });
-            e.len = e.len.min(e.data.len() as u16);
-            return Some(Self::Payload(e));
-        }
-        if item.len() == size_of::<ExecEvent>() {
-            // SAFETY: as above, for ExecEvent.
-            let mut e = Box::new(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ExecEvent>()) });
-            e.filename_len = e.filename_len.min(e.filename.len() as u16);
-            e.args_len = e.args_len.min(e.args.len() as u16);
-            return Some(Self::Exec(e));
-        }
-        None
+        self
     }
 }
 

@@ -178,6 +178,8 @@ fn service(key: &FlowKey, cookie: u64, reply: bool) -> Svc {
     }
 }
 
+const _: () = assert!(cfg!(target_endian = "little"), "put_v4 writes little-endian words");
+
 /// Writes `be` (an IPv4 address in packet order, see `Addr16::from_v4_be`) as an IPv4-mapped
 /// address at `dst` with two 8-byte stores: `dst` lies at an 8-byte aligned offset (0, 16, 72) of
 /// a ring record, which is 8-byte aligned. Assigning an `Addr16` value instead zeroes its first
@@ -185,8 +187,6 @@ fn service(key: &FlowKey, cookie: u64, reply: bool) -> Svc {
 ///
 /// # Safety
 /// `dst` is valid for writes and 8-byte aligned.
-const _: () = assert!(cfg!(target_endian = "little"), "put_v4 writes little-endian words");
-
 #[inline(always)]
 unsafe fn put_v4(dst: *mut Addr16, be: u32) {
     let w = dst.cast::<u64>();
