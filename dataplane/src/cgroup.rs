@@ -1,19 +1,19 @@
-//! cgroup attachment of the socket-level Service programs, with pinned links
+//! cgroup attachment of the socket-level Service programs and the bind reporter, with pinned links
 //! (`<pin_dir>/links/<program>-cgroup`): they keep translating while the agent is down, and a
 //! restarted or upgraded agent takes them over (link update) instead of attaching again.
 use std::path::Path;
 
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use weir_bpf_common::programs;
 
 use crate::{tcx::Attachment, Datapath, Error, Result};
 
 impl Datapath {
     /// Attaches every socket program to the cgroup v2 directory `cgroup` (all pods below it).
-    /// Returns what happened to the last program (all four are treated alike).
+    /// Returns what happened to the last program (all five are treated alike).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<Attachment> {
         let mut outcome = Attachment::Attached;
-        for name in programs::SOCK {
+        for name in programs::SOCK.into_iter().chain([programs::SOCK_POST_BIND4]) {
             let pin_name = format!("{name}-cgroup");
             let pin = self.pin_dir.join("links").join(&pin_name);
             if let Some(existing) = self.existing_pins(&pin_name).into_iter().next() {
@@ -24,15 +24,18 @@ impl Datapath {
             let dir = open_cgroup(cgroup)?;
             let attach_err =
                 |source| Error::Attach { program: name, iface: cgroup.display().to_string(), source: Box::new(source) };
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(Error::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| Error::Program { name, source: Box::new(source) })?;
+            let prog = self.ebpf.program_mut(name).ok_or(Error::MissingProgram { name })?;
+            let program_err = |source| Error::Program { name, source: Box::new(source) };
             // With BPF links the kernel always allows several programs; link_create rejects any flag.
-            let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(attach_err)?;
-            crate::pin_link(prog.take_link(id).map_err(attach_err)?, &pin)?;
+            if name == programs::SOCK_POST_BIND4 {
+                let prog: &mut CgroupSock = prog.try_into().map_err(program_err)?;
+                let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(attach_err)?;
+                crate::pin_link(prog.take_link(id).map_err(attach_err)?, &pin)?;
+            } else {
+                let prog: &mut CgroupSockAddr = prog.try_into().map_err(program_err)?;
+                let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(attach_err)?;
+                crate::pin_link(prog.take_link(id).map_err(attach_err)?, &pin)?;
+            }
         }
         Ok(outcome)
     }

@@ -6,7 +6,7 @@ use std::{
 
 use aya::{
     maps::ProgramArray,
-    programs::{CgroupSockAddr, SchedClassifier},
+    programs::{CgroupSock, CgroupSockAddr, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 use weir_bpf_common::{globals, maps, programs, settings, tails, ABI_VERSION};
@@ -125,6 +125,13 @@ impl Datapath {
                 .map_err(|source| Error::Program { name, source: Box::new(source) })?;
             retry_eagain(|| prog.load()).map_err(|source| Error::Program { name, source: Box::new(source) })?;
         }
+        let name = programs::SOCK_POST_BIND4;
+        let prog: &mut CgroupSock = ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source: Box::new(source) })?;
+        retry_eagain(|| prog.load()).map_err(|source| Error::Program { name, source: Box::new(source) })?;
         fill_tails(&mut ebpf)?;
         write_settings(&mut ebpf, cfg)?;
         let older = crate::takeover::older_versions(&cfg.bpffs_root);

@@ -32,6 +32,8 @@ fn every_program_is_a_classifier() {
         let p = obj.programs.get(name).unwrap_or_else(|| panic!("program {name} missing"));
         assert!(matches!(p.section, ProgramSection::CgroupSockAddr { .. }), "{name} is {:?}", p.section);
     }
+    let p = obj.programs.get(programs::SOCK_POST_BIND4).expect("bind program");
+    assert!(matches!(p.section, ProgramSection::CgroupSock { .. }), "{:?}", p.section);
 }
 
 #[test]

@@ -410,6 +410,60 @@ fn lab_observe_flows_drops_dns_and_metrics() {
     for f in &by_curl {
         assert_eq!(pod_of(&f["source"]), "shop/client", "{f}");
     }
+    // Connections a pod accepted name the process that bound the port (the post_bind4 hook
+    // saw nginx's bind in its own context): nginx's replies leaving the server pod on n2 and
+    // curl's requests arriving there.
+    let accepted: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["node_name"] == "n2" && f["weir"]["event"] == "new" && f["weir"]["process"]["bound"] == true)
+        .collect();
+    for (key, point) in [("source_port", "shop/dns"), ("destination_port", "shop/dns")] {
+        assert!(
+            accepted.iter().any(|f| f["l4"]["TCP"][key] == 8088
+                && pod_of(if key == "source_port" { &f["source"] } else { &f["destination"] }) == point
+                && f["weir"]["process"]["command"] == "nginx"
+                && f["weir"]["process"]["pid"].as_u64().unwrap_or(0) > 1),
+            "no accepted connection on 8088 ({key}) names nginx:\n{}",
+            show(&flows)
+        );
+    }
+    // (and the lab's test server in shop/web, which bound 8080 and 8081, names itself).
+    assert!(
+        accepted.iter().any(|f| f["l4"]["TCP"]["source_port"] == 8080
+            && pod_of(&f["source"]) == "shop/web"
+            && f["weir"]["process"]["command"] == "weir-lab-pod"),
+        "{}",
+        show(&accepted.iter().map(|f| (*f).clone()).collect::<Vec<_>>())
+    );
+
+    // A client that half-closes right after its request (nc -N: its FIN follows the request):
+    // the response that comes after that FIN still answers the request, with its latency.
+    let said = lab.ok(&[
+        "exec",
+        "shop/client",
+        "--",
+        "sh",
+        "-c",
+        &format!("printf 'GET /half-closed HTTP/1.1\\r\\nHost: dns\\r\\n\\r\\n' | nc -N -w 5 {dns_ip} 8088"),
+    ]);
+    assert!(said.starts_with("HTTP/1.1 404"), "nginx after a half-close: {said}");
+    let mut answered = Vec::new();
+    for _ in 0..25 {
+        answered = observe(&lab, &["--node", "n1", "--type", "l7", "--http-path", "/half-closed"]);
+        if answered.iter().any(|f| f["l7"]["type"] == "RESPONSE") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let response = answered.iter().find(|f| f["l7"]["type"] == "RESPONSE");
+    let response = response.unwrap_or_else(|| panic!("no response to the half-closed request:\n{}", show(&answered)));
+    assert_eq!(
+        (response["l7"]["http"]["code"].as_u64(), response["l7"]["http"]["url"].as_str()),
+        (Some(404), Some("http://dns/half-closed")),
+        "{response}"
+    );
+    assert!(response["l7"]["latency_ns"].as_u64().unwrap_or(0) > 0, "paired with its request: {response}");
+
     // The exec audit: curl, started in the client pod, with its arguments and its pod.
     let execs = observe(&lab, &["--type", "exec", "--pod", "shop/client"]);
     let curl_exec = execs.iter().find(|f| f["weir"]["exec"]["binary"].as_str().is_some_and(|b| b.ends_with("/curl")));
@@ -586,11 +640,13 @@ fn lab_observe_flows_drops_dns_and_metrics() {
         assert!(ok, "promtool check metrics ({node}):\n{said}\n{text}");
         assert!(text.contains("weir_dns_responses_total{namespace=\"shop\",qtype=\"A\",rcode=\"NOERROR\"}"), "{text}");
         assert!(text.contains("\nweir_events_lost_total 0\n"), "{text}");
-        // HTTP requests are counted once, on the client's node.
+        // HTTP requests are counted once, on the client's node (4xx: /missing and the
+        // half-closed request).
         let http_series = |status: &str| {
+            let n = if status == "4xx" { 2 } else { 1 };
             format!(
                 "weir_http_requests_total{{destination_namespace=\"shop\",destination_workload=\"dns\",method=\"GET\",\
-                 source_namespace=\"shop\",source_workload=\"client\",status=\"{status}\"}} 1"
+                 source_namespace=\"shop\",source_workload=\"client\",status=\"{status}\"}} {n}"
             )
         };
         if node == "n1" {

@@ -252,6 +252,84 @@ fn flows_are_aggregated_and_dns_is_copied() {
         dp.test_run(programs::FROM_POD, &reply(b"anything after it")).expect("run");
         let evs = ring.drain();
         assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, FLOW_F_REPLY), (EVENT_H2, 0), (EVENT_H2, 0)], "{evs:?}");
+        // A segment that carries data and ends its direction (FIN): its payload is reported
+        // before the close, so the agent reads the last data first; a later segment (an RST
+        // with data, say) is copied but closes nothing again.
+        for (flags, seq) in [(0x19, 2000), (0x1c, 2100)] {
+            let mut last = reply(b"a GOAWAY, say");
+            last[14 + 20 + 4..14 + 20 + 8].copy_from_slice(&(seq as u32).to_be_bytes());
+            last[14 + 20 + 13] = flags;
+            dp.test_run(programs::FROM_POD, &last).expect("run");
+            let evs = ring.drain();
+            let expect: &[(u8, u8)] =
+                if flags == 0x19 { &[(EVENT_H2, 0), (EVENT_FLOW_CLOSE, 0)] } else { &[(EVENT_H2, 0)] };
+            assert_eq!(kinds(&evs), expect, "flags {flags:#x}: {evs:?}");
+        }
+        // The same on an HTTP/1.x connection: a response that closes it.
+        dp.test_run(programs::FROM_POD, &tcp(POD_B, POD_A, 8080, 41000, 0x12)).expect("run");
+        let mut answer =
+            pkt::ipv4(POD_B, POD_A, pkt::TCP, 8080, 41000, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        answer[14 + 20 + 13] = 0x19; // FIN, PSH, ACK
+        dp.test_run(programs::FROM_POD, &answer).expect("run");
+        let evs = ring.drain();
+        assert_eq!(kinds(&evs), [(EVENT_FLOW_NEW, FLOW_F_REPLY), (EVENT_HTTP, 0), (EVENT_FLOW_CLOSE, 0)], "{evs:?}");
+    });
+}
+
+/// The bind reporter (cgroup post_bind4), attached with the socket programs to a cgroup of its
+/// own: a TCP and a UDP bind by a process in it are reported with their port, the process and
+/// its cgroup; a bind outside it is not.
+#[test]
+fn binds_in_the_pod_cgroup_are_reported_with_their_process() {
+    on_node("binds_in_the_pod_cgroup_are_reported_with_their_process", |dp, _eps| {
+        use std::os::unix::{fs::MetadataExt as _, process::CommandExt as _};
+        struct Cgroup(std::path::PathBuf);
+        impl Drop for Cgroup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        let cg = Cgroup(
+            std::path::PathBuf::from("/sys/fs/cgroup/unified").join(format!("weir-bind-test-{}", std::process::id())),
+        );
+        std::fs::create_dir_all(&cg.0).expect("test cgroup");
+        dp.attach_cgroup(&cg.0).expect("attach the socket programs");
+        let mut ring = Events::open(dp).expect("event ring");
+        let outside = std::net::TcpListener::bind("0.0.0.0:0").expect("bind outside");
+        ring.drain();
+        let procs = cg.0.join("cgroup.procs");
+        let script = "import socket\n\
+                      t = socket.socket(); t.bind(('0.0.0.0', 0)); t.listen()\n\
+                      u = socket.socket(type=socket.SOCK_DGRAM); u.bind(('0.0.0.0', 0))\n\
+                      print(t.getsockname()[1], u.getsockname()[1])";
+        let mut inside = Command::new("/usr/bin/python3");
+        inside.args(["-c", script]);
+        // SAFETY: as in the exec audit's test: one write between fork and exec.
+        unsafe {
+            inside.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+        let child = inside.stdout(std::process::Stdio::piped()).spawn().expect("spawn in the cgroup");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success());
+        let ports: Vec<u16> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|p| p.parse().expect("port")).collect();
+        let again = std::net::TcpListener::bind("0.0.0.0:0").expect("bind outside");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let binds: Vec<_> = ring
+            .drain()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Flow(b) if b.kind == weir_bpf_common::EVENT_BIND => Some(b),
+                _ => None,
+            })
+            .collect();
+        let got: Vec<(u8, u16)> = binds.iter().map(|b| (b.proto, u16::from_be(b.sport_be))).collect();
+        assert_eq!(got, [(6, ports[0]), (17, ports[1])], "{binds:?} (outside: {outside:?} {again:?})");
+        let cgroup = std::fs::metadata(&cg.0).expect("meta").ino();
+        for b in &binds {
+            assert_eq!((b.proc_tgid, b.bind_cgroup_id(), &b.proc_comm[..8]), (pid, cgroup, &b"python3\0"[..]));
+        }
     });
 }
 

@@ -101,6 +101,9 @@ pub mod programs {
     /// cgroup/getpeername4: a connected socket's peer is the Service address.
     pub const SOCK_GETPEERNAME4: &str = "weir_sock_peer4";
     pub const SOCK: [&str; 4] = [SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEERNAME4];
+    /// cgroup/post_bind4: with flow events on, a pod process's bind() is reported
+    /// (`EVENT_BIND`), so connections accepted on that port name the process that bound it.
+    pub const SOCK_POST_BIND4: &str = "weir_sock_bind4";
     /// BTF tracepoint `sched_process_exec`: the exec audit (attached only while an agent runs).
     pub const EXEC: &str = "weir_exec";
     /// The tracepoint `EXEC` attaches to.
@@ -606,6 +609,12 @@ pub const EVENT_EXEC: u8 = 7;
 /// server's SETTINGS frame) with its first `PAYLOAD_CAPTURE` bytes, its sequence number and its
 /// length ([`PayloadEvent`]): every segment with a payload, since HPACK needs every header block.
 pub const EVENT_H2: u8 = 8;
+/// A process in a pod bound a TCP or UDP socket (`weir_sock_bind4`, in the process's context):
+/// a [`DatapathEvent`] whose `saddr` and `sport_be` are the address and port bound, `proto` the
+/// protocol, `proc_*` the process, and `packets` the process's cgroup id
+/// ([`DatapathEvent::bind_cgroup_id`]). The agent attributes connections accepted on that port
+/// in that pod to it.
+pub const EVENT_BIND: u8 = 9;
 /// Bytes of an executed file's path kept.
 pub const EXEC_FILENAME: usize = 256;
 /// Bytes of the argument list kept (NUL-separated, as the process has it).
@@ -731,6 +740,13 @@ pub struct DatapathEvent {
     pub _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<DatapathEvent>() == 112);
+
+impl DatapathEvent {
+    /// `EVENT_BIND`: the cgroup id of the process that bound the socket (kept in `packets`).
+    pub const fn bind_cgroup_id(&self) -> u64 {
+        self.packets
+    }
+}
 const _: () = assert!(core::mem::offset_of!(DatapathEvent, proc_comm) % 8 == 0);
 
 /// A message as it crossed an observation point: the packet's event (`kind` says which:
@@ -936,7 +952,12 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for n in maps::ALL.iter().chain(programs::ALL.iter()).chain(programs::SOCK.iter()) {
+        for n in maps::ALL
+            .iter()
+            .chain(programs::ALL.iter())
+            .chain(programs::SOCK.iter())
+            .chain([&programs::SOCK_POST_BIND4])
+        {
             assert!(n.len() <= 15, "{n} is longer than BPF_OBJ_NAME_LEN-1");
         }
     }

@@ -11,7 +11,9 @@
 //! (`EVENT_HTTP`, up to `PAYLOAD_CAPTURE` bytes: the request line or status line and the first
 //! headers); one that begins HTTP/2 (the client preface, or a server's SETTINGS frame) has every
 //! segment copied with its sequence number (`EVENT_H2`: HPACK needs every header block, in
-//! order); any other flow costs one bit test per packet from then on. Every event that does not fit
+//! order); any other flow costs one bit test per packet from then on. A closing segment's payload
+//! is copied before its flow's close is reported, so the agent has read a direction's last data
+//! when it learns that the direction ended. Every event that does not fit
 //! the ring buffer is counted (`counters::EVENTS_LOST`), never dropped silently. A flow that a
 //! Service translation made (or a reply to one) carries that Service's frontend, looked up once
 //! when the flow starts, and a flow leaving a pod from a socket whose connect() weir saw carries
@@ -319,6 +321,9 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
     // The flow's entry, where it already had one (else null): what HTTP observation below reads
     // and marks.
     let mut entry: *mut FlowStats = core::ptr::null_mut();
+    // This packet closes the flow (its first FIN or RST): reported after its payload, so the
+    // agent reads a closing segment's data before it hears that the direction ended.
+    let mut closing = false;
     // SAFETY: the kernel gives a pointer to this CPU's view of the value, valid during the run.
     let svc = match WEIR_FLOWS.get_ptr_mut(key) {
         // A SYN on a closed flow's tuple is a new connection that reuses it: report it anew.
@@ -340,7 +345,7 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             s.tcp_flags |= tcp_flags;
             if tcp_flags & (TCP_FIN | TCP_RST) != 0 && s.state & FLOW_S_CLOSED == 0 {
                 s.state |= FLOW_S_CLOSED;
-                emit(ctx, &key, EVENT_FLOW_CLOSE, s, 0, core::ptr::null());
+                closing = true;
             } else if now.saturating_sub(s.last_report_ns) >= FLOW_REPORT_NS {
                 // (Saturating: another CPU may have stored a later coarse time.)
                 s.last_report_ns = now;
@@ -384,26 +389,49 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             svc
         }
     };
-    if payload_off == 0 || payload_off >= len as usize {
-        return; // no payload: a fragment, a bare TCP segment (SYN, ACK, FIN), a short header
+    if payload_off != 0 && payload_off < len as usize {
+        // (Else no payload: a fragment, a bare TCP segment (SYN, ACK, FIN), a short header.)
+        l7(ctx, ip, &key, entry, payload_off, tcp_flags, svc, on);
     }
+    if closing {
+        // SAFETY: `closing` is set only where `entry` is the flow's map value, valid this run.
+        emit(ctx, &key, EVENT_FLOW_CLOSE, unsafe { &*entry }, 0, core::ptr::null());
+    }
+}
+
+/// The payload of a packet `observe` recorded (at `payload_off`, within the packet): DNS copied
+/// whole; with HTTP observation on (`on`), a TCP flow's first payload decides what its later
+/// segments get (`entry`: the flow's map value, null for a flow this packet began).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn l7(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    key: &FlowKey,
+    entry: *mut FlowStats,
+    payload_off: usize,
+    tcp_flags: u8,
+    svc: Svc,
+    on: u32,
+) {
+    let (sport_be, dport_be) = (key.sport_be, key.dport_be);
     if (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP) && (sport_be == DNS_PORT_BE || dport_be == DNS_PORT_BE) {
-        payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_DNS);
+        payload(ctx, key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_DNS);
     } else if ip.proto == IPPROTO_TCP && on & settings::OBSERVE_HTTP != 0 {
         // A new flow's entry was made without a verdict on its payload: the next segment decides.
         if entry.is_null() {
             if l7_start(ctx, payload_off) == START_HTTP1 {
-                payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_HTTP);
+                payload(ctx, key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_HTTP);
             }
             return;
         }
-        // SAFETY: as above (the map value found above).
+        // SAFETY: `entry` is the flow's map value (not null here), valid during the run.
         let state = unsafe { (*entry).state };
         if state & FLOW_S_OTHER != 0 {
             return;
         }
         if state & FLOW_S_H2 != 0 {
-            payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_H2);
+            payload(ctx, key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_H2);
             return;
         }
         let start = l7_start(ctx, payload_off);
@@ -417,12 +445,12 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
             // SAFETY: as above.
             unsafe { (*entry).state |= decided };
             if start == START_H2 {
-                payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_H2);
+                payload(ctx, key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_H2);
                 return;
             }
         }
         if start == START_HTTP1 {
-            payload(ctx, &key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_HTTP);
+            payload(ctx, key, ip.l4_off, payload_off, tcp_flags, svc, EVENT_HTTP);
         }
     }
 }

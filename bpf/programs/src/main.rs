@@ -34,9 +34,9 @@ mod tunnel;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
-    macros::{btf_tracepoint, cgroup_sock_addr, classifier, map},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, classifier, map},
     maps::{Array, CgroupArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
-    programs::{BtfTracePointContext, SockAddrContext, TcContext},
+    programs::{BtfTracePointContext, SockAddrContext, SockContext, TcContext},
     Global,
 };
 use weir_bpf_common::{
@@ -163,6 +163,12 @@ pub fn weir_sock_conn4(ctx: SockAddrContext) -> i32 {
 pub fn weir_sock_send4(ctx: SockAddrContext) -> i32 {
     sock::remember_process(&ctx, true);
     sock::translate(&ctx)
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn weir_sock_bind4(ctx: SockContext) -> i32 {
+    sock::report_bind(&ctx);
+    1
 }
 
 #[cgroup_sock_addr(recvmsg4)]

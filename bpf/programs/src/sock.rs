@@ -3,21 +3,27 @@
 //! Service traffic is translated once per connection and flows as plain pod-to-pod traffic.
 //! getpeername() and recvmsg() report the Service address back. With observability on, the
 //! same hooks, which run in the calling process's context, note which process connected each
-//! socket (`WEIR_SOCK_PROC`), so a pod's flows name their process.
+//! socket (`WEIR_SOCK_PROC`), so a pod's flows name their process; and post_bind4 reports which
+//! process bound which port (`EVENT_BIND`), so connections accepted on it name that process.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_prandom_u32,
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
+        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
     },
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use weir_bpf_common::{
-    settings, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, NatEntry, ServiceKey, ServiceValue,
-    SockProc, SockRevKey,
+    counters, settings, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DatapathEvent, NatEntry,
+    ServiceKey, ServiceValue, SockProc, SockRevKey, EVENT_BIND,
 };
 
-use crate::{WEIR_AFFINITY, WEIR_BACKENDS, WEIR_SERVICES, WEIR_SETTINGS, WEIR_SOCK_PROC, WEIR_SOCK_RNAT};
+use crate::{
+    counter, WEIR_AFFINITY, WEIR_BACKENDS, WEIR_EVENTS, WEIR_SERVICES, WEIR_SETTINGS, WEIR_SOCK_PROC, WEIR_SOCK_RNAT,
+};
+
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -50,6 +56,47 @@ pub fn remember_process(ctx: &SockAddrContext, first_only: bool) {
     let flags = if first_only { u64::from(BPF_NOEXIST) } else { 0 };
     // A lost insert (already there, or the map refused) only leaves the flow without a process.
     let _ = WEIR_SOCK_PROC.insert(cookie(ctx), v, flags);
+}
+
+/// post_bind4, with flow events on: a TCP or UDP socket of a pod process was bound (its port
+/// already chosen when the caller asked for 0). Reported with the process and its cgroup: the
+/// agent keeps (pod, protocol, port) → process and names it on connections accepted there
+/// (no hook runs in the accepting process's context here; the one that bound the port is the
+/// closest known: for a pre-forking server, its parent). A bind costs one record; a full ring
+/// counts it lost.
+#[inline(always)]
+pub fn report_bind(ctx: &SockContext) {
+    if WEIR_SETTINGS.get(settings::OBSERVE).copied().unwrap_or(0) & settings::OBSERVE_FLOWS == 0 {
+        return;
+    }
+    // SAFETY: the kernel hands a valid bpf_sock for the whole run.
+    let sk = unsafe { &*ctx.sock };
+    let (proto, ip_be, port) = (sk.protocol, sk.src_ip4, sk.src_port);
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return;
+    }
+    let Some(mut slot) = WEIR_EVENTS.reserve::<DatapathEvent>(0) else {
+        counter::count(counters::EVENTS_LOST);
+        return;
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: helpers without arguments, in the binding process's context.
+    let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_ns()) };
+    let e = DatapathEvent {
+        saddr: Addr16::from_v4_be(ip_be),
+        packets: cgroup,
+        ktime_ns: now,
+        // (src_port is in host order.)
+        sport_be: (port as u16).to_be(),
+        kind: EVENT_BIND,
+        proto: proto as u8,
+        proc_comm: comm,
+        proc_tgid: tgid,
+        ..DatapathEvent::default()
+    };
+    slot.write(e);
+    slot.submit(crate::flow::submit_flags(core::mem::size_of::<DatapathEvent>()));
 }
 
 /// connect4 and sendmsg4: pick a backend and rewrite the destination; refuse when the Service

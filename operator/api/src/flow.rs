@@ -506,6 +506,11 @@ pub struct Process {
     /// The calling thread's name (the kernel's 15-character `comm`: the command, or the name a
     /// worker thread was given), non-printable bytes escaped.
     pub command: String,
+    /// A connection the pod accepted: this is the process that bound its port (no hook runs in
+    /// the accepting process's context; a server that forks workers after binding shows its
+    /// parent). False: the process that connected the socket.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bound: bool,
 }
 
 impl Flow {

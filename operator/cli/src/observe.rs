@@ -220,9 +220,14 @@ pub fn compact(f: &Flow) -> String {
     )
 }
 
-/// ` by curl (pid 4242)`: the process that opened the connection, where the datapath saw it.
+/// ` by curl (pid 4242)`: the process that opened the connection, where the datapath saw it;
+/// ` by nginx (pid 4242, bound the port)` on a connection the pod accepted.
 fn process_note(f: &Flow) -> String {
-    f.weir.process.as_ref().map(|p| format!(" by {} (pid {})", p.command, p.pid)).unwrap_or_default()
+    let note = |p: &weir_operator_api::flow::Process| {
+        let bound = if p.bound { ", bound the port" } else { "" };
+        format!(" by {} (pid {}{bound})", p.command, p.pid)
+    };
+    f.weir.process.as_ref().map(note).unwrap_or_default()
 }
 
 fn table_row(f: &Flow) -> String {

@@ -33,11 +33,20 @@ impl Cgroups {
         Self { root, paths: HashMap::new(), scanned: None }
     }
 
-    /// The path below the root of cgroup `id`, scanning again when it is not known and the last
-    /// scan is older than a second.
+    /// The path below the root of cgroup `id`: opened by its id where the kernel allows it (a
+    /// cgroup v2 id is its kernfs file handle), else by scanning again when it is not known and
+    /// the last scan is older than a second (a cgroup made since the last scan would otherwise
+    /// wait for the next).
     pub fn path_of(&mut self, id: u64) -> Option<&Path> {
-        if !self.paths.contains_key(&id) && self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
-            self.scan();
+        if !self.paths.contains_key(&id) {
+            if let Some(p) = self.root.as_deref().and_then(|root| by_handle(root, id)) {
+                if self.paths.len() >= SCAN_LIMIT {
+                    self.paths.clear();
+                }
+                self.paths.insert(id, p);
+            } else if self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+                self.scan();
+            }
         }
         self.paths.get(&id).map(PathBuf::as_path)
     }
@@ -69,6 +78,41 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// The path below `root` of the cgroup whose id is `id`, opened by file handle
+/// (`open_by_handle_at`: cgroup v2's handles are kernfs ids, 8 bytes, type `FILEID_KERNFS`; needs
+/// CAP_DAC_READ_SEARCH) and named by its `/proc/self/fd` link. `None` when the kernel refuses,
+/// the cgroup is gone, or it is not below `root`.
+fn by_handle(root: &Path, id: u64) -> Option<PathBuf> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    /// `struct file_handle` with room for one kernfs id.
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mount = std::fs::File::open(root).ok()?;
+    let mut h = Handle { bytes: 8, kind: FILEID_KERNFS, id };
+    // SAFETY: `h` is a file_handle whose `bytes` (8) match the payload that follows it; the
+    // returned descriptor, if any, is owned here.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&raw mut h).cast(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just returned to us and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let root = std::fs::canonicalize(root).ok()?;
+    path.strip_prefix(&root).ok().map(Path::to_path_buf)
 }
 
 /// The pod UIDs a cgroup path may name, innermost first: `pod<UID>` directories (the kubelet's
@@ -152,5 +196,31 @@ mod tests {
         assert_eq!(c.path_of(id), Some(Path::new("podabcdef01-2345/c1")));
         assert_eq!(c.path_of(u64::MAX), None);
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// On the real cgroup v2 hierarchy a cgroup made after the last walk is found at once, by
+    /// its id (file handle), without waiting for the next walk.
+    #[test]
+    fn a_new_cgroup_is_found_by_its_id_without_a_walk() {
+        use std::os::unix::fs::MetadataExt as _;
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 || !unified.join("cgroup.procs").exists() {
+            eprintln!(
+                "SKIPPED a_new_cgroup_is_found_by_its_id_without_a_walk: needs root and cgroup v2 at {unified:?}"
+            );
+            return;
+        }
+        let root = unified.join(format!("weir-cgroups-test-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("test cgroup");
+        let mut c = Cgroups::new(Some(root.clone()));
+        assert_eq!(c.path_of(u64::MAX), None); // walks once
+        let leaf = root.join("podabcdef01-2345");
+        std::fs::create_dir(&leaf).expect("child cgroup");
+        let id = std::fs::metadata(&leaf).expect("meta").ino();
+        let found = c.path_of(id).map(Path::to_path_buf);
+        let _ = std::fs::remove_dir(&leaf);
+        let _ = std::fs::remove_dir(&root);
+        assert_eq!(found.as_deref(), Some(Path::new("podabcdef01-2345")));
     }
 }

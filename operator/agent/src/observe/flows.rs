@@ -19,9 +19,10 @@ use std::{
 };
 
 use tokio::sync::broadcast;
+use weir_bpf_common::nat_state::TCP_RST;
 use weir_bpf_common::{
-    Addr16, DatapathEvent, DropReason, ExecEvent, PayloadEvent, ServiceKey, EVENT_DNS, EVENT_DROP, EVENT_FLOW_CLOSE,
-    EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_H2, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
+    Addr16, DatapathEvent, DropReason, ExecEvent, PayloadEvent, ServiceKey, EVENT_BIND, EVENT_DNS, EVENT_DROP,
+    EVENT_FLOW_CLOSE, EVENT_FLOW_NEW, EVENT_FLOW_UPDATE, EVENT_H2, EVENT_HTTP, FLOW_F_REPLY, OBS_FROM_POD, OBS_TO_POD,
 };
 use weir_dataplane::events::{Event, EventRef};
 use weir_operator_api::flow::{
@@ -30,7 +31,7 @@ use weir_operator_api::flow::{
 };
 
 use crate::{
-    observe::{bounded::Bounded, dns, exec, h2, http},
+    observe::{bounded::Bounded, dns, exec, h2, http, listeners},
     policy::{
         compile::{decide, Cluster, Compiled, SideExplain},
         Direction, RuleRef,
@@ -74,8 +75,10 @@ pub struct Ingest {
     http: http::Pairing,
     /// HTTP/2 connections being decoded, and their streams waiting for responses.
     h2: h2::Connections,
-    /// Cgroup ids under the node's pod cgroup root (exec records' pods).
+    /// Cgroup ids under the node's pod cgroup root (exec records' and binds' pods).
     cgroups: exec::Cgroups,
+    /// Which process bound which port in which pod (accepted connections' processes).
+    listeners: listeners::Listeners,
     /// The enrichment the caches below were made from (see [`Ingest::refresh`]).
     derived_from: Option<Arc<Enrichment>>,
     /// Pod UID → address (exec records' pods), built at the first exec record of an enrichment.
@@ -201,6 +204,7 @@ impl Ingest {
             http: http::Pairing::default(),
             h2: h2::Connections::default(),
             cgroups: exec::Cgroups::new(None),
+            listeners: listeners::Listeners::default(),
             derived_from: None,
             pods_by_uid: None,
             sides: Default::default(),
@@ -290,6 +294,7 @@ impl Ingest {
             }
         };
         let event = match (e.kind, payload) {
+            (EVENT_BIND, None) => return self.bound(e),
             (EVENT_DROP, None) => FlowEvent::Drop,
             (EVENT_FLOW_NEW, None) => FlowEvent::New,
             (EVENT_FLOW_UPDATE, None) => FlowEvent::Update,
@@ -325,13 +330,32 @@ impl Ingest {
             }
         }
         if e.proc_tgid != 0 {
-            f.weir.process = Some(weir_operator_api::flow::Process { pid: e.proc_tgid, command: comm(&e.proc_comm) });
+            f.weir.process =
+                Some(weir_operator_api::flow::Process { pid: e.proc_tgid, command: comm(&e.proc_comm), bound: false });
+        } else if event == FlowEvent::New && (e.proto == 6 || e.proto == 17) {
+            // A connection the pod accepted: leaving it as a reply, or arriving for it (not a
+            // reply). Named by the process that bound the port, where that bind was seen.
+            let local = match (e.point, f.is_reply) {
+                (OBS_FROM_POD, true) => Some((src, sport)),
+                (OBS_TO_POD, false) => Some((dst, dport)),
+                _ => None,
+            };
+            if let Some((IpAddr::V4(ip), port)) = local {
+                let uid = enrichment.cluster.pod_by_ip(ip).map(|p| &*p.info.uid).unwrap_or_default();
+                if let Some(b) = self.listeners.binder(e.proto, port, uid, &mut self.cgroups) {
+                    f.weir.process =
+                        Some(weir_operator_api::flow::Process { pid: b.pid, command: b.command, bound: true });
+                }
+            }
         }
         if event == FlowEvent::Close && e.proto == 6 {
-            // Requests still waiting on a closed connection will not be answered.
-            let (a, b) = (self.http.closed(&(src, sport, dst, dport)), self.http.closed(&(dst, dport, src, sport)));
-            let h2 = self.h2.closed(&(src, sport, dst, dport)) + self.h2.closed(&(dst, dport, src, sport));
-            self.metrics.http_unanswered(a.unanswered + b.unanswered + h2);
+            // Requests still waiting when their server's direction ends (or the connection is
+            // reset) will not be answered. The datapath reports a close after the closing
+            // segment's payload, so that segment has been read.
+            let reset = e.tcp_flags & TCP_RST != 0;
+            let http = self.http.closed((src, sport), (dst, dport), reset);
+            let h2 = self.h2.closed(((src, sport), (dst, dport)), reset);
+            self.metrics.http_unanswered(http.unanswered + h2);
         }
         if let Some(d) = payload {
             self.dns(&mut f, d, src, sport, dst, dport);
@@ -393,6 +417,13 @@ impl Ingest {
             weir: WeirInfo { event, packets: e.packets, bytes: e.bytes, unix_ns, ..Default::default() },
             ..Default::default()
         }
+    }
+
+    /// A pod process bound a port (`EVENT_BIND`): remembered for the connections accepted on it.
+    fn bound(&mut self, e: &DatapathEvent) {
+        let binder = listeners::Binder { pid: e.proc_tgid, command: comm(&e.proc_comm) };
+        let forgotten = self.listeners.bound(e.proto, u16::from_be(e.sport_be), e.bind_cgroup_id(), binder);
+        self.metrics.binds_forgotten(forgotten);
     }
 
     /// An exec audit record, attributed to its pod by cgroup.
@@ -1091,6 +1122,35 @@ mod tests {
         assert_eq!((h.source.pod(), h.weir.exec.map(|x| x.attribution)), (String::new(), Some("not-in-a-pod".into())));
         let gone = record(&mut i, u64::MAX);
         assert!(gone.summary.ends_with("(cgroup-gone)"), "{}", gone.summary);
+
+        // Connections the pod accepts name the process that bound the port there (nginx bound
+        // 8080 in the pod, a host process bound 9090): the reply leaving the pod, the request
+        // arriving for it; nothing for another port, for the host's bind, or for a connection
+        // the pod opened itself (its own process, from the socket hooks, is the one named).
+        let bind = |i: &mut Ingest, port: u16, cgroup: u64| {
+            let mut b = DatapathEvent { packets: cgroup, proc_tgid: 90, ..ev(weir_bpf_common::EVENT_BIND, port, 0) };
+            b.saddr = Addr16::default();
+            b.proc_comm[..5].copy_from_slice(b"nginx");
+            assert!(i.flow(&Event::Flow(b)).is_none(), "a bind is remembered, not recorded");
+        };
+        bind(&mut i, 8080, std::fs::metadata(&in_pod).expect("meta").ino());
+        bind(&mut i, 9090, std::fs::metadata(&host).expect("meta").ino());
+        let nginx = weir_operator_api::flow::Process { pid: 90, command: "nginx".into(), bound: true };
+        let reply = DatapathEvent { flags: FLOW_F_REPLY, ..ev(EVENT_FLOW_NEW, 8080, 40000) };
+        assert_eq!(i.flow(&Event::Flow(reply)).and_then(|f| f.weir.process), Some(nginx.clone()));
+        let arriving = DatapathEvent {
+            saddr: Addr16::from_v4_octets([10, 244, 2, 3]),
+            daddr: Addr16::from_v4_octets([10, 244, 1, 2]),
+            point: OBS_TO_POD,
+            ..ev(EVENT_FLOW_NEW, 40000, 8080)
+        };
+        let f = i.flow(&Event::Flow(arriving)).expect("flow");
+        assert_eq!(f.weir.process, Some(nginx));
+        assert!(serde_json::to_string(&f).expect("json").contains(r#""bound":true"#));
+        for (port, flags) in [(8081, FLOW_F_REPLY), (9090, FLOW_F_REPLY), (8080, 0)] {
+            let e = DatapathEvent { flags, ..ev(EVENT_FLOW_NEW, port, 40000) };
+            assert_eq!(i.flow(&Event::Flow(e)).and_then(|f| f.weir.process), None, "port {port} flags {flags}");
+        }
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -381,6 +381,10 @@ pub struct Connection {
     client: Reader,
     server: Reader,
     streams: BTreeMap<u32, Request>,
+    /// The client's, the server's direction has ended (its FIN reported). The connection is
+    /// followed until both have: the other end may still send (a response after the client's
+    /// FIN, a GOAWAY after the server's).
+    fin: (bool, bool),
 }
 
 /// The HTTP/2 connections being followed, by (client, server).
@@ -441,6 +445,7 @@ impl Connections {
             client: Reader::new(true),
             server: Reader::new(false),
             streams: BTreeMap::new(),
+            fin: (false, false),
         });
         let mut items = Vec::new();
         if client_side {
@@ -521,10 +526,36 @@ impl Connections {
         }
     }
 
-    /// The connection closed: its waiting streams will not be answered. Returns how many of
-    /// them this node counted.
-    pub fn closed(&mut self, conn: &Conn) -> u64 {
-        self.conns.remove(conn).map_or(0, |c| c.streams.values().filter(|r| r.counted_here).count() as u64)
+    /// The direction `from` → `to` of a connection ended: reset (RST: the whole connection is
+    /// gone) or finished (FIN: its sender sends nothing more). Streams left waiting when the
+    /// server's direction ends will not be answered: returns how many of them this node
+    /// counted. The connection is forgotten once both directions have ended.
+    pub fn closed(&mut self, (from, to): Ends, reset: bool) -> u64 {
+        let as_client: Conn = (from.0, from.1, to.0, to.1);
+        let as_server: Conn = (to.0, to.1, from.0, from.1);
+        let (key, client_side) = if self.conns.get_mut(&as_client).is_some() {
+            (as_client, true)
+        } else if self.conns.get_mut(&as_server).is_some() {
+            (as_server, false)
+        } else {
+            return 0;
+        };
+        let waiting = |c: &Connection| c.streams.values().filter(|r| r.counted_here).count() as u64;
+        let Some(conn) = self.conns.get_mut(&key) else { return 0 };
+        if client_side {
+            conn.fin.0 = true;
+        } else {
+            conn.fin.1 = true;
+        }
+        if reset || conn.fin == (true, true) {
+            return self.conns.remove(&key).map_or(0, |c| waiting(&c));
+        }
+        if client_side {
+            return 0;
+        }
+        let n = waiting(conn);
+        conn.streams.clear();
+        n
     }
 }
 
@@ -703,7 +734,47 @@ mod tests {
         let mut seg = PREFACE.to_vec();
         seg.extend(frame(HEADERS, END_HEADERS, 1, &[0x3f, 0xe1, 0xff, 0x03, 0x83]));
         assert_eq!(feed(&mut c5, (A, B), 1, &seg, 1), vec![Exchange::Lost(Lost::Hpack)]);
-        assert_eq!(c.closed(&(A.0, A.1, B.0, B.1)), 0);
+        assert_eq!(c.closed((A, B), true), 0);
+        assert!(c.is_empty());
+    }
+
+    /// A GET on stream `id` (no body) and the server's 404 answering it.
+    fn get(id: u32) -> Vec<u8> {
+        frame(HEADERS, END_HEADERS | END_STREAM, id, &[0x82, 0x86, 0x84])
+    }
+
+    #[test]
+    fn a_direction_that_ends_leaves_the_other_decoded_until_both_have() {
+        const GOAWAY: u8 = 7;
+        let mut seg = PREFACE.to_vec();
+        seg.extend(get(1));
+        let mut resp = frame(SETTINGS, 0, 0, &[]);
+        resp.extend(frame(HEADERS, END_HEADERS, 1, &[0x8d]));
+        // The client half-closes after its request (its FIN reported first): the response that
+        // follows still answers it, and the connection is forgotten when the server ends too.
+        let mut c = Connections::default();
+        assert_eq!(feed(&mut c, (A, B), 1, &seg, 1).len(), 1);
+        assert_eq!(c.closed((A, B), false), 0);
+        let out = feed(&mut c, (B, A), 1, &resp, 5);
+        assert!(matches!(&out[..], [Exchange::Response(a)] if a.status == 404 && a.latency_ns == 4), "{out:?}");
+        assert_eq!((c.closed((B, A), false), c.len()), (0, 0));
+        // The server ends first with a stream waiting: unanswered, counted once. The client's
+        // GOAWAY after it is read on the same connection (not a connection begun before the
+        // agent), then its FIN ends it.
+        let mut c = Connections::default();
+        feed(&mut c, (A, B), 1, &seg, 1);
+        let mut two = get(3);
+        two.extend(get(5));
+        feed(&mut c, (A, B), 1 + seg.len() as u32, &two, 2);
+        assert!(matches!(&feed(&mut c, (B, A), 1, &resp, 3)[..], [Exchange::Response(_)]));
+        assert_eq!(c.closed((B, A), false), 2);
+        assert_eq!(c.closed((B, A), false), 0, "a repeated close counts nothing again");
+        let goaway = frame(GOAWAY, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0]);
+        assert!(feed(&mut c, (A, B), 1 + (seg.len() + two.len()) as u32, &goaway, 4).is_empty());
+        assert_eq!(c.len(), 1);
+        assert_eq!((c.closed((A, B), false), c.len()), (0, 0));
+        // A close of a connection never followed changes nothing.
+        assert_eq!(c.closed((A, B), false), 0);
     }
 
     #[test]

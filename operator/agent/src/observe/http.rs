@@ -254,9 +254,19 @@ impl Pairing {
         (found, dropped)
     }
 
-    /// The connection closed: its waiting requests will not be answered.
-    pub fn closed(&mut self, conn: &Conn) -> Dropped {
-        Dropped { unanswered: self.conns.remove(conn).map_or(0, |q| counted(&q)) }
+    /// The direction `from` → `to` of a connection ended: reset (RST) or finished (FIN). The
+    /// requests waiting on it will not be answered once its server has ended its direction
+    /// (or either end reset it); a client that only finished sending (a half-close after its
+    /// request) may still get its responses.
+    pub fn closed(&mut self, from: (IpAddr, u16), to: (IpAddr, u16), reset: bool) -> Dropped {
+        let mut unanswered = 0;
+        let from_server: Conn = (to.0, to.1, from.0, from.1);
+        unanswered += self.conns.remove(&from_server).map_or(0, |q| counted(&q));
+        if reset {
+            let from_client: Conn = (from.0, from.1, to.0, to.1);
+            unanswered += self.conns.remove(&from_client).map_or(0, |q| counted(&q));
+        }
+        Dropped { unanswered }
     }
 }
 
@@ -372,9 +382,17 @@ mod tests {
         p.request(c, pending(1, "/old"));
         let (r, d) = p.response(&c, 1 + PENDING_TTL_NS + 1);
         assert_eq!((r, d.unanswered), (None, 1));
-        // A close drops what waits.
+        // The client's FIN (a half-close after its request) leaves it waiting for its
+        // response; the server's FIN drops what still waits, as does a reset either way.
+        let (client, server) = ((c.0, c.1), (c.2, c.3));
         p.request(c, pending(5, "/x"));
-        assert_eq!(p.closed(&c).unanswered, 1);
+        assert_eq!(p.closed(client, server, false).unanswered, 0);
+        assert_eq!(p.response(&c, 6).0.and_then(|r| r.url), Some("/x".into()));
+        p.request(c, pending(7, "/y"));
+        assert_eq!(p.closed(server, client, false).unanswered, 1);
+        assert!(p.is_empty());
+        p.request(c, pending(8, "/z"));
+        assert_eq!(p.closed(client, server, true).unanswered, 1);
         assert!(p.is_empty());
     }
 

@@ -21,6 +21,7 @@ pub mod hpack;
 pub mod http;
 #[cfg(feature = "hubble")]
 pub mod hubble_api;
+pub mod listeners;
 #[cfg(feature = "hubble")]
 pub mod mask;
 #[cfg(feature = "hubble")]

@@ -39,6 +39,7 @@ pub struct Metrics {
     grpc_duration: HistogramVec,
     http2_lost: IntCounterVec,
     execs: IntCounterVec,
+    binds_forgotten: IntCounter,
     /// Events the kernel could not put on the ring buffer (its counter, followed at scrape time).
     events_lost: IntCounter,
     events_undecodable: IntCounter,
@@ -158,7 +159,11 @@ impl Default for Metrics {
         );
         let http_unanswered = counter(
             "weir_http_requests_unanswered_total",
-            "HTTP requests that got no response: expired after 120 s, evicted by the bounds on waiting requests, or their connection closed first.",
+            "HTTP requests that got no response: expired after 120 s, evicted by the bounds on waiting requests, or their connection reset or its server's side closed first.",
+        );
+        let binds_forgotten = counter(
+            "weir_binds_forgotten_total",
+            "Binds of pod processes forgotten to keep the agent's table of which process bound which port bounded (connections later accepted on those ports name no process).",
         );
         let http_unparsed = counter(
             "weir_http_unparsed_total",
@@ -237,6 +242,7 @@ impl Default for Metrics {
             grpc_duration,
             http2_lost,
             execs,
+            binds_forgotten,
             events_lost,
             events_undecodable,
             datapath,
@@ -320,6 +326,12 @@ impl Metrics {
     pub fn http_unanswered(&self, n: u64) {
         if n > 0 {
             self.http_unanswered.inc_by(n);
+        }
+    }
+
+    pub fn binds_forgotten(&self, n: u64) {
+        if n > 0 {
+            self.binds_forgotten.inc_by(n);
         }
     }
 

@@ -1,0 +1,142 @@
+//! Which process bound which port in which pod, so that connections a pod accepts name a
+//! process too.
+//!
+//! The cgroup `connect4`/`sendmsg4` hooks see the process that opens a connection; nothing that
+//! runs in an accepting process's context can be attached here (kprobes, fentry and BPF-LSM are
+//! refused; `sockops` runs in softirq). The `post_bind4` hook does run in the binding process's
+//! context: the datapath reports each bind (`EVENT_BIND`: protocol, port, process, cgroup id)
+//! and a connection accepted on that port in that pod is attributed to the process that bound
+//! it — for a server that forks its workers after binding (nginx, gunicorn), the parent, which
+//! the record says (`Process::bound`).
+//!
+//! The pod of a bind comes from its cgroup, the exec audit's way ([`super::exec::Cgroups`]),
+//! resolved when a connection asks (the cgroup walk runs at most once a second, and a
+//! container's first bind may come before the walk has seen its cgroup). Bounded: at most
+//! [`PORTS`] (protocol, port) pairs, the oldest forgotten first, and [`PER_PORT`] binds of one
+//! port (the newest kept); every bind forgotten is counted. A bind that replaces an older one
+//! of the same cgroup and port takes its place: the newest binder of a port wins.
+use super::{bounded::Bounded, exec};
+
+/// (protocol, port) pairs remembered at most.
+pub const PORTS: usize = 8192;
+/// Binds of one (protocol, port) remembered at most (one per container that bound it).
+pub const PER_PORT: usize = 8;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binder {
+    pub pid: u32,
+    pub command: String,
+}
+
+struct Bind {
+    cgroup: u64,
+    binder: Binder,
+    /// The pod UIDs its cgroup path names, once found.
+    pods: Option<Vec<String>>,
+}
+
+pub struct Listeners {
+    by_port: Bounded<(u8, u16), Vec<Bind>>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self { by_port: Bounded::new(PORTS) }
+    }
+}
+
+impl Listeners {
+    pub fn len(&self) -> usize {
+        self.by_port.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_port.is_empty()
+    }
+
+    /// A process in cgroup `cgroup` bound `port` (`proto`: 6 or 17). Returns how many binds were
+    /// forgotten to make room.
+    pub fn bound(&mut self, proto: u8, port: u16, cgroup: u64, binder: Binder) -> u64 {
+        let mut forgotten = 0;
+        let binds = self.by_port.get_or_insert_with((proto, port), Vec::new);
+        binds.retain(|b| b.cgroup != cgroup);
+        if binds.len() >= PER_PORT {
+            binds.remove(0);
+            forgotten += 1;
+        }
+        binds.push(Bind { cgroup, binder, pods: None });
+        self.by_port.trim(|_, binds| forgotten += binds.len() as u64);
+        forgotten
+    }
+
+    /// The process that bound `port` in the pod whose UID is `pod_uid`, newest bind first.
+    pub fn binder(&mut self, proto: u8, port: u16, pod_uid: &str, cgroups: &mut exec::Cgroups) -> Option<Binder> {
+        if pod_uid.is_empty() {
+            return None;
+        }
+        let binds = self.by_port.get_mut(&(proto, port))?;
+        for b in binds.iter_mut().rev() {
+            if b.pods.is_none() {
+                b.pods = cgroups.path_of(b.cgroup).map(exec::pod_uids_in);
+            }
+            if b.pods.as_ref().is_some_and(|uids| uids.iter().any(|u| u == pod_uid)) {
+                return Some(b.binder.clone());
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binder(pid: u32) -> Binder {
+        Binder { pid, command: format!("srv{pid}") }
+    }
+
+    #[test]
+    fn a_port_names_the_process_of_its_pod_that_bound_it_last() {
+        let root = std::env::temp_dir().join(format!("weir-listeners-{}", std::process::id()));
+        let a = root.join("kubepods/podaaaaaaaa-0000-0000-0000-000000000001/c1");
+        let b = root.join("kubepods/podbbbbbbbb-0000-0000-0000-000000000002/c2");
+        let host = root.join("system");
+        for d in [&a, &b, &host] {
+            std::fs::create_dir_all(d).expect("cgroup dir");
+        }
+        let ino = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("meta"));
+        let mut cgroups = exec::Cgroups::new(Some(root.clone()));
+        let mut l = Listeners::default();
+        let (pod_a, pod_b) = ("aaaaaaaa-0000-0000-0000-000000000001", "bbbbbbbb-0000-0000-0000-000000000002");
+        assert_eq!(l.bound(6, 80, ino(&a), binder(10)), 0);
+        assert_eq!(l.bound(6, 80, ino(&b), binder(20)), 0);
+        assert_eq!(l.bound(6, 80, ino(&host), binder(30)), 0);
+        assert_eq!(l.binder(6, 80, pod_a, &mut cgroups), Some(binder(10)));
+        assert_eq!(l.binder(6, 80, pod_b, &mut cgroups), Some(binder(20)));
+        // Another protocol, another port, a pod that bound nothing there: nobody.
+        assert_eq!(l.binder(17, 80, pod_a, &mut cgroups), None);
+        assert_eq!(l.binder(6, 81, pod_a, &mut cgroups), None);
+        assert_eq!(l.binder(6, 80, "cccccccc-0000-0000-0000-000000000003", &mut cgroups), None);
+        assert_eq!(l.binder(6, 80, "", &mut cgroups), None);
+        // A new bind of the same port in the same container replaces the old one.
+        l.bound(6, 80, ino(&a), binder(11));
+        assert_eq!(l.binder(6, 80, pod_a, &mut cgroups), Some(binder(11)));
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn binds_are_bounded_per_port_and_in_all_and_counted_when_forgotten() {
+        let mut l = Listeners::default();
+        let mut forgotten = 0;
+        for cgroup in 0..PER_PORT as u64 + 3 {
+            forgotten += l.bound(6, 80, cgroup, binder(1));
+        }
+        assert_eq!(forgotten, 3);
+        for port in 0..PORTS as u16 + 5 {
+            forgotten += l.bound(17, port, 1, binder(1));
+        }
+        // The oldest pair (TCP 80, with its PER_PORT binds) went first, then five UDP ports.
+        assert_eq!(forgotten, 3 + PER_PORT as u64 + 5);
+        assert_eq!(l.len(), PORTS);
+    }
+}
