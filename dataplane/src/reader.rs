@@ -5,7 +5,9 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use weir_bpf_common::{maps, Addr16, BackendAddr, BackendKey, EndpointInfo, ServiceKey, ServiceValue};
+use weir_bpf_common::{
+    maps, Addr16, BackendAddr, BackendKey, BindKey, EndpointInfo, ServiceKey, ServiceValue, SockProc,
+};
 
 use crate::{counters::Snapshot, map_err, Datapath, Result};
 
@@ -62,4 +64,14 @@ impl Reader {
     pub fn backends(&self) -> Result<BTreeMap<BackendKey, BackendAddr>> {
         listed(&self.backends, maps::BACKENDS)
     }
+}
+
+/// `WEIR_BINDS`: the ports pod processes bound, with the process and its cgroup, as the kernel
+/// still holds them (an LRU of `sizes::BINDS`): what a starting agent knows of the binds made
+/// before it.
+pub fn binds(dp: &Datapath) -> Result<Vec<(BindKey, SockProc)>> {
+    let name = maps::BINDS;
+    let m: HashMap<MapData, BindKey, SockProc> =
+        HashMap::try_from(Map::LruHashMap(pinned(dp, name)?)).map_err(map_err(name))?;
+    m.iter().map(|kv| kv.map_err(map_err(name))).collect()
 }

@@ -4,9 +4,9 @@ use std::mem::size_of;
 
 use aya_obj::{Object, ProgramSection};
 use weir_bpf_common::{
-    maps, programs, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, EndpointInfo, FragKey, FragValue,
-    MaglevTable, NatEntry, NatKey, NodeKey, PolicyCtKey, PolicyEndpoint, RemoteNode, ServiceKey, ServiceValue,
-    SockRevKey,
+    maps, programs, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, BindKey, EndpointInfo, FragKey,
+    FragValue, MaglevTable, NatEntry, NatKey, NodeKey, PolicyCtKey, PolicyEndpoint, RemoteNode, ServiceKey,
+    ServiceValue, SockProc, SockRevKey,
 };
 
 fn object() -> Option<Object> {
@@ -45,6 +45,7 @@ fn map_layouts_match_the_abi_crate() {
         (maps::TUNNEL, 4 + size_of::<Addr16>(), size_of::<RemoteNode>()),
         (maps::NAT_FWD, size_of::<NatKey>(), size_of::<NatEntry>()),
         (maps::NAT_REV, size_of::<NatKey>(), size_of::<NatEntry>()),
+        (maps::BINDS, size_of::<BindKey>(), size_of::<SockProc>()),
         (maps::COUNTERS, 4, 8),
         (maps::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
         (maps::BACKENDS, size_of::<BackendKey>(), size_of::<BackendAddr>()),

@@ -685,6 +685,28 @@ fn lab_observe_flows_drops_dns_and_metrics() {
             assert!(text.contains("weir_datapath_drops{reason=\"policy_denied_ingress\"}"));
         }
     }
+
+    // A restarted agent still names the process that bound a port before it started (the
+    // datapath keeps the binds, WEIR_BINDS, and the agent reads them at start): dnsmasq, on a
+    // query arriving at n2 after n2's agent restarted.
+    lab.ok(&["agent", "restart", "n2"]);
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        let _ = dig(&lab, &dns_ip, "www.lab.test", false);
+        seen = observe(&lab, &["--node", "n2", "--port", "53"]);
+        if seen.iter().any(|f| f["weir"]["process"]["bound"] == true && f["weir"]["process"]["command"] == "dnsmasq") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        seen.iter().any(|f| f["weir"]["event"] == "new"
+            && f["l4"]["UDP"]["destination_port"] == 53
+            && f["weir"]["process"]["bound"] == true
+            && f["weir"]["process"]["command"] == "dnsmasq"),
+        "after n2's agent restarted, no query to dnsmasq names it:\n{}",
+        show(&seen)
+    );
 }
 
 /// Pods with the many labels real workloads carry: enriched flows make long lines.

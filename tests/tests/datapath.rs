@@ -330,6 +330,14 @@ fn binds_in_the_pod_cgroup_are_reported_with_their_process() {
         for b in &binds {
             assert_eq!((b.proc_tgid, b.bind_cgroup_id(), &b.proc_comm[..8]), (pid, cgroup, &b"python3\0"[..]));
         }
+        // And remembered in WEIR_BINDS, which a restarted agent reads (only the cgroup's binds).
+        let mut kept: Vec<(u8, u16, u64, u32)> = weir_dataplane::reader::binds(dp)
+            .expect("read WEIR_BINDS")
+            .into_iter()
+            .map(|(k, p)| (k.proto, k.port, k.cgroup_id, p.tgid))
+            .collect();
+        kept.sort();
+        assert_eq!(kept, [(6, ports[0], cgroup, pid), (17, ports[1], cgroup, pid)]);
     });
 }
 

@@ -46,7 +46,10 @@ pub mod maps {
     pub const FRAGS: &str = "WEIR_FRAGS";
     /// Socket cookie → the process that connected it (flows with their process).
     pub const SOCK_PROC: &str = "WEIR_SOCK_PROC";
-    pub const ALL: [&str; 24] = [
+    /// (cgroup id, protocol, port) → the process that bound it (`weir_sock_bind4`): what the
+    /// agent reads at start, so connections accepted after a restart still name their process.
+    pub const BINDS: &str = "WEIR_BINDS";
+    pub const ALL: [&str; 25] = [
         ENDPOINTS,
         TUNNEL,
         NAT_FWD,
@@ -71,6 +74,7 @@ pub mod maps {
         NODES,
         FRAGS,
         SOCK_PROC,
+        BINDS,
     ];
 }
 
@@ -163,6 +167,7 @@ pub mod sizes {
     pub const BACKENDS: u32 = 1 << 20;
     pub const SOCK_REVNAT: u32 = 262144;
     pub const SOCK_PROC: u32 = 65536;
+    pub const BINDS: u32 = 16384;
     pub const AFFINITY: u32 = 65536;
     /// Frontends reachable per packet (NodePort, externalIPs, LoadBalancer) with a Maglev table.
     pub const MAGLEV: u32 = 8192;
@@ -496,6 +501,18 @@ pub struct SockProc {
 }
 const _: () = assert!(core::mem::size_of::<SockProc>() == 24);
 const _: () = assert!(core::mem::offset_of!(SockProc, comm) == 0);
+
+/// `WEIR_BINDS` key: a port bound by a process in cgroup `cgroup_id` (host order, as
+/// `bpf_sock.src_port` gives it) over `proto` (6 or 17).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindKey {
+    pub cgroup_id: u64,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<BindKey>() == 16);
 
 /// `WEIR_IPCACHE` key data: an IPv4 address as it sits in a packet (read into a `u32` with native
 /// byte order); the LPM prefix length (0–32) is in the trie key wrapper. IPv4-only like the policy
@@ -897,6 +914,8 @@ mod user {
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for SockProc {}
+    unsafe impl aya::Pod for BindKey {}
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use aya_ebpf::{
     Global,
 };
 use weir_bpf_common::{
-    counters, settings, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DropReason,
+    counters, settings, sizes, tails, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, BindKey, DropReason,
     EndpointInfo, FlowKey, FlowStats, FragKey, FragValue, IpcacheKey, MaglevTable, NatEntry, NatKey, NodeKey,
     PolicyCtKey, PolicyEndpoint, PolicyKey, PolicyValue, RemoteNode, ServiceKey, ServiceValue, SockProc, SockRevKey,
     OBS_FROM_POD, OBS_TO_POD,
@@ -129,6 +129,10 @@ static WEIR_NODES: HashMap<NodeKey, u32> = HashMap::pinned(sizes::NODES, 0);
 /// The process that connected each pod socket (`sock::remember_process`; flows read it).
 #[map]
 static WEIR_SOCK_PROC: LruHashMap<u64, SockProc> = LruHashMap::pinned(sizes::SOCK_PROC, 0);
+/// Which process bound which port in which cgroup (`sock::report_bind`; the agent reads it at
+/// start).
+#[map]
+static WEIR_BINDS: LruHashMap<BindKey, SockProc> = LruHashMap::pinned(sizes::BINDS, 0);
 /// First-fragment verdicts for the fragments after them (see `policy.rs`).
 #[map]
 static WEIR_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(sizes::FRAGS, 0);

@@ -14,12 +14,13 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use weir_bpf_common::{
-    counters, settings, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, DatapathEvent, NatEntry,
+    counters, settings, Addr16, AffinityKey, AffinityValue, BackendAddr, BackendKey, BindKey, DatapathEvent, NatEntry,
     ServiceKey, ServiceValue, SockProc, SockRevKey, EVENT_BIND,
 };
 
 use crate::{
-    counter, WEIR_AFFINITY, WEIR_BACKENDS, WEIR_EVENTS, WEIR_SERVICES, WEIR_SETTINGS, WEIR_SOCK_PROC, WEIR_SOCK_RNAT,
+    counter, WEIR_AFFINITY, WEIR_BACKENDS, WEIR_BINDS, WEIR_EVENTS, WEIR_SERVICES, WEIR_SETTINGS, WEIR_SOCK_PROC,
+    WEIR_SOCK_RNAT,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -62,8 +63,8 @@ pub fn remember_process(ctx: &SockAddrContext, first_only: bool) {
 /// already chosen when the caller asked for 0). Reported with the process and its cgroup: the
 /// agent keeps (pod, protocol, port) → process and names it on connections accepted there
 /// (no hook runs in the accepting process's context here; the one that bound the port is the
-/// closest known: for a pre-forking server, its parent). A bind costs one record; a full ring
-/// counts it lost.
+/// closest known: for a pre-forking server, its parent). A bind costs one record (a full ring
+/// counts it lost) and an entry in `WEIR_BINDS`, which a restarted agent reads.
 #[inline(always)]
 pub fn report_bind(ctx: &SockContext) {
     if WEIR_SETTINGS.get(settings::OBSERVE).copied().unwrap_or(0) & settings::OBSERVE_FLOWS == 0 {
@@ -75,14 +76,18 @@ pub fn report_bind(ctx: &SockContext) {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return;
     }
-    let Some(mut slot) = WEIR_EVENTS.reserve::<DatapathEvent>(0) else {
-        counter::count(counters::EVENTS_LOST);
-        return;
-    };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     // SAFETY: helpers without arguments, in the binding process's context.
     let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_ns()) };
+    let proc = SockProc { tgid, comm, _pad: [0; 4] };
+    let key = BindKey { cgroup_id: cgroup, port: port as u16, proto: proto as u8, _pad: [0; 5] };
+    // What a restarted agent starts from; a lost insert only costs that.
+    let _ = WEIR_BINDS.insert(key, proc, 0);
+    let Some(mut slot) = WEIR_EVENTS.reserve::<DatapathEvent>(0) else {
+        counter::count(counters::EVENTS_LOST);
+        return;
+    };
     let e = DatapathEvent {
         saddr: Addr16::from_v4_be(ip_be),
         packets: cgroup,

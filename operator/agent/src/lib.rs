@@ -304,7 +304,9 @@ async fn reconcile_loop(
                     }
                 }
             }
-            if let Some((ring, ingest)) = n.take_events().and_then(|ring| Some((ring, ingest.take()?))) {
+            if let Some((ring, mut ingest)) = n.take_events().and_then(|ring| Some((ring, ingest.take()?))) {
+                // Binds made before this start (an upgrade, a crash): the ring holds only newer.
+                ingest.seed_binds(n.binds());
                 if let Err(e) = events::spawn_reader(ring, drops.clone(), flows.clone(), ingest) {
                     tracing::error!(error = %e, "cannot start the event reader; drops are counted but not listed");
                 }

@@ -1113,6 +1113,16 @@ impl Node {
     pub fn take_events(&mut self) -> Option<Events> {
         self.events.take()
     }
+
+    /// The binds the datapath remembers (`WEIR_BINDS`), for the events stage to start from;
+    /// none when the datapath is not loaded or the map cannot be read (logged).
+    pub fn binds(&self) -> Vec<(weir_bpf_common::BindKey, weir_bpf_common::SockProc)> {
+        let Some(l) = self.loaded.as_ref() else { return Vec::new() };
+        weir_dataplane::reader::binds(&l.dp).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the binds made before this start; connections accepted on their ports name no process until they bind again");
+            Vec::new()
+        })
+    }
 }
 
 #[cfg(test)]

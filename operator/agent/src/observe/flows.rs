@@ -419,6 +419,20 @@ impl Ingest {
         }
     }
 
+    /// The binds the datapath remembers from before this agent started (`WEIR_BINDS`).
+    pub fn seed_binds(&mut self, binds: Vec<(weir_bpf_common::BindKey, weir_bpf_common::SockProc)>) {
+        let n = binds.len();
+        let mut forgotten = 0;
+        for (k, p) in binds {
+            let binder = listeners::Binder { pid: p.tgid, command: comm(&p.comm) };
+            forgotten += self.listeners.bound(k.proto, k.port, k.cgroup_id, binder);
+        }
+        self.metrics.binds_forgotten(forgotten);
+        if n > 0 {
+            tracing::info!(binds = n, "ports bound before this start, for accepted connections' processes");
+        }
+    }
+
     /// A pod process bound a port (`EVENT_BIND`): remembered for the connections accepted on it.
     fn bound(&mut self, e: &DatapathEvent) {
         let binder = listeners::Binder { pid: e.proc_tgid, command: comm(&e.proc_comm) };
@@ -1147,6 +1161,19 @@ mod tests {
         let f = i.flow(&Event::Flow(arriving)).expect("flow");
         assert_eq!(f.weir.process, Some(nginx));
         assert!(serde_json::to_string(&f).expect("json").contains(r#""bound":true"#));
+        // A bind from before the agent started, read from WEIR_BINDS at start.
+        let key = weir_bpf_common::BindKey {
+            cgroup_id: std::fs::metadata(&in_pod).expect("meta").ino(),
+            port: 7070,
+            proto: 17,
+            _pad: [0; 5],
+        };
+        let mut old = weir_bpf_common::SockProc { tgid: 12, ..Default::default() };
+        old.comm[..3].copy_from_slice(b"old");
+        i.seed_binds(vec![(key, old)]);
+        let udp = DatapathEvent { flags: FLOW_F_REPLY, proto: 17, ..ev(EVENT_FLOW_NEW, 7070, 40000) };
+        let named = i.flow(&Event::Flow(udp)).and_then(|f| f.weir.process).map(|p| (p.pid, p.command, p.bound));
+        assert_eq!(named, Some((12, "old".into(), true)));
         for (port, flags) in [(8081, FLOW_F_REPLY), (9090, FLOW_F_REPLY), (8080, 0)] {
             let e = DatapathEvent { flags, ..ev(EVENT_FLOW_NEW, port, 40000) };
             assert_eq!(i.flow(&Event::Flow(e)).and_then(|f| f.weir.process), None, "port {port} flags {flags}");
