@@ -28,6 +28,10 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         self.map.is_empty()
     }
 
+    pub fn contains(&self, k: &K) -> bool {
+        self.map.contains_key(k)
+    }
+
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
         self.map.get_mut(k)
     }

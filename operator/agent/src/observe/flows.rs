@@ -340,7 +340,7 @@ impl Ingest {
                 (OBS_TO_POD, false) => Some((dst, dport)),
                 _ => None,
             };
-            if let Some((IpAddr::V4(ip), port)) = local {
+            if let Some((IpAddr::V4(ip), port)) = local.filter(|(_, port)| self.listeners.has(e.proto, *port)) {
                 let uid = enrichment.cluster.pod_by_ip(ip).map(|p| &*p.info.uid).unwrap_or_default();
                 if let Some(b) = self.listeners.binder(e.proto, port, uid, &mut self.cgroups) {
                     f.weir.process =

@@ -54,6 +54,11 @@ impl Listeners {
         self.by_port.is_empty()
     }
 
+    /// Whether any bind of `port` over `proto` is known (a cheap test before finding the pod).
+    pub fn has(&self, proto: u8, port: u16) -> bool {
+        self.by_port.contains(&(proto, port))
+    }
+
     /// A process in cgroup `cgroup` bound `port` (`proto`: 6 or 17). Returns how many binds were
     /// forgotten to make room.
     pub fn bound(&mut self, proto: u8, port: u16, cgroup: u64, binder: Binder) -> u64 {
