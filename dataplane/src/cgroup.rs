@@ -10,10 +10,10 @@ use crate::{tcx::Attachment, Datapath, Error, Result};
 
 impl Datapath {
     /// Attaches every socket program to the cgroup v2 directory `cgroup` (all pods below it).
-    /// Returns what happened to the last program (all five are treated alike).
+    /// Returns what happened to the last program (all six are treated alike).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<Attachment> {
         let mut outcome = Attachment::Attached;
-        for name in programs::SOCK.into_iter().chain([programs::SOCK_POST_BIND4]) {
+        for name in programs::SOCK.into_iter().chain(programs::SOCK_BIND) {
             let pin_name = format!("{name}-cgroup");
             let pin = self.pin_dir.join("links").join(&pin_name);
             if let Some(existing) = self.existing_pins(&pin_name).into_iter().next() {
@@ -27,7 +27,7 @@ impl Datapath {
             let prog = self.ebpf.program_mut(name).ok_or(Error::MissingProgram { name })?;
             let program_err = |source| Error::Program { name, source: Box::new(source) };
             // With BPF links the kernel always allows several programs; link_create rejects any flag.
-            if name == programs::SOCK_POST_BIND4 {
+            if programs::SOCK_BIND.contains(&name) {
                 let prog: &mut CgroupSock = prog.try_into().map_err(program_err)?;
                 let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(attach_err)?;
                 crate::pin_link(prog.take_link(id).map_err(attach_err)?, &pin)?;

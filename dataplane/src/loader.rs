@@ -125,13 +125,14 @@ impl Datapath {
                 .map_err(|source| Error::Program { name, source: Box::new(source) })?;
             retry_eagain(|| prog.load()).map_err(|source| Error::Program { name, source: Box::new(source) })?;
         }
-        let name = programs::SOCK_POST_BIND4;
-        let prog: &mut CgroupSock = ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source: Box::new(source) })?;
-        retry_eagain(|| prog.load()).map_err(|source| Error::Program { name, source: Box::new(source) })?;
+        for name in programs::SOCK_BIND {
+            let prog: &mut CgroupSock = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| Error::Program { name, source: Box::new(source) })?;
+            retry_eagain(|| prog.load()).map_err(|source| Error::Program { name, source: Box::new(source) })?;
+        }
         fill_tails(&mut ebpf)?;
         write_settings(&mut ebpf, cfg)?;
         let older = crate::takeover::older_versions(&cfg.bpffs_root);

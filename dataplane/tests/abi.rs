@@ -32,8 +32,10 @@ fn every_program_is_a_classifier() {
         let p = obj.programs.get(name).unwrap_or_else(|| panic!("program {name} missing"));
         assert!(matches!(p.section, ProgramSection::CgroupSockAddr { .. }), "{name} is {:?}", p.section);
     }
-    let p = obj.programs.get(programs::SOCK_POST_BIND4).expect("bind program");
-    assert!(matches!(p.section, ProgramSection::CgroupSock { .. }), "{:?}", p.section);
+    for name in programs::SOCK_BIND {
+        let p = obj.programs.get(name).unwrap_or_else(|| panic!("program {name} missing"));
+        assert!(matches!(p.section, ProgramSection::CgroupSock { .. }), "{name} is {:?}", p.section);
+    }
 }
 
 #[test]

@@ -276,9 +276,9 @@ fn flows_are_aggregated_and_dns_is_copied() {
     });
 }
 
-/// The bind reporter (cgroup post_bind4), attached with the socket programs to a cgroup of its
-/// own: a TCP and a UDP bind by a process in it are reported with their port, the process and
-/// its cgroup; a bind outside it is not.
+/// The bind reporters (cgroup post_bind4 and post_bind6), attached with the socket programs to a
+/// cgroup of its own: a TCP, a UDP and an IPv6 TCP bind by a process in it are reported with
+/// their port, the process and its cgroup; a bind outside it is not.
 #[test]
 fn binds_in_the_pod_cgroup_are_reported_with_their_process() {
     on_node("binds_in_the_pod_cgroup_are_reported_with_their_process", |dp, _eps| {
@@ -301,7 +301,8 @@ fn binds_in_the_pod_cgroup_are_reported_with_their_process() {
         let script = "import socket\n\
                       t = socket.socket(); t.bind(('0.0.0.0', 0)); t.listen()\n\
                       u = socket.socket(type=socket.SOCK_DGRAM); u.bind(('0.0.0.0', 0))\n\
-                      print(t.getsockname()[1], u.getsockname()[1])";
+                      s = socket.socket(socket.AF_INET6); s.bind(('::', 0)); s.listen()\n\
+                      print(t.getsockname()[1], u.getsockname()[1], s.getsockname()[1])";
         let mut inside = Command::new("/usr/bin/python3");
         inside.args(["-c", script]);
         // SAFETY: as in the exec audit's test: one write between fork and exec.
@@ -325,7 +326,8 @@ fn binds_in_the_pod_cgroup_are_reported_with_their_process() {
             })
             .collect();
         let got: Vec<(u8, u16)> = binds.iter().map(|b| (b.proto, u16::from_be(b.sport_be))).collect();
-        assert_eq!(got, [(6, ports[0]), (17, ports[1])], "{binds:?} (outside: {outside:?} {again:?})");
+        // The third a dual-stack IPv6 listener (post_bind6), as Go's `:8080` makes one.
+        assert_eq!(got, [(6, ports[0]), (17, ports[1]), (6, ports[2])], "{binds:?} (outside: {outside:?} {again:?})");
         let cgroup = std::fs::metadata(&cg.0).expect("meta").ino();
         for b in &binds {
             assert_eq!((b.proc_tgid, b.bind_cgroup_id(), &b.proc_comm[..8]), (pid, cgroup, &b"python3\0"[..]));
@@ -337,7 +339,9 @@ fn binds_in_the_pod_cgroup_are_reported_with_their_process() {
             .map(|(k, p)| (k.proto, k.port, k.cgroup_id, p.tgid))
             .collect();
         kept.sort();
-        assert_eq!(kept, [(6, ports[0], cgroup, pid), (17, ports[1], cgroup, pid)]);
+        let mut want = [(6, ports[0], cgroup, pid), (17, ports[1], cgroup, pid), (6, ports[2], cgroup, pid)];
+        want.sort();
+        assert_eq!(kept, want);
     });
 }
 

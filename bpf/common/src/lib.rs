@@ -46,7 +46,7 @@ pub mod maps {
     pub const FRAGS: &str = "WEIR_FRAGS";
     /// Socket cookie → the process that connected it (flows with their process).
     pub const SOCK_PROC: &str = "WEIR_SOCK_PROC";
-    /// (cgroup id, protocol, port) → the process that bound it (`weir_sock_bind4`): what the
+    /// (cgroup id, port, protocol) → the process that bound it (`weir_sock_bind4`): what the
     /// agent reads at start, so connections accepted after a restart still name their process.
     pub const BINDS: &str = "WEIR_BINDS";
     pub const ALL: [&str; 25] = [
@@ -108,6 +108,10 @@ pub mod programs {
     /// cgroup/post_bind4: with flow events on, a pod process's bind() is reported
     /// (`EVENT_BIND`), so connections accepted on that port name the process that bound it.
     pub const SOCK_POST_BIND4: &str = "weir_sock_bind4";
+    /// cgroup/post_bind6: the same for IPv6 sockets, which is how many servers listen for IPv4
+    /// too (a dual-stack `[::]` socket: Go's `:8080`, Java, Node.js).
+    pub const SOCK_POST_BIND6: &str = "weir_sock_bind6";
+    pub const SOCK_BIND: [&str; 2] = [SOCK_POST_BIND4, SOCK_POST_BIND6];
     /// BTF tracepoint `sched_process_exec`: the exec audit (attached only while an agent runs).
     pub const EXEC: &str = "weir_exec";
     /// The tracepoint `EXEC` attaches to.
@@ -971,11 +975,8 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for n in maps::ALL
-            .iter()
-            .chain(programs::ALL.iter())
-            .chain(programs::SOCK.iter())
-            .chain([&programs::SOCK_POST_BIND4])
+        for n in
+            maps::ALL.iter().chain(programs::ALL.iter()).chain(programs::SOCK.iter()).chain(programs::SOCK_BIND.iter())
         {
             assert!(n.len() <= 15, "{n} is longer than BPF_OBJ_NAME_LEN-1");
         }

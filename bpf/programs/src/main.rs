@@ -171,7 +171,17 @@ pub fn weir_sock_send4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock(post_bind4)]
 pub fn weir_sock_bind4(ctx: SockContext) -> i32 {
-    sock::report_bind(&ctx);
+    // SAFETY: the kernel hands a valid bpf_sock; post_bind4 may read its IPv4 address.
+    let addr_be = unsafe { (*ctx.sock).src_ip4 };
+    sock::report_bind(&ctx, addr_be);
+    1
+}
+
+/// IPv6 sockets (a dual-stack `[::]` listener serves IPv4 clients too). post_bind6 may not read
+/// `src_ip4`: the address is reported as 0 (the agent keys binds by port, not address).
+#[cgroup_sock(post_bind6)]
+pub fn weir_sock_bind6(ctx: SockContext) -> i32 {
+    sock::report_bind(&ctx, 0);
     1
 }
 

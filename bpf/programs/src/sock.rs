@@ -59,20 +59,21 @@ pub fn remember_process(ctx: &SockAddrContext, first_only: bool) {
     let _ = WEIR_SOCK_PROC.insert(cookie(ctx), v, flags);
 }
 
-/// post_bind4, with flow events on: a TCP or UDP socket of a pod process was bound (its port
+/// post_bind4 and post_bind6 (`addr_be`: the IPv4 address bound, 0 for IPv6), with flow events
+/// on: a TCP or UDP socket of a pod process was bound (its port
 /// already chosen when the caller asked for 0). Reported with the process and its cgroup: the
 /// agent keeps (pod, protocol, port) → process and names it on connections accepted there
 /// (no hook runs in the accepting process's context here; the one that bound the port is the
 /// closest known: for a pre-forking server, its parent). A bind costs one record (a full ring
 /// counts it lost) and an entry in `WEIR_BINDS`, which a restarted agent reads.
 #[inline(always)]
-pub fn report_bind(ctx: &SockContext) {
+pub fn report_bind(ctx: &SockContext, addr_be: u32) {
     if WEIR_SETTINGS.get(settings::OBSERVE).copied().unwrap_or(0) & settings::OBSERVE_FLOWS == 0 {
         return;
     }
     // SAFETY: the kernel hands a valid bpf_sock for the whole run.
     let sk = unsafe { &*ctx.sock };
-    let (proto, ip_be, port) = (sk.protocol, sk.src_ip4, sk.src_port);
+    let (proto, ip_be, port) = (sk.protocol, addr_be, sk.src_port);
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return;
     }

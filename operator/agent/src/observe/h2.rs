@@ -208,6 +208,13 @@ impl Reader {
         self.lost
     }
 
+    /// Whether any segment of this direction was read here (a connection the node's own stack
+    /// opens to a pod shows only its client's direction: the pod's replies go back to the stack
+    /// unobserved).
+    pub fn seen(&self) -> bool {
+        self.next_seq.is_some() || self.lost.is_some()
+    }
+
     /// Whether this direction began where a connection begins (it has been decoded from its
     /// first byte and has not been lost since).
     pub fn whole(&self) -> bool {
@@ -390,11 +397,19 @@ pub struct Connection {
 /// The HTTP/2 connections being followed, by (client, server).
 pub struct Connections {
     conns: Bounded<Conn, Connection>,
+    /// Connections one direction of which has ended, oldest first (may name connections gone
+    /// since): at most [`HALF_CLOSED`] of them are followed; beyond, the oldest is forgotten.
+    /// The other direction's FIN may never be reported (its event lost, or an RST after a FIN),
+    /// and such leftovers must not push live connections out of `conns`.
+    half_closed: std::collections::VecDeque<Conn>,
 }
+
+/// Half-closed connections followed at most (see [`Connections`]).
+pub const HALF_CLOSED: usize = 256;
 
 impl Default for Connections {
     fn default() -> Self {
-        Self { conns: Bounded::new(CONNS) }
+        Self { conns: Bounded::new(CONNS), half_closed: Default::default() }
     }
 }
 
@@ -529,7 +544,9 @@ impl Connections {
     /// The direction `from` → `to` of a connection ended: reset (RST: the whole connection is
     /// gone) or finished (FIN: its sender sends nothing more). Streams left waiting when the
     /// server's direction ends will not be answered: returns how many of them this node
-    /// counted. The connection is forgotten once both directions have ended.
+    /// counted. The connection is forgotten once both directions have ended, at once when the
+    /// other direction was never seen here, and when more than [`HALF_CLOSED`] connections
+    /// are half-closed (the oldest).
     pub fn closed(&mut self, (from, to): Ends, reset: bool) -> u64 {
         let as_client: Conn = (from.0, from.1, to.0, to.1);
         let as_server: Conn = (to.0, to.1, from.0, from.1);
@@ -542,19 +559,31 @@ impl Connections {
         };
         let waiting = |c: &Connection| c.streams.values().filter(|r| r.counted_here).count() as u64;
         let Some(conn) = self.conns.get_mut(&key) else { return 0 };
-        if client_side {
+        let was_open = conn.fin == (false, false);
+        let other_seen = if client_side {
             conn.fin.0 = true;
+            conn.server.seen()
         } else {
             conn.fin.1 = true;
-        }
-        if reset || conn.fin == (true, true) {
+            conn.client.seen()
+        };
+        if reset || conn.fin == (true, true) || !other_seen {
             return self.conns.remove(&key).map_or(0, |c| waiting(&c));
         }
-        if client_side {
-            return 0;
+        let mut n = 0;
+        if !client_side {
+            n = waiting(conn);
+            conn.streams.clear();
         }
-        let n = waiting(conn);
-        conn.streams.clear();
+        if was_open {
+            self.half_closed.push_back(key);
+            while self.half_closed.len() > HALF_CLOSED {
+                let Some(old) = self.half_closed.pop_front() else { break };
+                if self.conns.get_mut(&old).is_some_and(|c| c.fin != (false, false)) {
+                    n += self.conns.remove(&old).map_or(0, |c| waiting(&c));
+                }
+            }
+        }
         n
     }
 }
@@ -750,14 +779,22 @@ mod tests {
         seg.extend(get(1));
         let mut resp = frame(SETTINGS, 0, 0, &[]);
         resp.extend(frame(HEADERS, END_HEADERS, 1, &[0x8d]));
-        // The client half-closes after its request (its FIN reported first): the response that
-        // follows still answers it, and the connection is forgotten when the server ends too.
+        // The client half-closes after its request (its FIN reported first; the server's
+        // SETTINGS, sent when it accepted, already seen): the response that follows still
+        // answers it, and the connection is forgotten when the server ends too.
         let mut c = Connections::default();
+        let settings = frame(SETTINGS, 0, 0, &[]);
+        assert!(feed(&mut c, (B, A), 1, &settings, 1).is_empty());
         assert_eq!(feed(&mut c, (A, B), 1, &seg, 1).len(), 1);
         assert_eq!(c.closed((A, B), false), 0);
-        let out = feed(&mut c, (B, A), 1, &resp, 5);
+        let out = feed(&mut c, (B, A), 1 + settings.len() as u32, &frame(HEADERS, END_HEADERS, 1, &[0x8d]), 5);
         assert!(matches!(&out[..], [Exchange::Response(a)] if a.status == 404 && a.latency_ns == 4), "{out:?}");
         assert_eq!((c.closed((B, A), false), c.len()), (0, 0));
+        // Only the client's direction seen (the node's own stack opened it: the pod's replies
+        // go back to the stack unobserved): forgotten at its FIN, its stream unanswered.
+        let mut c = Connections::default();
+        feed(&mut c, (A, B), 1, &seg, 1);
+        assert_eq!((c.closed((A, B), false), c.len()), (1, 0));
         // The server ends first with a stream waiting: unanswered, counted once. The client's
         // GOAWAY after it is read on the same connection (not a connection begun before the
         // agent), then its FIN ends it.
@@ -775,6 +812,23 @@ mod tests {
         assert_eq!((c.closed((A, B), false), c.len()), (0, 0));
         // A close of a connection never followed changes nothing.
         assert_eq!(c.closed((A, B), false), 0);
+
+        // Half-closed connections whose other FIN never comes are bounded: beyond HALF_CLOSED
+        // the oldest is forgotten (its waiting stream counted), live ones are left alone.
+        let mut c = Connections::default();
+        let live = (A.0, 1);
+        feed(&mut c, (live, B), 1, &seg, 1);
+        feed(&mut c, (B, live), 1, &settings, 1);
+        let mut unanswered = 0;
+        for port in 2..HALF_CLOSED as u16 + 3 {
+            let client = (A.0, port);
+            feed(&mut c, (client, B), 1, &seg, 1);
+            feed(&mut c, (B, client), 1, &settings, 1);
+            unanswered += c.closed((client, B), false);
+        }
+        assert_eq!((unanswered, c.len()), (1, HALF_CLOSED + 1));
+        let out = feed(&mut c, (live, B), 1 + seg.len() as u32, &get(3), 2);
+        assert!(matches!(&out[..], [Exchange::Request(_)]), "the live connection is still followed: {out:?}");
     }
 
     #[test]

@@ -206,11 +206,20 @@ pub struct Dropped {
 /// Requests waiting for their responses, per connection.
 pub struct Pairing {
     conns: Bounded<Conn, VecDeque<Pending>>,
+    /// Connections whose client half-closed with requests still waiting, oldest first (may
+    /// name connections answered since): at most [`HALF_CLOSED`] are kept waiting; beyond,
+    /// the oldest's requests are dropped as unanswered. A server whose replies this node does
+    /// not see (a connection the node's own stack opened, such as a kubelet probe) never ends
+    /// its side here, and its requests must not pile up until they push out live ones.
+    half_closed: VecDeque<Conn>,
 }
+
+/// Half-closed connections whose requests wait at most (see [`Pairing`]).
+pub const HALF_CLOSED: usize = 1024;
 
 impl Default for Pairing {
     fn default() -> Self {
-        Self { conns: Bounded::new(PENDING_CONNS) }
+        Self { conns: Bounded::new(PENDING_CONNS), half_closed: VecDeque::new() }
     }
 }
 
@@ -262,9 +271,15 @@ impl Pairing {
         let mut unanswered = 0;
         let from_server: Conn = (to.0, to.1, from.0, from.1);
         unanswered += self.conns.remove(&from_server).map_or(0, |q| counted(&q));
+        let from_client: Conn = (from.0, from.1, to.0, to.1);
         if reset {
-            let from_client: Conn = (from.0, from.1, to.0, to.1);
             unanswered += self.conns.remove(&from_client).map_or(0, |q| counted(&q));
+        } else if self.conns.contains(&from_client) {
+            self.half_closed.push_back(from_client);
+            while self.half_closed.len() > HALF_CLOSED {
+                let Some(old) = self.half_closed.pop_front() else { break };
+                unanswered += self.conns.remove(&old).map_or(0, |q| counted(&q));
+            }
         }
         Dropped { unanswered }
     }
@@ -394,6 +409,15 @@ mod tests {
         p.request(c, pending(8, "/z"));
         assert_eq!(p.closed(client, server, true).unanswered, 1);
         assert!(p.is_empty());
+        // Half-closed clients whose server never answers nor ends (its side unseen here) are
+        // bounded: beyond HALF_CLOSED the oldest's requests are dropped, counted.
+        let mut dropped = 0;
+        for port in 0..HALF_CLOSED as u16 + 2 {
+            let k: Conn = (c.0, port, c.2, c.3);
+            p.request(k, pending(9, "/probe"));
+            dropped += p.closed((k.0, k.1), (k.2, k.3), false).unanswered;
+        }
+        assert_eq!((dropped, p.len()), (2, HALF_CLOSED));
     }
 
     #[test]

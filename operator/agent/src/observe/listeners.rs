@@ -12,8 +12,10 @@
 //! The pod of a bind comes from its cgroup, the exec audit's way ([`super::exec::Cgroups`]),
 //! resolved when a connection asks (the cgroup walk runs at most once a second, and a
 //! container's first bind may come before the walk has seen its cgroup). Bounded: at most
-//! [`PORTS`] (protocol, port) pairs, the oldest forgotten first, and [`PER_PORT`] binds of one
-//! port (the newest kept); every bind forgotten is counted. A bind that replaces an older one
+//! [`PORTS`] (protocol, port) pairs, those bound or last used longest ago forgotten first (a
+//! port that keeps naming accepted connections outlives one-off binds), and [`PER_PORT`] binds
+//! of one port (the newest kept); every bind forgotten is counted. A pod that binds in a loop
+//! can still push other pods' idle ports out: attribution is best effort, never a verdict. A bind that replaces an older one
 //! of the same cgroup and port takes its place: the newest binder of a port wins.
 use super::{bounded::Bounded, exec};
 
@@ -31,9 +33,15 @@ pub struct Binder {
 struct Bind {
     cgroup: u64,
     binder: Binder,
-    /// The pod UIDs its cgroup path names, once found.
+    /// The pod UIDs its cgroup path names, once found (empty: given up on).
     pods: Option<Vec<String>>,
+    /// Lookups of its cgroup that failed: after [`TRIES`] the bind is given up on (its cgroup
+    /// is gone, or outside the pod cgroup root) instead of costing every connection a lookup.
+    tries: u8,
 }
+
+/// Failed cgroup lookups before a bind is given up on.
+const TRIES: u8 = 3;
 
 pub struct Listeners {
     by_port: Bounded<(u8, u16), Vec<Bind>>,
@@ -69,7 +77,7 @@ impl Listeners {
             binds.remove(0);
             forgotten += 1;
         }
-        binds.push(Bind { cgroup, binder, pods: None });
+        binds.push(Bind { cgroup, binder, pods: None, tries: 0 });
         self.by_port.trim(|_, binds| forgotten += binds.len() as u64);
         forgotten
     }
@@ -80,15 +88,28 @@ impl Listeners {
             return None;
         }
         let binds = self.by_port.get_mut(&(proto, port))?;
+        let mut found = None;
         for b in binds.iter_mut().rev() {
             if b.pods.is_none() {
                 b.pods = cgroups.path_of(b.cgroup).map(exec::pod_uids_in);
+                if b.pods.is_none() {
+                    b.tries += 1;
+                    if b.tries >= TRIES {
+                        b.pods = Some(Vec::new());
+                    }
+                }
             }
             if b.pods.as_ref().is_some_and(|uids| uids.iter().any(|u| u == pod_uid)) {
-                return Some(b.binder.clone());
+                found = Some(b.binder.clone());
+                break;
             }
         }
-        None
+        // A port that names a process stays: binds made and never used (a client's, a bind
+        // flood) are forgotten before it.
+        if found.is_some() {
+            self.by_port.touch(&(proto, port));
+        }
+        found
     }
 }
 
@@ -143,5 +164,33 @@ mod tests {
         // The oldest pair (TCP 80, with its PER_PORT binds) went first, then five UDP ports.
         assert_eq!(forgotten, 3 + PER_PORT as u64 + 5);
         assert_eq!(l.len(), PORTS);
+    }
+
+    #[test]
+    fn a_port_in_use_outlives_one_off_binds_and_a_gone_cgroup_is_given_up() {
+        let root = std::env::temp_dir().join(format!("weir-listeners-use-{}", std::process::id()));
+        let a = root.join("podaaaaaaaa-0000-0000-0000-000000000001");
+        std::fs::create_dir_all(&a).expect("cgroup dir");
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&a).expect("meta"));
+        let mut cgroups = exec::Cgroups::new(Some(root.clone()));
+        let pod = "aaaaaaaa-0000-0000-0000-000000000001";
+        let mut l = Listeners::default();
+        l.bound(6, 80, ino, binder(1));
+        // One-off binds (ephemeral ports) fill the table; port 80 keeps naming connections.
+        for port in 1000..1000 + PORTS as u16 * 2 {
+            l.bound(17, port, ino, binder(2));
+            if port % 1000 == 0 {
+                assert_eq!(l.binder(6, 80, pod, &mut cgroups), Some(binder(1)), "port {port}");
+            }
+        }
+        assert_eq!(l.binder(6, 80, pod, &mut cgroups), Some(binder(1)));
+        // A bind whose cgroup cannot be found is given up after a few lookups.
+        l.bound(6, 81, u64::MAX, binder(3));
+        for _ in 0..5 {
+            assert_eq!(l.binder(6, 81, pod, &mut cgroups), None);
+        }
+        let b = &l.by_port.get_mut(&(6, 81)).expect("kept")[0];
+        assert_eq!((b.tries, b.pods.as_deref()), (TRIES, Some(&[][..])));
+        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }
