@@ -438,23 +438,33 @@ impl Connections {
         self.conns.is_empty()
     }
 
+    /// The followed connection a segment sent `from` → `to` belongs to, and whether its
+    /// sender is the client.
+    fn followed(&self, (from, to): Ends) -> Option<(Conn, bool)> {
+        let as_client: Conn = (from.0, from.1, to.0, to.1);
+        let as_server: Conn = (to.0, to.1, from.0, from.1);
+        if self.conns.contains(&as_client) {
+            Some((as_client, true))
+        } else if self.conns.contains(&as_server) {
+            Some((as_server, false))
+        } else {
+            None
+        }
+    }
+
     /// Reads one copied segment; appends what it completed to `out`.
     pub fn segment(&mut self, s: &Segment<'_>, out: &mut Vec<Exchange>) {
         let (from, to) = s.ends;
         let (seq, seg_len, data, now_ns) = (s.seq, s.seg_len, s.data, s.now_ns);
-        let as_client: Conn = (from.0, from.1, to.0, to.1);
-        let as_server: Conn = (to.0, to.1, from.0, from.1);
         // Which end is the client: a connection already followed says; a new one is told by its
         // first bytes (the preface comes from the client).
-        let (key, client_side) = if self.conns.get_mut(&as_client).is_some() {
-            (as_client, true)
-        } else if self.conns.get_mut(&as_server).is_some() {
-            (as_server, false)
-        } else if data.starts_with(PREFACE) {
-            (as_client, true)
-        } else {
-            (as_server, false)
-        };
+        let (key, client_side) = self.followed(s.ends).unwrap_or_else(|| {
+            if data.starts_with(PREFACE) {
+                ((from.0, from.1, to.0, to.1), true)
+            } else {
+                ((to.0, to.1, from.0, from.1), false)
+            }
+        });
         let mut evicted = 0;
         let conn = self.conns.get_or_insert_with(key, || Connection {
             client: Reader::new(true),
@@ -547,16 +557,8 @@ impl Connections {
     /// counted. The connection is forgotten once both directions have ended, at once when the
     /// other direction was never seen here, and when more than [`HALF_CLOSED`] connections
     /// are half-closed (the oldest).
-    pub fn closed(&mut self, (from, to): Ends, reset: bool) -> u64 {
-        let as_client: Conn = (from.0, from.1, to.0, to.1);
-        let as_server: Conn = (to.0, to.1, from.0, from.1);
-        let (key, client_side) = if self.conns.get_mut(&as_client).is_some() {
-            (as_client, true)
-        } else if self.conns.get_mut(&as_server).is_some() {
-            (as_server, false)
-        } else {
-            return 0;
-        };
+    pub fn closed(&mut self, ends: Ends, reset: bool) -> u64 {
+        let Some((key, client_side)) = self.followed(ends) else { return 0 };
         let waiting = |c: &Connection| c.streams.values().filter(|r| r.counted_here).count() as u64;
         let Some(conn) = self.conns.get_mut(&key) else { return 0 };
         let was_open = conn.fin == (false, false);
