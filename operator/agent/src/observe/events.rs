@@ -63,7 +63,27 @@ pub fn spawn_reader(
     flows: SharedFlowStore,
     mut ingest: Ingest,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("weir-events".into()).spawn(move || loop {
+    std::thread::Builder::new().name("weir-events".into()).spawn(move || {
+        batch_scheduling();
+        reader_loop(&mut events, &log, &flows, &mut ingest);
+    })
+}
+
+/// Marks the calling thread `SCHED_BATCH`: same share of the CPU as any other thread, but its
+/// wakeups never preempt the thread running on that CPU. The reader drains a batch of events
+/// per wakeup and nothing waits on it, while on a busy node the thread it would preempt is a
+/// pod's (measured on this 2-core machine, wrk against nginx with HTTP observation on: median
+/// 46.1k vs 44.1k requests/s over 8 alternating rounds, higher in 6 of the 8 pairs).
+fn batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_BATCH.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "the event reader keeps the default scheduling policy");
+    }
+}
+
+fn reader_loop(events: &mut Events, log: &SharedDropLog, flows: &SharedFlowStore, ingest: &mut Ingest) {
+    loop {
         let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLIN)];
         // The datapath wakes this thread only when much is waiting (see flow.rs); the rest is
         // drained on this timeout.
@@ -106,7 +126,7 @@ pub fn spawn_reader(
         for f in made {
             store.push(f);
         }
-    })
+    }
 }
 
 #[cfg(test)]

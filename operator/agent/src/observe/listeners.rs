@@ -14,15 +14,22 @@
 //! container's first bind may come before the walk has seen its cgroup). Bounded: at most
 //! [`PORTS`] (protocol, port) pairs, those bound or last used longest ago forgotten first (a
 //! port that keeps naming accepted connections outlives one-off binds), and [`PER_PORT`] binds
-//! of one port (the newest kept); every bind forgotten is counted. A pod that binds in a loop
-//! can still push other pods' idle ports out: attribution is best effort, never a verdict. A bind that replaces an older one
-//! of the same cgroup and port takes its place: the newest binder of a port wins.
+//! of one port (the newest kept), and [`PER_CGROUP`] ports of one cgroup (those it bound or used
+//! longest ago forgotten first: a container that binds in a loop, or a resolver's per-query
+//! source ports, pushes out its own one-off binds, not other containers' listeners); every bind
+//! forgotten is counted. Many containers that bind in a loop together can still push other
+//! pods' idle ports out: attribution is best effort, never a verdict. A bind that replaces an
+//! older one of the same cgroup and port takes its place: the newest binder of a port wins.
+use foldhash::HashMap;
+
 use super::{bounded::Bounded, exec};
 
 /// (protocol, port) pairs remembered at most.
 pub const PORTS: usize = 8192;
 /// Binds of one (protocol, port) remembered at most (one per container that bound it).
 pub const PER_PORT: usize = 8;
+/// Ports of one cgroup (container) remembered at most: far more than a server listens on.
+pub const PER_CGROUP: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binder {
@@ -45,11 +52,23 @@ const TRIES: u8 = 3;
 
 pub struct Listeners {
     by_port: Bounded<(u8, u16), Vec<Bind>>,
+    /// Each cgroup's ports in `by_port`, in the order they were bound or last named a process.
+    by_cgroup: HashMap<u64, Bounded<(u8, u16), ()>>,
 }
 
 impl Default for Listeners {
     fn default() -> Self {
-        Self { by_port: Bounded::new(PORTS) }
+        Self { by_port: Bounded::new(PORTS), by_cgroup: HashMap::default() }
+    }
+}
+
+/// Forgets `port` of `cgroup` in the per-cgroup index (its bind left `by_port`).
+fn unindex(by_cgroup: &mut HashMap<u64, Bounded<(u8, u16), ()>>, cgroup: u64, port: (u8, u16)) {
+    if let Some(ports) = by_cgroup.get_mut(&cgroup) {
+        ports.remove(&port);
+        if ports.is_empty() {
+            by_cgroup.remove(&cgroup);
+        }
     }
 }
 
@@ -71,14 +90,41 @@ impl Listeners {
     /// forgotten to make room.
     pub fn bound(&mut self, proto: u8, port: u16, cgroup: u64, binder: Binder) -> u64 {
         let mut forgotten = 0;
-        let binds = self.by_port.get_or_insert_with((proto, port), Vec::new);
+        let key = (proto, port);
+        let binds = self.by_port.get_or_insert_with(key, Vec::new);
         binds.retain(|b| b.cgroup != cgroup);
         if binds.len() >= PER_PORT {
-            binds.remove(0);
+            let old = binds.remove(0);
+            unindex(&mut self.by_cgroup, old.cgroup, key);
             forgotten += 1;
         }
         binds.push(Bind { cgroup, binder, pods: None, tries: 0 });
-        self.by_port.trim(|_, binds| forgotten += binds.len() as u64);
+        let by_cgroup = &mut self.by_cgroup;
+        self.by_port.trim(|port, binds| {
+            forgotten += binds.len() as u64;
+            for b in binds {
+                unindex(by_cgroup, b.cgroup, port);
+            }
+        });
+        // This cgroup's own oldest port goes when it has too many.
+        let ports = self.by_cgroup.entry(cgroup).or_insert_with(|| Bounded::new(PER_CGROUP));
+        if ports.contains(&key) {
+            ports.touch(&key);
+        } else {
+            ports.insert(key, ());
+        }
+        let mut own = Vec::new();
+        ports.trim(|port, ()| own.push(port));
+        for port in own {
+            if let Some(binds) = self.by_port.get_mut(&port) {
+                let before = binds.len();
+                binds.retain(|b| b.cgroup != cgroup);
+                forgotten += (before - binds.len()) as u64;
+                if binds.is_empty() {
+                    self.by_port.remove(&port);
+                }
+            }
+        }
         forgotten
     }
 
@@ -100,16 +146,19 @@ impl Listeners {
                 }
             }
             if b.pods.as_ref().is_some_and(|uids| uids.iter().any(|u| u == pod_uid)) {
-                found = Some(b.binder.clone());
+                found = Some((b.cgroup, b.binder.clone()));
                 break;
             }
         }
         // A port that names a process stays: binds made and never used (a client's, a bind
         // flood) are forgotten before it.
-        if found.is_some() {
+        if let Some((cgroup, _)) = &found {
             self.by_port.touch(&(proto, port));
+            if let Some(ports) = self.by_cgroup.get_mut(cgroup) {
+                ports.touch(&(proto, port));
+            }
         }
-        found
+        found.map(|(_, b)| b)
     }
 }
 
@@ -158,12 +207,40 @@ mod tests {
             forgotten += l.bound(6, 80, cgroup, binder(1));
         }
         assert_eq!(forgotten, 3);
+        // (Each port from a container of its own: one container is held to PER_CGROUP.)
         for port in 0..PORTS as u16 + 5 {
-            forgotten += l.bound(17, port, 1, binder(1));
+            forgotten += l.bound(17, port, 100 + u64::from(port), binder(1));
         }
         // The oldest pair (TCP 80, with its PER_PORT binds) went first, then five UDP ports.
         assert_eq!(forgotten, 3 + PER_PORT as u64 + 5);
         assert_eq!(l.len(), PORTS);
+    }
+
+    #[test]
+    fn a_container_that_binds_in_a_loop_pushes_out_only_its_own_ports() {
+        let mut l = Listeners::default();
+        let (quiet, loud) = (1, 2);
+        assert_eq!(l.bound(6, 80, quiet, binder(1)), 0);
+        let mut forgotten = 0;
+        for port in 1000..1000 + PORTS as u16 * 2 {
+            forgotten += l.bound(17, port, loud, binder(2));
+        }
+        // The loud container keeps its newest PER_CGROUP ports; the quiet one's idle listener,
+        // bound before them all, is still known.
+        assert_eq!(forgotten, PORTS as u64 * 2 - PER_CGROUP as u64);
+        assert_eq!(l.len(), PER_CGROUP + 1);
+        assert!(l.has(6, 80));
+        assert!(l.has(17, 1000 + PORTS as u16 * 2 - 1));
+        assert!(!l.has(17, 1000));
+        // A port both bound: the loud container forgetting its own bind leaves the other's.
+        l.bound(6, 443, quiet, binder(1));
+        l.bound(6, 443, loud, binder(2));
+        for port in 30000..30000 + PER_CGROUP as u16 {
+            l.bound(17, port, loud, binder(2));
+        }
+        let binds = l.by_port.get_mut(&(6, 443)).expect("kept");
+        assert_eq!(binds.iter().map(|b| b.cgroup).collect::<Vec<_>>(), vec![quiet]);
+        assert_eq!(l.by_cgroup.get(&loud).map(|p| p.len()), Some(PER_CGROUP));
     }
 
     #[test]
@@ -176,10 +253,11 @@ mod tests {
         let pod = "aaaaaaaa-0000-0000-0000-000000000001";
         let mut l = Listeners::default();
         l.bound(6, 80, ino, binder(1));
-        // One-off binds (ephemeral ports) fill the table; port 80 keeps naming connections.
+        // One-off binds (ephemeral ports, of this very container) fill the table; port 80 keeps
+        // naming connections (more often than PER_CGROUP binds).
         for port in 1000..1000 + PORTS as u16 * 2 {
             l.bound(17, port, ino, binder(2));
-            if port % 1000 == 0 {
+            if port % 100 == 0 {
                 assert_eq!(l.binder(6, 80, pod, &mut cgroups), Some(binder(1)), "port {port}");
             }
         }
