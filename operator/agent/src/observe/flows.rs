@@ -511,71 +511,78 @@ impl Ingest {
     /// building a record for each costs the node more than the requests themselves.
     fn http(&mut self, d: &PayloadEvent, out: &mut Vec<Flow>) {
         let data = &d.data[..usize::from(d.len).min(d.data.len())];
-        let Ok(messages) = http::parse(data) else {
-            self.metrics.http_unparsed();
-            return;
-        };
-        let e = &d.event;
         let enrichment = self.refresh();
+        if http::parse_each(data, |m| self.http_message(&enrichment, &d.event, m, out)).is_err() {
+            self.metrics.http_unparsed();
+        }
+    }
+
+    /// One HTTP/1.x message of the segment event `e`: paired, counted, and recorded on the
+    /// record budget.
+    fn http_message(
+        &mut self,
+        enrichment: &Arc<Enrichment>,
+        e: &DatapathEvent,
+        m: http::Message<'_>,
+        out: &mut Vec<Flow>,
+    ) {
         let (src, dst) = (addr(&e.saddr), addr(&e.daddr));
         let (sport, dport) = (u16::from_be(e.sport_be), u16::from_be(e.dport_be));
-        for m in messages {
-            match m {
-                http::Message::Request { method, path, host, version } => {
-                    // Counted on the client's node (or on any node for a client outside the
-                    // cluster): a cross-node exchange is seen on both nodes, counted once.
-                    let counted_here = self.counts_here(&enrichment, src);
-                    let url = self.keep_record().then(|| {
-                        let path = http::clean_path(path);
-                        match host {
-                            Some(host) => format!("http://{host}{path}"),
-                            None => format!("http://{}{path}", std::net::SocketAddr::new(dst, dport)),
-                        }
-                    });
-                    let method = http::method(method);
-                    if let Some(url) = &url {
-                        let http = Http {
-                            code: 0,
-                            method: method.clone().into_owned(),
-                            url: url.clone(),
-                            protocol: http::protocol(version),
-                            headers: Vec::new(),
-                        };
-                        let l7 = Layer7 { kind: L7Type::Request, latency_ns: 0, dns: None, http: Some(http) };
-                        self.l7_record(&enrichment, e, l7, false, out);
+        match m {
+            http::Message::Request { method, path, host, version } => {
+                // Counted on the client's node (or on any node for a client outside the
+                // cluster): a cross-node exchange is seen on both nodes, counted once.
+                let counted_here = self.counts_here(enrichment, src);
+                let url = self.keep_record().then(|| {
+                    let path = http::clean_path(path);
+                    match host {
+                        Some(host) => format!("http://{host}{path}"),
+                        None => format!("http://{}{path}", std::net::SocketAddr::new(dst, dport)),
                     }
-                    let pending = http::Pending { ktime_ns: e.ktime_ns, method, url, counted_here };
-                    let dropped = self.http.request((src, sport, dst, dport), pending);
-                    self.metrics.http_unanswered(dropped.unanswered);
+                });
+                let method = http::method(method);
+                if let Some(url) = &url {
+                    let http = Http {
+                        code: 0,
+                        method: method.clone().into_owned(),
+                        url: url.clone(),
+                        protocol: http::protocol(version),
+                        headers: Vec::new(),
+                    };
+                    let l7 = Layer7 { kind: L7Type::Request, latency_ns: 0, dns: None, http: Some(http) };
+                    self.l7_record(enrichment, e, l7, false, out);
                 }
-                http::Message::Response { code, version } => {
-                    let (req, dropped) = self.http.response(&(dst, dport, src, sport), e.ktime_ns);
-                    self.metrics.http_unanswered(dropped.unanswered);
-                    let latency_ns = req.as_ref().map_or(0, |r| e.ktime_ns.saturating_sub(r.ktime_ns));
-                    let counted_here = match &req {
-                        Some(r) => r.counted_here,
-                        None => self.counts_here(&enrichment, dst),
-                    };
-                    let code = u32::from(code);
-                    if counted_here {
-                        let method = req.as_ref().map_or("", |r| &r.method);
-                        let latency = req.is_some().then_some(latency_ns);
-                        self.exchange_metrics(&enrichment, dst, src, Answered::Http { method, code }, latency);
+                let pending = http::Pending { ktime_ns: e.ktime_ns, method, url, counted_here };
+                let dropped = self.http.request((src, sport, dst, dport), pending);
+                self.metrics.http_unanswered(dropped.unanswered);
+            }
+            http::Message::Response { code, version } => {
+                let (req, dropped) = self.http.response(&(dst, dport, src, sport), e.ktime_ns);
+                self.metrics.http_unanswered(dropped.unanswered);
+                let latency_ns = req.as_ref().map_or(0, |r| e.ktime_ns.saturating_sub(r.ktime_ns));
+                let counted_here = match &req {
+                    Some(r) => r.counted_here,
+                    None => self.counts_here(enrichment, dst),
+                };
+                let code = u32::from(code);
+                if counted_here {
+                    let method = req.as_ref().map_or("", |r| &r.method);
+                    let latency = req.is_some().then_some(latency_ns);
+                    self.exchange_metrics(enrichment, dst, src, Answered::Http { method, code }, latency);
+                }
+                // Kept with its request's record; without a request, on the budget.
+                let kept = match req {
+                    Some(http::Pending { method, url: Some(url), .. }) => Some((method.into_owned(), url)),
+                    Some(_) => {
+                        self.metrics.http_record_skipped();
+                        None
                     }
-                    // Kept with its request's record; without a request, on the budget.
-                    let kept = match req {
-                        Some(http::Pending { method, url: Some(url), .. }) => Some((method.into_owned(), url)),
-                        Some(_) => {
-                            self.metrics.http_record_skipped();
-                            None
-                        }
-                        None => self.keep_record().then(Default::default),
-                    };
-                    if let Some((method, url)) = kept {
-                        let http = Http { code, method, url, protocol: http::protocol(version), headers: Vec::new() };
-                        let l7 = Layer7 { kind: L7Type::Response, latency_ns, dns: None, http: Some(http) };
-                        self.l7_record(&enrichment, e, l7, true, out);
-                    }
+                    None => self.keep_record().then(Default::default),
+                };
+                if let Some((method, url)) = kept {
+                    let http = Http { code, method, url, protocol: http::protocol(version), headers: Vec::new() };
+                    let l7 = Layer7 { kind: L7Type::Response, latency_ns, dns: None, http: Some(http) };
+                    self.l7_record(enrichment, e, l7, true, out);
                 }
             }
         }

@@ -15,7 +15,7 @@
 //! Waiting requests are bounded ([`PENDING_CONNS`] connections, [`PENDING_PER_CONN`] each) and
 //! expire after [`PENDING_TTL_NS`]; every request dropped without its response is counted
 //! (`unanswered`), as is every segment that looked like HTTP but did not parse.
-use std::{collections::VecDeque, net::IpAddr};
+use std::{collections::VecDeque, mem::MaybeUninit, net::IpAddr};
 
 use super::bounded::Bounded;
 
@@ -73,23 +73,41 @@ pub fn protocol(version: Option<u8>) -> String {
 /// first one does not parse.
 pub fn parse(data: &[u8]) -> Result<Vec<Message<'_>>, httparse::Error> {
     let mut out = Vec::with_capacity(1);
+    parse_each(data, |m| out.push(m))?;
+    Ok(out)
+}
+
+/// [`parse`] handing each message to `f` as it is read, allocating nothing (the agent's path:
+/// one call per copied segment). `Err`, before any call of `f`, when the first message does
+/// not parse.
+pub fn parse_each<'a>(data: &'a [u8], mut f: impl FnMut(Message<'a>)) -> Result<(), httparse::Error> {
     let mut at = 0;
+    let mut first = true;
     while at < data.len() {
         let rest = &data[at..];
         let step = if rest.starts_with(b"HTTP/") { response(rest) } else { request(rest) };
         match step {
             Ok((m, next)) => {
-                out.push(m);
+                f(m);
+                first = false;
                 match next {
                     Some(n) if n > 0 => at += n,
                     _ => break,
                 }
             }
-            Err(e) if out.is_empty() => return Err(e),
+            Err(e) if first => return Err(e),
             Err(_) => break,
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Room for a message's headers, left uninitialised: httparse writes the ones it finds (zeroing
+/// 64 headers, 2 KiB, per message cost more than parsing a small one).
+type Headers<'b> = [MaybeUninit<httparse::Header<'b>>; 64];
+
+fn headers<'b>() -> Headers<'b> {
+    [const { MaybeUninit::uninit() }; 64]
 }
 
 /// Where the next message starts after a complete head of `head_len` bytes with these
@@ -109,9 +127,9 @@ fn next_start(head_len: usize, headers: &[httparse::Header<'_>], is_request: boo
 }
 
 fn request(data: &[u8]) -> Result<(Message<'_>, Option<usize>), httparse::Error> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    let status = req.parse(data)?;
+    let mut headers = headers();
+    let mut req = httparse::Request::new(&mut []);
+    let status = req.parse_with_uninit_headers(data, &mut headers)?;
     let (Some(method), Some(path)) = (req.method, req.path) else {
         // The request line itself did not fit the copy.
         return Err(httparse::Error::Token);
@@ -132,9 +150,9 @@ fn request(data: &[u8]) -> Result<(Message<'_>, Option<usize>), httparse::Error>
 }
 
 fn response(data: &[u8]) -> Result<(Message<'_>, Option<usize>), httparse::Error> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let status = resp.parse(data)?;
+    let mut headers = headers();
+    let mut resp = httparse::Response::new(&mut []);
+    let status = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, data, &mut headers)?;
     let Some(code) = resp.code else { return Err(httparse::Error::Status) };
     let m = Message::Response { code, version: resp.version };
     let next = match status {
