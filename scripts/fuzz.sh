@@ -16,15 +16,18 @@ if [ "${1:-}" = build ]; then build_only=1; shift; fi
 secs=${1:-10}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list --fuzz-dir fuzz)
+# cargo runs in fuzz/, so that it reads fuzz/.cargo/config.toml (the fuzz build's profile).
+cd fuzz
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list --fuzz-dir .)
 # The targets never load the datapath: no eBPF object is built for them.
 export WEIR_BPF_STUB=1
 # Panics and arithmetic overflow are what these targets look for in safe Rust: no sanitizer,
 # the dev profile (debug assertions and overflow checks on; weir's crates unoptimised, see the
-# workspace Cargo.toml). Built from clean, that took 272 s (468 s of CPU) against 419 s (741 s)
-# for cargo-fuzz's optimised default with 16 codegen units; a smoke run of seconds per target
-# gains little from optimised code, and the test command builds this beside its tests.
-opts=(--fuzz-dir fuzz --target-dir target/fuzz -s none --dev)
+# workspace Cargo.toml, and fuzz/.cargo/config.toml for dependencies the targets never run).
+# Built from clean, that took 272 s (468 s of CPU) against 419 s (741 s) for cargo-fuzz's
+# optimised default with 16 codegen units; a smoke run of seconds per target gains little from
+# optimised code, and the test command builds this beside its tests.
+opts=(--fuzz-dir . --target-dir ../target/fuzz -s none --dev)
 cargo +"$WEIR_BPF_TOOLCHAIN" fuzz build "${opts[@]}"
 [ "$build_only" = 0 ] || exit 0
 scratch=$(mktemp -d)
@@ -35,7 +38,7 @@ run_target() {
   set +e
   local t=$1 status
   mkdir -p "$scratch/$t"
-  [ -d "fuzz/corpus/$t" ] && cp -r "fuzz/corpus/$t/." "$scratch/$t/"
+  [ -d "corpus/$t" ] && cp -r "corpus/$t/." "$scratch/$t/"
   {
     echo "fuzz: $t for ${secs}s"
     cargo +"$WEIR_BPF_TOOLCHAIN" fuzz run "${opts[@]}" "$t" "$scratch/$t" -- \
