@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     flow.ip.source = "10.244.1.2".into();
     flow.ip.destination = "10.244.2.3".into();
     flow.verdict = Verdict::Dropped;
-    flow.source.pod_name = "client".into();
+    std::sync::Arc::make_mut(&mut flow.source).pod_name = "client".into();
     flow.node_name = "n1".into();
     if let Ok(selection) = Selection::compile(&req) {
         let _ = selection.selected(&flow);

@@ -19,11 +19,12 @@
 //!    alone: the cost of a non-HTTP connection's data packet (what every other protocol pays:
 //!    target ≤ 1.02×) and of an HTTP request segment (copied to the ring).
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -41,8 +42,10 @@ use weir_dataplane::{
 };
 use weir_operator_agent::observe::{h2, hpack};
 use weir_operator_agent::{
-    observe::flows::{FlowStore, Ingest},
+    observe::flows::{Enrichment, FlowStore, Ingest, SharedEnrichment},
+    policy::compile::Cluster,
     serve::metrics::Metrics,
+    source::manifest::snapshot_of,
 };
 
 use weir_benches::{env, stats::median};
@@ -308,8 +311,31 @@ fn exec_costs(bpffs: PathBuf, n: u32, r: &mut Results) -> anyhow::Result<()> {
 
 /// Part 5: the agent's own cost per event, user space only: `Ingest::flows` and the store, for
 /// `n` flow reports, then `n` HTTP exchanges (a request and a response on a connection each).
-fn agent_costs(n: u32, r: &mut Results) {
-    let mut ingest = Ingest::new("bench".into(), Default::default(), Arc::new(Metrics::default()));
+/// The client and server pods the agent's records name, described as the lab's pods are: a
+/// namespace, a few labels, a ReplicaSet owner (so a Deployment workload), an address on node
+/// "bench". Without them every record's endpoints would be empty and cost nothing to fill.
+fn bench_enrichment() -> anyhow::Result<SharedEnrichment> {
+    let pod = |name: &str, app: &str, ip: Ipv4Addr| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {app}-7d9c5b6f4-{name}\n  namespace: shop\n  \
+             uid: 00000000-0000-0000-0000-00000000000{}\n  \
+             labels: {{app: {app}, tier: backend, version: v2, pod-template-hash: 7d9c5b6f4}}\n  \
+             ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: {app}-7d9c5b6f4, \
+             uid: 10000000-0000-0000-0000-00000000000{}, controller: true}}]\n\
+             spec: {{nodeName: bench, containers: [{{name: c, image: i}}]}}\n\
+             status: {{podIP: {ip}}}\n",
+            ip.octets()[3],
+            ip.octets()[3]
+        )
+    };
+    let yaml = [pod("a1b2c", "cart", CLIENT), pod("d3e4f", "web", SERVER)].join("---\n");
+    let snap = snapshot_of(&yaml, "bench").context("the bench's pods")?;
+    let cluster = Cluster::from_snapshot_with(&snap, None, &BTreeMap::new(), &mut Default::default());
+    Ok(Arc::new(RwLock::new(Arc::new(Enrichment { cluster: Arc::new(cluster), ..Default::default() }))))
+}
+
+fn agent_costs(n: u32, r: &mut Results) -> anyhow::Result<()> {
+    let mut ingest = Ingest::new("bench".into(), bench_enrichment()?, Arc::new(Metrics::default()));
     let mut store = FlowStore::new(16384);
     let base = |sport: u16, dport: u16, kind: u8| DatapathEvent {
         saddr: Addr16::from_v4_octets(CLIENT.octets()),
@@ -335,6 +361,14 @@ fn agent_costs(n: u32, r: &mut Results) {
         }
     }
     r.agent_flow_event_ns = t.elapsed().as_nanos() as f64 / f64::from(n.max(1));
+    // Measured only if the records named their pods and workloads, as they do in a cluster.
+    let (last, _) = store.select(|_| true);
+    let named = last.last().is_some_and(|f| {
+        f.source.pod_name.starts_with("cart-") && f.destination.workloads.first().is_some_and(|w| w.name == "web")
+    });
+    if !named {
+        bail!("the bench's flow records do not name their pods: {:?}", last.last());
+    }
     let req = b"GET /api/items?id=42 HTTP/1.1\r\nHost: web.shop\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
     let resp = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
     let t = Instant::now();
@@ -420,13 +454,14 @@ fn agent_costs(n: u32, r: &mut Results) {
         !text.contains("weir_http2_lost_total{") && text.lines().any(paired),
         "the gRPC calls were not all decoded and paired:\n{text}"
     );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.agent_only {
         let mut r = Results::default();
-        agent_costs(cli.connections, &mut r);
+        agent_costs(cli.connections, &mut r)?;
         println!(
             "Agent, per event (user space: ingest, enrich, store): flow report {:.0} ns, HTTP message {:.0} ns, \
              gRPC segment {:.0} ns",
@@ -436,7 +471,7 @@ fn main() -> anyhow::Result<()> {
     }
     let args = Cli { repeat: cli.repeat, connections: cli.connections, out: cli.out.clone(), agent_only: false };
     let mut r = env::in_bench_netns("wob", move |bpffs| run(&args, bpffs))?;
-    agent_costs(cli.connections, &mut r);
+    agent_costs(cli.connections, &mut r)?;
     println!("\nPer packet (weir_from_pod, same-node pod to pod, BPF_PROG_TEST_RUN):");
     println!("{:<36} {:>10} {:>10} {:>8}", "", "on ns", "off ns", "on/off");
     println!(

@@ -500,7 +500,7 @@ mod tests {
     fn every_format_renders_one_line() {
         let mut f = Flow { summary: "line one\nline two".into(), ..Default::default() };
         f.node_name = "n1".into();
-        f.destination.pod_name = "evil\r\u{1b}[2Kpod".into();
+        std::sync::Arc::make_mut(&mut f.destination).pod_name = "evil\r\u{1b}[2Kpod".into();
         for format in [Format::Compact, Format::Table, Format::Json] {
             let r = render(&f, format).expect("render");
             assert!(!r.chars().any(char::is_control), "{format:?}: {r:?}");

@@ -93,7 +93,7 @@ pub struct Ingest {
     /// HTTP records kept per second at most (the rest are counted, not recorded).
     http_records: RateLimit,
     /// Endpoints already described, and their address as text.
-    endpoints: foldhash::HashMap<IpAddr, (Endpoint, String)>,
+    endpoints: foldhash::HashMap<IpAddr, (Arc<Endpoint>, String)>,
 }
 
 /// HTTP records kept per second unless configured (`--http-records-per-sec`).
@@ -241,11 +241,11 @@ impl Ingest {
     }
 
     /// The endpoint of `ip` and the address as text, described once per enrichment.
-    fn cached_endpoint(&mut self, e: &Arc<Enrichment>, ip: IpAddr) -> (Endpoint, String) {
+    fn cached_endpoint(&mut self, e: &Arc<Enrichment>, ip: IpAddr) -> (Arc<Endpoint>, String) {
         if self.endpoints.len() >= ENDPOINT_CACHE {
             self.endpoints.clear();
         }
-        self.endpoints.entry(ip).or_insert_with(|| (Self::endpoint(e, ip), ip.to_string())).clone()
+        self.endpoints.entry(ip).or_insert_with(|| (Arc::new(Self::endpoint(e, ip)), ip.to_string())).clone()
     }
 
     fn endpoint(e: &Enrichment, ip: IpAddr) -> Endpoint {
@@ -382,7 +382,7 @@ impl Ingest {
         let ((mut source, src_text), (destination, dst_text)) =
             (self.cached_endpoint(enrichment, src), self.cached_endpoint(enrichment, dst));
         if event == FlowEvent::Drop && DropReason::from_u8(e.reason).is_some_and(source_unverified) {
-            source = Endpoint::default();
+            source = Arc::default();
         }
         let l7 = matches!(event, FlowEvent::Dns | FlowEvent::Http);
         Flow {
@@ -460,8 +460,8 @@ impl Ingest {
         let pod_ip = uids.iter().find_map(|u| by_uid.get(u.as_str()).copied());
         let (source, attribution) = match (pod_ip, cgroup.is_empty()) {
             (Some(ip), _) => (self.cached_endpoint(&enrichment, IpAddr::V4(ip)).0, "pod"),
-            (None, false) => (Endpoint::default(), "not-in-a-pod"),
-            (None, true) => (Endpoint::default(), "cgroup-gone"),
+            (None, false) => (Arc::default(), "not-in-a-pod"),
+            (None, true) => (Arc::default(), "cgroup-gone"),
         };
         // (Lengths as the kernel wrote them: bounded here, the record may be read in place.)
         let binary = exec::printable(&x.filename[..usize::from(x.filename_len).min(x.filename.len())]);

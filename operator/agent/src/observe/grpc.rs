@@ -799,14 +799,16 @@ mod tests {
                 pod_name: "client".into(),
                 labels: vec!["k8s:app=client".into()],
                 ..Default::default()
-            },
+            }
+            .into(),
             destination: Endpoint {
                 namespace: "shop".into(),
                 pod_name: "web-1".into(),
                 labels: vec!["k8s:app=web".into()],
                 identity: 258,
                 ..Default::default()
-            },
+            }
+            .into(),
             node_name: "n2".into(),
             traffic_direction: TrafficDirection::Ingress,
             weir: WeirInfo {
