@@ -8,7 +8,8 @@
 #      and across nodes, HTTP/2 requests/s (h2load against nginx over cleartext HTTP/2, 8
 #      connections of 10 streams: what HTTP/2 observation costs, every segment copied and
 #      decoded), with the agents restarted in three modes in rotating order each round
-#      (median reported): on (flows, DNS and HTTP: the default), flows (HTTP observation off) and
+#      (median reported, and the ratio within each round: its median and range): on (flows, DNS
+#      and HTTP: the default), flows (HTTP observation off) and
 #      off; the time of a fork+exec in a pod (the exec audit is on in both on and flows, off in
 #      off: their difference is its cost per exec); and the flows each mode recorded (0 when off:
 #      the switch really is off).
@@ -141,18 +142,26 @@ for round in $(seq 1 "$ROUNDS"); do
     M[$m,flows]+=" $(flows_recorded)"
   done
 done
-median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 keys=("tsame:throughput same node (Gbit/s)" "tcross:throughput across nodes (Gbit/s)"
       "csame:new connections/s same node" "ccross:new connections/s across nodes"
       "hsame:HTTP requests/s same node" "hcross:HTTP requests/s across nodes"
       "h2same:HTTP/2 requests/s same node" "h2cross:HTTP/2 requests/s across nodes"
       "exec:fork+exec of /bin/true in a pod (us)")
-table() { # A B: medians of modes A and B and their ratio, per measure
-  printf '\nLab (median of %s rounds)             %12s %12s %8s\n' "$ROUNDS" "$1" "$2" "$1/$2"
+# A B: per measure, the medians of modes A and B and their ratio; and the ratio within each
+# round (a round runs its modes one after the other, so slow drifts of the machine cancel out):
+# its median and range, which say how far the ratio of medians can be trusted.
+table() {
+  printf '\nLab (median of %s rounds)             %12s %12s %8s   %s\n' "$ROUNDS" "$1" "$2" "$1/$2" \
+    "within rounds: median (min-max)"
   for k in "${keys[@]}"; do
     key=${k%%:*}; label=${k#*:}
-    a=$(median ${M[$1,$key]}); b=$(median ${M[$2,$key]})
-    printf '%-40s %12s %12s %8.3f\n' "$label" "$a" "$b" "$(python3 -c "print($a/$b)")"
+    python3 -c '
+import statistics, sys
+a, b = ([float(x) for x in v.split()] for v in sys.argv[2:4])
+r = [x / y for x, y in zip(a, b)]
+ma, mb = statistics.median(a), statistics.median(b)
+print(f"{sys.argv[1]:<40} {ma:12} {mb:12} {ma / mb:8.3f}   {statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})")
+' "$label" "${M[$1,$key]}" "${M[$2,$key]}"
   done
 }
 table on off

@@ -71,12 +71,17 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 3);
 const ACK: u8 = 0x10;
 const SYN: u8 = 0x02;
+/// On/off pairs of the established-packet measurement (each a quarter of `--repeat` runs).
+const ESTABLISHED_PAIRS: usize = 11;
 
 #[derive(Debug, Default, Serialize)]
 struct Results {
     established_on_ns: f64,
     established_off_ns: f64,
+    /// The median of the pairs' ratios (each pair measured back to back), and their range.
     established_ratio: f64,
+    established_ratio_min: f64,
+    established_ratio_max: f64,
     new_flow_on_ns: f64,
     new_flow_off_ns: f64,
     new_flow_ratio: f64,
@@ -191,15 +196,27 @@ fn run(cli: &Cli, bpffs: PathBuf) -> anyhow::Result<Results> {
     let mut on = load(bpffs.join("on"), true, false)?;
     let mut off = load(bpffs.join("off"), false, false)?;
     eprintln!("per-packet cost, on vs off ...");
-    // Alternate to spread machine noise over both.
-    let (mut e_on, mut e_off) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        e_on.push(established_ns(&mut on, cli.repeat)?);
-        e_off.push(established_ns(&mut off, cli.repeat)?);
+    // Pairs, on and off back to back (which goes first alternates), the ratio taken within each
+    // pair: what shifts between runs (the clock frequency, the other core's load) moved the off
+    // figure from 846 to 634 ns between two runs of three pairs, and a ratio of medians with it.
+    let (mut e_on, mut e_off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..ESTABLISHED_PAIRS {
+        let (a, b) = if pair % 2 == 0 {
+            let a = established_ns(&mut on, cli.repeat / 4)?;
+            (a, established_ns(&mut off, cli.repeat / 4)?)
+        } else {
+            let b = established_ns(&mut off, cli.repeat / 4)?;
+            (established_ns(&mut on, cli.repeat / 4)?, b)
+        };
+        e_on.push(a);
+        e_off.push(b);
+        ratios.push(a / b.max(1.0));
     }
     r.established_on_ns = median(&e_on);
     r.established_off_ns = median(&e_off);
-    r.established_ratio = r.established_on_ns / r.established_off_ns.max(1.0);
+    r.established_ratio = median(&ratios);
+    r.established_ratio_min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    r.established_ratio_max = ratios.iter().copied().fold(0.0, f64::max);
     let n = cli.connections.clamp(1, 60000 * 8);
     // First packets: off, then on with the agent's reader draining the ring as the agent does
     // (a round nobody reads measures a full ring instead: that is the overload round below).
@@ -477,6 +494,14 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{:<36} {:>10.0} {:>10.0} {:>8.3}",
         "established connection (aggregated)", r.established_on_ns, r.established_off_ns, r.established_ratio
+    );
+    println!(
+        "{:<36} {:>30}",
+        "",
+        format!(
+            "(pairs: {:.3}-{:.3}, median of {ESTABLISHED_PAIRS})",
+            r.established_ratio_min, r.established_ratio_max
+        )
     );
     println!(
         "{:<36} {:>10.0} {:>10.0} {:>8.3}",
