@@ -183,6 +183,11 @@ fn flows_are_aggregated_and_dns_is_copied() {
         // The reply direction is marked as such.
         dp.test_run(programs::FROM_POD, &tcp(POD_B, POD_A, 80, 40000, 0x12)).expect("run");
         assert_eq!(kinds(&ring.drain()), [(EVENT_FLOW_NEW, FLOW_F_REPLY)]);
+        // A SYN opens a connection, never a reply: not even where the reverse tuple still has an
+        // entry (here from a packet the other way first).
+        dp.test_run(programs::FROM_POD, &tcp(POD_B, POD_A, 80, 40001, 0x10)).expect("run");
+        dp.test_run(programs::FROM_POD, &tcp(POD_A, POD_B, 40001, 80, 0x02)).expect("run");
+        assert_eq!(kinds(&ring.drain()), [(EVENT_FLOW_NEW, 0), (EVENT_FLOW_NEW, 0)]);
 
         // A DNS query: its flow, then the message itself, copied whole.
         let query = [0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1, 0, 1];

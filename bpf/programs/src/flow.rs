@@ -365,9 +365,15 @@ pub fn observe(ctx: &TcContext, ip: &Ipv4, point: u8) {
                 point: OBS_FROM_POD,
                 _pad: [0; 2],
             };
-            // SAFETY: read-only lookups of plain-data values.
-            let mut seen = unsafe { WEIR_FLOWS.get(reverse) }.map(|r| Svc { addr: r.svc_addr, port_be: r.svc_port_be });
-            if seen.is_none() {
+            // A SYN without ACK opens a connection: never a reply, whatever an older connection
+            // of the reverse tuple left in the map, and no lookup to pay on that first packet.
+            let opening = ip.proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let mut seen = None;
+            if !opening {
+                // SAFETY: read-only lookups of plain-data values.
+                seen = unsafe { WEIR_FLOWS.get(reverse) }.map(|r| Svc { addr: r.svc_addr, port_be: r.svc_port_be });
+            }
+            if !opening && seen.is_none() {
                 reverse.point = OBS_TO_POD;
                 // SAFETY: as above.
                 seen = unsafe { WEIR_FLOWS.get(reverse) }.map(|r| Svc { addr: r.svc_addr, port_be: r.svc_port_be });
