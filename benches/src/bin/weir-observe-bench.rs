@@ -326,8 +326,6 @@ fn exec_costs(bpffs: PathBuf, n: u32, r: &mut Results) -> anyhow::Result<()> {
     result
 }
 
-/// Part 5: the agent's own cost per event, user space only: `Ingest::flows` and the store, for
-/// `n` flow reports, then `n` HTTP exchanges (a request and a response on a connection each).
 /// The client and server pods the agent's records name, described as the lab's pods are: a
 /// namespace, a few labels, a ReplicaSet owner (so a Deployment workload), an address on node
 /// "bench". Without them every record's endpoints would be empty and cost nothing to fill.
@@ -351,6 +349,10 @@ fn bench_enrichment() -> anyhow::Result<SharedEnrichment> {
     Ok(Arc::new(RwLock::new(Arc::new(Enrichment { cluster: Arc::new(cluster), ..Default::default() }))))
 }
 
+/// Part 5: the agent's own cost per event, user space only: `Ingest::flows` and the store, for
+/// `n` flow reports, then `n` HTTP exchanges (a request and a response on a connection each),
+/// then `n` unary gRPC calls on one HTTP/2 connection; the records name the pods of
+/// [`bench_enrichment`].
 fn agent_costs(n: u32, r: &mut Results) -> anyhow::Result<()> {
     let mut ingest = Ingest::new("bench".into(), bench_enrichment()?, Arc::new(Metrics::default()));
     let mut store = FlowStore::new(16384);
