@@ -9,8 +9,7 @@
 #      connections of 10 streams: what HTTP/2 observation costs, every segment copied and
 #      decoded), with the agents restarted in three modes in rotating order each round
 #      (median reported, and the ratio within each round: its median and range): on (flows, DNS
-#      and HTTP: the default), flows (HTTP observation off) and
-#      off; the time of a fork+exec in a pod (the exec audit is on in both on and flows, off in
+#      and HTTP: the default), flows (HTTP observation off) and off; the time of a fork+exec in a pod (the exec audit is on in both on and flows, off in
 #      off: their difference is its cost per exec); and the flows each mode recorded (0 when off:
 #      the switch really is off).
 # Prints tables with on/off ratios; JSON from part 1 goes to observe-bench-results.json.
